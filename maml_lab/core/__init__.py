@@ -1,0 +1,1 @@
+"""The engine: pure torch/numpy, never Qt (a test enforces it)."""

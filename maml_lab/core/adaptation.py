@@ -1,0 +1,96 @@
+"""Adaptation as a pure function: initial parameters + a support set -> adapted parameters, per task.
+
+All tasks of a batch adapt at once. The shared initialization theta is expanded to a per-task copy
+[B, ...] (a view, no copy); because each task's loss depends only on its own slice, the gradient of the
+*sum* of task losses with respect to the expanded tensor is exactly each task's own gradient. With
+`create_graph=True` the inner gradients stay differentiable, which is MAML's exact second-order term.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class AdaptResult:
+    params: "OrderedDict[str, torch.Tensor]"  # per task, [B, ...]
+    support_losses: list[torch.Tensor]  # [B] before each step, plus after the last one when asked for
+    path: list["OrderedDict[str, torch.Tensor]"] = field(default_factory=list)  # detached, steps + 1 entries
+
+
+def expand_params(params, num_tasks: int) -> "OrderedDict[str, torch.Tensor]":
+    """A per-task view [B, ...] of shared parameters."""
+    return OrderedDict((k, v.unsqueeze(0).expand(num_tasks, *v.shape)) for k, v in params.items())
+
+
+def _detached_leaves(params) -> "OrderedDict[str, torch.Tensor]":
+    return OrderedDict((k, v.detach().requires_grad_(True)) for k, v in params.items())
+
+
+def adapt(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tensor, steps: int, lr: float,
+          create_graph: bool = False, keep_path: bool = False, batched: bool = False,
+          final_loss: bool = False) -> AdaptResult:
+    """`steps` SGD steps with step size `lr` on each task's support set, from `params`.
+
+    params: shared (theta, no task dim) unless `batched`. With create_graph=False the result is cut from
+    the graph of the inner gradients (first-order / evaluation), but when theta requires grad the
+    adapted parameters still depend on it through the identity path, which is what FOMAML needs.
+    final_loss: also compute the support loss after the last step (one extra forward pass).
+    """
+    if steps < 0:
+        raise ValueError(f"adaptation steps must be >= 0, got {steps}")
+    num_tasks = x_support.shape[0]
+    fast = OrderedDict(params) if batched else expand_params(params, num_tasks)
+    tracks_theta = any(v.requires_grad for v in fast.values()) and torch.is_grad_enabled()
+    losses: list[torch.Tensor] = []
+    path = [OrderedDict((k, v.detach().clone()) for k, v in fast.items())] if keep_path else []
+    with torch.enable_grad():
+        for _ in range(steps):
+            inputs = fast if tracks_theta else _detached_leaves(fast)
+            task_losses = loss_fn(model.forward(inputs, x_support), y_support)
+            grads = torch.autograd.grad(task_losses.sum(), list(inputs.values()), create_graph=create_graph)
+            losses.append(task_losses.detach())
+            if tracks_theta:
+                fast = OrderedDict((k, v - lr * (g if create_graph else g.detach()))
+                                   for (k, v), g in zip(inputs.items(), grads, strict=False))
+            else:
+                fast = OrderedDict((k, (v - lr * g).detach()) for (k, v), g in zip(inputs.items(), grads, strict=False))
+            if keep_path:
+                path.append(OrderedDict((k, v.detach().clone()) for k, v in fast.items()))
+    if final_loss or steps == 0:
+        with torch.no_grad():
+            losses.append(loss_fn(model.forward(fast, x_support), y_support))
+    return AdaptResult(fast, losses, path)
+
+
+def adapt_adam(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tensor, steps: int, lr: float,
+               betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> AdaptResult:
+    """`steps` of Adam on each task (Reptile's inner optimizer), all tasks at once, no graph kept.
+
+    Each task has its own moment estimates, exactly as a separate torch.optim.Adam per task would.
+    """
+    num_tasks = x_support.shape[0]
+    fast = OrderedDict((k, v.detach().unsqueeze(0).expand(num_tasks, *v.shape).clone()) for k, v in params.items())
+    m = {k: torch.zeros_like(v) for k, v in fast.items()}
+    s = {k: torch.zeros_like(v) for k, v in fast.items()}
+    b1, b2 = betas
+    losses: list[torch.Tensor] = []
+    with torch.enable_grad():
+        for t in range(1, steps + 1):
+            inputs = _detached_leaves(fast)
+            task_losses = loss_fn(model.forward(inputs, x_support), y_support)
+            grads = torch.autograd.grad(task_losses.sum(), list(inputs.values()))
+            losses.append(task_losses.detach())
+            with torch.no_grad():
+                for (k, v), g in zip(inputs.items(), grads, strict=False):
+                    m[k].mul_(b1).add_(g, alpha=1 - b1)
+                    s[k].mul_(b2).addcmul_(g, g, value=1 - b2)
+                    m_hat = m[k] / (1 - b1 ** t)
+                    s_hat = s[k] / (1 - b2 ** t)
+                    fast[k] = v.detach() - lr * m_hat / (s_hat.sqrt() + eps)
+    with torch.no_grad():
+        losses.append(loss_fn(model.forward(fast, x_support), y_support))
+    return AdaptResult(fast, losses)

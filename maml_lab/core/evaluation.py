@@ -1,0 +1,81 @@
+"""Adaptation curves: the loss (and accuracy) after 0..N inner steps on held-out tasks, mean and 95% CI."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .adaptation import adapt, expand_params
+from .losses import accuracy_per_task, loss_function
+
+
+@dataclass
+class AdaptationCurve:
+    steps: np.ndarray  # 0..N
+    loss_mean: np.ndarray
+    loss_ci95: np.ndarray  # half-width: 1.96 std / sqrt(M), as in the MAML paper
+    accuracy_mean: np.ndarray | None = None
+    accuracy_ci95: np.ndarray | None = None
+    num_tasks: int = 0
+
+    def at(self, step: int) -> tuple[float, float]:
+        return float(self.loss_mean[step]), float(self.loss_ci95[step])
+
+    def to_dict(self) -> dict:
+        out = {"steps": self.steps.tolist(), "loss_mean": self.loss_mean.tolist(),
+               "loss_ci95": self.loss_ci95.tolist(), "num_tasks": self.num_tasks}
+        if self.accuracy_mean is not None:
+            out["accuracy_mean"] = self.accuracy_mean.tolist()
+            out["accuracy_ci95"] = self.accuracy_ci95.tolist()
+        return out
+
+
+def mean_ci95(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    n = values.shape[axis]
+    std = values.std(axis=axis, ddof=1) if n > 1 else np.zeros_like(values.mean(axis=axis))
+    return values.mean(axis=axis), 1.96 * std / math.sqrt(max(n, 1))
+
+
+def per_task_curve(model, loss_name: str, params, batch, max_steps: int, inner_lr: float):
+    """Query loss (and accuracy) of every task after 0..max_steps SGD steps: arrays [steps + 1, B]."""
+    loss_fn = loss_function(loss_name)
+    classification = loss_name == "cross_entropy"
+    fast = expand_params({k: v.detach() for k, v in params.items()}, batch.num_tasks)
+    losses, accs = [], []
+    for step in range(max_steps + 1):
+        with torch.no_grad():
+            logits = model.forward(fast, batch.x_query)
+            losses.append(loss_fn(logits, batch.y_query).double().cpu().numpy())
+            if classification:
+                accs.append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())
+        if step < max_steps:
+            fast = adapt(model, loss_fn, fast, batch.x_support, batch.y_support, 1, inner_lr, batched=True).params
+    return np.stack(losses), (np.stack(accs) if classification else None)
+
+
+def adaptation_curve(model, family, params, shots: int, max_steps: int, inner_lr: float, num_tasks: int = 600,
+                     queries: int = 100, seed: int = 2017, device="cpu", dtype=torch.float32,
+                     chunk: int = 600) -> AdaptationCurve:
+    """Fine-tune `params` on `num_tasks` held-out tasks (seeded, independent of training) and score each step."""
+    if num_tasks < 1:
+        raise ValueError(f"need at least one evaluation task, got {num_tasks}")
+    generator = torch.Generator().manual_seed(seed)
+    all_losses, all_accs = [], []
+    remaining = num_tasks
+    while remaining > 0:
+        n = min(chunk, remaining)
+        batch = family.sample(n, shots, queries, generator, device=device, dtype=dtype)
+        losses, accs = per_task_curve(model, family.loss, params, batch, max_steps, inner_lr)
+        all_losses.append(losses)
+        if accs is not None:
+            all_accs.append(accs)
+        remaining -= n
+    losses = np.concatenate(all_losses, axis=1)
+    mean, ci = mean_ci95(losses, axis=1)
+    curve = AdaptationCurve(np.arange(max_steps + 1), mean, ci, num_tasks=num_tasks)
+    if all_accs:
+        curve.accuracy_mean, curve.accuracy_ci95 = mean_ci95(np.concatenate(all_accs, axis=1), axis=1)
+    return curve

@@ -1,0 +1,208 @@
+"""Export and import of trained initializations: safetensors + JSON metadata, or a plain `.pt` state dict.
+
+Tensor names are those of the equivalent `torch.nn.Sequential`, so plain PyTorch loads them:
+`model.load_state_dict(safetensors.torch.load_file(path))`. Writes are atomic (temp file + rename in
+the same folder), so an interrupted export never leaves a half-written file nor destroys the old one.
+User files are never unpickled: `.pt` is read with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+FORMAT = "maml-lab-initialization"
+FORMAT_VERSION = 1
+METADATA_KEY = "maml_lab"
+SUFFIXES = (".safetensors", ".pt")
+
+
+class InitializationError(ValueError):
+    """A file that cannot be imported as an initialization; the message says why."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path) on a temp file beside `path`, fsync it, then rename it over `path`."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise OSError(f"folder does not exist: {folder}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def build_metadata(algorithm: str, model_spec: dict, task: dict, hyperparameters: dict, iterations: int,
+                   metrics: dict | None = None, extra: dict | None = None) -> dict:
+    from .. import __version__
+
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "algorithm": algorithm,
+        "model": model_spec,
+        "task": task,
+        "hyperparameters": hyperparameters,
+        "iterations": int(iterations),
+        "metrics": metrics or {},
+        "versions": {"maml_lab": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def _plain_tensors(params) -> "OrderedDict[str, torch.Tensor]":
+    return OrderedDict((k, v.detach().to("cpu").contiguous().clone()) for k, v in params.items())
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where a `.pt` export keeps its metadata."""
+    return path.with_name(path.name + ".json")
+
+
+def export_initialization(path: str | Path, params, metadata: dict) -> Path:
+    """Write `params` with `metadata` to `.safetensors` (metadata inside) or `.pt` (metadata beside it)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = _plain_tensors(params)
+    meta_json = json.dumps(metadata, sort_keys=True)
+    if path.suffix == ".safetensors":
+        _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: meta_json}))
+    elif path.suffix == ".pt":
+        _atomic_write(path, lambda tmp: torch.save(dict(tensors), tmp))
+        atomic_write_bytes(sidecar_path(path), meta_json.encode())
+    else:
+        raise InitializationError(f"unsupported export format {path.suffix or '(none)'!r}: use .safetensors or .pt")
+    return path
+
+
+def _read(path: Path) -> tuple["OrderedDict[str, torch.Tensor]", dict | None]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                raw = (fh.metadata() or {}).get(METADATA_KEY)
+                tensors = OrderedDict((k, fh.get_tensor(k)) for k in fh.keys())
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise InitializationError(f"{path.name} is not a readable safetensors file (corrupt or truncated?): "
+                                      f"{exc}") from None
+        if raw is None:
+            return tensors, None
+        try:
+            return tensors, json.loads(raw)
+        except json.JSONDecodeError:
+            raise InitializationError(f"{path.name} has corrupt MAML Lab metadata (not JSON)") from None
+    if path.suffix == ".pt":
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure to read is reported the same way
+            raise InitializationError(f"{path.name} is not a readable PyTorch state dict: "
+                                      f"{str(exc).splitlines()[0]}") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise InitializationError(f"{path.name} does not hold a state dict of tensors")
+        meta = None
+        side = sidecar_path(path)
+        if side.is_file():
+            try:
+                meta = json.loads(side.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise InitializationError(f"{side.name} is not valid JSON metadata") from None
+        return OrderedDict(state), meta
+    raise InitializationError(f"unsupported file type {path.suffix or '(none)'!r}: use .safetensors or .pt")
+
+
+def infer_mlp_spec(tensors) -> dict:
+    """The MLP a bare state dict describes (activation unknown: ReLU assumed)."""
+    sizes = []
+    i = 0
+    while f"{i}.weight" in tensors:
+        w = tensors[f"{i}.weight"]
+        if w.dim() != 2:
+            raise InitializationError(f"cannot infer a model: {i}.weight has shape {list(w.shape)}")
+        if not sizes:
+            sizes.append(w.shape[1])
+        sizes.append(w.shape[0])
+        i += 2
+    if not sizes:
+        raise InitializationError("cannot infer a model: no '0.weight' tensor and no metadata")
+    return {"kind": "mlp", "sizes": sizes, "activation": "relu"}
+
+
+def load_initialization(path: str | Path, expected_model: dict | None = None):
+    """Read and validate an initialization: returns (params, metadata, model).
+
+    Validates the format version, that the tensors are exactly those of the described model with the
+    right shapes, and that they are finite. `expected_model` (a spec) refuses files for another model.
+    """
+    from .models import build_model
+
+    path = Path(path)
+    if not path.exists():
+        raise InitializationError(f"file not found: {path}")
+    if not path.is_file():
+        raise InitializationError(f"not a file: {path}")
+    tensors, meta = _read(path)
+    if meta is None:
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "algorithm": "unknown",
+                "model": infer_mlp_spec(tensors), "task": {"name": "sinusoid"}, "hyperparameters": {},
+                "iterations": 0, "metrics": {}}
+    if meta.get("format") != FORMAT:
+        raise InitializationError(f"{path.name} is not a MAML Lab initialization (format {meta.get('format')!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise InitializationError(f"{path.name} has format version {version!r}; this MAML Lab reads "
+                                  f"versions 1 to {FORMAT_VERSION} (upgrade MAML Lab?)")
+    spec = meta.get("model")
+    if not isinstance(spec, dict):
+        raise InitializationError(f"{path.name} has no model description in its metadata")
+    try:
+        model = build_model(spec)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InitializationError(f"{path.name} describes a model this lab cannot build: {exc}") from None
+    if expected_model is not None and expected_model != model.spec():
+        raise InitializationError(f"{path.name} holds a {_describe(model.spec())}, but the lab expects a "
+                                  f"{_describe(expected_model)}")
+    expected = OrderedDict((k, tuple(v.shape)) for k, v in
+                           model.init_params(torch.Generator().manual_seed(0)).items())
+    missing = [k for k in expected if k not in tensors]
+    extra = [k for k in tensors if k not in expected]
+    if missing or extra:
+        raise InitializationError(f"{path.name} does not match its model: missing {missing or 'none'}, "
+                                  f"unexpected {extra or 'none'}")
+    for k, shape in expected.items():
+        if tuple(tensors[k].shape) != shape:
+            raise InitializationError(f"{path.name}: tensor {k} has shape {list(tensors[k].shape)}, "
+                                      f"expected {list(shape)}")
+        if not tensors[k].is_floating_point():
+            raise InitializationError(f"{path.name}: tensor {k} is {tensors[k].dtype}, expected floating point")
+        if not torch.isfinite(tensors[k]).all():
+            raise InitializationError(f"{path.name}: tensor {k} contains NaN or infinite values")
+    params = OrderedDict((k, tensors[k]) for k in expected)
+    return params, meta, model
+
+
+def _describe(spec: dict) -> str:
+    if spec.get("kind") == "mlp":
+        return f"MLP {'-'.join(str(s) for s in spec.get('sizes', []))} ({spec.get('activation')})"
+    return f"{spec.get('kind')} model ({', '.join(f'{k}={v}' for k, v in spec.items() if k != 'kind')})"

@@ -1,0 +1,127 @@
+"""Functional models: parameters are an ordered dict of tensors, the forward pass is a pure function.
+
+Every model also works on a *batch of parameter sets* (a leading task dimension on every tensor), which is
+how a meta-batch of adapted models runs as one vectorized computation. Parameter names are those of the
+equivalent `torch.nn.Sequential`, so an exported initialization loads into plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Params = "OrderedDict[str, torch.Tensor]"
+
+ACTIVATIONS = {
+    "relu": (F.relu, nn.ReLU),
+    "tanh": (torch.tanh, nn.Tanh),
+    "gelu": (F.gelu, nn.GELU),
+    "silu": (F.silu, nn.SiLU),
+}
+
+
+class FunctionalModel(Protocol):
+    """What the engine needs of a model."""
+
+    def spec(self) -> dict: ...
+
+    def init_params(self, generator: torch.Generator, device=None, dtype=None) -> "OrderedDict[str, torch.Tensor]": ...
+
+    def forward(self, params, x: torch.Tensor) -> torch.Tensor:
+        """params: shared [shape] or per-task [B, shape]; x: [B, N, *input]; returns [B, N, out]."""
+        ...
+
+    def torch_module(self) -> nn.Module: ...
+
+
+class MLP:
+    """Fully connected network, e.g. the MAML paper's 1-40-40-1 ReLU regressor."""
+
+    def __init__(self, sizes=(1, 40, 40, 1), activation: str = "relu"):
+        sizes = tuple(int(s) for s in sizes)
+        if len(sizes) < 2 or any(s < 1 for s in sizes):
+            raise ValueError(f"MLP sizes must be at least two positive integers, got {list(sizes)}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r} (one of {', '.join(ACTIVATIONS)})")
+        self.sizes = sizes
+        self.activation = activation
+        self._act = ACTIVATIONS[activation][0]
+
+    def spec(self) -> dict:
+        return {"kind": "mlp", "sizes": list(self.sizes), "activation": self.activation}
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def param_shapes(self) -> "OrderedDict[str, tuple[int, ...]]":
+        shapes = OrderedDict()
+        for i in range(self.num_layers):
+            fan_in, fan_out = self.sizes[i], self.sizes[i + 1]
+            shapes[f"{2 * i}.weight"] = (fan_out, fan_in)
+            shapes[f"{2 * i}.bias"] = (fan_out,)
+        return shapes
+
+    def init_params(self, generator: torch.Generator, device=None, dtype=None) -> "OrderedDict[str, torch.Tensor]":
+        """nn.Linear's default initialization, drawn from `generator` so runs are reproducible."""
+        dtype = dtype or torch.float32
+        params = OrderedDict()
+        for name, shape in self.param_shapes().items():
+            fan_in = self.sizes[int(name.split(".")[0]) // 2]
+            bound = 1.0 / math.sqrt(fan_in)
+            t = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+            params[name] = t.to(device)
+        return params
+
+    def forward(self, params, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        last = self.num_layers - 1
+        for i in range(self.num_layers):
+            w = params[f"{2 * i}.weight"]
+            b = params[f"{2 * i}.bias"]
+            if w.dim() == 3:  # per-task weights [B, out, in]
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            else:
+                h = torch.addmm(b, h.reshape(-1, h.shape[-1]), w.t()).view(*h.shape[:-1], w.shape[0])
+            if i != last:
+                h = self._act(h)
+        return h
+
+    def torch_module(self) -> nn.Module:
+        act = ACTIVATIONS[self.activation][1]
+        layers: list[nn.Module] = []
+        for i in range(self.num_layers):
+            layers.append(nn.Linear(self.sizes[i], self.sizes[i + 1]))
+            if i != self.num_layers - 1:
+                layers.append(act())
+        return nn.Sequential(*layers)
+
+
+def build_model(spec: dict):
+    """A model from its metadata spec (what export writes)."""
+    kind = spec.get("kind")
+    if kind == "mlp":
+        return MLP(spec.get("sizes", (1, 40, 40, 1)), spec.get("activation", "relu"))
+    if kind == "conv4":
+        from .conv4 import Conv4  # image tasks; imported lazily
+
+        return Conv4.from_spec(spec)
+    raise ValueError(f"unknown model kind {kind!r}")
+
+
+def clone_params(params) -> "OrderedDict[str, torch.Tensor]":
+    return OrderedDict((k, v.detach().clone()) for k, v in params.items())
+
+
+def detach_params(params) -> "OrderedDict[str, torch.Tensor]":
+    """The same values cut from the autograd graph (no copy)."""
+    return OrderedDict((k, v.detach()) for k, v in params.items())
+
+
+def count_params(params) -> int:
+    return sum(v.numel() for v in params.values())

@@ -1,0 +1,117 @@
+"""Few-shot task families: a task batch is a set of tensors with a leading task dimension."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class TaskBatch:
+    """B tasks, each with a support set (to adapt on) and a query set (to score the adaptation).
+
+    Shapes: x_support [B, K, ...], y_support [B, K, ...], x_query [B, Q, ...], y_query [B, Q, ...].
+    `info` carries per-task ground truth (e.g. sinusoid amplitude and phase) for plots.
+    """
+
+    x_support: torch.Tensor
+    y_support: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.x_support.shape[0]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TaskBatch":
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return TaskBatch(move(self.x_support), move(self.y_support), move(self.x_query), move(self.y_query),
+                         dict(self.info))
+
+    def task(self, i: int) -> "TaskBatch":
+        """The i-th task as a batch of one (keeps the leading dimension)."""
+        sl = slice(i, i + 1)
+        info = {k: v[sl] if isinstance(v, torch.Tensor) else v for k, v in self.info.items()}
+        return TaskBatch(self.x_support[sl], self.y_support[sl], self.x_query[sl], self.y_query[sl], info)
+
+    def joint(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support and query points of every task pooled, for the joint-training baseline."""
+        x = torch.cat([self.x_support, self.x_query], dim=1)
+        y = torch.cat([self.y_support, self.y_query], dim=1)
+        return x, y
+
+
+@dataclass(frozen=True)
+class SinusoidFamily:
+    """y = A sin(x - phase) with A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5] (MAML paper, Sec. 5.1)."""
+
+    amplitude: tuple[float, float] = (0.1, 5.0)
+    phase: tuple[float, float] = (0.0, math.pi)
+    x_range: tuple[float, float] = (-5.0, 5.0)
+
+    name = "sinusoid"
+    loss = "mse"
+    input_shape = (1,)
+    output_dim = 1
+
+    def __post_init__(self) -> None:
+        for label, (lo, hi) in (("amplitude", self.amplitude), ("phase", self.phase), ("x_range", self.x_range)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ValueError(f"sinusoid {label} range must be finite with low <= high, got {(lo, hi)}")
+
+    def describe(self) -> dict:
+        return {"name": self.name, "amplitude": list(self.amplitude), "phase": list(self.phase),
+                "x_range": list(self.x_range)}
+
+    def _uniform(self, shape: tuple[int, ...], bounds: tuple[float, float], generator: torch.Generator,
+                 dtype: torch.dtype) -> torch.Tensor:
+        lo, hi = bounds
+        return torch.rand(shape, generator=generator, dtype=dtype) * (hi - lo) + lo
+
+    def sample(self, num_tasks: int, shots: int, queries: int, generator: torch.Generator,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> TaskBatch:
+        """Sample B tasks on the CPU generator (reproducible on any device), then move them."""
+        if num_tasks < 1 or shots < 1 or queries < 0:
+            raise ValueError(f"need num_tasks >= 1, shots >= 1, queries >= 0; got {num_tasks}, {shots}, {queries}")
+        amp = self._uniform((num_tasks, 1, 1), self.amplitude, generator, dtype)
+        phase = self._uniform((num_tasks, 1, 1), self.phase, generator, dtype)
+        x = self._uniform((num_tasks, shots + queries, 1), self.x_range, generator, dtype)
+        y = amp * torch.sin(x - phase)
+        batch = TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:],
+                          {"amplitude": amp.view(-1), "phase": phase.view(-1)})
+        return batch.to(device)
+
+    @staticmethod
+    def curve(amplitude: float, phase: float) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda x: amplitude * torch.sin(x - phase)
+
+
+def user_task(x_support, y_support, truth: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              x_range: tuple[float, float] = (-5.0, 5.0), num_query: int = 200,
+              dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> TaskBatch:
+    """A one-task batch from points a user picked; the query set is `truth` on a dense grid, if given.
+
+    Without a ground truth the support points are their own query set (the error then measures fit).
+    """
+    xs = torch.as_tensor(x_support, dtype=dtype).reshape(1, -1, 1)
+    ys = torch.as_tensor(y_support, dtype=dtype).reshape(1, -1, 1)
+    if xs.shape != ys.shape:
+        raise ValueError(f"support x and y differ in length: {xs.shape[1]} vs {ys.shape[1]}")
+    if xs.shape[1] == 0:
+        raise ValueError("a task needs at least one support point")
+    if not (torch.isfinite(xs).all() and torch.isfinite(ys).all()):
+        raise ValueError("support points must be finite numbers")
+    if truth is None:
+        xq, yq = xs.clone(), ys.clone()
+    else:
+        xq = torch.linspace(x_range[0], x_range[1], num_query, dtype=dtype).reshape(1, -1, 1)
+        yq = torch.as_tensor(truth(xq), dtype=dtype).reshape(1, -1, 1)
+    return TaskBatch(xs, ys, xq, yq).to(device)

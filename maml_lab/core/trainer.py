@@ -1,0 +1,235 @@
+"""The Trainer: meta-trains one or several algorithms on the same stream of tasks, with no UI.
+
+It reports through a callback, can be paused, resumed and stopped between iterations from another
+thread, and stops on a non-finite loss with a clear reason, keeping the last finite parameters.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .algorithms import MetaAlgorithm, make_algorithm
+from .config import ExperimentConfig
+from .device import resolve_device, resolve_dtype
+from .evaluation import per_task_curve
+from .export import build_metadata, export_initialization
+from .models import MLP, clone_params
+from .tasks import SinusoidFamily
+
+
+def make_family(config: ExperimentConfig, progress=None, cancel=None):
+    """The task family a config names (image sets load here, with progress and cancellation)."""
+    if config.task == "sinusoid":
+        return SinusoidFamily()
+    from .image_tasks import image_family_from_config
+
+    return image_family_from_config(config, progress=progress, cancel=cancel)
+
+
+def make_model(config: ExperimentConfig, family):
+    if family.loss == "mse":
+        return MLP([family.input_shape[0], *config.hidden, family.output_dim], config.activation)
+    from .conv4 import Conv4
+
+    return Conv4.for_family(family)
+
+
+@dataclass
+class Run:
+    """One algorithm's state inside a Trainer."""
+
+    algorithm: MetaAlgorithm
+    params: "OrderedDict[str, torch.Tensor]"
+    history: list[dict] = field(default_factory=list)
+    val_history: list[dict] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.algorithm.name
+
+    @property
+    def last_metrics(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+class Trainer:
+    STATES = ("idle", "running", "paused", "stopped", "finished", "diverged", "failed")
+
+    def __init__(self, config: ExperimentConfig, family=None, model=None, initial_params=None):
+        config.validate()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype)
+        self.family = family if family is not None else make_family(config)
+        self.model = model if model is not None else make_model(config, self.family)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        init = initial_params or self.model.init_params(self.generator, dtype=self.dtype)
+        self.runs: OrderedDict[str, Run] = OrderedDict()
+        for algo_config in config.algorithms:
+            params = OrderedDict((k, v.detach().to(self.device, self.dtype).clone().requires_grad_(True))
+                                 for k, v in init.items())
+            algorithm = make_algorithm(self.model, self.family.loss, algo_config, config.iterations)
+            algorithm.setup(params)
+            self.runs[algo_config.name] = Run(algorithm, params)
+        self.iteration = 0
+        self.state = "idle"
+        self.stop_reason = ""
+        self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._val_batch = None
+
+    # -- control, safe to call from any thread --------------------------------------------------------
+    def pause(self) -> None:
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    # -- training -------------------------------------------------------------------------------------
+    def sample_batch(self):
+        c = self.config
+        return self.family.sample(c.meta_batch_size, c.shots, c.queries, self.generator, self.device, self.dtype)
+
+    def step(self) -> dict[str, dict]:
+        """One meta-iteration of every algorithm on the same batch of tasks; returns their metrics.
+
+        Raises FloatingPointError (after restoring that algorithm's last finite parameters) on divergence.
+        """
+        batch = self.sample_batch()
+        out = {}
+        for name, run in self.runs.items():
+            snapshot = clone_params(run.params)
+            metrics = run.algorithm.meta_step(run.params, batch, self.iteration)
+            finite = all(math.isfinite(v) for v in metrics.values()) and all(
+                bool(torch.isfinite(p).all()) for p in run.params.values())
+            if not finite:
+                with torch.no_grad():
+                    for k, p in run.params.items():
+                        p.copy_(snapshot[k])
+                raise FloatingPointError(
+                    f"{name} produced a non-finite loss at iteration {self.iteration + 1} "
+                    f"(inner or meta learning rate too large?); the last finite parameters were kept")
+            metrics["iteration"] = self.iteration + 1
+            run.history.append(metrics)
+            out[name] = metrics
+        self.iteration += 1
+        return out
+
+    def validation_batch(self):
+        if self._val_batch is None:
+            c = self.config
+            gen = torch.Generator().manual_seed(c.seed + 7919)
+            self._val_batch = self.family.sample(max(c.val_tasks, 1), c.shots, c.queries, gen, self.device,
+                                                 self.dtype)
+        return self._val_batch
+
+    def validate(self) -> dict[str, dict]:
+        """Held-out query loss before and after adaptation (each algorithm's training inner steps)."""
+        batch = self.validation_batch()
+        out = {}
+        for name, run in self.runs.items():
+            cfg = run.algorithm.config
+            steps = max(cfg.inner_steps, 1)
+            losses, accs = per_task_curve(self.model, self.family.loss, run.params, batch, steps, cfg.inner_lr)
+            entry = {"iteration": self.iteration, "val_pre_loss": float(losses[0].mean()),
+                     "val_post_loss": float(losses[-1].mean())}
+            if accs is not None:
+                entry["val_pre_accuracy"] = float(accs[0].mean())
+                entry["val_post_accuracy"] = float(accs[-1].mean())
+            run.val_history.append(entry)
+            out[name] = entry
+        return out
+
+    def run(self, iterations: int | None = None, callback: Callable[[dict], None] | None = None,
+            report_every: int = 1) -> str:
+        """Train until `iterations` more (default: to config.iterations) or stop(); returns the final state."""
+        target = self.config.iterations if iterations is None else min(self.iteration + iterations,
+                                                                         self.config.iterations)
+        self._stop.clear()
+        self.state = "running"
+        self.stop_reason = ""
+        start_iteration = self.iteration
+        active = 0.0
+        last_report = time.perf_counter()
+        report_iter = self.iteration
+        c = self.config
+        while self.iteration < target:
+            if not self._running.is_set():
+                self.state = "paused"
+                self._emit(callback, start_iteration, active, 0.0, target, {})
+                self._running.wait()
+                last_report = time.perf_counter()
+                report_iter = self.iteration
+                self.state = "running"
+            if self._stop.is_set():
+                break
+            t0 = time.perf_counter()
+            try:
+                metrics = self.step()
+            except FloatingPointError as exc:
+                self.state = "diverged"
+                self.stop_reason = str(exc)
+                self._emit(callback, start_iteration, active, 0.0, target, {})
+                return self.state
+            val = self.validate() if c.val_every and (self.iteration % c.val_every == 0) else {}
+            active += time.perf_counter() - t0
+            done = self.iteration == target
+            if callback is not None and (done or val or (self.iteration - start_iteration) % report_every == 0):
+                now = time.perf_counter()
+                rate = (self.iteration - report_iter) * c.meta_batch_size / max(now - last_report, 1e-9)
+                last_report, report_iter = now, self.iteration
+                self._emit(callback, start_iteration, active, rate, target, metrics, val)
+        if self.iteration >= self.config.iterations:
+            self.state = "finished"
+        else:
+            self.state = "stopped"
+            self.stop_reason = "stopped by the user" if self._stop.is_set() else ""
+        self._emit(callback, start_iteration, active, 0.0, target, {})
+        return self.state
+
+    def _emit(self, callback, start_iteration, active, rate, target, metrics, val=None) -> None:
+        if callback is None:
+            return
+        done = self.iteration - start_iteration
+        per_iter = active / done if done else 0.0
+        callback({
+            "state": self.state, "iteration": self.iteration, "total": self.config.iterations,
+            "tasks_per_s": rate, "eta_s": per_iter * (target - self.iteration), "elapsed_s": active,
+            "metrics": metrics, "val": val or {}, "reason": self.stop_reason,
+        })
+
+    # -- results --------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, "OrderedDict[str, torch.Tensor]"]:
+        """Detached copies of every algorithm's current initialization (safe to hand to another thread)."""
+        return {name: OrderedDict((k, v.detach().to("cpu").clone()) for k, v in run.params.items())
+                for name, run in self.runs.items()}
+
+    def metadata(self, name: str) -> dict:
+        run = self.runs[name]
+        c = self.config
+        hyper = run.algorithm.config.to_dict()
+        hyper.update(meta_batch_size=c.meta_batch_size, shots=c.shots, queries=c.queries, seed=c.seed,
+                     dtype=c.dtype)
+        metrics = {k: v for k, v in run.last_metrics.items() if k != "iteration"}
+        if run.val_history:
+            metrics.update({k: v for k, v in run.val_history[-1].items() if k != "iteration"})
+        return build_metadata(name, self.model.spec(), self.family.describe(), hyper, self.iteration, metrics)
+
+    def export(self, name: str, path) -> None:
+        export_initialization(path, self.runs[name].params, self.metadata(name))
