@@ -1,0 +1,181 @@
+"""Every algorithm against an independent computation, in float64."""
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from maml_lab.core.adaptation import adapt
+from maml_lab.core.algorithms import AlgorithmConfig, make_algorithm
+from maml_lab.core.losses import mse_per_task
+from maml_lab.core.models import MLP, clone_params
+from maml_lab.core.tasks import SinusoidFamily
+
+DT = torch.float64
+
+
+def setup(sizes=(1, 6, 6, 1), activation="tanh", tasks=4, shots=5, queries=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    model = MLP(sizes, activation)
+    params = model.init_params(g, dtype=DT)
+    batch = SinusoidFamily().sample(tasks, shots, queries, g, dtype=DT)
+    return model, params, batch
+
+
+def meta_objective(model, params, batch, steps, lr):
+    """Mean post-adaptation query loss, computed without any graph (for finite differences)."""
+    res = adapt(model, mse_per_task, params, batch.x_support, batch.y_support, steps, lr)
+    with torch.no_grad():
+        return mse_per_task(model.forward(res.params, batch.x_query), batch.y_query).mean().item()
+
+
+def engine_meta_gradient(model, params, batch, steps, lr, first_order):
+    algo = make_algorithm(model, "mse", AlgorithmConfig("fomaml" if first_order else "maml", inner_lr=lr,
+                                                        inner_steps=steps))
+    leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in params.items())
+    grads, _, _, _ = algo.meta_gradient(leaves, batch, first_order)
+    return OrderedDict(zip(params, grads))
+
+
+def finite_difference(model, params, batch, steps, lr, h=1e-6):
+    out = OrderedDict()
+    for name, value in params.items():
+        grad = torch.zeros_like(value)
+        flat = grad.view(-1)
+        for i in range(value.numel()):
+            plus, minus = clone_params(params), clone_params(params)
+            plus[name].view(-1)[i] += h
+            minus[name].view(-1)[i] -= h
+            flat[i] = (meta_objective(model, plus, batch, steps, lr) -
+                       meta_objective(model, minus, batch, steps, lr)) / (2 * h)
+        out[name] = grad
+    return out
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_maml_meta_gradient_matches_finite_differences(steps):
+    model, params, batch = setup()
+    lr = 0.05
+    engine = engine_meta_gradient(model, params, batch, steps, lr, first_order=False)
+    numeric = finite_difference(model, params, batch, steps, lr)
+    for name in params:
+        torch.testing.assert_close(engine[name], numeric[name], rtol=1e-5, atol=1e-7)
+
+
+def test_fomaml_gradient_is_query_gradient_at_adapted_params_and_differs_from_maml():
+    model, params, batch = setup()
+    steps, lr = 2, 0.05
+    fo = engine_meta_gradient(model, params, batch, steps, lr, first_order=True)
+    so = engine_meta_gradient(model, params, batch, steps, lr, first_order=False)
+    # independent reference: adapt each task alone, then the query-loss gradient at phi_i, averaged
+    expected = OrderedDict((k, torch.zeros_like(v)) for k, v in params.items())
+    for i in range(batch.num_tasks):
+        task = batch.task(i)
+        phi = adapt(model, mse_per_task, params, task.x_support, task.y_support, steps, lr).params
+        phi = OrderedDict((k, v[0].detach().requires_grad_(True)) for k, v in phi.items())
+        loss = mse_per_task(model.forward(phi, task.x_query), task.y_query).sum()
+        for k, g in zip(phi, torch.autograd.grad(loss, list(phi.values()))):
+            expected[k] += g / batch.num_tasks
+    for name in params:
+        torch.testing.assert_close(fo[name], expected[name], rtol=1e-10, atol=1e-12)
+    differences = [float((fo[k] - so[k]).abs().max()) for k in params]
+    assert max(differences) > 1e-4, "the Hessian term should make MAML and FOMAML differ"
+
+
+def reference_meta_gradient(module, params, batch, steps, lr, first_order):
+    """A straightforward per-task loop on a plain nn.Module through torch.func.functional_call."""
+    theta = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in params.items())
+    total = 0.0
+    for i in range(batch.num_tasks):
+        fast = dict(theta)
+        for _ in range(steps):
+            pred = functional_call(module, fast, (batch.x_support[i],))
+            loss = ((pred - batch.y_support[i]) ** 2).mean()
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+            fast = {k: v - lr * g for (k, v), g in zip(fast.items(), grads)}
+        pred = functional_call(module, fast, (batch.x_query[i],))
+        total = total + ((pred - batch.y_query[i]) ** 2).mean()
+    grads = torch.autograd.grad(total / batch.num_tasks, list(theta.values()))
+    return OrderedDict(zip(theta, grads))
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_vectorized_meta_step_equals_per_task_loop(first_order, activation):
+    model, params, batch = setup(sizes=(1, 40, 40, 1), activation=activation, tasks=25, shots=10, queries=10)
+    module = model.torch_module().to(DT)
+    for steps in (1, 2):
+        engine = engine_meta_gradient(model, params, batch, steps, 0.01, first_order)
+        reference = reference_meta_gradient(module, params, batch, steps, 0.01, first_order)
+        for name in params:
+            torch.testing.assert_close(engine[name], reference[name], rtol=1e-9, atol=1e-12)
+
+
+def test_maml_meta_step_applies_adam_to_the_meta_gradient():
+    model, params, batch = setup()
+    leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in params.items())
+    algo = make_algorithm(model, "mse", AlgorithmConfig("maml", inner_lr=0.05, meta_lr=1e-2))
+    algo.setup(leaves)
+    grads = engine_meta_gradient(model, params, batch, 1, 0.05, False)
+    algo.meta_step(leaves, batch)
+    # Adam's first step moves every coordinate by lr * sign(g) (bias-corrected m / sqrt(v) = g / |g|)
+    for k in params:
+        expected = params[k] - 1e-2 * grads[k] / (grads[k].abs() + 1e-8)
+        torch.testing.assert_close(leaves[k].detach(), expected, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("inner_optimizer", ["sgd", "adam"])
+def test_reptile_update_is_epsilon_times_mean_displacement(inner_optimizer):
+    model, params, batch = setup(tasks=5)
+    k, lr = 4, 0.02
+    cfg = AlgorithmConfig.defaults("reptile", inner_steps=k, inner_lr=lr, outer_lr_start=0.7, outer_lr_end=0.1,
+                                   inner_optimizer=inner_optimizer)
+    algo = make_algorithm(model, "mse", cfg, total_iterations=10)
+    algo.setup(params)
+    leaves = clone_params(params)
+    algo.meta_step(leaves, batch, iteration=5)
+    eps = 0.7 + 0.5 * (0.1 - 0.7)
+    # reference: each task trained alone with a torch.optim optimizer on an nn.Module copy
+    module = model.torch_module().to(DT)
+    mean_delta = OrderedDict((n, torch.zeros_like(v)) for n, v in params.items())
+    for i in range(batch.num_tasks):
+        module.load_state_dict(params)
+        opt = (torch.optim.SGD(module.parameters(), lr=lr) if inner_optimizer == "sgd"
+               else torch.optim.Adam(module.parameters(), lr=lr, betas=(0.0, 0.999)))
+        for _ in range(k):
+            opt.zero_grad()
+            ((module(batch.x_support[i]) - batch.y_support[i]) ** 2).mean().backward()
+            opt.step()
+        for n, v in module.state_dict().items():
+            mean_delta[n] += (v - params[n]) / batch.num_tasks
+    for n in params:
+        torch.testing.assert_close(leaves[n], params[n] + eps * mean_delta[n], rtol=1e-9, atol=1e-12)
+
+
+def test_reptile_with_one_inner_step_warns():
+    model, _, _ = setup()
+    with pytest.warns(UserWarning, match="joint training"):
+        make_algorithm(model, "mse", AlgorithmConfig("reptile", inner_steps=1))
+
+
+def test_pretrained_baseline_minimizes_joint_loss_without_adaptation():
+    model, params, batch = setup()
+    leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in params.items())
+    algo = make_algorithm(model, "mse", AlgorithmConfig("pretrained", meta_lr=1e-2))
+    algo.setup(leaves)
+    x, y = batch.joint()
+    joint = mse_per_task(model.forward(params, x), y).mean()
+    theta = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in params.items())
+    grads = torch.autograd.grad(mse_per_task(model.forward(theta, x), y).mean(), list(theta.values()))
+    algo.meta_step(leaves, batch)
+    for (k, v), g in zip(params.items(), grads):
+        torch.testing.assert_close(leaves[k].detach(), v - 1e-2 * g / (g.abs() + 1e-8), rtol=1e-6, atol=1e-9)
+    assert mse_per_task(model.forward(leaves, x), y).mean() < joint
+
+
+@pytest.mark.parametrize("bad", [{"inner_lr": -0.1}, {"meta_lr": 0.0}, {"inner_steps": 0}, {"name": "mamll"},
+                                 {"inner_optimizer": "rmsprop"}, {"inner_lr": float("nan")}])
+def test_invalid_algorithm_config_is_refused(bad):
+    with pytest.raises(ValueError):
+        AlgorithmConfig(**{"name": "maml", **bad})

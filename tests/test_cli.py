@@ -1,0 +1,70 @@
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from maml_lab.cli import main
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "maml_lab", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_train_then_eval_exactly_as_documented(tmp_path):
+    out = tmp_path / "init.safetensors"
+    r = run_cli("train", "--task", "sinusoid", "--algorithm", "maml", "--iterations", "200", "--meta-batch-size",
+                "25", "--shots", "10", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.is_file() and set(load_file(out)) == {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight",
+                                                     "4.bias"}
+    r = run_cli("eval", str(out), "--shots", "5", "--steps", "1", "5", "10", "--tasks", "100")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines() if line.strip()[:2] in ("0 ", "1 ", "5 ", "10")]
+    assert [row[0] for row in rows] == ["0", "1", "5", "10"]
+    assert all(row[2] == "+-" and float(row[1]) > 0 and float(row[3]) > 0 for row in rows)
+
+
+def test_several_algorithms_toml_config_and_flags(tmp_path, capsys):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('iterations = 20\nmeta_batch_size = 4\n[algorithms.reptile]\ninner_steps = 3\n'
+                   '[algorithms.pretrained]\n')
+    out = tmp_path / "init.pt"
+    assert main(["train", "--config", str(cfg), "--meta-lr", "0.002", "--out", str(out), "--quiet",
+                 "--save-config", str(tmp_path / "effective.toml")]) == 0
+    assert (tmp_path / "init-reptile.pt").is_file() and (tmp_path / "init-pretrained.pt").is_file()
+    effective = (tmp_path / "effective.toml").read_text()
+    assert "inner_steps = 3" in effective and "meta_lr = 0.002" in effective
+    assert main(["train", "--algorithm", "maml", "--first-order", "--iterations", "3", "--quiet",
+                 "--out", str(tmp_path / "fo.safetensors")]) == 0
+    assert main(["eval", str(tmp_path / "fo.safetensors"), "--tasks", "10"]) == 0
+    assert "fomaml" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--inner-lr", "-0.1"], "must be a positive number"),
+    (["train", "--shots", "0"], "must be >= 1"),
+    (["train", "--algorithm", "mamll"], "invalid choice"),
+    (["train", "--device", "quantum"], "unknown device"),
+    (["train", "--config", "missing.toml"], "config file not found"),
+    (["train", "--out", "x.zip"], "--out must end in .safetensors or .pt"),
+    (["eval", "missing.safetensors"], "file not found"),
+    (["eval"], "required"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_gets_one_line_and_exit_code_2(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_corrupt_file_in_eval_is_one_line(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"garbage")
+    r = run_cli("eval", str(bad))
+    assert r.returncode == 2
+    assert r.stderr.strip().startswith("maml-lab: error: bad.safetensors is not a readable safetensors file")
+    assert len(r.stderr.strip().splitlines()) == 1
