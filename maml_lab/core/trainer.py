@@ -20,7 +20,7 @@ from .config import ExperimentConfig
 from .device import resolve_device, resolve_dtype
 from .evaluation import per_task_curve
 from .export import build_metadata, export_initialization
-from .models import MLP, clone_params
+from .models import MLP
 from .tasks import SinusoidFamily
 
 
@@ -41,6 +41,11 @@ def make_model(config: ExperimentConfig, family):
     return Conv4.for_family(family)
 
 
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """One reduction for all tensors: a NaN or inf anywhere makes its norm non-finite."""
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all())
+
+
 @dataclass
 class Run:
     """One algorithm's state inside a Trainer."""
@@ -49,6 +54,10 @@ class Run:
     params: "OrderedDict[str, torch.Tensor]"
     history: list[dict] = field(default_factory=list)
     val_history: list[dict] = field(default_factory=list)
+    backup: list[torch.Tensor] = field(default_factory=list)  # last finite parameters, refreshed every step
+
+    def __post_init__(self) -> None:
+        self.backup = [v.detach().clone() for v in self.params.values()]
 
     @property
     def name(self) -> str:
@@ -114,14 +123,13 @@ class Trainer:
         batch = self.sample_batch()
         out = {}
         for name, run in self.runs.items():
-            snapshot = clone_params(run.params)
+            values = list(run.params.values())
+            with torch.no_grad():
+                torch._foreach_copy_(run.backup, values)
             metrics = run.algorithm.meta_step(run.params, batch, self.iteration)
-            finite = all(math.isfinite(v) for v in metrics.values()) and all(
-                bool(torch.isfinite(p).all()) for p in run.params.values())
-            if not finite:
+            if not (all(math.isfinite(v) for v in metrics.values()) and _all_finite(values)):
                 with torch.no_grad():
-                    for k, p in run.params.items():
-                        p.copy_(snapshot[k])
+                    torch._foreach_copy_(values, run.backup)
                 raise FloatingPointError(
                     f"{name} produced a non-finite loss at iteration {self.iteration + 1} "
                     f"(inner or meta learning rate too large?); the last finite parameters were kept")

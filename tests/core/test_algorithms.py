@@ -101,7 +101,7 @@ def reference_meta_gradient(module, params, batch, steps, lr, first_order):
 
 
 @pytest.mark.parametrize("first_order", [False, True])
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "gelu"])  # gelu: the generic autograd path
 def test_vectorized_meta_step_equals_per_task_loop(first_order, activation):
     model, params, batch = setup(sizes=(1, 40, 40, 1), activation=activation, tasks=25, shots=10, queries=10)
     module = model.torch_module().to(DT)
