@@ -11,8 +11,15 @@ from maml_lab.core.landscape import LandscapeCancelled, adaptation_path, grid, s
 from maml_lab.core.losses import mse_per_task
 from maml_lab.core.models import MLP
 from maml_lab.core.tasks import SinusoidFamily
-from maml_lab.core.trajectory import (TrajectoryRecorder, filter_normalized_direction, flatten, pca_plane,
-                                      random_plane, task_plane, unflatten)
+from maml_lab.core.trajectory import (
+    TrajectoryRecorder,
+    filter_normalized_direction,
+    flatten,
+    pca_plane,
+    random_plane,
+    task_plane,
+    unflatten,
+)
 
 
 @pytest.fixture
