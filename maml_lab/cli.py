@@ -250,13 +250,16 @@ def cmd_eval(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        from .app import main as app_main  # no subcommand: the desktop app, with its own flags
+
+        return app_main(argv)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            from .app import main as app_main
-
-            return app_main(argv)
+            parser.print_help()
+            return EXIT_USAGE
         handler = {"train": cmd_train, "eval": cmd_eval}[args.command]
         return handler(args)
     except UsageError as exc:

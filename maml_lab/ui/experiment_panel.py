@@ -1,0 +1,417 @@
+"""The experiment form: task, model, training schedule and the algorithms to train, each with its own
+hyperparameters. Invalid values are refused here, with a message that says why, before anything runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from importlib import resources
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QLineEdit,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.algorithms import ALGORITHMS, AlgorithmConfig
+from ..core.config import ExperimentConfig
+from ..core.models import ACTIVATIONS
+from .colors import algorithm_color, algorithm_label
+
+APP_DEFAULT_ITERATIONS = 20000
+
+
+def default_config() -> ExperimentConfig:
+    """The app's starting experiment (resources/default_experiment.toml): MAML beside the pretrained baseline."""
+    try:
+        text = resources.files("maml_lab").joinpath("resources/default_experiment.toml").read_text("utf-8")
+        import tomllib
+
+        return ExperimentConfig.from_dict(tomllib.loads(text))
+    except (OSError, ValueError, ModuleNotFoundError):
+        return ExperimentConfig(algorithms=[AlgorithmConfig.defaults("maml"), AlgorithmConfig.defaults("pretrained")],
+                                iterations=APP_DEFAULT_ITERATIONS)
+
+
+def image_tasks_available() -> bool:
+    return importlib.util.find_spec("maml_lab.core.image_tasks") is not None
+
+
+def _fmt_float(value: float) -> str:
+    return f"{value:g}"
+
+
+class FormError(ValueError):
+    """An invalid field: the message and the widget to mark."""
+
+    def __init__(self, message: str, widget: QWidget | None = None):
+        super().__init__(message)
+        self.widget = widget
+
+
+def _spin(low: int, high: int, step: int = 1, tip: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(low, high)
+    box.setSingleStep(step)
+    box.setGroupSeparatorShown(True)
+    box.setToolTip(tip)
+    box.setAlignment(Qt.AlignmentFlag.AlignRight)
+    box.setKeyboardTracking(True)
+    return box
+
+
+class AlgorithmColumn:
+    """One algorithm's column of the grid: enable box and its own hyperparameters."""
+
+    def __init__(self, name: str):
+        self.name = name
+        label = algorithm_label(name)
+        self.enabled = QCheckBox(label)
+        self.enabled.setToolTip(f"Train {label} on the shared task stream")
+        color = algorithm_color(name)
+        self.enabled.setStyleSheet(
+            f"QCheckBox {{ font-weight: 600; color: {color}; }}"
+            f"QCheckBox::indicator:checked {{ background: {color}; border: 1px solid {color}; border-radius: 3px; }}"
+            f"QCheckBox::indicator {{ width: 13px; height: 13px; border: 1px solid #B8BFC7; border-radius: 3px;"
+            f" background: white; }}")
+        self.inner_lr = self._line("inner learning rate α: the SGD step size of adaptation")
+        self.inner_steps = _spin(0 if name == "pretrained" else 1, 1000, tip="inner SGD steps during meta-training"
+                                 + (" (Reptile's k)" if name == "reptile" else ""))
+        self.test_steps = _spin(0, 1000, tip="inner SGD steps at evaluation / test time")
+        if name == "reptile":
+            self.meta_lr = self._line("Reptile's outer step ε at the first iteration (annealed linearly to 0)")
+        else:
+            self.meta_lr = self._line("meta learning rate β: the outer Adam step size")
+        self.fields = (self.inner_lr, self.inner_steps, self.test_steps, self.meta_lr)
+        self.enabled.toggled.connect(self._sync_enabled)
+        self._extra: dict = {}
+
+    @staticmethod
+    def _line(tip: str) -> QLineEdit:
+        edit = QLineEdit()
+        edit.setToolTip(tip)
+        edit.setAlignment(Qt.AlignmentFlag.AlignRight)
+        edit.setMinimumWidth(48)
+        return edit
+
+    def _sync_enabled(self, on: bool) -> None:
+        for w in self.fields:
+            w.setEnabled(on)
+
+    def set_config(self, cfg: AlgorithmConfig | None) -> None:
+        cfg = cfg or AlgorithmConfig.defaults(self.name)
+        self._extra = {k: v for k, v in cfg.to_dict().items()
+                       if k not in ("name", "inner_lr", "inner_steps", "test_inner_steps", "meta_lr")}
+        self.inner_lr.setText(_fmt_float(cfg.inner_lr))
+        self.inner_steps.setValue(cfg.inner_steps)
+        self.test_steps.setValue(cfg.test_inner_steps)
+        self.meta_lr.setText(_fmt_float(cfg.outer_lr_start if self.name == "reptile" else cfg.meta_lr))
+
+    def config(self) -> AlgorithmConfig:
+        label = algorithm_label(self.name)
+        inner_lr = _positive(self.inner_lr, f"{label} inner lr α")
+        outer = _positive(self.meta_lr, f"{label} {'outer step ε' if self.name == 'reptile' else 'meta lr β'}")
+        values = dict(self._extra)
+        values.update(inner_lr=inner_lr, inner_steps=self.inner_steps.value(),
+                      test_inner_steps=self.test_steps.value())
+        if self.name == "reptile":
+            values["outer_lr_start"] = outer
+        else:
+            values["meta_lr"] = outer
+        try:
+            return AlgorithmConfig(name=self.name, **values)
+        except ValueError as exc:
+            raise FormError(f"{label}: {exc}", self.inner_lr) from None
+
+
+def _positive(edit: QLineEdit, what: str) -> float:
+    text = edit.text().strip()
+    if not text:
+        raise FormError(f"{what} is empty: enter a positive number such as 0.01", edit)
+    try:
+        value = float(text)
+    except ValueError:
+        raise FormError(f"{what} must be a number, got '{text}'", edit) from None
+    if not math.isfinite(value) or value <= 0:
+        raise FormError(f"{what} must be a positive number, got {text}", edit)
+    return value
+
+
+class ExperimentPanel(QWidget):
+    """The form (scrollable) with its error message pinned below it, always in view.
+
+    Emits `changed` on every edit and `validity_changed(ok, message)` when the form becomes (in)valid.
+    """
+
+    changed = Signal()
+    validity_changed = Signal(bool, str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._base = default_config()
+        self._valid = True
+        self._message = ""
+        self._loading = False
+
+        body = self.form = QWidget()
+        body.setObjectName("ExperimentBody")
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(10, 2, 10, 10)
+        layout.setSpacing(4)
+
+        # task --------------------------------------------------------------------------------------
+        task_box = QGroupBox("Task")
+        form = self._form(task_box)
+        self.task = QComboBox()
+        self.task.addItem("Sinusoid regression", "sinusoid")
+        self.task.addItem("Images (few-shot classification)", "images")
+        if not image_tasks_available():
+            item = self.task.model().item(1)
+            item.setEnabled(False)
+            item.setToolTip("Image tasks are not available in this build")
+        self.task.setToolTip("The task family meta-training samples from")
+        form.addRow("Family", self.task)
+        self.shots = _spin(1, 1000, tip="K: support examples per task (per class for images)")
+        form.addRow("K (shots)", self.shots)
+        self.meta_batch = _spin(1, 100000, tip="tasks per meta-iteration")
+        form.addRow("Meta-batch", self.meta_batch)
+        layout.addWidget(task_box)
+
+        # model -------------------------------------------------------------------------------------
+        model_box = QGroupBox("Model")
+        form = self._form(model_box)
+        self.hidden = QLineEdit()
+        self.hidden.setPlaceholderText("e.g. 40, 40")
+        self.hidden.setToolTip("Hidden layer widths of the MLP, separated by commas (the MAML paper uses 40, 40)")
+        form.addRow("Hidden widths", self.hidden)
+        self.activation = QComboBox()
+        for name in ACTIVATIONS:
+            self.activation.addItem(name, name)
+        form.addRow("Activation", self.activation)
+        layout.addWidget(model_box)
+
+        # schedule ----------------------------------------------------------------------------------
+        run_box = QGroupBox("Training")
+        form = self._form(run_box)
+        self.iterations = _spin(1, 100_000_000, 1000, "meta-iterations to train")
+        form.addRow("Iterations", self.iterations)
+        self.seed = _spin(0, 2**31 - 1, tip="seed of the task stream and of the initialization")
+        form.addRow("Seed", self.seed)
+        self.device = QComboBox()
+        self.device.addItem("auto", "auto")
+        self.device.addItem("cpu", "cpu")
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                self.device.addItem("cuda", "cuda")
+        except Exception:  # noqa: BLE001 - a broken CUDA install leaves cpu and auto
+            pass
+        self.device.setToolTip("auto: CUDA when available, else CPU")
+        form.addRow("Device", self.device)
+        layout.addWidget(run_box)
+
+        # algorithms --------------------------------------------------------------------------------
+        algo_box = QGroupBox("Algorithms")
+        grid = QGridLayout(algo_box)
+        grid.setContentsMargins(10, 12, 10, 8)
+        grid.setHorizontalSpacing(6)
+        grid.setVerticalSpacing(5)
+        self.columns = {name: AlgorithmColumn(name) for name in ALGORITHMS}
+        rows = ("Inner lr α", "Inner steps", "Test steps", "Meta lr β / ε")
+        tips = ("SGD step size of adaptation (training and test)", "inner steps in meta-training",
+                "inner steps when evaluating", "outer step size: Adam β for MAML, FOMAML and pretrained; "
+                "Reptile's ε (annealed to 0)")
+        # two algorithms per block keeps the panel narrow: MAML | FOMAML, then Reptile | Pretrained
+        for block in range(2):
+            base = block * 6
+            for r, (text, tip) in enumerate(zip(rows, tips, strict=True), start=1):
+                label = QLabel(text)
+                label.setToolTip(tip)
+                label.setProperty("hint", True)
+                grid.addWidget(label, base + r, 0)
+            if block:
+                grid.setRowMinimumHeight(base - 1, 8)
+        for i, name in enumerate(ALGORITHMS):
+            col = self.columns[name]
+            block, c = divmod(i, 2)
+            base = block * 6
+            grid.addWidget(col.enabled, base, 1 + c)
+            for r, w in enumerate(col.fields, start=1):
+                grid.addWidget(w, base + r, 1 + c)
+        grid.setColumnStretch(1, 1)
+        grid.setColumnStretch(2, 1)
+        layout.addWidget(algo_box)
+
+        layout.addStretch(1)
+        self.scroll.setWidget(body)
+        self.error = QLabel()
+        self.error.setObjectName("FormError")
+        self.error.setWordWrap(True)
+        self.error.setVisible(False)
+        self.error.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.setSpacing(0)
+        outer.addWidget(self.scroll, 1)
+        outer.addWidget(self.error)
+
+        for w in (self.task, self.activation, self.device):
+            w.currentIndexChanged.connect(self._on_edit)
+        for w in (self.shots, self.meta_batch, self.iterations, self.seed):
+            w.valueChanged.connect(self._on_edit)
+        self.hidden.textChanged.connect(self._on_edit)
+        for col in self.columns.values():
+            col.enabled.toggled.connect(self._on_edit)
+            col.inner_lr.textChanged.connect(self._on_edit)
+            col.meta_lr.textChanged.connect(self._on_edit)
+            col.inner_steps.valueChanged.connect(self._on_edit)
+            col.test_steps.valueChanged.connect(self._on_edit)
+        self.set_config(self._base)
+        # never clip the form horizontally: the panel is at least as wide as its content
+        self.setMinimumWidth(body.minimumSizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width() + 2)
+
+    @staticmethod
+    def _form(box: QGroupBox) -> QFormLayout:
+        form = QFormLayout(box)
+        form.setContentsMargins(10, 12, 10, 8)
+        form.setHorizontalSpacing(10)
+        form.setVerticalSpacing(5)
+        form.setLabelAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
+        form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        return form
+
+    # -- config in / out -----------------------------------------------------------------------------
+    def set_config(self, config: ExperimentConfig) -> None:
+        self._loading = True
+        try:
+            self._base = config
+            self._set_combo(self.task, config.task)
+            self.shots.setValue(config.shots)
+            self.meta_batch.setValue(config.meta_batch_size)
+            self.hidden.setText(", ".join(str(h) for h in config.hidden))
+            self._set_combo(self.activation, config.activation)
+            self.iterations.setValue(config.iterations)
+            self.seed.setValue(config.seed)
+            if self.device.findData(config.device) < 0:
+                self.device.addItem(config.device, config.device)
+            self._set_combo(self.device, config.device)
+            chosen = {a.name: a for a in config.algorithms}
+            for name, col in self.columns.items():
+                col.set_config(chosen.get(name))
+                col.enabled.setChecked(name in chosen)
+                col._sync_enabled(name in chosen)
+        finally:
+            self._loading = False
+        self._on_edit()
+
+    @staticmethod
+    def _set_combo(combo: QComboBox, value) -> None:
+        i = combo.findData(value)
+        if i >= 0:
+            combo.setCurrentIndex(i)
+
+    def _hidden_widths(self) -> list[int]:
+        text = self.hidden.text().replace(";", ",").strip()
+        parts = [p for p in text.replace(" ", ",").split(",") if p]
+        try:
+            widths = [int(p) for p in parts]
+        except ValueError:
+            widths = []
+        if not widths or any(w < 1 or w > 100000 for w in widths):
+            raise FormError("Hidden widths: use positive integers separated by commas, e.g. 40, 40 "
+                            f"(got '{self.hidden.text()}')", self.hidden)
+        return widths
+
+    def config(self) -> ExperimentConfig:
+        """The experiment the form describes; raises FormError (a ValueError) saying what is wrong."""
+        algorithms = [col.config() for col in self.columns.values() if col.enabled.isChecked()]
+        if not algorithms:
+            raise FormError("Choose at least one algorithm to train", self.columns["maml"].enabled)
+        task = self.task.currentData()
+        if task == "images" and not image_tasks_available():
+            raise FormError("Image tasks are not available in this build: choose Sinusoid regression", self.task)
+        data = self._base.to_dict()
+        data.update(task=task, shots=self.shots.value(), meta_batch_size=self.meta_batch.value(),
+                    hidden=self._hidden_widths(), activation=self.activation.currentData(),
+                    iterations=self.iterations.value(), seed=self.seed.value(), device=self.device.currentData())
+        data["algorithms"] = [a.to_dict() for a in algorithms]
+        if data.get("data") is None:
+            data.pop("data", None)
+        try:
+            config = ExperimentConfig.from_dict(data)
+        except ValueError as exc:
+            raise FormError(str(exc)) from None
+        if config.device != "auto":
+            from ..core.device import resolve_device
+
+            try:
+                resolve_device(config.device)
+            except ValueError as exc:
+                raise FormError(str(exc), self.device) from None
+        return config
+
+    def try_config(self) -> tuple[ExperimentConfig | None, str]:
+        try:
+            return self.config(), ""
+        except FormError as exc:
+            return None, str(exc)
+
+    @property
+    def valid(self) -> bool:
+        return self._valid
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    def _on_edit(self, *_args) -> None:
+        if self._loading:
+            return
+        for w in self._all_fields():
+            if w.property("invalid"):
+                w.setProperty("invalid", False)
+                w.style().unpolish(w)
+                w.style().polish(w)
+        try:
+            self.config()
+            ok, message = True, ""
+        except FormError as exc:
+            ok, message = False, str(exc)
+            if exc.widget is not None and hasattr(exc.widget, "setProperty"):
+                exc.widget.setProperty("invalid", True)
+                exc.widget.style().unpolish(exc.widget)
+                exc.widget.style().polish(exc.widget)
+        self.error.setText(f"⚠  {message}" if message else "")
+        self.error.setVisible(bool(message))
+        changed = ok != self._valid or message != self._message
+        self._valid, self._message = ok, message
+        if changed:
+            self.validity_changed.emit(ok, message)
+        self.changed.emit()
+
+    def _all_fields(self):
+        yield from (self.hidden, self.shots, self.meta_batch, self.iterations, self.seed, self.task, self.device)
+        for col in self.columns.values():
+            yield col.enabled
+            yield from col.fields
+
+    def set_running(self, running: bool) -> None:
+        """While a run trains, its experiment cannot change."""
+        self.form.setEnabled(not running)
+

@@ -1,0 +1,140 @@
+"""The metrics the app has received from the worker, per algorithm, in growable numpy arrays (no Qt).
+
+The plots draw bin means of these (a bounded number of points however long training runs); the CSV
+export writes every iteration.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+
+TRAIN_KEYS = ("pre_loss", "post_loss")
+VAL_KEYS = ("val_pre_loss", "val_post_loss")
+
+
+class _Column:
+    """An append-only float array with amortised O(1) appends."""
+
+    def __init__(self, dtype=np.float64):
+        self._data = np.empty(1024, dtype=dtype)
+        self._size = 0
+
+    def extend(self, values) -> None:
+        values = np.asarray(values, dtype=self._data.dtype).ravel()
+        need = self._size + values.size
+        if need > self._data.size:
+            grown = np.empty(max(need, 2 * self._data.size), dtype=self._data.dtype)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size:need] = values
+        self._size = need
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._data[: self._size]
+
+    def __len__(self) -> int:
+        return self._size
+
+
+class _Table:
+    def __init__(self, keys):
+        self.iteration = _Column(np.int64)
+        self.columns = {k: _Column() for k in keys}
+
+    def extend(self, iterations, **values) -> None:
+        self.iteration.extend(iterations)
+        for k, col in self.columns.items():
+            col.extend(values[k])
+
+    def __len__(self) -> int:
+        return len(self.iteration)
+
+
+def bin_means(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Means of consecutive bins so that at most `max_points` remain (x: the bins' last iteration)."""
+    n = len(x)
+    if n <= max_points:
+        return x.astype(np.float64), y
+    size = int(np.ceil(n / max_points))
+    starts = np.arange(0, n, size)
+    sums = np.add.reduceat(y, starts)
+    counts = np.diff(np.append(starts, n))
+    ends = np.minimum(starts + size, n) - 1
+    return x[ends].astype(np.float64), sums / counts
+
+
+class MetricsHistory:
+    def __init__(self):
+        self.train: dict[str, _Table] = {}
+        self.val: dict[str, _Table] = {}
+
+    def clear(self) -> None:
+        self.train.clear()
+        self.val.clear()
+
+    @property
+    def algorithms(self) -> list[str]:
+        return list(dict.fromkeys([*self.train, *self.val]))
+
+    def add_chunk(self, chunk: dict) -> None:
+        """chunk: {'train': {algo: {'iteration': [...], 'pre_loss': [...], ...}}, 'val': {algo: same}}."""
+        for name, cols in (chunk.get("train") or {}).items():
+            if len(cols["iteration"]):
+                self.train.setdefault(name, _Table(TRAIN_KEYS)).extend(cols["iteration"],
+                                                                       **{k: cols[k] for k in TRAIN_KEYS})
+        for name, cols in (chunk.get("val") or {}).items():
+            if len(cols["iteration"]):
+                self.val.setdefault(name, _Table(VAL_KEYS)).extend(cols["iteration"],
+                                                                   **{k: cols[k] for k in VAL_KEYS})
+
+    def series(self, name: str, key: str, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        table = (self.val if key in VAL_KEYS else self.train).get(name)
+        if table is None:
+            return np.empty(0), np.empty(0)
+        x, y = table.iteration.values, table.columns[key].values
+        if max_points is not None:
+            return bin_means(x, y, max_points)
+        return x.astype(np.float64), y
+
+    def count(self, name: str, key: str) -> int:
+        """How many values a series has (changes exactly when the series does)."""
+        table = (self.val if key in VAL_KEYS else self.train).get(name)
+        return len(table) if table is not None else 0
+
+    def last_iteration(self) -> int:
+        return max((int(t.iteration.values[-1]) for t in self.train.values() if len(t)), default=0)
+
+    def to_csv(self) -> str:
+        """Every iteration of every algorithm: iteration, algorithm, pre/post loss, validation where measured."""
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["iteration", "algorithm", *TRAIN_KEYS, *VAL_KEYS])
+        for name in self.algorithms:
+            val = self.val.get(name)
+            val_at = {}
+            if val is not None:
+                for i, it in enumerate(val.iteration.values):
+                    val_at[int(it)] = [val.columns[k].values[i] for k in VAL_KEYS]
+            train = self.train.get(name)
+            rows = set(val_at)
+            if train is not None:
+                its = train.iteration.values
+                cols = [train.columns[k].values for k in TRAIN_KEYS]
+                for i, it in enumerate(its):
+                    it = int(it)
+                    rows.discard(it)
+                    v = val_at.get(it, ["", ""])
+                    writer.writerow([it, name, *(_fmt(c[i]) for c in cols), *(_fmt(x) for x in v)])
+            for it in sorted(rows):  # validation before any training iteration (iteration 0)
+                writer.writerow([it, name, "", "", *(_fmt(x) for x in val_at[it])])
+        return out.getvalue()
+
+
+def _fmt(value) -> str:
+    if value == "":
+        return ""
+    return f"{float(value):.6g}"

@@ -1,0 +1,899 @@
+"""The main window: experiment panel, run controls, the views (playground, training curves) and the File menu."""
+
+from __future__ import annotations
+
+import math
+import sys
+from importlib import resources
+from pathlib import Path
+
+import tomli_w
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSettings, QSize, Qt, QTimer
+from PySide6.QtGui import QAction, QIcon, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QSizePolicy,
+    QSplitter,
+    QTabWidget,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.algorithms import ALGORITHMS
+from ..core.config import ExperimentConfig
+from ..core.export import InitializationError, atomic_write_bytes, export_initialization, load_initialization
+from .colors import algorithm_label
+from .experiment_panel import ExperimentPanel, FormError
+from .history import MetricsHistory
+from .playground import PlaygroundView
+from .preview import Initialization, mlp_for_playground
+from .theme import STATE_STYLE
+from .training_plots import TrainingPlotsView
+from .worker import TrainingController
+
+RECENT_LIMIT = 8
+INIT_FILTERS = "safetensors + metadata (*.safetensors);;PyTorch state dict (*.pt)"
+RUNNING_STATES = ("starting", "running", "paused", "stopping")
+
+
+def icon(name: str) -> QIcon:
+    try:
+        path = resources.files("maml_lab").joinpath(f"resources/icon-{name}.svg")
+        return QIcon(str(path))
+    except (OSError, ModuleNotFoundError):
+        return QIcon()
+
+
+def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds) or seconds <= 0:
+        return "–"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class MessageBar(QFrame):
+    """An inline message above the views (errors of a run, hints); closable."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setObjectName("MessageBar")
+        self.setProperty("kind", "info")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(12, 8, 8, 8)
+        row.setSpacing(10)
+        self.icon = QLabel()
+        self.icon.setObjectName("Badge")
+        self.label = QLabel()
+        self.label.setWordWrap(True)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        close = QToolButton()
+        close.setText("✕")
+        close.setAutoRaise(True)
+        close.setToolTip("Dismiss")
+        close.clicked.connect(self.clear)
+        row.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
+        row.addWidget(self.label, 1)
+        row.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        self.setVisible(False)
+
+    def show_message(self, kind: str, text: str) -> None:
+        self.setProperty("kind", kind)
+        self.icon.setProperty("kind", kind)
+        self.icon.setText({"error": "!", "warning": "!", "info": "i"}.get(kind, ""))
+        self.icon.style().unpolish(self.icon)
+        self.icon.style().polish(self.icon)
+        self.label.setText(text)
+        self.style().unpolish(self)
+        self.style().polish(self)
+        self.setVisible(True)
+
+    def clear(self) -> None:
+        self.label.setText("")
+        self.setVisible(False)
+
+    @property
+    def text(self) -> str:
+        return self.label.text() if self.isVisible() else ""
+
+    @property
+    def kind(self) -> str:
+        return str(self.property("kind"))
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, settings: QSettings | None = None, persist: bool = True, rng=None):
+        super().__init__()
+        self.settings = settings if settings is not None else QSettings()
+        self.persist = persist
+        self.setWindowTitle("MAML Lab")
+        self.setWindowIcon(icon("app"))
+        self.history = MetricsHistory()
+        self.controller = TrainingController(self, progress_hz=30.0, snapshot_interval=0.25)
+        self.controller.started.connect(self._on_started)
+        self.controller.progress.connect(self._on_progress)
+        self.controller.snapshot.connect(self._on_snapshot)
+        self.controller.finished.connect(self._on_finished)
+        self.controller.failed.connect(self._on_failed)
+        self.state = "idle"
+        self.run_config: ExperimentConfig | None = None
+        self.latest_snapshot: dict | None = None
+        self.last_progress: dict | None = None
+        self._failure = ""
+        self._reset_after_stop = False
+        self._closed = False
+
+        self.panel = ExperimentPanel()
+        self.panel.validity_changed.connect(lambda *_: self._sync_actions())
+        self.panel.changed.connect(self._sync_device_label)
+        self.panel.shots.valueChanged.connect(lambda k: self.playground.k.setValue(k))
+
+        self.playground = PlaygroundView(rng=rng)
+        self.playground.message.connect(lambda text: self.statusBar().showMessage(text, 4000))
+        self.playground.k.setValue(self.panel.shots.value())
+        self.plots = TrainingPlotsView(self.history, max_fps=12.0)
+        self.tabs = QTabWidget()
+        self.tabs.setDocumentMode(False)
+        self.tabs.addTab(self.playground, "Playground")
+        self.tabs.addTab(self.plots, "Training curves")
+        self.views = {"playground": self.playground, "training": self.plots}
+        self.message_bar = MessageBar()
+
+        right = QWidget()
+        rv = QVBoxLayout(right)
+        rv.setContentsMargins(0, 8, 10, 8)
+        rv.setSpacing(8)
+        rv.addWidget(self.message_bar)
+        rv.addWidget(self.tabs, 1)
+        self.splitter = QSplitter(Qt.Orientation.Horizontal)
+        self.splitter.setObjectName("MainSplitter")
+        self.splitter.addWidget(self.panel)
+        self.splitter.addWidget(right)
+        self.splitter.setStretchFactor(0, 0)
+        self.splitter.setStretchFactor(1, 1)
+        self.splitter.setCollapsible(1, False)
+        self.splitter.setSizes([self.panel.minimumWidth(), 1100])
+        self.setCentralWidget(self.splitter)
+
+        self._build_actions()
+        self._build_toolbar()
+        self._build_menus()
+        self._build_status_bar()
+        self.resize(1440, 900)
+        if persist:
+            self._restore_settings()
+        self._sync_actions()
+        self._sync_device_label()
+        self._set_state("idle")
+
+    # -- construction --------------------------------------------------------------------------------
+    def _action(self, text: str, slot, shortcut=None, tip: str = "", icon_name: str | None = None,
+                checkable: bool = False) -> QAction:
+        act = QAction(text, self)
+        if icon_name:
+            act.setIcon(icon(icon_name))
+        if shortcut is not None:
+            act.setShortcut(QKeySequence(shortcut))
+            act.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        if tip:
+            shortcut_text = act.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+            act.setToolTip(f"{tip} ({shortcut_text})" if shortcut_text else tip)
+            act.setStatusTip(tip)
+        act.setCheckable(checkable)
+        act.triggered.connect(slot)
+        self.addAction(act)
+        return act
+
+    def _build_actions(self) -> None:
+        self.act_toggle = self._action("Start / Pause", self.toggle_run, Qt.Key.Key_Space,
+                                       "Start training, or pause / resume it")
+        self.act_start = self._action("Start", self.start, None, "Train the checked algorithms (Space)", "start")
+        self.act_pause = self._action("Pause", self.pause_or_resume, None, "Pause or resume training (Space)",
+                                      "pause")
+        self.act_stop = self._action("Stop", self.stop, "Ctrl+.", "Stop training; the parameters so far are kept",
+                                     "stop")
+        self.act_reset = self._action("Reset", self.reset, "Ctrl+R", "Discard the trained parameters and curves",
+                                      "reset")
+        self.act_open_config = self._action("Open experiment…", self.open_config, QKeySequence.StandardKey.Open,
+                                            "Open an experiment config (TOML)", "open")
+        self.act_save_config = self._action("Save experiment…", self.save_config, QKeySequence.StandardKey.Save,
+                                            "Save the experiment config (TOML)", "save")
+        self.act_import = self._action("Import initialization…", self.import_initialization, "Ctrl+I",
+                                       "Load an exported initialization into the playground", "import")
+        self.act_export = self._action("Export initialization…", self.export_initialization, "Ctrl+E",
+                                       "Save a trained initialization (safetensors + metadata, or .pt)", "export")
+        self.act_export_plot = self._action("Export plot…", self.export_plot, "Ctrl+Shift+P",
+                                            "Save the current view as PNG or SVG")
+        self.act_export_metrics = self._action("Export metrics (CSV)…", self.export_metrics, "Ctrl+Shift+M",
+                                               "Save every iteration's losses as CSV")
+        self.act_quit = self._action("Quit", self.close, QKeySequence.StandardKey.Quit, "Quit MAML Lab")
+        self.act_undo = self._action("Undo", self.playground.undo, QKeySequence.StandardKey.Undo,
+                                     "Undo the last change to the playground task")
+        self.act_delete = self._action("Delete point", self.playground.remove_selected, Qt.Key.Key_Delete,
+                                       "Remove the selected support point")
+        self.act_random = self._action("Random task", lambda: self.playground.random_task(), "Ctrl+T",
+                                       "A sinusoid from the task distribution")
+        self.act_clear = self._action("Clear task", self.playground.clear, "Ctrl+Shift+Backspace",
+                                      "Remove every point and the true curve")
+        self.act_draw = self._action("Draw mode", lambda on: self.playground.set_mode("draw" if on else "points"),
+                                     "Ctrl+D", "Draw the true curve freehand", checkable=True)
+        self.playground.mode_group.buttonToggled.connect(
+            lambda *_: self.act_draw.setChecked(self.playground.draw_mode.isChecked()))
+        self.act_view_playground = self._action("Playground", lambda: self.tabs.setCurrentIndex(0), "Ctrl+1")
+        self.act_view_training = self._action("Training curves", lambda: self.tabs.setCurrentIndex(1), "Ctrl+2")
+        self.act_log = self._action("Log scale", self.plots.set_log, "Ctrl+L", "Logarithmic loss axis",
+                                    checkable=True)
+        self.act_log.setChecked(self.plots.log_scale.isChecked())
+        self.plots.log_scale.toggled.connect(self.act_log.setChecked)
+        self.act_shortcuts = self._action("Keyboard shortcuts", self.show_shortcuts,
+                                          QKeySequence.StandardKey.HelpContents)
+        self.act_about = self._action("About MAML Lab", self.show_about)
+
+    def _build_toolbar(self) -> None:
+        bar = self.addToolBar("Run")
+        bar.setObjectName("RunToolbar")
+        bar.setMovable(False)
+        bar.setIconSize(QSize(18, 18))
+        bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        for act in (self.act_start, self.act_pause, self.act_stop, self.act_reset):
+            bar.addAction(act)
+        bar.widgetForAction(self.act_start).setObjectName("StartButton")
+        bar.addSeparator()
+        box = QWidget()
+        row = QHBoxLayout(box)
+        row.setContentsMargins(8, 0, 8, 0)
+        row.setSpacing(10)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("%p%")
+        self.progress.setMinimumWidth(220)
+        self.progress.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.progress_label = QLabel("Ready")
+        self.progress_label.setProperty("hint", True)
+        self.progress_label.setMinimumWidth(300)
+        row.addWidget(self.progress, 1)
+        row.addWidget(self.progress_label)
+        bar.addWidget(box)
+        bar.addSeparator()
+        self.act_import.setIconText("Import")
+        self.act_export.setIconText("Export")
+        for act in (self.act_import, self.act_export):
+            bar.addAction(act)
+        self.toolbar = bar
+
+    def _build_menus(self) -> None:
+        menu = self.menuBar()
+        file = menu.addMenu("&File")
+        file.addAction(self.act_open_config)
+        self.recent_menu = file.addMenu("Open recent")
+        self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
+        file.addAction(self.act_save_config)
+        file.addSeparator()
+        file.addAction(self.act_import)
+        file.addAction(self.act_export)
+        self.export_menu = file.addMenu("Export initialization of")
+        self.export_menu.aboutToShow.connect(self._fill_export_menu)
+        file.addSeparator()
+        file.addAction(self.act_export_plot)
+        file.addAction(self.act_export_metrics)
+        file.addSeparator()
+        file.addAction(self.act_quit)
+        edit = menu.addMenu("&Edit")
+        for act in (self.act_undo, self.act_delete, self.act_clear, None, self.act_random, self.act_draw):
+            edit.addSeparator() if act is None else edit.addAction(act)
+        run = menu.addMenu("&Run")
+        for act in (self.act_toggle, self.act_stop, self.act_reset):
+            run.addAction(act)
+        view = menu.addMenu("&View")
+        for act in (self.act_view_playground, self.act_view_training, None, self.act_log):
+            view.addSeparator() if act is None else view.addAction(act)
+        help_menu = menu.addMenu("&Help")
+        help_menu.addAction(self.act_shortcuts)
+        help_menu.addAction(self.act_about)
+
+    def _build_status_bar(self) -> None:
+        status = self.statusBar()
+        status.setSizeGripEnabled(False)
+        self.state_label = QLabel()
+        self.state_label.setTextFormat(Qt.TextFormat.RichText)
+        self.device_label = QLabel()
+        self.device_label.setProperty("hint", True)
+        status.addPermanentWidget(self.device_label)
+        status.addPermanentWidget(self.state_label)
+
+    # -- state ---------------------------------------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        return self.state in RUNNING_STATES
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        label, color = STATE_STYLE.get(state, (state.title(), "#8A939C"))
+        self.state_label.setText(f"<span style='color:{color}; font-size:13pt'>●</span>&nbsp;{label}&nbsp;")
+        self.panel.set_running(self.running)
+        self._sync_actions()
+
+    def _sync_actions(self) -> None:
+        running = self.running
+        self.act_start.setEnabled(not running and self.panel.valid)
+        self.act_start.setToolTip("Train the checked algorithms (Space)" if self.panel.valid
+                                  else f"Fix the experiment first: {self.panel.message}")
+        self.act_pause.setEnabled(self.state in ("running", "paused"))
+        paused = self.state == "paused"
+        self.act_pause.setText("Resume" if paused else "Pause")
+        self.act_pause.setIcon(icon("resume" if paused else "pause"))
+        self.act_stop.setEnabled(self.state in ("starting", "running", "paused"))
+        self.act_reset.setEnabled(self.state not in ("starting", "stopping"))
+        self.act_open_config.setEnabled(not running)
+        has_params = self.latest_snapshot is not None
+        self.act_export.setEnabled(has_params)
+        self.export_menu.setEnabled(has_params)
+        self.act_export_metrics.setEnabled(bool(self.history.algorithms))
+
+    def _sync_device_label(self) -> None:
+        from ..core.device import resolve_device
+
+        if self.running and self.run_config is not None and getattr(self, "_device", None):
+            text = self._device
+        else:
+            name = self.panel.device.currentData() or "auto"
+            try:
+                resolved = str(resolve_device(name))
+                text = f"{name} → {resolved}" if name == "auto" else resolved
+            except ValueError:
+                text = f"{name} (unavailable)"
+        self.device_label.setText(f"Device: {text}")
+
+    # -- run control ---------------------------------------------------------------------------------
+    def toggle_run(self) -> None:
+        if self.state == "running":
+            self.pause_or_resume()
+        elif self.state == "paused":
+            self.pause_or_resume()
+        elif not self.running:
+            self.start()
+
+    def start(self) -> bool:
+        if self.running or self.controller.running:
+            return False
+        config, message = self.panel.try_config()
+        if config is None:
+            self.message_bar.show_message("error", f"Cannot start: {message}")
+            return False
+        self.message_bar.clear()
+        self._failure = ""
+        self.run_config = config
+        self._device = None
+        self.history.clear()
+        self.plots.reset([a.name for a in config.algorithms], config.iterations,
+                         "MSE" if config.task == "sinusoid" else "cross-entropy")
+        self.playground.clear_trained()
+        self.latest_snapshot = None
+        self.last_progress = None
+        self.progress.setRange(0, config.iterations)
+        self.progress.setValue(0)
+        self.progress_label.setText(f"0 / {config.iterations:,} iterations · starting…")
+        self._set_state("starting")
+        self.controller.start(config)
+        return True
+
+    def pause_or_resume(self) -> None:
+        if self.state == "running":
+            self.controller.pause()
+            self._set_state("paused")
+            self.statusBar().showMessage("Paused: training waits after this meta-iteration", 3000)
+        elif self.state == "paused":
+            self.controller.resume()
+            self._set_state("running")
+
+    def stop(self) -> None:
+        if self.state in ("starting", "running", "paused"):
+            self.controller.stop()
+            self._set_state("stopping")
+
+    def reset(self) -> None:
+        if self.running:
+            self._reset_after_stop = True
+            self.stop()
+            return
+        self._reset_after_stop = False
+        self.history.clear()
+        self.plots.reset([])
+        self.playground.clear_trained()
+        self.latest_snapshot = None
+        self.last_progress = None
+        self.run_config = None
+        self.message_bar.clear()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress_label.setText("Ready")
+        self._set_state("idle")
+
+    def _on_started(self, info: dict) -> None:
+        self._device = info.get("device", "")
+        self._sync_device_label()
+        if self.state == "starting":
+            self._set_state("running")
+
+    def _on_progress(self, p: dict) -> None:
+        self.last_progress = p
+        self.history.add_chunk(p.get("chunk") or {})
+        self.plots.mark_dirty()
+        total = max(int(p["total"]), 1)
+        self.progress.setRange(0, total)
+        self.progress.setValue(int(p["iteration"]))
+        if p["state"] == "running":
+            rate = p.get("tasks_per_s", 0.0)
+            rate_text = f"{rate:,.0f} tasks/s" if rate > 0 else "measuring…"
+            self.progress_label.setText(f"{int(p['iteration']):,} / {total:,} iterations · {rate_text} · "
+                                        f"ETA {format_duration(p.get('eta_s', 0.0))}")
+        elif p["state"] == "paused":
+            self.progress_label.setText(f"{int(p['iteration']):,} / {total:,} iterations · paused")
+        if not self.act_export_metrics.isEnabled() and self.history.algorithms:
+            self._sync_actions()
+
+    def _on_snapshot(self, snap: dict) -> None:
+        self.latest_snapshot = snap
+        self.playground.update_from_snapshot(snap)
+        if not self.act_export.isEnabled():
+            self._sync_actions()
+
+    def _on_failed(self, message: str) -> None:
+        self._failure = message
+        kept = " The last good parameters are kept: File ▸ Export initialization." if self.latest_snapshot else ""
+        self.message_bar.show_message("error", f"<b>Training failed</b>: {_html(message)}.{kept}")
+
+    def _on_finished(self, info: dict) -> None:
+        state = info.get("state", "stopped")
+        self._set_state(state)
+        self.plots.mark_dirty()
+        it, total = int(info.get("iteration", 0)), int(info.get("total", 0))
+        reason = info.get("reason", "")
+        elapsed = format_duration((self.last_progress or {}).get("elapsed_s", 0.0))
+        if state == "finished":
+            self.progress_label.setText(f"{it:,} / {total:,} iterations · finished in {elapsed}")
+            self.statusBar().showMessage(f"Finished {it:,} meta-iterations", 5000)
+        elif state == "stopped":
+            self.progress_label.setText(f"{it:,} / {total:,} iterations · stopped")
+        elif state == "diverged":
+            self.progress_label.setText(f"{it:,} / {total:,} iterations · diverged")
+            kept = "" if "kept" in reason else " The last good parameters are kept."
+            self.message_bar.show_message(
+                "error", f"<b>Training stopped</b>: {_html(reason)}.{kept} Export them (Ctrl+E), or lower the "
+                "inner or meta learning rate and press Start to try again.")
+        elif state == "failed":
+            self.progress_label.setText(f"{it:,} / {total:,} iterations · failed")
+        self._sync_device_label()
+        if self._reset_after_stop:
+            self.reset()
+
+    # -- dialogs (patched in tests) -------------------------------------------------------------------
+    def _error(self, title: str, text: str) -> None:
+        QMessageBox.warning(self, title, text)
+
+    def _last_dir(self) -> str:
+        d = str(self.settings.value("paths/last_dir", "") or "")
+        return d if d and Path(d).is_dir() else str(Path.home())
+
+    def _remember_dir(self, path: str | Path) -> None:
+        self.settings.setValue("paths/last_dir", str(Path(path).parent))
+
+    def _write_error(self, path, exc: OSError) -> None:
+        reason = exc.strerror or str(exc)
+        self._error("Could not write file", f"Could not write {path}:\n{reason}.\n\nNothing was changed: the "
+                    "previous file, if there was one, is kept.")
+
+    # -- File: initializations ------------------------------------------------------------------------
+    def exportable(self) -> list[str]:
+        return list(self.latest_snapshot["params"]) if self.latest_snapshot else []
+
+    def export_initialization(self, name: str | None = None) -> list[Path]:
+        """Export one algorithm's initialization (all of them with `name='*'`); returns the files written."""
+        names = self.exportable()
+        if not names:
+            self._error("Nothing to export", "There is no trained initialization yet: press Start first.")
+            return []
+        if not name:
+            if len(names) == 1:
+                name = names[0]
+            else:
+                labels = [algorithm_label(n) for n in names] + ["All (one file each)"]
+                choice, ok = QInputDialog.getItem(self, "Export initialization", "Initialization to export:",
+                                                  labels, 0, False)
+                if not ok:
+                    return []
+                name = "*" if choice == labels[-1] else names[labels.index(choice)]
+        snap = self.latest_snapshot
+        stem = f"{name if name != '*' else 'maml-lab'}-{snap['iteration']}it"
+        suggested = str(Path(self._last_dir()) / f"{stem}.safetensors")
+        title = "Export initialization" + (f" of {algorithm_label(name)}" if name != "*" else "s")
+        path, selected = QFileDialog.getSaveFileName(self, title, suggested, INIT_FILTERS)
+        if not path:
+            return []
+        path = Path(path)
+        if path.suffix not in (".safetensors", ".pt"):
+            path = path.with_name(path.name + (".pt" if "*.pt" in (selected or "") else ".safetensors"))
+        targets = {name: path} if name != "*" else {
+            n: path.with_name(f"{path.stem}-{n}{path.suffix}") for n in names}
+        written = []
+        for n, target in targets.items():
+            try:
+                export_initialization(target, snap["params"][n], snap["metadata"].get(n, {}))
+            except OSError as exc:
+                self._write_error(target, exc)
+                return written
+            except (InitializationError, ValueError) as exc:
+                self._error("Cannot export", str(exc))
+                return written
+            written.append(target)
+        self._remember_dir(path)
+        for target in written:
+            self._add_recent(target)
+        self.statusBar().showMessage(f"Exported {', '.join(str(t) for t in written)}", 6000)
+        return written
+
+    def import_initialization(self, path: str | None = None) -> Initialization | None:
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(self, "Import initialization", self._last_dir(),
+                                                  "Initializations (*.safetensors *.pt);;All files (*)")
+            if not path:
+                return None
+        path = Path(path)
+        try:
+            params, meta, model = load_initialization(path)
+        except (InitializationError, OSError, ValueError) as exc:
+            self._error("Cannot import initialization", f"{path.name} was not imported:\n{exc}")
+            return None
+        problem = mlp_for_playground(model.spec())
+        if problem:
+            self._error("Cannot import initialization", f"{path.name} was not imported: {problem}.")
+            return None
+        algorithm = meta.get("algorithm", "unknown")
+        algorithm = algorithm if algorithm in ALGORITHMS else "unknown"
+        hyper = meta.get("hyperparameters") or {}
+        try:
+            inner_lr = float(hyper.get("inner_lr", 0.01))
+        except (TypeError, ValueError):
+            inner_lr = 0.01
+        if not (math.isfinite(inner_lr) and inner_lr > 0):
+            inner_lr = 0.01
+        label = f"{algorithm_label(algorithm) if algorithm != 'unknown' else 'Imported'} · {path.name}"
+        init = Initialization(f"file:{path.resolve()}", algorithm, label, model, params, inner_lr, "imported", meta)
+        self.playground.set_initialization(init)
+        self.tabs.setCurrentWidget(self.playground)
+        self._remember_dir(path)
+        self._add_recent(path)
+        self.statusBar().showMessage(f"Imported {path.name} ({algorithm_label(algorithm)}, "
+                                     f"{meta.get('iterations', 0)} iterations)", 6000)
+        return init
+
+    def _fill_export_menu(self) -> None:
+        self.export_menu.clear()
+        for name in self.exportable():
+            act = self.export_menu.addAction(f"{algorithm_label(name)}…")
+            act.triggered.connect(lambda _=False, n=name: self.export_initialization(n))
+        if len(self.exportable()) > 1:
+            self.export_menu.addSeparator()
+            self.export_menu.addAction("All (one file each)…").triggered.connect(
+                lambda: self.export_initialization("*"))
+
+    # -- File: plot, metrics, config ------------------------------------------------------------------
+    def current_view(self):
+        return self.tabs.currentWidget()
+
+    def export_plot(self, path: str | None = None) -> Path | None:
+        view = self.current_view()
+        if not hasattr(view, "export_item"):
+            self._error("Cannot export plot", "This view has no plot to export.")
+            return None
+        if not path:
+            suggested = str(Path(self._last_dir()) / f"maml-lab-{view.view_title()}.png")
+            path, selected = QFileDialog.getSaveFileName(self, "Export plot", suggested,
+                                                         "PNG image (*.png);;SVG vector image (*.svg)")
+            if not path:
+                return None
+            if Path(path).suffix.lower() not in (".png", ".svg"):
+                path += ".svg" if "svg" in (selected or "").lower() else ".png"
+        path = Path(path)
+        try:
+            data = render_plot(view.export_item(), path.suffix.lower())
+            atomic_write_bytes(path, data)
+        except OSError as exc:
+            self._write_error(path, exc)
+            return None
+        self._remember_dir(path)
+        self.statusBar().showMessage(f"Saved {path}", 5000)
+        return path
+
+    def export_metrics(self, path: str | None = None) -> Path | None:
+        if not self.history.algorithms:
+            self._error("Nothing to export", "There are no training metrics yet: press Start first.")
+            return None
+        if not path:
+            suggested = str(Path(self._last_dir()) / "maml-lab-metrics.csv")
+            path, _ = QFileDialog.getSaveFileName(self, "Export metrics", suggested, "CSV (*.csv)")
+            if not path:
+                return None
+            if not path.lower().endswith(".csv"):
+                path += ".csv"
+        path = Path(path)
+        try:
+            atomic_write_bytes(path, self.history.to_csv().encode("utf-8"))
+        except OSError as exc:
+            self._write_error(path, exc)
+            return None
+        self._remember_dir(path)
+        self.statusBar().showMessage(f"Saved {path}", 5000)
+        return path
+
+    def save_config(self, path: str | None = None) -> Path | None:
+        try:
+            config = self.panel.config()
+        except FormError as exc:
+            self._error("Cannot save experiment", f"The experiment has an invalid value:\n{exc}")
+            return None
+        if not path:
+            suggested = str(Path(self._last_dir()) / "experiment.toml")
+            path, _ = QFileDialog.getSaveFileName(self, "Save experiment", suggested, "TOML (*.toml)")
+            if not path:
+                return None
+            if not path.lower().endswith(".toml"):
+                path += ".toml"
+        path = Path(path)
+        try:
+            config.save_toml(path)
+        except OSError as exc:
+            self._write_error(path, exc)
+            return None
+        self._remember_dir(path)
+        self._add_recent(path)
+        self.statusBar().showMessage(f"Saved {path}", 5000)
+        return path
+
+    def open_config(self, path: str | None = None) -> ExperimentConfig | None:
+        if self.running:
+            self._error("Cannot open experiment", "Stop training before opening another experiment.")
+            return None
+        if not path:
+            path, _ = QFileDialog.getOpenFileName(self, "Open experiment", self._last_dir(),
+                                                  "TOML (*.toml);;All files (*)")
+            if not path:
+                return None
+        path = Path(path)
+        try:
+            config = ExperimentConfig.load_toml(path)
+        except (ValueError, OSError) as exc:
+            self._error("Cannot open experiment", f"{path.name} was not opened:\n{exc}")
+            return None
+        self.panel.set_config(config)
+        self._remember_dir(path)
+        self._add_recent(path)
+        self.statusBar().showMessage(f"Opened {path}", 5000)
+        return config
+
+    # -- recent files --------------------------------------------------------------------------------
+    def recent_files(self) -> list[str]:
+        value = self.settings.value("recent/files", [])
+        if isinstance(value, str):
+            value = [value]
+        return [str(v) for v in (value or [])]
+
+    def _add_recent(self, path) -> None:
+        path = str(Path(path).resolve())
+        files = [path] + [p for p in self.recent_files() if p != path]
+        self.settings.setValue("recent/files", files[:RECENT_LIMIT])
+
+    def _fill_recent_menu(self) -> None:
+        self.recent_menu.clear()
+        files = self.recent_files()
+        for p in files:
+            kind = "experiment" if p.endswith(".toml") else "initialization"
+            act = self.recent_menu.addAction(f"{Path(p).name}  —  {kind}")
+            act.setToolTip(p)
+            act.setEnabled(Path(p).exists())
+            if kind == "experiment":
+                act.triggered.connect(lambda _=False, p=p: self.open_config(p))
+            else:
+                act.triggered.connect(lambda _=False, p=p: self.import_initialization(p))
+        if files:
+            self.recent_menu.addSeparator()
+            self.recent_menu.addAction("Clear recent files").triggered.connect(
+                lambda: self.settings.setValue("recent/files", []))
+        else:
+            self.recent_menu.addAction("No recent files").setEnabled(False)
+
+    # -- settings ------------------------------------------------------------------------------------
+    def _restore_settings(self) -> None:
+        s = self.settings
+        geometry = s.value("window/geometry")
+        if isinstance(geometry, QByteArray) and not geometry.isEmpty():
+            self.restoreGeometry(geometry)
+        state = s.value("window/state")
+        if isinstance(state, QByteArray) and not state.isEmpty():
+            self.restoreState(state)
+        for key, splitter in (("window/splitter", self.splitter), ("playground/splitter", self.playground.splitter)):
+            value = s.value(key)
+            if isinstance(value, QByteArray) and not value.isEmpty():
+                splitter.restoreState(value)
+        try:
+            self.tabs.setCurrentIndex(int(s.value("window/tab", 0)))
+        except (TypeError, ValueError):
+            pass
+        log = s.value("plots/log_scale")
+        if log is not None:
+            self.plots.set_log(str(log).lower() in ("true", "1"))
+        text = s.value("experiment/last_config")
+        if text:
+            import tomllib
+
+            try:
+                self.panel.set_config(ExperimentConfig.from_dict(tomllib.loads(str(text))))
+            except (ValueError, tomllib.TOMLDecodeError):
+                pass  # an old or broken saved config: keep the defaults
+
+    def save_settings(self) -> None:
+        s = self.settings
+        s.setValue("window/geometry", self.saveGeometry())
+        s.setValue("window/state", self.saveState())
+        s.setValue("window/splitter", self.splitter.saveState())
+        s.setValue("playground/splitter", self.playground.splitter.saveState())
+        s.setValue("window/tab", self.tabs.currentIndex())
+        s.setValue("plots/log_scale", self.plots.log_scale.isChecked())
+        config, _ = self.panel.try_config()
+        if config is not None:
+            s.setValue("experiment/last_config", tomli_w.dumps(config.to_dict()))
+        s.sync()
+
+    # -- help ----------------------------------------------------------------------------------------
+    def show_shortcuts(self) -> None:
+        rows = [(a.text().replace("…", ""), a.shortcut().toString(QKeySequence.SequenceFormat.NativeText))
+                for a in (self.act_toggle, self.act_stop, self.act_reset, self.act_open_config, self.act_save_config,
+                          self.act_import, self.act_export, self.act_export_plot, self.act_export_metrics,
+                          self.act_undo, self.act_delete, self.act_random, self.act_draw, self.act_log,
+                          self.act_view_playground, self.act_view_training)]
+        html = "<table cellspacing=4>" + "".join(f"<tr><td>{t}</td><td><b>{k}</b></td></tr>" for t, k in rows)
+        QMessageBox.information(self, "Keyboard shortcuts", html + "</table>")
+
+    def show_about(self) -> None:
+        from .. import __version__
+
+        QMessageBox.about(self, "About MAML Lab", f"<b>MAML Lab</b> {__version__}<br>A visual laboratory for "
+                          "gradient-based meta-learning: MAML, first-order MAML, Reptile and the pretrained baseline."
+                          "<br><br>Colours: the Okabe–Ito colour-blind-safe palette.")
+
+    # -- closing -------------------------------------------------------------------------------------
+    def closeEvent(self, ev) -> None:
+        if not self._closed:
+            self._closed = True
+            if self.persist:
+                self.save_settings()
+            self.shutdown()
+        super().closeEvent(ev)
+
+    def shutdown(self) -> None:
+        """Stop the worker and its thread (within 2 s: the Trainer stops after the current iteration)."""
+        self.playground.shutdown()
+        if not self.controller.shutdown(2000):
+            print("maml-lab: the training thread is taking long to stop; waiting for it", file=sys.stderr)
+            self.controller.thread.wait()
+
+    def wait_for_training(self, timeout_s: float = 600.0) -> str:
+        """Process events until the current run ends (for --screenshot and tests); returns the final state."""
+        from PySide6.QtCore import QEventLoop
+
+        if not self.running:
+            return self.state
+        loop = QEventLoop()
+        self.controller.finished.connect(loop.quit)
+        timer = QTimer()
+        timer.setSingleShot(True)
+        timer.timeout.connect(loop.quit)
+        timer.start(int(timeout_s * 1000))
+        loop.exec()
+        self.controller.finished.disconnect(loop.quit)
+        return self.state
+
+
+def render_plot(item, suffix: str) -> bytes:
+    """PNG (at twice the screen resolution) or SVG bytes of a pyqtgraph item (a plot, or a layout of plots).
+
+    Items cached as pixmaps on screen (the axes) are drawn uncached, so an export is vector (SVG) or sharp
+    (PNG). SVG is drawn with Qt's own SVG generator: pyqtgraph 0.14's SVG exporter cannot parse the path
+    data Qt 6.12 writes (closed paths end in a bare 'Z').
+    """
+    from PySide6.QtWidgets import QGraphicsItem
+
+    scene = item.scene()
+    cached = [i for i in scene.items() if i.cacheMode() != QGraphicsItem.CacheMode.NoCache]
+    modes = [i.cacheMode() for i in cached]
+    for i in cached:
+        i.setCacheMode(QGraphicsItem.CacheMode.NoCache)
+    try:
+        return _render_svg(item) if suffix == ".svg" else _render_png(item)
+    finally:
+        for i, mode in zip(cached, modes, strict=True):
+            i.setCacheMode(mode)
+
+
+def _render_svg(item) -> bytes:
+    import re
+
+    from PySide6.QtCore import QRectF
+    from PySide6.QtGui import QPainter
+    from PySide6.QtSvg import QSvgGenerator
+
+    source = item.sceneBoundingRect()
+    width, height = int(source.width()), int(source.height())
+    buffer = QBuffer()
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    generator = QSvgGenerator()
+    generator.setOutputDevice(buffer)
+    generator.setSize(QSize(width, height))
+    generator.setViewBox(QRectF(0, 0, width, height))
+    generator.setTitle("MAML Lab")
+    # the resolution the items were drawn for: pyqtgraph replays cached QPictures scaled by the DPI ratio
+    generator.setResolution(round(QApplication.primaryScreen().logicalDotsPerInch()))
+    painter = QPainter(generator)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    item.scene().render(painter, QRectF(0, 0, width, height), source)
+    painter.end()
+    text = bytes(buffer.data()).decode("utf-8")
+    text = re.sub(r"<path[^>]*\sd=\"\"[^>]*/>\s*", "", text)  # empty curves: invalid path data for readers
+    return text.encode("utf-8")
+
+
+def _render_png(item, scale: float = 2.0) -> bytes:
+    """The item as on a high-DPI screen (device pixel ratio `scale`): lines, text and symbols all sharp."""
+    import pyqtgraph as pg
+    from PySide6.QtGui import QPen
+
+    # curve pens are cosmetic (a width in device pixels): widen them with the scale, so lines keep their weight
+    curves = [i for i in item.scene().items() if isinstance(i, pg.PlotCurveItem)]
+    pens = [QPen(c.opts["pen"]) for c in curves]
+    for curve, pen in zip(curves, pens, strict=True):
+        wide = QPen(pen)
+        wide.setWidthF(max(pen.widthF(), 1.0) * scale)
+        curve.setPen(wide)
+    try:
+        return _paint_png(item, scale)
+    finally:
+        for curve, pen in zip(curves, pens, strict=True):
+            curve.setPen(pen)
+
+
+def _paint_png(item, scale: float) -> bytes:
+    from PySide6.QtCore import QRectF
+    from PySide6.QtGui import QColor, QImage, QPainter
+
+    source = item.sceneBoundingRect()
+    width, height = source.width(), source.height()
+    image = QImage(int(width * scale), int(height * scale), QImage.Format.Format_ARGB32)
+    image.setDevicePixelRatio(scale)
+    image.fill(QColor("white"))
+    painter = QPainter(image)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    painter.setRenderHint(QPainter.RenderHint.TextAntialiasing)
+    item.scene().render(painter, QRectF(0, 0, width, height), source)
+    painter.end()
+    buffer = QBuffer()
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
+    if not image.save(buffer, "PNG"):
+        raise OSError("could not encode the PNG image")
+    return bytes(buffer.data())
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+

@@ -1,0 +1,105 @@
+"""What the playground shows of an initialization: its prediction before and after each of k SGD steps
+on the user's support points, and the query error against the true (or drawn) curve. No Qt here.
+
+One task, one small MLP and 20 steps take a few milliseconds, so this runs on the GUI thread.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..core.adaptation import adapt
+from ..core.losses import mse_per_task
+
+X_RANGE = (-5.0, 5.0)
+MAX_STEPS = 20
+
+
+@dataclass
+class Initialization:
+    """A set of initial parameters the playground adapts: a trained algorithm's or an imported file's."""
+
+    key: str  # unique in the playground: the algorithm name, or "file:<path>"
+    algorithm: str  # maml, fomaml, reptile, pretrained (or 'unknown'); decides the colour
+    label: str
+    model: object
+    params: "OrderedDict[str, torch.Tensor]"
+    inner_lr: float
+    source: str = "trained"  # "trained" or "imported"
+    metadata: dict = field(default_factory=dict)
+
+
+@dataclass
+class SupportTask:
+    """The user's task: support points and, when known, the true function on [lo, hi]."""
+
+    x: np.ndarray
+    y: np.ndarray
+    truth: Callable[[np.ndarray], np.ndarray] | None = None
+    truth_range: tuple[float, float] = X_RANGE
+
+
+@dataclass
+class Prediction:
+    grid: np.ndarray  # [G] x values
+    curves: np.ndarray  # [steps + 1, G]: prediction after 0..steps inner steps
+    mse: np.ndarray | None  # [steps + 1]: query MSE against the truth (or the support fit without one)
+    mse_kind: str  # "query", "support" or "none"
+
+
+def prediction_grid(points: int = 241) -> np.ndarray:
+    return np.linspace(X_RANGE[0], X_RANGE[1], points)
+
+
+def predict(init: Initialization, task: SupportTask, steps: int = MAX_STEPS, grid: np.ndarray | None = None,
+            query_points: int = 200) -> Prediction:
+    """Adapt `init` on the task's support points for `steps` SGD steps (its own inner lr) and evaluate each step."""
+    grid = prediction_grid() if grid is None else grid
+    model = init.model
+    params = OrderedDict((k, v.detach()) for k, v in init.params.items())
+    dtype = next(iter(params.values())).dtype
+    xs = torch.as_tensor(np.asarray(task.x, dtype=np.float64), dtype=dtype).reshape(1, -1, 1)
+    ys = torch.as_tensor(np.asarray(task.y, dtype=np.float64), dtype=dtype).reshape(1, -1, 1)
+    k = xs.shape[1]
+    if k:
+        res = adapt(model, mse_per_task, params, xs, ys, steps, init.inner_lr, keep_path=True)
+        path = res.path
+    else:
+        path = [OrderedDict((name, v.unsqueeze(0)) for name, v in params.items())] * (steps + 1)
+    batched = OrderedDict((name, torch.cat([p[name] for p in path], 0)) for name in params)
+    if task.truth is not None:
+        lo, hi = task.truth_range
+        xq = np.linspace(lo, hi, query_points)
+        yq = np.asarray(task.truth(xq), dtype=np.float64)
+        kind = "query"
+    elif k:
+        xq, yq = np.asarray(task.x, dtype=np.float64), np.asarray(task.y, dtype=np.float64)
+        kind = "support"
+    else:
+        xq = yq = np.empty(0)
+        kind = "none"
+    xs_all = np.concatenate([grid, xq])
+    x_all = torch.as_tensor(xs_all, dtype=dtype).reshape(1, -1, 1).expand(steps + 1, -1, -1)
+    with torch.no_grad():
+        out = model.forward(batched, x_all)[..., 0].double().numpy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        curves = out[:, : len(grid)]
+        mse = ((out[:, len(grid):] - yq[None, :]) ** 2).mean(1) if kind != "none" else None
+    return Prediction(grid, curves, mse, kind)
+
+
+def mlp_for_playground(spec: dict) -> str | None:
+    """Why a model cannot be used on the sinusoid playground, or None when it can."""
+    if spec.get("kind") != "mlp":
+        return (f"it holds a {spec.get('kind')} model for image tasks; the sinusoid playground needs an MLP "
+                "with one input and one output")
+    sizes = list(spec.get("sizes", []))
+    if len(sizes) < 2 or sizes[0] != 1 or sizes[-1] != 1:
+        return (f"its MLP has sizes {'-'.join(map(str, sizes))}; the sinusoid playground needs one input and "
+                "one output")
+    return None

@@ -1,0 +1,364 @@
+"""Live training curves: meta-training loss on the query sets (after adaptation solid, before dashed) and the
+validation loss on held-out tasks, per algorithm, with a log-scale toggle, legends and a crosshair readout.
+
+Redraws are throttled (at most `max_fps` per second) and each curve is drawn from at most `max_points`
+bin means, so drawing costs the same after 100 iterations or 100,000. The per-iteration loss of a
+meta-batch is noisy: the bold line is an exponential moving average (the smoothing slider, as in
+TensorBoard) over the bin means, which are drawn thin and faint behind it. Thick anti-aliased lines
+through noisy data are slow to paint in Qt; thin raw lines and smooth bold ones keep a frame cheap.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QVBoxLayout, QWidget
+
+from .colors import algorithm_color, algorithm_label, curve_pen
+from .history import MetricsHistory
+from .theme import MUTED, TEXT, style_plot
+
+RAW_ALPHA = 55
+
+
+def nice_ceil(value: float) -> float:
+    """The smallest 1, 2 or 5 times a power of ten that is >= value."""
+    exponent = 10 ** np.floor(np.log10(max(value, 1e-12)))
+    for step in (1, 2, 5, 10):
+        if step * exponent >= value:
+            return float(step * exponent)
+    return float(10 * exponent)
+
+
+def ema(y: np.ndarray, weight: float) -> np.ndarray:
+    """Debiased exponential moving average (TensorBoard's smoothing); NaN-safe, weight in [0, 1)."""
+    if weight <= 0 or len(y) == 0:
+        return y
+    out = np.empty_like(y, dtype=np.float64)
+    acc, norm = 0.0, 0.0
+    for i, v in enumerate(y):  # a few hundred bin means at most
+        if np.isfinite(v):
+            acc = weight * acc + (1 - weight) * v
+            norm = weight * norm + (1 - weight)
+        out[i] = acc / norm if norm > 0 else np.nan
+    return out
+
+
+class TrainingPlotsView(QWidget):
+    def __init__(self, history: MetricsHistory, parent=None, max_fps: float = 30.0, max_points: int = 400):
+        super().__init__(parent)
+        self.history = history
+        self.max_points = max_points
+        self.min_interval = 1.0 / max_fps
+        self._last_draw = 0.0
+        self._dirty = False
+        self.algorithms: list[str] = []
+        self.total: int | None = None
+        self._auto_x = True
+        self._x_max: float | None = None
+        self._y_ranges: dict = {}
+        self.curves: dict[tuple[str, str], pg.PlotDataItem] = {}
+        self._drawn: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+        self._series: dict[tuple[str, str, str], tuple] = {}  # what each curve shows, and for which data
+        self.draw_count = 0
+
+        bar = QHBoxLayout()
+        bar.setContentsMargins(10, 8, 10, 0)
+        bar.setSpacing(14)
+        title = QLabel("Meta-training")
+        title.setObjectName("SectionTitle")
+        bar.addWidget(title)
+        bar.addStretch(1)
+        self.show_pre = QCheckBox("Before adaptation")
+        self.show_pre.setChecked(True)
+        self.show_pre.setToolTip("Also plot the loss before the inner steps (dashed)")
+        self.show_pre.toggled.connect(self._on_show_pre)
+        self.log_scale = QCheckBox("Log scale")
+        self.log_scale.setChecked(True)
+        self.log_scale.setToolTip("Logarithmic loss axis (Ctrl+L)")
+        self.log_scale.toggled.connect(self.set_log)
+        smooth_label = QLabel("Smoothing")
+        smooth_label.setProperty("hint", True)
+        self.smoothing = QSlider(Qt.Orientation.Horizontal)
+        self.smoothing.setRange(0, 99)
+        self.smoothing.setValue(90)
+        self.smoothing.setFixedWidth(110)
+        self.smoothing.setToolTip("Exponential moving average of the training loss (0: raw bin means)")
+        self.smoothing.valueChanged.connect(lambda _: (setattr(self, "_dirty", True), self.redraw()))
+        bar.addWidget(smooth_label)
+        bar.addWidget(self.smoothing)
+        bar.addSpacing(6)
+        bar.addWidget(self.show_pre)
+        bar.addWidget(self.log_scale)
+
+        self.graphics = pg.GraphicsLayoutWidget()
+        self.graphics.ci.setContentsMargins(6, 4, 10, 4)
+        self.graphics.ci.setSpacing(10)
+        self.legend = pg.LegendItem(labelTextColor=TEXT, labelTextSize="9pt", colCount=8, horSpacing=18)
+        self.legend.setSizePolicy(QSizePolicy.Policy.Fixed, QSizePolicy.Policy.Fixed)  # compact, left
+        self.graphics.addItem(self.legend, row=0, col=0)
+        self.train_plot = self.graphics.addPlot(row=1, col=0)
+        self.val_plot = self.graphics.addPlot(row=2, col=0)
+        style_plot(self.train_plot, "Meta-training loss (query sets of the training tasks)", None, "MSE")
+        style_plot(self.val_plot, "Validation loss (held-out tasks)", "meta-iteration", "MSE")
+        self.val_plot.setXLink(self.train_plot)
+        for plot in (self.train_plot, self.val_plot):
+            plot.setMenuEnabled(False)
+            plot.hideButtons()
+            plot.setLogMode(y=True)
+            plot.getViewBox().setMouseEnabled(x=True, y=False)
+            plot.getAxis("left").setWidth(56)
+        self.crosshair = {}
+        for plot in (self.train_plot, self.val_plot):
+            line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#9AA3AD", width=1,
+                                                                        style=Qt.PenStyle.DashLine))
+            line.setVisible(False)
+            line.setZValue(50)
+            plot.addItem(line, ignoreBounds=True)
+            self.crosshair[plot] = line
+        self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
+        self.graphics.scene().sigMouseClicked.connect(self._on_click)
+        for plot in (self.train_plot, self.val_plot):
+            plot.getViewBox().sigRangeChangedManually.connect(self._on_manual_range)
+        self.empty_hint = pg.TextItem("Press Start (Space) to train", anchor=(0.5, 0.5), color=MUTED)
+        self.train_plot.addItem(self.empty_hint, ignoreBounds=True)
+
+        self.readout = QLabel(" ")
+        self.readout.setObjectName("Readout")
+        self.readout.setTextFormat(Qt.TextFormat.RichText)
+        self.readout.setMinimumHeight(22)
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 6)
+        layout.setSpacing(4)
+        layout.addLayout(bar)
+        layout.addWidget(self.graphics, 1)
+        readout_row = QHBoxLayout()
+        readout_row.setContentsMargins(12, 0, 12, 0)
+        readout_row.addWidget(self.readout)
+        layout.addLayout(readout_row)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self.redraw)
+        self._place_hint()
+
+    # -- data ----------------------------------------------------------------------------------------
+    def reset(self, algorithms: list[str], total: int | None = None, loss_label: str = "MSE") -> None:
+        """Empty plots for a new run of these algorithms over `total` meta-iterations (the fixed x range)."""
+        for plot in (self.train_plot, self.val_plot):
+            plot.setLabel("left", f"<span style='color:{MUTED}'>{loss_label}</span>")
+        for plot in (self.train_plot, self.val_plot):
+            for item in list(plot.listDataItems()):
+                plot.removeItem(item)
+        self.curves.clear()
+        self._drawn.clear()
+        self._series.clear()
+        self.legend.clear()
+        self.algorithms = list(algorithms)
+        for name in self.algorithms:
+            color = algorithm_color(name)
+            specs = (("post_loss", "raw", self.train_plot, curve_pen(name, width=1, alpha=RAW_ALPHA), 2),
+                     ("post_loss", "smooth", self.train_plot, curve_pen(name, width=2.2), 10),
+                     ("pre_loss", "smooth", self.train_plot, curve_pen(name, width=1, dashed=True), 6),
+                     ("val_post_loss", "raw", self.val_plot, curve_pen(name, width=2.2), 10),
+                     ("val_pre_loss", "raw", self.val_plot, curve_pen(name, width=1, dashed=True), 6))
+            for key, kind, plot, pen, z in specs:
+                item = pg.PlotDataItem(pen=pen, connect="finite")
+                if key.startswith("val"):
+                    dashed = key == "val_pre_loss"
+                    item.setSymbol("o")
+                    item.setSymbolSize(5 if dashed else 6)
+                    item.setSymbolBrush(pg.mkBrush("w" if dashed else color))
+                    item.setSymbolPen(pg.mkPen(color, width=1.2))
+                item.setZValue(z)
+                plot.addItem(item)
+                self.curves[(name, key, kind)] = item
+            self.legend.addItem(self.curves[(name, "post_loss", "smooth")], algorithm_label(name))
+        if self.algorithms:
+            self.legend.addItem(pg.PlotDataItem(pen=pg.mkPen("#5E6770", width=2.2)), "after adaptation")
+            self.legend.addItem(pg.PlotDataItem(pen=pg.mkPen("#5E6770", width=1, style=Qt.PenStyle.DashLine)),
+                                "before adaptation")
+        self._on_show_pre(self.show_pre.isChecked())
+        self.empty_hint.setVisible(not self.algorithms)
+        self.readout.setText(" ")
+        self.total = total
+        self._y_ranges = {}
+        self._auto_x = True
+        self._x_max = None
+        for plot in (self.train_plot, self.val_plot):
+            plot.disableAutoRange()
+        self._fit_x()
+        self._place_hint()
+        self._dirty = True
+        self.redraw()
+
+    def _fit_x(self) -> None:
+        """Grow the x axis in 1-2-5 steps ahead of the data (capped at the run's length), so it changes a few
+        times per run instead of every frame (an axis change re-renders axes and grid). Off once the user
+        pans or zooms; a double click turns it back on."""
+        if not self._auto_x or not self.algorithms:
+            return
+        last = self.history.last_iteration()
+        target = nice_ceil(max(last * 1.25, 10))
+        if self.total:
+            target = min(target, self.total)
+        if target != self._x_max:
+            self._x_max = target
+            self.train_plot.setXRange(0, target, padding=0.02)
+
+    def _on_manual_range(self, *_args) -> None:
+        self._auto_x = False
+
+    def _on_click(self, ev) -> None:
+        if ev.double():
+            self._auto_x = True
+            self._x_max = None
+            self._fit_x()
+
+    def _fit_y(self, plot, values: list[np.ndarray]) -> None:
+        """Fit the y range to the data with hysteresis: change it only when the data leave it or fill too little."""
+        finite = [v[np.isfinite(v) & ((v > 0) if self.log_scale.isChecked() else True)] for v in values]
+        finite = [v for v in finite if v.size]
+        if not finite:
+            return
+        lo, hi = min(float(v.min()) for v in finite), max(float(v.max()) for v in finite)
+        if self.log_scale.isChecked():
+            lo, hi = np.log10(lo), np.log10(hi)
+            least = 0.35  # decades: a narrower log axis can fall between labelled ticks and show none
+        else:
+            least = 0.2 * max(abs(hi), 1e-3)
+        if hi - lo < least:
+            mid = 0.5 * (lo + hi)
+            lo, hi = mid - least / 2, mid + least / 2
+        span = max(hi - lo, 1e-6)
+        current = self._y_ranges.get(plot)
+        if current is not None:
+            c_lo, c_hi = current
+            if c_lo <= lo and hi <= c_hi and span >= 0.6 * (c_hi - c_lo):
+                return
+        new = (lo - 0.06 * span, hi + 0.06 * span)
+        self._y_ranges[plot] = new
+        plot.setYRange(*new, padding=0)
+
+    def mark_dirty(self) -> None:
+        """New data arrived: redraw soon, at most max_fps times a second."""
+        self._dirty = True
+        if self._timer.isActive():
+            return
+        wait = self.min_interval - (time.perf_counter() - self._last_draw)
+        self._timer.start(max(0, int(wait * 1000)))
+
+    def redraw(self) -> None:
+        if not self._dirty:
+            return
+        if not self.isVisible():
+            return  # drawn when the tab is shown again
+        self._dirty = False
+        self._last_draw = time.perf_counter()
+        self.draw_count += 1
+        weight = self.smoothing.value() / 100.0
+        log = self.log_scale.isChecked()
+        shown = {self.train_plot: [], self.val_plot: []}
+        for (name, key, kind), item in self.curves.items():
+            signature = (self.history.count(name, key), weight if kind == "smooth" else None, log, self.max_points)
+            cached = self._series.get((name, key, kind))
+            if cached is not None and cached[0] == signature:
+                x, y = cached[1], cached[2]  # unchanged (validation between evaluations): no repaint
+            else:
+                x, y = self.history.series(name, key, self.max_points)
+                if log:
+                    y = np.where(y > 0, y, np.nan)
+                if kind == "smooth":
+                    y = ema(y, weight)
+                self._series[(name, key, kind)] = (signature, x, y)
+                item.setData(x, y)
+            if kind == "smooth" or key.startswith("val"):
+                self._drawn[(name, key)] = (x, y)
+            if item.isVisible():
+                shown[self.val_plot if key.startswith("val") else self.train_plot].append(y)
+        for plot, values in shown.items():
+            self._fit_y(plot, values)
+        self._fit_x()
+        self.empty_hint.setVisible(not self.algorithms)
+
+    def showEvent(self, ev):
+        super().showEvent(ev)
+        if self._dirty:
+            self._timer.start(0)
+
+    def set_log(self, on: bool) -> None:
+        if self.log_scale.isChecked() != on:
+            self.log_scale.setChecked(on)  # comes back here through toggled
+            return
+        self._y_ranges = {}
+        for plot in (self.train_plot, self.val_plot):
+            plot.setLogMode(y=on)
+        self._dirty = True
+        self.redraw()
+        self._place_hint()
+
+    def _on_show_pre(self, on: bool) -> None:
+        for (_name, key, _kind), item in self.curves.items():
+            if key in ("pre_loss", "val_pre_loss"):
+                item.setVisible(on)
+        self._y_ranges = {}
+        self._dirty = True
+        self.redraw()
+
+    def _place_hint(self) -> None:
+        if not self.algorithms:
+            self.train_plot.setXRange(0, 1, padding=0.05)
+        self.empty_hint.setPos(0.5, 0.5)  # the middle of the empty plot (0..1, or 10^0..10^1 in log scale)
+
+    # -- crosshair -----------------------------------------------------------------------------------
+    def _on_mouse_moved(self, scene_pos) -> None:
+        plot = None
+        for p in (self.train_plot, self.val_plot):
+            if p.getViewBox().sceneBoundingRect().contains(scene_pos):
+                plot = p
+        if plot is None or not self.algorithms:
+            for line in self.crosshair.values():
+                line.setVisible(False)
+            return
+        x = plot.getViewBox().mapSceneToView(scene_pos).x()
+        for line in self.crosshair.values():
+            line.setPos(x)
+            line.setVisible(True)
+        self.readout.setText(self.readout_text(x))
+
+    def readout_text(self, x: float) -> str:
+        """The values of every curve at meta-iteration x (nearest drawn point), as rich text."""
+        parts = [f"<b style='color:{TEXT}'>iteration {max(0, int(round(x))):,}</b>"]
+        for name in self.algorithms:
+            values = []
+            for key, label in (("pre_loss", "train"), ("val_pre_loss", "val")):
+                pre = self._value_at(name, key, x)
+                post = self._value_at(name, key.replace("pre", "post"), x)
+                if post is not None:
+                    values.append(f"{label} {pre:.3g} → {post:.3g}" if pre is not None else f"{label} {post:.3g}")
+            if values:
+                color = algorithm_color(name)
+                parts.append(f"<span style='color:{color}'>■</span> <b>{algorithm_label(name)}</b> "
+                             + ", ".join(values))
+        return "&nbsp;&nbsp;&nbsp;".join(parts)
+
+    def _value_at(self, name: str, key: str, x: float) -> float | None:
+        xs, ys = self._drawn.get((name, key), (None, None))
+        if xs is None or not len(xs):
+            return None
+        i = int(np.clip(np.searchsorted(xs, x), 0, len(xs) - 1))
+        if i > 0 and abs(xs[i - 1] - x) < abs(xs[i] - x):
+            i -= 1
+        value = float(ys[i])
+        return value if np.isfinite(value) else None
+
+    # -- for plot export ----------------------------------------------------------------------------
+    def export_item(self):
+        return self.graphics.ci
+
+    def view_title(self) -> str:
+        return "training"

@@ -1,0 +1,245 @@
+"""Training off the GUI thread: a QObject living in a QThread runs the core Trainer.
+
+Everything the worker says reaches the UI through queued signals; it never touches a widget. The
+Trainer calls back after every iteration; the worker batches those metrics and emits at most
+`progress_hz` progress signals per second and a parameter snapshot every `snapshot_interval` seconds,
+so the GUI's work does not grow with the training speed. pause/resume/stop are thread-safe calls
+straight into the Trainer (the worker thread is busy inside `Trainer.run`, so a queued slot would only
+run after training ends); they take effect within one meta-iteration.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+
+from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
+
+
+class TrainingWorker(QObject):
+    started = Signal(object)  # {"device": str, "algorithms": [...], "total": int, "model": spec}
+    progress = Signal(object)  # state, iteration, total, tasks_per_s, eta_s, elapsed_s, reason, chunk, latest
+    snapshot = Signal(object)  # {"iteration", "params": {algo: params}, "metadata": {algo: dict}, "model": spec}
+    finished = Signal(object)  # {"state", "reason", "iteration", "total"}
+    failed = Signal(str)  # an exception in the worker: one-line message
+
+    def __init__(self, progress_hz: float = 30.0, snapshot_interval: float = 0.15):
+        super().__init__()
+        self.progress_interval = 1.0 / progress_hz
+        self.snapshot_interval = snapshot_interval
+        self._lock = threading.Lock()
+        self._trainer = None
+        self._stop_requested = False
+        self._pause_requested = False
+        self._busy = False
+        self._pending: dict = {}
+        self._pending_val: dict = {}
+        self._latest: dict = {}
+        self._rate = 0.0
+
+    # -- thread-safe control (called from the GUI thread) --------------------------------------------
+    def pause(self) -> None:
+        with self._lock:
+            self._pause_requested = True
+            trainer = self._trainer
+        if trainer is not None:
+            trainer.pause()
+
+    def resume(self) -> None:
+        with self._lock:
+            self._pause_requested = False
+            trainer = self._trainer
+        if trainer is not None:
+            trainer.resume()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_requested = True
+            trainer = self._trainer
+        if trainer is not None:
+            trainer.stop()
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    # -- the worker thread ---------------------------------------------------------------------------
+    @Slot(object)
+    def run(self, request) -> None:
+        """request: an ExperimentConfig, or (config, {"initial_params": ...}); trains until done or stopped."""
+        from ..core.trainer import Trainer
+
+        config, options = request if isinstance(request, tuple) else (request, {})
+        self._busy = True
+        trainer = None
+        try:
+            trainer = Trainer(config, initial_params=options.get("initial_params"))
+            with self._lock:
+                self._trainer = trainer
+                stop, pause = self._stop_requested, self._pause_requested
+            if pause:
+                trainer.pause()
+            self._reset_batch(trainer)
+            self.started.emit({"device": str(trainer.device), "algorithms": list(trainer.runs),
+                               "total": config.iterations, "model": trainer.model.spec()})
+            self._emit_snapshot(trainer)
+            # the Trainer's last callback (finished, stopped, diverged) flushes the metrics and sends a snapshot
+            state = "stopped" if stop else trainer.run(callback=self._callback(trainer), report_every=1)
+            self.finished.emit({"state": state, "reason": trainer.stop_reason, "iteration": trainer.iteration,
+                                "total": config.iterations})
+        except Exception as exc:  # noqa: BLE001 - any failure in the worker is reported, never raised into Qt
+            traceback.print_exc()
+            message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+            if trainer is not None:
+                self._flush(trainer, "failed", message)
+                self._emit_snapshot(trainer, only_if_finite=True)
+            self.failed.emit(message)
+            self.finished.emit({"state": "failed", "reason": message,
+                                "iteration": trainer.iteration if trainer is not None else 0,
+                                "total": getattr(config, "iterations", 0)})
+        finally:
+            with self._lock:
+                self._trainer = None
+                self._stop_requested = False
+                self._pause_requested = False
+            self._busy = False
+
+    def _reset_batch(self, trainer) -> None:
+        self._pending = {name: ([], [], []) for name in trainer.runs}
+        self._pending_val = {name: ([], [], []) for name in trainer.runs}
+        self._latest: dict = {}
+        now = time.perf_counter()
+        self._last_progress = now
+        self._last_snapshot = now
+        self._rate_t = now
+        self._rate_iter = trainer.iteration
+        self._rate = 0.0
+
+    def _callback(self, trainer):
+        batch_size = trainer.config.meta_batch_size
+
+        def on_progress(p: dict) -> None:
+            if self._stop_requested:
+                trainer.stop()  # a stop() that came before Trainer.run had started
+            for name, m in p["metrics"].items():
+                it, pre, post = self._pending[name]
+                it.append(m["iteration"])
+                pre.append(m["pre_loss"])
+                post.append(m["post_loss"])
+                self._latest[name] = m
+            for name, v in p["val"].items():
+                it, pre, post = self._pending_val[name]
+                it.append(v["iteration"])
+                pre.append(v["val_pre_loss"])
+                post.append(v["val_post_loss"])
+            now = time.perf_counter()
+            if p["state"] != "running":
+                self._flush(trainer, p["state"], p["reason"], p)
+                self._emit_snapshot(trainer)
+                return
+            if now - self._rate_t >= 0.5:  # tasks/s over the last half second, smoothed
+                rate = (trainer.iteration - self._rate_iter) * batch_size / (now - self._rate_t)
+                self._rate = rate if self._rate == 0 else 0.6 * self._rate + 0.4 * rate
+                self._rate_t, self._rate_iter = now, trainer.iteration
+            if now - self._last_progress >= self.progress_interval:
+                self._flush(trainer, "running", "", p)
+            if now - self._last_snapshot >= self.snapshot_interval:
+                self._emit_snapshot(trainer)
+
+        return on_progress
+
+    def _flush(self, trainer, state: str, reason: str, p: dict | None = None) -> None:
+        chunk = {"train": {}, "val": {}}
+        for target, source in ((chunk["train"], self._pending), (chunk["val"], self._pending_val)):
+            for name, (it, pre, post) in source.items():
+                if it:
+                    keys = ("pre_loss", "post_loss") if source is self._pending else ("val_pre_loss", "val_post_loss")
+                    target[name] = {"iteration": list(it), keys[0]: list(pre), keys[1]: list(post)}
+                    it.clear()
+                    pre.clear()
+                    post.clear()
+        total = trainer.config.iterations
+        rate = self._rate if state == "running" else 0.0
+        elapsed = (p or {}).get("elapsed_s", 0.0)
+        if state == "running" and rate == 0.0 and elapsed > 0:  # before the first half-second window
+            rate = (trainer.iteration - self._rate_iter) * trainer.config.meta_batch_size / elapsed
+        per_task = trainer.config.meta_batch_size / rate if rate > 0 else 0.0
+        eta = (total - trainer.iteration) * per_task if rate > 0 else (p or {}).get("eta_s", 0.0)
+        self._last_progress = time.perf_counter()
+        self.progress.emit({"state": state, "iteration": trainer.iteration, "total": total, "tasks_per_s": rate,
+                            "eta_s": eta, "elapsed_s": (p or {}).get("elapsed_s", 0.0), "reason": reason,
+                            "chunk": chunk, "latest": dict(self._latest)})
+
+    def _emit_snapshot(self, trainer, only_if_finite: bool = False) -> None:
+        self._last_snapshot = time.perf_counter()
+        params = trainer.snapshot()
+        if only_if_finite and not all(bool(v.isfinite().all()) for p in params.values() for v in p.values()):
+            return
+        metadata = {}
+        for name in params:
+            try:
+                metadata[name] = trainer.metadata(name)
+            except Exception:  # noqa: BLE001 - metadata is best effort; the parameters matter
+                metadata[name] = {}
+        self.snapshot.emit({"iteration": trainer.iteration, "params": params, "metadata": metadata,
+                            "model": trainer.model.spec(),
+                            "inner_lr": {n: r.algorithm.config.inner_lr for n, r in trainer.runs.items()}})
+
+
+class TrainingController(QObject):
+    """Owns the worker thread; lives in the GUI thread. Its signals are the worker's, delivered queued."""
+
+    started = Signal(object)
+    progress = Signal(object)
+    snapshot = Signal(object)
+    finished = Signal(object)
+    failed = Signal(str)
+    _request = Signal(object)
+
+    def __init__(self, parent=None, progress_hz: float = 30.0, snapshot_interval: float = 0.15):
+        super().__init__(parent)
+        self.thread = QThread()
+        self.thread.setObjectName("maml-lab-training")
+        self.worker = TrainingWorker(progress_hz, snapshot_interval)
+        self.worker.moveToThread(self.thread)
+        self._request.connect(self.worker.run)
+        self.worker.started.connect(self.started)
+        self.worker.progress.connect(self.progress)
+        self.worker.snapshot.connect(self.snapshot)
+        self.worker.finished.connect(self._on_finished)
+        self.worker.failed.connect(self.failed)
+        self.running = False
+        self.thread.start()
+        app = QCoreApplication.instance()
+        if app is not None:  # a window never closed still stops its thread before Qt tears down
+            app.aboutToQuit.connect(self.shutdown)
+
+    def start(self, config, initial_params=None) -> None:
+        if self.running:
+            raise RuntimeError("training is already running")
+        self.running = True
+        self._request.emit((config, {"initial_params": initial_params}))
+
+    def pause(self) -> None:
+        self.worker.pause()
+
+    def resume(self) -> None:
+        self.worker.resume()
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def _on_finished(self, info) -> None:
+        self.running = False
+        self.finished.emit(info)
+
+    def shutdown(self, timeout_ms: int = 2000) -> bool:
+        """Stop training and the thread; True when the thread ended within the timeout."""
+        if not self.thread.isRunning():
+            return True
+        self.worker.stop()
+        self.thread.quit()
+        ok = self.thread.wait(timeout_ms)
+        self.running = False
+        return bool(ok)

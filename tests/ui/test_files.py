@@ -1,0 +1,200 @@
+"""The File menu through its actions, with the dialogs patched: export -> import round trip, bad and mismatched
+files, write errors that keep the previous file, plots, metrics, experiment configs, settings."""
+
+import errno
+import json
+
+import pytest
+import torch
+from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
+
+from maml_lab.core import export as core_export
+from maml_lab.core.export import build_metadata, export_initialization, load_initialization
+from maml_lab.core.models import MLP
+
+
+class Dialogs:
+    """Stands in for the modal dialogs: answers queued per dialog, warnings recorded."""
+
+    def __init__(self, monkeypatch):
+        self.save, self.open, self.items, self.warnings = [], [], [], []
+        monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(self.save.pop(0)), ""))
+        monkeypatch.setattr(QFileDialog, "getOpenFileName", lambda *a, **k: (str(self.open.pop(0)), ""))
+        monkeypatch.setattr(QInputDialog, "getItem", lambda *a, **k: (self.items.pop(0), True))
+        monkeypatch.setattr(QMessageBox, "warning", lambda parent, title, text, *a: self.warnings.append(
+            (title, text)))
+
+
+@pytest.fixture
+def dialogs(monkeypatch):
+    return Dialogs(monkeypatch)
+
+
+@pytest.fixture
+def trained(window, qtbot, small_config):
+    window.panel.set_config(small_config(iterations=20))
+    with qtbot.waitSignal(window.controller.finished, timeout=20000):
+        window.start()
+    qtbot.waitUntil(lambda: window.latest_snapshot is not None and window.latest_snapshot["iteration"] == 20,
+                    timeout=3000)
+    return window
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_export_import_round_trip_through_the_menu(trained, dialogs, tmp_path, qtbot, suffix):
+    window = trained
+    path = tmp_path / f"maml{suffix}"
+    dialogs.items.append("MAML")
+    dialogs.save.append(path)
+    window.act_export.trigger()
+    assert path.is_file() and not dialogs.warnings
+    params, meta, model = load_initialization(path)
+    assert meta["algorithm"] == "maml" and meta["iterations"] == 20
+    assert model.spec() == {"kind": "mlp", "sizes": [1, 16, 16, 1], "activation": "relu"}
+    dialogs.open.append(path)
+    window.act_import.trigger()
+    key = f"file:{path.resolve()}"
+    assert key in window.playground.inits
+    imported = window.playground.inits[key]
+    assert imported.source == "imported" and imported.algorithm == "maml" and imported.inner_lr == 0.01
+    for name, value in window.latest_snapshot["params"]["maml"].items():
+        assert torch.equal(imported.params[name], value)
+    assert str(path.resolve()) in window.recent_files()
+    window.playground.flush()
+    assert key in window.playground.predictions
+
+
+def test_export_all_writes_one_file_per_algorithm(trained, dialogs, tmp_path):
+    dialogs.items.append("All (one file each)")
+    dialogs.save.append(tmp_path / "run.safetensors")
+    trained.act_export.trigger()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run-maml.safetensors", "run-pretrained.safetensors"]
+
+
+def test_export_before_training_says_why(window, dialogs):
+    assert not window.act_export.isEnabled()
+    assert window.export_initialization() == []
+    assert dialogs.warnings and "press Start" in dialogs.warnings[0][1]
+
+
+def test_bad_and_mismatched_files_are_refused_and_nothing_changes(window, dialogs, tmp_path):
+    before = dict(window.playground.inits)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"definitely not a safetensors file")
+    dialogs.open.append(bad)
+    window.act_import.trigger()
+    assert "not a readable safetensors" in dialogs.warnings[-1][1]
+    # an MLP for another input size cannot go on the sinusoid playground
+    model = MLP([2, 8, 1])
+    other = tmp_path / "two-inputs.safetensors"
+    export_initialization(other, model.init_params(torch.Generator().manual_seed(0)),
+                          build_metadata("maml", model.spec(), {"name": "custom"}, {}, 5))
+    dialogs.open.append(other)
+    window.act_import.trigger()
+    assert "one input and one output" in dialogs.warnings[-1][1]
+    wrong = tmp_path / "wrong-version.safetensors"
+    meta = build_metadata("maml", MLP().spec(), {"name": "sinusoid"}, {}, 5)
+    meta["format_version"] = 99
+    export_initialization(wrong, MLP().init_params(torch.Generator().manual_seed(0)), meta)
+    dialogs.open.append(wrong)
+    window.act_import.trigger()
+    assert "format version 99" in dialogs.warnings[-1][1]
+    assert window.playground.inits == before
+    assert len(dialogs.warnings) == 3
+
+
+def test_write_error_is_reported_and_the_previous_file_kept(trained, dialogs, tmp_path, monkeypatch):
+    path = tmp_path / "maml.safetensors"
+    dialogs.items.append("MAML")
+    dialogs.save.append(path)
+    trained.act_export.trigger()
+    original = path.read_bytes()
+
+    def disk_full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(core_export.os, "replace", disk_full)
+    dialogs.items.append("Pretrained")
+    dialogs.save.append(path)
+    trained.act_export.trigger()
+    assert dialogs.warnings and "No space left on device" in dialogs.warnings[-1][1]
+    assert "previous file" in dialogs.warnings[-1][1]
+    assert path.read_bytes() == original
+    assert [p.name for p in tmp_path.iterdir()] == ["maml.safetensors"]  # no temporary file left behind
+    # a folder that does not exist
+    dialogs.save.append(tmp_path / "missing" / "m.csv")
+    trained.act_export_metrics.trigger()
+    assert "folder does not exist" in dialogs.warnings[-1][1]
+
+
+def test_export_plot_png_and_svg_and_metrics_csv(trained, dialogs, tmp_path):
+    window = trained
+    for index, name in ((0, "playground.png"), (1, "curves.svg"), (1, "curves.png")):
+        window.tabs.setCurrentIndex(index)
+        dialogs.save.append(tmp_path / name)
+        window.act_export_plot.trigger()
+    assert (tmp_path / "playground.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert b"<svg" in (tmp_path / "curves.svg").read_bytes()
+    dialogs.save.append(tmp_path / "metrics")
+    window.act_export_metrics.trigger()
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "iteration,algorithm,pre_loss,post_loss,val_pre_loss,val_post_loss"
+    assert len(lines) == 1 + 2 * 20
+    rows = [line.split(",") for line in lines[1:]]
+    assert rows[9][0] == "10" and rows[9][4] != ""  # validation every 10 iterations
+    assert not dialogs.warnings
+
+
+def test_save_and_open_experiment_config(window, dialogs, tmp_path):
+    path = tmp_path / "exp"
+    window.panel.seed.setValue(42)
+    window.panel.columns["reptile"].enabled.setChecked(True)
+    dialogs.save.append(path)
+    window.act_save_config.trigger()
+    saved = tmp_path / "exp.toml"
+    assert saved.is_file()
+    window.panel.seed.setValue(1)
+    window.panel.columns["reptile"].enabled.setChecked(False)
+    dialogs.open.append(saved)
+    window.act_open_config.trigger()
+    config = window.panel.config()
+    assert config.seed == 42 and [a.name for a in config.algorithms] == ["maml", "reptile", "pretrained"]
+    broken = tmp_path / "broken.toml"
+    broken.write_text("iterations = 'many'\n")
+    dialogs.open.append(broken)
+    window.act_open_config.trigger()
+    assert dialogs.warnings and "broken.toml" in dialogs.warnings[-1][1]
+    assert window.panel.config().seed == 42  # nothing changed
+    window.panel.columns["maml"].inner_lr.setText("")
+    assert window.save_config(str(tmp_path / "x.toml")) is None
+    assert "invalid value" in dialogs.warnings[-1][1]
+
+
+def test_layout_config_and_recent_files_persist(qtbot, settings, tmp_path):
+    from maml_lab.ui.main_window import MainWindow
+
+    first = MainWindow(settings=settings)
+    qtbot.addWidget(first)
+    first.resize(790, 700)  # inside the offscreen screen (800 x 800), so restoring needs no clamping
+    first.show()
+    first.panel.iterations.setValue(1234)
+    first.panel.hidden.setText("24, 24")
+    first.tabs.setCurrentIndex(1)
+    first.plots.set_log(False)
+    first.splitter.setSizes([first.panel.minimumWidth() + 10, 300])
+    sizes = first.splitter.sizes()
+    first._add_recent(tmp_path / "a.toml")
+    first.close()
+
+    second = MainWindow(settings=settings)
+    qtbot.addWidget(second)
+    second.show()
+    assert second.panel.iterations.value() == 1234 and second.panel.config().hidden == [24, 24]
+    assert second.tabs.currentIndex() == 1
+    assert not second.plots.log_scale.isChecked()
+    assert second.size() == first.size()
+    assert second.splitter.sizes() == sizes
+    assert second.recent_files() == [str((tmp_path / "a.toml").resolve())]
+    second.close()
+    assert json.dumps(second.recent_files())
