@@ -22,6 +22,7 @@ from .evaluation import per_task_curve
 from .export import build_metadata, export_initialization
 from .models import MLP
 from .tasks import SinusoidFamily
+from .trajectory import TrajectoryRecorder
 
 
 def make_family(config: ExperimentConfig, progress=None, cancel=None):
@@ -71,7 +72,8 @@ class Run:
 class Trainer:
     STATES = ("idle", "running", "paused", "stopped", "finished", "diverged", "failed")
 
-    def __init__(self, config: ExperimentConfig, family=None, model=None, initial_params=None):
+    def __init__(self, config: ExperimentConfig, family=None, model=None, initial_params=None,
+                 record_every: int = 1, record_capacity: int = 2000):
         config.validate()
         self.config = config
         self.device = resolve_device(config.device)
@@ -87,6 +89,13 @@ class Trainer:
             algorithm = make_algorithm(self.model, self.family.loss, algo_config, config.iterations)
             algorithm.setup(params)
             self.runs[algo_config.name] = Run(algorithm, params)
+        # parameter paths for the "looking inside" views: bounded memory however long the run
+        # (record_every=0: no recording)
+        self.recorders: dict[str, TrajectoryRecorder] = {}
+        if record_every:
+            for name, run in self.runs.items():
+                self.recorders[name] = TrajectoryRecorder(record_capacity, record_every)
+                self.recorders[name].record(0, run.params)
         self.iteration = 0
         self.state = "idle"
         self.stop_reason = ""
@@ -135,20 +144,28 @@ class Trainer:
                     f"(inner or meta learning rate too large?); the last finite parameters were kept")
             metrics["iteration"] = self.iteration + 1
             run.history.append(metrics)
+            if name in self.recorders:
+                self.recorders[name].record(self.iteration + 1, run.params, metrics)
             out[name] = metrics
         self.iteration += 1
         return out
+
+    @property
+    def validation_family(self):
+        """Where validation tasks come from: the family's held-out classes when it has them (image sets)."""
+        return getattr(self.family, "validation_family", None) or self.family
 
     def validation_batch(self):
         if self._val_batch is None:
             c = self.config
             gen = torch.Generator().manual_seed(c.seed + 7919)
-            self._val_batch = self.family.sample(max(c.val_tasks, 1), c.shots, c.queries, gen, self.device,
-                                                 self.dtype)
+            self._val_batch = self.validation_family.sample(max(c.val_tasks, 1), c.shots, c.queries, gen,
+                                                            self.device, self.dtype)
         return self._val_batch
 
     def validate(self) -> dict[str, dict]:
-        """Held-out query loss before and after adaptation (each algorithm's training inner steps)."""
+        """Query loss (and accuracy) of fresh tasks before and after adaptation with each algorithm's training
+        inner steps; for image sets the tasks use held-out classes."""
         batch = self.validation_batch()
         out = {}
         for name, run in self.runs.items():
@@ -203,6 +220,8 @@ class Trainer:
                 rate = (self.iteration - report_iter) * c.meta_batch_size / max(now - last_report, 1e-9)
                 last_report, report_iter = now, self.iteration
                 self._emit(callback, start_iteration, active, rate, target, metrics, val)
+        for name, recorder in self.recorders.items():  # paths end where the run ends
+            recorder.record(self.iteration, self.runs[name].params, self.runs[name].last_metrics, force=True)
         if self.iteration >= self.config.iterations:
             self.state = "finished"
         else:

@@ -46,9 +46,14 @@ class TrajectoryRecorder:
     def __len__(self) -> int:
         return len(self.snapshots)
 
-    def record(self, iteration: int, params, metrics: dict | None = None) -> bool:
-        """Keep this snapshot if it falls on the current interval; returns whether it was kept."""
-        if iteration % self.every:
+    def record(self, iteration: int, params, metrics: dict | None = None, force: bool = False) -> bool:
+        """Keep this snapshot if it falls on the current interval (or `force`); returns whether it was kept.
+
+        `force` is for the end of a run, so that a path always ends at the final parameters.
+        """
+        if self.iterations and self.iterations[-1] == iteration:
+            return False
+        if iteration % self.every and not force:
             return False
         self.iterations.append(int(iteration))
         self.snapshots.append(flatten(params).astype(np.float32))

@@ -100,3 +100,14 @@ def test_config_toml_round_trip_and_validation(tmp_path):
     (tmp_path / "unknown.toml").write_text("iteration = 5\n")
     with pytest.raises(ValueError, match="unknown config key"):
         ExperimentConfig.load_toml(tmp_path / "unknown.toml")
+
+
+def test_trainer_records_bounded_parameter_paths():
+    t = Trainer(config(iterations=300, val_every=0, algorithms=[AlgorithmConfig("maml")]), record_capacity=50)
+    t.run()
+    rec = t.recorders["maml"]
+    assert 2 <= len(rec) < 50 and rec.iterations[-1] == 300 and rec.iterations[0] <= rec.every
+    from maml_lab.core.trajectory import flatten
+
+    assert (rec.array()[-1] == flatten(t.runs["maml"].params).astype("float32")).all()
+    assert Trainer(config(iterations=5, val_every=0), record_every=0).recorders == {}
