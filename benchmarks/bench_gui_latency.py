@@ -59,7 +59,8 @@ def percentiles(values: list[float]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement while training (default 10)")
-    parser.add_argument("--view", choices=("playground", "training"), default="playground")
+    parser.add_argument("--view", choices=("playground", "training", "landscape", "paths", "adaptation"),
+                        default="playground", help="the view shown (paths: re-projected every second while training)")
     parser.add_argument("--algorithms", nargs="+", default=["maml", "pretrained"])
     parser.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval, seconds")
     parser.add_argument("--plot-fps", type=float, default=None, help="maximum plot redraws per second")
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
         if args.plot_fps:
             window.plots.min_interval = 1.0 / args.plot_fps
         window.resize(1440, 900)
-        window.tabs.setCurrentIndex(0 if args.view == "playground" else 1)
+        window.tabs.setCurrentWidget(window.views[args.view])
         window.show()
         window.playground.random_task()
         idle = measure(app, 2.0)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 NO_DISPLAY = ("maml-lab: no display found; run under Xvfb (xvfb-run python main.py) or offscreen with "
               "--screenshot out.png (QT_QPA_PLATFORM=offscreen)")
-VIEWS = ("playground", "training")
+# main views a screenshot can show: keys of MainWindow.views (MainWindow.add_view registers more)
+VIEWS = ("playground", "training", "landscape", "paths", "adaptation")
 ORGANIZATION = "MAML Lab"
 APPLICATION = "MAML Lab"
 
@@ -135,7 +136,7 @@ def screenshot(app, args, config, size: tuple[int, int]) -> int:
         window.panel.set_config(config)
     window.panel.iterations.setValue(args.iterations or 2000)
     window.resize(*size)
-    window.tabs.setCurrentIndex(VIEWS.index(args.view))
+    window.tabs.setCurrentWidget(window.views[args.view])
     window.show()
     window.playground.random_task()
     app.processEvents()
@@ -148,6 +149,10 @@ def screenshot(app, args, config, size: tuple[int, int]) -> int:
         app.processEvents()
     window.playground.flush()
     window.plots.redraw()
+    view = window.views[args.view]
+    if hasattr(view, "wait_until_idle"):  # views computing in the background (landscape, paths, adaptation)
+        if not view.wait_until_idle(600.0):
+            print(f"maml-lab: warning: the {args.view} view was still computing", file=sys.stderr)
     app.processEvents()
     image = window.grab()
     path = Path(args.screenshot)

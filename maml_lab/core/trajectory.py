@@ -7,7 +7,7 @@ other snapshot and doubles its interval, so the kept snapshots stay evenly sprea
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -62,6 +62,16 @@ class TrajectoryRecorder:
             self._thin()
         return True
 
+    def limit_bytes(self, max_bytes: int, min_capacity: int = 64) -> int:
+        """Lower the capacity so the snapshots stay within about `max_bytes` (big models: a conv-4 theta is
+        ~0.45 MB, so 2,000 snapshots would take 0.9 GB); never below `min_capacity`. Returns the capacity."""
+        if self.snapshots:
+            per = self.snapshots[0].nbytes
+            self.capacity = max(min_capacity, 2, min(self.capacity, int(max_bytes // max(per, 1))))
+            while len(self.snapshots) >= self.capacity:
+                self._thin()
+        return self.capacity
+
     def _thin(self) -> None:
         """Drop every other snapshot (keeping the newest) and double the interval."""
         keep = list(range(len(self.snapshots) - 1, -1, -2))[::-1]
@@ -86,13 +96,19 @@ class Plane:
     d2: np.ndarray
     explained: tuple[float, float] | None = None  # PCA: fraction of variance along d1, d2
     kind: str = "pca"
+    _pinv: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def project(self, points: np.ndarray) -> np.ndarray:
-        """Coordinates (a, b) of each point [N, P] (least squares, so non-orthogonal directions work)."""
-        basis = np.stack([self.d1, self.d2], axis=1).astype(np.float64)  # [P, 2]
+        """Coordinates (a, b) of each point [N, P] (least squares, so non-orthogonal directions work).
+
+        The least-squares solution is the basis' pseudo-inverse applied to each point, computed once per
+        plane: projecting thousands of snapshots is one [N, P] x [P, 2] product.
+        """
+        if self._pinv is None:
+            basis = np.stack([self.d1, self.d2], axis=1).astype(np.float64)  # [P, 2]
+            self._pinv = np.linalg.pinv(basis)  # [2, P]: the minimum-norm least-squares solution, like lstsq
         rel = np.atleast_2d(points).astype(np.float64) - self.origin
-        coords, *_ = np.linalg.lstsq(basis, rel.T, rcond=None)
-        return coords.T
+        return rel @ self._pinv.T
 
     def point(self, a: float, b: float) -> np.ndarray:
         return self.origin + a * self.d1 + b * self.d2
@@ -104,18 +120,46 @@ class Plane:
         return ("direction 1", "direction 2")
 
 
+EXACT_PCA_LIMIT = 200_000  # snapshots x parameters up to which pca_plane runs a full SVD
+
+
+def _top_components(rel: np.ndarray, k: int = 2, oversample: int = 8, iterations: int = 6):
+    """The top-k singular values and right singular vectors of `rel` [N, P] by randomized subspace iteration
+    (Halko et al. 2011), seeded: a few [N, P] x [P, k + oversample] products instead of a full SVD, which on
+    a few thousand snapshots of a few thousand parameters takes seconds rather than milliseconds."""
+    rng = np.random.default_rng(0)
+    width = min(k + oversample, *rel.shape)
+    q, _ = np.linalg.qr(rel @ rng.standard_normal((rel.shape[1], width)))
+    for _ in range(iterations):
+        q, _ = np.linalg.qr(rel.T @ q)
+        q, _ = np.linalg.qr(rel @ q)
+    _, s, vt = np.linalg.svd(q.T @ rel, full_matrices=False)
+    return s[:k], vt[:k]
+
+
 def pca_plane(trajectories: list[np.ndarray], origin: np.ndarray) -> Plane:
     """PCA of (theta_t - origin) over all snapshots of one or several trajectories (Li et al. 2018).
 
-    Several algorithms share one plane by passing all their trajectories with a common origin.
+    Several algorithms share one plane by passing all their trajectories with a common origin. Large
+    inputs use randomized subspace iteration for the two components (the explained variance still divides
+    by the exact total). Each direction's sign is chosen so that the point farthest along it is positive,
+    so a plane recomputed as a path grows does not flip.
     """
     rel = np.concatenate([np.atleast_2d(t).astype(np.float64) for t in trajectories]) - origin
     if rel.shape[0] < 2:
         raise ValueError("a PCA plane needs at least two snapshots")
-    _, s, vt = np.linalg.svd(rel, full_matrices=False)
-    total = float((s ** 2).sum())
+    total = float(np.einsum("ij,ij->", rel, rel))
     if total == 0.0:
         raise ValueError("the trajectory does not move: no plane to show")
+    if rel.size <= EXACT_PCA_LIMIT or min(rel.shape) <= 10:
+        _, s, vt = np.linalg.svd(rel, full_matrices=False)
+    else:
+        s, vt = _top_components(rel)
+    vt = vt.copy()
+    for i in range(min(2, vt.shape[0])):
+        proj = rel @ vt[i]
+        if proj[np.argmax(np.abs(proj))] < 0:
+            vt[i] = -vt[i]
     d2 = vt[1] if vt.shape[0] > 1 else np.zeros_like(vt[0])
     explained = (float(s[0] ** 2 / total), float(s[1] ** 2 / total) if len(s) > 1 else 0.0)
     return Plane(np.asarray(origin, np.float64), vt[0], d2, explained, "pca")

@@ -1,4 +1,5 @@
-"""The main window: experiment panel, run controls, the views (playground, training curves) and the File menu."""
+"""The main window: experiment panel, run controls, the views (playground, training curves, and the "looking
+inside" views: landscape, paths, adaptation) and the File menu."""
 
 from __future__ import annotations
 
@@ -31,9 +32,12 @@ from PySide6.QtWidgets import (
 from ..core.algorithms import ALGORITHMS
 from ..core.config import ExperimentConfig
 from ..core.export import InitializationError, atomic_write_bytes, export_initialization, load_initialization
+from .adaptation_view import AdaptationView
 from .colors import algorithm_label
 from .experiment_panel import ExperimentPanel, FormError
 from .history import MetricsHistory
+from .landscape_view import LandscapeView
+from .paths_view import PathsView
 from .playground import PlaygroundView
 from .preview import Initialization, mlp_for_playground
 from .theme import STATE_STYLE
@@ -124,6 +128,7 @@ class MainWindow(QMainWindow):
         self.controller.started.connect(self._on_started)
         self.controller.progress.connect(self._on_progress)
         self.controller.snapshot.connect(self._on_snapshot)
+        self.controller.paths.connect(self._on_paths)
         self.controller.finished.connect(self._on_finished)
         self.controller.failed.connect(self._on_failed)
         self.state = "idle"
@@ -170,6 +175,7 @@ class MainWindow(QMainWindow):
         self._build_toolbar()
         self._build_menus()
         self._build_status_bar()
+        self._build_inside_views()
         self.resize(1440, 900)
         if persist:
             self._restore_settings()
@@ -297,8 +303,9 @@ class MainWindow(QMainWindow):
         for act in (self.act_toggle, self.act_stop, self.act_reset):
             run.addAction(act)
         view = menu.addMenu("&View")
-        for act in (self.act_view_playground, self.act_view_training, None, self.act_log):
+        for act in (self.act_view_playground, self.act_view_training, None, self.act_log, None):
             view.addSeparator() if act is None else view.addAction(act)
+        self.view_menu = view  # add_view appends the views registered later
         help_menu = menu.addMenu("&Help")
         help_menu.addAction(self.act_shortcuts)
         help_menu.addAction(self.act_about)
@@ -312,6 +319,48 @@ class MainWindow(QMainWindow):
         self.device_label.setProperty("hint", True)
         status.addPermanentWidget(self.device_label)
         status.addPermanentWidget(self.state_label)
+
+    def add_view(self, key: str, widget: QWidget, title: str) -> QWidget:
+        """Register a main view: a tab, `--view key` for screenshots (app.VIEWS), and a View-menu entry with
+        Ctrl+<its number>. A view may offer export_item()/view_title() (File ▸ Export plot) and
+        wait_until_idle(timeout_s) (a screenshot waits for its background computation)."""
+        self.tabs.addTab(widget, title)
+        self.views[key] = widget
+        number = self.tabs.indexOf(widget) + 1
+        act = self._action(title, lambda: self.tabs.setCurrentWidget(widget),
+                           f"Ctrl+{number}" if number <= 9 else None)
+        self.view_menu.addAction(act)
+        return widget
+
+    def _build_inside_views(self) -> None:
+        """Looking inside: the loss landscape, the parameter paths and the adaptation curves."""
+        self.landscape = self.add_view("landscape", LandscapeView(), "Landscape")
+        self.paths = self.add_view("paths", PathsView(), "Paths")
+        self.adaptation = self.add_view("adaptation", AdaptationView(), "Adaptation")
+        self.paths.checkpoint_selected.connect(self._on_checkpoint)
+        self.landscape.export_plot_requested.connect(lambda: self.export_plot())
+        self.adaptation.export_plot_requested.connect(lambda: self.export_plot())
+        self.inside_views = (self.landscape, self.paths, self.adaptation)
+
+    def _on_paths(self, run) -> None:
+        for view in self.inside_views:
+            view.set_run(run)
+
+    def _on_checkpoint(self, info: dict) -> None:
+        """The Paths view's slider: preview that checkpoint in the playground (the newest one: nothing extra)."""
+        if info.get("latest") or mlp_for_playground(info.get("model_spec") or {}):
+            self.playground.remove_initialization("checkpoint")
+            return
+        name = info["algorithm"]
+        label = f"{algorithm_label(name)} @ {info['iteration']:,}"
+        self.playground.set_initialization(Initialization("checkpoint", name, label, info["model"], info["params"],
+                                                          info["inner_lr"], "checkpoint"))
+
+    def _clear_inside_views(self) -> None:
+        self.playground.remove_initialization("checkpoint")
+        self.paths.clear()
+        self.landscape.clear()
+        self.adaptation.clear_trained()
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -380,6 +429,9 @@ class MainWindow(QMainWindow):
         self.plots.reset([a.name for a in config.algorithms], config.iterations,
                          "MSE" if config.task == "sinusoid" else "cross-entropy")
         self.playground.clear_trained()
+        self._clear_inside_views()
+        for view in (self.landscape, self.adaptation):
+            view.set_training(True)
         self.latest_snapshot = None
         self.last_progress = None
         self.progress.setRange(0, config.iterations)
@@ -412,6 +464,7 @@ class MainWindow(QMainWindow):
         self.history.clear()
         self.plots.reset([])
         self.playground.clear_trained()
+        self._clear_inside_views()
         self.latest_snapshot = None
         self.last_progress = None
         self.run_config = None
@@ -447,6 +500,7 @@ class MainWindow(QMainWindow):
     def _on_snapshot(self, snap: dict) -> None:
         self.latest_snapshot = snap
         self.playground.update_from_snapshot(snap)
+        self.adaptation.update_from_snapshot(snap)
         if not self.act_export.isEnabled():
             self._sync_actions()
 
@@ -459,6 +513,8 @@ class MainWindow(QMainWindow):
         state = info.get("state", "stopped")
         self._set_state(state)
         self.plots.mark_dirty()
+        for view in (self.landscape, self.adaptation):
+            view.set_training(False)
         it, total = int(info.get("iteration", 0)), int(info.get("total", 0))
         reason = info.get("reason", "")
         elapsed = format_duration((self.last_progress or {}).get("elapsed_s", 0.0))
@@ -572,6 +628,7 @@ class MainWindow(QMainWindow):
         label = f"{algorithm_label(algorithm) if algorithm != 'unknown' else 'Imported'} · {path.name}"
         init = Initialization(f"file:{path.resolve()}", algorithm, label, model, params, inner_lr, "imported", meta)
         self.playground.set_initialization(init)
+        self.adaptation.set_initialization(init)
         self.tabs.setCurrentWidget(self.playground)
         self._remember_dir(path)
         self._add_recent(path)
@@ -785,6 +842,8 @@ class MainWindow(QMainWindow):
     def shutdown(self) -> None:
         """Stop the worker and its thread (within 2 s: the Trainer stops after the current iteration)."""
         self.playground.shutdown()
+        for view in self.inside_views:
+            view.shutdown()
         if not self.controller.shutdown(2000):
             print("maml-lab: the training thread is taking long to stop; waiting for it", file=sys.stderr)
             self.controller.thread.wait()

@@ -738,7 +738,7 @@ class PlaygroundView(QWidget):
         pre = pg.PlotDataItem(pen=curve_pen(init.algorithm, width=1.6, dashed=True),
                               connect="finite")
         post = pg.PlotDataItem(pen=curve_pen(init.algorithm, width=2.8), connect="finite")
-        if init.source == "imported":
+        if init.source in ("imported", "checkpoint"):  # a file, or a training checkpoint (Paths view): dotted
             pen = curve_pen(init.algorithm, width=2.8)
             pen.setStyle(Qt.PenStyle.DotLine)
             post.setPen(pen)

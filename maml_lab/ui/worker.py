@@ -3,9 +3,11 @@
 Everything the worker says reaches the UI through queued signals; it never touches a widget. The
 Trainer calls back after every iteration; the worker batches those metrics and emits at most
 `progress_hz` progress signals per second and a parameter snapshot every `snapshot_interval` seconds,
-so the GUI's work does not grow with the training speed. pause/resume/stop are thread-safe calls
-straight into the Trainer (the worker thread is busy inside `Trainer.run`, so a queued slot would only
-run after training ends); they take effect within one meta-iteration.
+so the GUI's work does not grow with the training speed. Every `paths_interval` seconds (and at the end)
+it also hands over copies of the recorded parameter paths (ui.inside.RunPaths) for the looking-inside views.
+pause/resume/stop are thread-safe calls straight into the Trainer (the worker thread is busy inside
+`Trainer.run`, so a queued slot would only run after training ends); they take effect within one
+meta-iteration.
 """
 
 from __future__ import annotations
@@ -16,18 +18,22 @@ import traceback
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
+PATHS_BUDGET_BYTES = 512 * 2**20  # all recorded parameter paths of a run together (MLPs never come close)
+
 
 class TrainingWorker(QObject):
     started = Signal(object)  # {"device": str, "algorithms": [...], "total": int, "model": spec}
     progress = Signal(object)  # state, iteration, total, tasks_per_s, eta_s, elapsed_s, reason, chunk, latest
     snapshot = Signal(object)  # {"iteration", "params": {algo: params}, "metadata": {algo: dict}, "model": spec}
+    paths = Signal(object)  # ui.inside.RunPaths: copies of the recorded parameter paths (every paths_interval s)
     finished = Signal(object)  # {"state", "reason", "iteration", "total"}
     failed = Signal(str)  # an exception in the worker: one-line message
 
-    def __init__(self, progress_hz: float = 30.0, snapshot_interval: float = 0.15):
+    def __init__(self, progress_hz: float = 30.0, snapshot_interval: float = 0.15, paths_interval: float = 1.0):
         super().__init__()
         self.progress_interval = 1.0 / progress_hz
         self.snapshot_interval = snapshot_interval
+        self.paths_interval = paths_interval
         self._lock = threading.Lock()
         self._trainer = None
         self._stop_requested = False
@@ -75,6 +81,8 @@ class TrainingWorker(QObject):
         trainer = None
         try:
             trainer = Trainer(config, initial_params=options.get("initial_params"))
+            for recorder in trainer.recorders.values():  # parameter paths: bounded memory for big models too
+                recorder.limit_bytes(PATHS_BUDGET_BYTES // max(len(trainer.recorders), 1))
             with self._lock:
                 self._trainer = trainer
                 stop, pause = self._stop_requested, self._pause_requested
@@ -112,6 +120,7 @@ class TrainingWorker(QObject):
         now = time.perf_counter()
         self._last_progress = now
         self._last_snapshot = now
+        self._last_paths = now
         self._rate_t = now
         self._rate_iter = trainer.iteration
         self._rate = 0.0
@@ -137,6 +146,7 @@ class TrainingWorker(QObject):
             if p["state"] != "running":
                 self._flush(trainer, p["state"], p["reason"], p)
                 self._emit_snapshot(trainer)
+                self._emit_paths(trainer)
                 return
             if now - self._rate_t >= 0.5:  # tasks/s over the last half second, smoothed
                 rate = (trainer.iteration - self._rate_iter) * batch_size / (now - self._rate_t)
@@ -146,6 +156,8 @@ class TrainingWorker(QObject):
                 self._flush(trainer, "running", "", p)
             if now - self._last_snapshot >= self.snapshot_interval:
                 self._emit_snapshot(trainer)
+            if now - self._last_paths >= self.paths_interval:
+                self._emit_paths(trainer)
 
         return on_progress
 
@@ -187,26 +199,42 @@ class TrainingWorker(QObject):
                             "inner_lr": {n: r.algorithm.config.inner_lr for n, r in trainer.runs.items()}})
 
 
+    def _emit_paths(self, trainer) -> None:
+        """Copies of the recorded parameter paths for the Paths / Landscape views (never the live recorders)."""
+        self._last_paths = time.perf_counter()
+        if not trainer.recorders:
+            return
+        from .inside import collect_paths
+
+        try:
+            self.paths.emit(collect_paths(trainer))
+        except Exception:  # noqa: BLE001 - the paths are a view's extra; training goes on
+            traceback.print_exc()
+
+
 class TrainingController(QObject):
     """Owns the worker thread; lives in the GUI thread. Its signals are the worker's, delivered queued."""
 
     started = Signal(object)
     progress = Signal(object)
     snapshot = Signal(object)
+    paths = Signal(object)
     finished = Signal(object)
     failed = Signal(str)
     _request = Signal(object)
 
-    def __init__(self, parent=None, progress_hz: float = 30.0, snapshot_interval: float = 0.15):
+    def __init__(self, parent=None, progress_hz: float = 30.0, snapshot_interval: float = 0.15,
+                 paths_interval: float = 1.0):
         super().__init__(parent)
         self.thread = QThread()
         self.thread.setObjectName("maml-lab-training")
-        self.worker = TrainingWorker(progress_hz, snapshot_interval)
+        self.worker = TrainingWorker(progress_hz, snapshot_interval, paths_interval)
         self.worker.moveToThread(self.thread)
         self._request.connect(self.worker.run)
         self.worker.started.connect(self.started)
         self.worker.progress.connect(self.progress)
         self.worker.snapshot.connect(self.snapshot)
+        self.worker.paths.connect(self.paths)
         self.worker.finished.connect(self._on_finished)
         self.worker.failed.connect(self.failed)
         self.running = False

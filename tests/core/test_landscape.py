@@ -155,3 +155,30 @@ def test_recorder_memory_stays_bounded_and_spread_over_the_run():
     gaps = np.diff(its)
     assert gaps.max() == gaps.min()  # evenly thinned
     assert rec.array()[-1, 0] == its[-1]
+
+
+def test_large_pca_is_randomized_but_matches_the_exact_components():
+    from maml_lab.core.trajectory import _top_components
+
+    rng = np.random.default_rng(3)
+    drift = rng.normal(size=800)
+    path = np.cumsum(rng.normal(size=(600, 800)) * 0.01 + drift * 0.02, axis=0)  # 480,000 values: randomized
+    plane = pca_plane([path], origin=path[-1])
+    rel = path - path[-1]
+    _, s, vt = np.linalg.svd(rel, full_matrices=False)
+    assert abs(plane.d1 @ vt[0]) == pytest.approx(1.0, abs=1e-8)
+    assert abs(plane.d2 @ vt[1]) == pytest.approx(1.0, abs=1e-6)
+    assert plane.explained[0] == pytest.approx(s[0] ** 2 / (s ** 2).sum(), rel=1e-8)
+    assert (rel @ plane.d1)[np.argmax(np.abs(rel @ plane.d1))] > 0  # the sign is fixed: no flips as a path grows
+    s2, _ = _top_components(rel)
+    np.testing.assert_allclose(s2, s[:2], rtol=1e-8)
+    np.testing.assert_allclose(plane.project(path), np.stack([rel @ plane.d1, rel @ plane.d2], 1), atol=1e-9)
+
+
+def test_recorder_memory_limit_in_bytes():
+    rec = TrajectoryRecorder(capacity=2000)
+    params = OrderedDict(w=torch.zeros(1000))
+    for i in range(300):
+        rec.record(i, params)
+    assert rec.limit_bytes(100 * 4000, min_capacity=10) == 100
+    assert len(rec) < 100 and rec.iterations[-1] == 299 and rec.every == 4

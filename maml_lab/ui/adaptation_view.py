@@ -1,0 +1,370 @@
+"""The Adaptation view: the loss (and, for image tasks, the accuracy) after 0..N inner SGD steps on held-out
+tasks, for every trained or imported initialization, mean with a 95% confidence band: the MAML paper's
+MAML-vs-pretrained figure (Fig. 3, right), with K selectable. Curves are computed off the GUI thread by
+core.evaluation.adaptation_curve, all initializations on the same seeded tasks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .background import BackgroundRunner
+from .colors import algorithm_color, algorithm_label, curve_pen, qcolor
+from .inside import CurveRequest, CurveSet, RunPaths, compute_curves
+from .inside_plots import flow_bar, hint_text, labelled, place_center
+from .preview import Initialization
+from .theme import MUTED, TEXT, style_plot
+
+BAND_ALPHA = 45
+
+
+class AdaptationView(QWidget):
+    computed = Signal()
+    export_plot_requested = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.inits: OrderedDict[str, Initialization] = OrderedDict()
+        self.run: RunPaths | None = None
+        self.result: CurveSet | None = None
+        self.training = False
+        self._stale = False
+        self._shots_from_run = True
+        self._models: dict = {}
+        self.runner = BackgroundRunner("adaptation", self)
+        self.runner.finished.connect(self._on_result)
+        self.runner.failed.connect(self._on_failed)
+        self.runner.cancelled.connect(lambda _tag: self.status.setText("Cancelled"))
+        self.runner.progress.connect(self._on_progress)
+        self.runner.busy_changed.connect(lambda _busy: self._sync_buttons())
+
+        self.shots = QSpinBox()
+        self.shots.setRange(1, 100)
+        self.shots.setValue(10)
+        self.shots.valueChanged.connect(self._on_shots)
+        self.steps = QSpinBox()
+        self.steps.setRange(1, 100)
+        self.steps.setValue(10)
+        self.steps.valueChanged.connect(lambda _: self._inputs_changed())
+        self.tasks = QSpinBox()
+        self.tasks.setRange(10, 2000)
+        self.tasks.setSingleStep(50)
+        self.tasks.setValue(300)
+        self.tasks.valueChanged.connect(lambda _: self._inputs_changed())
+        self.log_scale = QCheckBox("Log scale")
+        self.log_scale.setChecked(False)
+        self.log_scale.toggled.connect(self._on_log)
+        self.compute_button = QPushButton("Compute")
+        self.compute_button.setProperty("primary", True)
+        self.compute_button.clicked.connect(self.compute)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.runner.cancel)
+        self.progress = QProgressBar()
+        self.progress.setFixedWidth(140)
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setProperty("hint", True)
+        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.export_image_button = QPushButton("Export image…")
+        self.export_image_button.setToolTip("Save the plot as PNG or SVG (File ▸ Export plot)")
+        self.export_image_button.clicked.connect(self.export_plot_requested)
+        for spin in (self.shots, self.steps, self.tasks):
+            spin.setMaximumWidth(78)
+        bar = flow_bar([
+            labelled("K (shots)", self.shots, "Support examples per held-out task (per class for images)"),
+            labelled("Steps", self.steps, "Inner SGD steps, each initialization with its own inner learning rate"),
+            labelled("Tasks", self.tasks, "Held-out tasks the mean and its 95% interval are over"),
+            self.log_scale, self.compute_button, self.cancel_button, self.progress, self.export_image_button])
+
+        self.graphics = pg.GraphicsLayoutWidget()
+        self.graphics.ci.setContentsMargins(6, 4, 10, 4)
+        self.graphics.ci.setSpacing(12)
+        self.loss_plot = self.graphics.addPlot(row=0, col=0)
+        self.acc_plot = pg.PlotItem()
+        for plot in (self.loss_plot, self.acc_plot):
+            plot.setMenuEnabled(False)
+            plot.hideButtons()
+            plot.getAxis("left").setWidth(56)
+        style_plot(self.loss_plot, "Loss on held-out tasks after fine-tuning", "gradient steps", "MSE")
+        style_plot(self.acc_plot, "Accuracy on held-out tasks", "gradient steps", "accuracy")
+        self.legend = pg.LegendItem(offset=(-10, 8), labelTextColor=TEXT, labelTextSize="9pt",
+                                    brush=pg.mkBrush(255, 255, 255, 225), pen=pg.mkPen("#E1E4E8"))
+        self.legend.setParentItem(self.loss_plot.getViewBox())
+        self.legend.setZValue(60)
+        self.items: list = []
+        self.hint = hint_text(self.loss_plot, "Train, or import an initialization, to compare how fast each adapts")
+        self.loss_plot.getViewBox().sigResized.connect(lambda *_: place_center(self.loss_plot, self.hint))
+        self.summary = QLabel(" ")
+        self.summary.setObjectName("Readout")
+        self.summary.setTextFormat(Qt.TextFormat.RichText)
+        self.summary.setWordWrap(True)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 6)
+        layout.setSpacing(6)
+        layout.addWidget(bar)
+        layout.addWidget(self.graphics, 1)
+        row = QHBoxLayout()
+        row.setContentsMargins(12, 0, 12, 0)
+        row.addWidget(self.summary, 1)
+        layout.addLayout(row)
+        status_row = QHBoxLayout()
+        status_row.setContentsMargins(12, 0, 12, 0)
+        status_row.addWidget(self.status)
+        layout.addLayout(status_row)
+        self._acc_shown = False
+        self._auto_timer = QTimer(self)
+        self._auto_timer.setSingleShot(True)
+        self._auto_timer.setInterval(350)
+        self._auto_timer.timeout.connect(self._auto_compute)
+        self._sync_buttons()
+
+    # -- data in -------------------------------------------------------------------------------------
+    def update_from_snapshot(self, snap: dict) -> None:
+        """The worker's latest parameters (CPU copies): they become the 'trained' initializations."""
+        from ..core.models import build_model
+
+        spec = snap.get("model") or {}
+        try:
+            model = self._model_for(spec, build_model)
+        except ValueError:
+            return
+        for name, params in snap["params"].items():
+            lr = float(snap.get("inner_lr", {}).get(name, 0.01))
+            self.inits[name] = Initialization(name, name, algorithm_label(name), model, params, lr, "trained",
+                                              snap.get("metadata", {}).get(name, {}))
+        self._inputs_changed()
+
+    def _model_for(self, spec, build):
+        key = repr(spec)
+        if key not in self._models:
+            self._models[key] = build(spec)
+        return self._models[key]
+
+    def set_initialization(self, init: Initialization) -> None:
+        self.inits[init.key] = init
+        self._inputs_changed()
+
+    def remove_initialization(self, key: str) -> None:
+        if self.inits.pop(key, None) is not None:
+            self._inputs_changed()
+
+    def clear_trained(self) -> None:
+        for key in [k for k, v in self.inits.items() if v.source == "trained"]:
+            del self.inits[key]
+        self.run = None
+        self._shots_from_run = True
+        self._inputs_changed()
+
+    def set_run(self, run: RunPaths) -> None:
+        """The run's task families (held-out ones for evaluation) and K."""
+        first = self.run is None
+        self.run = run
+        if first and self._shots_from_run:
+            self.shots.blockSignals(True)
+            self.shots.setValue(run.shots)
+            self.shots.blockSignals(False)
+            steps = max(run.test_steps(n) for n in run.names) if run.names else 10
+            self.steps.blockSignals(True)
+            self.steps.setValue(steps)
+            self.steps.blockSignals(False)
+            if run.model_spec.get("kind") != "mlp":
+                self.tasks.blockSignals(True)
+                self.tasks.setValue(100)
+                self.tasks.blockSignals(False)
+
+    def set_training(self, running: bool) -> None:
+        self.training = running
+        if not running and self._stale:
+            self._auto_timer.start()
+
+    def _on_shots(self, _k: int) -> None:
+        self._shots_from_run = False
+        self._inputs_changed()
+
+    def _inputs_changed(self) -> None:
+        self._stale = True
+        self._sync_buttons()
+        if not self.training:
+            self._auto_timer.start()
+
+    def _auto_compute(self) -> None:
+        if self.isVisible() and self._stale and not self.training:
+            self.compute()
+
+    def showEvent(self, ev):
+        super().showEvent(ev)
+        if self._stale and not self.training:
+            self._auto_timer.start(0)
+
+    # -- computing -----------------------------------------------------------------------------------
+    def family(self):
+        """Held-out tasks: the run's (image sets: its held-out classes); sinusoids without a run."""
+        if self.run is not None and self.run.eval_family is not None:
+            return self.run.eval_family, self.run.queries if self.run.loss == "cross_entropy" else 100
+        from ..core.tasks import SinusoidFamily
+
+        return SinusoidFamily(), 100
+
+    def requests(self) -> list[CurveRequest]:
+        family, _ = self.family()
+        out = []
+        for key, init in self.inits.items():
+            spec = init.model.spec() if hasattr(init.model, "spec") else {}
+            if family.loss == "mse" and spec.get("kind") != "mlp":
+                continue  # an image model cannot adapt to sinusoids (and the reverse): skip it
+            if family.loss == "cross_entropy" and spec.get("kind") == "mlp":
+                continue
+            out.append(CurveRequest(key, init.label, init.algorithm, init.model, init.params, init.inner_lr))
+        return out
+
+    def compute(self) -> bool:
+        reqs = self.requests()
+        self._stale = False
+        if not reqs:
+            return False
+        family, queries = self.family()
+        shots, steps, tasks = self.shots.value(), self.steps.value(), self.tasks.value()
+        self.status.setText("Computing…")
+        self.progress.setRange(0, len(reqs))
+        self.progress.setValue(0)
+        self.runner.submit(lambda progress, cancel: compute_curves(reqs, family, shots, steps, tasks, queries,
+                                                                   progress, cancel), "curves")
+        self._sync_buttons()
+        return True
+
+    def _sync_buttons(self) -> None:
+        busy = self.runner.busy
+        self.compute_button.setEnabled(bool(self.inits) and not busy)
+        self.cancel_button.setEnabled(busy)
+
+    def _on_progress(self, _tag: str, done: int, total: int) -> None:
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+
+    def _on_failed(self, _tag: str, message: str) -> None:
+        self.status.setText(f"Failed: {message}")
+
+    def _on_result(self, _tag: str, result: CurveSet) -> None:
+        self.result = result
+        self.progress.setValue(self.progress.maximum())
+        errors = "; ".join(f"{result.labels.get(k, k)}: {e}" for k, e in result.errors.items())
+        self.status.setText(f"{result.num_tasks} held-out tasks, K = {result.shots}" +
+                            (f" · {errors}" if errors else ""))
+        self._draw()
+        self.computed.emit()
+
+    def wait_until_idle(self, timeout_s: float = 120.0) -> bool:
+        from PySide6.QtWidgets import QApplication
+
+        QApplication.processEvents()
+        if self._auto_timer.isActive() or (self._stale and not self.runner.busy):
+            self._auto_timer.stop()
+            self.compute()
+        ok = self.runner.wait(timeout_s)
+        QApplication.processEvents()
+        return ok
+
+    def shutdown(self) -> None:
+        self.runner.shutdown()
+
+    # -- drawing -------------------------------------------------------------------------------------
+    def _on_log(self, on: bool) -> None:
+        # the data are drawn as log10 values (bands and markers included); the axis labels them as powers of 10
+        self.loss_plot.getAxis("left").setLogMode(on)
+        self._draw()
+
+    def _show_accuracy(self, on: bool) -> None:
+        if on == self._acc_shown:
+            return
+        self._acc_shown = on
+        if on:
+            self.graphics.addItem(self.acc_plot, row=0, col=1)
+        else:
+            self.graphics.removeItem(self.acc_plot)
+
+    def _draw(self) -> None:
+        r = self.result
+        for plot, item in self.items:
+            plot.removeItem(item)
+        self.items = []
+        self.legend.clear()
+        if r is None:
+            return
+        self.hint.setVisible(not r.curves)
+        self._show_accuracy(r.classification)
+        loss = "cross-entropy" if r.classification else "MSE"
+        self.loss_plot.setLabel("left", f"<span style='color:{MUTED}'>{loss}</span>")
+        self.loss_plot.setTitle(f"<span style='color:{TEXT}; font-weight:600'>Loss after fine-tuning on "
+                                f"{r.num_tasks} held-out tasks, K = {r.shots}</span>"
+                                f"<span style='color:{MUTED}'> · mean and 95% interval</span>", size="10pt")
+        log = self.log_scale.isChecked()
+        summary = []
+        for i, (key, curve) in enumerate(r.curves.items()):
+            algo = r.algorithms.get(key, key)
+            label = r.labels.get(key, key)
+            color = algorithm_color(algo)
+            imported = self.inits.get(key) is not None and self.inits[key].source == "imported"
+            offset = (i - (len(r.curves) - 1) / 2) * 0.06  # markers of close curves side by side, not on top
+            for plot, mean, ci in ((self.loss_plot, curve.loss_mean, curve.loss_ci95),
+                                   (self.acc_plot, curve.accuracy_mean, curve.accuracy_ci95)):
+                if mean is None:
+                    continue
+                x = curve.steps.astype(float) + offset
+                lo, hi = mean - ci, mean + ci
+                if log and plot is self.loss_plot:
+                    floor = max(float(np.nanmin(mean[mean > 0])) * 1e-3, 1e-12) if np.any(mean > 0) else 1e-12
+                    lo, hi, mean = (np.log10(np.clip(v, floor, None)) for v in (lo, hi, mean))
+                upper = pg.PlotDataItem(x, hi, pen=pg.mkPen(None))
+                lower = pg.PlotDataItem(x, lo, pen=pg.mkPen(None))
+                band = pg.FillBetweenItem(upper, lower, brush=pg.mkBrush(qcolor(color, BAND_ALPHA)))
+                band.setZValue(1)
+                pen = curve_pen(algo, width=2.6)
+                if imported:
+                    pen.setStyle(Qt.PenStyle.DotLine)
+                line = pg.PlotDataItem(x, mean, pen=pen, symbol="o", symbolSize=6, symbolBrush=pg.mkBrush(color),
+                                       symbolPen=pg.mkPen("w", width=1))
+                line.setZValue(10)
+                for item in (upper, lower, band, line):
+                    plot.addItem(item)
+                    self.items.append((plot, item))
+                if plot is self.loss_plot:
+                    self.legend.addItem(line, label)
+            n = int(curve.steps[-1])
+            text = (f"<b style='color:{color}'>{label}</b> {loss} {curve.loss_mean[0]:.3g} → "
+                    f"{curve.loss_mean[-1]:.3g} ± {curve.loss_ci95[-1]:.2g} after {n} step{'s' if n != 1 else ''}")
+            if curve.accuracy_mean is not None:
+                text += f", accuracy {100 * curve.accuracy_mean[-1]:.1f}% ± {100 * curve.accuracy_ci95[-1]:.1f}%"
+            summary.append(text)
+        self.summary.setText(" &nbsp;·&nbsp; ".join(summary) if summary else " ")
+        for plot in (self.loss_plot, self.acc_plot):
+            plot.enableAutoRange()
+            plot.setXRange(-0.3, r.steps + 0.3, padding=0)
+        if not log:  # losses and accuracies start at zero: the axis does too, so gaps are not exaggerated
+            tops = [float(np.nanmax(c.loss_mean + c.loss_ci95)) for c in r.curves.values()]
+            if tops:
+                self.loss_plot.setYRange(0, max(tops) * 1.05, padding=0)
+        if r.classification:
+            self.acc_plot.setYRange(0, 1.0, padding=0.02)
+
+    # -- export --------------------------------------------------------------------------------------
+    def export_item(self):
+        return self.graphics.ci
+
+    def view_title(self) -> str:
+        return "adaptation"

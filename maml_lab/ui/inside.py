@@ -1,0 +1,454 @@
+"""What the "looking inside" views compute, as plain functions with no Qt: parameter paths on a shared PCA
+plane, each task's adaptation steps from a checkpoint, loss landscapes with their overlays, contour lines
+and adaptation curves. The views run these on a BackgroundRunner thread.
+
+The training worker hands over a `RunPaths`: per algorithm, the iterations, metrics and flattened theta
+snapshots its TrajectoryRecorder kept. The lists are copies made on the training thread between two
+iterations; the snapshot arrays themselves are never modified after the recorder creates them (thinning
+drops arrays, it does not change them) and are handed over read-only, so nothing is shared mutably.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..core.adaptation import adapt
+from ..core.landscape import Surface, grid, surface
+from ..core.losses import accuracy_per_task, loss_function
+from ..core.trajectory import Plane, pca_plane, random_plane, task_plane, unflatten
+
+ARROW_SEED = 4242  # the tasks whose adaptation steps the Paths view draws: the same at every checkpoint
+LANDSCAPE_SEED = 2718
+FIT_LIMIT = 400  # snapshots per algorithm that the PCA is fitted on (evenly spread; every snapshot is projected)
+
+
+# -- what the worker hands over ------------------------------------------------------------------------------
+@dataclass
+class PathData:
+    iterations: np.ndarray  # [N] int
+    snapshots: list  # N read-only float32 vectors [P]
+    metrics: list  # N dicts (pre_loss, post_loss, ...); {} for the initialization
+
+    def __len__(self) -> int:
+        return len(self.snapshots)
+
+    def array(self, rows=None) -> np.ndarray:
+        rows = range(len(self.snapshots)) if rows is None else rows
+        return np.stack([self.snapshots[i] for i in rows])
+
+    def index_at(self, iteration: int) -> int:
+        """The last snapshot at or before `iteration` (the first one if none is)."""
+        return max(int(np.searchsorted(self.iterations, iteration, side="right")) - 1, 0)
+
+
+@dataclass
+class RunPaths:
+    iteration: int
+    total: int
+    model_spec: dict
+    loss: str
+    task: str
+    shots: int
+    queries: int
+    paths: "OrderedDict[str, PathData]"
+    algorithms: dict  # name -> AlgorithmConfig.to_dict()
+    family: object = None  # the training tasks (read-only objects, safe to sample from on any thread)
+    eval_family: object = None  # held-out tasks (image sets: held-out classes), for adaptation curves
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.paths)
+
+    def inner_lr(self, name: str) -> float:
+        return float(self.algorithms.get(name, {}).get("inner_lr", 0.01))
+
+    def inner_steps(self, name: str) -> int:
+        return max(int(self.algorithms.get(name, {}).get("inner_steps", 1)), 1)
+
+    def test_steps(self, name: str) -> int:
+        return max(int(self.algorithms.get(name, {}).get("test_inner_steps", 10)), 1)
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
+def collect_paths(trainer) -> RunPaths:
+    """A RunPaths of a Trainer's recorders. Call it on the training thread, between iterations."""
+    paths = OrderedDict()
+    for name, rec in trainer.recorders.items():
+        paths[name] = PathData(np.asarray(rec.iterations, dtype=np.int64), [_read_only(s) for s in rec.snapshots],
+                               [dict(m) for m in rec.metrics])
+    c = trainer.config
+    return RunPaths(trainer.iteration, c.iterations, trainer.model.spec(), trainer.family.loss, c.task, c.shots,
+                    c.queries, paths, {n: r.algorithm.config.to_dict() for n, r in trainer.runs.items()},
+                    trainer.family, trainer.validation_family)
+
+
+def build_model_and_like(spec: dict):
+    """A model from its spec and a parameter dict of its shapes (for unflatten)."""
+    from ..core.models import build_model
+
+    model = build_model(spec)
+    like = model.init_params(torch.Generator().manual_seed(0))
+    return model, like
+
+
+def fit_rows(n: int, limit: int = FIT_LIMIT) -> np.ndarray:
+    """Up to `limit` evenly spread row indices of n, first and last included."""
+    if n <= limit:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+# -- parameter paths -----------------------------------------------------------------------------------------
+@dataclass
+class ProjectedPaths:
+    plane: Plane
+    coords: "OrderedDict[str, np.ndarray]"  # name -> [N, 2]
+    iterations: "OrderedDict[str, np.ndarray]"
+    metrics: "OrderedDict[str, list]"
+    origin_label: str
+
+
+def project_paths(run: RunPaths, origin: str = "init", reference: str | None = None) -> ProjectedPaths:
+    """Every algorithm's path on one PCA plane of theta_t - origin.
+
+    origin: "init" (the shared initialization: every path starts at (0, 0)) or "final" (the last theta of
+    `reference`, as in Li et al. 2018: that path ends at (0, 0)).
+    """
+    names = [n for n in run.names if len(run.paths[n])]
+    if not names:
+        raise ValueError("no parameter path recorded yet")
+    reference = reference if reference in names else names[0]
+    if origin == "final":
+        center = np.asarray(run.paths[reference].snapshots[-1], np.float64)
+        label = f"final θ of {reference}"
+    else:
+        center = np.asarray(run.paths[reference].snapshots[0], np.float64)
+        label = "shared initialization"
+    fit = [run.paths[n].array(fit_rows(len(run.paths[n]))) for n in names]
+    plane = pca_plane(fit, center)
+    coords = OrderedDict((n, plane.project(run.paths[n].array())) for n in names)
+    return ProjectedPaths(plane, coords, OrderedDict((n, run.paths[n].iterations) for n in names),
+                          OrderedDict((n, run.paths[n].metrics) for n in names), label)
+
+
+@dataclass
+class TaskArrows:
+    start: np.ndarray  # [2]: the checkpoint on the plane
+    steps: list  # per task: [k + 1, 2], the inner-loop path theta -> theta'_i
+    optimum: list  # per task: [M + 1, 2], a long fine-tuning path (empty without it)
+    losses: np.ndarray | None = None  # [tasks, k + 1] query loss along the adaptation
+    iteration: int = 0
+    algorithm: str = ""
+
+
+def sample_tasks(family, num_tasks: int, shots: int, queries: int, seed: int):
+    return family.sample(num_tasks, shots, queries, torch.Generator().manual_seed(seed))
+
+
+def adaptation_points(model, loss: str, theta, batch, steps: int, lr: float, plane: Plane | None = None,
+                      cancel: threading.Event | None = None, chunk: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Every task's parameters along `steps` SGD steps from theta: flattened [tasks, steps + 1, P], or with
+    `plane` their projections [tasks, steps + 1, 2] (a long fine-tuning of a big model never holds every step
+    in memory); and each step's query loss [tasks, steps + 1]. Runs `chunk` steps at a time and stops early
+    (raising Cancelled) when `cancel` is set, so a long fine-tuning never holds up a newer request."""
+    from .background import Cancelled
+
+    loss_fn = loss_function(loss)
+    fast = OrderedDict((k, v.detach().unsqueeze(0).expand(batch.num_tasks, *v.shape)) for k, v in theta.items())
+    points, losses = [], []
+
+    def keep(p) -> None:
+        flat = torch.cat([v.detach().reshape(v.shape[0], -1).double() for v in p.values()], 1).numpy()
+        points.append(flat if plane is None else plane.project(flat))
+        with torch.no_grad():
+            losses.append(loss_fn(model.forward(p, batch.x_query), batch.y_query).double().numpy())
+
+    keep(fast)
+    done = 0
+    while done < steps:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
+        n = min(chunk, steps - done)
+        res = adapt(model, loss_fn, fast, batch.x_support, batch.y_support, n, lr, keep_path=True, batched=True)
+        for p in res.path[1:]:
+            keep(p)
+        fast, done = res.params, done + n
+    return np.stack(points, 1), np.stack(losses, 1)
+
+
+def task_arrows(run: RunPaths, plane: Plane, name: str, index: int, num_tasks: int = 5,
+                optimum_steps: int = 0, cancel: threading.Event | None = None) -> TaskArrows:
+    """The adaptation steps (the algorithm's own inner steps and lr) of `num_tasks` fixed tasks from the
+    checkpoint `index` of `name`'s path, projected on `plane`; with optimum_steps, also a long fine-tuning."""
+    model, like = build_model_and_like(run.model_spec)
+    path = run.paths[name]
+    flat = np.asarray(path.snapshots[index], np.float64)
+    theta = unflatten(flat, like)
+    start = plane.project(flat[None])[0]
+    out = TaskArrows(start, [], [], None, int(path.iterations[index]), name)
+    if num_tasks < 1 or run.family is None:
+        return out
+    batch = sample_tasks(run.family, num_tasks, run.shots, run.queries, ARROW_SEED)
+    lr = run.inner_lr(name)
+    points, losses = adaptation_points(model, run.loss, theta, batch, run.inner_steps(name), lr, plane, cancel)
+    out.losses = losses
+    out.steps = list(points)
+    if optimum_steps > 0:
+        points, _ = adaptation_points(model, run.loss, theta, batch, optimum_steps, lr, plane, cancel)
+        out.optimum = list(points)
+    for s in out.steps + out.optimum:  # every path starts exactly at the checkpoint
+        s[0] = start
+    return out
+
+
+# -- loss landscapes -----------------------------------------------------------------------------------------
+PLANES = ("pca", "random", "tasks")
+PLANE_LABELS = {"pca": "Parameter path (PCA)", "random": "Random directions (filter-normalized)",
+                "tasks": "θ and two tasks' adapted parameters"}
+
+
+@dataclass
+class LandscapeRequest:
+    run: RunPaths
+    center: str  # the algorithm whose current theta is the centre
+    plane: str = "pca"
+    mode: str = "compare"  # "compare": pre and post side by side; "task": one task and its adaptation
+    resolution: int = 51
+    tasks: int = 25
+    inner_steps: int = 1
+    zoom: float = 1.0
+    task_index: int = 0
+    task_steps: int = 10  # live adaptation: steps of the task's path
+    seed: int = 0  # random plane
+
+
+@dataclass
+class LandscapeResult:
+    request: LandscapeRequest
+    plane: Plane
+    extent: tuple[float, float, float, float]
+    surfaces: "OrderedDict[str, Surface]"
+    path: np.ndarray  # the centre algorithm's path [N, 2]
+    path_iterations: np.ndarray
+    markers: dict  # name -> [2]: each algorithm's current theta
+    arrows: list  # per task: [k + 1, 2] (compare mode)
+    task_path: np.ndarray | None = None  # [steps + 1, 2] (task mode)
+    task_losses: np.ndarray | None = None  # [steps + 1] query loss along it
+    task_accuracy: np.ndarray | None = None
+    prediction: dict | None = None  # sinusoid: x, curves [steps + 1, G], support x/y, truth y
+    labels: tuple[str, str] = ("direction 1", "direction 2")
+    iteration: int = 0
+
+
+def _extent_around(points: np.ndarray, zoom: float) -> tuple[float, float, float, float]:
+    """A box around `points` [N, 2] and the origin, 25% wider on each side, scaled by 1 / zoom."""
+    pts = np.vstack([points, np.zeros((1, 2))])
+    lo, hi = pts.min(0), pts.max(0)
+    span = np.maximum(hi - lo, 1e-12)
+    span = np.maximum(span, 0.15 * span.max())  # a path along PC1 alone still gets some PC2 range
+    mid = 0.5 * (lo + hi)
+    half = 0.5 * span * 1.5 / zoom
+    return float(mid[0] - half[0]), float(mid[0] + half[0]), float(mid[1] - half[1]), float(mid[1] + half[1])
+
+
+def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Event | None = None
+                      ) -> LandscapeResult:
+    run = req.run
+    model, like = build_model_and_like(run.model_spec)
+    name = req.center if req.center in run.paths else run.names[0]
+    path = run.paths[name]
+    theta_flat = np.asarray(path.snapshots[-1], np.float64)
+    theta = unflatten(theta_flat, like)
+    lr = run.inner_lr(name)
+    k = max(int(req.inner_steps), 1)
+    batch = sample_tasks(run.family, max(req.tasks, 2 if req.plane == "tasks" else 1), run.shots, run.queries,
+                         LANDSCAPE_SEED)
+    task_mode = req.mode == "task"
+    index = min(max(req.task_index, 0), batch.num_tasks - 1)
+    if req.plane == "pca":
+        plane = pca_plane([path.array(fit_rows(len(path)))], theta_flat)
+    elif req.plane == "random":
+        plane = random_plane(theta, seed=req.seed)
+    elif req.plane == "tasks":
+        # task A: the task shown (one-task mode: adapted for its whole path, which then ends at (1, 0)); task B:
+        # the next one. Before vs after: tasks 1 and 2, adapted k steps, as in training.
+        pair = [index, (index + 1) % batch.num_tasks] if task_mode else [0, 1]
+        steps = req.task_steps if task_mode else k
+        res = adapt(model, loss_function(run.loss), theta, batch.x_support[pair], batch.y_support[pair], steps, lr)
+        phi = [OrderedDict((key, v[i].detach()) for key, v in res.params.items()) for i in range(2)]
+        plane = task_plane(theta, phi[0], phi[1])
+    else:
+        raise ValueError(f"unknown plane {req.plane!r} (one of {', '.join(PLANES)})")
+    path_xy = plane.project(path.array())
+    markers = {n: plane.project(np.asarray(p.snapshots[-1], np.float64)[None])[0]
+               for n, p in run.paths.items() if len(p)}
+    result = LandscapeResult(req, plane, (0.0, 0.0, 0.0, 0.0), OrderedDict(), path_xy, path.iterations, markers,
+                             [], labels=_plane_labels(req.plane, plane), iteration=int(path.iterations[-1]))
+    if task_mode:
+        one = batch.task(index)
+        pts, losses = adaptation_points(model, run.loss, theta, one, req.task_steps, lr, plane, cancel)
+        result.task_path = pts[0]
+        result.task_losses = losses[0]
+        result.prediction = _predictions(model, run, theta, one, req.task_steps, lr)
+        if run.loss == "cross_entropy":
+            result.task_accuracy = _accuracies(model, run, theta, one, req.task_steps, lr)
+        # the slice the task sees: around its adaptation path (on the tasks plane, with the other task too)
+        around = result.task_path if req.plane != "tasks" else np.vstack([result.task_path, [[0.0, 1.0]]])
+        extent = _extent_around(around, req.zoom)
+    elif req.plane == "pca":
+        extent = _extent_around(path_xy, req.zoom)
+    elif req.plane == "tasks":
+        e = 1.5 / req.zoom
+        extent = (0.5 - e, 0.5 + e, 0.5 - e, 0.5 + e)  # theta at (0, 0), the two tasks at (1, 0) and (0, 1)
+    else:
+        e = 1.0 / req.zoom
+        extent = (-e, e, -e, e)
+    result.extent = extent
+    alphas, betas = grid(extent, req.resolution)
+    kinds = ["task"] if task_mode else ["pre", "post"]
+    points = len(alphas) * len(betas)
+    for i, kind in enumerate(kinds):
+        def part(done, total, i=i):
+            if progress is not None:
+                progress(i * points + done, len(kinds) * points)
+
+        result.surfaces[kind] = surface(model, run.loss, like, plane, batch, alphas, betas, kind=kind,
+                                        inner_steps=k, inner_lr=lr, task_index=index, progress=part, cancel=cancel)
+        result.surfaces[kind].meta.update(center=name, iteration=int(path.iterations[-1]),
+                                          plane_origin=plane.origin, plane_d1=plane.d1, plane_d2=plane.d2)
+    if not task_mode:
+        arrows = min(5, batch.num_tasks)
+        pts, _ = adaptation_points(model, run.loss, theta, _first(batch, arrows), k, lr, plane, cancel)
+        result.arrows = list(pts)
+    return result
+
+
+def _plane_labels(kind: str, plane: Plane) -> tuple[str, str]:
+    if kind == "pca":
+        return plane.axis_labels()
+    if kind == "tasks":
+        return ("toward task A's adapted θ'", "toward task B's adapted θ'")
+    return ("random direction 1 (filter-normalized)", "random direction 2 (filter-normalized)")
+
+
+def _first(batch, n: int):
+    from ..core.tasks import TaskBatch
+
+    info = {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in batch.info.items()}
+    return TaskBatch(batch.x_support[:n], batch.y_support[:n], batch.x_query[:n], batch.y_query[:n], info)
+
+
+def _predictions(model, run: RunPaths, theta, task, steps: int, lr: float) -> dict | None:
+    """A one-input regression task: the prediction on a dense x grid after 0..steps inner steps."""
+    if run.loss != "mse" or task.x_support.shape[-1] != 1:
+        return None
+    res = adapt(model, loss_function(run.loss), theta, task.x_support, task.y_support, steps, lr, keep_path=True)
+    batched = OrderedDict((k, torch.cat([p[k] for p in res.path], 0)) for k in theta)
+    lo, hi = getattr(run.family, "x_range", (-5.0, 5.0))
+    xs = np.linspace(lo, hi, 241)
+    x = torch.as_tensor(xs, dtype=next(iter(theta.values())).dtype).reshape(1, -1, 1).expand(steps + 1, -1, -1)
+    with torch.no_grad():
+        curves = model.forward(batched, x)[..., 0].double().numpy()
+    truth = None
+    if "amplitude" in task.info and "phase" in task.info:
+        a, ph = float(task.info["amplitude"][0]), float(task.info["phase"][0])
+        truth = a * np.sin(xs - ph)
+    return {"x": xs, "curves": curves, "truth": truth, "support_x": task.x_support[0, :, 0].double().numpy(),
+            "support_y": task.y_support[0, :, 0].double().numpy()}
+
+
+def _accuracies(model, run: RunPaths, theta, task, steps: int, lr: float) -> np.ndarray:
+    res = adapt(model, loss_function(run.loss), theta, task.x_support, task.y_support, steps, lr, keep_path=True)
+    out = []
+    for p in res.path:
+        with torch.no_grad():
+            out.append(float(accuracy_per_task(model.forward(p, task.x_query), task.y_query)[0]))
+    return np.asarray(out)
+
+
+def contour_lines(values: np.ndarray, alphas: np.ndarray, betas: np.ndarray, levels) -> tuple[np.ndarray, ...]:
+    """Iso-lines of values [len(betas), len(alphas)] at `levels`, in plane coordinates, as one polyline with
+    NaN gaps (x, y): one PlotDataItem(connect="finite") draws all of them."""
+    import pyqtgraph as pg
+
+    data = np.asarray(values, np.float64).T  # [alpha, beta]: index 0 is x
+    da = (alphas[-1] - alphas[0]) / max(len(alphas) - 1, 1)
+    db = (betas[-1] - betas[0]) / max(len(betas) - 1, 1)
+    xs, ys = [], []
+    for level in levels:
+        for line in pg.functions.isocurve(data, level, connected=True, extendToEdge=True):
+            pts = np.asarray(line, np.float64)
+            if len(pts) < 2:
+                continue
+            # isocurve works on pixel corners: index i is the centre of grid point i - 0.5 ... shift back
+            xs.append(alphas[0] + (pts[:, 0] - 0.5) * da)
+            ys.append(betas[0] + (pts[:, 1] - 0.5) * db)
+            xs.append([np.nan])
+            ys.append([np.nan])
+    if not xs:
+        return np.empty(0), np.empty(0)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def contour_levels(lo: float, hi: float, count: int = 12) -> np.ndarray:
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
+        return np.empty(0)
+    return np.linspace(lo, hi, count + 2)[1:-1]
+
+
+# -- adaptation curves ---------------------------------------------------------------------------------------
+@dataclass
+class CurveRequest:
+    key: str
+    label: str
+    algorithm: str
+    model: object
+    params: "OrderedDict[str, torch.Tensor]"
+    inner_lr: float
+
+
+@dataclass
+class CurveSet:
+    curves: "OrderedDict[str, object]" = field(default_factory=OrderedDict)  # key -> AdaptationCurve
+    labels: dict = field(default_factory=dict)
+    algorithms: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    shots: int = 0
+    steps: int = 0
+    num_tasks: int = 0
+    classification: bool = False
+
+
+def compute_curves(requests: list[CurveRequest], family, shots: int, steps: int, num_tasks: int, queries: int,
+                   progress=None, cancel: threading.Event | None = None) -> CurveSet:
+    """core.evaluation.adaptation_curve for each initialization on the same held-out tasks (same seed)."""
+    from ..core.evaluation import adaptation_curve
+
+    out = CurveSet(shots=shots, steps=steps, num_tasks=num_tasks, classification=family.loss == "cross_entropy")
+    for i, r in enumerate(requests):
+        if cancel is not None and cancel.is_set():
+            break
+        if progress is not None:
+            progress(i, len(requests))
+        try:
+            dtype = next(iter(r.params.values())).dtype
+            out.curves[r.key] = adaptation_curve(r.model, family, r.params, shots, steps, r.inner_lr, num_tasks,
+                                                 queries=queries, dtype=dtype, chunk=min(num_tasks, 200))
+        except (ValueError, RuntimeError) as exc:
+            out.errors[r.key] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        out.labels[r.key] = r.label
+        out.algorithms[r.key] = r.algorithm
+    if progress is not None:
+        progress(len(requests), len(requests))
+    return out

@@ -1,0 +1,218 @@
+"""Looking inside: the Paths, Landscape and Adaptation views after a short run, the worker's path copies, the
+background computations (and cancelling them), the screenshots of the new views."""
+
+import time
+
+import numpy as np
+import pytest
+from PySide6.QtGui import QImage
+
+from maml_lab import app
+from maml_lab.ui.colors import algorithm_color
+from maml_lab.ui.inside import contour_lines, project_paths
+from maml_lab.ui.inside_plots import auto_arrow_scale, log_ticks
+from maml_lab.ui.worker import TrainingController
+
+
+def distinct_colours(image: QImage, step: int = 3) -> int:
+    small = image.scaled(image.width() // step, image.height() // step)
+    return len({small.pixel(x, y) for x in range(small.width()) for y in range(small.height())})
+
+
+def has_colour(image: QImage, hex_color: str, tolerance: int = 6) -> bool:
+    target = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)])
+    ptr = image.convertToFormat(QImage.Format.Format_RGB32).constBits()
+    pixels = np.frombuffer(ptr, np.uint8).reshape(image.height(), -1, 4)[:, :image.width(), 2::-1]
+    return bool((np.abs(pixels.astype(int) - target).max(-1) <= tolerance).any())
+
+
+@pytest.fixture(scope="module")
+def trained(qapp, tmp_path_factory):
+    """One main window, trained once for the whole module (MAML and pretrained, 150 iterations)."""
+    from PySide6.QtCore import QSettings
+
+    from maml_lab.core.algorithms import AlgorithmConfig
+    from maml_lab.core.config import ExperimentConfig
+    from maml_lab.ui.main_window import MainWindow
+
+    settings = QSettings(str(tmp_path_factory.mktemp("inside") / "s.ini"), QSettings.Format.IniFormat)
+    w = MainWindow(settings=settings, persist=False, rng=np.random.default_rng(0))
+    w.resize(1280, 800)
+    w.show()
+    config = ExperimentConfig(algorithms=[AlgorithmConfig.defaults(a) for a in ("maml", "pretrained")],
+                              iterations=150, meta_batch_size=5, val_every=50, val_tasks=10, hidden=[16, 16])
+    w.panel.set_config(config)
+    assert w.start()
+    assert w.wait_for_training(60) == "finished"
+    qapp.processEvents()
+    yield w
+    w.close()
+
+
+def test_worker_hands_over_copies_of_the_paths(qtbot, small_config):
+    controller = TrainingController(progress_hz=1000, snapshot_interval=0.0, paths_interval=0.0)
+    runs = []
+    controller.paths.connect(runs.append)
+    try:
+        with qtbot.waitSignal(controller.finished, timeout=20000):
+            controller.start(small_config(iterations=30))
+        qtbot.waitUntil(lambda: bool(runs) and runs[-1].iteration == 30, timeout=2000)
+    finally:
+        assert controller.shutdown(2000)
+    run = runs[-1]
+    assert run.names == ["maml", "pretrained"]
+    path = run.paths["maml"]
+    assert path.iterations[0] == 0 and path.iterations[-1] == 30  # from the initialization to the final theta
+    assert len(path) == len(path.metrics) == 31
+    assert not path.snapshots[-1].flags.writeable  # read-only: the GUI cannot change what the worker recorded
+    assert runs[0] is not runs[-1] and len(runs[0].paths["maml"]) <= len(path)  # each emission its own lists
+    assert run.family is not None and run.model_spec["kind"] == "mlp"
+
+
+def test_paths_view_scrubs_moves_the_marker_and_the_arrows_start_there(trained, qtbot):
+    view = trained.paths
+    trained.tabs.setCurrentWidget(view)
+    assert view.wait_until_idle(30)
+    assert view.projected is not None and set(view.projected.coords) == {"maml", "pretrained"}
+    assert "% of variance" in view.plot.getAxis("bottom").labelText
+    image = trained.grab().toImage()
+    assert distinct_colours(image) > 60
+    assert has_colour(image, algorithm_color("maml")) and has_colour(image, algorithm_color("pretrained"))
+
+    previews = []
+    view.checkpoint_selected.connect(previews.append)
+    index = view.slider.maximum() // 3
+    view.set_checkpoint(index)
+    expected = view.projected.coords["maml"][index]
+    spots = {s.data(): (s.pos().x(), s.pos().y()) for s in view.markers.points()}
+    np.testing.assert_allclose(spots["maml"], expected)  # the marker moved at once, before any computation
+    assert view.checkpoint_label.text().startswith(f"iteration {int(view.projected.iterations['maml'][index]):,}")
+    assert view.wait_until_idle(30)
+    arrows = view.arrows
+    assert arrows.iteration == int(view.projected.iterations["maml"][index]) and len(arrows.steps) == 5
+    run = view._projected_run
+    independent = view.projected.plane.project(np.asarray(run.paths["maml"].snapshots[index], np.float64)[None])[0]
+    np.testing.assert_allclose(arrows.start, independent, atol=1e-9)
+    for drawn in view.arrow_layer.paths:  # every arrow starts at the projected checkpoint
+        np.testing.assert_allclose(drawn[0], expected, atol=1e-9)
+    qtbot.waitUntil(lambda: bool(previews), timeout=2000)
+    assert previews[-1]["iteration"] == arrows.iteration and not previews[-1]["latest"]
+    assert "checkpoint" in trained.playground.inits  # the playground previews that checkpoint
+    view.set_checkpoint(view.slider.maximum())
+    qtbot.waitUntil(lambda: "checkpoint" not in trained.playground.inits, timeout=2000)
+
+
+def test_landscape_view_computes_in_the_background_exports_and_cancels(trained, qtbot, tmp_path):
+    view = trained.landscape
+    trained.tabs.setCurrentWidget(view)
+    assert view.wait_until_idle(60)
+    r = view.result
+    assert list(r.surfaces) == ["pre", "post"] and r.surfaces["post"].values.shape == (51, 51)
+    assert np.isfinite(r.surfaces["pre"].values).all()
+    image = trained.grab().toImage()
+    assert distinct_colours(image) > 200  # two heatmaps with contours, not a blank view
+    assert has_colour(image, algorithm_color("maml"))
+
+    written = view.export_surface(str(tmp_path / "surface.npz"))
+    assert [p.name for p in written] == ["surface-pre.npz", "surface-post.npz"]
+    with np.load(written[1]) as data:
+        np.testing.assert_array_equal(data["values"], r.surfaces["post"].values)
+        assert str(data["kind"]) == "post"
+
+    for suffix in (".png", ".svg"):  # File > Export plot: both panels and the colour bar
+        out = trained.export_plot(str(tmp_path / f"landscape{suffix}"))
+        assert out is not None and out.stat().st_size > 5000
+    assert QImage(str(tmp_path / "landscape.png")).width() > 1000  # twice the screen resolution
+
+    view.resolution.setValue(101)  # a bigger job, cancelled while it runs
+    view.tasks.setValue(200)
+    t0 = time.perf_counter()
+    assert view.compute()
+    assert time.perf_counter() - t0 < 0.5 and view.runner.busy  # the GUI thread did not compute it
+    qtbot.waitUntil(lambda: view.progress.value() > 0 or not view.runner.busy, timeout=10000)
+    assert view.cancel()
+    qtbot.waitUntil(lambda: not view.runner.busy, timeout=10000)
+    assert view.status.text() == "Cancelled" and view.result is r  # the last surface stays
+
+
+def test_landscape_one_task_animates_its_adaptation(trained, qtbot):
+    view = trained.landscape
+    trained.tabs.setCurrentWidget(view)
+    view.resolution.setValue(21)
+    view.tasks.setValue(5)
+    view.mode.setCurrentIndex(view.mode.findData("task"))
+    assert view.wait_until_idle(60)
+    r = view.result
+    assert list(r.surfaces) == ["task"] and r.task_path.shape == (r.request.task_steps + 1, 2)
+    np.testing.assert_allclose(r.task_path[0], 0.0, atol=1e-6)  # the path starts at theta, the centre
+    view.step_slider.setValue(3)
+    live = view.panels["a"].live.points()[0].pos()
+    np.testing.assert_allclose((live.x(), live.y()), r.task_path[3], atol=1e-9)
+    assert view.pred_after.yData is not None
+    np.testing.assert_allclose(view.pred_after.yData, np.clip(r.prediction["curves"][3], -1e3, 1e3))
+    view.plane.setCurrentIndex(view.plane.findData("tasks"))
+    assert view.wait_until_idle(60)
+    np.testing.assert_allclose(view.result.task_path[-1], [1.0, 0.0], atol=1e-4)  # task A's adapted theta
+    view.mode.setCurrentIndex(view.mode.findData("compare"))
+    view.plane.setCurrentIndex(view.plane.findData("pca"))
+
+
+def test_adaptation_view_compares_the_initializations(trained):
+    view = trained.adaptation
+    trained.tabs.setCurrentWidget(view)
+    view.tasks.setValue(60)
+    assert view.wait_until_idle(60)
+    r = view.result
+    assert set(r.curves) == {"maml", "pretrained"} and r.shots == 10
+    curve = r.curves["maml"]
+    assert len(curve.loss_mean) == r.steps + 1 and (curve.loss_ci95 > 0).all()
+    image = trained.grab().toImage()
+    assert distinct_colours(image) > 60
+    assert has_colour(image, algorithm_color("pretrained"))
+    assert "after 10 steps" in view.summary.text()
+
+
+def test_reset_clears_the_views(trained):
+    trained.reset()
+    assert trained.paths.projected is None and trained.landscape.result is None
+    assert not [k for k, i in trained.adaptation.inits.items() if i.source == "trained"]
+
+
+@pytest.mark.parametrize("view", ["landscape", "paths", "adaptation"])
+def test_screenshot_of_each_new_view_waits_for_its_computation(view, tmp_path, capsys):
+    path = tmp_path / f"{view}.png"
+    assert app.main(["--screenshot", str(path), "--iterations", "40", "--view", view, "--size", "1100x720"]) == 0
+    assert "training finished" in capsys.readouterr().out
+    image = QImage(str(path))
+    assert (image.width(), image.height()) == (1100, 720)
+    assert distinct_colours(image) > 60
+    assert has_colour(image, algorithm_color("maml"))
+
+
+def test_path_projection_shares_one_plane_from_the_shared_initialization():
+    from maml_lab.core.algorithms import AlgorithmConfig
+    from maml_lab.core.config import ExperimentConfig
+    from maml_lab.core.trainer import Trainer
+    from maml_lab.ui.inside import collect_paths
+
+    config = ExperimentConfig(algorithms=[AlgorithmConfig.defaults(a) for a in ("maml", "pretrained")],
+                              iterations=20, meta_batch_size=3, val_every=0, hidden=[8])
+    trainer = Trainer(config)
+    trainer.run()
+    projected = project_paths(collect_paths(trainer), "init", "maml")
+    for xy in projected.coords.values():
+        np.testing.assert_allclose(xy[0], 0.0, atol=1e-6)  # every path starts at the shared initialization
+    final = project_paths(collect_paths(trainer), "final", "pretrained")
+    np.testing.assert_allclose(final.coords["pretrained"][-1], 0.0, atol=1e-6)
+
+
+def test_contours_ticks_and_arrow_scale():
+    alphas, betas = np.linspace(0, 4, 5), np.linspace(0, 1, 3)
+    values = np.tile(alphas, (3, 1))  # value = alpha
+    x, y = contour_lines(values, alphas, betas, [2.0])
+    np.testing.assert_allclose(x[np.isfinite(x)], 2.0)  # the iso-line of value 2 is the line alpha = 2
+    assert [t for _, t in log_ticks(0.3, 3.2)] == ["10", "100", "1000"]
+    assert [t for _, t in log_ticks(-1, 0.2)] == ["0.1", "0.2", "0.5", "1"]
+    assert auto_arrow_scale(np.array([1.0]), 6.0) == 1.0
+    assert auto_arrow_scale(np.array([0.01]), 6.0) == 50.0
+    assert auto_arrow_scale(np.array([0.001]), 6.0, reach=0.5) == 2.0  # limited by how far it would reach
