@@ -12,18 +12,29 @@ from .algorithms import ALGORITHMS, AlgorithmConfig
 from .device import DTYPES
 
 TASKS = ("sinusoid", "images")
+IMAGE_MODES = ("grayscale", "rgb")
+
+# What a field left unset (None) becomes, per task. Sinusoid: the MAML paper's regression (Sec. 5.1). Images:
+# its Omniglot 5-way setting (meta-batch 32, 60,000 iterations; 1-shot; 5 query images per class while training).
+TASK_DEFAULTS: dict[str, dict] = {
+    "sinusoid": {"meta_batch_size": 25, "shots": 10, "queries": 10, "iterations": 70000},
+    "images": {"meta_batch_size": 32, "shots": 1, "queries": 5, "iterations": 60000},
+}
 
 
 @dataclass
 class ExperimentConfig:
+    """Fields left as None take the task's defaults (TASK_DEFAULTS here, and AlgorithmConfig.defaults for the
+    algorithms), so `ExperimentConfig(task="images")` is the MAML paper's Omniglot setting."""
+
     task: str = "sinusoid"
-    algorithms: list[AlgorithmConfig] = field(default_factory=lambda: [AlgorithmConfig.defaults("maml")])
+    algorithms: list[AlgorithmConfig] | None = None  # None: MAML with the task's defaults
     hidden: list[int] = field(default_factory=lambda: [40, 40])  # MLP hidden widths
     activation: str = "relu"
-    meta_batch_size: int = 25
-    shots: int = 10  # K support points (per class for images)
-    queries: int = 10  # query points per task (per class for images)
-    iterations: int = 70000
+    meta_batch_size: int | None = None
+    shots: int | None = None  # K support points (per class for images)
+    queries: int | None = None  # query points per task (per class for images)
+    iterations: int | None = None
     seed: int = 0
     device: str = "auto"
     dtype: str = "float32"
@@ -33,12 +44,27 @@ class ExperimentConfig:
     data: str | None = None  # image set path (zip or folder); None: the built-in glyph set
     ways: int = 5
     image_size: int = 28
-    rotations: bool = True
+    image_mode: str = "grayscale"  # or "rgb"
+    rotations: bool = True  # training classes also appear rotated by 90, 180 and 270 degrees, as new classes
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r} (one of {', '.join(TASKS)})")
+        for key, value in TASK_DEFAULTS[self.task].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.algorithms is None:
+            self.algorithms = [AlgorithmConfig.defaults("maml", task=self.task)]
         self.algorithms = [a if isinstance(a, AlgorithmConfig) else AlgorithmConfig.from_dict(a)
                            for a in self.algorithms]
         self.validate()
+
+    @staticmethod
+    def task_defaults(task: str) -> dict:
+        """The values unset fields take for `task` (algorithms: see AlgorithmConfig.defaults(name, task))."""
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r} (one of {', '.join(TASKS)})")
+        return dict(TASK_DEFAULTS[task])
 
     def validate(self) -> None:
         if self.task not in TASKS:
@@ -64,6 +90,8 @@ class ExperimentConfig:
             raise ValueError(f"unknown dtype {self.dtype!r} (one of {', '.join(DTYPES)})")
         if self.task == "images" and self.ways < 2:
             raise ValueError(f"ways must be >= 2 for classification, got {self.ways}")
+        if self.image_mode not in IMAGE_MODES:
+            raise ValueError(f"unknown image mode {self.image_mode!r} (one of {', '.join(IMAGE_MODES)})")
 
     def algorithm(self, name: str) -> AlgorithmConfig:
         for a in self.algorithms:
@@ -86,14 +114,18 @@ class ExperimentConfig:
         if unknown:
             raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
         algos = data.pop("algorithms", None)
+        task = data.get("task", "sinusoid")
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r} (one of {', '.join(TASKS)})")
         if isinstance(algos, dict):
             bad = sorted(set(algos) - set(ALGORITHMS))
             if bad:
                 raise ValueError(f"unknown algorithm(s) in config: {', '.join(bad)} (one of {', '.join(ALGORITHMS)})")
-            data["algorithms"] = [AlgorithmConfig.defaults(name, **(opts or {})) for name, opts in algos.items()]
+            data["algorithms"] = [AlgorithmConfig.defaults(name, task=task, **(opts or {}))
+                                  for name, opts in algos.items()]
         elif isinstance(algos, list):
-            data["algorithms"] = [AlgorithmConfig.defaults(a) if isinstance(a, str) else AlgorithmConfig.from_dict(a)
-                                  for a in algos]
+            data["algorithms"] = [AlgorithmConfig.defaults(a, task=task) if isinstance(a, str)
+                                  else AlgorithmConfig.from_dict(a) for a in algos]
         try:
             return cls(**data)
         except TypeError as exc:

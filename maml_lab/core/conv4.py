@@ -9,8 +9,25 @@ Parameter names are those of the equivalent `torch.nn.Sequential` (`torch_module
 the first conv, "1.weight" / "1.bias" for its batch norm, so an exported state_dict loads into plain PyTorch
 (BatchNorm2d with track_running_stats=False gives the same outputs in train and eval mode).
 
-Per-task parameters ([B, ...] on every tensor) run as one grouped convolution: the B tasks become B groups
-of channels of a single [N, B*C, H, W] batch, so batch norm over that batch is per-task per-channel for free.
+How a meta-batch of B tasks runs (measured on CPU with benchmarks/bench_meta_step.py --model conv4):
+
+* Shared parameters (theta, or its stride-0 per-task view at the first inner step): tasks are folded into the
+  batch of one convolution in channels-last layout, where a task's activations are one contiguous
+  [N*H*W, C] block, so per-task batch-norm statistics are a fast reduction over the middle dimension. With
+  strided downsampling the first layer is one matmul of im2col patches (a convolution would return NCHW for
+  a single input channel, and every later op would transpose it).
+* The first inner step's per-task gradients (`batched_loss_grad`, CPU, stride downsampling, cross-entropy) are
+  explicit backpropagation written with differentiable ops on that folded batch: shared-weight convolutions
+  and their transposes stay single calls, only the per-task weight gradients are per task (a batched matmul
+  of the first layer's patches; per-task convolution weight gradients for the others). MAML's second-order
+  term is then autograd of ordinary first-order ops, not the double backward of grouped convolutions and of
+  batch norm, which were most of the previous meta-step.
+* Per-task parameters ([B, ...] on every tensor, e.g. adapted weights on the query set): on CPU a loop over
+  tasks of channels-last convolutions and native batch norm (each task's activations stay in cache; measured
+  faster than one grouped convolution at 1 and 2 threads), the first strided layer as batched matmuls; tasks
+  are split along their memory layout so that autograd stacks their gradients without transposing copies.
+  Elsewhere (CUDA, unmeasured here) one grouped convolution, the B tasks being B groups of channels of a
+  single [N, B*C, H, W] batch, so batch norm over it is per task and channel for free.
 """
 
 from __future__ import annotations
@@ -23,6 +40,13 @@ import torch.nn.functional as F
 from torch import nn
 
 DOWNSAMPLING = ("stride", "maxpool")
+BATCHING = ("auto", "loop", "grouped", "vmap")
+
+
+def _channels_last_parts(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per-task conv weights [B, F, C, kh, kw] as B channels-last [F, C, kh, kw] views of one copy: a
+    convolution would otherwise convert every task's weight (and its gradient) on every call."""
+    return tuple(p.permute(0, 3, 1, 2) for p in w.permute(0, 1, 3, 4, 2).contiguous().unbind(0))
 
 
 class Conv4:
@@ -33,7 +57,7 @@ class Conv4:
 
     def __init__(self, in_channels: int = 1, image_size: int | tuple[int, int] = 28, ways: int = 5,
                  filters: int | None = None, downsample: str | None = None, eps: float = 1e-5,
-                 batched: str = "grouped"):
+                 batched: str = "auto"):
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"image size must be a positive int or (height, width), got {image_size}")
@@ -50,8 +74,8 @@ class Conv4:
                              f"{self.in_channels}, {self.ways}, {self.filters}")
         if self.downsample not in DOWNSAMPLING:
             raise ValueError(f"unknown downsampling {self.downsample!r} (one of {', '.join(DOWNSAMPLING)})")
-        if batched not in ("grouped", "vmap"):
-            raise ValueError(f"batched must be 'grouped' or 'vmap', got {batched!r}")
+        if batched not in BATCHING:
+            raise ValueError(f"batched must be one of {', '.join(BATCHING)}, got {batched!r}")
         h, w = self.feature_map
         if h < 1 or w < 1:
             raise ValueError(f"images of {size[0]}x{size[1]} are too small for four downsampling blocks")
@@ -63,6 +87,12 @@ class Conv4:
         size = self.image_size[0] if self.image_size[0] == self.image_size[1] else list(self.image_size)
         return {"kind": "conv4", "in_channels": self.in_channels, "image_size": size, "ways": self.ways,
                 "filters": self.filters, "downsample": self.downsample}
+
+    @classmethod
+    def for_family(cls, family) -> "Conv4":
+        """The MAML paper's conv-4 for a family's images ([C, H, W] input_shape) and its number of ways."""
+        c, h, w = (int(s) for s in family.input_shape)
+        return cls(in_channels=c, image_size=h if h == w else (h, w), ways=family.output_dim)
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Conv4":
@@ -157,18 +187,222 @@ class Conv4:
         """
         if x.dim() != 5:
             raise ValueError(f"conv4 expects x of shape [tasks, images, C, H, W], got {tuple(x.shape)}")
+        # Stride-0 task views that autograd differentiates must keep their per-task gradient (adapt() takes the
+        # gradient of the summed task losses with respect to them), so they take the per-task path.
+        shared = self.shared_params(params, views=not (torch.is_grad_enabled()
+                                                       and any(v.requires_grad for v in params.values())))
+        if shared is not None:
+            return self._forward_shared(shared, x)
         shapes = self.param_shapes()
-        per_task = any(params[k].dim() == len(s) + 1 for k, s in shapes.items())
-        if self.batched == "vmap" and not per_task:
-            return self._forward_folded(params, x)
-        # Shared parameters also take the grouped path (as a free expand): it measured faster on CPU than
-        # folding tasks into the batch, whose per-task batch-norm statistics need a slow strided reduction.
         b = x.shape[0]
         params = OrderedDict((k, v if v.dim() == len(shapes[k]) + 1 else v.unsqueeze(0).expand(b, *v.shape))
                              for k, v in params.items())
-        if self.batched == "vmap":
+        strategy = self.per_task_strategy(x.device)
+        if strategy == "vmap":
             return self._forward_vmap(params, x)
+        if strategy == "loop":
+            return self._forward_loop(params, x)
         return self._forward_grouped(params, x)
+
+    def per_task_strategy(self, device: torch.device | str) -> str:
+        """How per-task parameters run: a loop of per-task convolutions on CPU, one grouped convolution elsewhere."""
+        if self.batched != "auto":
+            return self.batched
+        return "loop" if torch.device(device).type == "cpu" else "grouped"
+
+    def shared_params(self, params, views: bool = True) -> "OrderedDict[str, torch.Tensor] | None":
+        """The shared tensors when every parameter is shared: no task dimension, or (if `views`) a stride-0
+        per-task view of one tensor (what `expand_params` makes). None when some parameter has per-task values."""
+        shapes = self.param_shapes()
+        out = OrderedDict()
+        for k, v in params.items():
+            if v.dim() == len(shapes[k]):
+                out[k] = v
+            elif views and v.dim() == len(shapes[k]) + 1 and v.stride(0) == 0:
+                out[k] = v.select(0, 0)
+            else:
+                return None
+        return out
+
+    # -- shared parameters: tasks folded into one channels-last batch ------------------------------------------
+
+    def _block_shared(self, k: int, params, h: torch.Tensor, b: int, keep: bool):
+        """Block k on a folded batch h [B*N, C, H, W] (channels-last): returns the next h and, if keep, what
+        the explicit backward needs (centred pre-activations zc [B, M, F], rstd [B, 1, F], gamma * rstd,
+        relu output [B, M, F]). Few full-size ops: each one is recorded, and differentiated again by MAML."""
+        conv, bn = self._names(k)
+        weight = params[f"{conv}.weight"]
+        f = weight.shape[0]
+        cols = None
+        if k == 0 and self.downsample == "stride":
+            # the images (few channels): one matmul of im2col patches, whose result is already [B*N*Ho*Wo, F]
+            # (a convolution would return NCHW for one input channel, and every later op would transpose it)
+            cols = self._im2col(h)
+            ho, wo = cols.shape[1:3]
+            zt = torch.addmm(params[f"{conv}.bias"], cols.reshape(-1, cols.shape[-1]),
+                             weight.permute(2, 3, 1, 0).reshape(-1, f)).view(b, -1, f)
+        else:
+            z = F.conv2d(h, weight, params[f"{conv}.bias"], stride=self._stride, padding=1)
+            ho, wo = z.shape[2:]
+            zt = z.permute(0, 2, 3, 1).reshape(b, -1, f)  # [B, M = N*Ho*Wo, F], a view in channels-last
+        zc = zt - zt.mean(1, keepdim=True)
+        rstd = torch.rsqrt((zc * zc).mean(1, keepdim=True) + self.eps)
+        scale = params[f"{bn}.weight"] * rstd  # [B, 1, F]
+        a = torch.relu(torch.addcmul(params[f"{bn}.bias"], zc, scale))
+        cache = (zc, rstd, scale, a, cols) if keep else None
+        h = a.view(-1, ho, wo, f).permute(0, 3, 1, 2)  # logical NCHW, channels-last in memory
+        if self.downsample == "maxpool":
+            h = F.max_pool2d(h, 2)
+        return h, cache
+
+    def _forward_shared(self, params, x: torch.Tensor) -> torch.Tensor:
+        b, n = x.shape[:2]
+        h = x.reshape(b * n, *x.shape[2:]).contiguous(memory_format=torch.channels_last)
+        for k in range(self.blocks):
+            h, _ = self._block_shared(k, params, h, b, keep=False)
+        head = self._head
+        return F.linear(h.reshape(b, n, -1), params[f"{head}.weight"], params[f"{head}.bias"])
+
+    def batched_loss_grad(self, params, x: torch.Tensor, y: torch.Tensor, loss_fn):
+        """Per-task cross-entropy losses [B] and gradients [B, ...] at *shared* parameters, by explicit
+        backpropagation in differentiable ops (so MAML's second-order term is plain autograd of them).
+
+        None (the caller then uses autograd) unless: the parameters are shared, the loss is cross-entropy,
+        downsampling is strided, and x is on the CPU (the case this path was measured faster on).
+        """
+        from .losses import cross_entropy_per_task
+
+        if loss_fn is not cross_entropy_per_task or self.downsample != "stride" or x.device.type != "cpu":
+            return None
+        shared = self.shared_params(params)
+        if shared is None:
+            return None
+        losses, grads = self._shared_loss_grad(shared, x, y)
+        return losses, [grads[k] for k in params]
+
+    def _shared_loss_grad(self, params, x: torch.Tensor, y: torch.Tensor):
+        b, n = x.shape[:2]
+        s = self._stride
+        h = x.reshape(b * n, *x.shape[2:]).contiguous(memory_format=torch.channels_last)
+        inputs, caches = [], []
+        for k in range(self.blocks):
+            inputs.append(h)
+            h, cache = self._block_shared(k, params, h, b, keep=True)
+            caches.append(cache)
+        head = self._head
+        w_head = params[f"{head}.weight"]
+        feats = h.reshape(b, n, -1)  # NCHW flattening order, as nn.Flatten
+        logits = F.linear(feats, w_head, params[f"{head}.bias"])
+        logp = torch.log_softmax(logits, -1)
+        losses = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1).mean(1)
+        dlogits = (logp.exp() - F.one_hot(y, logits.shape[-1]).to(logp.dtype)) * (1.0 / n)
+        grads = {f"{head}.weight": torch.bmm(dlogits.transpose(1, 2), feats), f"{head}.bias": dlogits.sum(1)}
+        da = torch.matmul(dlogits, w_head)  # [B, N, F*h*w] in NCHW order
+        for k in reversed(range(self.blocks)):
+            conv, bn = self._names(k)
+            zc, rstd, scale, a, cols = caches[k]
+            f = a.shape[-1]
+            h_in = inputs[k]
+            ho, wo = self._out_size(h_in.shape[2:])
+            m = a.shape[1]
+            if k == self.blocks - 1:
+                da = da.reshape(b * n, f, ho, wo)
+            dat = da.permute(0, 2, 3, 1).reshape(b, m, f)  # [B, M, F]
+            dy = torch.ops.aten.threshold_backward(dat, a, 0.0)  # relu
+            dbeta = dy.sum(1, keepdim=True)
+            dgamma = (dy * zc).sum(1, keepdim=True) * rstd  # sum(dy * xhat), xhat = zc * rstd
+            # batch-norm backward per task: dz = scale * (dy - mean(dy) - xhat * mean(dy * xhat)), in two ops
+            dz = torch.addcmul(torch.addcmul(scale * dbeta * (-1.0 / m), zc, scale * rstd * dgamma * (-1.0 / m)),
+                               dy, scale)
+            grads[f"{bn}.weight"] = dgamma.squeeze(1)
+            grads[f"{bn}.bias"] = dbeta.squeeze(1)
+            grads[f"{conv}.bias"] = dz.new_zeros(b, f)  # exactly zero: batch norm removes a per-channel shift
+            dz4 = dz.view(b * n, ho, wo, f).permute(0, 3, 1, 2)
+            weight = params[f"{conv}.weight"]
+            grads[f"{conv}.weight"] = self._per_task_weight_grad(h_in, dz4, weight, b, cols)
+            if k > 0:
+                out_pad = tuple(int(i) - ((o - 1) * s + 1) for i, o in zip(h_in.shape[2:], (ho, wo)))
+                da = F.conv_transpose2d(dz4, weight, None, stride=s, padding=1, output_padding=out_pad)
+        return losses, grads
+
+    def _out_size(self, size) -> tuple[int, int]:
+        s = self._stride
+        return tuple((int(i) - 1) // s + 1 for i in size)
+
+    def _per_task_weight_grad(self, h_in: torch.Tensor, dz: torch.Tensor, weight: torch.Tensor, b: int,
+                              cols: torch.Tensor | None = None) -> torch.Tensor:
+        """d loss_i / d weight for every task i: [B, F, C, 3, 3]. h_in [B*N, C, H, W], dz [B*N, F, Ho, Wo];
+        cols: h_in's im2col patches when the forward pass made them (the first layer)."""
+        s = self._stride
+        f, c = weight.shape[:2]
+        if cols is not None:  # one batched matmul of the patches
+            g = torch.bmm(dz.permute(0, 2, 3, 1).reshape(b, -1, f).transpose(1, 2), cols.reshape(b, -1, 9 * c))
+            return g.view(b, f, 3, 3, c).permute(0, 1, 4, 2, 3)  # [B, F, (kh, kw, C)] -> [B, F, C, kh, kw]
+        w = weight.detach()  # only its shape matters; keeps autograd from linking the result to it
+        n = h_in.shape[0] // b
+        grads = [torch.ops.aten.convolution_backward(d, i, w, None, [s, s], [1, 1], [1, 1], False, [0, 0], 1,
+                                                     [False, True, False])[1]
+                 for d, i in zip(dz.view(b, n, *dz.shape[1:]).unbind(0), h_in.view(b, n, *h_in.shape[1:]).unbind(0))]
+        if grads[0].is_contiguous():
+            return torch.stack(grads)
+        # channels-last weight gradients (mkldnn): stack them in that layout, no transposing copies
+        return torch.stack([g.permute(0, 2, 3, 1) for g in grads]).permute(0, 1, 4, 2, 3)
+
+    # -- per-task parameters ------------------------------------------------------------------------------------
+
+    def _im2col(self, h: torch.Tensor) -> torch.Tensor:
+        """[B*N, C, H, W] -> patches [B*N, Ho, Wo, 9*C] in (kh, kw, C) order: 9 strided slices, channels last."""
+        s = self._stride
+        ho, wo = self._out_size(h.shape[2:])
+        padded = F.pad(h.permute(0, 2, 3, 1), (0, 0, 1, 1, 1, 1))
+        return torch.cat([padded[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+                          for i in range(3) for j in range(3)], dim=-1)
+
+    def _forward_loop(self, params, x: torch.Tensor) -> torch.Tensor:
+        """Per-task parameters, one task at a time (channels-last on CPU); one autograd graph for all.
+
+        The first convolution (few input channels, the images need no gradient) is one batched matmul of
+        every task's image patches with its weights, which makes its weight gradient one matmul too."""
+        # Split tensors into tasks along their physical (channels-last) layout and permute each part, so that
+        # the gradients autograd stacks back together are contiguous blocks, not transposed copies.
+        conv0 = self._names(0)[0]
+        first_matmul = self.downsample == "stride"  # strided: the patches are ~2x the images, not 9x
+        per = {k: (_channels_last_parts(v) if v.dim() == 5 else v.unbind(0)) for k, v in params.items()
+               if not (first_matmul and k.startswith(f"{conv0}."))}
+        b, n = x.shape[:2]
+        if first_matmul:
+            w0 = params[f"{conv0}.weight"]  # [B, F, C, 3, 3]
+            f0 = w0.shape[1]
+            cols = self._im2col(x.reshape(b * n, *x.shape[2:]))  # constant: the images need no gradient
+            ho, wo = cols.shape[1:3]
+            cols = cols.reshape(b, n * ho * wo, -1)
+            w0 = w0.permute(0, 3, 4, 2, 1).reshape(b, -1, f0)  # [B, 9C, F], (kh, kw, C) order
+            bias0 = params[f"{conv0}.bias"].unsqueeze(1)
+            # batched matmuls over groups of tasks whose outputs stay under ~16 MB: larger blocks come from
+            # mmap, and page faults on every fresh block cost more than the matmul
+            group = max(1, (16 << 20) // max(1, n * ho * wo * f0 * x.element_size()))
+            inputs = [part.permute(0, 3, 1, 2) for lo in range(0, b, group)  # [N, F, Ho, Wo], channels-last
+                      for part in torch.baddbmm(bias0[lo:lo + group], cols[lo:lo + group], w0[lo:lo + group])
+                      .view(-1, n, ho, wo, f0).unbind(0)]
+        else:
+            inputs = [h.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else h
+                      for h in x.unbind(0)]
+        feats = []
+        for i in range(b):
+            h = inputs[i]
+            for k in range(self.blocks):
+                conv, bn = self._names(k)
+                if k > 0 or not first_matmul:
+                    h = F.conv2d(h, per[f"{conv}.weight"][i], per[f"{conv}.bias"][i], stride=self._stride,
+                                 padding=1)
+                h = F.relu(F.batch_norm(h, None, None, per[f"{bn}.weight"][i], per[f"{bn}.bias"][i], training=True,
+                                        eps=self.eps))
+                if self.downsample == "maxpool":
+                    h = F.max_pool2d(h, 2)
+            feats.append(h.reshape(h.shape[0], -1))
+        head = self._head
+        return torch.baddbmm(params[f"{head}.bias"].unsqueeze(1), torch.stack(feats),
+                             params[f"{head}.weight"].transpose(1, 2))
 
     def _forward_folded(self, params, x: torch.Tensor) -> torch.Tensor:
         """Shared parameters, tasks folded into the batch; batch-norm statistics per task (reference path)."""

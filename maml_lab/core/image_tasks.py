@@ -7,10 +7,22 @@ class by class: y_support = [0]*K + [1]*K + ... All tasks of a batch are sampled
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
 import torch
 
-from .imagesets import ImageSet, validate_task_shape
+from .imagesets import ImageSet, Preprocessing, validate_task_shape
 from .tasks import TaskBatch
+
+# Class split between meta-training and held-out evaluation (same rule in training and in `eval`):
+SPLIT_SEED = 0  # the classes are permuted with this seed, independent of the training seed
+PAPER_TRAIN_CLASSES = 1200  # MAML paper, Omniglot: 1200 characters train, the other 423 are held out ...
+PAPER_MIN_CLASSES = 1500  # ... used when a set has at least this many classes (full Omniglot, 1623)
+HELDOUT_FRACTION = 0.3  # otherwise 30% of the classes (at least `ways`) are held out
+ROTATIONS = (90, 180, 270)
 
 
 class ImageTaskFamily:
@@ -19,7 +31,7 @@ class ImageTaskFamily:
     name = "images"
     loss = "cross_entropy"
 
-    def __init__(self, image_set: ImageSet, ways: int = 5):
+    def __init__(self, image_set: ImageSet, ways: int = 5, info: dict | None = None):
         ways = int(ways)
         if ways < 2:
             raise ValueError(f"a classification task needs at least 2 ways, got {ways}")
@@ -35,10 +47,14 @@ class ImageTaskFamily:
         self._counts = torch.from_numpy(image_set.counts.copy())
         self._offsets = torch.from_numpy(image_set.offsets[:-1].copy())
         self._max_count = int(self._counts.max())
+        self.info = dict(info or {})  # where the set came from and how it was split (see image_family_from_config)
+        self.validation_family: ImageTaskFamily | None = None  # held-out classes, for validation while training
 
     def describe(self) -> dict:
-        return {"name": self.name, "ways": self.ways, "input_shape": list(self.input_shape),
-                "image_set": self.image_set.describe(), "preprocessing": self.image_set.preprocessing.to_dict()}
+        d = {"name": self.name, "ways": self.ways, "input_shape": list(self.input_shape),
+             "image_set": self.image_set.describe(), "preprocessing": self.image_set.preprocessing.to_dict()}
+        d.update(self.info)
+        return d
 
     def validate(self, shots: int, queries: int) -> None:
         """Raise ValueError (naming the numbers) if the set cannot supply such tasks."""
@@ -96,3 +112,261 @@ class ImageTaskFamily:
 
     def class_name(self, index: int) -> str:
         return self.image_set.class_names[index]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Families from an experiment config, with a train / held-out class split
+
+
+def _resolve_data(data) -> Path | None:
+    if data is None or str(data) == "":
+        return None
+    return Path(data).expanduser().resolve()
+
+
+def load_images(data, image_size: int = 28, image_mode: str = "grayscale", progress=None, cancel=None,
+                invert: bool | None = None) -> ImageSet:
+    """The image set an experiment names: a zip or folder path, or None for the built-in glyph set."""
+    path = _resolve_data(data)
+    if path is None:
+        from .glyphs import GlyphConfig, load_glyphs
+
+        if image_mode != "grayscale":
+            raise ValueError(f"the built-in glyph set is grayscale; image mode {image_mode!r} needs --data PATH")
+        if not 8 <= int(image_size) <= 256:
+            raise ValueError(f"the built-in glyph set needs an image size between 8 and 256, got {image_size}")
+        return load_glyphs(GlyphConfig(size=int(image_size)), progress=progress, cancel=cancel)
+    from .imagesets import load_image_set
+
+    if not path.exists():
+        raise ValueError(f"image set not found: {path}")
+    prep = Preprocessing(size=(int(image_size), int(image_size)), mode=image_mode, invert=invert)
+    return load_image_set(path, prep, progress=progress, cancel=cancel)
+
+
+def split_rule(num_classes: int, ways: int) -> tuple[int, str]:
+    """How many classes meta-train (the rest are held out) and the rule, in words."""
+    if num_classes >= PAPER_MIN_CLASSES:
+        return PAPER_TRAIN_CLASSES, (f"MAML paper: {PAPER_TRAIN_CLASSES} classes train, the rest held out "
+                                     f"(sets of {PAPER_MIN_CLASSES}+ classes)")
+    heldout = max(int(ways), int(round(HELDOUT_FRACTION * num_classes)))
+    if num_classes - heldout < ways:
+        raise ValueError(f"{ways}-way tasks need {ways} training and {ways} held-out classes, but the set has "
+                         f"only {num_classes} classes")
+    return num_classes - heldout, f"{round(100 * HELDOUT_FRACTION)}% of the classes held out (at least {ways})"
+
+
+def split_train_heldout(image_set: ImageSet, ways: int, seed: int = SPLIT_SEED) -> tuple[ImageSet, ImageSet, dict]:
+    """Disjoint train / held-out classes (whole classes, any alphabet), deterministic for a seed."""
+    n_train, rule = split_rule(image_set.num_classes, ways)
+    perm = np.random.default_rng(seed).permutation(image_set.num_classes)
+    train = image_set.subset(np.sort(perm[:n_train]), name=f"{image_set.name}:train")
+    heldout = image_set.subset(np.sort(perm[n_train:]), name=f"{image_set.name}:heldout")
+    info = {"seed": int(seed), "rule": rule, "by": "class", "train_classes": train.num_classes,
+            "heldout_classes": heldout.num_classes}
+    return train, heldout, info
+
+
+def _source_info(image_set: ImageSet, data) -> dict:
+    path = _resolve_data(data)
+    prep = image_set.preprocessing
+    info = {"data": str(path) if path is not None else None,
+            "source": "glyphs" if path is None else "path",
+            "preprocessing_request": {"size": list(prep.size), "mode": prep.mode, "invert": "auto",
+                                      "normalization": prep.normalization}}
+    if path is None and "glyph_config" in image_set.meta:
+        info["glyph_config"] = dict(image_set.meta["glyph_config"])
+    return info
+
+
+def families_from_image_set(image_set: ImageSet, ways: int, rotations: bool = True, data=None,
+                            seed: int = SPLIT_SEED) -> tuple[ImageTaskFamily, ImageTaskFamily]:
+    """(train family, held-out family) over a loaded set; the train family's validation_family is the other."""
+    train_set, heldout_set, split = split_train_heldout(image_set, ways, seed)
+    source = _source_info(image_set, data)
+    angles = list(ROTATIONS) if rotations else []
+    if angles:
+        train_set = train_set.with_rotations(angles)
+    train = ImageTaskFamily(train_set, ways, info={**source, "split": {**split, "part": "train"},
+                                                   "rotations": angles})
+    heldout = ImageTaskFamily(heldout_set, ways, info={**source, "split": {**split, "part": "heldout"},
+                                                       "rotations": []})
+    train.validation_family = heldout
+    return train, heldout
+
+
+def _check_shapes(family: ImageTaskFamily, part: str, shots: int, queries: int) -> None:
+    try:
+        family.validate(shots, queries)
+    except ValueError as exc:
+        raise ValueError(f"{part} classes: {exc}") from None
+
+
+def image_family_from_config(config, progress=None, cancel=None, split: str = "train") -> ImageTaskFamily:
+    """The task family of an image experiment: `split` "train" (rotation-augmented meta-training classes, with
+    the held-out family as `validation_family`) or "heldout" (the classes training never sees).
+
+    Refuses, with the numbers, ways / shots / queries the set cannot supply in either part.
+    """
+    if split not in ("train", "heldout"):
+        raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
+    image_set = load_images(config.data, config.image_size, getattr(config, "image_mode", "grayscale"),
+                            progress, cancel)
+    train, heldout = families_from_image_set(image_set, config.ways, config.rotations, config.data)
+    _check_shapes(train, "training", config.shots, config.queries)
+    _check_shapes(heldout, "held-out", config.shots, config.queries)
+    return train if split == "train" else heldout
+
+
+def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=None) -> ImageTaskFamily:
+    """Rebuild the held-out classes an initialization was *not* trained on, from its export metadata
+    (`task` is the training family's describe()); `data` overrides the recorded path."""
+    if task.get("name") != "images":
+        raise ValueError(f"not an image-task initialization (task {task.get('name')!r})")
+    ways = int(task.get("ways", 5))
+    request = task.get("preprocessing_request") or {}
+    recorded = task.get("preprocessing") or {}
+    size = request.get("size") or recorded.get("size") or [28, 28]
+    mode = request.get("mode") or recorded.get("mode") or "grayscale"
+    if data is None:
+        data = task.get("data")
+        if data is not None and not Path(data).exists():
+            raise ValueError(f"the image set this initialization was trained on is not at {data}; "
+                             f"pass --data PATH")
+    elif not Path(data).expanduser().exists():
+        raise ValueError(f"image set not found: {data}")
+    if data is None and task.get("source") != "glyphs":
+        raise ValueError("the metadata does not say which image set was used; pass --data PATH")
+    if data is None:
+        glyph = task.get("glyph_config") or {}
+        from .glyphs import GlyphConfig, load_glyphs
+
+        known = {k: v for k, v in glyph.items() if k in GlyphConfig.__dataclass_fields__}
+        image_set = load_glyphs(GlyphConfig(**known) if known else GlyphConfig(size=int(size[0])),
+                                progress=progress, cancel=cancel)
+    else:
+        image_set = load_images(data, int(size[0]), mode, progress, cancel)
+    seed = int((task.get("split") or {}).get("seed", SPLIT_SEED))
+    _, heldout = families_from_image_set(image_set, ways, rotations=False, data=data, seed=seed)
+    shape = task.get("input_shape")
+    if shape is not None and list(heldout.input_shape) != list(shape):
+        raise ValueError(f"images of {data or 'the glyph set'} load as {list(heldout.input_shape)}, but the model "
+                         f"was trained on {list(shape)}")
+    polarity = recorded.get("invert")
+    if isinstance(polarity, bool) and polarity != heldout.image_set.preprocessing.invert:
+        heldout.info["note"] = (f"stroke polarity differs from training (inverted in training: {polarity}, now: "
+                                f"{heldout.image_set.preprocessing.invert}); accuracy may suffer")
+    return heldout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Held-out accuracy
+
+
+def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, steps: list[int], lr: float,
+                         num_tasks: int = 600, queries: int = 15, seed: int = 2017, device="cpu",
+                         dtype=torch.float32, chunk: int = 50, cancel: Callable[[], bool] | None = None
+                         ) -> dict[int, tuple[float, float]]:
+    """Query accuracy of `num_tasks` seeded tasks after each of `steps` SGD steps: {steps: (mean, 95% CI)}."""
+    from .adaptation import adapt
+    from .evaluation import mean_ci95
+    from .losses import accuracy_per_task, cross_entropy_per_task
+
+    if num_tasks < 1:
+        raise ValueError(f"need at least one evaluation task, got {num_tasks}")
+    family.validate(shots, queries)
+    wanted = sorted({int(s) for s in steps})
+    generator = torch.Generator().manual_seed(seed)
+    theta = {k: v.detach().to(device, dtype) for k, v in params.items()}
+    accs: dict[int, list[np.ndarray]] = {s: [] for s in wanted}
+    done = 0
+    while done < num_tasks:
+        if cancel is not None and cancel():
+            break
+        n = min(chunk, num_tasks - done)
+        batch = family.sample(n, shots, queries, generator, device=device, dtype=dtype)
+        fast, batched, taken = theta, False, 0
+        for target in wanted:
+            if target > taken:
+                fast = adapt(model, cross_entropy_per_task, fast, batch.x_support, batch.y_support, target - taken,
+                             lr, batched=batched).params
+                batched, taken = True, target
+            with torch.no_grad():
+                logits = model.forward(fast, batch.x_query)
+                accs[target].append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())
+        done += n
+    out = {}
+    for s in wanted:
+        mean, ci = mean_ci95(np.concatenate(accs[s]))
+        out[s] = (float(mean), float(ci))
+    return out
+
+
+def format_accuracy(ways: int, shots: int, mean: float, ci: float) -> str:
+    """`5-way 1-shot: 96.1% +- 0.4%`"""
+    return f"{ways}-way {shots}-shot: {100 * mean:.1f}% +- {100 * ci:.1f}%"
+
+
+class _LoadProgress:
+    """Loading progress on stderr: rewritten in place on a terminal, a few lines otherwise."""
+
+    def __init__(self, label: str, stream=None):
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.shown = -1
+
+    def __call__(self, done: int, total: int):
+        pct = int(100 * done / total) if total else 100
+        step = 1 if self.tty else 25
+        if pct // step != self.shown // step or (done == total and self.shown != 100):
+            if self.tty:
+                self.stream.write(f"\r{self.label}: {pct}% ({done}/{total})" + ("\n" if done >= total else ""))
+            elif pct < 100 or self.shown >= 0:  # a cache hit reports 100% at once: say nothing
+                self.stream.write(f"{self.label}: {pct}% ({done}/{total})\n")
+            self.stream.flush()
+            self.shown = pct
+        return True
+
+
+def eval_image_initialization(args, params, meta, model, shots_list, steps, lr, device) -> None:
+    """`maml-lab eval` for a conv-4 initialization: held-out classes of the training split, accuracy with 95% CI.
+
+    Prints one line per shots value, e.g. `5-way 1-shot: 96.1% +- 0.4%`, under a header naming the steps.
+    """
+    task = meta.get("task", {}) or {}
+    data = getattr(args, "data", None)
+    ways = int(task.get("ways", getattr(model, "ways", 5)))
+    if getattr(args, "ways", None) is not None and int(args.ways) != ways:
+        raise ValueError(f"this initialization has a {ways}-way output layer; --ways {args.ways} does not fit it")
+    if getattr(model, "ways", ways) != ways:
+        raise ValueError(f"the metadata says {ways} ways but the model has {model.ways} outputs")
+    hyper = meta.get("hyperparameters", {}) or {}
+    if not steps:
+        steps = [int(hyper.get("test_inner_steps", 3))]
+    label = f"loading {Path(data).name if data else (task.get('data') and Path(task['data']).name) or 'glyphs'}"
+    family = heldout_family_from_metadata(task, data=data, progress=_LoadProgress(label))
+    min_count = int(family.image_set.counts.min())
+    queries = getattr(args, "queries", None)
+    if queries is None:
+        queries = min(15, min_count - max(shots_list))
+        if queries < 1:
+            raise ValueError(f"{max(shots_list)} shots leave no query images: held-out classes have only "
+                             f"{min_count} images")
+    for shots in shots_list:
+        family.validate(shots, queries)
+    split = task.get("split", {}) or {}
+    where = task.get("data") if data is None else str(data)
+    print(f"held-out: {family.image_set.num_classes} classes of {where or 'the built-in glyph set'} never seen in "
+          f"training (split seed {split.get('seed', SPLIT_SEED)}), {args.tasks} tasks, {queries} queries per class")
+    if family.info.get("note"):
+        print(f"note: {family.info['note']}")
+    results = {shots: accuracy_after_steps(model, family, params, shots, steps, lr, args.tasks, queries, args.seed,
+                                           device)
+               for shots in shots_list}
+    for s in sorted(set(steps)):
+        print(f"after {s} fine-tuning step{'s' if s != 1 else ''} (inner lr {lr:g}):")
+        for shots in shots_list:
+            mean, ci = results[shots][s]
+            print(format_accuracy(ways, shots, mean, ci))
+
