@@ -32,13 +32,16 @@ def main() -> None:
     parser.add_argument("--eval-tasks", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, help="export each initialization here")
+    parser.add_argument("--meta-lr-schedule", choices=("constant", "cosine"), default="constant",
+                        help="outer lr: constant (the paper) or cosine-annealed to 0 (MAML++'s stabilizer)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is as fast for this small MLP and immune to contention)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     config = ExperimentConfig(iterations=args.iterations, seed=args.seed, val_every=0,
-                              algorithms=[AlgorithmConfig.defaults(a) for a in args.algorithms])
+                              algorithms=[AlgorithmConfig.defaults(a, meta_lr_schedule=args.meta_lr_schedule)
+                                          for a in args.algorithms])
     trainer = Trainer(config)
     start = time.perf_counter()
     last = [start]
@@ -49,7 +52,8 @@ def main() -> None:
             last[0] = now
             print(f"  iteration {p['iteration']}/{p['total']}, {p['tasks_per_s']:,.0f} tasks/s", flush=True)
 
-    print(f"meta-training {', '.join(args.algorithms)} for {args.iterations} iterations on {trainer.device}")
+    print(f"meta-training {', '.join(args.algorithms)} for {args.iterations} iterations on {trainer.device} "
+          f"(meta-lr schedule: {args.meta_lr_schedule})")
     trainer.run(callback=progress, report_every=100)
     train_s = time.perf_counter() - start
     if args.out_dir:

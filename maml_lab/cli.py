@@ -1,4 +1,4 @@
-"""Headless command line on the same core as the app: `python -m maml_lab train|eval ...`.
+"""Headless command line on the same core as the app: `python -m maml_lab train|eval|download ...`.
 
 Invalid input gets one line on stderr and exit code 2, never a traceback.
 """
@@ -71,10 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-batch-size", type=_int_at_least(1))
     t.add_argument("--shots", type=_int_at_least(1), help="K support examples per task (per class for images)")
     t.add_argument("--queries", type=_int_at_least(1), help="query examples per task (per class for images)")
-    t.add_argument("--inner-lr", type=_positive_float, help="alpha, inner SGD step size (default 0.01)")
-    t.add_argument("--inner-steps", type=_int_at_least(1), help="inner steps in meta-training")
-    t.add_argument("--test-inner-steps", type=_int_at_least(0), help="inner steps at evaluation")
+    t.add_argument("--inner-lr", type=_positive_float,
+                   help="alpha, inner SGD step size (default 0.01; images 0.4, Reptile 0.1)")
+    t.add_argument("--inner-steps", type=_int_at_least(1), help="inner steps in meta-training (default 1)")
+    t.add_argument("--test-inner-steps", type=_int_at_least(0), help="inner steps at evaluation (10; images 3)")
     t.add_argument("--meta-lr", type=_positive_float, help="outer Adam learning rate (default 1e-3)")
+    t.add_argument("--meta-lr-schedule", choices=("constant", "cosine"),
+                   help="outer learning rate over the run: constant (the MAML paper) or cosine to 0 (MAML++)")
     t.add_argument("--first-order", action="store_true", help="with --algorithm maml: train FOMAML")
     t.add_argument("--inner-optimizer", choices=("sgd", "adam"), help="Reptile's inner optimizer")
     t.add_argument("--outer-lr-start", type=_nonneg_float, help="Reptile's epsilon at the start (default 1.0)")
@@ -83,12 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--activation", choices=("relu", "tanh", "gelu", "silu"))
     t.add_argument("--seed", type=_int_at_least(0))
     t.add_argument("--device", help="auto (default), cpu or cuda")
+    t.add_argument("--threads", type=_int_at_least(1), help="CPU threads for torch (default: torch's choice)")
     t.add_argument("--dtype", choices=("float32", "float64"))
     t.add_argument("--val-every", type=_int_at_least(0), help="validation every N iterations (0: never)")
-    t.add_argument("--data", type=Path, help="image set: Omniglot zip or folder, or class-per-folder set")
+    t.add_argument("--data", type=Path, help="image set: Omniglot zip or folder, or class-per-folder set "
+                                             "(default with --task images: the built-in glyph set)")
     t.add_argument("--ways", type=_int_at_least(2), help="N classes per image task (default 5)")
+    t.add_argument("--image-size", type=_int_at_least(8), help="images are resized to SIZE x SIZE (default 28)")
+    t.add_argument("--image-mode", choices=("grayscale", "rgb"), help="image channels (default grayscale)")
     t.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
-                   help="augment classes with 90/180/270 degree rotations (default on)")
+                   help="augment training classes with 90/180/270 degree rotations (default on)")
     t.add_argument("--out", type=Path, help="export path (.safetensors or .pt); several algorithms get a suffix")
     t.add_argument("--save-config", type=Path, help="also write the effective config as TOML")
     t.add_argument("--quiet", action="store_true", help="no progress output")
@@ -96,24 +103,37 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="adaptation table of exported initializations on held-out tasks")
     e.add_argument("paths", type=Path, nargs="+", help=".safetensors or .pt files")
     e.add_argument("--shots", type=_int_at_least(1), nargs="+", help="K (several allowed); default: as trained")
-    e.add_argument("--steps", type=_int_at_least(0), nargs="+", help="step counts to report (default 1 5 10)")
+    e.add_argument("--steps", type=_int_at_least(0), nargs="+",
+                   help="step counts to report (default 1 5 10; images: the trained test steps, 3)")
     e.add_argument("--tasks", type=_int_at_least(1), default=600, help="held-out tasks (default 600)")
     e.add_argument("--queries", type=_int_at_least(1), help="query points per task (default 100; images: 15)")
     e.add_argument("--inner-lr", type=_positive_float, help="fine-tuning step size (default: as trained)")
     e.add_argument("--seed", type=_int_at_least(0), default=2017, help="seed of the held-out tasks")
     e.add_argument("--device", default="auto")
-    e.add_argument("--data", type=Path, help="image set for image initializations (default: built-in glyphs)")
-    e.add_argument("--ways", type=_int_at_least(2))
+    e.add_argument("--threads", type=_int_at_least(1), help="CPU threads for torch (default: torch's choice)")
+    e.add_argument("--data", type=Path, help="image set for image initializations (default: the one it was "
+                                             "trained on); its held-out classes are used")
+    e.add_argument("--ways", type=_int_at_least(2), help="must match the initialization's output layer")
+
+    d = sub.add_parser("download", help="download the Omniglot zips (background and evaluation)")
+    d.add_argument("--dest", type=Path, required=True, help="folder to put images_background.zip and "
+                                                            "images_evaluation.zip in (created if missing)")
+    d.add_argument("--sets", nargs="+", choices=("background", "evaluation"), default=["background", "evaluation"],
+                   help="which zips (default both)")
+    d.add_argument("--base-url", help="a mirror of the official python/ folder")
+    d.add_argument("--sha256", nargs="+", metavar="NAME=HEX", default=[],
+                   help="expected sha256 per file, e.g. images_background.zip=<64 hex digits>")
+    d.add_argument("--overwrite", action="store_true", help="download again even if the files are present")
+    d.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
 
 def _config_from_args(args):
-    from .core.algorithms import AlgorithmConfig
     from .core.config import ExperimentConfig
 
     base = ExperimentConfig.load_toml(args.config).to_dict() if args.config else {}
     for key in ("task", "iterations", "meta_batch_size", "shots", "queries", "hidden", "activation", "seed",
-                "device", "dtype", "val_every", "ways", "rotations"):
+                "device", "dtype", "val_every", "ways", "image_size", "image_mode", "rotations"):
         value = getattr(args, key)
         if value is not None:
             base[key] = value
@@ -123,14 +143,17 @@ def _config_from_args(args):
     if args.first_order:
         names = ["fomaml" if n == "maml" else n for n in names]
     overrides = {k: getattr(args, k) for k in ("inner_lr", "inner_steps", "test_inner_steps", "meta_lr",
-                                               "inner_optimizer", "outer_lr_start", "outer_lr_end")}
+                                               "inner_optimizer", "outer_lr_start", "outer_lr_end",
+                                               "meta_lr_schedule")}
     from_file = base.get("algorithms", {}) if isinstance(base.get("algorithms"), dict) else {}
-    algos = []
+    algos = {}
     for name in dict.fromkeys(names):
         opts = dict(from_file.get(name, {}) or {})
         opts.update({k: v for k, v in overrides.items() if v is not None})
-        algos.append(AlgorithmConfig.defaults(name, **opts).to_dict())
-    base["algorithms"] = {a.pop("name"): a for a in algos}
+        algos[name] = opts  # unset values take the task's defaults (AlgorithmConfig.defaults(name, task))
+    if not algos:
+        raise UsageError("choose at least one algorithm")
+    base["algorithms"] = algos
     return ExperimentConfig.from_dict(base)
 
 
@@ -163,7 +186,7 @@ class _Progress:
         if not final and now - self.last < self.interval:
             return
         self.last = now
-        losses = "  ".join(f"{n} {m['pre_loss']:.3f}->{m['post_loss']:.3f}" for n, m in p["metrics"].items())
+        losses = "  ".join(_metrics_text(n, m, p["val"].get(n, {})) for n, m in p["metrics"].items())
         eta = p["eta_s"]
         line = (f"[{p['iteration']}/{p['total']}] {100 * p['iteration'] / p['total']:5.1f}%  "
                 f"{p['tasks_per_s']:,.0f} tasks/s  ETA {int(eta // 60)}:{int(eta % 60):02d}  {losses}")
@@ -174,6 +197,37 @@ class _Progress:
         sys.stderr.flush()
 
 
+def _metrics_text(name: str, m: dict, val: dict) -> str:
+    """`maml 1.609->0.482` (regression) or `maml acc 20.0%->84.0%` (classification), plus validation accuracy."""
+    if "post_accuracy" in m:
+        text = f"{name} acc {100 * m['pre_accuracy']:.1f}%->{100 * m['post_accuracy']:.1f}%"
+        if "val_post_accuracy" in val:
+            text += f" (held-out {100 * val['val_post_accuracy']:.1f}%)"
+        return text
+    return f"{name} {m['pre_loss']:.3f}->{m['post_loss']:.3f}"
+
+
+def _load_family(config, quiet: bool):
+    """The config's task family; image sets show loading progress on stderr."""
+    from .core.trainer import make_family
+
+    if config.task != "images":
+        return make_family(config)
+    from .core.image_tasks import _LoadProgress
+
+    what = Path(config.data).name if config.data else "the built-in glyph set"
+    progress = None if quiet else _LoadProgress(f"loading {what}")
+    family = make_family(config, progress=progress)
+    if not quiet:
+        split = family.info.get("split", {})
+        rot = family.info.get("rotations") or []
+        print(f"{what}: {split.get('train_classes')} training classes"
+              f"{f' (x{len(rot) + 1} with rotations: {family.image_set.num_classes})' if rot else ''}, "
+              f"{split.get('heldout_classes')} held out for validation and eval; images "
+              f"{'x'.join(str(s) for s in family.input_shape)}", file=sys.stderr)
+    return family
+
+
 def cmd_train(args) -> int:
     from .core.trainer import Trainer
 
@@ -181,10 +235,11 @@ def cmd_train(args) -> int:
     outs = _out_paths(args.out, [a.name for a in config.algorithms])
     if args.save_config:
         config.save_toml(args.save_config)
-    trainer = Trainer(config)
+    trainer = Trainer(config, family=_load_family(config, args.quiet), record_every=0)  # no parameter paths
     if not args.quiet:
         names = ", ".join(a.name for a in config.algorithms)
-        print(f"training {names} on {config.task} for {config.iterations} iterations on {trainer.device}",
+        what = f"{config.ways}-way {config.shots}-shot images" if config.task == "images" else config.task
+        print(f"training {names} on {what} for {config.iterations} iterations on {trainer.device}",
               file=sys.stderr)
     previous = signal.getsignal(signal.SIGINT)
 
@@ -203,8 +258,10 @@ def cmd_train(args) -> int:
     for name, run in trainer.runs.items():
         m = run.last_metrics
         if m and not args.quiet:
+            acc = (f", query accuracy {100 * m['pre_accuracy']:.1f}% -> {100 * m['post_accuracy']:.1f}%"
+                   if "post_accuracy" in m else "")
             print(f"{name}: iteration {trainer.iteration}, pre-adaptation loss {m['pre_loss']:.4f}, "
-                  f"post-adaptation loss {m['post_loss']:.4f}", file=sys.stderr)
+                  f"post-adaptation loss {m['post_loss']:.4f}{acc}", file=sys.stderr)
         if name in outs:
             trainer.export(name, outs[name])
             print(f"exported {name} to {outs[name]}")
@@ -219,6 +276,8 @@ def cmd_eval(args) -> int:
 
     device = resolve_device(args.device)
     steps = sorted(set(args.steps or [1, 5, 10]))
+    if args.data is not None and not args.data.expanduser().exists():
+        raise UsageError(f"image set not found: {args.data}")
     for path in args.paths:
         params, meta, model = load_initialization(path)
         hyper = meta.get("hyperparameters", {})
@@ -244,7 +303,48 @@ def cmd_eval(args) -> int:
         else:
             from .core.image_tasks import eval_image_initialization
 
-            eval_image_initialization(args, params, meta, model, shots_list, steps, lr, device)
+            eval_image_initialization(args, params, meta, model, shots_list, sorted(set(args.steps or [])), lr,
+                                      device)
+    return 0
+
+
+def cmd_download(args) -> int:
+    from .core.download import OMNIGLOT_BASE_URL, download_omniglot
+
+    checksums = {}
+    for item in args.sha256:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise UsageError(f"--sha256 takes NAME=HEX, got {item!r}")
+        checksums[name] = value
+    files = [f"images_{s}.zip" for s in args.sets]
+    unknown = sorted(set(checksums) - set(files))
+    if unknown:
+        raise UsageError(f"--sha256 names a file that is not downloaded: {', '.join(unknown)}")
+    state = {"name": None, "last": 0.0}
+    tty = sys.stderr.isatty()
+
+    def progress(name, done, total):
+        if args.quiet:
+            return True
+        now = time.monotonic()
+        final = total is not None and done >= total
+        if name != state["name"] or final or now - state["last"] >= (0.5 if tty else 10.0):
+            state["name"], state["last"] = name, now
+            amount = f"{done / 1e6:.1f} / {total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+            line = f"{name}: {amount}" + (f" ({100 * done / total:.0f}%)" if total else "")
+            sys.stderr.write(("\r" + line.ljust(60) + ("\n" if final else "")) if tty else line + "\n")
+            sys.stderr.flush()
+        return True
+
+    try:
+        paths = download_omniglot(args.dest, files, base_url=args.base_url or OMNIGLOT_BASE_URL,
+                                  checksums=checksums, progress=progress, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        print("\nmaml-lab: download interrupted; no partial file was kept", file=sys.stderr)
+        return 130
+    for p in paths:
+        print(p)
     return 0
 
 
@@ -260,7 +360,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        handler = {"train": cmd_train, "eval": cmd_eval}[args.command]
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        handler = {"train": cmd_train, "eval": cmd_eval, "download": cmd_download}[args.command]
         return handler(args)
     except UsageError as exc:
         print(f"maml-lab: error: {exc}", file=sys.stderr)

@@ -179,3 +179,14 @@ def test_pretrained_baseline_minimizes_joint_loss_without_adaptation():
 def test_invalid_algorithm_config_is_refused(bad):
     with pytest.raises(ValueError):
         AlgorithmConfig(**{"name": "maml", **bad})
+
+
+def test_cosine_meta_lr_schedule_anneals_to_zero():
+    model, _, _ = setup()
+    algo = make_algorithm(model, "mse", AlgorithmConfig("maml", meta_lr=1e-3, meta_lr_schedule="cosine"), 100)
+    assert algo.meta_lr(0) == pytest.approx(1e-3)
+    assert algo.meta_lr(50) == pytest.approx(5e-4)
+    assert algo.meta_lr(100) == pytest.approx(0.0, abs=1e-12)
+    assert make_algorithm(model, "mse", AlgorithmConfig("maml"), 100).meta_lr(70) == 1e-3
+    with pytest.raises(ValueError, match="meta-lr-schedule"):
+        AlgorithmConfig("maml", meta_lr_schedule="step")
