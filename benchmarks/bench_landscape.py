@@ -48,7 +48,11 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=51)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--loop-points", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1: immune to other jobs on a shared CPU; 0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     model = MLP()
     params = model.init_params(g)
