@@ -59,6 +59,7 @@ from .inside_plots import (
     place_legend,
     set_halo,
 )
+from .slider_player import SliderPlayer
 from .theme import MUTED, TEXT, style_plot
 
 COLORMAP = "CET-L17"  # white (low loss) to purple: light where paths end, so colours and arrows read well
@@ -251,7 +252,6 @@ class LandscapeView(QWidget):
         self.animate.setCheckable(True)
         self.animate.setToolTip("Step through the task's adaptation: the point moves on the landscape while the "
                                 "prediction updates")
-        self.animate.toggled.connect(self._on_animate)
         self.step_slider = QSlider(Qt.Orientation.Horizontal)
         self.step_slider.setRange(0, 10)
         self.step_slider.valueChanged.connect(self._on_step)
@@ -317,9 +317,7 @@ class LandscapeView(QWidget):
         self._auto_timer.setSingleShot(True)
         self._auto_timer.setInterval(350)
         self._auto_timer.timeout.connect(self._auto_compute)
-        self._play_timer = QTimer(self)
-        self._play_timer.setInterval(350)
-        self._play_timer.timeout.connect(self._play_step)
+        self._player = SliderPlayer(self.animate, self.step_slider, 350, parent=self)
         self._set_hint("Train first: the landscape is drawn around a trained θ")
         self._sync_buttons()
 
@@ -502,7 +500,7 @@ class LandscapeView(QWidget):
         return ok
 
     def shutdown(self) -> None:
-        self._play_timer.stop()
+        self._player.stop()
         self.runner.shutdown()
 
     # -- drawing -------------------------------------------------------------------------------------
@@ -704,22 +702,6 @@ class LandscapeView(QWidget):
     # -- live adaptation -----------------------------------------------------------------------------
     def _on_step(self, _value: int) -> None:
         self._draw_prediction()
-
-    def _on_animate(self, on: bool) -> None:
-        if on:
-            if self.step_slider.value() >= self.step_slider.maximum():
-                self.step_slider.setValue(0)
-            self.animate.setText("❚❚ Pause")
-            self._play_timer.start()
-        else:
-            self.animate.setText("▶ Animate")
-            self._play_timer.stop()
-
-    def _play_step(self) -> None:
-        if self.step_slider.value() >= self.step_slider.maximum():
-            self.animate.setChecked(False)
-            return
-        self.step_slider.setValue(self.step_slider.value() + 1)
 
     # -- hover ---------------------------------------------------------------------------------------
     def _on_mouse_moved(self, scene_pos) -> None:

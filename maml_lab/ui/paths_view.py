@@ -54,6 +54,7 @@ from .inside_plots import (
     place_legend,
     set_halo,
 )
+from .slider_player import SliderPlayer
 from .theme import MUTED, TEXT, style_plot
 
 OPTIMUM_STEPS = 100
@@ -166,7 +167,6 @@ class PathsView(QWidget):
         self.play.setCheckable(True)
         self.play.setEnabled(False)
         self.play.setToolTip("Replay training along the path")
-        self.play.toggled.connect(self._on_play)
         self.checkpoint_label = QLabel("–")
         self.checkpoint_label.setMinimumWidth(170)
         self.latest_button = QPushButton("Latest")
@@ -209,9 +209,8 @@ class PathsView(QWidget):
         self._emit_timer.setSingleShot(True)
         self._emit_timer.setInterval(120)
         self._emit_timer.timeout.connect(self._emit_checkpoint)
-        self._play_timer = QTimer(self)
-        self._play_timer.setInterval(80)
-        self._play_timer.timeout.connect(self._play_step)
+        # about ten seconds for a whole run
+        self._player = SliderPlayer(self.play, self.slider, 80, lambda: (self.slider.maximum() + 1) // 120, self)
         self.plot.getViewBox().sigResized.connect(lambda *_: place_center(self.plot, self.hint))
         place_center(self.plot, self.hint)
 
@@ -373,7 +372,7 @@ class PathsView(QWidget):
         return ok
 
     def shutdown(self) -> None:
-        self._play_timer.stop()
+        self._player.stop()
         self.runner.shutdown()
 
     # -- drawing -------------------------------------------------------------------------------------
@@ -601,23 +600,6 @@ class PathsView(QWidget):
         self.checkpoint_selected.emit({"algorithm": name, "iteration": int(run.paths[name].iterations[index]),
                                        "params": params, "inner_lr": run.inner_lr(name), "model": model,
                                        "model_spec": run.model_spec, "latest": self._follow})
-
-    def _on_play(self, on: bool) -> None:
-        if on:
-            if self.slider.value() >= self.slider.maximum():
-                self.slider.setValue(0)
-            self.play.setText("❚❚ Pause")
-            self._play_timer.start()
-        else:
-            self.play.setText("▶ Play")
-            self._play_timer.stop()
-
-    def _play_step(self) -> None:
-        step = max(1, (self.slider.maximum() + 1) // 120)  # about ten seconds for a whole run
-        if self.slider.value() >= self.slider.maximum():
-            self.play.setChecked(False)
-            return
-        self.slider.setValue(min(self.slider.value() + step, self.slider.maximum()))
 
     def _hit(self, scene_pos):
         if self.projected is None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QCoreApplication, QObject, QPointF, Qt, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QObject, QPointF, Qt, QThread, Signal, Slot
 from PySide6.QtGui import QBrush, QColor, QCursor
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -52,6 +52,7 @@ from .colors import (
     qcolor,
 )
 from .preview import MAX_STEPS, X_RANGE, Initialization, Prediction, SupportTask, predict
+from .slider_player import SliderPlayer
 from .theme import MUTED, style_plot
 
 Y_RANGE = (-6.0, 6.8)  # room above the largest sinusoid (A <= 5) for the legend
@@ -357,9 +358,6 @@ class PlaygroundView(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.splitter)
 
-        self._play_timer = QTimer(self)
-        self._play_timer.setInterval(130)
-        self._play_timer.timeout.connect(self._play_step)
         self._render_task()
         self._rebuild_legend()
 
@@ -450,7 +448,7 @@ class PlaygroundView(QWidget):
         self.play_button = QPushButton("▶ Play")
         self.play_button.setCheckable(True)
         self.play_button.setToolTip("Animate the adaptation from k = 0 to 20")
-        self.play_button.toggled.connect(self._on_play)
+        self._player = SliderPlayer(self.play_button, self.steps, 130, parent=self)
         self.show_before = QCheckBox("Show before adaptation (dashed)")
         self.show_before.setChecked(True)
         self.show_before.toggled.connect(self._render_all_curves)
@@ -882,22 +880,6 @@ class PlaygroundView(QWidget):
         self._render_all_curves()
         for key in self.inits:
             self._update_row(key)
-
-    def _on_play(self, on: bool) -> None:
-        if on:
-            if self.steps.value() >= MAX_STEPS:
-                self.steps.setValue(0)
-            self.play_button.setText("❚❚ Pause")
-            self._play_timer.start()
-        else:
-            self.play_button.setText("▶ Play")
-            self._play_timer.stop()
-
-    def _play_step(self) -> None:
-        if self.steps.value() >= MAX_STEPS:
-            self.play_button.setChecked(False)
-            return
-        self.steps.setValue(self.steps.value() + 1)
 
     # -- the table -----------------------------------------------------------------------------------
     def _rebuild_table(self) -> None:
