@@ -14,7 +14,7 @@ from pathlib import Path
 NO_DISPLAY = ("maml-lab: no display found; run under Xvfb (xvfb-run python main.py) or offscreen with "
               "--screenshot out.png (QT_QPA_PLATFORM=offscreen)")
 # main views a screenshot can show: keys of MainWindow.views (MainWindow.add_view registers more)
-VIEWS = ("playground", "training", "landscape", "paths", "adaptation")
+VIEWS = ("playground", "training", "landscape", "paths", "adaptation", "tasks")
 ORGANIZATION = "MAML Lab"
 APPLICATION = "MAML Lab"
 
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train --iterations offscreen, save a picture of the window to PATH and exit")
     p.add_argument("--iterations", type=_positive_int, help="meta-iterations (with --screenshot: default 2000)")
     p.add_argument("--view", choices=VIEWS, default="playground", help="the view a screenshot shows")
+    p.add_argument("--task", choices=("sinusoid", "images"),
+                   help="the task family (images: the built-in glyphs); a screenshot of --view tasks uses images")
     p.add_argument("--size", default="1440x900", help="window size of a screenshot, WIDTHxHEIGHT")
     p.add_argument("--seed", type=int, default=7, help="seed of the screenshot's playground task")
     return p
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     window = MainWindow()
     if config is not None:
         window.panel.set_config(config)
+    if args.task:
+        window.panel.task.setCurrentIndex(window.panel.task.findData(args.task))
     if args.iterations:
         window.panel.iterations.setValue(args.iterations)
     app.aboutToQuit.connect(window.shutdown)
@@ -134,6 +138,9 @@ def screenshot(app, args, config, size: tuple[int, int]) -> int:
     window = MainWindow(settings=settings, persist=False, rng=np.random.default_rng(args.seed))
     if config is not None:
         window.panel.set_config(config)
+    task = args.task or ("images" if args.view == "tasks" and config is None else None)
+    if task:
+        window.panel.task.setCurrentIndex(window.panel.task.findData(task))  # with the family's app defaults
     window.panel.iterations.setValue(args.iterations or 2000)
     window.resize(*size)
     window.tabs.setCurrentWidget(window.views[args.view])

@@ -13,6 +13,9 @@ import numpy as np
 
 TRAIN_KEYS = ("pre_loss", "post_loss")
 VAL_KEYS = ("val_pre_loss", "val_post_loss")
+# classification (image tasks) also reports accuracy; chunks without it store NaN
+TRAIN_ACC_KEYS = ("pre_accuracy", "post_accuracy")
+VAL_ACC_KEYS = ("val_pre_accuracy", "val_post_accuracy")
 
 
 class _Column:
@@ -48,7 +51,7 @@ class _Table:
     def extend(self, iterations, **values) -> None:
         self.iteration.extend(iterations)
         for k, col in self.columns.items():
-            col.extend(values[k])
+            col.extend(values[k] if k in values else np.full(len(iterations), np.nan))
 
     def __len__(self) -> int:
         return len(self.iteration)
@@ -84,15 +87,21 @@ class MetricsHistory:
         """chunk: {'train': {algo: {'iteration': [...], 'pre_loss': [...], ...}}, 'val': {algo: same}}."""
         for name, cols in (chunk.get("train") or {}).items():
             if len(cols["iteration"]):
-                self.train.setdefault(name, _Table(TRAIN_KEYS)).extend(cols["iteration"],
-                                                                       **{k: cols[k] for k in TRAIN_KEYS})
+                keys = TRAIN_KEYS + TRAIN_ACC_KEYS
+                self.train.setdefault(name, _Table(keys)).extend(cols["iteration"],
+                                                                 **{k: cols[k] for k in keys if k in cols})
         for name, cols in (chunk.get("val") or {}).items():
             if len(cols["iteration"]):
-                self.val.setdefault(name, _Table(VAL_KEYS)).extend(cols["iteration"],
-                                                                   **{k: cols[k] for k in VAL_KEYS})
+                keys = VAL_KEYS + VAL_ACC_KEYS
+                self.val.setdefault(name, _Table(keys)).extend(cols["iteration"],
+                                                               **{k: cols[k] for k in keys if k in cols})
+
+    def has_accuracy(self) -> bool:
+        """True when some algorithm reported an accuracy (classification)."""
+        return any(np.isfinite(t.columns[k].values).any() for t in self.train.values() for k in TRAIN_ACC_KEYS)
 
     def series(self, name: str, key: str, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        table = (self.val if key in VAL_KEYS else self.train).get(name)
+        table = (self.val if key.startswith("val_") else self.train).get(name)
         if table is None:
             return np.empty(0), np.empty(0)
         x, y = table.iteration.values, table.columns[key].values
@@ -102,7 +111,7 @@ class MetricsHistory:
 
     def count(self, name: str, key: str) -> int:
         """How many values a series has (changes exactly when the series does)."""
-        table = (self.val if key in VAL_KEYS else self.train).get(name)
+        table = (self.val if key.startswith("val_") else self.train).get(name)
         return len(table) if table is not None else 0
 
     def last_iteration(self) -> int:

@@ -36,10 +36,12 @@ from .adaptation_view import AdaptationView
 from .colors import algorithm_label
 from .experiment_panel import ExperimentPanel, FormError
 from .history import MetricsHistory
+from .image_dialogs import DownloadDialog, ImageSetDialog
 from .landscape_view import LandscapeView
 from .paths_view import PathsView
 from .playground import PlaygroundView
 from .preview import Initialization, mlp_for_playground
+from .tasks_view import TasksView
 from .theme import STATE_STYLE
 from .training_plots import TrainingPlotsView
 from .worker import TrainingController
@@ -131,6 +133,7 @@ class MainWindow(QMainWindow):
         self.controller.paths.connect(self._on_paths)
         self.controller.finished.connect(self._on_finished)
         self.controller.failed.connect(self._on_failed)
+        self.controller.loading.connect(self._on_loading)
         self.state = "idle"
         self.run_config: ExperimentConfig | None = None
         self.latest_snapshot: dict | None = None
@@ -176,6 +179,7 @@ class MainWindow(QMainWindow):
         self._build_menus()
         self._build_status_bar()
         self._build_inside_views()
+        self._build_tasks_view()
         self.resize(1440, 900)
         if persist:
             self._restore_settings()
@@ -223,6 +227,10 @@ class MainWindow(QMainWindow):
                                             "Save the current view as PNG or SVG")
         self.act_export_metrics = self._action("Export metrics (CSV)…", self.export_metrics, "Ctrl+Shift+M",
                                                "Save every iteration's losses as CSV")
+        self.act_open_images = self._action("Open image set…", lambda: self.open_image_set(), "Ctrl+Shift+O",
+                                            "Train on an image set: a zip or a folder of class folders (Omniglot)")
+        self.act_download = self._action("Download Omniglot…", lambda: self.download_omniglot(), None,
+                                         "Download the official Omniglot zips into a folder")
         self.act_quit = self._action("Quit", self.close, QKeySequence.StandardKey.Quit, "Quit MAML Lab")
         self.act_undo = self._action("Undo", self.playground.undo, QKeySequence.StandardKey.Undo,
                                      "Undo the last change to the playground task")
@@ -287,6 +295,9 @@ class MainWindow(QMainWindow):
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file.addAction(self.act_save_config)
         file.addSeparator()
+        file.addAction(self.act_open_images)
+        file.addAction(self.act_download)
+        file.addSeparator()
         file.addAction(self.act_import)
         file.addAction(self.act_export)
         self.export_menu = file.addMenu("Export initialization of")
@@ -342,6 +353,20 @@ class MainWindow(QMainWindow):
         self.adaptation.export_plot_requested.connect(lambda: self.export_plot())
         self.inside_views = (self.landscape, self.paths, self.adaptation)
 
+    def _build_tasks_view(self) -> None:
+        """Few-shot image tasks: held-out tasks with predictions, picked shots, drawings."""
+        self.tasks = self.add_view("tasks", TasksView(), "Tasks")
+        self.tasks.message.connect(lambda text: self.statusBar().showMessage(text, 6000))
+        self.panel.changed.connect(self._sync_tasks_view)
+        self.panel.open_image_set_requested.connect(lambda: self.open_image_set())
+        self._sync_tasks_view()
+
+    def _sync_tasks_view(self) -> None:
+        if not self.running:
+            config, _ = self.panel.try_config()
+            if config is not None:
+                self.tasks.set_experiment(config)
+
     def _on_paths(self, run) -> None:
         for view in self.inside_views:
             view.set_run(run)
@@ -361,6 +386,7 @@ class MainWindow(QMainWindow):
         self.paths.clear()
         self.landscape.clear()
         self.adaptation.clear_trained()
+        self.tasks.clear_trained()
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -427,11 +453,12 @@ class MainWindow(QMainWindow):
         self._device = None
         self.history.clear()
         self.plots.reset([a.name for a in config.algorithms], config.iterations,
-                         "MSE" if config.task == "sinusoid" else "cross-entropy")
+                         "MSE" if config.task == "sinusoid" else "cross-entropy", accuracy=config.task == "images")
         self.playground.clear_trained()
         self._clear_inside_views()
-        for view in (self.landscape, self.adaptation):
+        for view in (self.landscape, self.adaptation, self.tasks):
             view.set_training(True)
+        self.tasks.set_experiment(config)
         self.latest_snapshot = None
         self.last_progress = None
         self.progress.setRange(0, config.iterations)
@@ -501,8 +528,18 @@ class MainWindow(QMainWindow):
         self.latest_snapshot = snap
         self.playground.update_from_snapshot(snap)
         self.adaptation.update_from_snapshot(snap)
+        self.tasks.update_from_snapshot(snap)
         if not self.act_export.isEnabled():
             self._sync_actions()
+
+    def _on_loading(self, info: dict) -> None:
+        """The image set loads (off the GUI thread) before training starts."""
+        if self.state != "starting":
+            return
+        total = max(int(info.get("total", 0)), 1)
+        self.progress.setRange(0, total)
+        self.progress.setValue(int(info.get("done", 0)))
+        self.progress_label.setText(f"Loading the image set… {int(info.get('done', 0)):,} / {total:,}")
 
     def _on_failed(self, message: str) -> None:
         self._failure = message
@@ -513,7 +550,7 @@ class MainWindow(QMainWindow):
         state = info.get("state", "stopped")
         self._set_state(state)
         self.plots.mark_dirty()
-        for view in (self.landscape, self.adaptation):
+        for view in (self.landscape, self.adaptation, self.tasks):
             view.set_training(False)
         it, total = int(info.get("iteration", 0)), int(info.get("total", 0))
         reason = info.get("reason", "")
@@ -645,6 +682,47 @@ class MainWindow(QMainWindow):
             self.export_menu.addSeparator()
             self.export_menu.addAction("All (one file each)…").triggered.connect(
                 lambda: self.export_initialization("*"))
+
+    # -- File: image sets ------------------------------------------------------------------------------
+    def open_image_set(self, path: str | None = None) -> ImageSetDialog | None:
+        """File ▸ Open image set: a dialog loads the set off the GUI thread and shows its report; "Use image set"
+        makes it the experiment's (image tasks). With `path` it starts loading that path at once."""
+        if self.running:
+            self._error("Cannot open image set", "Stop training before choosing another image set.")
+            return None
+        config, _ = self.panel.try_config()
+        if config is not None and config.task == "images":
+            values = {"image_size": config.image_size, "image_mode": config.image_mode, "ways": config.ways,
+                      "shots": config.shots, "queries": config.queries}
+        else:
+            values = {"ways": self.panel.ways.value()}
+        dialog = ImageSetDialog(self, self._last_dir(), **values)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: self._use_image_set(dialog.path, dialog.image_set))
+        self.image_set_dialog = dialog
+        dialog.open()
+        if path:
+            dialog.load(path)
+        return dialog
+
+    def _use_image_set(self, path: str | None, image_set) -> None:
+        if not path or image_set is None or self.running:
+            return
+        self.panel.set_image_data(path)
+        self._remember_dir(path)
+        self.tabs.setCurrentWidget(self.tasks)
+        self.statusBar().showMessage(f"Image tasks from {Path(path).name}: {image_set.num_classes:,} classes, "
+                                     f"{image_set.num_images:,} images", 6000)
+
+    def download_omniglot(self, folder: str | None = None, **options) -> DownloadDialog:
+        """File ▸ Download Omniglot: the official zips into a folder (options: base_url, files, checksums, md5)."""
+        folder = folder or str(Path(self._last_dir()) / "omniglot")
+        dialog = DownloadDialog(self, folder, **options)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open_requested.connect(lambda p: self.open_image_set(p))
+        self.download_dialog = dialog
+        dialog.open()
+        return dialog
 
     # -- File: plot, metrics, config ------------------------------------------------------------------
     def current_view(self):
@@ -842,8 +920,13 @@ class MainWindow(QMainWindow):
     def shutdown(self) -> None:
         """Stop the worker and its thread (within 2 s: the Trainer stops after the current iteration)."""
         self.playground.shutdown()
-        for view in self.inside_views:
+        for view in (*self.inside_views, self.tasks):
             view.shutdown()
+        from shiboken6 import isValid
+
+        for dialog in (getattr(self, "image_set_dialog", None), getattr(self, "download_dialog", None)):
+            if dialog is not None and isValid(dialog):
+                dialog.runner.shutdown()  # their worker threads end with the window
         if not self.controller.shutdown(2000):
             print("maml-lab: the training thread is taking long to stop; waiting for it", file=sys.stderr)
             self.controller.thread.wait()

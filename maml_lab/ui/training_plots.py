@@ -1,5 +1,6 @@
 """Live training curves: meta-training loss on the query sets (after adaptation solid, before dashed) and the
 validation loss on held-out tasks, per algorithm, with a log-scale toggle, legends and a crosshair readout.
+Classification runs (image tasks) add a third plot: accuracy in training (lines) and on held-out tasks (points).
 
 Redraws are throttled (at most `max_fps` per second) and each curve is drawn from at most `max_points`
 bin means, so drawing costs the same after 100 iterations or 100,000. The per-iteration loss of a
@@ -102,17 +103,24 @@ class TrainingPlotsView(QWidget):
         self.graphics.addItem(self.legend, row=0, col=0)
         self.train_plot = self.graphics.addPlot(row=1, col=0)
         self.val_plot = self.graphics.addPlot(row=2, col=0)
+        self.acc_plot = pg.PlotItem()  # in the layout (row 3) only for classification runs
         style_plot(self.train_plot, "Meta-training loss (query sets of the training tasks)", None, "MSE")
         style_plot(self.val_plot, "Validation loss (held-out tasks)", "meta-iteration", "MSE")
+        style_plot(self.acc_plot, "Accuracy (training query sets: lines; held-out tasks: points)", "meta-iteration",
+                   "accuracy")
         self.val_plot.setXLink(self.train_plot)
-        for plot in (self.train_plot, self.val_plot):
+        self.acc_plot.setXLink(self.train_plot)
+        for plot in (self.train_plot, self.val_plot, self.acc_plot):
             plot.setMenuEnabled(False)
             plot.hideButtons()
-            plot.setLogMode(y=True)
+            plot.setLogMode(y=plot is not self.acc_plot)
             plot.getViewBox().setMouseEnabled(x=True, y=False)
             plot.getAxis("left").setWidth(56)
+        self.acc_plot.setYRange(-0.04, 1.06, padding=0)
+        self.acc_plot.getAxis("left").setTicks([[(v / 5, f"{v * 20}%") for v in range(6)]])
+        self.accuracy = False
         self.crosshair = {}
-        for plot in (self.train_plot, self.val_plot):
+        for plot in (self.train_plot, self.val_plot, self.acc_plot):
             line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#9AA3AD", width=1,
                                                                         style=Qt.PenStyle.DashLine))
             line.setVisible(False)
@@ -121,7 +129,7 @@ class TrainingPlotsView(QWidget):
             self.crosshair[plot] = line
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.graphics.scene().sigMouseClicked.connect(self._on_click)
-        for plot in (self.train_plot, self.val_plot):
+        for plot in (self.train_plot, self.val_plot, self.acc_plot):
             plot.getViewBox().sigRangeChangedManually.connect(self._on_manual_range)
         self.empty_hint = pg.TextItem("Press Start (Space) to train", anchor=(0.5, 0.5), color=MUTED)
         self.train_plot.addItem(self.empty_hint, ignoreBounds=True)
@@ -147,13 +155,16 @@ class TrainingPlotsView(QWidget):
         self._place_hint()
 
     # -- data ----------------------------------------------------------------------------------------
-    def reset(self, algorithms: list[str], total: int | None = None, loss_label: str = "MSE") -> None:
-        """Empty plots for a new run of these algorithms over `total` meta-iterations (the fixed x range)."""
+    def reset(self, algorithms: list[str], total: int | None = None, loss_label: str = "MSE",
+              accuracy: bool = False) -> None:
+        """Empty plots for a new run of these algorithms over `total` meta-iterations (the fixed x range);
+        `accuracy`: a classification run, whose accuracy gets a plot of its own."""
         for plot in (self.train_plot, self.val_plot):
             plot.setLabel("left", f"<span style='color:{MUTED}'>{loss_label}</span>")
-        for plot in (self.train_plot, self.val_plot):
+        for plot in (self.train_plot, self.val_plot, self.acc_plot):
             for item in list(plot.listDataItems()):
                 plot.removeItem(item)
+        self._show_accuracy(accuracy)
         self.curves.clear()
         self._drawn.clear()
         self._series.clear()
@@ -166,10 +177,15 @@ class TrainingPlotsView(QWidget):
                      ("pre_loss", "smooth", self.train_plot, curve_pen(name, width=1, dashed=True), 6),
                      ("val_post_loss", "raw", self.val_plot, curve_pen(name, width=2.2), 10),
                      ("val_pre_loss", "raw", self.val_plot, curve_pen(name, width=1, dashed=True), 6))
+            if self.accuracy:
+                specs += (("post_accuracy", "smooth", self.acc_plot, curve_pen(name, width=2.2), 10),
+                          ("pre_accuracy", "smooth", self.acc_plot, curve_pen(name, width=1, dashed=True), 6),
+                          ("val_post_accuracy", "raw", self.acc_plot, pg.mkPen(None), 12),
+                          ("val_pre_accuracy", "raw", self.acc_plot, pg.mkPen(None), 11))
             for key, kind, plot, pen, z in specs:
                 item = pg.PlotDataItem(pen=pen, connect="finite")
                 if key.startswith("val"):
-                    dashed = key == "val_pre_loss"
+                    dashed = key.startswith("val_pre")
                     item.setSymbol("o")
                     item.setSymbolSize(5 if dashed else 6)
                     item.setSymbolBrush(pg.mkBrush("w" if dashed else color))
@@ -189,12 +205,24 @@ class TrainingPlotsView(QWidget):
         self._y_ranges = {}
         self._auto_x = True
         self._x_max = None
-        for plot in (self.train_plot, self.val_plot):
+        for plot in (self.train_plot, self.val_plot, self.acc_plot):
             plot.disableAutoRange()
+        self.acc_plot.setYRange(-0.04, 1.06, padding=0)
         self._fit_x()
         self._place_hint()
         self._dirty = True
         self.redraw()
+
+    def _show_accuracy(self, on: bool) -> None:
+        if on == self.accuracy:
+            return
+        self.accuracy = on
+        if on:
+            self.graphics.addItem(self.acc_plot, row=3, col=0)
+            self.val_plot.setLabel("bottom", "")
+        else:
+            self.graphics.ci.removeItem(self.acc_plot)
+            self.val_plot.setLabel("bottom", f"<span style='color:{MUTED}'>meta-iteration</span>")
 
     def _fit_x(self) -> None:
         """Grow the x axis in 1-2-5 steps ahead of the data (capped at the run's length), so it changes a few
@@ -262,7 +290,7 @@ class TrainingPlotsView(QWidget):
         self.draw_count += 1
         weight = self.smoothing.value() / 100.0
         log = self.log_scale.isChecked()
-        shown = {self.train_plot: [], self.val_plot: []}
+        shown = {self.train_plot: [], self.val_plot: [], self.acc_plot: []}
         for (name, key, kind), item in self.curves.items():
             signature = (self.history.count(name, key), weight if kind == "smooth" else None, log, self.max_points)
             cached = self._series.get((name, key, kind))
@@ -270,7 +298,7 @@ class TrainingPlotsView(QWidget):
                 x, y = cached[1], cached[2]  # unchanged (validation between evaluations): no repaint
             else:
                 x, y = self.history.series(name, key, self.max_points)
-                if log:
+                if log and "accuracy" not in key:
                     y = np.where(y > 0, y, np.nan)
                 if kind == "smooth":
                     y = ema(y, weight)
@@ -279,11 +307,17 @@ class TrainingPlotsView(QWidget):
             if kind == "smooth" or key.startswith("val"):
                 self._drawn[(name, key)] = (x, y)
             if item.isVisible():
-                shown[self.val_plot if key.startswith("val") else self.train_plot].append(y)
+                shown[self._plot_of(key)].append(y)
+        shown.pop(self.acc_plot)  # accuracy keeps its fixed 0-100% axis
         for plot, values in shown.items():
             self._fit_y(plot, values)
         self._fit_x()
         self.empty_hint.setVisible(not self.algorithms)
+
+    def _plot_of(self, key: str):
+        if "accuracy" in key:
+            return self.acc_plot
+        return self.val_plot if key.startswith("val") else self.train_plot
 
     def showEvent(self, ev):
         super().showEvent(ev)
@@ -303,7 +337,7 @@ class TrainingPlotsView(QWidget):
 
     def _on_show_pre(self, on: bool) -> None:
         for (_name, key, _kind), item in self.curves.items():
-            if key in ("pre_loss", "val_pre_loss"):
+            if key in ("pre_loss", "val_pre_loss", "pre_accuracy", "val_pre_accuracy"):
                 item.setVisible(on)
         self._y_ranges = {}
         self._dirty = True
@@ -317,7 +351,7 @@ class TrainingPlotsView(QWidget):
     # -- crosshair -----------------------------------------------------------------------------------
     def _on_mouse_moved(self, scene_pos) -> None:
         plot = None
-        for p in (self.train_plot, self.val_plot):
+        for p in (self.train_plot, self.val_plot) + ((self.acc_plot,) if self.accuracy else ()):
             if p.getViewBox().sceneBoundingRect().contains(scene_pos):
                 plot = p
         if plot is None or not self.algorithms:
@@ -340,6 +374,12 @@ class TrainingPlotsView(QWidget):
                 post = self._value_at(name, key.replace("pre", "post"), x)
                 if post is not None:
                     values.append(f"{label} {pre:.3g} → {post:.3g}" if pre is not None else f"{label} {post:.3g}")
+            if self.accuracy:
+                post = self._value_at(name, "val_post_accuracy", x)
+                if post is not None:
+                    pre = self._value_at(name, "val_pre_accuracy", x)
+                    values.append(f"val accuracy {pre:.0%} → {post:.0%}" if pre is not None
+                                  else f"val accuracy {post:.0%}")
             if values:
                 color = algorithm_color(name)
                 parts.append(f"<span style='color:{color}'>■</span> <b>{algorithm_label(name)}</b> "

@@ -12,13 +12,19 @@ meta-iteration.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import traceback
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
+from ..core.imagesets import LoadCancelled as _LoadCancelled
+
 PATHS_BUDGET_BYTES = 512 * 2**20  # all recorded parameter paths of a run together (MLPs never come close)
+# metrics forwarded to the plots (accuracy only where the task reports it: classification)
+TRAIN_FIELDS = ("pre_loss", "post_loss", "pre_accuracy", "post_accuracy")
+VAL_FIELDS = ("val_pre_loss", "val_post_loss", "val_pre_accuracy", "val_post_accuracy")
 
 
 class TrainingWorker(QObject):
@@ -28,6 +34,7 @@ class TrainingWorker(QObject):
     paths = Signal(object)  # ui.inside.RunPaths: copies of the recorded parameter paths (every paths_interval s)
     finished = Signal(object)  # {"state", "reason", "iteration", "total"}
     failed = Signal(str)  # an exception in the worker: one-line message
+    loading = Signal(object)  # {"done", "total"}: the image set loading before training starts
 
     def __init__(self, progress_hz: float = 30.0, snapshot_interval: float = 0.15, paths_interval: float = 1.0):
         super().__init__()
@@ -80,7 +87,8 @@ class TrainingWorker(QObject):
         self._busy = True
         trainer = None
         try:
-            trainer = Trainer(config, initial_params=options.get("initial_params"))
+            family = self._load_family(config) if getattr(config, "task", "") == "images" else None
+            trainer = Trainer(config, family=family, initial_params=options.get("initial_params"))
             for recorder in trainer.recorders.values():  # parameter paths: bounded memory for big models too
                 recorder.limit_bytes(PATHS_BUDGET_BYTES // max(len(trainer.recorders), 1))
             with self._lock:
@@ -96,6 +104,9 @@ class TrainingWorker(QObject):
             state = "stopped" if stop else trainer.run(callback=self._callback(trainer), report_every=1)
             self.finished.emit({"state": state, "reason": trainer.stop_reason, "iteration": trainer.iteration,
                                 "total": config.iterations})
+        except _LoadCancelled:  # stopped while the image set was loading
+            self.finished.emit({"state": "stopped", "reason": "stopped by the user", "iteration": 0,
+                                "total": getattr(config, "iterations", 0)})
         except Exception as exc:  # noqa: BLE001 - any failure in the worker is reported, never raised into Qt
             traceback.print_exc()
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
@@ -113,9 +124,23 @@ class TrainingWorker(QObject):
                 self._pause_requested = False
             self._busy = False
 
+    def _load_family(self, config):
+        """The image task family, loaded here (off the GUI thread) with progress; stop() cancels it."""
+        from ..core.trainer import make_family
+
+        last = [0.0]
+
+        def progress(done, total) -> None:
+            now = time.perf_counter()
+            if done >= total or now - last[0] >= 0.1:
+                last[0] = now
+                self.loading.emit({"done": int(done), "total": int(total)})
+
+        return make_family(config, progress=progress, cancel=lambda: self._stop_requested)
+
     def _reset_batch(self, trainer) -> None:
-        self._pending = {name: ([], [], []) for name in trainer.runs}
-        self._pending_val = {name: ([], [], []) for name in trainer.runs}
+        self._pending = {name: {k: [] for k in ("iteration", *TRAIN_FIELDS)} for name in trainer.runs}
+        self._pending_val = {name: {k: [] for k in ("iteration", *VAL_FIELDS)} for name in trainer.runs}
         self._latest: dict = {}
         now = time.perf_counter()
         self._last_progress = now
@@ -132,16 +157,16 @@ class TrainingWorker(QObject):
             if self._stop_requested:
                 trainer.stop()  # a stop() that came before Trainer.run had started
             for name, m in p["metrics"].items():
-                it, pre, post = self._pending[name]
-                it.append(m["iteration"])
-                pre.append(m["pre_loss"])
-                post.append(m["post_loss"])
+                cols = self._pending[name]
+                cols["iteration"].append(m["iteration"])
+                for k in TRAIN_FIELDS:
+                    cols[k].append(m.get(k, math.nan))
                 self._latest[name] = m
             for name, v in p["val"].items():
-                it, pre, post = self._pending_val[name]
-                it.append(v["iteration"])
-                pre.append(v["val_pre_loss"])
-                post.append(v["val_post_loss"])
+                cols = self._pending_val[name]
+                cols["iteration"].append(v["iteration"])
+                for k in VAL_FIELDS:
+                    cols[k].append(v.get(k, math.nan))
             now = time.perf_counter()
             if p["state"] != "running":
                 self._flush(trainer, p["state"], p["reason"], p)
@@ -164,13 +189,13 @@ class TrainingWorker(QObject):
     def _flush(self, trainer, state: str, reason: str, p: dict | None = None) -> None:
         chunk = {"train": {}, "val": {}}
         for target, source in ((chunk["train"], self._pending), (chunk["val"], self._pending_val)):
-            for name, (it, pre, post) in source.items():
-                if it:
-                    keys = ("pre_loss", "post_loss") if source is self._pending else ("val_pre_loss", "val_post_loss")
-                    target[name] = {"iteration": list(it), keys[0]: list(pre), keys[1]: list(post)}
-                    it.clear()
-                    pre.clear()
-                    post.clear()
+            for name, cols in source.items():
+                if cols["iteration"]:
+                    # accuracy only where reported (classification): sinusoid chunks keep their loss-only form
+                    target[name] = {k: list(v) for k, v in cols.items()
+                                    if "accuracy" not in k or any(math.isfinite(x) for x in v)}
+                    for v in cols.values():
+                        v.clear()
         total = trainer.config.iterations
         rate = self._rate if state == "running" else 0.0
         elapsed = (p or {}).get("elapsed_s", 0.0)
@@ -221,6 +246,7 @@ class TrainingController(QObject):
     paths = Signal(object)
     finished = Signal(object)
     failed = Signal(str)
+    loading = Signal(object)
     _request = Signal(object)
 
     def __init__(self, parent=None, progress_hz: float = 30.0, snapshot_interval: float = 0.15,
@@ -237,6 +263,7 @@ class TrainingController(QObject):
         self.worker.paths.connect(self.paths)
         self.worker.finished.connect(self._on_finished)
         self.worker.failed.connect(self.failed)
+        self.worker.loading.connect(self.loading)
         self.running = False
         self.thread.start()
         app = QCoreApplication.instance()
