@@ -480,9 +480,13 @@ _RESAMPLE_PIL = {"lanczos": "LANCZOS", "bilinear": "BILINEAR", "bicubic": "BICUB
 
 def decode_image(data: bytes, preprocessing: Preprocessing) -> np.ndarray:
     """One encoded image -> uint8 [C, H, W], resized and converted (not yet inverted). Raises on bad data."""
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(io.BytesIO(data)) as im:
+    try:
+        opened = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ValueError("not an image format Pillow can read") from None
+    with opened as im:
         im.seek(0)
         im.load()
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):

@@ -9,7 +9,6 @@ unusable set or a failed download says why in the dialog and changes nothing.
 from __future__ import annotations
 
 import html
-import re
 import zipfile
 from pathlib import Path
 
@@ -89,7 +88,6 @@ def report_html(image_set, problem: str = "", ways: int = 5) -> str:
         if r.skipped:
             parts.append(f"<p><b>Skipped files ({len(r.skipped):,})</b>: not used</p><table cellspacing=2>")
             for path, reason in r.skipped[:REPORT_LIMIT]:
-                reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", reason)  # decoder noise
                 parts.append(f"<tr><td>{e(path)}</td><td style='color:{MUTED}'>&nbsp;&nbsp;{e(reason)}</td></tr>")
             parts.append("</table>")
             if len(r.skipped) > REPORT_LIMIT:
