@@ -47,7 +47,8 @@ from .training_plots import TrainingPlotsView
 from .worker import TrainingController
 
 RECENT_LIMIT = 8
-INIT_FILTERS = "safetensors + metadata (*.safetensors);;PyTorch state dict (*.pt)"
+INIT_FILTERS = [("safetensors + metadata", ".safetensors"), ("PyTorch state dict", ".pt")]
+PLOT_FILTERS = [("PNG image", ".png"), ("SVG vector image", ".svg")]
 RUNNING_STATES = ("starting", "running", "paused", "stopping")
 
 
@@ -610,14 +611,10 @@ class MainWindow(QMainWindow):
                 name = "*" if choice == labels[-1] else names[labels.index(choice)]
         snap = self.latest_snapshot
         stem = f"{name if name != '*' else 'maml-lab'}-{snap['iteration']}it"
-        suggested = str(Path(self._last_dir()) / f"{stem}.safetensors")
         title = "Export initialization" + (f" of {algorithm_label(name)}" if name != "*" else "s")
-        path, selected = QFileDialog.getSaveFileName(self, title, suggested, INIT_FILTERS)
-        if not path:
+        path = self._ask_save_path(title, f"{stem}.safetensors", INIT_FILTERS)
+        if path is None:
             return []
-        path = Path(path)
-        if path.suffix not in (".safetensors", ".pt"):
-            path = path.with_name(path.name + (".pt" if "*.pt" in (selected or "") else ".safetensors"))
         targets = {name: path} if name != "*" else {
             n: path.with_name(f"{path.stem}-{n}{path.suffix}") for n in names}
         written = []
@@ -733,15 +730,10 @@ class MainWindow(QMainWindow):
         if not hasattr(view, "export_item"):
             self._error("Cannot export plot", "This view has no plot to export.")
             return None
-        if not path:
-            suggested = str(Path(self._last_dir()) / f"maml-lab-{view.view_title()}.png")
-            path, selected = QFileDialog.getSaveFileName(self, "Export plot", suggested,
-                                                         "PNG image (*.png);;SVG vector image (*.svg)")
-            if not path:
-                return None
-            if Path(path).suffix.lower() not in (".png", ".svg"):
-                path += ".svg" if "svg" in (selected or "").lower() else ".png"
-        path = Path(path)
+        path = Path(path) if path else self._ask_save_path("Export plot", f"maml-lab-{view.view_title()}.png",
+                                                            PLOT_FILTERS)
+        if path is None:
+            return None
         try:
             data = render_plot(view.export_item(), path.suffix.lower())
             atomic_write_bytes(path, data)
@@ -752,18 +744,25 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Saved {path}", 5000)
         return path
 
+    def _ask_save_path(self, title: str, filename: str, filters: list[tuple[str, str]]) -> Path | None:
+        """A save dialog opening in the last-used folder; a name without one of `filters`' suffixes gets the
+        suffix of the filter the user picked (the first when none). None when cancelled."""
+        spec = ";;".join(f"{label} (*{suffix})" for label, suffix in filters)
+        path, selected = QFileDialog.getSaveFileName(self, title, str(Path(self._last_dir()) / filename), spec)
+        if not path:
+            return None
+        suffixes = [suffix for _, suffix in filters]
+        if Path(path).suffix.lower() not in suffixes:
+            path += next((suffix for label, suffix in filters if (selected or "").startswith(label)), suffixes[0])
+        return Path(path)
+
     def export_metrics(self, path: str | None = None) -> Path | None:
         if not self.history.algorithms:
             self._error("Nothing to export", "There are no training metrics yet: press Start first.")
             return None
-        if not path:
-            suggested = str(Path(self._last_dir()) / "maml-lab-metrics.csv")
-            path, _ = QFileDialog.getSaveFileName(self, "Export metrics", suggested, "CSV (*.csv)")
-            if not path:
-                return None
-            if not path.lower().endswith(".csv"):
-                path += ".csv"
-        path = Path(path)
+        path = Path(path) if path else self._ask_save_path("Export metrics", "maml-lab-metrics.csv", [("CSV", ".csv")])
+        if path is None:
+            return None
         try:
             atomic_write_bytes(path, self.history.to_csv().encode("utf-8"))
         except OSError as exc:
@@ -779,14 +778,9 @@ class MainWindow(QMainWindow):
         except FormError as exc:
             self._error("Cannot save experiment", f"The experiment has an invalid value:\n{exc}")
             return None
-        if not path:
-            suggested = str(Path(self._last_dir()) / "experiment.toml")
-            path, _ = QFileDialog.getSaveFileName(self, "Save experiment", suggested, "TOML (*.toml)")
-            if not path:
-                return None
-            if not path.lower().endswith(".toml"):
-                path += ".toml"
-        path = Path(path)
+        path = Path(path) if path else self._ask_save_path("Save experiment", "experiment.toml", [("TOML", ".toml")])
+        if path is None:
+            return None
         try:
             config.save_toml(path)
         except OSError as exc:
