@@ -198,3 +198,14 @@ def test_layout_config_and_recent_files_persist(qtbot, settings, tmp_path):
     assert second.recent_files() == [str((tmp_path / "a.toml").resolve())]
     second.close()
     assert json.dumps(second.recent_files())
+
+
+@pytest.mark.parametrize("selected, expected", [("SVG vector image (*.svg)", "plot.svg"),
+                                                ("PNG image (*.png)", "plot.png"), ("", "plot.png")])
+def test_save_dialog_adds_the_suffix_of_the_chosen_filter(window, monkeypatch, tmp_path, selected, expected):
+    from maml_lab.ui.main_window import PLOT_FILTERS
+
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "plot"), selected))
+    assert window._ask_save_path("Export plot", "x.png", PLOT_FILTERS) == tmp_path / expected
+    monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: ("", ""))
+    assert window._ask_save_path("Export plot", "x.png", PLOT_FILTERS) is None
