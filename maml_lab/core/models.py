@@ -116,8 +116,9 @@ class MLP:
             h = torch.relu(z) if self.activation == "relu" else torch.tanh(z)
             acts.append(h)
         diff = h - y
-        losses = diff.pow(2).flatten(1).mean(1)
-        delta = diff * (2.0 / (diff.shape[1] * diff.shape[2]))
+        with torch.no_grad():  # reported, never differentiated
+            losses = diff.pow(2).flatten(1).mean(1)
+        delta = diff.mul_(2.0 / (diff.shape[1] * diff.shape[2]))  # d(mean squared error)/d(output)
         grads = {}
         for i in reversed(range(self.num_layers)):
             grads[f"{2 * i}.weight"] = torch.bmm(delta.transpose(1, 2), acts[i])
