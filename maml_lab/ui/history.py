@@ -118,32 +118,34 @@ class MetricsHistory:
         return max((int(t.iteration.values[-1]) for t in self.train.values() if len(t)), default=0)
 
     def to_csv(self) -> str:
-        """Every iteration of every algorithm: iteration, algorithm, pre/post loss, validation where measured."""
+        """Every iteration of every algorithm: iteration, algorithm, pre/post loss, validation where measured;
+        image runs add the accuracy columns."""
+        train_keys, val_keys = TRAIN_KEYS, VAL_KEYS
+        if self.has_accuracy():
+            train_keys, val_keys = TRAIN_KEYS + TRAIN_ACC_KEYS, VAL_KEYS + VAL_ACC_KEYS
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["iteration", "algorithm", *TRAIN_KEYS, *VAL_KEYS])
+        writer.writerow(["iteration", "algorithm", *train_keys, *val_keys])
+        no_val, no_train = [""] * len(val_keys), [""] * len(train_keys)
         for name in self.algorithms:
             val = self.val.get(name)
             val_at = {}
             if val is not None:
                 for i, it in enumerate(val.iteration.values):
-                    val_at[int(it)] = [val.columns[k].values[i] for k in VAL_KEYS]
+                    val_at[int(it)] = [val.columns[k].values[i] for k in val_keys]
             train = self.train.get(name)
             rows = set(val_at)
             if train is not None:
-                its = train.iteration.values
-                cols = [train.columns[k].values for k in TRAIN_KEYS]
-                for i, it in enumerate(its):
+                cols = [train.columns[k].values for k in train_keys]
+                for i, it in enumerate(train.iteration.values):
                     it = int(it)
                     rows.discard(it)
-                    v = val_at.get(it, ["", ""])
-                    writer.writerow([it, name, *(_fmt(c[i]) for c in cols), *(_fmt(x) for x in v)])
+                    writer.writerow([it, name, *(_fmt(c[i]) for c in cols), *(_fmt(x) for x in val_at.get(it, no_val))])
             for it in sorted(rows):  # validation before any training iteration (iteration 0)
-                writer.writerow([it, name, "", "", *(_fmt(x) for x in val_at[it])])
+                writer.writerow([it, name, *no_train, *(_fmt(x) for x in val_at[it])])
         return out.getvalue()
 
-
 def _fmt(value) -> str:
-    if value == "":
+    if isinstance(value, str) or not np.isfinite(value):
         return ""
     return f"{float(value):.6g}"

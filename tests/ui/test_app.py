@@ -76,3 +76,16 @@ def test_ema_smooths_and_skips_nan():
 
 def test_x_axis_grows_in_nice_steps():
     assert [nice_ceil(v) for v in (0.7, 1, 3, 12.5, 160, 2001, 5000)] == [1, 1, 5, 20, 200, 5000, 5000]
+
+
+def test_csv_of_an_image_run_has_accuracy_columns():
+    h = MetricsHistory()
+    h.add_chunk({"train": {"maml": {"iteration": [1, 2], "pre_loss": [1.6, 1.5], "post_loss": [1.0, 0.9],
+                                    "pre_accuracy": [0.2, 0.25], "post_accuracy": [0.6, 0.7]}}})
+    h.add_chunk({"val": {"maml": {"iteration": [2], "val_pre_loss": [1.6], "val_post_loss": [0.8],
+                                  "val_pre_accuracy": [0.2], "val_post_accuracy": [0.75]}}})
+    rows = h.to_csv().splitlines()
+    assert rows[0] == ("iteration,algorithm,pre_loss,post_loss,pre_accuracy,post_accuracy,"
+                       "val_pre_loss,val_post_loss,val_pre_accuracy,val_post_accuracy")
+    assert rows[1] == "1,maml,1.6,1,0.2,0.6,,,,"
+    assert rows[2] == "2,maml,1.5,0.9,0.25,0.7,1.6,0.8,0.2,0.75"
