@@ -646,7 +646,8 @@ class MainWindow(QMainWindow):
         except (InitializationError, OSError, ValueError) as exc:
             self._error("Cannot import initialization", f"{path.name} was not imported:\n{exc}")
             return None
-        problem = mlp_for_playground(model.spec())
+        image_model = model.spec().get("kind") == "conv4"
+        problem = None if image_model else mlp_for_playground(model.spec())
         if problem:
             self._error("Cannot import initialization", f"{path.name} was not imported: {problem}.")
             return None
@@ -661,6 +662,16 @@ class MainWindow(QMainWindow):
             inner_lr = 0.01
         label = f"{algorithm_label(algorithm) if algorithm != 'unknown' else 'Imported'} · {path.name}"
         init = Initialization(f"file:{path.resolve()}", algorithm, label, model, params, inner_lr, "imported", meta)
+        if image_model:  # the Tasks view uses it on image tasks with the same N ways and image size
+            self.tasks.set_initialization(init)
+            self.tabs.setCurrentWidget(self.tasks)
+            spec = model.spec()
+            self._remember_dir(path)
+            self._add_recent(path)
+            self.statusBar().showMessage(
+                f"Imported {path.name}: a {spec.get('ways')}-way conv-4 for {spec.get('image_size')}x"
+                f"{spec.get('image_size')} images, shown in Tasks on image tasks of that shape", 8000)
+            return init
         self.playground.set_initialization(init)
         self.adaptation.set_initialization(init)
         self.tabs.setCurrentWidget(self.playground)

@@ -209,3 +209,19 @@ def test_save_dialog_adds_the_suffix_of_the_chosen_filter(window, monkeypatch, t
     assert window._ask_save_path("Export plot", "x.png", PLOT_FILTERS) == tmp_path / expected
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: ("", ""))
     assert window._ask_save_path("Export plot", "x.png", PLOT_FILTERS) is None
+
+
+def test_importing_a_conv4_initialization_goes_to_the_tasks_view(window, dialogs, tmp_path):
+    from maml_lab.core.conv4 import Conv4
+
+    model = Conv4(in_channels=1, image_size=28, ways=5)
+    params = model.init_params(torch.Generator().manual_seed(0))
+    path = tmp_path / "conv4.safetensors"
+    meta = build_metadata("maml", model.spec(), {"name": "images"}, {"inner_lr": 0.4}, 10)
+    export_initialization(path, params, meta)
+    dialogs.open.append(path)
+    init = window.import_initialization()
+    assert init is not None and not dialogs.warnings
+    assert window.tabs.currentWidget() is window.tasks
+    assert init.key in window.tasks.inits and init.inner_lr == 0.4
+    assert init.key not in window.playground.inits
