@@ -23,7 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .background import BackgroundRunner
+from .background import BackgroundRunner, run_pending_and_wait
 from .colors import algorithm_color, algorithm_label, curve_pen, qcolor
 from .inside import CurveRequest, CurveSet, RunPaths, compute_curves
 from .inside_plots import flow_bar, hint_text, labelled, place_center
@@ -270,15 +270,9 @@ class AdaptationView(QWidget):
         self.computed.emit()
 
     def wait_until_idle(self, timeout_s: float = 120.0) -> bool:
-        from PySide6.QtWidgets import QApplication
-
-        QApplication.processEvents()
-        if self._auto_timer.isActive() or (self._stale and not self.runner.busy):
-            self._auto_timer.stop()
-            self.compute()
-        ok = self.runner.wait(timeout_s)
-        QApplication.processEvents()
-        return ok
+        """Start a pending computation now and wait for it (screenshots, tests)."""
+        return run_pending_and_wait(self._auto_timer, self._stale and not self.runner.busy, self.compute,
+                                    self.runner, timeout_s)
 
     def shutdown(self) -> None:
         self.runner.shutdown()

@@ -204,3 +204,17 @@ class BackgroundRunner(QObject):
             self._thread = None
             self._worker = None
         self._current = None
+
+
+def run_pending_and_wait(timer, stale: bool, compute, runner: "BackgroundRunner", timeout_s: float) -> bool:
+    """For screenshots and tests: start a computation now if one waits on `timer` (or the view is `stale`),
+    then wait for `runner` to finish; returns False on time-out."""
+    from PySide6.QtWidgets import QApplication
+
+    QApplication.processEvents()
+    if timer.isActive() or stale:
+        timer.stop()
+        compute()
+    ok = runner.wait(timeout_s)
+    QApplication.processEvents()
+    return ok

@@ -33,7 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .background import BackgroundRunner
+from .background import BackgroundRunner, run_pending_and_wait
 from .colors import POINT_COLOR, TRUTH_COLOR, algorithm_color, algorithm_label, curve_pen, qcolor
 from .inside import (
     PLANE_LABELS,
@@ -489,15 +489,8 @@ class LandscapeView(QWidget):
 
     def wait_until_idle(self, timeout_s: float = 120.0) -> bool:
         """Start a pending computation now and wait for it (screenshots, tests)."""
-        from PySide6.QtWidgets import QApplication
-
-        QApplication.processEvents()
-        if self._auto_timer.isActive() or (self._stale and not self.runner.busy):
-            self._auto_timer.stop()
-            self.compute()
-        ok = self.runner.wait(timeout_s)
-        QApplication.processEvents()
-        return ok
+        return run_pending_and_wait(self._auto_timer, self._stale and not self.runner.busy, self.compute,
+                                    self.runner, timeout_s)
 
     def shutdown(self) -> None:
         self._player.stop()

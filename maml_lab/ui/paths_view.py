@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .background import BackgroundRunner
+from .background import BackgroundRunner, run_pending_and_wait
 from .colors import algorithm_color, algorithm_label, qcolor
 from .inside import (
     ProjectedPaths,
@@ -357,19 +357,9 @@ class PathsView(QWidget):
 
     def wait_until_idle(self, timeout_s: float = 60.0) -> bool:
         """Compute now if anything is pending and wait for it (screenshots, tests)."""
-        from PySide6.QtWidgets import QApplication
-
-        QApplication.processEvents()
-        if self._compute_timer.isActive() or (self._stale and self.run is not None):
-            self._compute_timer.stop()
-            self._compute()
-        ok = self.runner.wait(timeout_s)
-        if self._arrow_timer.isActive():
-            self._arrow_timer.stop()
-            self._compute_arrows()
-            ok = self.runner.wait(timeout_s)
-        QApplication.processEvents()
-        return ok
+        ok = run_pending_and_wait(self._compute_timer, self._stale and self.run is not None, self._compute,
+                                  self.runner, timeout_s)
+        return run_pending_and_wait(self._arrow_timer, False, self._compute_arrows, self.runner, timeout_s) and ok
 
     def shutdown(self) -> None:
         self._player.stop()
