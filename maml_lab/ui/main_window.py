@@ -635,12 +635,10 @@ class MainWindow(QMainWindow):
         return written
 
     def import_initialization(self, path: str | None = None) -> Initialization | None:
-        if not path:
-            path, _ = QFileDialog.getOpenFileName(self, "Import initialization", self._last_dir(),
-                                                  "Initializations (*.safetensors *.pt);;All files (*)")
-            if not path:
-                return None
-        path = Path(path)
+        path = Path(path) if path else self._ask_open_path("Import initialization",
+                                                           "Initializations (*.safetensors *.pt)")
+        if path is None:
+            return None
         try:
             params, meta, model = load_initialization(path)
         except (InitializationError, OSError, ValueError) as exc:
@@ -755,6 +753,11 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Saved {path}", 5000)
         return path
 
+    def _ask_open_path(self, title: str, file_filter: str) -> Path | None:
+        """An open dialog in the last-used folder (any file may be chosen too); None when cancelled."""
+        path, _ = QFileDialog.getOpenFileName(self, title, self._last_dir(), f"{file_filter};;All files (*)")
+        return Path(path) if path else None
+
     def _ask_save_path(self, title: str, filename: str, filters: list[tuple[str, str]]) -> Path | None:
         """A save dialog opening in the last-used folder; a name without one of `filters`' suffixes gets the
         suffix of the filter the user picked (the first when none). None when cancelled."""
@@ -806,12 +809,9 @@ class MainWindow(QMainWindow):
         if self.running:
             self._error("Cannot open experiment", "Stop training before opening another experiment.")
             return None
-        if not path:
-            path, _ = QFileDialog.getOpenFileName(self, "Open experiment", self._last_dir(),
-                                                  "TOML (*.toml);;All files (*)")
-            if not path:
-                return None
-        path = Path(path)
+        path = Path(path) if path else self._ask_open_path("Open experiment", "TOML (*.toml)")
+        if path is None:
+            return None
         try:
             config = ExperimentConfig.load_toml(path)
         except (ValueError, OSError) as exc:
