@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augment training classes with 90/180/270 degree rotations (default on)")
     t.add_argument("--out", type=Path, help="export path (.safetensors or .pt); several algorithms get a suffix")
     t.add_argument("--save-config", type=Path, help="also write the effective config as TOML")
+    t.add_argument("--run-dir", type=Path, help="this run's folder: config, metrics.csv, checkpoints, exports, "
+                                                "TensorBoard events (default: a new folder under $MAML_LAB_RUNS "
+                                                "or ./runs)")
+    t.add_argument("--checkpoint-every", type=_int_at_least(0), default=1000,
+                   help="write a checkpoint every N iterations, and always at the end (0: only at the end)")
+    t.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the latest checkpoint in RUN_DIR with the run's own config")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("eval", help="adaptation table of exported initializations on held-out tasks")
@@ -128,10 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_from_args(args):
+def _config_from_args(args, base: dict | None = None):
+    """The config the flags describe, on top of `base` (a run's own config) or the --config file."""
     from .core.config import ExperimentConfig
 
-    base = ExperimentConfig.load_toml(args.config).to_dict() if args.config else {}
+    if base is None:
+        base = ExperimentConfig.load_toml(args.config).to_dict() if args.config else {}
     for key in ("task", "iterations", "meta_batch_size", "shots", "queries", "hidden", "activation", "seed",
                 "device", "dtype", "val_every", "ways", "image_size", "image_mode", "rotations"):
         value = getattr(args, key)
@@ -228,19 +237,56 @@ def _load_family(config, quiet: bool):
     return family
 
 
+def _prepare_run(args):
+    """(config, run folder, checkpoint to resume or None, --out paths) for a new or resumed run."""
+    from .core.runs import RunFolder, default_runs_root, new_run_name, unique_path
+
+    if args.resume is None:
+        config = _config_from_args(args)
+        outs = _out_paths(args.out, [a.name for a in config.algorithms])
+        path = args.run_dir or unique_path(default_runs_root(), new_run_name(config))
+        folder = RunFolder.create(path, config, outs={n: str(p) for n, p in outs.items()})
+        return config, folder, None, outs
+    if args.config is not None or args.run_dir is not None:
+        raise UsageError("--resume continues a run with its own config and folder: drop --config and --run-dir")
+    folder = RunFolder.open(args.resume)
+    saved = folder.config()
+    config = _config_from_args(args, base=saved.to_dict())
+    if config.iterations != saved.iterations:
+        config.save_toml(folder.config_path)  # the run now has a new length
+    status = folder.status()
+    if args.out is not None:
+        outs = _out_paths(args.out, [a.name for a in config.algorithms])
+        folder.write_status(outs={n: str(p) for n, p in outs.items()})
+    else:
+        outs = {n: Path(p) for n, p in (status.get("outs") or {}).items()}
+    return config, folder, folder.latest_checkpoint(), outs
+
+
 def cmd_train(args) -> int:
+    from .core.checkpoint import load_checkpoint
+    from .core.runs import RunLogger
     from .core.trainer import Trainer
 
-    config = _config_from_args(args)
-    outs = _out_paths(args.out, [a.name for a in config.algorithms])
+    config, folder, checkpoint, outs = _prepare_run(args)
     if args.save_config:
         config.save_toml(args.save_config)
     trainer = Trainer(config, family=_load_family(config, args.quiet), record_every=0)  # no parameter paths
+    if checkpoint is not None:
+        header = load_checkpoint(trainer, checkpoint)
+        if not args.quiet:
+            print(f"resuming {folder.path} at iteration {header['iteration']} of {config.iterations}",
+                  file=sys.stderr)
+    elif args.resume is not None and not args.quiet:
+        print(f"{folder.path} has no checkpoint yet: starting the run over", file=sys.stderr)
+    logger = RunLogger(folder, checkpoint_every=args.checkpoint_every)
+    logger.start(trainer, resumed=checkpoint is not None)
+    trainer.observers.append(logger)
     if not args.quiet:
         names = ", ".join(a.name for a in config.algorithms)
         what = f"{config.ways}-way {config.shots}-shot images" if config.task == "images" else config.task
-        print(f"training {names} on {what} for {config.iterations} iterations on {trainer.device}",
-              file=sys.stderr)
+        print(f"training {names} on {what} for {config.iterations} iterations on {trainer.device}; "
+              f"run folder {folder.path}", file=sys.stderr)
     previous = signal.getsignal(signal.SIGINT)
 
     def on_interrupt(signum, frame):
@@ -265,6 +311,9 @@ def cmd_train(args) -> int:
         if name in outs:
             trainer.export(name, outs[name])
             print(f"exported {name} to {outs[name]}")
+    if state == "stopped" and not args.quiet:
+        print(f"stopped at iteration {trainer.iteration}; continue with: maml-lab train --resume {folder.path}",
+              file=sys.stderr)
     return 0 if state in ("finished", "stopped") else 1
 
 

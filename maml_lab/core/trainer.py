@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 
@@ -73,10 +74,13 @@ class Trainer:
     STATES = ("idle", "running", "paused", "stopped", "finished", "diverged", "failed")
 
     def __init__(self, config: ExperimentConfig, family=None, model=None, initial_params=None,
-                 record_every: int = 1, record_capacity: int = 2000):
+                 record_every: int = 1, record_capacity: int = 2000, world=None):
         config.validate()
         self.config = config
-        self.device = resolve_device(config.device)
+        # world (distributed.World): this process trains its share of each meta-batch, gradients all-reduced
+        self.world = world
+        self._world_weight = world.local_weight(config.meta_batch_size) if world is not None else 1.0
+        self.device = world.device if world is not None else resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype)
         self.family = family if family is not None else make_family(config)
         self.model = model if model is not None else make_model(config, self.family)
@@ -88,6 +92,8 @@ class Trainer:
                                  for k, v in init.items())
             algorithm = make_algorithm(self.model, self.family.loss, algo_config, config.iterations)
             algorithm.setup(params)
+            if world is not None:
+                algorithm.sync = partial(world.allreduce_weighted_, weight=self._world_weight)
             self.runs[algo_config.name] = Run(algorithm, params)
         # parameter paths for the "looking inside" views: bounded memory however long the run
         # (record_every=0: no recording)
@@ -103,6 +109,8 @@ class Trainer:
         self._running = threading.Event()
         self._running.set()
         self._val_batch = None
+        # told about every iteration and the end of each run() (e.g. runs.RunLogger: metrics, checkpoints)
+        self.observers: list = []
 
     # -- control, safe to call from any thread --------------------------------------------------------
     def pause(self) -> None:
@@ -122,7 +130,9 @@ class Trainer:
     # -- training -------------------------------------------------------------------------------------
     def sample_batch(self):
         c = self.config
-        return self.family.sample(c.meta_batch_size, c.shots, c.queries, self.generator, self.device, self.dtype)
+        batch = self.family.sample(c.meta_batch_size, c.shots, c.queries, self.generator, self.device, self.dtype)
+        # distributed: every rank draws the same global batch (same generator state) and keeps its own slice
+        return batch if self.world is None else self.world.shard(batch)
 
     def step(self) -> dict[str, dict]:
         """One meta-iteration of every algorithm on the same batch of tasks; returns their metrics.
@@ -136,6 +146,8 @@ class Trainer:
             with torch.no_grad():
                 torch._foreach_copy_(run.backup, values)
             metrics = run.algorithm.meta_step(run.params, batch, self.iteration)
+            if self.world is not None:  # global means, so every rank agrees on divergence
+                metrics = self.world.reduce_metrics(metrics, self._world_weight)
             if not (all(math.isfinite(v) for v in metrics.values()) and _all_finite(values)):
                 with torch.no_grad():
                     torch._foreach_copy_(values, run.backup)
@@ -183,7 +195,25 @@ class Trainer:
 
     def run(self, iterations: int | None = None, callback: Callable[[dict], None] | None = None,
             report_every: int = 1) -> str:
-        """Train until `iterations` more (default: to config.iterations) or stop(); returns the final state."""
+        """Train until `iterations` more (default: to config.iterations) or stop(); returns the final state.
+
+        Observers hear of every iteration and of the end, also when training fails with an exception.
+        """
+        try:
+            state = self._run(iterations, callback, report_every)
+        except BaseException as exc:
+            self.state = "failed"
+            self.stop_reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+            self._notify_end()
+            raise
+        self._notify_end()
+        return state
+
+    def _notify_end(self) -> None:
+        for observer in list(self.observers):
+            observer.on_end(self)
+
+    def _run(self, iterations, callback, report_every) -> str:
         target = self.config.iterations if iterations is None else min(self.iteration + iterations,
                                                                          self.config.iterations)
         self._stop.clear()
@@ -213,6 +243,8 @@ class Trainer:
                 self._emit(callback, start_iteration, active, 0.0, target, {})
                 return self.state
             val = self.validate() if c.val_every and (self.iteration % c.val_every == 0) else {}
+            for observer in self.observers:
+                observer.on_step(self, metrics, val)
             active += time.perf_counter() - t0
             done = self.iteration == target
             if callback is not None and (done or val or (self.iteration - start_iteration) % report_every == 0):

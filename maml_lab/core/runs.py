@@ -1,0 +1,338 @@
+"""Run folders: every training run leaves one, readable without MAML Lab and resumable with it.
+
+    <run>/run.json          status, iteration, algorithms, last metrics, where the exports went
+    <run>/config.toml       the experiment config (`train --config <run>/config.toml` repeats the run)
+    <run>/metrics.csv       one row per iteration and algorithm (training and validation metrics)
+    <run>/checkpoints/      iteration-<N>.safetensors, the latest few (see checkpoint.py)
+    <run>/exports/          <algorithm>.safetensors, the final initializations
+    <run>/tensorboard/      event files, when the `tensorboard` package is installed
+
+A RunLogger is a Trainer observer that keeps the folder up to date while training runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .config import ExperimentConfig
+from .export import atomic_write_bytes
+
+RUNS_ENV = "MAML_LAB_RUNS"  # where runs go when no folder is named (default ./runs, as TensorBoard's)
+METRIC_FIELDS = ("pre_loss", "post_loss", "pre_accuracy", "post_accuracy",
+                 "val_pre_loss", "val_post_loss", "val_pre_accuracy", "val_post_accuracy")
+CSV_HEADER = ("iteration", "algorithm", *METRIC_FIELDS)
+_CHECKPOINT_NAME = re.compile(r"^iteration-(\d+)\.safetensors$")
+
+
+class RunFolderError(ValueError):
+    """A folder that is not a usable run folder; the message says why."""
+
+
+def default_runs_root() -> Path:
+    return Path(os.environ.get(RUNS_ENV) or "runs")
+
+
+def new_run_name(config: ExperimentConfig) -> str:
+    algos = "+".join(a.name for a in config.algorithms)
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{config.task}-{algos}"
+
+
+def unique_path(root: Path, name: str) -> Path:
+    path, n = root / name, 1
+    while path.exists():
+        n += 1
+        path = root / f"{name}-{n}"
+    return path
+
+
+def tensorboard_available() -> bool:
+    return importlib.util.find_spec("tensorboard") is not None
+
+
+class RunFolder:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- layout --------------------------------------------------------------------------------------
+    @property
+    def status_path(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.path / "exports"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    # -- creating and opening ------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, config: ExperimentConfig, **status) -> "RunFolder":
+        """A new run folder for `config`; refuses a folder that already holds files."""
+        path = Path(path).expanduser()
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            if (path / "run.json").is_file():
+                raise RunFolderError(f"{path} already holds a run (resume it with --resume {path})")
+            raise RunFolderError(f"run folder {path} exists and is not empty")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            folder = cls(path)
+            folder.checkpoints_dir.mkdir(exist_ok=True)
+            folder.exports_dir.mkdir(exist_ok=True)
+            config.save_toml(folder.config_path)
+        except OSError as exc:
+            raise RunFolderError(f"cannot create run folder {path}: {exc.strerror or exc}") from None
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        folder.write_status(created=now, status="created", iteration=0, total=config.iterations, task=config.task,
+                            algorithms=[a.name for a in config.algorithms], **status)
+        return folder
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunFolder":
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise RunFolderError(f"run folder not found: {path}")
+        folder = cls(path)
+        if not folder.config_path.is_file():
+            raise RunFolderError(f"{path} is not a MAML Lab run folder (no config.toml)")
+        return folder
+
+    def config(self) -> ExperimentConfig:
+        try:
+            return ExperimentConfig.load_toml(self.config_path)
+        except ValueError as exc:
+            raise RunFolderError(f"{self.name}: {exc}") from None
+
+    # -- status --------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        try:
+            data = json.loads(self.status_path.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def write_status(self, **updates) -> dict:
+        data = self.status()
+        data.update(updates, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        atomic_write_bytes(self.status_path, json.dumps(data, indent=2, sort_keys=True).encode())
+        return data
+
+    # -- checkpoints and exports ---------------------------------------------------------------------
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(iteration, path) of every checkpoint file, oldest first."""
+        if not self.checkpoints_dir.is_dir():
+            return []
+        found = []
+        for p in self.checkpoints_dir.iterdir():
+            m = _CHECKPOINT_NAME.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def checkpoint_path(self, iteration: int) -> Path:
+        return self.checkpoints_dir / f"iteration-{iteration:010d}.safetensors"
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest checkpoint that reads back; damaged ones (copied in by hand, say) are passed over."""
+        for _, path in reversed(self.checkpoints()):
+            try:
+                read_checkpoint(path)
+            except CheckpointError:
+                continue
+            return path
+        return None
+
+    def exports(self) -> list[Path]:
+        if not self.exports_dir.is_dir():
+            return []
+        return sorted(p for p in self.exports_dir.iterdir() if p.suffix in (".safetensors", ".pt"))
+
+    def export_path(self, algorithm: str) -> Path:
+        return self.exports_dir / f"{algorithm}.safetensors"
+
+    # -- metrics -------------------------------------------------------------------------------------
+    def read_metrics(self) -> dict[str, dict[str, np.ndarray]]:
+        """metrics.csv as {algorithm: {column: float array}} (iteration included; missing values NaN)."""
+        out: dict[str, dict[str, list]] = {}
+        if not self.metrics_path.is_file():
+            return {}
+        with open(self.metrics_path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header or header[:2] != ["iteration", "algorithm"]:
+                raise RunFolderError(f"{self.metrics_path} is not a MAML Lab metrics file")
+            for row in reader:
+                if len(row) != len(header):
+                    continue  # a line cut short by a kill
+                cols = out.setdefault(row[1], {k: [] for k in header if k != "algorithm"})
+                try:
+                    values = [float(v) if v else math.nan for v in (row[0], *row[2:])]
+                except ValueError:
+                    continue
+                for k, v in zip((header[0], *header[2:]), values):
+                    cols[k].append(v)
+        return {name: {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()} for name, cols in out.items()}
+
+
+def list_runs(root: str | Path) -> list[RunFolder]:
+    """Run folders directly under `root`, newest first."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    runs = [RunFolder(p) for p in root.iterdir() if p.is_dir() and (p / "config.toml").is_file()]
+    return sorted(runs, key=lambda r: (r.status().get("created", ""), r.name), reverse=True)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.7g}"
+
+
+def _metric_rows(name: str, history: list[dict], val_history: list[dict]) -> list[list[str]]:
+    vals = {v["iteration"]: v for v in val_history}
+    rows = []
+    for m in history:
+        merged = {**m, **vals.get(m["iteration"], {})}
+        rows.append([str(m["iteration"]), name, *(_fmt(merged.get(k)) for k in METRIC_FIELDS)])
+    return rows
+
+
+class RunLogger:
+    """Keeps a run folder current: metrics rows, TensorBoard scalars, a checkpoint every `checkpoint_every`
+    iterations and at the end, the final exports and the status. Attach with `trainer.observers.append`."""
+
+    def __init__(self, folder: RunFolder, checkpoint_every: int = 1000, keep: int = 2, tensorboard: bool = True,
+                 tensorboard_every: int = 10, flush_interval: float = 5.0):
+        if checkpoint_every < 0 or keep < 1:
+            raise ValueError(f"need checkpoint_every >= 0 and keep >= 1, got {checkpoint_every}, {keep}")
+        self.folder = folder
+        self.checkpoint_every = checkpoint_every
+        self.keep = keep
+        self.tensorboard = tensorboard and tensorboard_available()
+        self.tensorboard_every = max(1, tensorboard_every)
+        self.flush_interval = flush_interval
+        self._rows: list[list[str]] = []
+        self._last_flush = time.monotonic()
+        self._writer = None
+        self._window: dict[str, dict[str, list[float]]] = {}
+        self.last_checkpoint: Path | None = None
+
+    def start(self, trainer, resumed: bool = False) -> None:
+        """Write the metrics so far (all of them from the trainer's history, so a resumed run's file holds
+        exactly the iterations up to its checkpoint) and open TensorBoard."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(CSV_HEADER)
+        rows = [row for name, run in trainer.runs.items() for row in _metric_rows(name, run.history, run.val_history)]
+        writer.writerows(sorted(rows, key=lambda row: int(row[0])))  # stable: algorithms in order, as when live
+        atomic_write_bytes(self.folder.metrics_path, buf.getvalue().encode())
+        if self.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: events a killed run wrote after its last checkpoint are dropped from the curves
+            self._writer = SummaryWriter(str(self.folder.tensorboard_dir),
+                                         purge_step=trainer.iteration + 1 if resumed else None)
+        self.folder.write_status(status="running", iteration=trainer.iteration, device=str(trainer.device),
+                                 checkpoint_every=self.checkpoint_every, tensorboard=self.tensorboard,
+                                 **({"resumed_at": trainer.iteration} if resumed else {}))
+
+    def on_step(self, trainer, metrics: dict[str, dict], val: dict[str, dict]) -> None:
+        it = trainer.iteration
+        for name, m in metrics.items():
+            merged = {**m, **val.get(name, {})}
+            self._rows.append([str(it), name, *(_fmt(merged.get(k)) for k in METRIC_FIELDS)])
+            if self._writer is not None:
+                window = self._window.setdefault(name, {})
+                for k in METRIC_FIELDS[:4]:
+                    if k in m:
+                        window.setdefault(k, []).append(m[k])
+        if self._writer is not None:
+            for name, v in val.items():
+                for k in METRIC_FIELDS[4:]:
+                    if k in v:
+                        self._writer.add_scalar(f"{name}/{k}", v[k], it)
+            if it % self.tensorboard_every == 0:
+                self._write_window(it)
+        if self.checkpoint_every and it % self.checkpoint_every == 0:
+            self.checkpoint(trainer)
+        elif time.monotonic() - self._last_flush > self.flush_interval:
+            self.flush()
+
+    def _write_window(self, iteration: int) -> None:
+        for name, window in self._window.items():
+            for k, values in window.items():
+                if values:
+                    self._writer.add_scalar(f"{name}/{k}", float(np.mean(values)), iteration)
+                    values.clear()
+
+    def flush(self) -> None:
+        if self._rows:
+            with open(self.folder.metrics_path, "a", newline="", encoding="utf-8") as fh:
+                csv.writer(fh, lineterminator="\n").writerows(self._rows)
+            self._rows.clear()
+        if self._writer is not None:
+            self._writer.flush()
+        self._last_flush = time.monotonic()
+
+    def checkpoint(self, trainer) -> Path:
+        """Metrics first, then the checkpoint, then the status: whatever the status names exists."""
+        self.flush()
+        path = save_checkpoint(trainer, self.folder.checkpoint_path(trainer.iteration))
+        self.last_checkpoint = path
+        for _, old in self.folder.checkpoints()[:-self.keep]:
+            old.unlink(missing_ok=True)
+        self.folder.write_status(iteration=trainer.iteration, checkpoint=path.name,
+                                 last_metrics={n: r.last_metrics for n, r in trainer.runs.items()})
+        return path
+
+    def on_end(self, trainer) -> None:
+        exports = {}
+        if trainer.state != "failed":  # a failure mid-step may leave half-updated state: keep the last checkpoint
+            if self.last_checkpoint is None or trainer.iteration != self._checkpoint_iteration():
+                self.checkpoint(trainer)
+            for name in trainer.runs:
+                path = self.folder.export_path(name)
+                trainer.export(name, path)
+                exports[name] = str(path.relative_to(self.folder.path))
+        else:
+            self.flush()
+        if self._writer is not None:
+            if trainer.state != "failed":
+                self._write_window(trainer.iteration)
+            self._writer.close()
+            self._writer = None
+        self.folder.write_status(status=trainer.state, reason=trainer.stop_reason, iteration=trainer.iteration,
+                                 exports=exports, last_metrics={n: r.last_metrics for n, r in trainer.runs.items()})
+
+    def _checkpoint_iteration(self) -> int | None:
+        m = _CHECKPOINT_NAME.match(self.last_checkpoint.name) if self.last_checkpoint else None
+        return int(m.group(1)) if m else None
