@@ -218,9 +218,11 @@ def image_family_from_config(config, progress=None, cancel=None, split: str = "t
     return train if split == "train" else heldout
 
 
-def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=None) -> ImageTaskFamily:
+def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=None,
+                                 hint: str = "pass --data PATH") -> ImageTaskFamily:
     """Rebuild the held-out classes an initialization was *not* trained on, from its export metadata
-    (`task` is the training family's describe()); `data` overrides the recorded path."""
+    (`task` is the training family's describe()); `data` overrides the recorded path. `hint` ends the message
+    when the image set cannot be found (what the user can do about it, in their interface)."""
     if task.get("name") != "images":
         raise ValueError(f"not an image-task initialization (task {task.get('name')!r})")
     ways = int(task.get("ways", 5))
@@ -231,12 +233,11 @@ def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=No
     if data is None:
         data = task.get("data")
         if data is not None and not Path(data).exists():
-            raise ValueError(f"the image set this initialization was trained on is not at {data}; "
-                             f"pass --data PATH")
+            raise ValueError(f"the image set this initialization was trained on is not at {data}; {hint}")
     elif not Path(data).expanduser().exists():
         raise ValueError(f"image set not found: {data}")
     if data is None and task.get("source") != "glyphs":
-        raise ValueError("the metadata does not say which image set was used; pass --data PATH")
+        raise ValueError(f"the metadata does not say which image set was used; {hint}")
     if data is None:
         glyph = task.get("glyph_config") or {}
         from .glyphs import GlyphConfig, load_glyphs

@@ -662,6 +662,7 @@ class MainWindow(QMainWindow):
         init = Initialization(f"file:{path.resolve()}", algorithm, label, model, params, inner_lr, "imported", meta)
         if image_model:  # the Tasks view uses it on image tasks with the same N ways and image size
             self.tasks.set_initialization(init)
+            self.tasks.show_heldout_of(init)  # the classes it was not trained on, unless the panel's tasks fit
             self.tabs.setCurrentWidget(self.tasks)
             spec = model.spec()
             self._remember_dir(path)

@@ -472,6 +472,43 @@ class TasksView(QWidget):
         self.loader.submit(lambda progress, cancel: (key, image_family_from_config(
             config, progress=progress, cancel=cancel, split="heldout")), tag="family")
 
+    def show_heldout_of(self, init: Initialization) -> bool:
+        """Show the held-out classes an imported conv-4 was *not* trained on, rebuilt from its metadata (image
+        set, size, split seed) off the GUI thread, when the current experiment's tasks do not fit it. Returns
+        whether it started loading them; changing the experiment panel goes back to the panel's tasks."""
+        from ..core.config import ExperimentConfig
+        from ..core.image_tasks import heldout_family_from_metadata
+
+        meta = init.metadata or {}
+        task = meta.get("task") or {}
+        model = init.model
+        if task.get("name") != "images" or getattr(model, "ways", None) is None:
+            return False
+        if self.family is not None and self.config is not None and _usable(init, self.family.ways,
+                                                                            self.family.input_shape):
+            return False
+        hyper = meta.get("hyperparameters") or {}
+        try:
+            config = ExperimentConfig(
+                task="images", data=task.get("data"), ways=int(model.ways), image_size=int(model.image_size[0]),
+                image_mode="rgb" if int(model.in_channels) == 3 else "grayscale", rotations=False,
+                shots=max(1, int(hyper.get("shots", 1))), queries=max(1, int(hyper.get("queries", 5))))
+        except (TypeError, ValueError) as exc:
+            self._set_status(f"Cannot show the tasks of {init.label}: {exc}", error=True)
+            return False
+        self.config = config
+        self.steps.setValue(max(1, int(hyper.get("test_inner_steps", 3))))
+        key = ("metadata", init.key)
+        self._wanted_key = key
+        self._set_status(f"Loading the held-out classes {init.label} was not trained on…")
+        self.progress.setRange(0, 0)
+        self.progress.setVisible(True)
+        hint = "open an image set in the experiment panel to test it on tasks of your own"
+        self.loader.submit(lambda progress, cancel: (key, heldout_family_from_metadata(
+            task, progress=progress, cancel=cancel, hint=hint)), tag="family")
+        self._sync_header()
+        return True
+
     def _on_load_progress(self, _tag: str, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(done)

@@ -225,3 +225,34 @@ def test_importing_a_conv4_initialization_goes_to_the_tasks_view(window, dialogs
     assert window.tabs.currentWidget() is window.tasks
     assert init.key in window.tasks.inits and init.inner_lr == 0.4
     assert init.key not in window.playground.inits
+
+
+def test_an_imported_conv4_shows_the_heldout_classes_it_was_not_trained_on(window, dialogs, tmp_path, monkeypatch):
+    """The experiment panel is on sinusoids: the Tasks view rebuilds the file's own held-out glyph classes from
+    its metadata, off the GUI thread, and adapts the imported initialization on them."""
+    from maml_lab.core.config import ExperimentConfig
+    from maml_lab.core.trainer import Trainer
+
+    monkeypatch.setenv("MAML_LAB_CACHE", str(tmp_path / "cache"))
+    trainer = Trainer(ExperimentConfig(task="images", image_size=14, ways=3, meta_batch_size=2, iterations=1,
+                                       val_every=0), record_every=0)
+    trainer.run()
+    path = tmp_path / "glyphs-3way.safetensors"
+    trainer.export("maml", path)
+    dialogs.open.append(path)
+    init = window.import_initialization()
+    assert init is not None and not dialogs.warnings
+    tasks = window.tasks
+    assert tasks.wait_until_idle(60)
+    assert tasks.family is not None and tasks.family.ways == 3 and tuple(tasks.family.input_shape) == (1, 14, 14)
+    held_out = set(tasks.family.image_set.class_names)
+    assert not held_out & set(trainer.family.image_set.class_names)  # never trained on
+    assert tasks.task is not None and init.key in tasks.predictions
+    # a file whose image set is gone says so, in the app's words
+    meta_task = dict(init.metadata["task"], data=str(tmp_path / "gone.zip"), source="folder")
+    moved = type(init)(init.key + "-moved", init.algorithm, init.label, init.model, init.params, init.inner_lr,
+                       "imported", dict(init.metadata, task=meta_task))
+    tasks.family = None
+    assert tasks.show_heldout_of(moved)
+    assert tasks.wait_until_idle(60)
+    assert "is not at" in tasks.status.text() and "open an image set" in tasks.status.text()
