@@ -4,7 +4,6 @@ atomic replacement, and the `download` command's one-line errors."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import threading
 import zipfile
 from pathlib import Path
@@ -13,52 +12,16 @@ import pytest
 
 from maml_lab.cli import main
 from maml_lab.core.download import DownloadCancelled, DownloadError, download_file, download_omniglot
+from tests.conftest import SERVED, OmniglotHandler
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "omniglot"
 SMALL1 = SHARED / "images_background_small1.zip"
 SMALL1_SHA256 = "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4"
 pytestmark = pytest.mark.skipif(not SMALL1.is_file(), reason=f"Omniglot test data not found at {SMALL1}")
 
-# what the server calls each official file (the small official splits stand in for the big ones)
-SERVED = {"images_background.zip": "images_background_small1.zip",
-          "images_evaluation.zip": "images_background_small2.zip",
-          "images_background_small1.zip": "images_background_small1.zip"}
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    requests: list[str] = []
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        _Handler.requests.append(self.path)
-        kind, _, name = self.path.strip("/").partition("/")
-        source = SHARED / SERVED.get(name, "-")
-        if kind not in ("python", "truncated") or not source.is_file():
-            self.send_error(404, "Not Found")
-            return
-        data = source.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if kind == "truncated":  # the server goes away half way
-            self.wfile.write(data[: len(data) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(data)
-
-
-@pytest.fixture(scope="module")
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+@pytest.fixture
+def server(omniglot_server):
+    return omniglot_server
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -74,9 +37,9 @@ def test_download_checks_the_checksum_and_reports_progress(server, tmp_path):
     assert seen[0] == (dest.name, 0, SMALL1.stat().st_size) and seen[-1][1] == seen[-1][2]
     assert _leftovers(tmp_path) == []
     # present with the right checksum: no second request
-    before = len(_Handler.requests)
+    before = len(OmniglotHandler.requests)
     download_file(f"{server}/python/images_background_small1.zip", dest, sha256=SMALL1_SHA256.upper())
-    assert len(_Handler.requests) == before
+    assert len(OmniglotHandler.requests) == before
 
 
 def test_wrong_checksum_keeps_the_previous_file(server, tmp_path):

@@ -5,9 +5,6 @@ local HTTP server (progress, checksum, no file left on failure, cancel)."""
 from __future__ import annotations
 
 import hashlib
-import http.server
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -115,42 +112,9 @@ def test_cancel_loading_changes_nothing(window, qtbot, tmp_path):
 # Download Omniglot
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        kind, _, name = self.path.strip("/").partition("/")
-        if name != "images_background.zip" or kind not in ("python", "slow"):
-            self.send_error(404, "Not Found")
-            return
-        data = SMALL1.read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/zip")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if kind == "slow":  # 64 KiB every 50 ms: long enough to cancel
-            try:
-                for i in range(0, len(data), 1 << 16):
-                    self.wfile.write(data[i:i + (1 << 16)])
-                    self.wfile.flush()
-                    time.sleep(0.05)
-            except (BrokenPipeError, ConnectionResetError):
-                pass
-            return
-        self.wfile.write(data)
-
-
-@pytest.fixture(scope="module")
-def server():
-    if not SMALL1.is_file():
-        pytest.skip(f"Omniglot test data not found at {SMALL1}")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+@pytest.fixture
+def server(omniglot_server):
+    return omniglot_server
 
 
 def _download(window, folder, server, kind="python", sha256=None):
