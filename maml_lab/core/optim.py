@@ -24,6 +24,9 @@ class Adam:
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         b1, b2 = self.betas
+        # the fused kernel walks each gradient as if laid out like its parameter: autograd may return another
+        # layout (a conv-4 weight gradient of a one-task batch comes back transposed), so match it first
+        grads = [g if g.stride() == p.stride() else torch.empty_like(p).copy_(g) for p, g in zip(self.params, grads)]
         if self._fused:
             try:
                 torch._foreach_add_(self.steps, 1)

@@ -34,3 +34,24 @@ def test_state_round_trip():
     assert float(other.steps[0]) == 1 and other.lr == 0.1
     with pytest.raises(ValueError, match="does not match"):
         Adam([torch.zeros(3), torch.zeros(2)], lr=0.1).load_state_dict(opt.state_dict())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradients_laid_out_unlike_their_parameters_update_the_right_entries(fused):
+    """autograd may return a gradient with other strides than its parameter (a transposed view): the update
+    must follow the values, not the memory order."""
+    g = torch.Generator().manual_seed(1)
+    ours = [torch.randn(6, 4, 3, 3, generator=g), torch.randn(5, 7, generator=g)]
+    theirs = [p.clone().requires_grad_(True) for p in ours]
+    opt = Adam(ours, lr=1e-2)
+    opt._fused = opt._fused and fused
+    ref = torch.optim.Adam(theirs, lr=1e-2, foreach=False)
+    for _ in range(3):
+        grads = [torch.randn(6, 3, 3, 4, generator=g).permute(0, 3, 1, 2), torch.randn(7, 5, generator=g).t()]
+        assert any(gr.stride() != p.stride() for gr, p in zip(grads, ours))
+        opt.step(grads)
+        for p, gr in zip(theirs, grads):
+            p.grad = gr.contiguous()
+        ref.step()
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b.detach())
