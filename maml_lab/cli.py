@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write a checkpoint every N iterations, and always at the end (0: only at the end)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the latest checkpoint in RUN_DIR with the run's own config")
+    t.add_argument("--dist-timeout", type=_positive_float, default=120.0, metavar="SECONDS",
+                   help="under torchrun: how long a rank waits for the others before the job ends (default 120)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
 
     e = sub.add_parser("eval", help="adaptation table of exported initializations on held-out tasks")
@@ -237,13 +239,16 @@ def _load_family(config, quiet: bool):
     return family
 
 
-def _prepare_run(args):
-    """(config, run folder, checkpoint to resume or None, --out paths) for a new or resumed run."""
+def _prepare_run(args, main_rank: bool = True):
+    """(config, run folder, checkpoint to resume or None, --out paths) for a new or resumed run. Under torchrun
+    only rank 0 creates or changes the folder (the others get None, or read the resumed run's checkpoint)."""
     from .core.runs import RunFolder, default_runs_root, new_run_name, unique_path
 
     if args.resume is None:
         config = _config_from_args(args)
         outs = _out_paths(args.out, [a.name for a in config.algorithms])
+        if not main_rank:
+            return config, None, None, {}
         path = args.run_dir or unique_path(default_runs_root(), new_run_name(config))
         folder = RunFolder.create(path, config, outs={n: str(p) for n, p in outs.items()})
         return config, folder, None, outs
@@ -252,6 +257,8 @@ def _prepare_run(args):
     folder = RunFolder.open(args.resume)
     saved = folder.config()
     config = _config_from_args(args, base=saved.to_dict())
+    if not main_rank:
+        return config, folder, folder.latest_checkpoint(), {}
     if config.iterations != saved.iterations:
         config.save_toml(folder.config_path)  # the run now has a new length
     status = folder.status()
@@ -264,14 +271,29 @@ def _prepare_run(args):
 
 
 def cmd_train(args) -> int:
+    from .core.distributed import init_from_env
+
+    # under torchrun: join the job first; rank 0 alone writes the run folder, prints and exports
+    world = init_from_env(args.device or "auto", timeout_s=args.dist_timeout)
+    main_rank = world is None or world.is_main
+    if not main_rank:
+        args.quiet = True
+    try:
+        return _train(args, world, main_rank)
+    finally:
+        if world is not None:
+            world.close()
+
+
+def _train(args, world, main_rank: bool) -> int:
     from .core.checkpoint import load_checkpoint
     from .core.runs import RunLogger
     from .core.trainer import Trainer
 
-    config, folder, checkpoint, outs = _prepare_run(args)
-    if args.save_config:
+    config, folder, checkpoint, outs = _prepare_run(args, main_rank)
+    if args.save_config and main_rank:
         config.save_toml(args.save_config)
-    trainer = Trainer(config, family=_load_family(config, args.quiet), record_every=0)  # no parameter paths
+    trainer = Trainer(config, family=_load_family(config, args.quiet), record_every=0, world=world)
     if checkpoint is not None:
         header = load_checkpoint(trainer, checkpoint)
         if not args.quiet:
@@ -279,14 +301,21 @@ def cmd_train(args) -> int:
                   file=sys.stderr)
     elif args.resume is not None and not args.quiet:
         print(f"{folder.path} has no checkpoint yet: starting the run over", file=sys.stderr)
-    logger = RunLogger(folder, checkpoint_every=args.checkpoint_every)
-    logger.start(trainer, resumed=checkpoint is not None)
-    trainer.observers.append(logger)
+    if main_rank:
+        logger = RunLogger(folder, checkpoint_every=args.checkpoint_every)
+        logger.start(trainer, resumed=checkpoint is not None)
+        trainer.observers.append(logger)
+    if world is not None and not args.quiet:
+        share = world.local_count(config.meta_batch_size)
+        print(f"distributed: {world.size} processes ({world.backend}), {config.meta_batch_size} tasks per "
+              f"meta-batch, {share} on rank 0", file=sys.stderr)
     if not args.quiet:
         names = ", ".join(a.name for a in config.algorithms)
         what = f"{config.ways}-way {config.shots}-shot images" if config.task == "images" else config.task
         print(f"training {names} on {what} for {config.iterations} iterations on {trainer.device}; "
               f"run folder {folder.path}", file=sys.stderr)
+    if world is not None:  # ranks must stop together: Ctrl+C ends the job, --resume continues it
+        return _finish(args, trainer, trainer.run(callback=_Progress(args.quiet), report_every=1), outs, folder)
     previous = signal.getsignal(signal.SIGINT)
 
     def on_interrupt(signum, frame):
@@ -299,6 +328,10 @@ def cmd_train(args) -> int:
         state = trainer.run(callback=_Progress(args.quiet), report_every=1)
     finally:
         signal.signal(signal.SIGINT, previous)
+    return _finish(args, trainer, state, outs, folder)
+
+
+def _finish(args, trainer, state, outs, folder) -> int:
     if state == "diverged":
         print(f"maml-lab: training stopped: {trainer.stop_reason}", file=sys.stderr)
     for name, run in trainer.runs.items():
@@ -418,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"maml-lab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as exc:  # under torchrun: another rank died or stopped answering
+        from .core.distributed import RankLostError
+
+        if not isinstance(exc, RankLostError):
+            raise
+        print(f"maml-lab: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         print(f"maml-lab: error: {msg}", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -107,6 +108,8 @@ class MetaAlgorithm:
         self.total_iterations = max(1, int(total_iterations))
         self.classification = loss == "cross_entropy"
         self.optimizer: Adam | None = None
+        # data-parallel training: all-reduces a list of tensors in place to their global mean (None: one process)
+        self.sync: Callable[[list[torch.Tensor]], None] | None = None
 
     @property
     def name(self) -> str:
@@ -124,6 +127,9 @@ class MetaAlgorithm:
         return self.config.meta_lr
 
     def _apply(self, params, grads, iteration: int = 0) -> None:
+        if self.sync is not None:
+            grads = list(grads)
+            self.sync(grads)
         self.optimizer.lr = self.meta_lr(iteration)
         self.optimizer.step(grads)
 
@@ -206,8 +212,11 @@ class Reptile(MetaAlgorithm):
             query_logits = self.model.forward(res.params, batch.x_query)
             post_loss = self.loss_fn(query_logits, batch.y_query).mean()
             pre_logits = self.model.forward(params, batch.x_support) if self.classification else None
-            for k, p in params.items():
-                p.add_((res.params[k] - p).mean(0), alpha=eps)
+            deltas = [(res.params[k] - p).mean(0) for k, p in params.items()]
+            if self.sync is not None:
+                self.sync(deltas)
+            for p, delta in zip(params.values(), deltas):
+                p.add_(delta, alpha=eps)
         return self._metrics(res.support_losses[0].mean(), post_loss, pre_logits, batch, query_logits) | {
             "epsilon": eps}
 
