@@ -4,6 +4,9 @@ All tasks of a batch adapt at once. The shared initialization theta is expanded 
 [B, ...] (a view, no copy); because each task's loss depends only on its own slice, the gradient of the
 *sum* of task losses with respect to the expanded tensor is exactly each task's own gradient. With
 `create_graph=True` the inner gradients stay differentiable, which is MAML's exact second-order term.
+MAML/FOMAML training on ReLU/tanh MLPs with the MSE loss does not differentiate through here: those models
+compute the meta-gradient without autograd (mlp_meta.py, about twice as fast); other models (conv-4, other
+activations or losses) do.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-from .adaptation import adapt, adapt_adam
+from .adaptation import AdaptResult, adapt, adapt_adam
 from .losses import accuracy_per_task, loss_function
 from .models import detach_params
 from .optim import Adam
@@ -141,8 +141,17 @@ class MetaAlgorithm:
         return out
 
     def meta_gradient(self, params, batch, first_order: bool):
-        """Gradient of the mean post-adaptation query loss with respect to theta (no update)."""
+        """Gradient of the mean post-adaptation query loss with respect to theta (no update).
+
+        Models that can compute it without autograd (`explicit_meta_gradient`: ReLU/tanh MLPs with the MSE
+        loss, see mlp_meta.py) do so; every other model differentiates through `adapt`.
+        """
         cfg = self.config
+        explicit = getattr(self.model, "explicit_meta_gradient", None)
+        if explicit is not None:
+            out = explicit(params, batch, self.loss_fn, cfg.inner_steps, cfg.inner_lr, first_order)
+            if out is not None:
+                return out.grads, out.meta_loss, AdaptResult(out.params, out.support_losses), out.query_pred
         res = adapt(self.model, self.loss_fn, params, batch.x_support, batch.y_support, cfg.inner_steps,
                     cfg.inner_lr, create_graph=not first_order)
         query_logits = self.model.forward(res.params, batch.x_query)

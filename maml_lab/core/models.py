@@ -3,6 +3,9 @@
 Every model also works on a *batch of parameter sets* (a leading task dimension on every tensor), which is
 how a meta-batch of adapted models runs as one vectorized computation. Parameter names are those of the
 equivalent `torch.nn.Sequential`, so an exported initialization loads into plain PyTorch.
+ReLU/tanh MLPs with the MSE loss also offer `explicit_meta_gradient`: the MAML/FOMAML meta-gradient by explicit
+backpropagation and Hessian-vector products (mlp_meta.py), without the autograd graph that dominates the cost
+of a meta-step on networks this small.
 """
 
 from __future__ import annotations
@@ -131,6 +134,19 @@ class MLP:
                 else:
                     delta = delta * (1 - h * h)
         return losses, [grads[k] for k in params]
+
+    def explicit_meta_gradient(self, params, batch, loss_fn, steps: int, lr: float, first_order: bool):
+        """MAML/FOMAML meta-gradient without autograd (`mlp_meta`), or None where unsupported.
+
+        Supported: ReLU/tanh with the MSE loss. The algorithms use it when it is not None: on the small
+        sinusoid networks it is about twice as fast as differentiating through `adapt` (no graph to build).
+        """
+        from . import mlp_meta
+
+        if not mlp_meta.supports(self, loss_fn):
+            return None
+        return mlp_meta.meta_gradient(self, params, batch.x_support, batch.y_support, batch.x_query,
+                                      batch.y_query, steps, lr, first_order)
 
     def torch_module(self) -> nn.Module:
         act = ACTIVATIONS[self.activation][1]
