@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def screenshot(app, args, config, size: tuple[int, int]) -> int:
     """Train offscreen, show the chosen view with a task in the playground, save the window as an image."""
+    import os
     import tempfile
 
     import numpy as np
@@ -132,8 +133,9 @@ def screenshot(app, args, config, size: tuple[int, int]) -> int:
 
     from .ui.main_window import MainWindow
 
-    # a screenshot never reads or writes the user's settings
+    # a screenshot never reads or writes the user's settings, nor leaves a run among the user's runs
     settings_dir = tempfile.TemporaryDirectory(prefix="maml-lab-screenshot-")
+    os.environ["MAML_LAB_RUNS"] = str(Path(settings_dir.name) / "runs")
     settings = QSettings(str(Path(settings_dir.name) / "settings.ini"), QSettings.Format.IniFormat)
     window = MainWindow(settings=settings, persist=False, rng=np.random.default_rng(args.seed))
     if config is not None:

@@ -1,5 +1,9 @@
 """The main window: experiment panel, run controls, the views (playground, training curves, and the "looking
-inside" views: landscape, paths, adaptation) and the File menu."""
+inside" views: landscape, paths, adaptation) and the File menu.
+
+Every run trains into a run folder under the runs root (ui.run_library.runs_root); File ▸ Past runs lists
+them (open one: its curves, parameter path and exported initializations) and File ▸ Resume run continues one
+from its latest checkpoint."""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ from importlib import resources
 from pathlib import Path
 
 import tomli_w
-from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSettings, QSize, Qt, QTimer
-from PySide6.QtGui import QAction, QIcon, QKeySequence
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSettings, QSize, Qt, QTimer, QUrl
+from PySide6.QtGui import QAction, QDesktopServices, QIcon, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
     QFileDialog,
@@ -32,6 +36,7 @@ from PySide6.QtWidgets import (
 from ..core.algorithms import ALGORITHMS
 from ..core.config import ExperimentConfig
 from ..core.export import InitializationError, atomic_write_bytes, export_initialization, load_initialization
+from ..core.runs import RunFolder, RunFolderError
 from .adaptation_view import AdaptationView
 from .colors import algorithm_label
 from .experiment_panel import ExperimentPanel, FormError
@@ -41,6 +46,9 @@ from .landscape_view import LandscapeView
 from .paths_view import PathsView
 from .playground import PlaygroundView
 from .preview import Initialization, mlp_for_playground
+from .run_library import SETTINGS_KEY as RUNS_ROOT_KEY
+from .run_library import open_run as read_run
+from .run_library import runs_root
 from .tasks_view import TasksView
 from .theme import STATE_STYLE
 from .training_plots import TrainingPlotsView
@@ -135,7 +143,13 @@ class MainWindow(QMainWindow):
         self.controller.finished.connect(self._on_finished)
         self.controller.failed.connect(self._on_failed)
         self.controller.loading.connect(self._on_loading)
+        self.controller.refused.connect(self._on_refused)
         self.state = "idle"
+        self.run_folder: Path | None = None  # the folder the current (or last) run trains into
+        self.opened_run: Path | None = None  # the past run whose curves the views show (File ▸ Past runs ▸ Open)
+        self._resuming: dict | None = None  # a resume request not started yet: what to restore if it is refused
+        self.past_runs_dialog = None
+        self._opened_keys: list[str] = []  # the playground / Tasks entries of the opened run's exports
         self.run_config: ExperimentConfig | None = None
         self.latest_snapshot: dict | None = None
         self.last_progress: dict | None = None
@@ -232,6 +246,10 @@ class MainWindow(QMainWindow):
                                             "Train on an image set: a zip or a folder of class folders (Omniglot)")
         self.act_download = self._action("Download Omniglot…", lambda: self.download_omniglot(), None,
                                          "Download the official Omniglot zips into a folder")
+        self.act_past_runs = self._action("Past runs…", lambda: self.show_past_runs(), "Ctrl+Shift+H",
+                                          "List the run folders: open one's curves, path and exports, or resume it")
+        self.act_resume_run = self._action("Resume run…", lambda: self.resume_run(), "Ctrl+Shift+R",
+                                           "Continue a run folder from its latest checkpoint, with its own config")
         self.act_quit = self._action("Quit", self.close, QKeySequence.StandardKey.Quit, "Quit MAML Lab")
         self.act_undo = self._action("Undo", self.playground.undo, QKeySequence.StandardKey.Undo,
                                      "Undo the last change to the playground task")
@@ -296,6 +314,9 @@ class MainWindow(QMainWindow):
         self.recent_menu.aboutToShow.connect(self._fill_recent_menu)
         file.addAction(self.act_save_config)
         file.addSeparator()
+        file.addAction(self.act_past_runs)
+        file.addAction(self.act_resume_run)
+        file.addSeparator()
         file.addAction(self.act_open_images)
         file.addAction(self.act_download)
         file.addSeparator()
@@ -329,6 +350,12 @@ class MainWindow(QMainWindow):
         self.state_label.setTextFormat(Qt.TextFormat.RichText)
         self.device_label = QLabel()
         self.device_label.setProperty("hint", True)
+        self.folder_label = QLabel()  # the run folder of the current run, a link that opens it
+        self.folder_label.setProperty("hint", True)
+        self.folder_label.setTextFormat(Qt.TextFormat.RichText)
+        self.folder_label.linkActivated.connect(lambda url: QDesktopServices.openUrl(QUrl(url)))
+        self.folder_label.setVisible(False)
+        status.addPermanentWidget(self.folder_label)
         status.addPermanentWidget(self.device_label)
         status.addPermanentWidget(self.state_label)
 
@@ -413,6 +440,12 @@ class MainWindow(QMainWindow):
         self.act_stop.setEnabled(self.state in ("starting", "running", "paused"))
         self.act_reset.setEnabled(self.state not in ("starting", "stopping"))
         self.act_open_config.setEnabled(not running)
+        self.act_resume_run.setEnabled(not running)
+        if self.past_runs_dialog is not None:
+            from shiboken6 import isValid
+
+            if isValid(self.past_runs_dialog):
+                self.past_runs_dialog.set_busy(running, self.run_folder if running else None)
         has_params = self.latest_snapshot is not None
         self.act_export.setEnabled(has_params)
         self.export_menu.setEnabled(has_params)
@@ -450,8 +483,19 @@ class MainWindow(QMainWindow):
             return False
         self.message_bar.clear()
         self._failure = ""
+        self._begin_run_views(config)
+        self.progress_label.setText(f"0 / {config.iterations:,} iterations · starting…")
+        self._set_state("starting")
+        self.controller.start(config, runs_root=self.runs_root())
+        return True
+
+    def _begin_run_views(self, config: ExperimentConfig) -> None:
+        """Empty curves, paths and trained models for a run of `config` (a new one, or a resumed one)."""
         self.run_config = config
         self._device = None
+        self.run_folder = None
+        self.opened_run = None
+        self._show_folder(None)
         self.history.clear()
         self.plots.reset([a.name for a in config.algorithms], config.iterations,
                          "MSE" if config.task == "sinusoid" else "cross-entropy", accuracy=config.task == "images")
@@ -464,10 +508,6 @@ class MainWindow(QMainWindow):
         self.last_progress = None
         self.progress.setRange(0, config.iterations)
         self.progress.setValue(0)
-        self.progress_label.setText(f"0 / {config.iterations:,} iterations · starting…")
-        self._set_state("starting")
-        self.controller.start(config)
-        return True
 
     def pause_or_resume(self) -> None:
         if self.state == "running":
@@ -496,6 +536,10 @@ class MainWindow(QMainWindow):
         self.latest_snapshot = None
         self.last_progress = None
         self.run_config = None
+        self.run_folder = None
+        self.opened_run = None
+        self._show_folder(None)
+        self._remove_opened_exports()
         self.message_bar.clear()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
@@ -503,10 +547,41 @@ class MainWindow(QMainWindow):
         self._set_state("idle")
 
     def _on_started(self, info: dict) -> None:
+        if info.get("config") is not None:  # a resumed run: its views start from the restored history
+            self._begin_resumed_views(info)
         self._device = info.get("device", "")
+        folder = info.get("run_folder")
+        self.run_folder = Path(folder) if folder else None
+        self._show_folder(self.run_folder)
+        if folder and info.get("config") is None:  # (a resumed run says where it resumes instead)
+            self.statusBar().showMessage(f"Run folder: {folder}", 8000)
+        elif info.get("run_folder_error"):
+            self.message_bar.show_message(
+                "warning", f"<b>No run folder</b>: {_html(info['run_folder_error'])}. Training goes on, but this run "
+                "leaves no metrics, checkpoints or exports on disk and cannot be resumed. Choose another runs folder "
+                "in File ▸ Past runs ▸ Change….")
         self._sync_device_label()
         if self.state == "starting":
             self._set_state("running")
+
+    def _begin_resumed_views(self, info: dict) -> None:
+        config = info["config"]
+        self._resuming = None
+        self.message_bar.clear()
+        self._failure = ""
+        self._begin_run_views(config)
+        self.panel.set_config(config)  # the form shows the run's experiment (locked while it trains)
+        self.history.add_chunk(info.get("history") or {})
+        self.plots.mark_dirty()
+        name = Path(info["run_folder"]).name if info.get("run_folder") else "the run"
+        at = info.get("resumed_at")
+        self.progress.setValue(int(at or 0))
+        self.progress_label.setText(f"{int(at or 0):,} / {config.iterations:,} iterations · resuming…")
+        if at is None:
+            self.message_bar.show_message("info", f"{_html(name)} had no checkpoint yet: training it again from the "
+                                          "start, with its config.")
+        else:
+            self.statusBar().showMessage(f"Resuming {name} at iteration {int(at):,} of {config.iterations:,}", 8000)
 
     def _on_progress(self, p: dict) -> None:
         self.last_progress = p
@@ -547,7 +622,21 @@ class MainWindow(QMainWindow):
         kept = " The last good parameters are kept: File ▸ Export initialization." if self.latest_snapshot else ""
         self.message_bar.show_message("error", f"<b>Training failed</b>: {_html(message)}.{kept}")
 
+    def _on_refused(self, message: str) -> None:
+        self._error("Cannot resume run", f"The run was not resumed:\n{message}\n\nNothing was changed: the run "
+                    "folder is as it was.")
+
     def _on_finished(self, info: dict) -> None:
+        if self._resuming is not None:  # a resume that never started (refused, or cancelled while loading)
+            before, self._resuming = self._resuming, None
+            self.progress.setRange(*before["range"])
+            self.progress.setValue(before["value"])
+            self.progress_label.setText(before["label"])
+            self._set_state(before["state"])
+            self._sync_device_label()
+            if self._reset_after_stop:
+                self.reset()
+            return
         state = info.get("state", "stopped")
         self._set_state(state)
         self.plots.mark_dirty()
@@ -561,6 +650,9 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(f"Finished {it:,} meta-iterations", 5000)
         elif state == "stopped":
             self.progress_label.setText(f"{it:,} / {total:,} iterations · stopped")
+            if self.run_folder is not None:
+                self.statusBar().showMessage(f"Stopped; its checkpoint is in {self.run_folder} "
+                                             "(File ▸ Resume run continues it)", 8000)
         elif state == "diverged":
             self.progress_label.setText(f"{it:,} / {total:,} iterations · diverged")
             kept = "" if "kept" in reason else " The last good parameters are kept."
@@ -570,6 +662,7 @@ class MainWindow(QMainWindow):
         elif state == "failed":
             self.progress_label.setText(f"{it:,} / {total:,} iterations · failed")
         self._sync_device_label()
+        self._refresh_past_runs()
         if self._reset_after_stop:
             self.reset()
 
@@ -639,16 +732,37 @@ class MainWindow(QMainWindow):
                                                            "Initializations (*.safetensors *.pt)")
         if path is None:
             return None
+        init, why = self._read_initialization(path)
+        if init is None:
+            self._error("Cannot import initialization", f"{path.name} was not imported{why}")
+            return None
+        where = self._place_initialization(init)
+        if where == "tasks":
+            self.tasks.show_heldout_of(init)  # the classes it was not trained on, unless the panel's tasks fit
+        self._remember_dir(path)
+        self._add_recent(path)
+        if where == "tasks":  # the Tasks view uses it on image tasks with the same N ways and image size
+            self.tabs.setCurrentWidget(self.tasks)
+            spec = init.model.spec()
+            self.statusBar().showMessage(
+                f"Imported {path.name}: a {spec.get('ways')}-way conv-4 for {spec.get('image_size')}x"
+                f"{spec.get('image_size')} images, shown in Tasks on image tasks of that shape", 8000)
+            return init
+        self.tabs.setCurrentWidget(self.playground)
+        self.statusBar().showMessage(f"Imported {path.name} ({algorithm_label(init.algorithm)}, "
+                                     f"{init.metadata.get('iterations', 0)} iterations)", 6000)
+        return init
+
+    def _read_initialization(self, path: Path, label: str | None = None) -> tuple[Initialization | None, str]:
+        """(the initialization in `path`, "") or (None, why not: the text that follows "<name> was not imported")."""
         try:
             params, meta, model = load_initialization(path)
         except (InitializationError, OSError, ValueError) as exc:
-            self._error("Cannot import initialization", f"{path.name} was not imported:\n{exc}")
-            return None
+            return None, f":\n{exc}"
         image_model = model.spec().get("kind") == "conv4"
         problem = None if image_model else mlp_for_playground(model.spec())
         if problem:
-            self._error("Cannot import initialization", f"{path.name} was not imported: {problem}.")
-            return None
+            return None, f": {problem}."
         algorithm = meta.get("algorithm", "unknown")
         algorithm = algorithm if algorithm in ALGORITHMS else "unknown"
         hyper = meta.get("hyperparameters") or {}
@@ -658,27 +772,19 @@ class MainWindow(QMainWindow):
             inner_lr = 0.01
         if not (math.isfinite(inner_lr) and inner_lr > 0):
             inner_lr = 0.01
-        label = f"{algorithm_label(algorithm) if algorithm != 'unknown' else 'Imported'} · {path.name}"
-        init = Initialization(f"file:{path.resolve()}", algorithm, label, model, params, inner_lr, "imported", meta)
-        if image_model:  # the Tasks view uses it on image tasks with the same N ways and image size
+        label = label or f"{algorithm_label(algorithm) if algorithm != 'unknown' else 'Imported'} · {path.name}"
+        return Initialization(f"file:{path.resolve()}", algorithm, label, model, params, inner_lr, "imported",
+                              meta), ""
+
+    def _place_initialization(self, init: Initialization) -> str:
+        """Put an imported initialization where it can adapt: the Tasks view (conv-4) or the playground and
+        Adaptation view (MLP). Returns "tasks" or "playground"."""
+        if init.model.spec().get("kind") == "conv4":
             self.tasks.set_initialization(init)
-            self.tasks.show_heldout_of(init)  # the classes it was not trained on, unless the panel's tasks fit
-            self.tabs.setCurrentWidget(self.tasks)
-            spec = model.spec()
-            self._remember_dir(path)
-            self._add_recent(path)
-            self.statusBar().showMessage(
-                f"Imported {path.name}: a {spec.get('ways')}-way conv-4 for {spec.get('image_size')}x"
-                f"{spec.get('image_size')} images, shown in Tasks on image tasks of that shape", 8000)
-            return init
+            return "tasks"
         self.playground.set_initialization(init)
         self.adaptation.set_initialization(init)
-        self.tabs.setCurrentWidget(self.playground)
-        self._remember_dir(path)
-        self._add_recent(path)
-        self.statusBar().showMessage(f"Imported {path.name} ({algorithm_label(algorithm)}, "
-                                     f"{meta.get('iterations', 0)} iterations)", 6000)
-        return init
+        return "playground"
 
     def _fill_export_menu(self) -> None:
         self.export_menu.clear()
@@ -689,6 +795,174 @@ class MainWindow(QMainWindow):
             self.export_menu.addSeparator()
             self.export_menu.addAction("All (one file each)…").triggered.connect(
                 lambda: self.export_initialization("*"))
+
+    # -- File: past runs ---------------------------------------------------------------------------------
+    def runs_root(self) -> Path:
+        """Where run folders go: $MAML_LAB_RUNS, else the folder chosen in Past runs, else <app data>/runs."""
+        return runs_root(self.settings)
+
+    def _set_runs_root(self, path: str) -> None:
+        self.settings.setValue(RUNS_ROOT_KEY, str(path))
+        self.statusBar().showMessage(f"New runs go to {path}", 5000)
+
+    def _ask_directory(self, title: str, start: Path) -> Path | None:
+        """A folder dialog opening in `start` (or the last-used folder); None when cancelled."""
+        where = str(start) if Path(start).is_dir() else self._last_dir()
+        path = QFileDialog.getExistingDirectory(self, title, where)
+        return Path(path) if path else None
+
+    def _show_folder(self, folder: Path | None) -> None:
+        """The run folder in the status bar: its name, a link that opens it."""
+        if folder is None:
+            self.folder_label.setVisible(False)
+            self.folder_label.setText("")
+            return
+        url = QUrl.fromLocalFile(str(folder)).toString()
+        self.folder_label.setText(f"Run folder: <a href='{url}'>{_html(folder.name)}</a>")
+        self.folder_label.setToolTip(f"{folder}\n(click to open it)")
+        self.folder_label.setVisible(True)
+
+    def show_past_runs(self):
+        """File ▸ Past runs: the run folders under the runs root, newest first (non-modal)."""
+        from shiboken6 import isValid
+
+        from .past_runs import PastRunsDialog
+
+        dialog = self.past_runs_dialog
+        if dialog is None or not isValid(dialog):
+            dialog = PastRunsDialog(self, self.runs_root(), self.run_folder if self.running else None)
+            dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+            dialog.open_requested.connect(lambda p: self._from_dialog(self.open_run, p))
+            dialog.resume_requested.connect(lambda p: self._from_dialog(self.resume_run, p))
+            dialog.root_changed.connect(self._set_runs_root)
+            self.past_runs_dialog = dialog
+        else:
+            dialog.root = self.runs_root()
+            dialog.refresh()
+        dialog.set_busy(self.running, self.run_folder if self.running else None)
+        dialog.show()
+        dialog.raise_()
+        dialog.activateWindow()
+        return dialog
+
+    def _from_dialog(self, action, path: str) -> None:
+        if action(path) and self.past_runs_dialog is not None:
+            self.past_runs_dialog.close()
+
+    def _refresh_past_runs(self) -> None:
+        from shiboken6 import isValid
+
+        dialog = self.past_runs_dialog
+        if dialog is not None and isValid(dialog) and dialog.isVisible():
+            dialog.set_busy(self.running, self.run_folder if self.running else None)
+            dialog.refresh()
+
+    def open_run(self, path: str | None = None) -> bool:
+        """Show a past run: its curves (metrics.csv) in Training curves, its parameter path (latest checkpoint)
+        in the looking-inside views, its exported initializations in the playground or Tasks view, its config in
+        the form. A damaged folder shows what it can and says what is missing."""
+        if self.running or self.controller.running:
+            self._error("Cannot open run", "A run is training: stop it before opening another (one run at a time).")
+            return False
+        path = Path(path) if path else self._ask_directory("Open run folder", self.runs_root())
+        if path is None:
+            return False
+        try:
+            run = read_run(path)
+        except (RunFolderError, OSError) as exc:
+            self._error("Cannot open run", f"{path} was not opened:\n{exc}")
+            return False
+        config, summary = run.config, run.summary
+        task = config.task if config is not None else summary.task
+        names = list(dict.fromkeys([*(run.chunk.get("train") or {}), *(run.chunk.get("val") or {})]))
+        names = names or ([a.name for a in config.algorithms] if config is not None else summary.algorithms)
+        total = summary.total or (config.iterations if config is not None else 0)
+        self.message_bar.clear()
+        self._failure = ""
+        self.history.clear()
+        self.plots.reset(names, total or None, "MSE" if task == "sinusoid" else "cross-entropy",
+                         accuracy=task == "images")
+        self.history.add_chunk(run.chunk)
+        self.plots.mark_dirty()
+        self.playground.clear_trained()
+        self._clear_inside_views()
+        self._remove_opened_exports()  # those of the run opened before
+        self.latest_snapshot = None
+        self.last_progress = None
+        self.run_config = config
+        if config is not None:
+            self.panel.set_config(config)
+        if run.paths is not None:
+            self._on_paths(run.paths)
+        problems = list(run.problems)
+        for export in run.exports:
+            algo = export.stem
+            init, why = self._read_initialization(export, f"{algorithm_label(algo)} · run")
+            if init is None:
+                problems.append(f"exports/{export.name} was not loaded{why.rstrip('.')}")
+                continue
+            self._place_initialization(init)
+            self._opened_keys.append(init.key)
+        self.opened_run = run.folder.path
+        self.run_folder = run.folder.path
+        self._show_folder(run.folder.path)
+        it = summary.iteration or self.history.last_iteration()
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(min(it, max(total, 1)))
+        status = summary.status_text()
+        self.progress_label.setText(f"{it:,} / {total:,} iterations · {status} (opened)")
+        self._set_state(status if status in ("finished", "stopped", "diverged", "failed") else "idle")
+        self.tabs.setCurrentWidget(self.plots)
+        loaded = f"{len(self._opened_keys)} exported initialization{'s' if len(self._opened_keys) != 1 else ''}"
+        if problems:
+            self.message_bar.show_message(
+                "warning", f"<b>Opened {_html(summary.name)}</b>, showing what could be read: "
+                + _html("; ".join(problems)) + ".")
+        else:
+            self.statusBar().showMessage(f"Opened {summary.name}: {it:,} iterations, {loaded}", 8000)
+        self._sync_actions()
+        return True
+
+    def _remove_opened_exports(self) -> None:
+        for key in self._opened_keys:
+            self.playground.remove_initialization(key)
+            self.adaptation.remove_initialization(key)
+            self.tasks.remove_initialization(key)
+        self._opened_keys = []
+
+    def resume_run(self, path: str | None = None) -> bool:
+        """File ▸ Resume run: continue a run folder from its latest checkpoint with its own config (a finished
+        run is opened instead; a folder without a checkpoint trains again from the start)."""
+        if self.running or self.controller.running:
+            self._error("Cannot resume run", "A run is training: stop it before resuming another (one run at a "
+                        "time).")
+            return False
+        path = Path(path) if path else self._ask_directory("Resume run folder", self.runs_root())
+        if path is None:
+            return False
+        try:
+            folder = RunFolder.open(path)
+            config = folder.config()
+        except (RunFolderError, OSError) as exc:
+            self._error("Cannot resume run", f"The run was not resumed:\n{exc}\n\nNothing was changed.")
+            return False
+        status = folder.status()
+        try:
+            done = status.get("status") == "finished" and int(status.get("iteration") or 0) >= config.iterations
+        except (TypeError, ValueError):
+            done = False
+        if done:
+            if self.open_run(folder.path):
+                self.statusBar().showMessage(f"{folder.name} is finished: opened it (nothing left to train)", 8000)
+                return True
+            return False
+        self._resuming = {"state": self.state, "range": (self.progress.minimum(), self.progress.maximum()),
+                          "value": self.progress.value(), "label": self.progress_label.text()}
+        self.progress.setRange(0, 0)  # busy until the checkpoint is restored
+        self.progress_label.setText(f"Resuming {folder.name}…")
+        self._set_state("starting")
+        self.controller.resume_run(folder.path)
+        return True
 
     # -- File: image sets ------------------------------------------------------------------------------
     def open_image_set(self, path: str | None = None) -> ImageSetDialog | None:
@@ -901,7 +1175,8 @@ class MainWindow(QMainWindow):
     def show_shortcuts(self) -> None:
         rows = [(a.text().replace("…", ""), a.shortcut().toString(QKeySequence.SequenceFormat.NativeText))
                 for a in (self.act_toggle, self.act_stop, self.act_reset, self.act_open_config, self.act_save_config,
-                          self.act_import, self.act_export, self.act_export_plot, self.act_export_metrics,
+                          self.act_past_runs, self.act_resume_run, self.act_import, self.act_export,
+                          self.act_export_plot, self.act_export_metrics,
                           self.act_undo, self.act_delete, self.act_random, self.act_draw, self.act_log,
                           self.act_view_playground, self.act_view_training)]
         html = "<table cellspacing=4>" + "".join(f"<tr><td>{t}</td><td><b>{k}</b></td></tr>" for t, k in rows)

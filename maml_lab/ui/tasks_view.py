@@ -550,6 +550,14 @@ class TasksView(QWidget):
         self.inits[init.key] = init
         self._inputs_changed(draw=True)
 
+    def remove_initialization(self, key: str) -> None:
+        if self.inits.pop(key, None) is None:
+            return
+        self.predictions.pop(key, None)
+        self.draw_probs.pop(key, None)
+        self._render_task()
+        self._render_drawing()
+
     def clear_trained(self) -> None:
         for key in [k for k, v in self.inits.items() if v.source == "trained"]:
             del self.inits[key]

@@ -8,6 +8,11 @@ it also hands over copies of the recorded parameter paths (ui.inside.RunPaths) f
 pause/resume/stop are thread-safe calls straight into the Trainer (the worker thread is busy inside
 `Trainer.run`, so a queued slot would only run after training ends); they take effect within one
 meta-iteration.
+
+Every run trains into a run folder (core.runs: config, metrics.csv, checkpoints, exports, TensorBoard) when
+the request names a runs root; a folder that cannot be created is reported in `started` and the run trains
+without one. A resume request names a run folder instead: the Trainer is rebuilt from the folder's config,
+its latest checkpoint restored, and the restored history handed over in `started` before training goes on.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from ..core.imagesets import LoadCancelled as _LoadCancelled
 
+CHECKPOINT_EVERY = 1000  # iterations between checkpoints of an app run (and one at the end)
+
 PATHS_BUDGET_BYTES = 512 * 2**20  # all recorded parameter paths of a run together (MLPs never come close)
 # metrics forwarded to the plots (accuracy only where the task reports it: classification)
 TRAIN_FIELDS = ("pre_loss", "post_loss", "pre_accuracy", "post_accuracy")
@@ -28,16 +35,20 @@ VAL_FIELDS = ("val_pre_loss", "val_post_loss", "val_pre_accuracy", "val_post_acc
 
 
 class TrainingWorker(QObject):
-    started = Signal(object)  # {"device": str, "algorithms": [...], "total": int, "model": spec}
+    # {"device", "algorithms", "total", "model", "run_folder": str | None, "run_folder_error": str,
+    #  resumed runs also "config", "resumed_at" (iteration of the checkpoint, None: started over), "history" (chunk)}
+    started = Signal(object)
     progress = Signal(object)  # state, iteration, total, tasks_per_s, eta_s, elapsed_s, reason, chunk, latest
     snapshot = Signal(object)  # {"iteration", "params": {algo: params}, "metadata": {algo: dict}, "model": spec}
     paths = Signal(object)  # ui.inside.RunPaths: copies of the recorded parameter paths (every paths_interval s)
     finished = Signal(object)  # {"state", "reason", "iteration", "total"}
     failed = Signal(str)  # an exception in the worker: one-line message
     loading = Signal(object)  # {"done", "total"}: the image set loading before training starts
+    refused = Signal(str)  # a resume that could not start (broken folder, another experiment's checkpoint)
 
     def __init__(self, progress_hz: float = 30.0, snapshot_interval: float = 0.15, paths_interval: float = 1.0):
         super().__init__()
+        self.checkpoint_every = CHECKPOINT_EVERY
         self.progress_interval = 1.0 / progress_hz
         self.snapshot_interval = snapshot_interval
         self.paths_interval = paths_interval
@@ -80,39 +91,82 @@ class TrainingWorker(QObject):
     # -- the worker thread ---------------------------------------------------------------------------
     @Slot(object)
     def run(self, request) -> None:
-        """request: an ExperimentConfig, or (config, {"initial_params": ...}); trains until done or stopped."""
+        """request: an ExperimentConfig, or (config, options) with options "initial_params", "runs_root" (a run
+        folder is created under it) or "resume" (a run folder to continue; config is then None). Trains until
+        done or stopped."""
         from ..core.trainer import Trainer
 
         config, options = request if isinstance(request, tuple) else (request, {})
         self._busy = True
         trainer = None
+        logger = None
+        resume = options.get("resume")
         try:
-            family = self._load_family(config) if getattr(config, "task", "") == "images" else None
-            trainer = Trainer(config, family=family, initial_params=options.get("initial_params"))
+            folder, header = None, None
+            if resume is not None:
+                try:  # anything wrong with the folder, its image set or its checkpoint: refused, nothing changed
+                    folder, config = self._open_resumed(resume)
+                    family = self._load_family(config) if config.task == "images" else None
+                    trainer = Trainer(config, family=family)
+                    header = self._restore(trainer, folder)
+                except _LoadCancelled:
+                    raise
+                except Exception as exc:  # noqa: BLE001
+                    trainer = None
+                    self._refuse(exc, config)
+                    return
+            else:
+                family = self._load_family(config) if getattr(config, "task", "") == "images" else None
+                trainer = Trainer(config, family=family, initial_params=options.get("initial_params"))
             for recorder in trainer.recorders.values():  # parameter paths: bounded memory for big models too
                 recorder.limit_bytes(PATHS_BUDGET_BYTES // max(len(trainer.recorders), 1))
+            info = {"device": str(trainer.device), "algorithms": list(trainer.runs), "total": config.iterations,
+                    "model": trainer.model.spec(), "run_folder": None, "run_folder_error": ""}
+            if resume is None and options.get("runs_root") is not None:
+                folder, info["run_folder_error"] = self._create_folder(options["runs_root"], config)
+            if folder is not None:
+                logger = self._attach_logger(trainer, folder, resumed=header is not None)
+                if logger is None and resume is None:  # the new folder's first files could not be written
+                    info["run_folder_error"] = f"cannot write to run folder {folder.path}"
+                elif logger is None:
+                    self._refuse(OSError(f"cannot write to run folder {folder.path}"), config)
+                    return
+                else:
+                    info["run_folder"] = str(folder.path)
+            if resume is not None:
+                info.update(config=config, resumed_at=header["iteration"] if header else None,
+                            history=self._history_chunk(trainer))
             with self._lock:
                 self._trainer = trainer
                 stop, pause = self._stop_requested, self._pause_requested
             if pause:
                 trainer.pause()
             self._reset_batch(trainer)
-            self.started.emit({"device": str(trainer.device), "algorithms": list(trainer.runs),
-                               "total": config.iterations, "model": trainer.model.spec()})
+            self.started.emit(info)
             self._emit_snapshot(trainer)
+            if resume is not None:
+                self._emit_paths(trainer)  # the restored path at once
             # the Trainer's last callback (finished, stopped, diverged) flushes the metrics and sends a snapshot
-            state = "stopped" if stop else trainer.run(callback=self._callback(trainer), report_every=1)
+            if stop:  # stopped before training began: the run folder still ends as "stopped", with its checkpoint
+                trainer.state, trainer.stop_reason = "stopped", "stopped by the user"
+                if logger is not None:
+                    logger.on_end(trainer)
+                state = "stopped"
+            else:
+                state = trainer.run(callback=self._callback(trainer), report_every=1)
             self.finished.emit({"state": state, "reason": trainer.stop_reason, "iteration": trainer.iteration,
                                 "total": config.iterations})
         except _LoadCancelled:  # stopped while the image set was loading
             self.finished.emit({"state": "stopped", "reason": "stopped by the user", "iteration": 0,
-                                "total": getattr(config, "iterations", 0)})
+                                "total": getattr(config, "iterations", 0), "cancelled": True})
         except Exception as exc:  # noqa: BLE001 - any failure in the worker is reported, never raised into Qt
             traceback.print_exc()
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
             if trainer is not None:
                 self._flush(trainer, "failed", message)
                 self._emit_snapshot(trainer, only_if_finite=True)
+                if logger is not None and trainer.state not in ("failed", "finished", "stopped", "diverged"):
+                    self._mark_failed(logger, trainer, message)  # failed outside Trainer.run (which tells it)
             self.failed.emit(message)
             self.finished.emit({"state": "failed", "reason": message,
                                 "iteration": trainer.iteration if trainer is not None else 0,
@@ -123,6 +177,76 @@ class TrainingWorker(QObject):
                 self._stop_requested = False
                 self._pause_requested = False
             self._busy = False
+
+    # -- run folders ---------------------------------------------------------------------------------
+    @staticmethod
+    def _open_resumed(path):
+        from ..core.runs import RunFolder
+
+        folder = RunFolder.open(path)
+        return folder, folder.config()
+
+    @staticmethod
+    def _restore(trainer, folder):
+        """Load the folder's latest checkpoint into the trainer; None when it has none (the run starts over)."""
+        from ..core.checkpoint import load_checkpoint
+
+        checkpoint = folder.latest_checkpoint()
+        return load_checkpoint(trainer, checkpoint) if checkpoint is not None else None
+
+    @staticmethod
+    def _create_folder(root, config):
+        """(RunFolder, "") or (None, why not): the app trains on without a folder it cannot create."""
+        from pathlib import Path
+
+        from ..core.runs import RunFolder, RunFolderError, new_run_name, unique_path
+
+        try:
+            path = unique_path(Path(root).expanduser(), new_run_name(config))
+            return RunFolder.create(path, config, source="app"), ""
+        except (RunFolderError, OSError) as exc:
+            return None, str(exc) if isinstance(exc, RunFolderError) else f"cannot create a run folder in {root}: " \
+                f"{exc.strerror or exc}"
+
+    def _attach_logger(self, trainer, folder, resumed: bool):
+        from ..core.runs import RunLogger
+
+        try:
+            logger = RunLogger(folder, checkpoint_every=self.checkpoint_every)
+            logger.start(trainer, resumed=resumed)
+        except OSError:
+            traceback.print_exc()
+            return None
+        trainer.observers.append(logger)
+        return logger
+
+    @staticmethod
+    def _mark_failed(logger, trainer, message: str) -> None:
+        try:
+            logger.flush()
+            logger.folder.write_status(status="failed", reason=message, iteration=trainer.iteration)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _history_chunk(trainer) -> dict:
+        from .run_library import chunk_from_rows
+
+        return chunk_from_rows({n: (r.history, r.val_history) for n, r in trainer.runs.items()})
+
+    def _refuse(self, exc: Exception, config) -> None:
+        """A resume that could not start: say why (no traceback for the expected refusals)."""
+        from ..core.runs import RunFolderError
+
+        if isinstance(exc, (RunFolderError, ValueError, OSError)):
+            message = str(exc) if not isinstance(exc, OSError) or not exc.strerror else \
+                f"{exc.filename or ''}: {exc.strerror}".lstrip(": ")
+        else:
+            traceback.print_exc()
+            message = f"{type(exc).__name__}: {exc}"
+        self.refused.emit(message)
+        self.finished.emit({"state": "refused", "reason": message, "iteration": 0,
+                            "total": getattr(config, "iterations", 0)})
 
     def _load_family(self, config):
         """The image task family, loaded here (off the GUI thread) with progress; stop() cancels it."""
@@ -247,6 +371,7 @@ class TrainingController(QObject):
     finished = Signal(object)
     failed = Signal(str)
     loading = Signal(object)
+    refused = Signal(str)
     _request = Signal(object)
 
     def __init__(self, parent=None, progress_hz: float = 30.0, snapshot_interval: float = 0.15,
@@ -264,17 +389,26 @@ class TrainingController(QObject):
         self.worker.finished.connect(self._on_finished)
         self.worker.failed.connect(self.failed)
         self.worker.loading.connect(self.loading)
+        self.worker.refused.connect(self.refused)
         self.running = False
         self.thread.start()
         app = QCoreApplication.instance()
         if app is not None:  # a window never closed still stops its thread before Qt tears down
             app.aboutToQuit.connect(self.shutdown)
 
-    def start(self, config, initial_params=None) -> None:
+    def start(self, config, initial_params=None, runs_root=None) -> None:
+        """Train `config`; with `runs_root`, into a new run folder there."""
         if self.running:
             raise RuntimeError("training is already running")
         self.running = True
-        self._request.emit((config, {"initial_params": initial_params}))
+        self._request.emit((config, {"initial_params": initial_params, "runs_root": runs_root}))
+
+    def resume_run(self, path) -> None:
+        """Continue the run folder at `path` from its latest checkpoint, with its own config."""
+        if self.running:
+            raise RuntimeError("training is already running")
+        self.running = True
+        self._request.emit((None, {"resume": path}))
 
     def pause(self) -> None:
         self.worker.pause()

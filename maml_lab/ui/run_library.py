@@ -1,0 +1,327 @@
+"""Past runs for the app: where run folders go, a tolerant one-line summary of each, and what opening one
+gives the views (its curves as a metrics chunk, its parameter paths as a RunPaths). No widgets here.
+
+Every reader copes with damaged folders (run.json missing or corrupt, metrics.csv cut short, no checkpoint,
+a config.toml that no longer parses): it returns what it could read and says what it could not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..core.config import ExperimentConfig
+from ..core.runs import RUNS_ENV, RunFolder, RunFolderError
+from .colors import algorithm_label
+from .worker import TRAIN_FIELDS, VAL_FIELDS
+
+SETTINGS_KEY = "runs/root"
+STALE_S = 120.0  # a "running" run that wrote nothing for this long was most likely killed
+TERMINAL = ("finished", "stopped", "diverged", "failed")
+
+
+# -- where runs go -----------------------------------------------------------------------------------------
+def default_root() -> Path:
+    """The app's own runs folder: <application data>/runs."""
+    from PySide6.QtCore import QStandardPaths
+
+    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
+    return Path(base or Path.home() / ".maml-lab") / "runs"
+
+
+def runs_root(settings=None) -> Path:
+    """$MAML_LAB_RUNS when set (as for the command line), else the folder chosen in the app, else default_root()."""
+    env = os.environ.get(RUNS_ENV)
+    if env:
+        return Path(env).expanduser()
+    value = str(settings.value(SETTINGS_KEY, "") or "") if settings is not None else ""
+    return Path(value).expanduser() if value else default_root()
+
+
+def root_from_env() -> bool:
+    return bool(os.environ.get(RUNS_ENV))
+
+
+# -- one line per run --------------------------------------------------------------------------------------
+@dataclass
+class RunSummary:
+    path: Path
+    name: str
+    task: str = ""
+    algorithms: list[str] = field(default_factory=list)
+    status: str = "unknown"
+    iteration: int = 0
+    total: int = 0
+    post_loss: dict[str, float] = field(default_factory=dict)
+    post_accuracy: dict[str, float] = field(default_factory=dict)
+    created: str = ""
+    problems: list[str] = field(default_factory=list)  # what could not be read
+    has_checkpoint: bool = False
+    exports: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status == "finished" and self.iteration >= self.total > 0
+
+    def status_text(self) -> str:
+        return "damaged" if self.problems and self.status == "unknown" else self.status
+
+    def progress_text(self) -> str:
+        return f"{self.iteration:,} / {self.total:,}" if self.total else f"{self.iteration:,}"
+
+    def loss_text(self) -> str:
+        return _per_algorithm(self._ordered(self.post_loss), lambda v: f"{v:.3g}")
+
+    def accuracy_text(self) -> str:
+        return _per_algorithm(self._ordered(self.post_accuracy), lambda v: f"{100 * v:.1f}%")
+
+    def result_text(self) -> str:
+        """The last post-adaptation loss of each algorithm, with its accuracy on image tasks."""
+        losses = self._ordered(self.post_loss)
+        if not self.post_accuracy:
+            return self.loss_text()
+        parts = {n: f"{v:.3g}" + (f" ({100 * self.post_accuracy[n]:.1f}%)" if n in self.post_accuracy else "")
+                 for n, v in losses.items() if math.isfinite(v)}
+        if len(parts) == 1:
+            return next(iter(parts.values()))
+        return " · ".join(f"{algorithm_label(n)} {t}" for n, t in parts.items())
+
+    def _ordered(self, values: dict) -> dict:
+        """The run's algorithm order (run.json stores its metrics sorted by name)."""
+        order = [n for n in self.algorithms if n in values] + [n for n in values if n not in self.algorithms]
+        return {n: values[n] for n in order}
+
+    def task_text(self) -> str:
+        return {"sinusoid": "Sinusoid", "images": "Images"}.get(self.task, self.task or "?")
+
+    def algorithms_text(self) -> str:
+        return ", ".join(algorithm_label(a) for a in self.algorithms) or "?"
+
+
+def _per_algorithm(values: dict[str, float], fmt) -> str:
+    parts = [(n, v) for n, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)]
+    if len(parts) == 1:
+        return fmt(parts[0][1])
+    return " · ".join(f"{algorithm_label(n)} {fmt(v)}" for n, v in parts)
+
+
+def _created(status: dict, path: Path) -> str:
+    text = str(status.get("created") or "")
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        try:
+            return time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+        except OSError:
+            return ""
+
+
+def _last_write(folder: RunFolder) -> float:
+    times = []
+    for p in (folder.status_path, folder.metrics_path):
+        try:
+            times.append(p.stat().st_mtime)
+        except OSError:
+            pass
+    return max(times, default=0.0)
+
+
+def summarize(folder: RunFolder, active: Path | None = None, now: float | None = None) -> RunSummary:
+    """What the Past runs list shows of a folder; never raises. `active`: the folder the app trains in now
+    (its "running" is true; another run's "running" with nothing written for STALE_S is "interrupted")."""
+    out = RunSummary(folder.path, folder.name)
+    status = folder.status()
+    if not status:
+        out.problems.append("run.json is missing or unreadable")
+    config = None
+    try:
+        config = folder.config()
+    except (RunFolderError, OSError) as exc:
+        out.problems.append(f"config.toml: {exc}")
+    out.task = str(status.get("task") or (config.task if config else ""))
+    algos = status.get("algorithms")
+    out.algorithms = [str(a) for a in algos] if isinstance(algos, list) else (
+        [a.name for a in config.algorithms] if config else [])
+    out.status = str(status.get("status") or "unknown")
+    try:
+        out.iteration = int(status.get("iteration") or 0)
+        out.total = int(config.iterations if config else status.get("total") or 0)
+    except (TypeError, ValueError):
+        out.problems.append("run.json has an unreadable iteration")
+    last = status.get("last_metrics")
+    if not isinstance(last, dict) or not last:
+        last = {}
+        try:  # run.json lost or written before the first checkpoint: the last rows of metrics.csv
+            for name, cols in folder.read_metrics().items():
+                if len(cols["iteration"]):
+                    last[name] = {k: float(v[-1]) for k, v in cols.items()}
+                    out.iteration = max(out.iteration, int(cols["iteration"][-1]))
+        except (RunFolderError, OSError, ValueError) as exc:
+            out.problems.append(f"metrics.csv: {exc}")
+    for name, m in last.items():
+        if isinstance(m, dict):
+            if isinstance(m.get("post_loss"), (int, float)):
+                out.post_loss[name] = float(m["post_loss"])
+            if isinstance(m.get("post_accuracy"), (int, float)) and math.isfinite(m["post_accuracy"]):
+                out.post_accuracy[name] = float(m["post_accuracy"])
+    out.created = _created(status, folder.path)
+    out.has_checkpoint = bool(folder.checkpoints())
+    out.exports = len(folder.exports())
+    if out.status == "running":
+        if active is not None and Path(active).resolve() == folder.path.resolve():
+            pass
+        elif (now if now is not None else time.time()) - _last_write(folder) > STALE_S:
+            out.status = "interrupted"
+    return out
+
+
+def list_summaries(root: Path, active: Path | None = None) -> list[RunSummary]:
+    from ..core.runs import list_runs
+
+    try:
+        folders = list_runs(root)
+    except OSError:
+        return []
+    return [summarize(f, active) for f in folders]
+
+
+# -- opening a run -----------------------------------------------------------------------------------------
+def chunk_from_rows(runs: dict[str, tuple[list[dict], list[dict]]]) -> dict:
+    """A metrics chunk (the worker's progress format) of {name: (history, val_history)} metric dicts."""
+    chunk = {"train": {}, "val": {}}
+    for name, (history, val_history) in runs.items():
+        for target, rows, keys in ((chunk["train"], history, TRAIN_FIELDS), (chunk["val"], val_history, VAL_FIELDS)):
+            if not rows:
+                continue
+            cols = {"iteration": [int(r["iteration"]) for r in rows]}
+            for k in keys:
+                values = [float(r.get(k, math.nan)) for r in rows]
+                if "accuracy" not in k or any(math.isfinite(v) for v in values):
+                    cols[k] = values
+            target[name] = cols
+    return chunk
+
+
+def chunk_from_metrics(metrics: dict[str, dict[str, np.ndarray]]) -> dict:
+    """A metrics chunk of RunFolder.read_metrics(): training rows and validation rows apart."""
+    chunk = {"train": {}, "val": {}}
+    for name, cols in metrics.items():
+        it = cols.get("iteration")
+        if it is None or not len(it):
+            continue
+        for target, keys in ((chunk["train"], TRAIN_FIELDS), (chunk["val"], VAL_FIELDS)):
+            present = [k for k in keys if k in cols]
+            if not present:
+                continue
+            losses = [k for k in present if "loss" in k]
+            rows = np.zeros(len(it), bool)
+            for k in losses:
+                rows |= np.isfinite(cols[k])
+            if not rows.any():
+                continue
+            out = {"iteration": it[rows].astype(np.int64).tolist()}
+            for k in present:
+                values = cols[k][rows]
+                if "accuracy" not in k or np.isfinite(values).any():
+                    out[k] = values.tolist()
+            target[name] = out
+    return chunk
+
+
+def paths_from_checkpoint(tensors: dict, header: dict, config: ExperimentConfig, family=None):
+    """The parameter paths a checkpoint recorded, as the worker hands them to the views (None if it has none)."""
+    from .inside import PathData, RunPaths
+
+    paths = OrderedDict()
+    saved = list(header.get("runs", {}))  # the header's JSON is sorted by name: keep the run's own order
+    order = [a.name for a in config.algorithms if a.name in saved] + [n for n in saved
+                                                                      if n not in {a.name for a in config.algorithms}]
+    for name in order:
+        prefix = f"runs/{name}/path/"
+        snaps, its = tensors.get(prefix + "snapshots"), tensors.get(prefix + "iterations")
+        if snaps is None or its is None or snaps.ndim != 2 or len(snaps) != len(its) or not len(its):
+            continue
+        array = snaps.numpy().astype(np.float32, copy=False)
+        rows = []
+        for row in array:
+            row = row.copy()
+            row.flags.writeable = False
+            rows.append(row)
+        metric_cols = {k[len(prefix) + 8:]: v.tolist() for k, v in tensors.items() if k.startswith(prefix + "metrics/")}
+        metrics = []
+        for i in range(len(rows)):
+            m = {k: float(col[i]) for k, col in metric_cols.items() if i < len(col) and math.isfinite(col[i])}
+            if "iteration" in m:
+                m["iteration"] = int(m["iteration"])
+            metrics.append(m)
+        paths[name] = PathData(np.asarray(its.tolist(), dtype=np.int64), rows, metrics)
+    if not paths:
+        return None
+    loss = "mse" if config.task == "sinusoid" else "cross_entropy"
+    return RunPaths(int(header.get("iteration", 0)), int(config.iterations), dict(header.get("model") or {}), loss,
+                    config.task, config.shots, config.queries, paths,
+                    {a.name: a.to_dict() for a in config.algorithms}, family, family)
+
+
+@dataclass
+class OpenedRun:
+    folder: RunFolder
+    summary: RunSummary
+    config: ExperimentConfig | None
+    chunk: dict
+    paths: object  # RunPaths or None
+    exports: list[Path]
+    problems: list[str]
+
+
+def open_run(path: str | Path) -> OpenedRun:
+    """Everything the app shows of a past run. Raises RunFolderError only for a folder that is no run at all."""
+    from ..core.checkpoint import CheckpointError, read_checkpoint
+
+    folder = RunFolder.open(path)
+    summary = summarize(folder)
+    problems = list(summary.problems)
+    config = None
+    try:
+        config = folder.config()
+    except (RunFolderError, OSError):
+        pass
+    chunk = {"train": {}, "val": {}}
+    try:
+        chunk = chunk_from_metrics(folder.read_metrics())
+    except (RunFolderError, OSError, ValueError) as exc:
+        if not any(p.startswith("metrics.csv") for p in problems):
+            problems.append(f"metrics.csv: {exc}")
+    if not chunk["train"] and not any(p.startswith("metrics.csv") for p in problems):
+        problems.append("metrics.csv holds no iterations yet")
+    paths = None
+    checkpoint = folder.latest_checkpoint()
+    if checkpoint is None:
+        problems.append("no readable checkpoint: no parameter path"
+                        + (" (damaged checkpoint files were passed over)" if folder.checkpoints() else ""))
+    else:
+        try:
+            tensors, header = read_checkpoint(checkpoint)
+            if config is None:  # the checkpoint knows its experiment too
+                config = ExperimentConfig.from_dict(header.get("config") or {})
+            family = None
+            if config.task == "sinusoid":
+                from ..core.trainer import make_family
+
+                family = make_family(config)
+            paths = paths_from_checkpoint(tensors, header, config, family)
+            if paths is None:
+                problems.append(f"{checkpoint.name} holds no parameter path (too big to record)")
+        except (CheckpointError, ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{checkpoint.name}: {exc}")
+    exports = folder.exports()
+    if config is not None:  # in the run's algorithm order
+        rank = {a.name: i for i, a in enumerate(config.algorithms)}
+        exports.sort(key=lambda p: (rank.get(p.stem, len(rank)), p.name))
+    return OpenedRun(folder, summary, config, chunk, paths, exports, problems)
