@@ -4,9 +4,9 @@ All tasks of a batch adapt at once. The shared initialization theta is expanded 
 [B, ...] (a view, no copy); because each task's loss depends only on its own slice, the gradient of the
 *sum* of task losses with respect to the expanded tensor is exactly each task's own gradient. With
 `create_graph=True` the inner gradients stay differentiable, which is MAML's exact second-order term.
-MAML/FOMAML training on ReLU/tanh MLPs with the MSE loss does not differentiate through here: those models
-compute the meta-gradient without autograd (mlp_meta.py, about twice as fast); other models (conv-4, other
-activations or losses) do.
+MAML/FOMAML training on ReLU/tanh MLPs with the MSE loss, and on conv-4 with one inner step (CPU, strided
+downsampling, cross-entropy), does not differentiate through here: those models compute the meta-gradient
+without autograd (mlp_meta.py, conv4_meta.py); other models and settings do.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ class AdaptResult:
     params: "OrderedDict[str, torch.Tensor]"  # per task, [B, ...]
     support_losses: list[torch.Tensor]  # [B] before each step, plus after the last one when asked for
     path: list["OrderedDict[str, torch.Tensor]"] = field(default_factory=list)  # detached, steps + 1 entries
+    # predictions of the initial parameters on the support sets, where they came for free (explicit meta-gradients)
+    support_pred: torch.Tensor | None = None
 
 
 def expand_params(params, num_tasks: int) -> "OrderedDict[str, torch.Tensor]":
