@@ -74,7 +74,8 @@ class _Worker(QObject):
             if isinstance(exc, (Cancelled, LandscapeCancelled)) or job.cancel.is_set():
                 self.failed.emit(job.id, "")
             else:
-                traceback.print_exc()
+                if not isinstance(exc, (ValueError, OSError)):  # bad input is reported, not a bug to trace
+                    traceback.print_exc()
                 text = str(exc).splitlines()[0] if str(exc) else ""
                 self.failed.emit(job.id, f"{type(exc).__name__}: {text}".rstrip(": "))
             return
