@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-lr", type=_positive_float, help="outer Adam learning rate (default 1e-3)")
     t.add_argument("--meta-lr-schedule", choices=("constant", "cosine"),
                    help="outer learning rate over the run: constant (the MAML paper) or cosine to 0 (MAML++)")
+    t.add_argument("--step-loss-weights", type=_nonneg_float, nargs="+", metavar="W",
+                   help="MAML/FOMAML: weight of the query loss after each inner step, one per step (MAML++'s "
+                        "multi-step loss; default: only after the last step)")
     t.add_argument("--first-order", action="store_true", help="with --algorithm maml: train FOMAML")
     t.add_argument("--inner-optimizer", choices=("sgd", "adam"), help="Reptile's inner optimizer")
     t.add_argument("--outer-lr-start", type=_nonneg_float, help="Reptile's epsilon at the start (default 1.0)")
@@ -155,7 +158,7 @@ def _config_from_args(args, base: dict | None = None):
         names = ["fomaml" if n == "maml" else n for n in names]
     overrides = {k: getattr(args, k) for k in ("inner_lr", "inner_steps", "test_inner_steps", "meta_lr",
                                                "inner_optimizer", "outer_lr_start", "outer_lr_end",
-                                               "meta_lr_schedule")}
+                                               "meta_lr_schedule", "step_loss_weights")}
     from_file = base.get("algorithms", {}) if isinstance(base.get("algorithms"), dict) else {}
     algos = {}
     for name in dict.fromkeys(names):

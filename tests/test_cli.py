@@ -42,6 +42,13 @@ def test_several_algorithms_toml_config_and_flags(tmp_path, capsys):
     assert "fomaml" in capsys.readouterr().out
 
 
+def test_step_loss_weights_flag_reaches_the_algorithm_config():
+    from maml_lab.cli import _config_from_args, build_parser
+
+    args = build_parser().parse_args(["train", "--inner-steps", "2", "--step-loss-weights", "0.5", "0.5"])
+    assert _config_from_args(args).algorithm("maml").step_loss_weights == [0.5, 0.5]
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--inner-lr", "-0.1"], "must be a positive number"),
     (["train", "--shots", "0"], "must be >= 1"),
@@ -49,6 +56,7 @@ def test_several_algorithms_toml_config_and_flags(tmp_path, capsys):
     (["train", "--device", "quantum"], "unknown device"),
     (["train", "--config", "missing.toml"], "config file not found"),
     (["train", "--out", "x.zip"], "--out must end in .safetensors or .pt"),
+    (["train", "--step-loss-weights", "0.5", "0.5"], "one weight per inner step"),
     (["eval", "missing.safetensors"], "file not found"),
     (["eval"], "required"),
     (["frobnicate"], "invalid choice"),

@@ -9,11 +9,11 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
-from .adaptation import AdaptResult, adapt, adapt_adam
+from .adaptation import AdaptResult, adapt, adapt_adam, expand_params
 from .losses import accuracy_per_task, loss_function
 from .models import detach_params
 from .optim import Adam
@@ -48,6 +48,9 @@ class AlgorithmConfig:
     outer_lr_start: float = 1.0  # Reptile only: epsilon at the first iteration ...
     outer_lr_end: float = 0.0  # ... annealed linearly to this at the last
     meta_lr_schedule: str = "constant"  # or "cosine": meta-lr annealed to 0 over the run (MAML++)
+    # MAML/FOMAML: meta-loss = sum_s w_s * query loss after inner step s, one weight per inner step (MAML++'s
+    # multi-step loss); empty: the query loss after the last step only (the MAML paper)
+    step_loss_weights: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -71,6 +74,16 @@ class AlgorithmConfig:
             raise ValueError(f"meta-lr-schedule must be constant or cosine, got {self.meta_lr_schedule!r}")
         if self.inner_optimizer not in ("sgd", "adam"):
             raise ValueError(f"inner-optimizer must be sgd or adam, got {self.inner_optimizer!r}")
+        self.step_loss_weights = [float(w) for w in self.step_loss_weights]
+        if self.step_loss_weights:
+            weights = self.step_loss_weights
+            if self.name not in ("maml", "fomaml"):
+                raise ValueError(f"step-loss-weights apply to maml and fomaml only, not {self.name}")
+            if len(weights) != self.inner_steps:
+                raise ValueError(f"step-loss-weights needs one weight per inner step ({self.inner_steps}), "
+                                 f"got {len(weights)}")
+            if not (all(math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0):
+                raise ValueError(f"step-loss-weights must be >= 0 with a positive sum, got {weights}")
 
     @classmethod
     def defaults(cls, name: str, task: str = "sinusoid", **overrides) -> "AlgorithmConfig":
@@ -144,20 +157,41 @@ class MetaAlgorithm:
         """Gradient of the mean post-adaptation query loss with respect to theta (no update).
 
         Models that can compute it without autograd (`explicit_meta_gradient`: ReLU/tanh MLPs with the MSE
-        loss, see mlp_meta.py) do so; every other model differentiates through `adapt`.
+        loss, see mlp_meta.py) do so; every other model differentiates through `adapt`. With step_loss_weights it
+        is the gradient of sum_s w_s * (mean query loss after inner step s), by autograd; the returned loss and
+        logits are still those after the last step.
         """
         cfg = self.config
+        if cfg.step_loss_weights:
+            return self._multi_step_meta_gradient(params, batch, first_order)
         explicit = getattr(self.model, "explicit_meta_gradient", None)
         if explicit is not None:
             out = explicit(params, batch, self.loss_fn, cfg.inner_steps, cfg.inner_lr, first_order)
             if out is not None:
-                return out.grads, out.meta_loss, AdaptResult(out.params, out.support_losses), out.query_pred
+                res = AdaptResult(out.params, out.support_losses, support_pred=getattr(out, "support_pred", None))
+                return out.grads, out.meta_loss, res, out.query_pred
         res = adapt(self.model, self.loss_fn, params, batch.x_support, batch.y_support, cfg.inner_steps,
                     cfg.inner_lr, create_graph=not first_order)
         query_logits = self.model.forward(res.params, batch.x_query)
         meta_loss = self.loss_fn(query_logits, batch.y_query).mean()
         grads = torch.autograd.grad(meta_loss, list(params.values()))
         return grads, meta_loss.detach(), res, query_logits
+
+    def _multi_step_meta_gradient(self, params, batch, first_order: bool):
+        cfg = self.config
+        fast = expand_params(params, batch.num_tasks)
+        support_losses, objective = [], 0.0
+        for weight in cfg.step_loss_weights:
+            res = adapt(self.model, self.loss_fn, fast, batch.x_support, batch.y_support, 1, cfg.inner_lr,
+                        create_graph=not first_order, batched=True)
+            fast = res.params
+            support_losses += res.support_losses
+            query_logits = self.model.forward(fast, batch.x_query)
+            step_loss = self.loss_fn(query_logits, batch.y_query).mean()
+            if weight:
+                objective = objective + weight * step_loss
+        grads = torch.autograd.grad(objective, list(params.values()))
+        return grads, step_loss.detach(), AdaptResult(fast, support_losses), query_logits
 
     def meta_step(self, params, batch, iteration: int = 0) -> dict:
         raise NotImplementedError
@@ -178,8 +212,8 @@ class MAML(MetaAlgorithm):
     def meta_step(self, params, batch, iteration: int = 0) -> dict:
         grads, meta_loss, res, query_logits = self.meta_gradient(params, batch, self.first_order)
         pre_loss = res.support_losses[0].mean()
-        pre_logits = None
-        if self.classification:
+        pre_logits = res.support_pred
+        if self.classification and pre_logits is None:
             with torch.no_grad():
                 pre_logits = self.model.forward(params, batch.x_support)
         self._apply(params, grads, iteration)

@@ -190,3 +190,35 @@ def test_cosine_meta_lr_schedule_anneals_to_zero():
     assert make_algorithm(model, "mse", AlgorithmConfig("maml"), 100).meta_lr(70) == 1e-3
     with pytest.raises(ValueError, match="meta-lr-schedule"):
         AlgorithmConfig("maml", meta_lr_schedule="step")
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_step_loss_weights_weight_the_query_loss_after_each_inner_step(first_order):
+    model, params, batch = setup()
+    module = model.torch_module().to(DT)
+    lr, weights = 0.05, [0.3, 0.0, 0.7]
+    name = "fomaml" if first_order else "maml"
+    algo = make_algorithm(model, "mse", AlgorithmConfig(name, inner_lr=lr, inner_steps=3, step_loss_weights=weights))
+    leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in params.items())
+    grads, loss, res, _ = algo.meta_gradient(leaves, batch, first_order)
+    # the meta-gradient is linear in the objective: the weighted sum of the s-step meta-gradients
+    per_step = [reference_meta_gradient(module, params, batch, s, lr, first_order) for s in (1, 2, 3)]
+    for k, g in zip(params, grads):
+        expected = sum(w * ref[k] for w, ref in zip(weights, per_step))
+        torch.testing.assert_close(g, expected, rtol=1e-9, atol=1e-12)
+    assert float(loss) == pytest.approx(meta_objective(model, params, batch, 3, lr), rel=1e-12)  # after the last step
+    assert len(res.support_losses) == 3
+    # weight only on the last step: the plain (unweighted) meta-gradient
+    last_only = make_algorithm(model, "mse", AlgorithmConfig(name, inner_lr=lr, inner_steps=3,
+                                                             step_loss_weights=[0, 0, 1]))
+    plain = engine_meta_gradient(model, params, batch, 3, lr, first_order)
+    for k, g in zip(params, last_only.meta_gradient(leaves, batch, first_order)[0]):
+        torch.testing.assert_close(g, plain[k], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [{"step_loss_weights": [0.5]}, {"step_loss_weights": [0.5, -0.5]},
+                                 {"step_loss_weights": [0.0, 0.0]}, {"step_loss_weights": [1.0, float("inf")]},
+                                 {"name": "reptile", "step_loss_weights": [0.5, 0.5]}])
+def test_invalid_step_loss_weights_are_refused(bad):
+    with pytest.raises(ValueError, match="step-loss-weights"):
+        AlgorithmConfig(**{"name": "maml", "inner_steps": 2, **bad})
