@@ -182,13 +182,14 @@ def test_two_gloo_processes_match_one_process(tmp_path):
                 a, b = ranks[0][name]["params"][algo][k], ranks[1][name]["params"][algo][k]
                 assert a.dtype == torch.float64
                 assert torch.equal(a, b), f"{name}/{algo}/{k}: ranks differ"
-                # conv-4's conv biases feed a batch norm: their true gradient is 0, what autograd returns is
-                # rounding noise (~1e-15) that Adam rescales to ~lr * 1e-15 / eps, so they agree to ~1e-8 only,
-                # and through them the other conv-4 parameters to ~1e-11
+                # conv-4's conv biases feed a batch norm: their true gradient is 0, what autograd returns (where
+                # it is used) is rounding noise (~1e-15) that Adam rescales to ~lr * 1e-15 / eps, so they agree
+                # to ~1e-8 only, and through them the other conv-4 parameters to ~1e-11
                 tol = 1e-10 if name != "images" else 1e-7 if k in CONV_BIASES else 1e-9
                 assert torch.allclose(a, ref, rtol=0, atol=tol), (
                     f"{name}/{algo}/{k}: max diff {float((a - ref).abs().max()):.3g}")
-                assert not torch.equal(ref, init[algo][k]), f"{name}/{algo}/{k} did not train"
+                if k not in CONV_BIASES or name != "images":  # (the explicit conv-4 path gives them exactly 0)
+                    assert not torch.equal(ref, init[algo][k]), f"{name}/{algo}/{k} did not train"
             # the reported metrics are the global means, on every rank
             for got0, got1, want in zip(ranks[0][name]["history"][algo], ranks[1][name]["history"][algo],
                                         single["history"][algo]):
