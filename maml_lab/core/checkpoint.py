@@ -125,8 +125,9 @@ def save_checkpoint(trainer, path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and header of a checkpoint file, validated; CheckpointError says what is wrong."""
+def read_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and header of a checkpoint file, validated; CheckpointError says what is wrong.
+    tensors=False checks the file and reads the header only (finding the latest good checkpoint)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -135,7 +136,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get(METADATA_KEY)
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+            values = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path.name} is not a readable checkpoint (corrupt or truncated?): {exc}") from None
     if raw is None:
@@ -150,7 +151,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(f"{path.name} has checkpoint format version {version!r}; this MAML Lab reads "
                               f"versions 1 to {FORMAT_VERSION}")
-    return tensors, header
+    return values, header
 
 
 def check_compatible(trainer, header: dict, where: str = "the checkpoint") -> None:
@@ -163,11 +164,11 @@ def check_compatible(trainer, header: dict, where: str = "the checkpoint") -> No
         raise CheckpointError(f"{where} is from a different experiment: {shown}")
 
 
-def restore_checkpoint(trainer, tensors: dict[str, torch.Tensor], header: dict) -> None:
+def restore_checkpoint(trainer, tensors: dict[str, torch.Tensor], header: dict, where: str = "the checkpoint") -> None:
     """Put a checkpoint's state into a Trainer built from the same config (checked first)."""
     from .trajectory import TrajectoryRecorder
 
-    check_compatible(trainer, header)
+    check_compatible(trainer, header, where)
     runs = header.get("runs", {})
     for name, run in trainer.runs.items():
         entry = runs.get(name)
@@ -214,8 +215,7 @@ def restore_checkpoint(trainer, tensors: dict[str, torch.Tensor], header: dict) 
 def load_checkpoint(trainer, path: str | Path) -> dict:
     """Read, check and restore in one go; returns the header."""
     tensors, header = read_checkpoint(path)
-    check_compatible(trainer, header, where=Path(path).name)
-    restore_checkpoint(trainer, tensors, header)
+    restore_checkpoint(trainer, tensors, header, where=Path(path).name)
     return header
 
 

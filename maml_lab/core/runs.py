@@ -164,7 +164,7 @@ class RunFolder:
         """The newest checkpoint that reads back; damaged ones (copied in by hand, say) are passed over."""
         for _, path in reversed(self.checkpoints()):
             try:
-                read_checkpoint(path)
+                read_checkpoint(path, tensors=False)  # a truncated file fails here already
             except CheckpointError:
                 continue
             return path
@@ -245,6 +245,7 @@ class RunLogger:
         self._writer = None
         self._window: dict[str, dict[str, list[float]]] = {}
         self.last_checkpoint: Path | None = None
+        self._checkpointed_at: int | None = None  # the iteration of last_checkpoint
 
     def start(self, trainer, resumed: bool = False) -> None:
         """Write the metrics so far (all of them from the trainer's history, so a resumed run's file holds
@@ -307,7 +308,7 @@ class RunLogger:
         """Metrics first, then the checkpoint, then the status: whatever the status names exists."""
         self.flush()
         path = save_checkpoint(trainer, self.folder.checkpoint_path(trainer.iteration))
-        self.last_checkpoint = path
+        self.last_checkpoint, self._checkpointed_at = path, trainer.iteration
         for _, old in self.folder.checkpoints()[:-self.keep]:
             old.unlink(missing_ok=True)
         self.folder.write_status(iteration=trainer.iteration, checkpoint=path.name,
@@ -317,7 +318,7 @@ class RunLogger:
     def on_end(self, trainer) -> None:
         exports = {}
         if trainer.state != "failed":  # a failure mid-step may leave half-updated state: keep the last checkpoint
-            if self.last_checkpoint is None or trainer.iteration != self._checkpoint_iteration():
+            if trainer.iteration != self._checkpointed_at:
                 self.checkpoint(trainer)
             for name in trainer.runs:
                 path = self.folder.export_path(name)
@@ -332,7 +333,3 @@ class RunLogger:
             self._writer = None
         self.folder.write_status(status=trainer.state, reason=trainer.stop_reason, iteration=trainer.iteration,
                                  exports=exports, last_metrics={n: r.last_metrics for n, r in trainer.runs.items()})
-
-    def _checkpoint_iteration(self) -> int | None:
-        m = _CHECKPOINT_NAME.match(self.last_checkpoint.name) if self.last_checkpoint else None
-        return int(m.group(1)) if m else None

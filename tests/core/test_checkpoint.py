@@ -18,12 +18,7 @@ from maml_lab.core.trainer import Trainer
 ALL = ("maml", "fomaml", "reptile", "pretrained")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(**kw):

@@ -18,13 +18,7 @@ from maml_lab.core.tasks import TaskBatch
 B, WAYS, SHOTS, QUERIES = 3, 3, 2, 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small float64 convolutions: one torch thread is fastest and immune to a busy shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(**kw):
