@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 from .background import BackgroundRunner, run_pending_and_wait
 from .colors import algorithm_color, algorithm_label, curve_pen, qcolor
 from .inside import CurveRequest, CurveSet, RunPaths, compute_curves
-from .inside_plots import flow_bar, hint_text, labelled, place_center
+from .inside_plots import flow_bar, hint_text, labelled, place_center, readout_label
 from .preview import Initialization
 from .theme import MUTED, TEXT, style_plot
 
@@ -110,10 +110,7 @@ class AdaptationView(QWidget):
         self.items: list = []
         self.hint = hint_text(self.loss_plot, "Train, or import an initialization, to compare how fast each adapts")
         self.loss_plot.getViewBox().sigResized.connect(lambda *_: place_center(self.loss_plot, self.hint))
-        self.summary = QLabel(" ")
-        self.summary.setObjectName("Readout")
-        self.summary.setTextFormat(Qt.TextFormat.RichText)
-        self.summary.setWordWrap(True)
+        self.summary = readout_label(one_line=False)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 6)
         layout.setSpacing(6)

@@ -318,3 +318,17 @@ def compact(combo, chars: int = 14):
     combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
     combo.setMinimumContentsLength(chars)
     return combo
+
+
+def readout_label(one_line: bool = True) -> QLabel:
+    """The muted rich-text line under a plot that says what the mouse is over (styled as QLabel#Readout).
+    one_line: a fixed-height line that never widens its view; otherwise it wraps."""
+    label = QLabel(" ")
+    label.setObjectName("Readout")
+    label.setTextFormat(Qt.TextFormat.RichText)
+    if one_line:
+        label.setMinimumHeight(22)
+        label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    else:
+        label.setWordWrap(True)
+    return label

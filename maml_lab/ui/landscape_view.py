@@ -57,6 +57,7 @@ from .inside_plots import (
     log_ticks,
     place_center,
     place_legend,
+    readout_label,
     set_halo,
 )
 from .slider_player import SliderPlayer
@@ -296,11 +297,7 @@ class LandscapeView(QWidget):
         self._arrange("compare")
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
 
-        self.readout = QLabel(" ")
-        self.readout.setObjectName("Readout")
-        self.readout.setTextFormat(Qt.TextFormat.RichText)
-        self.readout.setMinimumHeight(22)
-        self.readout.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.readout = readout_label()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 6)
         layout.setSpacing(6)

@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
-    QSizePolicy,
     QSlider,
     QSpinBox,
     QVBoxLayout,
@@ -52,6 +51,7 @@ from .inside_plots import (
     nearest_point,
     place_center,
     place_legend,
+    readout_label,
     set_halo,
 )
 from .slider_player import SliderPlayer
@@ -181,11 +181,7 @@ class PathsView(QWidget):
         slider_row.addWidget(self.checkpoint_label)
         slider_row.addWidget(self.latest_button)
 
-        self.readout = QLabel(" ")
-        self.readout.setObjectName("Readout")
-        self.readout.setTextFormat(Qt.TextFormat.RichText)
-        self.readout.setMinimumHeight(22)
-        self.readout.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.readout = readout_label()
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 6)
         layout.setSpacing(6)
