@@ -33,12 +33,12 @@ import time
 
 import torch
 
-from maml_lab.core.algorithms import AlgorithmConfig
-from maml_lab.core.config import ExperimentConfig
+from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.training.config import ExperimentConfig
 
 
 def make_trainer(args, world):
-    from maml_lab.core.trainer import Trainer
+    from maml_lab.core.training.trainer import Trainer
 
     if args.model == "mlp":
         config = ExperimentConfig(meta_batch_size=args.meta_batch_size, shots=10, queries=10,
@@ -47,8 +47,8 @@ def make_trainer(args, world):
         return Trainer(config, record_every=0, world=world)
     import numpy as np
 
-    from maml_lab.core.image_tasks import ImageTaskFamily
-    from maml_lab.core.imagesets import ImageSet, Preprocessing
+    from maml_lab.core.tasks.images import ImageTaskFamily
+    from maml_lab.core.tasks.imagesets import ImageSet, Preprocessing
 
     rng = np.random.default_rng(0)  # 100 classes of 20 random "images": timing does not depend on content
     pixels = (rng.random((2000, 1, 28, 28)) < 0.15).astype(np.uint8) * 255
@@ -64,7 +64,7 @@ def worker(rank: int, size: int, port: int, args, results) -> None:
     world = None
     try:
         if size > 1:
-            from maml_lab.core.distributed import init_from_env
+            from maml_lab.core.training.distributed import init_from_env
 
             os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                               WORLD_SIZE=str(size), LOCAL_RANK=str(rank))

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from maml_lab.core.landscape import grid, surface
-from maml_lab.core.models import MLP
-from maml_lab.core.tasks import SinusoidFamily
-from maml_lab.core.trajectory import random_plane, unflatten
+from maml_lab.core.analysis.landscape import grid, surface
+from maml_lab.core.analysis.trajectory import random_plane, unflatten
+from maml_lab.core.models.mlp import MLP
+from maml_lab.core.tasks.sinusoid import SinusoidFamily
 
 
 def forward(p, x):

@@ -20,9 +20,9 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from maml_lab.core.algorithms import AlgorithmConfig, make_algorithm
-from maml_lab.core.models import MLP
-from maml_lab.core.tasks import SinusoidFamily
+from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.models.mlp import MLP
+from maml_lab.core.tasks.sinusoid import SinusoidFamily
 
 
 class Setup:
@@ -35,7 +35,7 @@ class Setup:
             self.b, self.k, self.q = 25, 10, 10
             self.loss = F.mse_loss
         else:
-            from maml_lab.core.conv4 import Conv4
+            from maml_lab.core.models.conv4 import Conv4
 
             self.model, self.loss_name, self.lr = Conv4(1, 28, 5, batched=conv4_batched), "cross_entropy", 0.4
             self.b, self.k, self.q = 32, 1, 5  # 5-way 1-shot, 5 queries per class
@@ -52,8 +52,8 @@ class Setup:
             return [SinusoidFamily().sample(self.b, self.k, self.q, g) for _ in range(n)]
         import numpy as np
 
-        from maml_lab.core.image_tasks import ImageTaskFamily
-        from maml_lab.core.imagesets import ImageSet, Preprocessing
+        from maml_lab.core.tasks.images import ImageTaskFamily
+        from maml_lab.core.tasks.imagesets import ImageSet, Preprocessing
 
         rng = np.random.default_rng(0)  # 100 classes of 20 random "images": timing does not depend on content
         pixels = (rng.random((2000, 1, 28, 28)) < 0.15).astype(np.uint8) * 255

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from maml_lab.core.algorithms import AlgorithmConfig
-from maml_lab.core.config import ExperimentConfig
-from maml_lab.core.image_tasks import accuracy_after_steps, format_accuracy
-from maml_lab.core.trainer import Trainer, make_family
+from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.tasks.images import accuracy_after_steps, format_accuracy
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.trainer import Trainer, make_family
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "omniglot" / "images_background_small1.zip"

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from maml_lab.core.algorithms import ALGORITHMS, AlgorithmConfig
-from maml_lab.core.config import ExperimentConfig
-from maml_lab.core.evaluation import adaptation_curve
-from maml_lab.core.trainer import Trainer
+from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.algorithms.registry import algorithm_names
+from maml_lab.core.analysis.evaluation import adaptation_curve
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.trainer import Trainer
 
 PAPER = {"maml": (0.67, 0.38, 0.35), "pretrained": (2.41, 2.23, 2.19)}
 
@@ -32,7 +33,7 @@ PAPER = {"maml": (0.67, 0.38, 0.35), "pretrained": (2.41, 2.23, 2.19)}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=70000)
-    parser.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
+    parser.add_argument("--algorithms", nargs="+", default=list(algorithm_names()), choices=algorithm_names())
     parser.add_argument("--eval-shots", type=int, default=5)
     parser.add_argument("--eval-tasks", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     config = None
     if args.config is not None:
-        from .core.config import ExperimentConfig
+        from .core.training.config import ExperimentConfig
 
         try:
             config = ExperimentConfig.load_toml(args.config)

@@ -57,14 +57,17 @@ def _int_at_least(low: int):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .core.algorithms import ALGORITHMS
+    from .core.algorithms.registry import algorithm_names
+    from .core.tasks.registry import task_names
+
+    ALGORITHMS = algorithm_names()
 
     parser = _Parser(prog="maml-lab", description="MAML Lab: meta-learning engine (no arguments opens the app).")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     t = sub.add_parser("train", help="meta-train and export initializations")
     t.add_argument("--config", type=Path, help="TOML experiment config; flags override it")
-    t.add_argument("--task", choices=("sinusoid", "images"))
+    t.add_argument("--task", choices=task_names())
     t.add_argument("--algorithm", nargs="+", choices=ALGORITHMS, metavar="NAME",
                    help=f"one or more of {', '.join(ALGORITHMS)} (default maml)")
     t.add_argument("--iterations", type=_int_at_least(1))
@@ -142,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _config_from_args(args, base: dict | None = None):
     """The config the flags describe, on top of `base` (a run's own config) or the --config file."""
-    from .core.config import ExperimentConfig
+    from .core.training.config import ExperimentConfig
 
     if base is None:
         base = ExperimentConfig.load_toml(args.config).to_dict() if args.config else {}
@@ -223,11 +226,11 @@ def _metrics_text(name: str, m: dict, val: dict) -> str:
 
 def _load_family(config, quiet: bool):
     """The config's task family; image sets show loading progress on stderr."""
-    from .core.trainer import make_family
+    from .core.training.trainer import make_family
 
     if config.task != "images":
         return make_family(config)
-    from .core.image_tasks import _LoadProgress
+    from .core.tasks.images import _LoadProgress
 
     what = Path(config.data).name if config.data else "the built-in glyph set"
     progress = None if quiet else _LoadProgress(f"loading {what}")
@@ -245,7 +248,7 @@ def _load_family(config, quiet: bool):
 def _prepare_run(args, main_rank: bool = True):
     """(config, run folder, checkpoint to resume or None, --out paths) for a new or resumed run. Under torchrun
     only rank 0 creates or changes the folder (the others get None, or read the resumed run's checkpoint)."""
-    from .core.runs import RunFolder, default_runs_root, new_run_name, unique_path
+    from .core.training.runs import RunFolder, default_runs_root, new_run_name, unique_path
 
     if args.resume is None:
         config = _config_from_args(args)
@@ -274,7 +277,7 @@ def _prepare_run(args, main_rank: bool = True):
 
 
 def cmd_train(args) -> int:
-    from .core.distributed import init_from_env
+    from .core.training.distributed import init_from_env
 
     # under torchrun: join the job first; rank 0 alone writes the run folder, prints and exports
     world = init_from_env(args.device or "auto", timeout_s=args.dist_timeout)
@@ -289,9 +292,9 @@ def cmd_train(args) -> int:
 
 
 def _train(args, world, main_rank: bool) -> int:
-    from .core.checkpoint import load_checkpoint
-    from .core.runs import RunLogger
-    from .core.trainer import Trainer
+    from .core.training.checkpoint import load_checkpoint
+    from .core.training.runs import RunLogger
+    from .core.training.trainer import Trainer
 
     config, folder, checkpoint, outs = _prepare_run(args, main_rank)
     if args.save_config and main_rank:
@@ -354,10 +357,12 @@ def _finish(args, trainer, state, outs, folder) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .core.device import resolve_device
-    from .core.evaluation import adaptation_curve
+    from .core.algorithms.base import adaptation_text
+    from .core.analysis.evaluation import adaptation_curve
     from .core.export import load_initialization
-    from .core.tasks import SinusoidFamily
+    from .core.tasks.registry import task_family
+    from .core.training.device import resolve_device
+    from .lab.initializations import adaptation_from_metadata, dtype_of
 
     device = resolve_device(args.device)
     steps = sorted(set(args.steps or [1, 5, 10]))
@@ -366,35 +371,37 @@ def cmd_eval(args) -> int:
     for path in args.paths:
         params, meta, model = load_initialization(path)
         hyper = meta.get("hyperparameters", {})
-        lr = args.inner_lr or float(hyper.get("inner_lr", 0.01))
+        # fine-tune as the algorithm was trained to (Reptile with Adam: Adam), at the precision it was saved in
+        adaptation = adaptation_from_metadata(meta, inner_lr=args.inner_lr)
+        dtype = dtype_of(params)
         task = meta.get("task", {}).get("name", "sinusoid")
+        kind = task_family(task)
         shots_list = args.shots or [int(hyper.get("shots", 10))]
         params = {k: v.to(device) for k, v in params.items()}
         print(f"{path.name}: {meta.get('algorithm')} after {meta.get('iterations')} iterations, "
               f"{model.spec().get('kind')} model")
-        if task == "sinusoid":
-            t = meta.get("task", {})
-            family = SinusoidFamily(tuple(t.get("amplitude", (0.1, 5.0))), tuple(t.get("phase", (0.0, 3.14159))),
-                                    tuple(t.get("x_range", (-5.0, 5.0))))
-            queries = args.queries or 100
-            for shots in shots_list:
-                curve = adaptation_curve(model, family, params, shots, max(steps), lr, args.tasks, queries,
-                                         args.seed, device)
-                print(f"  K = {shots}, {args.tasks} held-out tasks, inner lr {lr:g}: MSE after fine-tuning steps")
-                print(f"  {'steps':>5}  {'MSE':>8}  95% CI")
-                for s in [0, *steps] if 0 not in steps else steps:
-                    mean, ci = curve.at(s)
-                    print(f"  {s:>5}  {mean:8.3f}  +- {ci:.3f}")
-        else:
-            from .core.image_tasks import eval_image_initialization
+        if kind.metric == "accuracy":
+            from .core.tasks.images import eval_image_initialization
 
-            eval_image_initialization(args, params, meta, model, shots_list, sorted(set(args.steps or [])), lr,
-                                      device)
+            eval_image_initialization(args, params, meta, model, shots_list, sorted(set(args.steps or [])),
+                                      adaptation, device, dtype)
+            continue
+        family = kind.from_description(meta.get("task", {}), data=args.data)
+        queries = args.queries or 100
+        for shots in shots_list:
+            curve = adaptation_curve(model, family, params, shots, max(steps), adaptation, args.tasks, queries,
+                                     args.seed, device, dtype)
+            print(f"  K = {shots}, {args.tasks} held-out tasks, {adaptation_text(adaptation)}: "
+                  f"{kind.loss_label} after fine-tuning steps")
+            print(f"  {'steps':>5}  {kind.loss_label:>8}  95% CI")
+            for s in [0, *steps] if 0 not in steps else steps:
+                mean, ci = curve.at(s)
+                print(f"  {s:>5}  {mean:8.3f}  +- {ci:.3f}")
     return 0
 
 
 def cmd_download(args) -> int:
-    from .core.download import OMNIGLOT_BASE_URL, download_omniglot
+    from .core.tasks.download import OMNIGLOT_BASE_URL, download_omniglot
 
     checksums = {}
     for item in args.sha256:
@@ -455,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"maml-lab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except RuntimeError as exc:  # under torchrun: another rank died or stopped answering
-        from .core.distributed import RankLostError
+        from .core.training.distributed import RankLostError
 
         if not isinstance(exc, RankLostError):
             raise

@@ -72,7 +72,7 @@ def test_train_and_eval_exactly_as_documented(tmp_path, cache):
     assert r.returncode == 0, r.stderr
     rows = [line for line in r.stdout.splitlines() if ACCURACY.fullmatch(line)]
     assert [ACCURACY.fullmatch(line).group(1) for line in rows] == ["1", "5"], r.stdout
-    assert "after 3 fine-tuning steps (inner lr 0.4):" in r.stdout
+    assert "after 3 fine-tuning steps (SGD, inner lr 0.4):" in r.stdout
     assert "41 classes" in r.stdout and "never seen in training" in r.stdout
 
 
@@ -85,7 +85,7 @@ def test_builtin_glyphs_without_rotations_and_default_test_steps(tmp_path, capsy
     assert (tmp_path / "glyphs-maml.pt").is_file() and (tmp_path / "glyphs-fomaml.pt.json").is_file()
     assert main(["eval", str(tmp_path / "glyphs-fomaml.pt"), "--tasks", "4", "--queries", "2"]) == 0
     stdout = capsys.readouterr().out
-    assert "after 3 fine-tuning steps (inner lr 0.4):" in stdout and "the built-in glyph set" in stdout
+    assert "after 3 fine-tuning steps (SGD, inner lr 0.4):" in stdout and "the built-in glyph set" in stdout
     assert [line for line in stdout.splitlines() if ACCURACY.fullmatch(line)][0].startswith("5-way 1-shot: ")
 
 

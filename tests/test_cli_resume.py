@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from maml_lab.cli import main
-from maml_lab.core.runs import RunFolder
+from maml_lab.core.training.runs import RunFolder
 
 ARGS = ["train", "--task", "sinusoid", "--algorithm", "maml", "reptile", "--iterations", "1500",
         "--meta-batch-size", "10", "--checkpoint-every", "100", "--seed", "11", "--threads", "1", "--quiet"]

@@ -155,7 +155,7 @@ def load_initialization(path: str | Path, expected_model: dict | None = None):
     Validates the format version, that the tensors are exactly those of the described model with the
     right shapes, and that they are finite. `expected_model` (a spec) refuses files for another model.
     """
-    from .models import build_model
+    from .models.mlp import build_model
 
     path = Path(path)
     if not path.exists():

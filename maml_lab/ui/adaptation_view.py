@@ -23,11 +23,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..lab.initializations import Initialization
+from ..lab.inside import CurveRequest, CurveSet, RunPaths, compute_curves
 from .background import BackgroundRunner, run_pending_and_wait
-from .colors import algorithm_color, algorithm_label, curve_pen, qcolor
-from .inside import CurveRequest, CurveSet, RunPaths, compute_curves
+from .colors import algorithm_color, curve_pen, qcolor
 from .inside_plots import flow_bar, hint_text, labelled, place_center, readout_label
-from .preview import Initialization
 from .theme import MUTED, TEXT, style_plot
 
 BAND_ALPHA = 45
@@ -45,7 +45,6 @@ class AdaptationView(QWidget):
         self.training = False
         self._stale = False
         self._shots_from_run = True
-        self._models: dict = {}
         self.runner = BackgroundRunner("adaptation", self)
         self.runner.finished.connect(self._on_result)
         self.runner.failed.connect(self._on_failed)
@@ -132,26 +131,18 @@ class AdaptationView(QWidget):
         self._sync_buttons()
 
     # -- data in -------------------------------------------------------------------------------------
-    def update_from_snapshot(self, snap: dict) -> None:
-        """The worker's latest parameters (CPU copies): they become the 'trained' initializations."""
-        from ..core.models import build_model
-
-        spec = snap.get("model") or {}
-        try:
-            model = self._model_for(spec, build_model)
-        except ValueError:
-            return
-        for name, params in snap["params"].items():
-            lr = float(snap.get("inner_lr", {}).get(name, 0.01))
-            self.inits[name] = Initialization(name, name, algorithm_label(name), model, params, lr, "trained",
-                                              snap.get("metadata", {}).get(name, {}))
-        self._inputs_changed()
-
-    def _model_for(self, spec, build):
-        key = repr(spec)
-        if key not in self._models:
-            self._models[key] = build(spec)
-        return self._models[key]
+    def initializations_changed(self, changed: list[Initialization], removed: list[str]) -> None:
+        """The lab's InitializationStore changed: trained initializations and imported MLPs get curves (an imported
+        conv-4 is the Tasks view's; a Paths checkpoint preview is the playground's)."""
+        mine = [i for i in changed if i.source == "trained"
+                or (i.source == "imported" and i.model.spec().get("kind") == "mlp")]
+        gone = [k for k in removed + [i.key for i in changed if i not in mine] if k in self.inits]
+        for init in mine:
+            self.inits[init.key] = init
+        for key in gone:
+            del self.inits[key]
+        if mine or gone:
+            self._inputs_changed()
 
     def set_initialization(self, init: Initialization) -> None:
         self.inits[init.key] = init
@@ -214,7 +205,7 @@ class AdaptationView(QWidget):
         """Held-out tasks: the run's (image sets: its held-out classes); sinusoids without a run."""
         if self.run is not None and self.run.eval_family is not None:
             return self.run.eval_family, self.run.queries if self.run.loss == "cross_entropy" else 100
-        from ..core.tasks import SinusoidFamily
+        from ..core.tasks.sinusoid import SinusoidFamily
 
         return SinusoidFamily(), 100
 
@@ -227,7 +218,7 @@ class AdaptationView(QWidget):
                 continue  # an image model cannot adapt to sinusoids (and the reverse): skip it
             if family.loss == "cross_entropy" and spec.get("kind") == "mlp":
                 continue
-            out.append(CurveRequest(key, init.label, init.algorithm, init.model, init.params, init.inner_lr))
+            out.append(CurveRequest(key, init.label, init.algorithm, init.model, init.params, init.adaptation))
         return out
 
     def compute(self) -> bool:

@@ -18,9 +18,7 @@ from dataclasses import dataclass, field
 
 from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QThread, QTimer, Signal, Slot
 
-
-class Cancelled(Exception):
-    """A job stopped because its cancel event was set."""
+from ..lab.jobs import Cancelled  # noqa: F401  (re-exported for the views)
 
 
 @dataclass
@@ -69,7 +67,7 @@ class _Worker(QObject):
         try:
             result = job.fn(progress, job.cancel)
         except Exception as exc:  # noqa: BLE001 - reported to the view, never raised into Qt
-            from ..core.landscape import LandscapeCancelled
+            from ..core.analysis.landscape import LandscapeCancelled
 
             if isinstance(exc, (Cancelled, LandscapeCancelled)) or job.cancel.is_set():
                 self.failed.emit(job.id, "")

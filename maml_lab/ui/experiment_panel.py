@@ -27,9 +27,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.algorithms import ALGORITHMS, AlgorithmConfig
-from ..core.config import ExperimentConfig
-from ..core.models import ACTIVATIONS
+from ..core.algorithms.base import AlgorithmConfig
+from ..core.algorithms.registry import algorithm_names
+from ..core.models.mlp import ACTIVATIONS
+from ..core.training.config import ExperimentConfig
 from .colors import algorithm_color, algorithm_label
 
 APP_DEFAULT_ITERATIONS = 20000
@@ -53,7 +54,7 @@ def default_config() -> ExperimentConfig:
 
 
 def image_tasks_available() -> bool:
-    return importlib.util.find_spec("maml_lab.core.image_tasks") is not None
+    return importlib.util.find_spec("maml_lab.core.tasks.images") is not None
 
 
 def _fmt_float(value: float) -> str:
@@ -268,7 +269,7 @@ class ExperimentPanel(QWidget):
         grid.setContentsMargins(10, 12, 10, 8)
         grid.setHorizontalSpacing(6)
         grid.setVerticalSpacing(5)
-        self.columns = {name: AlgorithmColumn(name) for name in ALGORITHMS}
+        self.columns = {name: AlgorithmColumn(name) for name in algorithm_names()}
         rows = ("Inner lr α", "Inner steps", "Test steps", "Meta lr β / ε")
         tips = ("SGD step size of adaptation (training and test)", "inner steps in meta-training",
                 "inner steps when evaluating", "outer step size: Adam β for MAML, FOMAML and pretrained; "
@@ -283,7 +284,7 @@ class ExperimentPanel(QWidget):
                 grid.addWidget(label, base + r, 0)
             if block:
                 grid.setRowMinimumHeight(base - 1, 8)
-        for i, name in enumerate(ALGORITHMS):
+        for i, name in enumerate(algorithm_names()):
             col = self.columns[name]
             block, c = divmod(i, 2)
             base = block * 6
@@ -466,7 +467,7 @@ class ExperimentPanel(QWidget):
         except ValueError as exc:
             raise FormError(str(exc)) from None
         if config.device != "auto":
-            from ..core.device import resolve_device
+            from ..core.training.device import resolve_device
 
             try:
                 resolve_device(config.device)

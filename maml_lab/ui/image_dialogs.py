@@ -42,7 +42,7 @@ def _message(text: str) -> str:
 
 def check_usable(image_set, ways: int, shots: int, queries: int) -> str:
     """Why `image_set` cannot make the experiment's tasks (train and held-out classes), or '' when it can."""
-    from ..core.image_tasks import families_from_image_set
+    from ..core.tasks.images import families_from_image_set
 
     try:
         train, heldout = families_from_image_set(image_set, ways, rotations=False)
@@ -59,7 +59,7 @@ def check_usable(image_set, ways: int, shots: int, queries: int) -> str:
 def report_html(image_set, problem: str = "", ways: int = 5) -> str:
     """The load report: counts, how the images were prepared, the split, skipped files (with the reason) and
     dropped classes."""
-    from ..core.image_tasks import split_rule
+    from ..core.tasks.images import split_rule
 
     r = image_set.report
     e = html.escape
@@ -194,7 +194,7 @@ class ImageSetDialog(QDialog):
 
     def load(self, path) -> bool:
         """Start loading `path` off the GUI thread; False (with a message) when it cannot be an image set."""
-        from ..core.imagesets import Preprocessing, load_image_set
+        from ..core.tasks.imagesets import Preprocessing, load_image_set
 
         text = str(path or "").strip()
         self.path_edit.setText(text)
@@ -281,7 +281,7 @@ class DownloadDialog(QDialog):
 
     def __init__(self, parent=None, folder: str = "", base_url: str | None = None, files=None, checksums=None,
                  md5=None):
-        from ..core.download import OMNIGLOT_BASE_URL, OMNIGLOT_FILES
+        from ..core.tasks.download import OMNIGLOT_BASE_URL, OMNIGLOT_FILES
 
         super().__init__(parent)
         self.setWindowTitle("Download Omniglot")
@@ -362,7 +362,7 @@ class DownloadDialog(QDialog):
 
     def start(self, folder: str | None = None) -> bool:
         """Start downloading into `folder` (default: the folder field); False with a message when it cannot."""
-        from ..core.download import download_omniglot
+        from ..core.tasks.download import download_omniglot
 
         if folder is not None:
             self.folder_edit.setText(str(folder))

@@ -332,3 +332,25 @@ def readout_label(one_line: bool = True) -> QLabel:
     else:
         label.setWordWrap(True)
     return label
+
+
+def contour_lines(values: np.ndarray, alphas: np.ndarray, betas: np.ndarray, levels) -> tuple[np.ndarray, ...]:
+    """Iso-lines of values [len(betas), len(alphas)] at `levels`, in plane coordinates, as one polyline with
+    NaN gaps (x, y): one PlotDataItem(connect="finite") draws all of them."""
+    data = np.asarray(values, np.float64).T  # [alpha, beta]: index 0 is x
+    da = (alphas[-1] - alphas[0]) / max(len(alphas) - 1, 1)
+    db = (betas[-1] - betas[0]) / max(len(betas) - 1, 1)
+    xs, ys = [], []
+    for level in levels:
+        for line in pg.functions.isocurve(data, level, connected=True, extendToEdge=True):
+            pts = np.asarray(line, np.float64)
+            if len(pts) < 2:
+                continue
+            # isocurve works on pixel corners: index i is the centre of grid point i - 0.5 ... shift back
+            xs.append(alphas[0] + (pts[:, 0] - 0.5) * da)
+            ys.append(betas[0] + (pts[:, 1] - 0.5) * db)
+            xs.append([np.nan])
+            ys.append([np.nan])
+    if not xs:
+        return np.empty(0), np.empty(0)
+    return np.concatenate(xs), np.concatenate(ys)

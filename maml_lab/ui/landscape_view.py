@@ -33,9 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .background import BackgroundRunner, run_pending_and_wait
-from .colors import POINT_COLOR, TRUTH_COLOR, algorithm_color, algorithm_label, curve_pen, qcolor
-from .inside import (
+from ..lab.inside import (
     PLANE_LABELS,
     PLANES,
     LandscapeRequest,
@@ -43,13 +41,15 @@ from .inside import (
     RunPaths,
     compute_landscape,
     contour_levels,
-    contour_lines,
 )
+from .background import BackgroundRunner, run_pending_and_wait
+from .colors import POINT_COLOR, TRUTH_COLOR, algorithm_color, algorithm_label, curve_pen, qcolor
 from .inside_plots import (
     ARROW_COLOR,
     ArrowLayer,
     auto_arrow_scale,
     compact,
+    contour_lines,
     flow_bar,
     halo_curve,
     hint_text,

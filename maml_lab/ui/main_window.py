@@ -33,22 +33,24 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.algorithms import ALGORITHMS
-from ..core.config import ExperimentConfig
+from ..core.algorithms.registry import ALGORITHMS
 from ..core.export import InitializationError, atomic_write_bytes, export_initialization, load_initialization
-from ..core.runs import RunFolder, RunFolderError
+from ..core.training.config import ExperimentConfig
+from ..core.training.runs import RunFolder, RunFolderError
+from ..lab.initializations import Initialization, InitializationStore, adaptation_from_metadata
+from ..lab.metrics_history import MetricsHistory
+from ..lab.run_library import SETTINGS_KEY as RUNS_ROOT_KEY
+from ..lab.run_library import open_run as read_run
+from ..lab.run_library import runs_root
 from .adaptation_view import AdaptationView
 from .colors import algorithm_label
 from .experiment_panel import ExperimentPanel, FormError
-from .history import MetricsHistory
 from .image_dialogs import DownloadDialog, ImageSetDialog
 from .landscape_view import LandscapeView
+from .past_runs import app_runs_folder
 from .paths_view import PathsView
 from .playground import PlaygroundView
-from .preview import Initialization, mlp_for_playground
-from .run_library import SETTINGS_KEY as RUNS_ROOT_KEY
-from .run_library import open_run as read_run
-from .run_library import runs_root
+from .preview import mlp_for_playground
 from .tasks_view import TasksView
 from .theme import STATE_STYLE
 from .training_plots import TrainingPlotsView
@@ -163,6 +165,9 @@ class MainWindow(QMainWindow):
         self.panel.shots.valueChanged.connect(lambda k: self.playground.k.setValue(k))
 
         self.playground = PlaygroundView(rng=rng)
+        # every initialization (trained, imported, a checkpoint preview): the views subscribe to it
+        self.inits = InitializationStore()
+        self.inits.subscribe(self.playground.initializations_changed)
         self.playground.message.connect(lambda text: self.statusBar().showMessage(text, 4000))
         self.playground.k.setValue(self.panel.shots.value())
         self.plots = TrainingPlotsView(self.history, max_fps=12.0)
@@ -376,6 +381,7 @@ class MainWindow(QMainWindow):
         self.landscape = self.add_view("landscape", LandscapeView(), "Landscape")
         self.paths = self.add_view("paths", PathsView(), "Paths")
         self.adaptation = self.add_view("adaptation", AdaptationView(), "Adaptation")
+        self.inits.subscribe(self.adaptation.initializations_changed)
         self.paths.checkpoint_selected.connect(self._on_checkpoint)
         self.landscape.export_plot_requested.connect(lambda: self.export_plot())
         self.adaptation.export_plot_requested.connect(lambda: self.export_plot())
@@ -384,6 +390,7 @@ class MainWindow(QMainWindow):
     def _build_tasks_view(self) -> None:
         """Few-shot image tasks: held-out tasks with predictions, picked shots, drawings."""
         self.tasks = self.add_view("tasks", TasksView(), "Tasks")
+        self.inits.subscribe(self.tasks.initializations_changed)
         self.tasks.message.connect(lambda text: self.statusBar().showMessage(text, 6000))
         self.panel.changed.connect(self._sync_tasks_view)
         self.panel.open_image_set_requested.connect(lambda: self.open_image_set())
@@ -402,19 +409,19 @@ class MainWindow(QMainWindow):
     def _on_checkpoint(self, info: dict) -> None:
         """The Paths view's slider: preview that checkpoint in the playground (the newest one: nothing extra)."""
         if info.get("latest") or mlp_for_playground(info.get("model_spec") or {}):
-            self.playground.remove_initialization("checkpoint")
+            self.inits.remove("checkpoint")
             return
         name = info["algorithm"]
         label = f"{algorithm_label(name)} @ {info['iteration']:,}"
-        self.playground.set_initialization(Initialization("checkpoint", name, label, info["model"], info["params"],
-                                                          info["inner_lr"], "checkpoint"))
+        self.inits.put(Initialization("checkpoint", name, label, info["model"], info["params"], info["adaptation"],
+                                      "checkpoint"))
 
     def _clear_inside_views(self) -> None:
-        self.playground.remove_initialization("checkpoint")
+        self.inits.remove("checkpoint")
+        self.inits.clear("trained")
         self.paths.clear()
         self.landscape.clear()
         self.adaptation.clear_trained()
-        self.tasks.clear_trained()
 
     # -- state ---------------------------------------------------------------------------------------
     @property
@@ -452,7 +459,7 @@ class MainWindow(QMainWindow):
         self.act_export_metrics.setEnabled(bool(self.history.algorithms))
 
     def _sync_device_label(self) -> None:
-        from ..core.device import resolve_device
+        from ..core.training.device import resolve_device
 
         if self.running and self.run_config is not None and getattr(self, "_device", None):
             text = self._device
@@ -499,7 +506,6 @@ class MainWindow(QMainWindow):
         self.history.clear()
         self.plots.reset([a.name for a in config.algorithms], config.iterations,
                          "MSE" if config.task == "sinusoid" else "cross-entropy", accuracy=config.task == "images")
-        self.playground.clear_trained()
         self._clear_inside_views()
         for view in (self.landscape, self.adaptation, self.tasks):
             view.set_training(True)
@@ -531,7 +537,6 @@ class MainWindow(QMainWindow):
         self._reset_after_stop = False
         self.history.clear()
         self.plots.reset([])
-        self.playground.clear_trained()
         self._clear_inside_views()
         self.latest_snapshot = None
         self.last_progress = None
@@ -602,9 +607,7 @@ class MainWindow(QMainWindow):
 
     def _on_snapshot(self, snap: dict) -> None:
         self.latest_snapshot = snap
-        self.playground.update_from_snapshot(snap)
-        self.adaptation.update_from_snapshot(snap)
-        self.tasks.update_from_snapshot(snap)
+        self.inits.update_from_snapshot(snap)
         if not self.act_export.isEnabled():
             self._sync_actions()
 
@@ -765,26 +768,15 @@ class MainWindow(QMainWindow):
             return None, f": {problem}."
         algorithm = meta.get("algorithm", "unknown")
         algorithm = algorithm if algorithm in ALGORITHMS else "unknown"
-        hyper = meta.get("hyperparameters") or {}
-        try:
-            inner_lr = float(hyper.get("inner_lr", 0.01))
-        except (TypeError, ValueError):
-            inner_lr = 0.01
-        if not (math.isfinite(inner_lr) and inner_lr > 0):
-            inner_lr = 0.01
         label = label or f"{algorithm_label(algorithm) if algorithm != 'unknown' else 'Imported'} · {path.name}"
-        return Initialization(f"file:{path.resolve()}", algorithm, label, model, params, inner_lr, "imported",
-                              meta), ""
+        return Initialization(f"file:{path.resolve()}", algorithm, label, model, params,
+                              adaptation_from_metadata(meta), "imported", meta), ""
 
     def _place_initialization(self, init: Initialization) -> str:
         """Put an imported initialization where it can adapt: the Tasks view (conv-4) or the playground and
         Adaptation view (MLP). Returns "tasks" or "playground"."""
-        if init.model.spec().get("kind") == "conv4":
-            self.tasks.set_initialization(init)
-            return "tasks"
-        self.playground.set_initialization(init)
-        self.adaptation.set_initialization(init)
-        return "playground"
+        self.inits.put(init)
+        return "tasks" if init.model.spec().get("kind") == "conv4" else "playground"
 
     def _fill_export_menu(self) -> None:
         self.export_menu.clear()
@@ -799,7 +791,7 @@ class MainWindow(QMainWindow):
     # -- File: past runs ---------------------------------------------------------------------------------
     def runs_root(self) -> Path:
         """Where run folders go: $MAML_LAB_RUNS, else the folder chosen in Past runs, else <app data>/runs."""
-        return runs_root(self.settings)
+        return runs_root(str(self.settings.value(RUNS_ROOT_KEY, "") or ""), app_runs_folder())
 
     def _set_runs_root(self, path: str) -> None:
         self.settings.setValue(RUNS_ROOT_KEY, str(path))
@@ -884,7 +876,6 @@ class MainWindow(QMainWindow):
                          accuracy=task == "images")
         self.history.add_chunk(run.chunk)
         self.plots.mark_dirty()
-        self.playground.clear_trained()
         self._clear_inside_views()
         self._remove_opened_exports()  # those of the run opened before
         self.latest_snapshot = None
@@ -924,10 +915,7 @@ class MainWindow(QMainWindow):
         return True
 
     def _remove_opened_exports(self) -> None:
-        for key in self._opened_keys:
-            self.playground.remove_initialization(key)
-            self.adaptation.remove_initialization(key)
-            self.tasks.remove_initialization(key)
+        self.inits.remove(*self._opened_keys)
         self._opened_keys = []
 
     def resume_run(self, path: str | None = None) -> bool:

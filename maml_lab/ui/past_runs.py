@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
 )
 
-from .run_library import RunSummary, list_summaries, root_from_env
+from ..lab.run_library import RunSummary, list_summaries, root_from_env
 from .theme import ERROR, MUTED
 
 COLUMNS = ("Run", "Task", "Algorithms", "Status", "Iterations", "Post-adaptation loss (accuracy)", "Created")
@@ -33,6 +33,14 @@ STATUS_COLORS = {"running": "#009E73", "finished": "#0072B2", "stopped": MUTED, 
 NAME_WIDTH = 330  # px at most for the Run column (names elide in the middle beyond)
 BUSY_NOTE = "A run is training: stop it before opening or resuming another (one run at a time)."
 
+
+
+def app_runs_folder() -> Path:
+    """The app's own runs folder: <application data>/runs."""
+    from PySide6.QtCore import QStandardPaths
+
+    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
+    return Path(base or Path.home() / ".maml-lab") / "runs"
 
 class PastRunsDialog(QDialog):
     open_requested = Signal(str)

@@ -27,9 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .background import BackgroundRunner, run_pending_and_wait
-from .colors import algorithm_color, algorithm_label, qcolor
-from .inside import (
+from ..lab.inside import (
     ProjectedPaths,
     RunPaths,
     TaskArrows,
@@ -38,6 +36,8 @@ from .inside import (
     project_paths,
     task_arrows,
 )
+from .background import BackgroundRunner, run_pending_and_wait
+from .colors import algorithm_color, algorithm_label, qcolor
 from .inside_plots import (
     ARROW_COLOR,
     OPTIMUM_COLOR,
@@ -63,7 +63,7 @@ ARROW_SCALES = (("Auto", 0), ("1×", 1), ("10×", 10), ("100×", 100), ("1000×"
 
 
 class PathsView(QWidget):
-    checkpoint_selected = Signal(object)  # {"algorithm", "iteration", "params", "inner_lr", "model", "latest"}
+    checkpoint_selected = Signal(object)  # {"algorithm", "iteration", "params", "adaptation", "model", "latest"}
     computed = Signal()  # a new picture is drawn (tests, screenshots)
 
     def __init__(self, parent=None):
@@ -580,11 +580,11 @@ class PathsView(QWidget):
         if key not in self._models:
             self._models[key] = build_model_and_like(run.model_spec)
         model, like = self._models[key]
-        from ..core.trajectory import unflatten
+        from ..core.analysis.trajectory import unflatten
 
         params = unflatten(np.array(run.paths[name].snapshots[index]), like)  # a writable copy of its own
         self.checkpoint_selected.emit({"algorithm": name, "iteration": int(run.paths[name].iterations[index]),
-                                       "params": params, "inner_lr": run.inner_lr(name), "model": model,
+                                       "params": params, "adaptation": run.adaptation(name), "model": model,
                                        "model_spec": run.model_spec, "latest": self._follow})
 
     def _hit(self, scene_pos):

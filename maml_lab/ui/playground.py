@@ -40,18 +40,18 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.tasks import SinusoidFamily
+from ..core.tasks.sinusoid import SinusoidFamily
+from ..lab.initializations import Initialization
 from .colors import (
     POINT_COLOR,
     SELECTED_COLOR,
     STROKE_COLOR,
     TRUTH_COLOR,
     algorithm_color,
-    algorithm_label,
     curve_pen,
     qcolor,
 )
-from .preview import MAX_STEPS, X_RANGE, Initialization, Prediction, SupportTask, predict
+from .preview import MAX_STEPS, X_RANGE, Prediction, SupportTask, mlp_for_playground, predict
 from .slider_player import SliderPlayer
 from .theme import MUTED, style_plot
 
@@ -324,7 +324,6 @@ class PlaygroundView(QWidget):
         self._thread: QThread | None = None
         self._worker: PreviewWorker | None = None
         self._items: dict[str, tuple[pg.PlotDataItem, pg.PlotDataItem]] = {}
-        self._models: dict[str, object] = {}
 
         self.canvas = Canvas()
         self.canvas.empty_pressed.connect(self._on_empty_pressed)
@@ -715,22 +714,15 @@ class PlaygroundView(QWidget):
         for key in [k for k, v in self.inits.items() if v.source == "trained"]:
             self.remove_initialization(key)
 
-    def update_from_snapshot(self, snap: dict) -> None:
-        """Follow training: the worker's latest parameters of every algorithm (CPU tensors)."""
-        from ..core.models import build_model
-
-        spec = snap.get("model") or {}
-        if spec.get("kind") != "mlp":
-            return
-        key = repr(spec)
-        model = self._models.get(key)
-        if model is None:
-            model = self._models[key] = build_model(spec)
-        for name, params in snap["params"].items():
-            lr = float(snap.get("inner_lr", {}).get(name, 0.01))
-            meta = snap.get("metadata", {}).get(name, {})
-            self.set_initialization(Initialization(name, name, algorithm_label(name), model, params, lr, "trained",
-                                                   meta))
+    def initializations_changed(self, changed: list[Initialization], removed: list[str]) -> None:
+        """The lab's InitializationStore changed: show every MLP that fits the playground (one input, one output)."""
+        for init in changed:
+            if mlp_for_playground(init.model.spec()) is None:
+                self.set_initialization(init)
+            else:
+                self.remove_initialization(init.key)
+        for key in removed:
+            self.remove_initialization(key)
 
     def _add_curves(self, init: Initialization) -> None:
         pre = pg.PlotDataItem(pen=curve_pen(init.algorithm, width=1.6, dashed=True),

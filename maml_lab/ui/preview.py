@@ -1,4 +1,4 @@
-"""What the playground shows of an initialization: its prediction before and after each of k SGD steps
+"""What the playground shows of an initialization: its prediction before and after each of k test-time steps
 on the user's support points, and the query error against the true (or drawn) curve. No Qt here.
 
 One task, one small MLP and 20 steps take a few milliseconds, so this runs on the GUI thread.
@@ -8,30 +8,16 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..core.adaptation import adapt
-from ..core.losses import mse_per_task
+from ..core.tasks.losses import mse_per_task
+from ..lab.initializations import Initialization
 
 X_RANGE = (-5.0, 5.0)
 MAX_STEPS = 20
-
-
-@dataclass
-class Initialization:
-    """A set of initial parameters the playground adapts: a trained algorithm's or an imported file's."""
-
-    key: str  # unique in the playground: the algorithm name, or "file:<path>"
-    algorithm: str  # maml, fomaml, reptile, pretrained (or 'unknown'); decides the colour
-    label: str
-    model: object
-    params: "OrderedDict[str, torch.Tensor]"
-    inner_lr: float
-    source: str = "trained"  # "trained" or "imported"
-    metadata: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -58,7 +44,7 @@ def prediction_grid(points: int = 241) -> np.ndarray:
 
 def predict(init: Initialization, task: SupportTask, steps: int = MAX_STEPS, grid: np.ndarray | None = None,
             query_points: int = 200) -> Prediction:
-    """Adapt `init` on the task's support points for `steps` SGD steps (its own inner lr) and evaluate each step."""
+    """Adapt `init` on the task's support points for `steps` steps (its own rule) and evaluate each step."""
     grid = prediction_grid() if grid is None else grid
     model = init.model
     params = OrderedDict((k, v.detach()) for k, v in init.params.items())
@@ -67,8 +53,7 @@ def predict(init: Initialization, task: SupportTask, steps: int = MAX_STEPS, gri
     ys = torch.as_tensor(np.asarray(task.y, dtype=np.float64), dtype=dtype).reshape(1, -1, 1)
     k = xs.shape[1]
     if k:
-        res = adapt(model, mse_per_task, params, xs, ys, steps, init.inner_lr, keep_path=True)
-        path = res.path
+        path = list(init.trajectory(mse_per_task, xs, ys, steps))
     else:
         path = [OrderedDict((name, v.unsqueeze(0)) for name, v in params.items())] * (steps + 1)
     batched = OrderedDict((name, torch.cat([p[name] for p in path], 0)) for name in params)

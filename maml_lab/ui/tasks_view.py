@@ -14,7 +14,7 @@ predictions follow the newest parameters at most every couple of seconds.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,10 +39,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..lab.initializations import Initialization
 from .background import BackgroundRunner
-from .colors import algorithm_color, algorithm_label, qcolor
+from .colors import algorithm_color, qcolor
 from .image_widgets import DrawCell, PredictionGrid, PredictionRow, ThumbGrid, ThumbRow, qimage_from_array
-from .preview import Initialization
 from .theme import ACCENT, MUTED, TEXT, style_plot
 
 SUPPORT_FRAME = ACCENT
@@ -107,8 +107,7 @@ def classify(init: Initialization, xs: torch.Tensor, ys: torch.Tensor, xq: torch
     Batch norm normalizes over the images of one forward pass: the queries go together, as in training, or
     (`with_support`, for a single drawn query) after the support images, as in the Reptile demo.
     """
-    from ..core.adaptation import adapt
-    from ..core.losses import cross_entropy_per_task
+    from ..core.tasks.losses import cross_entropy_per_task
 
     params = OrderedDict((k, v.detach()) for k, v in init.params.items())
     dtype = next(iter(params.values())).dtype
@@ -122,9 +121,8 @@ def classify(init: Initialization, xs: torch.Tensor, ys: torch.Tensor, xq: torch
 
     before = probs(params)
     if steps > 0 and len(xs):
-        adapted = adapt(init.model, cross_entropy_per_task, params, xs.unsqueeze(0), ys.unsqueeze(0), steps,
-                        init.inner_lr).params
-        after = probs(OrderedDict((k, v.detach()) for k, v in adapted.items()))
+        adapted = deque(init.trajectory(cross_entropy_per_task, xs.unsqueeze(0), ys.unsqueeze(0), steps), maxlen=1)[0]
+        after = probs(OrderedDict((k, v[0]) for k, v in adapted.items()))
     else:
         after = before
     return before, after
@@ -218,7 +216,6 @@ class TasksView(QWidget):
         self.predicted_steps = 0
         self.draw_probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.training = False
-        self._models: dict = {}
         self._generator = torch.Generator().manual_seed(seed)
         self._dirty = False
         self._draw_dirty = False
@@ -463,7 +460,7 @@ class TasksView(QWidget):
         config = self.config
         if config is None or self._wanted_key is None or self._wanted_key == self._family_key:
             return
-        from ..core.image_tasks import image_family_from_config
+        from ..core.tasks.images import image_family_from_config
 
         key = self._wanted_key
         self._set_status("Loading the held-out classes…")
@@ -476,8 +473,8 @@ class TasksView(QWidget):
         """Show the held-out classes an imported conv-4 was *not* trained on, rebuilt from its metadata (image
         set, size, split seed) off the GUI thread, when the current experiment's tasks do not fit it. Returns
         whether it started loading them; changing the experiment panel goes back to the panel's tasks."""
-        from ..core.config import ExperimentConfig
-        from ..core.image_tasks import heldout_family_from_metadata
+        from ..core.tasks.images import heldout_family_from_metadata
+        from ..core.training.config import ExperimentConfig
 
         meta = init.metadata or {}
         task = meta.get("task") or {}
@@ -529,22 +526,17 @@ class TasksView(QWidget):
         self.progress.setVisible(False)
         self._set_status(f"Cannot load the image set: {message}", error=True)
 
-    def update_from_snapshot(self, snap: dict) -> None:
-        """The worker's latest parameters: they become the trained initializations."""
-        from ..core.models import build_model
-
-        spec = snap.get("model") or {}
-        if spec.get("kind") != "conv4":
-            return
-        key = repr(spec)
-        if key not in self._models:
-            self._models[key] = build_model(spec)
-        model = self._models[key]
-        for name, params in snap["params"].items():
-            lr = float(snap.get("inner_lr", {}).get(name, 0.4))
-            self.inits[name] = Initialization(name, name, algorithm_label(name), model, params, lr, "trained",
-                                              snap.get("metadata", {}).get(name, {}))
-        self._inputs_changed(draw=True, follow=True)
+    def initializations_changed(self, changed: list[Initialization], removed: list[str]) -> None:
+        """The lab's InitializationStore changed: conv-4 initializations are this view's (live ones follow
+        training); a key that became another kind of model, or was removed, leaves."""
+        mine = [i for i in changed if i.model.spec().get("kind") == "conv4" and i.source != "checkpoint"]
+        gone = [k for k in removed + [i.key for i in changed if i not in mine] if k in self.inits]
+        for init in mine:
+            self.inits[init.key] = init
+        for key in gone:
+            self.remove_initialization(key)
+        if mine:
+            self._inputs_changed(draw=True, follow=all(i.source == "trained" for i in mine))
 
     def set_initialization(self, init: Initialization) -> None:
         self.inits[init.key] = init

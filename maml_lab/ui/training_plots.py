@@ -18,8 +18,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSizePolicy, QSlider, QVBoxLayout, QWidget
 
+from ..lab.metrics_history import MetricsHistory
 from .colors import algorithm_color, algorithm_label, curve_pen
-from .history import MetricsHistory
 from .theme import MUTED, TEXT, style_plot
 
 RAW_ALPHA = 55

@@ -24,14 +24,12 @@ import traceback
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
-from ..core.imagesets import LoadCancelled as _LoadCancelled
+from ..core.tasks.imagesets import LoadCancelled as _LoadCancelled
+from ..core.training.metrics import TRAIN_FIELDS, VAL_FIELDS
 
 CHECKPOINT_EVERY = 1000  # iterations between checkpoints of an app run (and one at the end)
 
 PATHS_BUDGET_BYTES = 512 * 2**20  # all recorded parameter paths of a run together (MLPs never come close)
-# metrics forwarded to the plots (accuracy only where the task reports it: classification)
-TRAIN_FIELDS = ("pre_loss", "post_loss", "pre_accuracy", "post_accuracy")
-VAL_FIELDS = ("val_pre_loss", "val_post_loss", "val_pre_accuracy", "val_post_accuracy")
 
 
 class TrainingWorker(QObject):
@@ -94,7 +92,7 @@ class TrainingWorker(QObject):
         """request: an ExperimentConfig, or (config, options) with options "initial_params", "runs_root" (a run
         folder is created under it) or "resume" (a run folder to continue; config is then None). Trains until
         done or stopped."""
-        from ..core.trainer import Trainer
+        from ..core.training.trainer import Trainer
 
         config, options = request if isinstance(request, tuple) else (request, {})
         self._busy = True
@@ -181,7 +179,7 @@ class TrainingWorker(QObject):
     # -- run folders ---------------------------------------------------------------------------------
     @staticmethod
     def _open_resumed(path):
-        from ..core.runs import RunFolder
+        from ..core.training.runs import RunFolder
 
         folder = RunFolder.open(path)
         return folder, folder.config()
@@ -189,7 +187,7 @@ class TrainingWorker(QObject):
     @staticmethod
     def _restore(trainer, folder):
         """Load the folder's latest checkpoint into the trainer; None when it has none (the run starts over)."""
-        from ..core.checkpoint import load_checkpoint
+        from ..core.training.checkpoint import load_checkpoint
 
         checkpoint = folder.latest_checkpoint()
         return load_checkpoint(trainer, checkpoint) if checkpoint is not None else None
@@ -199,7 +197,7 @@ class TrainingWorker(QObject):
         """(RunFolder, "") or (None, why not): the app trains on without a folder it cannot create."""
         from pathlib import Path
 
-        from ..core.runs import RunFolder, RunFolderError, new_run_name, unique_path
+        from ..core.training.runs import RunFolder, RunFolderError, new_run_name, unique_path
 
         try:
             path = unique_path(Path(root).expanduser(), new_run_name(config))
@@ -209,7 +207,7 @@ class TrainingWorker(QObject):
                 f"{exc.strerror or exc}"
 
     def _attach_logger(self, trainer, folder, resumed: bool):
-        from ..core.runs import RunLogger
+        from ..core.training.runs import RunLogger
 
         try:
             logger = RunLogger(folder, checkpoint_every=self.checkpoint_every)
@@ -230,13 +228,13 @@ class TrainingWorker(QObject):
 
     @staticmethod
     def _history_chunk(trainer) -> dict:
-        from .run_library import chunk_from_rows
+        from ..lab.run_library import chunk_from_rows
 
         return chunk_from_rows({n: (r.history, r.val_history) for n, r in trainer.runs.items()})
 
     def _refuse(self, exc: Exception, config) -> None:
         """A resume that could not start: say why (no traceback for the expected refusals)."""
-        from ..core.runs import RunFolderError
+        from ..core.training.runs import RunFolderError
 
         if isinstance(exc, (RunFolderError, ValueError, OSError)):
             message = str(exc) if not isinstance(exc, OSError) or not exc.strerror else \
@@ -250,7 +248,7 @@ class TrainingWorker(QObject):
 
     def _load_family(self, config):
         """The image task family, loaded here (off the GUI thread) with progress; stop() cancels it."""
-        from ..core.trainer import make_family
+        from ..core.training.trainer import make_family
 
         last = [0.0]
 
@@ -345,7 +343,7 @@ class TrainingWorker(QObject):
                 metadata[name] = {}
         self.snapshot.emit({"iteration": trainer.iteration, "params": params, "metadata": metadata,
                             "model": trainer.model.spec(),
-                            "inner_lr": {n: r.algorithm.config.inner_lr for n, r in trainer.runs.items()}})
+                            "algorithms": {n: r.algorithm.config for n, r in trainer.runs.items()}})
 
 
     def _emit_paths(self, trainer) -> None:
@@ -353,7 +351,7 @@ class TrainingWorker(QObject):
         self._last_paths = time.perf_counter()
         if not trainer.recorders:
             return
-        from .inside import collect_paths
+        from ..lab.inside import collect_paths
 
         try:
             self.paths.emit(collect_paths(trainer))

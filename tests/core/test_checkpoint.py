@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from maml_lab.core.algorithms import AlgorithmConfig
-from maml_lab.core.checkpoint import (
+from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.training.checkpoint import (
     CheckpointError,
     config_difference,
     load_checkpoint,
@@ -12,8 +12,8 @@ from maml_lab.core.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from maml_lab.core.config import ExperimentConfig
-from maml_lab.core.trainer import Trainer
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.trainer import Trainer
 
 ALL = ("maml", "fomaml", "reptile", "pretrained")
 

@@ -7,10 +7,10 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from maml_lab.core.adaptation import adapt, expand_params
-from maml_lab.core.conv4 import Conv4
-from maml_lab.core.losses import cross_entropy_per_task
-from maml_lab.core.models import build_model
+from maml_lab.core.algorithms.adaptation import adapt, expand_params
+from maml_lab.core.models.conv4 import Conv4
+from maml_lab.core.models.mlp import build_model
+from maml_lab.core.tasks.losses import cross_entropy_per_task
 
 CASES = [
     pytest.param(dict(in_channels=1, image_size=28, ways=3, filters=6, downsample="stride"), id="omniglot-stride"),

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maml_lab.core import conv4_meta
-from maml_lab.core.algorithms import AlgorithmConfig, make_algorithm
-from maml_lab.core.conv4 import Conv4
-from maml_lab.core.losses import accuracy_per_task, cross_entropy_per_task, mse_per_task
-from maml_lab.core.tasks import TaskBatch
+from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.models import conv4_meta
+from maml_lab.core.models.conv4 import Conv4
+from maml_lab.core.tasks.base import TaskBatch
+from maml_lab.core.tasks.losses import accuracy_per_task, cross_entropy_per_task, mse_per_task
 
 CASES = [
     pytest.param(dict(in_channels=1, image_size=14, ways=3, filters=8), 3, 2, 2, id="14px-8f-3way"),

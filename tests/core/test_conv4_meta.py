@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maml_lab.core.adaptation import adapt, expand_params
-from maml_lab.core.algorithms import AlgorithmConfig, make_algorithm
-from maml_lab.core.conv4 import Conv4
-from maml_lab.core.losses import cross_entropy_per_task
-from maml_lab.core.tasks import TaskBatch
+from maml_lab.core.algorithms.adaptation import adapt, expand_params
+from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.models.conv4 import Conv4
+from maml_lab.core.tasks.base import TaskBatch
+from maml_lab.core.tasks.losses import cross_entropy_per_task
 
 B, WAYS, SHOTS, QUERIES = 3, 3, 2, 2
 

@@ -15,11 +15,12 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from maml_lab.core.algorithms import ALGORITHMS, AlgorithmConfig
-from maml_lab.core.config import ExperimentConfig
-from maml_lab.core.distributed import RankLostError, World, init_from_env
-from maml_lab.core.tasks import SinusoidFamily
-from maml_lab.core.trainer import Trainer
+from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.algorithms.registry import algorithm_names
+from maml_lab.core.tasks.sinusoid import SinusoidFamily
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.distributed import RankLostError, World, init_from_env
+from maml_lab.core.training.trainer import Trainer
 
 needs_dist = pytest.mark.skipif(not dist.is_available(),
                                 reason="this PyTorch build has no torch.distributed (gloo)")
@@ -72,8 +73,8 @@ def _free_port() -> int:
 
 
 def _tiny_image_family():
-    from maml_lab.core.image_tasks import ImageTaskFamily
-    from maml_lab.core.imagesets import ImageSet, Preprocessing
+    from maml_lab.core.tasks.images import ImageTaskFamily
+    from maml_lab.core.tasks.imagesets import ImageSet, Preprocessing
 
     rng = np.random.default_rng(0)  # 12 classes of 4 random 12x12 "images"
     pixels = (rng.random((48, 1, 12, 12)) < 0.2).astype(np.uint8) * 255
@@ -87,7 +88,7 @@ def _cases():
     return [
         ("all4", ExperimentConfig(meta_batch_size=4, seed=3, **sin,
                                   algorithms=[AlgorithmConfig.defaults(n, inner_steps=2 if n != "pretrained" else None)
-                                              for n in ALGORITHMS]), None),
+                                              for n in algorithm_names()]), None),
         ("uneven", ExperimentConfig(meta_batch_size=5, seed=4, **sin,
                                     algorithms=[AlgorithmConfig.defaults("maml", inner_steps=2),
                                                 AlgorithmConfig.defaults("reptile", inner_steps=3)]), None),

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from maml_lab.cli import main
-from maml_lab.core.download import DownloadCancelled, DownloadError, download_file, download_omniglot
+from maml_lab.core.tasks.download import DownloadCancelled, DownloadError, download_file, download_omniglot
 from tests.conftest import SERVED, OmniglotHandler
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "omniglot"

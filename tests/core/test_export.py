@@ -7,7 +7,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maml_lab.core.config import ExperimentConfig
 from maml_lab.core.export import (
     FORMAT_VERSION,
     InitializationError,
@@ -15,7 +14,8 @@ from maml_lab.core.export import (
     load_initialization,
     sidecar_path,
 )
-from maml_lab.core.trainer import Trainer
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

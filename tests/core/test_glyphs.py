@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maml_lab.core.glyphs import GlyphConfig, generate_glyphs, load_glyphs
-from maml_lab.core.imagesets import ImageSet
+from maml_lab.core.tasks.glyphs import GlyphConfig, generate_glyphs, load_glyphs
+from maml_lab.core.tasks.imagesets import ImageSet
 
 SMALL = GlyphConfig(seed=5, num_alphabets=3, characters_per_alphabet=6, samples=5)
 

@@ -10,17 +10,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maml_lab.core.algorithms import AlgorithmConfig
-from maml_lab.core.config import ExperimentConfig
-from maml_lab.core.conv4 import Conv4
+from maml_lab.core.algorithms.base import AlgorithmConfig
 from maml_lab.core.export import load_initialization
-from maml_lab.core.image_tasks import (
+from maml_lab.core.models.conv4 import Conv4
+from maml_lab.core.tasks.images import (
     accuracy_after_steps,
     format_accuracy,
     heldout_family_from_metadata,
     image_family_from_config,
 )
-from maml_lab.core.trainer import Trainer, make_family, make_model
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.trainer import Trainer, make_family, make_model
 
 SMALL1 = Path(__file__).resolve().parents[3] / "shared" / "omniglot" / "images_background_small1.zip"
 needs_small1 = pytest.mark.skipif(not SMALL1.is_file(), reason=f"Omniglot test data not found at {SMALL1}")
@@ -149,7 +149,7 @@ def test_train_export_load_into_plain_pytorch_and_evaluate(tmp_path):
 
     heldout = heldout_family_from_metadata(task)
     assert heldout.image_set.class_names == family.validation_family.image_set.class_names
-    acc = accuracy_after_steps(loaded, heldout, params, shots=1, steps=[0, 3], lr=0.4, num_tasks=6, queries=3,
+    acc = accuracy_after_steps(loaded, heldout, params, shots=1, steps=[0, 3], adaptation=0.4, num_tasks=6, queries=3,
                                chunk=4)
     assert set(acc) == {0, 3} and all(0 <= m <= 1 and c >= 0 for m, c in acc.values())
     assert re.fullmatch(r"5-way 1-shot: \d+\.\d% \+- \d+\.\d%", format_accuracy(5, 1, *acc[3]))
@@ -159,7 +159,7 @@ def test_train_export_load_into_plain_pytorch_and_evaluate(tmp_path):
 def test_loader_progress_and_cancel():
     import threading
 
-    from maml_lab.core.imagesets import LoadCancelled
+    from maml_lab.core.tasks.imagesets import LoadCancelled
 
     seen = []
     image_family_from_config(images(), progress=lambda d, t: seen.append((d, t)))  # cached by now

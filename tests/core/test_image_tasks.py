@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from maml_lab.core.image_tasks import ImageTaskFamily
-from maml_lab.core.imagesets import ImageSet, Preprocessing, load_image_set
-from maml_lab.core.tasks import TaskBatch
+from maml_lab.core.tasks.base import TaskBatch
+from maml_lab.core.tasks.images import ImageTaskFamily
+from maml_lab.core.tasks.imagesets import ImageSet, Preprocessing, load_image_set
 
 SMALL1 = Path(__file__).resolve().parents[3] / "shared" / "omniglot" / "images_background_small1.zip"
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maml_lab.core.imagesets import (
+from maml_lab.core.tasks.imagesets import (
     ImageSet,
     LoadCancelled,
     Preprocessing,

@@ -5,13 +5,10 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from maml_lab.core.adaptation import adapt
-from maml_lab.core.algorithms import AlgorithmConfig, make_algorithm
-from maml_lab.core.landscape import LandscapeCancelled, adaptation_path, grid, surface
-from maml_lab.core.losses import mse_per_task
-from maml_lab.core.models import MLP
-from maml_lab.core.tasks import SinusoidFamily
-from maml_lab.core.trajectory import (
+from maml_lab.core.algorithms.adaptation import adapt
+from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.analysis.landscape import LandscapeCancelled, adaptation_path, grid, surface
+from maml_lab.core.analysis.trajectory import (
     TrajectoryRecorder,
     filter_normalized_direction,
     flatten,
@@ -20,6 +17,9 @@ from maml_lab.core.trajectory import (
     task_plane,
     unflatten,
 )
+from maml_lab.core.models.mlp import MLP
+from maml_lab.core.tasks.losses import mse_per_task
+from maml_lab.core.tasks.sinusoid import SinusoidFamily
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_recorder_memory_stays_bounded_and_spread_over_the_run():
 
 
 def test_large_pca_is_randomized_but_matches_the_exact_components():
-    from maml_lab.core.trajectory import _top_components
+    from maml_lab.core.analysis.trajectory import _top_components
 
     rng = np.random.default_rng(3)
     drift = rng.normal(size=800)

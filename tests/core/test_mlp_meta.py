@@ -5,12 +5,12 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from maml_lab.core import mlp_meta
-from maml_lab.core.adaptation import adapt
-from maml_lab.core.algorithms import AlgorithmConfig, make_algorithm
-from maml_lab.core.losses import cross_entropy_per_task, mse_per_task
-from maml_lab.core.models import MLP
-from maml_lab.core.tasks import TaskBatch
+from maml_lab.core.algorithms.adaptation import adapt
+from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.models import mlp_meta
+from maml_lab.core.models.mlp import MLP
+from maml_lab.core.tasks.base import TaskBatch
+from maml_lab.core.tasks.losses import cross_entropy_per_task, mse_per_task
 
 DT = torch.float64
 

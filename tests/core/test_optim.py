@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from maml_lab.core.optim import Adam
+from maml_lab.core.algorithms.optim import Adam
 
 
 @pytest.mark.parametrize("fused", [True, False])

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from maml_lab.core.algorithms import AlgorithmConfig
-from maml_lab.core.config import ExperimentConfig
+from maml_lab.core.algorithms.base import AlgorithmConfig
 from maml_lab.core.export import load_initialization
-from maml_lab.core.runs import RunFolder, RunFolderError, RunLogger, list_runs, tensorboard_available
-from maml_lab.core.trainer import Trainer
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.runs import RunFolder, RunFolderError, RunLogger, list_runs, tensorboard_available
+from maml_lab.core.training.trainer import Trainer
 
 
 def config(**kw):

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from maml_lab.core.device import resolve_device
-from maml_lab.core.models import MLP
-from maml_lab.core.tasks import SinusoidFamily, user_task
+from maml_lab.core.models.mlp import MLP
+from maml_lab.core.tasks.sinusoid import SinusoidFamily, user_task
+from maml_lab.core.training.device import resolve_device
 
 
 def test_sinusoid_batches_follow_the_paper_distribution_and_are_reproducible():

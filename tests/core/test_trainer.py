@@ -4,10 +4,10 @@ import time
 import pytest
 import torch
 
-from maml_lab.core.algorithms import AlgorithmConfig
-from maml_lab.core.config import ExperimentConfig
-from maml_lab.core.evaluation import adaptation_curve
-from maml_lab.core.trainer import Trainer
+from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.analysis.evaluation import adaptation_curve
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.trainer import Trainer
 
 
 def config(**kw):
@@ -79,7 +79,7 @@ def test_non_finite_loss_stops_with_reason_and_keeps_finite_params():
 def test_adaptation_curve_reports_mean_and_ci_and_improves_with_steps():
     t = Trainer(config(iterations=400, val_every=0, algorithms=[AlgorithmConfig("maml")]))
     t.run()
-    curve = adaptation_curve(t.model, t.family, t.runs["maml"].params, shots=10, max_steps=5, inner_lr=0.01,
+    curve = adaptation_curve(t.model, t.family, t.runs["maml"].params, shots=10, max_steps=5, adaptation=0.01,
                              num_tasks=200)
     assert curve.loss_mean.shape == (6,) and curve.loss_ci95.shape == (6,)
     assert curve.loss_mean[1] < curve.loss_mean[0]
@@ -107,7 +107,7 @@ def test_trainer_records_bounded_parameter_paths():
     t.run()
     rec = t.recorders["maml"]
     assert 2 <= len(rec) < 50 and rec.iterations[-1] == 300 and rec.iterations[0] <= rec.every
-    from maml_lab.core.trajectory import flatten
+    from maml_lab.core.analysis.trajectory import flatten
 
     assert (rec.array()[-1] == flatten(t.runs["maml"].params).astype("float32")).all()
     assert Trainer(config(iterations=5, val_every=0), record_every=0).recorders == {}

@@ -39,8 +39,8 @@ def settings(tmp_path):
 @pytest.fixture
 def small_config():
     """A run that takes well under a second."""
-    from maml_lab.core.algorithms import AlgorithmConfig
-    from maml_lab.core.config import ExperimentConfig
+    from maml_lab.core.algorithms.base import AlgorithmConfig
+    from maml_lab.core.training.config import ExperimentConfig
 
     def make(iterations=40, algorithms=("maml", "pretrained"), **algo_overrides):
         return ExperimentConfig(algorithms=[AlgorithmConfig.defaults(a, **algo_overrides) for a in algorithms],

@@ -7,8 +7,9 @@ import pytest
 from PySide6.QtGui import QImage
 
 from maml_lab import app
-from maml_lab.ui.colors import ALGORITHM_COLORS, algorithm_color
-from maml_lab.ui.history import MetricsHistory, bin_means
+from maml_lab.core.algorithms.registry import ALGORITHMS
+from maml_lab.lab.metrics_history import MetricsHistory, bin_means
+from maml_lab.ui.colors import algorithm_color
 from maml_lab.ui.training_plots import ema, nice_ceil
 
 
@@ -48,7 +49,7 @@ def test_screenshot_to_a_missing_folder_fails_cleanly(tmp_path, capsys):
 
 
 def test_colours_are_okabe_ito_and_distinct():
-    assert len(set(ALGORITHM_COLORS.values())) == 4
+    assert len({a.color for a in ALGORITHMS}) == len(ALGORITHMS.names())
     assert algorithm_color("maml") == "#0072B2" and algorithm_color("pretrained") == "#D55E00"
     assert algorithm_color("something else") == algorithm_color("something else")
 

@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QFileDialog, QInputDialog, QMessageBox
 
 from maml_lab.core import export as core_export
 from maml_lab.core.export import build_metadata, export_initialization, load_initialization
-from maml_lab.core.models import MLP
+from maml_lab.core.models.mlp import MLP
 
 
 class Dialogs:
@@ -212,7 +212,7 @@ def test_save_dialog_adds_the_suffix_of_the_chosen_filter(window, monkeypatch, t
 
 
 def test_importing_a_conv4_initialization_goes_to_the_tasks_view(window, dialogs, tmp_path):
-    from maml_lab.core.conv4 import Conv4
+    from maml_lab.core.models.conv4 import Conv4
 
     model = Conv4(in_channels=1, image_size=28, ways=5)
     params = model.init_params(torch.Generator().manual_seed(0))
@@ -230,8 +230,8 @@ def test_importing_a_conv4_initialization_goes_to_the_tasks_view(window, dialogs
 def test_an_imported_conv4_shows_the_heldout_classes_it_was_not_trained_on(window, dialogs, tmp_path, monkeypatch):
     """The experiment panel is on sinusoids: the Tasks view rebuilds the file's own held-out glyph classes from
     its metadata, off the GUI thread, and adapts the imported initialization on them."""
-    from maml_lab.core.config import ExperimentConfig
-    from maml_lab.core.trainer import Trainer
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.core.training.trainer import Trainer
 
     monkeypatch.setenv("MAML_LAB_CACHE", str(tmp_path / "cache"))
     trainer = Trainer(ExperimentConfig(task="images", image_size=14, ways=3, meta_batch_size=2, iterations=1,

@@ -8,9 +8,9 @@ import pytest
 from PySide6.QtGui import QImage
 
 from maml_lab import app
+from maml_lab.lab.inside import project_paths
 from maml_lab.ui.colors import algorithm_color
-from maml_lab.ui.inside import contour_lines, project_paths
-from maml_lab.ui.inside_plots import auto_arrow_scale, log_ticks
+from maml_lab.ui.inside_plots import auto_arrow_scale, contour_lines, log_ticks
 from maml_lab.ui.worker import TrainingController
 
 
@@ -31,8 +31,8 @@ def trained(qapp, tmp_path_factory):
     """One main window, trained once for the whole module (MAML and pretrained, 150 iterations)."""
     from PySide6.QtCore import QSettings
 
-    from maml_lab.core.algorithms import AlgorithmConfig
-    from maml_lab.core.config import ExperimentConfig
+    from maml_lab.core.algorithms.base import AlgorithmConfig
+    from maml_lab.core.training.config import ExperimentConfig
     from maml_lab.ui.main_window import MainWindow
 
     settings = QSettings(str(tmp_path_factory.mktemp("inside") / "s.ini"), QSettings.Format.IniFormat)
@@ -190,10 +190,10 @@ def test_screenshot_of_each_new_view_waits_for_its_computation(view, tmp_path, c
 
 
 def test_path_projection_shares_one_plane_from_the_shared_initialization():
-    from maml_lab.core.algorithms import AlgorithmConfig
-    from maml_lab.core.config import ExperimentConfig
-    from maml_lab.core.trainer import Trainer
-    from maml_lab.ui.inside import collect_paths
+    from maml_lab.core.algorithms.base import AlgorithmConfig
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.core.training.trainer import Trainer
+    from maml_lab.lab.inside import collect_paths
 
     config = ExperimentConfig(algorithms=[AlgorithmConfig.defaults(a) for a in ("maml", "pretrained")],
                               iterations=20, meta_batch_size=3, val_every=0, hidden=[8])

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PySide6.QtCore import Qt
 
-from maml_lab.core.models import MLP
+from maml_lab.core.models.mlp import MLP
+from maml_lab.lab.initializations import Initialization
 from maml_lab.ui.playground import PlaygroundView, curve_from_stroke
-from maml_lab.ui.preview import Initialization, SupportTask, predict
+from maml_lab.ui.preview import SupportTask, predict
 
 from .helpers import RIGHT, click, drag
 

@@ -10,8 +10,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import QFileDialog, QMessageBox
 
-from maml_lab.core.runs import RunFolder, list_runs
-from maml_lab.core.trainer import Trainer
+from maml_lab.core.training.runs import RunFolder, list_runs
+from maml_lab.core.training.trainer import Trainer
 
 
 class Dialogs:
@@ -125,7 +125,7 @@ def test_past_runs_lists_a_run_and_open_shows_its_curves_path_and_exports(window
 def test_a_run_that_stopped_writing_is_listed_as_interrupted(window, qtbot, small_config, root):
     import time
 
-    from maml_lab.ui.run_library import summarize
+    from maml_lab.lab.run_library import summarize
 
     train(window, qtbot, small_config(iterations=10, algorithms=("maml",)))
     folder = list_runs(root)[0]

@@ -3,7 +3,7 @@ exceptions in the worker, the experiment form refusing invalid values."""
 
 import time
 
-from maml_lab.core.trainer import Trainer
+from maml_lab.core.training.trainer import Trainer
 from maml_lab.ui.worker import TrainingController
 
 

@@ -445,7 +445,7 @@ def generate_glyphs(config: GlyphConfig | None = None, progress=None, cancel=Non
     prep = Preprocessing(size=(size, size), mode="grayscale", invert=False)
     report = LoadReport(source="glyphs", layout="alphabet/character", num_classes=n_chars,
                         num_images=len(pixels), inverted=False, seconds=time.perf_counter() - t0)
-    meta = {"generator": "maml_lab.core.glyphs", "glyph_version": GLYPH_VERSION, "glyph_config": asdict(config)}
+    meta = {"generator": "maml_lab.core.tasks.glyphs", "glyph_version": GLYPH_VERSION, "glyph_config": asdict(config)}
     return ImageSet("glyphs", names, groups, pixels, offsets, prep, f"glyphs:seed={config.seed}", report, meta)
 
 

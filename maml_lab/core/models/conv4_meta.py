@@ -47,7 +47,7 @@ class Conv4MetaGradient(ExplicitMetaGradient):
 
 def supports(model, loss_fn, x: torch.Tensor, steps: int) -> bool:
     """Cross-entropy, strided downsampling, one inner step, on the CPU (where this path was measured)."""
-    from .losses import cross_entropy_per_task
+    from ..tasks.losses import cross_entropy_per_task
 
     return (loss_fn is cross_entropy_per_task and model.downsample == "stride" and steps == 1
             and x.device.type == "cpu")

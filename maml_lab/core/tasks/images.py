@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .base import TaskBatch, TaskFamilyKind
 from .imagesets import ImageSet, Preprocessing, validate_task_shape
-from .tasks import TaskBatch
 
 # Class split between meta-training and held-out evaluation (same rule in training and in `eval`):
 SPLIT_SEED = 0  # the classes are permuted with this seed, independent of the training seed
@@ -260,17 +260,53 @@ def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=No
     return heldout
 
 
+class ImageTasks(TaskFamilyKind):
+    """The registry entry of N-way K-shot image classification: conv-4 trained with cross-entropy."""
+
+    name = "images"
+    label = "Images (few-shot classification)"
+    description = "N-way K-shot classification on Omniglot, a class-per-folder set or the built-in glyphs"
+    loss = "cross_entropy"
+    loss_label = "cross-entropy"
+    metric = "accuracy"
+    # the MAML paper's Omniglot 5-way setting: meta-batch 32, 1-shot, 5 queries per class while training, 60,000
+    # iterations; every algorithm: alpha 0.4, one inner step in training, three at test, Adam 1e-3
+    experiment_defaults = {"meta_batch_size": 32, "shots": 1, "queries": 5, "iterations": 60000}
+    algorithm_defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "meta_lr": 1e-3}
+    playground = "images"
+
+    @classmethod
+    def validate(cls, config) -> None:
+        if config.ways < 2:
+            raise ValueError(f"ways must be >= 2 for classification, got {config.ways}")
+
+    @classmethod
+    def build(cls, config, progress=None, cancel=None):
+        return image_family_from_config(config, progress=progress, cancel=cancel)
+
+    @classmethod
+    def model(cls, config, family):
+        from ..models.conv4 import Conv4
+
+        return Conv4.for_family(family)
+
+    @classmethod
+    def from_description(cls, description: dict, data=None, progress=None, cancel=None, hint: str = "pass --data PATH"):
+        return heldout_family_from_metadata(description, data, progress, cancel, hint)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Held-out accuracy
 
 
-def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, steps: list[int], lr: float,
+def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, steps: list[int], adaptation,
                          num_tasks: int = 600, queries: int = 15, seed: int = 2017, device="cpu",
                          dtype=torch.float32, chunk: int = 50, cancel: Callable[[], bool] | None = None
                          ) -> dict[int, tuple[float, float]]:
-    """Query accuracy of `num_tasks` seeded tasks after each of `steps` SGD steps: {steps: (mean, 95% CI)}."""
-    from .adaptation import adapt
-    from .evaluation import mean_ci95
+    """Query accuracy of `num_tasks` seeded tasks after each of `steps` test-time steps: {steps: (mean, 95% CI)}.
+    `adaptation`: the algorithm's AlgorithmConfig (fine-tunes as it trained) or an SGD step size."""
+    from ..algorithms.base import test_trajectory
+    from ..analysis.evaluation import mean_ci95
     from .losses import accuracy_per_task, cross_entropy_per_task
 
     if num_tasks < 1:
@@ -286,15 +322,13 @@ def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, ste
             break
         n = min(chunk, num_tasks - done)
         batch = family.sample(n, shots, queries, generator, device=device, dtype=dtype)
-        fast, batched, taken = theta, False, 0
-        for target in wanted:
-            if target > taken:
-                fast = adapt(model, cross_entropy_per_task, fast, batch.x_support, batch.y_support, target - taken,
-                             lr, batched=batched).params
-                batched, taken = True, target
-            with torch.no_grad():
-                logits = model.forward(fast, batch.x_query)
-                accs[target].append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())
+        trajectory = test_trajectory(adaptation, model, cross_entropy_per_task, theta, batch.x_support,
+                                     batch.y_support, wanted[-1])
+        for step, fast in enumerate(trajectory):
+            if step in accs:
+                with torch.no_grad():
+                    logits = model.forward(fast, batch.x_query)
+                    accs[step].append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())
         done += n
     out = {}
     for s in wanted:
@@ -330,7 +364,8 @@ class _LoadProgress:
         return True
 
 
-def eval_image_initialization(args, params, meta, model, shots_list, steps, lr, device) -> None:
+def eval_image_initialization(args, params, meta, model, shots_list, steps, adaptation, device,
+                              dtype=torch.float32) -> None:
     """`maml-lab eval` for a conv-4 initialization: held-out classes of the training split, accuracy with 95% CI.
 
     Prints one line per shots value, e.g. `5-way 1-shot: 96.1% +- 0.4%`, under a header naming the steps.
@@ -362,11 +397,13 @@ def eval_image_initialization(args, params, meta, model, shots_list, steps, lr, 
           f"training (split seed {split.get('seed', SPLIT_SEED)}), {args.tasks} tasks, {queries} queries per class")
     if family.info.get("note"):
         print(f"note: {family.info['note']}")
-    results = {shots: accuracy_after_steps(model, family, params, shots, steps, lr, args.tasks, queries, args.seed,
-                                           device)
+    from ..algorithms.base import adaptation_text
+
+    results = {shots: accuracy_after_steps(model, family, params, shots, steps, adaptation, args.tasks, queries,
+                                           args.seed, device, dtype)
                for shots in shots_list}
     for s in sorted(set(steps)):
-        print(f"after {s} fine-tuning step{'s' if s != 1 else ''} (inner lr {lr:g}):")
+        print(f"after {s} fine-tuning step{'s' if s != 1 else ''} ({adaptation_text(adaptation)}):")
         for shots in shots_list:
             mean, ci = results[shots][s]
             print(format_accuracy(ways, shots, mean, ci))

@@ -103,7 +103,7 @@ class MLP:
         `autograd.grad(create_graph=True)` on the small networks where dispatch overhead dominates.
         params: per-task tensors [B, ...]. Only ReLU/tanh MLPs with the MSE loss take this path.
         """
-        from .losses import mse_per_task
+        from ..tasks.losses import mse_per_task
 
         if loss_fn is not mse_per_task or self.activation not in ("relu", "tanh"):
             return None

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .adaptation import adapt, expand_params
-from .losses import accuracy_per_task, loss_function
+from ..algorithms.base import AlgorithmConfig, test_trajectory
+from ..tasks.losses import accuracy_per_task, loss_function
 
 
 @dataclass
@@ -39,25 +39,25 @@ def mean_ci95(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray
     return values.mean(axis=axis), 1.96 * std / math.sqrt(max(n, 1))
 
 
-def per_task_curve(model, loss_name: str, params, batch, max_steps: int, inner_lr: float):
-    """Query loss (and accuracy) of every task after 0..max_steps SGD steps: arrays [steps + 1, B]."""
+def per_task_curve(model, loss_name: str, params, batch, max_steps: int, adaptation: AlgorithmConfig | float):
+    """Query loss (and accuracy) of every task after 0..max_steps test-time steps: arrays [steps + 1, B].
+
+    `adaptation`: the algorithm's config (it fine-tunes as it was trained to, e.g. Reptile with Adam), or a step
+    size for plain SGD."""
     loss_fn = loss_function(loss_name)
     classification = loss_name == "cross_entropy"
-    fast = expand_params({k: v.detach() for k, v in params.items()}, batch.num_tasks)
     losses, accs = [], []
-    for step in range(max_steps + 1):
+    for fast in test_trajectory(adaptation, model, loss_fn, params, batch.x_support, batch.y_support, max_steps):
         with torch.no_grad():
             logits = model.forward(fast, batch.x_query)
             losses.append(loss_fn(logits, batch.y_query).double().cpu().numpy())
             if classification:
                 accs.append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())
-        if step < max_steps:
-            fast = adapt(model, loss_fn, fast, batch.x_support, batch.y_support, 1, inner_lr, batched=True).params
     return np.stack(losses), (np.stack(accs) if classification else None)
 
 
-def adaptation_curve(model, family, params, shots: int, max_steps: int, inner_lr: float, num_tasks: int = 600,
-                     queries: int = 100, seed: int = 2017, device="cpu", dtype=torch.float32,
+def adaptation_curve(model, family, params, shots: int, max_steps: int, adaptation: AlgorithmConfig | float,
+                     num_tasks: int = 600, queries: int = 100, seed: int = 2017, device="cpu", dtype=torch.float32,
                      chunk: int = 600) -> AdaptationCurve:
     """Fine-tune `params` on `num_tasks` held-out tasks (seeded, independent of training) and score each step."""
     if num_tasks < 1:
@@ -68,7 +68,7 @@ def adaptation_curve(model, family, params, shots: int, max_steps: int, inner_lr
     while remaining > 0:
         n = min(chunk, remaining)
         batch = family.sample(n, shots, queries, generator, device=device, dtype=dtype)
-        losses, accs = per_task_curve(model, family.loss, params, batch, max_steps, inner_lr)
+        losses, accs = per_task_curve(model, family.loss, params, batch, max_steps, adaptation)
         all_losses.append(losses)
         if accs is not None:
             all_accs.append(accs)

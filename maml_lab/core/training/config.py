@@ -8,24 +8,19 @@ from pathlib import Path
 import tomli_w
 import tomllib
 
-from .algorithms import ALGORITHMS, AlgorithmConfig
+from ..algorithms.base import AlgorithmConfig
+from ..algorithms.registry import algorithm_names
+from ..tasks.registry import task_family
 from .device import DTYPES
 
-TASKS = ("sinusoid", "images")
 IMAGE_MODES = ("grayscale", "rgb")
-
-# What a field left unset (None) becomes, per task. Sinusoid: the MAML paper's regression (Sec. 5.1). Images:
-# its Omniglot 5-way setting (meta-batch 32, 60,000 iterations; 1-shot; 5 query images per class while training).
-TASK_DEFAULTS: dict[str, dict] = {
-    "sinusoid": {"meta_batch_size": 25, "shots": 10, "queries": 10, "iterations": 70000},
-    "images": {"meta_batch_size": 32, "shots": 1, "queries": 5, "iterations": 60000},
-}
 
 
 @dataclass
 class ExperimentConfig:
-    """Fields left as None take the task's defaults (TASK_DEFAULTS here, and AlgorithmConfig.defaults for the
-    algorithms), so `ExperimentConfig(task="images")` is the MAML paper's Omniglot setting."""
+    """Fields left as None take the task family's defaults (its registry entry's `experiment_defaults`, and
+    AlgorithmConfig.defaults for the algorithms), so `ExperimentConfig(task="images")` is the MAML paper's Omniglot
+    setting. The image fields (data, ways, image_size, image_mode, rotations) are read by image task families."""
 
     task: str = "sinusoid"
     algorithms: list[AlgorithmConfig] | None = None  # None: MAML with the task's defaults
@@ -48,9 +43,7 @@ class ExperimentConfig:
     rotations: bool = True  # training classes also appear rotated by 90, 180 and 270 degrees, as new classes
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r} (one of {', '.join(TASKS)})")
-        for key, value in TASK_DEFAULTS[self.task].items():
+        for key, value in self.task_defaults(self.task).items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if self.algorithms is None:
@@ -62,13 +55,10 @@ class ExperimentConfig:
     @staticmethod
     def task_defaults(task: str) -> dict:
         """The values unset fields take for `task` (algorithms: see AlgorithmConfig.defaults(name, task))."""
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r} (one of {', '.join(TASKS)})")
-        return dict(TASK_DEFAULTS[task])
+        return dict(task_family(task).experiment_defaults)  # unknown: "unknown task family 'x' (one of ...)"
 
     def validate(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"unknown task {self.task!r} (one of {', '.join(TASKS)})")
+        kind = task_family(self.task)
         if not self.algorithms:
             raise ValueError("choose at least one algorithm")
         names = [a.name for a in self.algorithms]
@@ -88,10 +78,9 @@ class ExperimentConfig:
             raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r} (one of {', '.join(DTYPES)})")
-        if self.task == "images" and self.ways < 2:
-            raise ValueError(f"ways must be >= 2 for classification, got {self.ways}")
         if self.image_mode not in IMAGE_MODES:
             raise ValueError(f"unknown image mode {self.image_mode!r} (one of {', '.join(IMAGE_MODES)})")
+        kind.validate(self)
 
     def algorithm(self, name: str) -> AlgorithmConfig:
         for a in self.algorithms:
@@ -115,12 +104,12 @@ class ExperimentConfig:
             raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
         algos = data.pop("algorithms", None)
         task = data.get("task", "sinusoid")
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r} (one of {', '.join(TASKS)})")
+        task_family(task)  # unknown: refused with the registered names
         if isinstance(algos, dict):
-            bad = sorted(set(algos) - set(ALGORITHMS))
+            bad = sorted(set(algos) - set(algorithm_names()))
             if bad:
-                raise ValueError(f"unknown algorithm(s) in config: {', '.join(bad)} (one of {', '.join(ALGORITHMS)})")
+                raise ValueError(f"unknown algorithm(s) in config: {', '.join(bad)} "
+                                 f"(one of {', '.join(algorithm_names())})")
             data["algorithms"] = [AlgorithmConfig.defaults(name, task=task, **(opts or {}))
                                   for name, opts in algos.items()]
         elif isinstance(algos, list):
@@ -132,7 +121,7 @@ class ExperimentConfig:
             raise ValueError(f"invalid config: {exc}") from None
 
     def save_toml(self, path: str | Path) -> None:
-        from .export import atomic_write_bytes
+        from ..export import atomic_write_bytes
 
         atomic_write_bytes(Path(path), tomli_w.dumps(self.to_dict()).encode())
 

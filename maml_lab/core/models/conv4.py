@@ -283,7 +283,7 @@ class Conv4:
         None (the caller then uses autograd) unless: the parameters are shared, the loss is cross-entropy,
         downsampling is strided, and x is on the CPU (the case this path was measured faster on).
         """
-        from .losses import cross_entropy_per_task
+        from ..tasks.losses import cross_entropy_per_task
 
         if loss_fn is not cross_entropy_per_task or self.downsample != "stride" or x.device.type != "cpu":
             return None

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.config import ExperimentConfig
-from ..core.runs import RUNS_ENV, RunFolder, RunFolderError
-from .colors import algorithm_label
-from .worker import TRAIN_FIELDS, VAL_FIELDS
+from ..core.algorithms.registry import algorithm_label
+from ..core.training.config import ExperimentConfig
+from ..core.training.metrics import TRAIN_FIELDS, VAL_FIELDS
+from ..core.training.runs import RUNS_ENV, RunFolder, RunFolderError
 
 SETTINGS_KEY = "runs/root"
 STALE_S = 120.0  # a "running" run that wrote nothing for this long was most likely killed
@@ -27,21 +27,13 @@ TERMINAL = ("finished", "stopped", "diverged", "failed")
 
 
 # -- where runs go -----------------------------------------------------------------------------------------
-def default_root() -> Path:
-    """The app's own runs folder: <application data>/runs."""
-    from PySide6.QtCore import QStandardPaths
-
-    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
-    return Path(base or Path.home() / ".maml-lab") / "runs"
-
-
-def runs_root(settings=None) -> Path:
-    """$MAML_LAB_RUNS when set (as for the command line), else the folder chosen in the app, else default_root()."""
+def runs_root(chosen: str | Path | None, default: Path) -> Path:
+    """$MAML_LAB_RUNS when set (as for the command line), else the folder the user chose, else `default` (the
+    app passes its application-data folder)."""
     env = os.environ.get(RUNS_ENV)
     if env:
         return Path(env).expanduser()
-    value = str(settings.value(SETTINGS_KEY, "") or "") if settings is not None else ""
-    return Path(value).expanduser() if value else default_root()
+    return Path(chosen).expanduser() if chosen else Path(default)
 
 
 def root_from_env() -> bool:
@@ -182,7 +174,7 @@ def summarize(folder: RunFolder, active: Path | None = None, now: float | None =
 
 
 def list_summaries(root: Path, active: Path | None = None) -> list[RunSummary]:
-    from ..core.runs import list_runs
+    from ..core.training.runs import list_runs
 
     try:
         folders = list_runs(root)
@@ -282,7 +274,7 @@ class OpenedRun:
 
 def open_run(path: str | Path) -> OpenedRun:
     """Everything the app shows of a past run. Raises RunFolderError only for a folder that is no run at all."""
-    from ..core.checkpoint import CheckpointError, read_checkpoint
+    from ..core.training.checkpoint import CheckpointError, read_checkpoint
 
     folder = RunFolder.open(path)
     summary = summarize(folder)
@@ -312,7 +304,7 @@ def open_run(path: str | Path) -> OpenedRun:
                 config = ExperimentConfig.from_dict(header.get("config") or {})
             family = None
             if config.task == "sinusoid":
-                from ..core.trainer import make_family
+                from ..core.training.trainer import make_family
 
                 family = make_family(config)
             paths = paths_from_checkpoint(tensors, header, config, family)

@@ -1,52 +1,14 @@
-"""Few-shot task families: a task batch is a set of tensors with a leading task dimension."""
+"""Sinusoid regression (MAML paper, Sec. 5.1): the task sampler, tasks a user picks, and the family's registry entry."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-
-@dataclass
-class TaskBatch:
-    """B tasks, each with a support set (to adapt on) and a query set (to score the adaptation).
-
-    Shapes: x_support [B, K, ...], y_support [B, K, ...], x_query [B, Q, ...], y_query [B, Q, ...].
-    `info` carries per-task ground truth (e.g. sinusoid amplitude and phase) for plots.
-    """
-
-    x_support: torch.Tensor
-    y_support: torch.Tensor
-    x_query: torch.Tensor
-    y_query: torch.Tensor
-    info: dict = field(default_factory=dict)
-
-    @property
-    def num_tasks(self) -> int:
-        return self.x_support.shape[0]
-
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TaskBatch":
-        def move(t: torch.Tensor) -> torch.Tensor:
-            if dtype is not None and t.is_floating_point():
-                return t.to(device=device, dtype=dtype)
-            return t.to(device=device)
-
-        return TaskBatch(move(self.x_support), move(self.y_support), move(self.x_query), move(self.y_query),
-                         dict(self.info))
-
-    def task(self, i: int) -> "TaskBatch":
-        """The i-th task as a batch of one (keeps the leading dimension)."""
-        sl = slice(i, i + 1)
-        info = {k: v[sl] if isinstance(v, torch.Tensor) else v for k, v in self.info.items()}
-        return TaskBatch(self.x_support[sl], self.y_support[sl], self.x_query[sl], self.y_query[sl], info)
-
-    def joint(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Support and query points of every task pooled, for the joint-training baseline."""
-        x = torch.cat([self.x_support, self.x_query], dim=1)
-        y = torch.cat([self.y_support, self.y_query], dim=1)
-        return x, y
+from .base import TaskBatch, TaskFamilyKind
 
 
 @dataclass(frozen=True)
@@ -115,3 +77,33 @@ def user_task(x_support, y_support, truth: Callable[[torch.Tensor], torch.Tensor
         xq = torch.linspace(x_range[0], x_range[1], num_query, dtype=dtype).reshape(1, -1, 1)
         yq = torch.as_tensor(truth(xq), dtype=dtype).reshape(1, -1, 1)
     return TaskBatch(xs, ys, xq, yq).to(device)
+
+
+class SinusoidTasks(TaskFamilyKind):
+    """The registry entry of sinusoid regression: an MLP (`hidden`, `activation`) trained with the MSE loss."""
+
+    name = "sinusoid"
+    label = "Sinusoid regression"
+    description = "y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5] (MAML paper, Sec. 5.1)"
+    loss = "mse"
+    loss_label = "MSE"
+    # the MAML paper's regression: meta-batch 25, K = 10, 70,000 iterations
+    experiment_defaults = {"meta_batch_size": 25, "shots": 10, "queries": 10, "iterations": 70000}
+    playground = "curve"
+
+    @classmethod
+    def build(cls, config, progress=None, cancel=None) -> SinusoidFamily:
+        return SinusoidFamily()
+
+    @classmethod
+    def from_description(cls, description: dict, data=None, progress=None, cancel=None, hint: str = ""):
+        """The tasks an initialization was trained on, from its metadata's task description."""
+        d = SinusoidFamily()
+        return SinusoidFamily(*(tuple(description.get(key, getattr(d, key)))
+                                for key in ("amplitude", "phase", "x_range")))
+
+    @classmethod
+    def model(cls, config, family):
+        from ..models.mlp import MLP
+
+        return MLP([family.input_shape[0], *config.hidden, family.output_dim], config.activation)

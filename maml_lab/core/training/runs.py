@@ -24,13 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..export import atomic_write_bytes
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import ExperimentConfig
-from .export import atomic_write_bytes
+from .metrics import METRIC_FIELDS
 
 RUNS_ENV = "MAML_LAB_RUNS"  # where runs go when no folder is named (default ./runs, as TensorBoard's)
-METRIC_FIELDS = ("pre_loss", "post_loss", "pre_accuracy", "post_accuracy",
-                 "val_pre_loss", "val_post_loss", "val_pre_accuracy", "val_post_accuracy")
 CSV_HEADER = ("iteration", "algorithm", *METRIC_FIELDS)
 _CHECKPOINT_NAME = re.compile(r"^iteration-(\d+)\.safetensors$")
 

@@ -76,7 +76,7 @@ def config_difference(saved: dict, current: dict, ignore=RESUMABLE_CHANGES) -> l
 
 def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
     """The tensors and the JSON-able header describing `trainer` now."""
-    from .. import __version__
+    from ... import __version__
 
     tensors: dict[str, torch.Tensor] = {"generator": trainer.generator.get_state().clone()}
     runs = {}
@@ -116,7 +116,7 @@ def save_checkpoint(trainer, path: str | Path) -> Path:
     """Write the trainer's state to `path` atomically (the previous file survives any interruption)."""
     from safetensors.torch import save_file
 
-    from .export import _atomic_write
+    from ..export import _atomic_write
 
     path = Path(path)
     tensors, header = trainer_state(trainer)
@@ -166,7 +166,7 @@ def check_compatible(trainer, header: dict, where: str = "the checkpoint") -> No
 
 def restore_checkpoint(trainer, tensors: dict[str, torch.Tensor], header: dict, where: str = "the checkpoint") -> None:
     """Put a checkpoint's state into a Trainer built from the same config (checked first)."""
-    from .trajectory import TrajectoryRecorder
+    from ..analysis.trajectory import TrajectoryRecorder
 
     check_compatible(trainer, header, where)
     runs = header.get("runs", {})

@@ -109,3 +109,46 @@ def adapt_adam(model, loss_fn, params, x_support: torch.Tensor, y_support: torch
     with torch.no_grad():
         losses.append(loss_fn(model.forward(fast, x_support), y_support))
     return AdaptResult(fast, losses)
+
+
+def sgd_trajectory(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tensor, steps: int, lr: float,
+                   batched: bool = False):
+    """Test-time SGD, one step at a time: yields each task's detached parameters [B, ...] after 0..steps steps."""
+    if steps < 0:
+        raise ValueError(f"adaptation steps must be >= 0, got {steps}")
+    fast = OrderedDict((k, v.detach()) for k, v in params.items())
+    if not batched:
+        fast = expand_params(fast, x_support.shape[0])
+    yield fast
+    for _ in range(steps):
+        fast = adapt(model, loss_fn, fast, x_support, y_support, 1, lr, batched=True).params
+        fast = OrderedDict((k, v.detach()) for k, v in fast.items())
+        yield fast
+
+
+def adam_trajectory(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tensor, steps: int, lr: float,
+                    batched: bool = False, betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8):
+    """Test-time Adam (Reptile's inner optimizer, fresh moments per task), one step at a time: yields each task's
+    parameters [B, ...] after 0..steps steps, exactly the iterates of `adapt_adam`."""
+    if steps < 0:
+        raise ValueError(f"adaptation steps must be >= 0, got {steps}")
+    num_tasks = x_support.shape[0]
+    fast = OrderedDict((k, (v.detach() if batched else v.detach().unsqueeze(0).expand(num_tasks, *v.shape)).clone())
+                       for k, v in params.items())
+    yield fast
+    m = {k: torch.zeros_like(v) for k, v in fast.items()}
+    s = {k: torch.zeros_like(v) for k, v in fast.items()}
+    b1, b2 = betas
+    for t in range(1, steps + 1):
+        with torch.enable_grad():
+            inputs = _detached_leaves(fast)
+            task_losses = loss_fn(model.forward(inputs, x_support), y_support)
+            grads = torch.autograd.grad(task_losses.sum(), list(inputs.values()))
+        with torch.no_grad():
+            new = OrderedDict()
+            for (k, v), g in zip(inputs.items(), grads):
+                m[k].mul_(b1).add_(g, alpha=1 - b1)
+                s[k].mul_(b2).addcmul_(g, g, value=1 - b2)
+                new[k] = v.detach() - lr * (m[k] / (1 - b1 ** t)) / ((s[k] / (1 - b2 ** t)).sqrt() + eps)
+        fast = new
+        yield fast

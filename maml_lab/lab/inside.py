@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..core.adaptation import adapt
-from ..core.landscape import Surface, grid, surface
-from ..core.losses import accuracy_per_task, loss_function
-from ..core.trajectory import Plane, pca_plane, random_plane, task_plane, unflatten
+from ..core.algorithms.adaptation import adapt
+from ..core.analysis.landscape import Surface, grid, surface
+from ..core.analysis.trajectory import Plane, pca_plane, random_plane, task_plane, unflatten
+from ..core.tasks.losses import accuracy_per_task, loss_function
 
 ARROW_SEED = 4242  # the tasks whose adaptation steps the Paths view draws: the same at every checkpoint
 LANDSCAPE_SEED = 2718
@@ -68,6 +68,16 @@ class RunPaths:
     def inner_lr(self, name: str) -> float:
         return float(self.algorithms.get(name, {}).get("inner_lr", 0.01))
 
+    def adaptation(self, name: str):
+        """How `name` fine-tunes at test time: its AlgorithmConfig (an SGD step size when it is not known)."""
+        from ..core.algorithms.base import AlgorithmConfig
+
+        config = self.algorithms.get(name)
+        try:
+            return AlgorithmConfig.from_dict({**config, "name": name}) if config else self.inner_lr(name)
+        except ValueError:
+            return self.inner_lr(name)
+
     def inner_steps(self, name: str) -> int:
         return max(int(self.algorithms.get(name, {}).get("inner_steps", 1)), 1)
 
@@ -95,7 +105,7 @@ def collect_paths(trainer) -> RunPaths:
 
 def build_model_and_like(spec: dict):
     """A model from its spec and a parameter dict of its shapes (for unflatten)."""
-    from ..core.models import build_model
+    from ..core.models.mlp import build_model
 
     model = build_model(spec)
     like = model.init_params(torch.Generator().manual_seed(0))
@@ -162,7 +172,7 @@ def adaptation_points(model, loss: str, theta, batch, steps: int, lr: float, pla
     `plane` their projections [tasks, steps + 1, 2] (a long fine-tuning of a big model never holds every step
     in memory); and each step's query loss [tasks, steps + 1]. Runs `chunk` steps at a time and stops early
     (raising Cancelled) when `cancel` is set, so a long fine-tuning never holds up a newer request."""
-    from .background import Cancelled
+    from .jobs import Cancelled
 
     loss_fn = loss_function(loss)
     fast = OrderedDict((k, v.detach().unsqueeze(0).expand(batch.num_tasks, *v.shape)) for k, v in theta.items())
@@ -343,7 +353,7 @@ def _plane_labels(kind: str, plane: Plane) -> tuple[str, str]:
 
 
 def _first(batch, n: int):
-    from ..core.tasks import TaskBatch
+    from ..core.tasks.base import TaskBatch
 
     info = {k: v[:n] if isinstance(v, torch.Tensor) else v for k, v in batch.info.items()}
     return TaskBatch(batch.x_support[:n], batch.y_support[:n], batch.x_query[:n], batch.y_query[:n], info)
@@ -377,30 +387,6 @@ def _accuracies(model, run: RunPaths, theta, task, steps: int, lr: float) -> np.
     return np.asarray(out)
 
 
-def contour_lines(values: np.ndarray, alphas: np.ndarray, betas: np.ndarray, levels) -> tuple[np.ndarray, ...]:
-    """Iso-lines of values [len(betas), len(alphas)] at `levels`, in plane coordinates, as one polyline with
-    NaN gaps (x, y): one PlotDataItem(connect="finite") draws all of them."""
-    import pyqtgraph as pg
-
-    data = np.asarray(values, np.float64).T  # [alpha, beta]: index 0 is x
-    da = (alphas[-1] - alphas[0]) / max(len(alphas) - 1, 1)
-    db = (betas[-1] - betas[0]) / max(len(betas) - 1, 1)
-    xs, ys = [], []
-    for level in levels:
-        for line in pg.functions.isocurve(data, level, connected=True, extendToEdge=True):
-            pts = np.asarray(line, np.float64)
-            if len(pts) < 2:
-                continue
-            # isocurve works on pixel corners: index i is the centre of grid point i - 0.5 ... shift back
-            xs.append(alphas[0] + (pts[:, 0] - 0.5) * da)
-            ys.append(betas[0] + (pts[:, 1] - 0.5) * db)
-            xs.append([np.nan])
-            ys.append([np.nan])
-    if not xs:
-        return np.empty(0), np.empty(0)
-    return np.concatenate(xs), np.concatenate(ys)
-
-
 def contour_levels(lo: float, hi: float, count: int = 12) -> np.ndarray:
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
         return np.empty(0)
@@ -415,7 +401,7 @@ class CurveRequest:
     algorithm: str
     model: object
     params: "OrderedDict[str, torch.Tensor]"
-    inner_lr: float
+    adaptation: object  # AlgorithmConfig (the algorithm's own test-time rule) or an SGD step size
 
 
 @dataclass
@@ -433,7 +419,7 @@ class CurveSet:
 def compute_curves(requests: list[CurveRequest], family, shots: int, steps: int, num_tasks: int, queries: int,
                    progress=None, cancel: threading.Event | None = None) -> CurveSet:
     """core.evaluation.adaptation_curve for each initialization on the same held-out tasks (same seed)."""
-    from ..core.evaluation import adaptation_curve
+    from ..core.analysis.evaluation import adaptation_curve
 
     out = CurveSet(shots=shots, steps=steps, num_tasks=num_tasks, classification=family.loss == "cross_entropy")
     for i, r in enumerate(requests):
@@ -443,7 +429,7 @@ def compute_curves(requests: list[CurveRequest], family, shots: int, steps: int,
             progress(i, len(requests))
         try:
             dtype = next(iter(r.params.values())).dtype
-            out.curves[r.key] = adaptation_curve(r.model, family, r.params, shots, steps, r.inner_lr, num_tasks,
+            out.curves[r.key] = adaptation_curve(r.model, family, r.params, shots, steps, r.adaptation, num_tasks,
                                                  queries=queries, dtype=dtype, chunk=min(num_tasks, 200))
         except (ValueError, RuntimeError) as exc:
             out.errors[r.key] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

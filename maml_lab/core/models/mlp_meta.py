@@ -156,7 +156,7 @@ class _Point:
 
 
 def supports(model, loss_fn) -> bool:
-    from .losses import mse_per_task
+    from ..tasks.losses import mse_per_task
 
     return loss_fn is mse_per_task and getattr(model, "activation", None) in SUPPORTED_ACTIVATIONS
 

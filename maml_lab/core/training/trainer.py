@@ -16,31 +16,23 @@ from functools import partial
 
 import torch
 
-from .algorithms import MetaAlgorithm, make_algorithm
+from ..algorithms.base import MetaAlgorithm, make_algorithm
+from ..analysis.evaluation import per_task_curve
+from ..analysis.trajectory import TrajectoryRecorder
+from ..export import build_metadata, export_initialization
+from ..tasks.registry import task_family
 from .config import ExperimentConfig
 from .device import resolve_device, resolve_dtype
-from .evaluation import per_task_curve
-from .export import build_metadata, export_initialization
-from .models import MLP
-from .tasks import SinusoidFamily
-from .trajectory import TrajectoryRecorder
 
 
 def make_family(config: ExperimentConfig, progress=None, cancel=None):
-    """The task family a config names (image sets load here, with progress and cancellation)."""
-    if config.task == "sinusoid":
-        return SinusoidFamily()
-    from .image_tasks import image_family_from_config
-
-    return image_family_from_config(config, progress=progress, cancel=cancel)
+    """The task family a config names, built by its registry entry (image sets load here, with progress and
+    cancellation)."""
+    return task_family(config.task).build(config, progress=progress, cancel=cancel)
 
 
 def make_model(config: ExperimentConfig, family):
-    if family.loss == "mse":
-        return MLP([family.input_shape[0], *config.hidden, family.output_dim], config.activation)
-    from .conv4 import Conv4
-
-    return Conv4.for_family(family)
+    return task_family(config.task).model(config, family)
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
@@ -183,7 +175,7 @@ class Trainer:
         for name, run in self.runs.items():
             cfg = run.algorithm.config
             steps = max(cfg.inner_steps, 1)
-            losses, accs = per_task_curve(self.model, self.family.loss, run.params, batch, steps, cfg.inner_lr)
+            losses, accs = per_task_curve(self.model, self.family.loss, run.params, batch, steps, cfg)
             entry = {"iteration": self.iteration, "val_pre_loss": float(losses[0].mean()),
                      "val_post_loss": float(losses[-1].mean())}
             if accs is not None:

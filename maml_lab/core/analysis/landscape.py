@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .adaptation import adapt
-from .export import atomic_write_bytes
-from .losses import loss_function
+from ..algorithms.adaptation import adapt
+from ..export import atomic_write_bytes
+from ..tasks.losses import loss_function
 from .trajectory import Plane
 
 KINDS = ("pre", "post", "task")
@@ -76,7 +76,7 @@ def _tile(t: torch.Tensor, times: int) -> torch.Tensor:
 
 
 def _one_step_mlp_supported(model, loss: str, kind: str, inner_steps: int) -> bool:
-    from .models import MLP
+    from ..models.mlp import MLP
 
     return (kind == "post" and inner_steps == 1 and loss == "mse" and isinstance(model, MLP)
             and model.activation in ("relu", "tanh"))

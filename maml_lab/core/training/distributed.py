@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .tasks import TaskBatch
+from ..tasks.base import TaskBatch
 
 # Metrics that are not per-task means: the same on every rank, so they are kept as they are.
 SHARED_METRICS = frozenset({"epsilon", "iteration", "meta_lr"})

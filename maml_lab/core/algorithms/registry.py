@@ -1,0 +1,50 @@
+"""The algorithm registry: the panel, the CLI's choices, TOML configs, checkpoints, exports, imports and every
+view read it. Built-in algorithms are listed here by the same `module:Class` reference a plug-in's entry point
+(group `maml_lab.algorithms`) gives; adding one is one file plus one line here or in a plug-in's pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ..registry import Registry
+
+BUILTIN_ALGORITHMS = (
+    "maml_lab.core.algorithms.maml:MAML",
+    "maml_lab.core.algorithms.maml:FOMAML",
+    "maml_lab.core.algorithms.reptile:Reptile",
+    "maml_lab.core.algorithms.pretrained:Pretrained",
+)
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+UNKNOWN_COLORS = ("#CC79A7", "#E69F00", "#000000")  # Okabe-Ito extras for names no algorithm claims
+
+
+def _check(name: str, cls):
+    from .base import MetaAlgorithm
+
+    if not (isinstance(cls, type) and issubclass(cls, MetaAlgorithm)):
+        raise TypeError(f"{cls!r} is not a MetaAlgorithm subclass")
+    if not NAME.match(name or ""):
+        raise ValueError(f"algorithm name {name!r} must be lower case letters, digits and _ (e.g. 'anil')")
+    if cls.meta_step is MetaAlgorithm.meta_step:
+        raise TypeError(f"{cls.__name__} does not implement meta_step")
+    return cls
+
+
+ALGORITHMS = Registry("algorithm", "maml_lab.algorithms", BUILTIN_ALGORITHMS, _check, lambda cls: cls.name)
+
+
+def algorithm_names() -> tuple[str, ...]:
+    return ALGORITHMS.names()
+
+
+def algorithm_label(name: str) -> str:
+    """How an algorithm is named in plots and tables; names nobody registered are shown as they are."""
+    return ALGORITHMS.get(name).label or name if name in ALGORITHMS else name
+
+
+def algorithm_color(name: str) -> str:
+    """Hex colour of an algorithm; unknown names (imported files of unknown origin) get a stable extra colour."""
+    if name in ALGORITHMS:
+        return ALGORITHMS.get(name).color
+    return UNKNOWN_COLORS[sum(map(ord, name)) % len(UNKNOWN_COLORS)]

@@ -1,0 +1,94 @@
+"""What every task family provides: batches of tasks (TaskBatch) and a registry entry (TaskFamilyKind) that
+says how to build its sampler and model from a config, how to score it, and what its defaults are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+
+
+@dataclass
+class TaskBatch:
+    """B tasks, each with a support set (to adapt on) and a query set (to score the adaptation).
+
+    Shapes: x_support [B, K, ...], y_support [B, K, ...], x_query [B, Q, ...], y_query [B, Q, ...].
+    `info` carries per-task ground truth (e.g. sinusoid amplitude and phase) for plots.
+    """
+
+    x_support: torch.Tensor
+    y_support: torch.Tensor
+    x_query: torch.Tensor
+    y_query: torch.Tensor
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_tasks(self) -> int:
+        return self.x_support.shape[0]
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "TaskBatch":
+        def move(t: torch.Tensor) -> torch.Tensor:
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return TaskBatch(move(self.x_support), move(self.y_support), move(self.x_query), move(self.y_query),
+                         dict(self.info))
+
+    def task(self, i: int) -> "TaskBatch":
+        """The i-th task as a batch of one (keeps the leading dimension)."""
+        sl = slice(i, i + 1)
+        info = {k: v[sl] if isinstance(v, torch.Tensor) else v for k, v in self.info.items()}
+        return TaskBatch(self.x_support[sl], self.y_support[sl], self.x_query[sl], self.y_query[sl], info)
+
+    def joint(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Support and query points of every task pooled, for the joint-training baseline."""
+        x = torch.cat([self.x_support, self.x_query], dim=1)
+        y = torch.cat([self.y_support, self.y_query], dim=1)
+        return x, y
+
+
+class TaskFamilyKind:
+    """A task family's registry entry: config, CLI, panel, run library, evaluation and views read it.
+
+    `build` returns the sampler: an object with `sample(num_tasks, shots, queries, generator, device, dtype) ->
+    TaskBatch`, `describe() -> dict` (recorded in exports) and `loss`; it may offer `validation_family` (held-out
+    tasks for validation and evaluation).
+    """
+
+    name: ClassVar[str] = ""
+    label: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    loss: ClassVar[str] = "mse"  # a name in tasks.losses.LOSSES: what inner and outer loops minimize
+    loss_label: ClassVar[str] = "MSE"  # how plots name that loss
+    metric: ClassVar[str | None] = None  # "accuracy" where the family is classification
+    # ExperimentConfig fields left unset take these (meta_batch_size, shots, queries, iterations)
+    experiment_defaults: ClassVar[dict] = {}
+    # what this family sets for every algorithm (AlgorithmConfig fields), under the algorithms' own defaults
+    algorithm_defaults: ClassVar[dict] = {}
+    # what the playground shows: "curve" (click points on a 1-D function), "images" (the Tasks view), or None
+    playground: ClassVar[str | None] = None
+
+    @classmethod
+    def validate(cls, config) -> None:
+        """Refuse configs this family cannot run (ValueError naming the field)."""
+
+    @classmethod
+    def build(cls, config, progress=None, cancel=None):
+        raise NotImplementedError
+
+    @classmethod
+    def model(cls, config, family):
+        """The functional model this family trains (parameters are dicts of tensors)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_description(cls, description: dict, data=None, progress=None, cancel=None, hint: str = ""):
+        """Held-out tasks for an initialization trained on this family, from its export's `task` metadata."""
+        raise NotImplementedError
+
+    @classmethod
+    def heldout(cls, family):
+        """Where evaluation tasks come from: the family's held-out part when it has one."""
+        return getattr(family, "validation_family", None) or family

@@ -1,0 +1,153 @@
+"""Initializations the lab holds: trained ones (live snapshots of a run), imported files, checkpoints and past runs.
+
+An Initialization knows how it adapts at test time (its algorithm's own rule and settings, from the run or the
+file's metadata), so the playground, the Tasks view, the adaptation curves and the CLI's eval all fine-tune it
+the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.algorithms.base import AlgorithmConfig, test_trajectory
+from ..core.algorithms.registry import ALGORITHMS
+
+DEFAULT_INNER_LR = 0.01
+
+
+@dataclass
+class Initialization:
+    """A set of initial parameters and how to adapt them: a trained algorithm's, an imported file's, a checkpoint's."""
+
+    key: str  # unique among what the views show: the algorithm name, or "file:<path>"
+    algorithm: str  # a registered algorithm name (or 'unknown'); decides colour and adaptation rule
+    label: str
+    model: object
+    params: "OrderedDict[str, torch.Tensor]"
+    adaptation: AlgorithmConfig | float  # the algorithm's config, or an SGD step size for files of unknown origin
+    source: str = "trained"  # "trained", "imported" or "checkpoint"
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def inner_lr(self) -> float:
+        a = self.adaptation
+        return a.inner_lr if isinstance(a, AlgorithmConfig) else float(a)
+
+    def trajectory(self, loss_fn, x_support: torch.Tensor, y_support: torch.Tensor, steps: int):
+        """Each task's parameters after 0..steps test-time steps (x/y: [B, K, ...])."""
+        params = OrderedDict((k, v.detach()) for k, v in self.params.items())
+        return test_trajectory(self.adaptation, self.model, loss_fn, params, x_support, y_support, steps)
+
+
+def adaptation_from_metadata(meta: dict, inner_lr: float | None = None) -> AlgorithmConfig | float:
+    """How an exported initialization fine-tunes: its algorithm's config from the recorded hyperparameters (an
+    unknown algorithm or unreadable settings: plain SGD with the recorded step size); `inner_lr` overrides it."""
+    hyper = dict(meta.get("hyperparameters") or {})
+    name = meta.get("algorithm")
+    if inner_lr is not None:
+        hyper["inner_lr"] = inner_lr
+    if name in ALGORITHMS:
+        try:
+            return AlgorithmConfig.from_dict({**hyper, "name": name})
+        except (TypeError, ValueError):
+            pass
+    try:
+        lr = float(hyper.get("inner_lr", DEFAULT_INNER_LR))
+    except (TypeError, ValueError):
+        lr = DEFAULT_INNER_LR
+    return lr if math.isfinite(lr) and lr > 0 else DEFAULT_INNER_LR
+
+
+def dtype_of(params) -> torch.dtype:
+    """The floating-point precision parameters were saved in (evaluation runs at it: float64 stays float64)."""
+    return next((v.dtype for v in params.values() if v.is_floating_point()), torch.float32)
+
+
+class InitializationStore:
+    """Every initialization the lab holds, by key. Views subscribe to it (napari's evented model, without Qt): a
+    subscriber is called with (changed inits, removed keys) after each change, on the thread that made it (the
+    app changes the store on the GUI thread only). One model per model spec is shared by everything in it."""
+
+    def __init__(self):
+        self._items: OrderedDict[str, Initialization] = OrderedDict()
+        self._models: dict[str, object] = {}
+        self._subscribers: list = []
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def __getitem__(self, key: str) -> Initialization:
+        return self._items[key]
+
+    def __iter__(self):
+        return iter(list(self._items.values()))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self) -> list[str]:
+        return list(self._items)
+
+    def model_for(self, spec: dict):
+        """The functional model of a spec, built once (ValueError for specs no model takes)."""
+        from ..core.models.mlp import build_model
+
+        key = repr(spec)
+        if key not in self._models:
+            self._models[key] = build_model(spec)
+        return self._models[key]
+
+    # -- subscribing -------------------------------------------------------------------------------------
+    def subscribe(self, callback):
+        """callback(changed: list[Initialization], removed: list[str]); returns a function that unsubscribes."""
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback) if callback in self._subscribers else None
+
+    def _notify(self, changed: list[Initialization], removed: list[str]) -> None:
+        if changed or removed:
+            for callback in list(self._subscribers):
+                callback(changed, removed)
+
+    # -- changing ----------------------------------------------------------------------------------------
+    def put(self, *inits: Initialization) -> None:
+        for init in inits:
+            self._items[init.key] = init
+        self._notify(list(inits), [])
+
+    def remove(self, *keys: str) -> None:
+        removed = [k for k in keys if self._items.pop(k, None) is not None]
+        self._notify([], removed)
+
+    def clear(self, source: str | None = None) -> None:
+        """Forget every initialization (of one source: "trained", "imported", "checkpoint")."""
+        self.remove(*[k for k, v in self._items.items() if source is None or v.source == source])
+
+    def update_from_snapshot(self, snap: dict) -> list[Initialization]:
+        """A training run's latest parameters ({"params", "model", "algorithms", "metadata"}, as the training
+        session sends them) become the "trained" initializations, one per algorithm."""
+        try:
+            model = self.model_for(snap.get("model") or {})
+        except ValueError:
+            return []
+        configs = snap.get("algorithms") or {}
+        inits = []
+        for name, params in snap["params"].items():
+            config = configs.get(name)
+            if isinstance(config, dict):
+                config = AlgorithmConfig.from_dict({**config, "name": name})
+            adaptation = config if config is not None else DEFAULT_INNER_LR
+            inits.append(Initialization(name, name, _label(name), model, params, adaptation, "trained",
+                                        (snap.get("metadata") or {}).get(name, {})))
+        self.put(*inits)
+        return inits
+
+
+def _label(name: str) -> str:
+    from ..core.algorithms.registry import algorithm_label
+
+    return algorithm_label(name)
