@@ -6,7 +6,6 @@ Invalid input gets one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
@@ -195,18 +194,18 @@ class _Progress:
         self.last = 0.0
         self.interval = 0.5 if self.tty else 10.0
 
-    def __call__(self, p: dict) -> None:
+    def __call__(self, p) -> None:  # a lab.session.Progress
         if self.quiet:
             return
         now = time.monotonic()
-        final = p["state"] != "running"
+        final = p.final
         if not final and now - self.last < self.interval:
             return
         self.last = now
-        losses = "  ".join(_metrics_text(n, m, p["val"].get(n, {})) for n, m in p["metrics"].items())
-        eta = p["eta_s"]
-        line = (f"[{p['iteration']}/{p['total']}] {100 * p['iteration'] / p['total']:5.1f}%  "
-                f"{p['tasks_per_s']:,.0f} tasks/s  ETA {int(eta // 60)}:{int(eta % 60):02d}  {losses}")
+        losses = "  ".join(_metrics_text(n, m, p.val.get(n, {})) for n, m in p.metrics.items())
+        eta = p.eta_s
+        line = (f"[{p.iteration}/{p.total}] {100 * p.iteration / p.total:5.1f}%  "
+                f"{p.tasks_per_s:,.0f} tasks/s  ETA {int(eta // 60)}:{int(eta % 60):02d}  {losses}")
         if self.tty:
             sys.stderr.write("\r" + line[:200].ljust(120) + ("\n" if final else ""))
         elif not final:
@@ -245,35 +244,45 @@ def _load_family(config, quiet: bool):
     return family
 
 
-def _prepare_run(args, main_rank: bool = True):
-    """(config, run folder, checkpoint to resume or None, --out paths) for a new or resumed run. Under torchrun
-    only rank 0 creates or changes the folder (the others get None, or read the resumed run's checkpoint)."""
-    from .core.training.runs import RunFolder, default_runs_root, new_run_name, unique_path
+def _start_session(args, world, main_rank: bool):
+    """(session, --out paths) for a new or resumed run. Under torchrun only rank 0 creates or changes the folder;
+    the other ranks train without one (a resumed run's ranks all restore its checkpoint)."""
+    from .lab.session import TrainingSession
 
     if args.resume is None:
         config = _config_from_args(args)
         outs = _out_paths(args.out, [a.name for a in config.algorithms])
+        if args.save_config and main_rank:
+            config.save_toml(args.save_config)
         if not main_rank:
-            return config, None, None, {}
-        path = args.run_dir or unique_path(default_runs_root(), new_run_name(config))
-        folder = RunFolder.create(path, config, outs={n: str(p) for n, p in outs.items()})
-        return config, folder, None, outs
+            return TrainingSession(config, world=world, record_every=0), {}
+        folder = TrainingSession.create_folder(config, args.run_dir, outs=outs)
+        session = TrainingSession(config, family=_load_family(config, args.quiet), world=world, record_every=0)
+        session.attach_folder(folder, args.checkpoint_every)
+        return session, outs
     if args.config is not None or args.run_dir is not None:
         raise UsageError("--resume continues a run with its own config and folder: drop --config and --run-dir")
+    from .core.training.runs import RunFolder
+
     folder = RunFolder.open(args.resume)
-    saved = folder.config()
-    config = _config_from_args(args, base=saved.to_dict())
+    config = _config_from_args(args, base=folder.config().to_dict())
+    if args.save_config and main_rank:
+        config.save_toml(args.save_config)
+    session = TrainingSession.resume(folder.path, config, args.checkpoint_every, attach=main_rank,
+                                     family=_load_family(config, args.quiet), world=world, record_every=0)
     if not main_rank:
-        return config, folder, folder.latest_checkpoint(), {}
-    if config.iterations != saved.iterations:
-        config.save_toml(folder.config_path)  # the run now has a new length
-    status = folder.status()
+        return session, {}
     if args.out is not None:
         outs = _out_paths(args.out, [a.name for a in config.algorithms])
         folder.write_status(outs={n: str(p) for n, p in outs.items()})
     else:
-        outs = {n: Path(p) for n, p in (status.get("outs") or {}).items()}
-    return config, folder, folder.latest_checkpoint(), outs
+        outs = {n: Path(p) for n, p in (folder.status().get("outs") or {}).items()}
+    if not args.quiet:
+        if session.resumed_at is not None:
+            print(f"resuming {folder.path} at iteration {session.resumed_at} of {config.iterations}", file=sys.stderr)
+        else:
+            print(f"{folder.path} has no checkpoint yet: starting the run over", file=sys.stderr)
+    return session, outs
 
 
 def cmd_train(args) -> int:
@@ -292,25 +301,8 @@ def cmd_train(args) -> int:
 
 
 def _train(args, world, main_rank: bool) -> int:
-    from .core.training.checkpoint import load_checkpoint
-    from .core.training.runs import RunLogger
-    from .core.training.trainer import Trainer
-
-    config, folder, checkpoint, outs = _prepare_run(args, main_rank)
-    if args.save_config and main_rank:
-        config.save_toml(args.save_config)
-    trainer = Trainer(config, family=_load_family(config, args.quiet), record_every=0, world=world)
-    if checkpoint is not None:
-        header = load_checkpoint(trainer, checkpoint)
-        if not args.quiet:
-            print(f"resuming {folder.path} at iteration {header['iteration']} of {config.iterations}",
-                  file=sys.stderr)
-    elif args.resume is not None and not args.quiet:
-        print(f"{folder.path} has no checkpoint yet: starting the run over", file=sys.stderr)
-    if main_rank:
-        logger = RunLogger(folder, checkpoint_every=args.checkpoint_every)
-        logger.start(trainer, resumed=checkpoint is not None)
-        trainer.observers.append(logger)
+    session, outs = _start_session(args, world, main_rank)
+    trainer, config = session.trainer, session.config
     if world is not None and not args.quiet:
         share = world.local_count(config.meta_batch_size)
         print(f"distributed: {world.size} processes ({world.backend}), {config.meta_batch_size} tasks per "
@@ -319,25 +311,16 @@ def _train(args, world, main_rank: bool) -> int:
         names = ", ".join(a.name for a in config.algorithms)
         what = f"{config.ways}-way {config.shots}-shot images" if config.task == "images" else config.task
         print(f"training {names} on {what} for {config.iterations} iterations on {trainer.device}; "
-              f"run folder {folder.path}", file=sys.stderr)
+              f"run folder {session.folder.path}", file=sys.stderr)
     if world is not None:  # ranks must stop together: Ctrl+C ends the job, --resume continues it
-        return _finish(args, trainer, trainer.run(callback=_Progress(args.quiet), report_every=1), outs, folder)
-    previous = signal.getsignal(signal.SIGINT)
-
-    def on_interrupt(signum, frame):
-        print("\ninterrupted: stopping after this iteration (Ctrl+C again to abort)", file=sys.stderr)
-        signal.signal(signal.SIGINT, previous)
-        trainer.stop()
-
-    signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        state = trainer.run(callback=_Progress(args.quiet), report_every=1)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    return _finish(args, trainer, state, outs, folder)
+        return _finish(args, session, session.run(_Progress(args.quiet)), outs)
+    with session.stop_on_signals(announce=lambda text: print(f"\n{text}", file=sys.stderr)):
+        state = session.run(_Progress(args.quiet))
+    return _finish(args, session, state, outs)
 
 
-def _finish(args, trainer, state, outs, folder) -> int:
+def _finish(args, session, state, outs) -> int:
+    trainer, folder = session.trainer, session.folder
     if state == "diverged":
         print(f"maml-lab: training stopped: {trainer.stop_reason}", file=sys.stderr)
     for name, run in trainer.runs.items():
@@ -348,7 +331,7 @@ def _finish(args, trainer, state, outs, folder) -> int:
             print(f"{name}: iteration {trainer.iteration}, pre-adaptation loss {m['pre_loss']:.4f}, "
                   f"post-adaptation loss {m['post_loss']:.4f}{acc}", file=sys.stderr)
         if name in outs:
-            trainer.export(name, outs[name])
+            session.export({name: outs[name]})
             print(f"exported {name} to {outs[name]}")
     if state == "stopped" and not args.quiet:
         print(f"stopped at iteration {trainer.iteration}; continue with: maml-lab train --resume {folder.path}",

@@ -81,3 +81,31 @@ def test_every_cli_run_leaves_a_run_folder(tmp_path, monkeypatch):
     (run,) = (tmp_path / "runs").iterdir()
     assert run.name.endswith("-sinusoid-maml")
     assert {p.name for p in run.iterdir()} >= {"run.json", "config.toml", "metrics.csv", "checkpoints", "exports"}
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="SIGTERM is POSIX only")
+def test_sigterm_stops_like_ctrl_c_checkpoints_exports_and_resumes(tmp_path):
+    """A scheduler's preemption (SIGTERM) loses nothing: the iteration finishes, a checkpoint and the exports are
+    written, run.json says "stopped", and --resume finishes the run."""
+    run, out = tmp_path / "run", tmp_path / "init.safetensors"
+    args = [*ARGS[:ARGS.index("--iterations") + 1], "100000", *ARGS[ARGS.index("--iterations") + 2:]]
+    proc = subprocess.Popen(cli(*args, "--run-dir", str(run), "--out", str(out)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    folder = RunFolder(run)
+    deadline = time.monotonic() + 120
+    while not any(it >= 200 for it, _ in folder.checkpoints()):
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    stdout, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    status = folder.status()
+    assert status["status"] == "stopped" and 200 <= status["iteration"] < 100000
+    last, _ = folder.checkpoints()[-1]
+    assert last == status["iteration"]  # the stop itself was checkpointed
+    assert "exported maml" in stdout and (tmp_path / "init-maml.safetensors").exists()
+    resumed = subprocess.run(cli("train", "--resume", str(run), "--iterations", str(status["iteration"] + 50),
+                                 "--threads", "1", "--quiet"), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert folder.status()["status"] == "finished" and folder.status()["iteration"] == status["iteration"] + 50

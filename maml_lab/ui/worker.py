@@ -9,7 +9,8 @@ pause/resume/stop are thread-safe calls straight into the Trainer (the worker th
 `Trainer.run`, so a queued slot would only run after training ends); they take effect within one
 meta-iteration.
 
-Every run trains into a run folder (core.runs: config, metrics.csv, checkpoints, exports, TensorBoard) when
+The run itself is a lab.session.TrainingSession, the same code the CLI runs: every run trains into a run folder
+(config, metrics.csv, checkpoints, exports, TensorBoard) when
 the request names a runs root; a folder that cannot be created is reported in `started` and the run trains
 without one. A resume request names a run folder instead: the Trainer is rebuilt from the folder's config,
 its latest checkpoint restored, and the restored history handed over in `started` before training goes on.
@@ -26,8 +27,8 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from ..core.tasks.imagesets import LoadCancelled as _LoadCancelled
 from ..core.training.metrics import TRAIN_FIELDS, VAL_FIELDS
-
-CHECKPOINT_EVERY = 1000  # iterations between checkpoints of an app run (and one at the end)
+from ..core.training.runs import RunFolder
+from ..lab.session import CHECKPOINT_EVERY
 
 PATHS_BUDGET_BYTES = 512 * 2**20  # all recorded parameter paths of a run together (MLPs never come close)
 
@@ -46,7 +47,7 @@ class TrainingWorker(QObject):
 
     def __init__(self, progress_hz: float = 30.0, snapshot_interval: float = 0.15, paths_interval: float = 1.0):
         super().__init__()
-        self.checkpoint_every = CHECKPOINT_EVERY
+        self.checkpoint_every = CHECKPOINT_EVERY  # iterations between checkpoints of an app run (and at the end)
         self.progress_interval = 1.0 / progress_hz
         self.snapshot_interval = snapshot_interval
         self.paths_interval = paths_interval
@@ -59,6 +60,7 @@ class TrainingWorker(QObject):
         self._pending_val: dict = {}
         self._latest: dict = {}
         self._rate = 0.0
+        self._last_loading = 0.0
 
     # -- thread-safe control (called from the GUI thread) --------------------------------------------
     def pause(self) -> None:
@@ -92,48 +94,37 @@ class TrainingWorker(QObject):
         """request: an ExperimentConfig, or (config, options) with options "initial_params", "runs_root" (a run
         folder is created under it) or "resume" (a run folder to continue; config is then None). Trains until
         done or stopped."""
-        from ..core.training.trainer import Trainer
+        from ..lab.session import TrainingSession
 
         config, options = request if isinstance(request, tuple) else (request, {})
         self._busy = True
-        trainer = None
-        logger = None
+        session = trainer = None
         resume = options.get("resume")
         try:
-            folder, header = None, None
             if resume is not None:
                 try:  # anything wrong with the folder, its image set or its checkpoint: refused, nothing changed
-                    folder, config = self._open_resumed(resume)
-                    family = self._load_family(config) if config.task == "images" else None
-                    trainer = Trainer(config, family=family)
-                    header = self._restore(trainer, folder)
+                    config = RunFolder.open(resume).config()
+                    session = TrainingSession.resume(resume, config, self.checkpoint_every, loading=self._loading,
+                                                     cancel=self._cancelled)
                 except _LoadCancelled:
                     raise
                 except Exception as exc:  # noqa: BLE001
-                    trainer = None
                     self._refuse(exc, config)
                     return
             else:
-                family = self._load_family(config) if getattr(config, "task", "") == "images" else None
-                trainer = Trainer(config, family=family, initial_params=options.get("initial_params"))
+                session = TrainingSession(config, initial_params=options.get("initial_params"), loading=self._loading,
+                                          cancel=self._cancelled)
+            trainer = session.trainer
             for recorder in trainer.recorders.values():  # parameter paths: bounded memory for big models too
                 recorder.limit_bytes(PATHS_BUDGET_BYTES // max(len(trainer.recorders), 1))
             info = {"device": str(trainer.device), "algorithms": list(trainer.runs), "total": config.iterations,
                     "model": trainer.model.spec(), "run_folder": None, "run_folder_error": ""}
             if resume is None and options.get("runs_root") is not None:
-                folder, info["run_folder_error"] = self._create_folder(options["runs_root"], config)
-            if folder is not None:
-                logger = self._attach_logger(trainer, folder, resumed=header is not None)
-                if logger is None and resume is None:  # the new folder's first files could not be written
-                    info["run_folder_error"] = f"cannot write to run folder {folder.path}"
-                elif logger is None:
-                    self._refuse(OSError(f"cannot write to run folder {folder.path}"), config)
-                    return
-                else:
-                    info["run_folder"] = str(folder.path)
+                info["run_folder_error"] = self._attach_new_folder(session, options["runs_root"])
+            if session.folder is not None:
+                info["run_folder"] = str(session.folder.path)
             if resume is not None:
-                info.update(config=config, resumed_at=header["iteration"] if header else None,
-                            history=self._history_chunk(trainer))
+                info.update(config=config, resumed_at=session.resumed_at, history=self._history_chunk(trainer))
             with self._lock:
                 self._trainer = trainer
                 stop, pause = self._stop_requested, self._pause_requested
@@ -146,10 +137,7 @@ class TrainingWorker(QObject):
                 self._emit_paths(trainer)  # the restored path at once
             # the Trainer's last callback (finished, stopped, diverged) flushes the metrics and sends a snapshot
             if stop:  # stopped before training began: the run folder still ends as "stopped", with its checkpoint
-                trainer.state, trainer.stop_reason = "stopped", "stopped by the user"
-                if logger is not None:
-                    logger.on_end(trainer)
-                state = "stopped"
+                state = session.end_without_training()
             else:
                 state = trainer.run(callback=self._callback(trainer), report_every=1)
             self.finished.emit({"state": state, "reason": trainer.stop_reason, "iteration": trainer.iteration,
@@ -163,8 +151,7 @@ class TrainingWorker(QObject):
             if trainer is not None:
                 self._flush(trainer, "failed", message)
                 self._emit_snapshot(trainer, only_if_finite=True)
-                if logger is not None and trainer.state not in ("failed", "finished", "stopped", "diverged"):
-                    self._mark_failed(logger, trainer, message)  # failed outside Trainer.run (which tells it)
+                session.mark_failed(message)  # failed outside Trainer.run (which tells the folder itself)
             self.failed.emit(message)
             self.finished.emit({"state": "failed", "reason": message,
                                 "iteration": trainer.iteration if trainer is not None else 0,
@@ -177,54 +164,22 @@ class TrainingWorker(QObject):
             self._busy = False
 
     # -- run folders ---------------------------------------------------------------------------------
-    @staticmethod
-    def _open_resumed(path):
-        from ..core.training.runs import RunFolder
-
-        folder = RunFolder.open(path)
-        return folder, folder.config()
-
-    @staticmethod
-    def _restore(trainer, folder):
-        """Load the folder's latest checkpoint into the trainer; None when it has none (the run starts over)."""
-        from ..core.training.checkpoint import load_checkpoint
-
-        checkpoint = folder.latest_checkpoint()
-        return load_checkpoint(trainer, checkpoint) if checkpoint is not None else None
-
-    @staticmethod
-    def _create_folder(root, config):
-        """(RunFolder, "") or (None, why not): the app trains on without a folder it cannot create."""
-        from pathlib import Path
-
-        from ..core.training.runs import RunFolder, RunFolderError, new_run_name, unique_path
+    def _attach_new_folder(self, session, root) -> str:
+        """Train into a new folder under `root`; "" or why not (the app trains on without a folder it cannot
+        create or write)."""
+        from ..core.training.runs import RunFolderError
 
         try:
-            path = unique_path(Path(root).expanduser(), new_run_name(config))
-            return RunFolder.create(path, config, source="app"), ""
+            folder = session.create_folder(session.config, runs_root=root, source="app")
         except (RunFolderError, OSError) as exc:
-            return None, str(exc) if isinstance(exc, RunFolderError) else f"cannot create a run folder in {root}: " \
+            return str(exc) if isinstance(exc, RunFolderError) else f"cannot create a run folder in {root}: " \
                 f"{exc.strerror or exc}"
-
-    def _attach_logger(self, trainer, folder, resumed: bool):
-        from ..core.training.runs import RunLogger
-
         try:
-            logger = RunLogger(folder, checkpoint_every=self.checkpoint_every)
-            logger.start(trainer, resumed=resumed)
+            session.attach_folder(folder, self.checkpoint_every)
         except OSError:
             traceback.print_exc()
-            return None
-        trainer.observers.append(logger)
-        return logger
-
-    @staticmethod
-    def _mark_failed(logger, trainer, message: str) -> None:
-        try:
-            logger.flush()
-            logger.folder.write_status(status="failed", reason=message, iteration=trainer.iteration)
-        except OSError:
-            pass
+            return f"cannot write to run folder {folder.path}"
+        return ""
 
     @staticmethod
     def _history_chunk(trainer) -> dict:
@@ -246,19 +201,15 @@ class TrainingWorker(QObject):
         self.finished.emit({"state": "refused", "reason": message, "iteration": 0,
                             "total": getattr(config, "iterations", 0)})
 
-    def _load_family(self, config):
-        """The image task family, loaded here (off the GUI thread) with progress; stop() cancels it."""
-        from ..core.training.trainer import make_family
+    def _loading(self, done, total) -> None:
+        """Image-set loading progress (off the GUI thread), at most ten signals a second."""
+        now = time.perf_counter()
+        if done >= total or now - self._last_loading >= 0.1:
+            self._last_loading = now
+            self.loading.emit({"done": int(done), "total": int(total)})
 
-        last = [0.0]
-
-        def progress(done, total) -> None:
-            now = time.perf_counter()
-            if done >= total or now - last[0] >= 0.1:
-                last[0] = now
-                self.loading.emit({"done": int(done), "total": int(total)})
-
-        return make_family(config, progress=progress, cancel=lambda: self._stop_requested)
+    def _cancelled(self) -> bool:
+        return self._stop_requested
 
     def _reset_batch(self, trainer) -> None:
         self._pending = {name: {k: [] for k in ("iteration", *TRAIN_FIELDS)} for name in trainer.runs}

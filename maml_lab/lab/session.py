@@ -1,0 +1,194 @@
+"""A training session, written once for the CLI, the app and notebooks: config -> task family -> algorithms ->
+Trainer -> run folder -> checkpoints -> resume -> exports.
+
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.lab.session import TrainingSession
+
+    session = TrainingSession.create(ExperimentConfig(iterations=2000), run_dir="runs/demo")
+    session.run()                       # or session.run(callback=print) for Progress messages
+    session.export({"maml": "init.safetensors"})
+
+What a running session tells its listener are typed messages (Progress, and the Started/Ended the app's worker
+adds); the metric names they carry are those of core.training.metrics. Stopping is thread-safe (`stop`,
+`pause`, `resume`), and `stop_on_signals` turns Ctrl+C and SIGTERM (what schedulers send before preemption) into a
+clean stop: finish the iteration, checkpoint, export, status "stopped".
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.training.checkpoint import load_checkpoint
+from ..core.training.config import ExperimentConfig
+from ..core.training.runs import RunFolder, RunLogger, default_runs_root, new_run_name, unique_path
+from ..core.training.trainer import Trainer, make_family
+
+CHECKPOINT_EVERY = 1000  # iterations between checkpoints (and one at the end)
+TERMINAL_STATES = ("finished", "stopped", "diverged", "failed")
+
+
+@dataclass
+class Progress:
+    """What the Trainer reports after an iteration (throttled by the listener, not here)."""
+
+    state: str  # running, paused, finished, stopped, diverged, failed
+    iteration: int
+    total: int
+    tasks_per_s: float
+    eta_s: float
+    elapsed_s: float
+    reason: str = ""
+    metrics: dict[str, dict] = field(default_factory=dict)  # algorithm -> TRAIN_FIELDS (+ "iteration")
+    val: dict[str, dict] = field(default_factory=dict)  # algorithm -> VAL_FIELDS (+ "iteration"), when validated
+
+    @classmethod
+    def from_trainer(cls, p: dict) -> "Progress":
+        return cls(p["state"], p["iteration"], p["total"], p["tasks_per_s"], p["eta_s"], p["elapsed_s"],
+                   p.get("reason", ""), p.get("metrics") or {}, p.get("val") or {})
+
+    @property
+    def final(self) -> bool:
+        return self.state != "running"
+
+
+class TrainingSession:
+    """One meta-training run: its Trainer, its run folder (optional) and its exports."""
+
+    def __init__(self, config: ExperimentConfig, family=None, initial_params=None, world=None, record_every: int = 1,
+                 loading: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None):
+        """Build the task family (image sets load here: `loading(done, total)`, `cancel()` stops it) and the
+        Trainer. No files are written until a run folder is attached."""
+        config.validate()
+        self.config = config
+        if family is None:
+            family = make_family(config, progress=loading, cancel=cancel)
+        self.trainer = Trainer(config, family=family, initial_params=initial_params, record_every=record_every,
+                               world=world)
+        self.folder: RunFolder | None = None
+        self.logger: RunLogger | None = None
+        self.resumed_at: int | None = None  # the checkpoint's iteration when this session continues a run
+
+    # -- making one ---------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, config: ExperimentConfig, run_dir: str | Path | None = None, runs_root: str | Path | None = None,
+               checkpoint_every: int = CHECKPOINT_EVERY, source: str = "cli", outs: dict | None = None,
+               **kwargs) -> "TrainingSession":
+        """A new run training into `run_dir` (default: a new folder under `runs_root`, else $MAML_LAB_RUNS or
+        ./runs). The folder is created before the family loads, so a bad path fails fast."""
+        folder = cls.create_folder(config, run_dir, runs_root, source, outs)
+        session = cls(config, **kwargs)
+        session.attach_folder(folder, checkpoint_every)
+        return session
+
+    @staticmethod
+    def create_folder(config: ExperimentConfig, run_dir=None, runs_root=None, source: str = "cli",
+                      outs: dict | None = None) -> RunFolder:
+        path = Path(run_dir) if run_dir is not None else unique_path(
+            Path(runs_root).expanduser() if runs_root is not None else default_runs_root(), new_run_name(config))
+        status = {"outs": {n: str(p) for n, p in (outs or {}).items()}} if outs else {}
+        return RunFolder.create(path, config, source=source, **status)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, config: ExperimentConfig | None = None,
+               checkpoint_every: int = CHECKPOINT_EVERY, attach: bool = True, **kwargs) -> "TrainingSession":
+        """Continue the run in `run_dir` from its latest checkpoint (with its own config, or `config` where the
+        caller lengthened or moved it: another experiment's checkpoint is refused with the difference named).
+        A folder with no checkpoint yet starts over (`resumed_at` None). attach=False: restore only (ranks other
+        than 0 under torchrun)."""
+        folder = RunFolder.open(run_dir)
+        saved = folder.config()
+        config = config or saved
+        if attach and config.iterations != saved.iterations:
+            config.save_toml(folder.config_path)  # the run now has a new length
+        session = cls(config, **kwargs)
+        checkpoint = folder.latest_checkpoint()
+        if checkpoint is not None:
+            session.resumed_at = int(load_checkpoint(session.trainer, checkpoint)["iteration"])
+        session.folder = folder
+        if attach:
+            session.attach_folder(folder, checkpoint_every, resumed=checkpoint is not None)
+        return session
+
+    def attach_folder(self, folder: RunFolder, checkpoint_every: int = CHECKPOINT_EVERY, resumed: bool = False) -> None:
+        """Log metrics, checkpoints and the final status into `folder` (OSError if its first files cannot be
+        written)."""
+        logger = RunLogger(folder, checkpoint_every=checkpoint_every)
+        logger.start(self.trainer, resumed=resumed)
+        self.trainer.observers.append(logger)
+        self.folder, self.logger = folder, logger
+
+    # -- running ------------------------------------------------------------------------------------------
+    def run(self, callback: Callable[[Progress], None] | None = None, iterations: int | None = None) -> str:
+        """Train to the end (or `iterations` more) unless stopped; returns the final state."""
+        report = (lambda p: callback(Progress.from_trainer(p))) if callback is not None else None
+        return self.trainer.run(iterations, callback=report, report_every=1)
+
+    def stop(self) -> None:
+        self.trainer.stop()
+
+    def pause(self) -> None:
+        self.trainer.pause()
+
+    def resume_training(self) -> None:
+        self.trainer.resume()
+
+    def end_without_training(self, reason: str = "stopped by the user") -> str:
+        """A stop that came before training began: the run folder still ends "stopped", with its checkpoint."""
+        self.trainer.state, self.trainer.stop_reason = "stopped", reason
+        if self.logger is not None:
+            self.logger.on_end(self.trainer)
+        return "stopped"
+
+    def mark_failed(self, message: str) -> None:
+        """Training failed outside Trainer.run (which tells the folder itself): say so in run.json."""
+        if self.logger is None or self.trainer.state in TERMINAL_STATES:
+            return
+        try:
+            self.logger.flush()
+            self.logger.folder.write_status(status="failed", reason=message, iteration=self.trainer.iteration)
+        except OSError:
+            pass
+
+    @contextmanager
+    def stop_on_signals(self, announce: Callable[[str], None] | None = None) -> Iterator[None]:
+        """While inside: SIGINT (Ctrl+C) and SIGTERM stop after the current iteration; the run then checkpoints,
+        exports and ends "stopped". A second Ctrl+C aborts at once. Main thread only."""
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def on_signal(signum, frame):
+            name = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+            if announce is not None:
+                announce(f"{name}: stopping after this iteration, then checkpointing"
+                         + (" (Ctrl+C again to abort)" if signum == signal.SIGINT else ""))
+            if signum == signal.SIGINT:
+                signal.signal(signal.SIGINT, previous[signal.SIGINT])
+            self.trainer.stop()
+
+        for sig in previous:
+            signal.signal(sig, on_signal)
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    # -- results ------------------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self.trainer.state
+
+    @property
+    def iteration(self) -> int:
+        return self.trainer.iteration
+
+    def export(self, outs: dict[str, str | Path]) -> dict[str, Path]:
+        """Write the named algorithms' initializations (safetensors or .pt, with metadata); returns the paths."""
+        written = {}
+        for name, path in outs.items():
+            self.trainer.export(name, path)
+            written[name] = Path(path)
+        return written
