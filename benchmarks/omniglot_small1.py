@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.algorithms.config import AlgorithmConfig
 from maml_lab.core.tasks.images import accuracy_after_steps, format_accuracy
 from maml_lab.core.training.config import ExperimentConfig
 from maml_lab.core.training.trainer import Trainer, make_family
@@ -76,7 +76,7 @@ def main() -> None:
             if trainer.state == "diverged":
                 print(f"{name}: {trainer.stop_reason}", flush=True)
                 break
-            recent = run.history[-min(50, len(run.history)):]
+            recent = run.log.tail_rows()[-50:]
             train_acc = sum(m["post_accuracy"] for m in recent) / len(recent)
             line = (f"  {name} iteration {trainer.iteration}: {t_train:.0f} s, training query accuracy "
                     f"{100 * train_acc:.1f}%")

@@ -183,9 +183,9 @@ class TrainingWorker(QObject):
 
     @staticmethod
     def _history_chunk(trainer) -> dict:
-        from ..lab.run_library import chunk_from_rows
+        from ..core.training.metrics import chunk_from_logs
 
-        return chunk_from_rows({n: (r.history, r.val_history) for n, r in trainer.runs.items()})
+        return chunk_from_logs({n: (r.log, r.val_log) for n, r in trainer.runs.items()})
 
     def _refuse(self, exc: Exception, config) -> None:
         """A resume that could not start: say why (no traceback for the expected refusals)."""

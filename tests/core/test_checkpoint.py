@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.algorithms.config import AlgorithmConfig
 from maml_lab.core.training.checkpoint import (
     CheckpointError,
     config_difference,
@@ -33,8 +33,9 @@ def assert_same_state(a: Trainer, b: Trainer):
     for name in a.runs:
         for k in a.runs[name].params:
             assert torch.equal(a.runs[name].params[k], b.runs[name].params[k]), (name, k)
-        assert a.runs[name].history == b.runs[name].history
-        assert a.runs[name].val_history == b.runs[name].val_history
+        assert a.runs[name].log == b.runs[name].log  # bounded logs continue exactly (bins, raw tail, last row)
+        assert a.runs[name].val_log == b.runs[name].val_log
+        assert a.runs[name].last_metrics == b.runs[name].last_metrics and a.runs[name].last_val == b.runs[name].last_val
     assert torch.equal(a.generator.get_state(), b.generator.get_state())
 
 
@@ -50,7 +51,7 @@ def test_resumed_run_ends_exactly_like_the_uninterrupted_one(tmp_path):
     resumed = Trainer(config(), record_every=3)
     header = load_checkpoint(resumed, path)
     assert header["iteration"] == 17 and resumed.iteration == 17
-    assert len(resumed.runs["maml"].history) == 17 and len(resumed.runs["maml"].val_history) == 1
+    assert len(resumed.runs["maml"].log) == 17 and len(resumed.runs["maml"].val_log) == 1
     resumed.run()
     assert_same_state(whole, resumed)
     for name in whole.recorders:  # the parameter paths continue too (with a point where the first part stopped)
@@ -73,7 +74,7 @@ def test_resume_in_float64_and_on_image_tasks(tmp_path, monkeypatch):
     load_checkpoint(resumed, path)
     resumed.run()
     assert_same_state(whole, resumed)
-    assert "pre_accuracy" in resumed.runs["maml"].history[0]
+    assert "pre_accuracy" in resumed.runs["maml"].log.tail_rows()[0]
 
     whole64 = Trainer(config(dtype="float64", iterations=12), record_every=0)
     whole64.run()

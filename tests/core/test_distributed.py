@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.algorithms.config import AlgorithmConfig
 from maml_lab.core.algorithms.registry import algorithm_names
 from maml_lab.core.tasks.sinusoid import SinusoidFamily
 from maml_lab.core.training.config import ExperimentConfig
@@ -106,7 +106,7 @@ def _train(config, family, world, steps):
     for _ in range(steps):
         trainer.step()
     return {"params": trainer.snapshot(),
-            "history": {name: run.history for name, run in trainer.runs.items()}}
+            "history": {name: run.log.tail_rows() for name, run in trainer.runs.items()}}
 
 
 def _worker(rank: int, size: int, port: int, scenario: str, out: str, timeout_s: float) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.algorithms.config import AlgorithmConfig
 from maml_lab.core.export import load_initialization
 from maml_lab.core.models.conv4 import Conv4
 from maml_lab.core.tasks.images import (
@@ -121,9 +121,9 @@ def test_train_export_load_into_plain_pytorch_and_evaluate(tmp_path):
     assert isinstance(model, Conv4) and model.spec()["image_size"] == 14 and model.ways == 5
     trainer = Trainer(config, family=family, model=model)
     assert trainer.run() == "finished"
-    m = trainer.runs["maml"].history[-1]
+    m = trainer.runs["maml"].last_metrics
     assert 0 <= m["pre_accuracy"] <= 1 and 0 <= m["post_accuracy"] <= 1
-    val = trainer.runs["maml"].val_history[-1]
+    val = trainer.runs["maml"].last_val
     assert "val_post_accuracy" in val and trainer.validation_family is family.validation_family
     out = tmp_path / "init.safetensors"
     trainer.export("maml", out)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.algorithms.config import AlgorithmConfig
 from maml_lab.core.export import load_initialization
 from maml_lab.core.training.config import ExperimentConfig
 from maml_lab.core.training.runs import RunFolder, RunFolderError, RunLogger, list_runs, tensorboard_available
@@ -46,7 +46,7 @@ def test_a_run_folder_holds_config_metrics_checkpoints_and_exports(tmp_path):
     assert sum(1 for r in rows if r["val_post_loss"]) == 6  # validation every 10 iterations, both algorithms
     metrics = folder.read_metrics()
     np.testing.assert_allclose(metrics["maml"]["post_loss"],
-                               [m["post_loss"] for m in trainer.runs["maml"].history], rtol=1e-6)
+                               trainer.runs["maml"].log.tail_columns()["post_loss"], rtol=1e-6)
     for name in ("maml", "reptile"):
         params, meta, _ = load_initialization(folder.export_path(name))
         assert meta["algorithm"] == name and meta["iterations"] == 30
@@ -93,6 +93,6 @@ def test_tensorboard_reads_the_curves(tmp_path):
     assert {"maml/pre_loss", "maml/post_loss", "maml/val_post_loss", "reptile/post_loss"} <= tags
     steps = [e.step for e in events.Scalars("maml/post_loss")]
     assert steps == [10, 20, 30]
-    first_ten = np.mean([m["post_loss"] for m in trainer.runs["maml"].history[:10]])
+    first_ten = np.mean(trainer.runs["maml"].log.tail_columns()["post_loss"][:10])
     assert events.Scalars("maml/post_loss")[0].value == pytest.approx(first_ten, rel=1e-5)
     assert [e.step for e in events.Scalars("maml/val_post_loss")] == [10, 20, 30]

@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.algorithms.config import AlgorithmConfig
 from maml_lab.core.analysis.evaluation import adaptation_curve
 from maml_lab.core.training.config import ExperimentConfig
 from maml_lab.core.training.trainer import Trainer
@@ -26,7 +26,7 @@ def test_trains_all_algorithms_on_the_same_tasks_and_reports():
     assert len(running) == 50
     assert set(running[-1]["metrics"]) == {"maml", "fomaml", "reptile", "pretrained"}
     assert running[-1]["tasks_per_s"] > 0
-    assert all(len(r.history) == 50 and len(r.val_history) == 5 for r in t.runs.values())
+    assert all(len(r.log) == 50 and len(r.val_log) == 5 for r in t.runs.values())
     assert seen[-1]["state"] == "finished"
 
 
@@ -37,7 +37,8 @@ def test_same_seed_same_result_and_learning_happens():
     for name in a.runs:
         for k in a.runs[name].params:
             assert torch.equal(a.runs[name].params[k], b.runs[name].params[k])
-    h = a.runs["maml"].history
+    h = a.runs["maml"].log.tail_rows()
+    assert len(h) == 300 and h[-1] == a.runs["maml"].last_metrics and h[-1]["iteration"] == 300
     first = sum(m["post_loss"] for m in h[:30]) / 30
     last = sum(m["post_loss"] for m in h[-30:]) / 30
     assert last < first

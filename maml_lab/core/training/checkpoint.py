@@ -1,8 +1,10 @@
 """Checkpoints: everything a Trainer needs to continue a run exactly where it stopped.
 
-One safetensors file per checkpoint holds the tensors (parameters, outer optimizer state, the task
-generator's state, the metrics so far as float64 columns, the recorded parameter paths) and a JSON header
-for the rest (iteration, config, model, task family, versions). No pickled code anywhere. Writes are atomic,
+One safetensors file per checkpoint holds the tensors (parameters, each algorithm's `state_dict()`: the outer
+optimizer state and any learned tensors, the task generator's state, the bounded metrics logs of
+metrics.MetricsLog, the recorded parameter paths) and a JSON header for the rest (iteration, config, model,
+task family, versions, the non-tensor parts of those states). Its size does not grow with the run's length:
+every row of the metrics lives in the run folder's metrics.csv, not here. No pickled code anywhere. Writes are atomic,
 so a kill at any moment leaves the previous checkpoint intact. On CPU a resumed run ends bit-identical to
 an uninterrupted one: the same tasks are drawn (generator state) and the same updates applied (Adam state).
 """
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 
 FORMAT = "maml-lab-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: algorithm state through MetaAlgorithm.state_dict, bounded metrics logs
 METADATA_KEY = "maml_lab_checkpoint"
 # config fields a resumed run may change: where it runs, and how long (a longer run also stretches the
 # schedules that depend on the total, cosine meta-lr and Reptile's epsilon, from the checkpoint on)
@@ -51,6 +53,42 @@ def _rows(columns: dict[str, torch.Tensor]) -> list[dict]:
                 row[k] = int(v) if k == "iteration" else v
         rows.append(row)
     return rows
+
+
+def _flatten(obj, key: str, tensors: dict[str, torch.Tensor]):
+    """A nested state (dicts, lists, tensors, numpy arrays, JSON scalars) as a JSON-able tree whose tensors
+    are stored under `key`/... in `tensors` (copied to the CPU)."""
+    if isinstance(obj, np.ndarray):
+        obj = torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().to("cpu").contiguous().clone()
+        return {"tensor": key}
+    if isinstance(obj, dict):
+        return {"dict": {str(k): _flatten(v, f"{key}/{k}", tensors) for k, v in obj.items()}}
+    if isinstance(obj, (list, tuple)):
+        return {"list": [_flatten(v, f"{key}/{i}", tensors) for i, v in enumerate(obj)]}
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return {"value": obj}
+    raise TypeError(f"cannot checkpoint a {type(obj).__name__} ({key})")
+
+
+def _unflatten(tree, tensors: dict[str, torch.Tensor]):
+    if not isinstance(tree, dict) or len(tree) != 1:
+        raise CheckpointError("the checkpoint's state description is damaged")
+    (kind, value), = tree.items()
+    if kind == "tensor":
+        if value not in tensors:
+            raise CheckpointError(f"the checkpoint lacks the tensor {value}")
+        return tensors[value]
+    if kind == "dict":
+        return {k: _unflatten(v, tensors) for k, v in value.items()}
+    if kind == "list":
+        return [_unflatten(v, tensors) for v in value]
+    if kind == "value":
+        return value
+    raise CheckpointError("the checkpoint's state description is damaged")
 
 
 def config_difference(saved: dict, current: dict, ignore=RESUMABLE_CHANGES) -> list[str]:
@@ -85,16 +123,10 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
         prefix = f"runs/{name}/"
         for k, v in run.params.items():
             tensors[prefix + "params/" + k] = v.detach().to("cpu").contiguous().clone()
-        opt = run.algorithm.optimizer
-        entry = {"param_keys": list(run.params), "history": len(run.history), "val_history": len(run.val_history)}
-        if opt is not None:
-            entry["optimizer"] = {"lr": opt.lr, "betas": list(opt.betas), "eps": opt.eps}
-            for field in ("exp_avg", "exp_avg_sq", "steps"):
-                for i, t in enumerate(getattr(opt, field)):
-                    tensors[f"{prefix}adam/{field}/{i}"] = t.detach().to("cpu").contiguous().clone()
-        for which in ("history", "val_history"):
-            for k, col in _columns(getattr(run, which)).items():
-                tensors[f"{prefix}{which}/{k}"] = col
+        entry = {"param_keys": list(run.params),
+                 "algorithm": _flatten(run.algorithm.state_dict(), prefix + "algorithm", tensors),
+                 "log": _flatten(run.log.state_dict(), prefix + "log", tensors),
+                 "val_log": _flatten(run.val_log.state_dict(), prefix + "val_log", tensors)}
         recorder = trainer.recorders.get(name)
         if recorder is not None and recorder.snapshots and paths_bytes <= MAX_PATHS_BYTES:
             tensors[prefix + "path/snapshots"] = torch.from_numpy(recorder.array())
@@ -168,6 +200,9 @@ def restore_checkpoint(trainer, tensors: dict[str, torch.Tensor], header: dict, 
     """Put a checkpoint's state into a Trainer built from the same config (checked first)."""
     from ..analysis.trajectory import TrajectoryRecorder
 
+    if int(header.get("format_version", 1)) < 2:
+        raise CheckpointError(f"{where} was written by an older MAML Lab (checkpoint format "
+                              f"{header.get('format_version')}) and cannot be resumed; its parameters still load")
     check_compatible(trainer, header, where)
     runs = header.get("runs", {})
     for name, run in trainer.runs.items():
@@ -183,18 +218,12 @@ def restore_checkpoint(trainer, tensors: dict[str, torch.Tensor], header: dict, 
                 p.copy_(saved)
             for b, p in zip(run.backup, run.params.values()):
                 b.copy_(p)
-        opt = run.algorithm.optimizer
-        if opt is not None:
-            if "optimizer" not in entry:
-                raise CheckpointError(f"the checkpoint has no optimizer state for {name}")
-            with torch.no_grad():
-                for field in ("exp_avg", "exp_avg_sq", "steps"):
-                    for i, t in enumerate(getattr(opt, field)):
-                        t.copy_(tensors[f"{prefix}adam/{field}/{i}"])
-            opt.lr = float(entry["optimizer"]["lr"])
-        for which in ("history", "val_history"):
-            cols = {k[len(prefix + which) + 1:]: v for k, v in tensors.items() if k.startswith(f"{prefix}{which}/")}
-            setattr(run, which, _rows(cols))
+        try:
+            run.algorithm.load_state_dict(_unflatten(entry.get("algorithm", {}), tensors))
+            for which in ("log", "val_log"):
+                getattr(run, which).load_state_dict(_unflatten(entry.get(which, {}), tensors))
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise CheckpointError(f"the checkpoint's state for {name} does not fit: {exc}") from None
         recorder = trainer.recorders.get(name)
         if recorder is not None:
             fresh = TrajectoryRecorder(recorder.capacity, recorder.every)

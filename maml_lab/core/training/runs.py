@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import io
 import json
 import math
 import os
@@ -27,10 +26,9 @@ import numpy as np
 from ..export import atomic_write_bytes
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import ExperimentConfig
-from .metrics import METRIC_FIELDS
+from .metrics import CSV_HEADER, METRIC_FIELDS, csv_row, held_rows, write_csv
 
 RUNS_ENV = "MAML_LAB_RUNS"  # where runs go when no folder is named (default ./runs, as TensorBoard's)
-CSV_HEADER = ("iteration", "algorithm", *METRIC_FIELDS)
 _CHECKPOINT_NAME = re.compile(r"^iteration-(\d+)\.safetensors$")
 
 
@@ -210,19 +208,27 @@ def list_runs(root: str | Path) -> list[RunFolder]:
     return sorted(runs, key=lambda r: (r.status().get("created", ""), r.name), reverse=True)
 
 
-def _fmt(value) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return f"{value:.7g}"
-
-
-def _metric_rows(name: str, history: list[dict], val_history: list[dict]) -> list[list[str]]:
-    vals = {v["iteration"]: v for v in val_history}
-    rows = []
-    for m in history:
-        merged = {**m, **vals.get(m["iteration"], {})}
-        rows.append([str(m["iteration"]), name, *(_fmt(merged.get(k)) for k in METRIC_FIELDS)])
-    return rows
+def copy_metrics_rows(source: Path, fh, up_to: int | None = None) -> bool:
+    """Copy a metrics.csv's complete rows (iteration <= up_to, when given) to the text file `fh`, streaming;
+    a line cut short by a kill is left out. False (nothing written) when `source` is not a metrics file."""
+    expected = ",".join(CSV_HEADER) + "\n"
+    try:
+        src = open(source, newline="", encoding="utf-8")
+    except OSError:
+        return False
+    with src:
+        if src.readline() != expected:
+            return False
+        fh.write(expected)
+        columns = len(CSV_HEADER)
+        for line in src:
+            if not line.endswith("\n") or line.count(",") != columns - 1:
+                continue
+            head = line.split(",", 1)[0]
+            if not head.isdigit() or (up_to is not None and int(head) > up_to):
+                continue
+            fh.write(line)
+    return True
 
 
 class RunLogger:
@@ -247,14 +253,21 @@ class RunLogger:
         self._checkpointed_at: int | None = None  # the iteration of last_checkpoint
 
     def start(self, trainer, resumed: bool = False) -> None:
-        """Write the metrics so far (all of them from the trainer's history, so a resumed run's file holds
-        exactly the iterations up to its checkpoint) and open TensorBoard."""
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(CSV_HEADER)
-        rows = [row for name, run in trainer.runs.items() for row in _metric_rows(name, run.history, run.val_history)]
-        writer.writerows(sorted(rows, key=lambda row: int(row[0])))  # stable: algorithms in order, as when live
-        atomic_write_bytes(self.folder.metrics_path, buf.getvalue().encode())
+        """Write the metrics so far and open TensorBoard. A resumed run keeps its metrics.csv rows up to the
+        checkpoint's iteration (rows a killed process wrote after it are dropped, streaming, in bounded memory),
+        so the file ends up exactly as an uninterrupted run's; without that file (or for a trainer that trained
+        before a logger was attached) the rows the trainer's bounded logs hold are written."""
+        from ..export import _atomic_write
+
+        path = self.folder.metrics_path
+
+        def write(tmp) -> None:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                if resumed and copy_metrics_rows(path, fh, up_to=trainer.iteration):
+                    return
+                write_csv(fh, held_rows({n: (r.log, r.val_log) for n, r in trainer.runs.items()}))
+
+        _atomic_write(path, write)
         if self.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -268,8 +281,7 @@ class RunLogger:
     def on_step(self, trainer, metrics: dict[str, dict], val: dict[str, dict]) -> None:
         it = trainer.iteration
         for name, m in metrics.items():
-            merged = {**m, **val.get(name, {})}
-            self._rows.append([str(it), name, *(_fmt(merged.get(k)) for k in METRIC_FIELDS)])
+            self._rows.append(csv_row(it, name, {**m, **val.get(name, {})}))
             if self._writer is not None:
                 window = self._window.setdefault(name, {})
                 for k in METRIC_FIELDS[:4]:
@@ -297,7 +309,7 @@ class RunLogger:
     def flush(self) -> None:
         if self._rows:
             with open(self.folder.metrics_path, "a", newline="", encoding="utf-8") as fh:
-                csv.writer(fh, lineterminator="\n").writerows(self._rows)
+                write_csv(fh, self._rows, header=False)
             self._rows.clear()
         if self._writer is not None:
             self._writer.flush()

@@ -16,13 +16,15 @@ from functools import partial
 
 import torch
 
-from ..algorithms.base import MetaAlgorithm, make_algorithm
+from ..algorithms.base import MetaAlgorithm
+from ..algorithms.config import make_algorithm
 from ..analysis.evaluation import per_task_curve
 from ..analysis.trajectory import TrajectoryRecorder
 from ..export import build_metadata, export_initialization
 from ..tasks.registry import task_family
 from .config import ExperimentConfig
 from .device import resolve_device, resolve_dtype
+from .metrics import TRAIN_FIELDS, VAL_FIELDS, MetricsLog
 
 
 def make_family(config: ExperimentConfig, progress=None, cancel=None):
@@ -42,12 +44,13 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
 
 @dataclass
 class Run:
-    """One algorithm's state inside a Trainer."""
+    """One algorithm's state inside a Trainer. Its metrics are kept in bounded memory (metrics.MetricsLog: the
+    last rows raw plus bin means of all of them); every row of a run lives in its run folder's metrics.csv."""
 
     algorithm: MetaAlgorithm
     params: "OrderedDict[str, torch.Tensor]"
-    history: list[dict] = field(default_factory=list)
-    val_history: list[dict] = field(default_factory=list)
+    log: MetricsLog = field(default_factory=lambda: MetricsLog(TRAIN_FIELDS))  # training rows, every iteration
+    val_log: MetricsLog = field(default_factory=lambda: MetricsLog(VAL_FIELDS))  # validation rows
     backup: list[torch.Tensor] = field(default_factory=list)  # last finite parameters, refreshed every step
 
     def __post_init__(self) -> None:
@@ -59,7 +62,13 @@ class Run:
 
     @property
     def last_metrics(self) -> dict:
-        return self.history[-1] if self.history else {}
+        """The last training row ({} before the first): iteration and TRAIN_FIELDS values."""
+        return self.log.last
+
+    @property
+    def last_val(self) -> dict:
+        """The last validation row ({} before the first): iteration and VAL_FIELDS values."""
+        return self.val_log.last
 
 
 class Trainer:
@@ -147,7 +156,7 @@ class Trainer:
                     f"{name} produced a non-finite loss at iteration {self.iteration + 1} "
                     f"(inner or meta learning rate too large?); the last finite parameters were kept")
             metrics["iteration"] = self.iteration + 1
-            run.history.append(metrics)
+            run.log.append(metrics)
             if name in self.recorders:
                 self.recorders[name].record(self.iteration + 1, run.params, metrics)
             out[name] = metrics
@@ -181,7 +190,7 @@ class Trainer:
             if accs is not None:
                 entry["val_pre_accuracy"] = float(accs[0].mean())
                 entry["val_post_accuracy"] = float(accs[-1].mean())
-            run.val_history.append(entry)
+            run.val_log.append(entry)
             out[name] = entry
         return out
 
@@ -278,8 +287,7 @@ class Trainer:
         hyper.update(meta_batch_size=c.meta_batch_size, shots=c.shots, queries=c.queries, seed=c.seed,
                      dtype=c.dtype)
         metrics = {k: v for k, v in run.last_metrics.items() if k != "iteration"}
-        if run.val_history:
-            metrics.update({k: v for k, v in run.val_history[-1].items() if k != "iteration"})
+        metrics.update({k: v for k, v in run.last_val.items() if k != "iteration"})
         return build_metadata(name, self.model.spec(), self.family.describe(), hyper, self.iteration, metrics)
 
     def export(self, name: str, path) -> None:
