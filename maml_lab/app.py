@@ -13,8 +13,6 @@ from pathlib import Path
 
 NO_DISPLAY = ("maml-lab: no display found; run under Xvfb (xvfb-run python main.py) or offscreen with "
               "--screenshot out.png (QT_QPA_PLATFORM=offscreen)")
-# main views a screenshot can show: keys of MainWindow.views (MainWindow.add_view registers more)
-VIEWS = ("playground", "training", "landscape", "paths", "adaptation", "tasks")
 ORGANIZATION = "MAML Lab"
 APPLICATION = "MAML Lab"
 
@@ -36,13 +34,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def view_names() -> tuple[str, ...]:
+    """The views a screenshot can show: the view registry's names (built-ins, then plug-ins). Read when the
+    parser is built, not when this module is imported (the registry lives in the Qt layer)."""
+    from .ui.views import view_names as registered
+
+    return registered()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="maml-lab", description="MAML Lab: the desktop app.")
     p.add_argument("--config", type=Path, help="open this experiment config (TOML)")
     p.add_argument("--screenshot", type=Path, metavar="PATH",
                    help="train --iterations offscreen, save a picture of the window to PATH and exit")
     p.add_argument("--iterations", type=_positive_int, help="meta-iterations (with --screenshot: default 2000)")
-    p.add_argument("--view", choices=VIEWS, default="playground", help="the view a screenshot shows")
+    p.add_argument("--view", choices=view_names(), default="playground", help="the view a screenshot shows")
     p.add_argument("--task", choices=("sinusoid", "images"),
                    help="the task family (images: the built-in glyphs); a screenshot of --view tasks uses images")
     p.add_argument("--size", default="1440x900", help="window size of a screenshot, WIDTHxHEIGHT")

@@ -184,7 +184,7 @@ def test_layout_config_and_recent_files_persist(qtbot, settings, tmp_path):
     first.plots.set_log(False)
     first.splitter.setSizes([first.panel.minimumWidth() + 10, 300])
     sizes = first.splitter.sizes()
-    first._add_recent(tmp_path / "a.toml")
+    first.files.add_recent(tmp_path / "a.toml")
     first.close()
 
     second = MainWindow(settings=settings)
@@ -203,12 +203,12 @@ def test_layout_config_and_recent_files_persist(qtbot, settings, tmp_path):
 @pytest.mark.parametrize("selected, expected", [("SVG vector image (*.svg)", "plot.svg"),
                                                 ("PNG image (*.png)", "plot.png"), ("", "plot.png")])
 def test_save_dialog_adds_the_suffix_of_the_chosen_filter(window, monkeypatch, tmp_path, selected, expected):
-    from maml_lab.ui.main_window import PLOT_FILTERS
+    from maml_lab.ui.plot_export import PLOT_FILTERS
 
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: (str(tmp_path / "plot"), selected))
-    assert window._ask_save_path("Export plot", "x.png", PLOT_FILTERS) == tmp_path / expected
+    assert window.files.ask_save_path("Export plot", "x.png", PLOT_FILTERS) == tmp_path / expected
     monkeypatch.setattr(QFileDialog, "getSaveFileName", lambda *a, **k: ("", ""))
-    assert window._ask_save_path("Export plot", "x.png", PLOT_FILTERS) is None
+    assert window.files.ask_save_path("Export plot", "x.png", PLOT_FILTERS) is None
 
 
 def test_importing_a_conv4_initialization_goes_to_the_tasks_view(window, dialogs, tmp_path):
