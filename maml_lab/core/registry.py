@@ -82,6 +82,16 @@ class Registry(Generic[T]):
                     self.problems.append(line)
                     print(line, file=sys.stderr)
 
+    def reload(self) -> None:
+        """Forget every entry and problem and load again: built-ins, then the entry points installed now (a test
+        that puts a plug-in on sys.path, or takes it away, calls this)."""
+        with self._lock:
+            importlib.invalidate_caches()
+            self._entries.clear()
+            self.problems.clear()
+            self._loaded = False
+            self._load()
+
     # -- reading ---------------------------------------------------------------------------------------
     def __contains__(self, name: str) -> bool:
         self._load()
