@@ -1,60 +1,23 @@
-"""The metrics the app has received from the worker, per algorithm, in growable numpy arrays (no Qt).
+"""The metrics the app has received from the worker, per algorithm, in bounded memory (no Qt).
 
-The plots draw bin means of these (a bounded number of points however long training runs); the CSV
-export writes every iteration.
+Each algorithm's training and validation rows go into a core.training.metrics.MetricsLog: the last rows raw and
+bin means over all of them, merged pairwise as the run grows, so a long app session holds a fixed amount
+however many iterations arrive. The plots draw those bin means (merged further to their point budget). The
+full per-iteration record is the run folder's metrics.csv; the CSV export writes that file's rows when there is
+one (see `to_csv`).
 """
 
 from __future__ import annotations
 
-import csv
 import io
+from pathlib import Path
 
 import numpy as np
 
-TRAIN_KEYS = ("pre_loss", "post_loss")
-VAL_KEYS = ("val_pre_loss", "val_post_loss")
-# classification (image tasks) also reports accuracy; chunks without it store NaN
-TRAIN_ACC_KEYS = ("pre_accuracy", "post_accuracy")
-VAL_ACC_KEYS = ("val_pre_accuracy", "val_post_accuracy")
+from ..core.training.metrics import TRAIN_FIELDS, VAL_FIELDS, MetricsLog, held_rows, write_csv
 
-
-class _Column:
-    """An append-only float array with amortised O(1) appends."""
-
-    def __init__(self, dtype=np.float64):
-        self._data = np.empty(1024, dtype=dtype)
-        self._size = 0
-
-    def extend(self, values) -> None:
-        values = np.asarray(values, dtype=self._data.dtype).ravel()
-        need = self._size + values.size
-        if need > self._data.size:
-            grown = np.empty(max(need, 2 * self._data.size), dtype=self._data.dtype)
-            grown[: self._size] = self._data[: self._size]
-            self._data = grown
-        self._data[self._size:need] = values
-        self._size = need
-
-    @property
-    def values(self) -> np.ndarray:
-        return self._data[: self._size]
-
-    def __len__(self) -> int:
-        return self._size
-
-
-class _Table:
-    def __init__(self, keys):
-        self.iteration = _Column(np.int64)
-        self.columns = {k: _Column() for k in keys}
-
-    def extend(self, iterations, **values) -> None:
-        self.iteration.extend(iterations)
-        for k, col in self.columns.items():
-            col.extend(values[k] if k in values else np.full(len(iterations), np.nan))
-
-    def __len__(self) -> int:
-        return len(self.iteration)
+CAPACITY = 4096  # bins per series: runs up to this many iterations are held exactly, row by row
+TAIL = 1024  # raw rows kept per series besides the bins
 
 
 def bin_means(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -71,9 +34,10 @@ def bin_means(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray
 
 
 class MetricsHistory:
-    def __init__(self):
-        self.train: dict[str, _Table] = {}
-        self.val: dict[str, _Table] = {}
+    def __init__(self, capacity: int = CAPACITY, tail: int = TAIL):
+        self.capacity, self.tail = capacity, tail
+        self.train: dict[str, MetricsLog] = {}
+        self.val: dict[str, MetricsLog] = {}
 
     def clear(self) -> None:
         self.train.clear()
@@ -83,69 +47,57 @@ class MetricsHistory:
     def algorithms(self) -> list[str]:
         return list(dict.fromkeys([*self.train, *self.val]))
 
+    def _log(self, logs: dict, name: str, fields) -> MetricsLog:
+        if name not in logs:
+            logs[name] = MetricsLog(fields, capacity=self.capacity, tail=self.tail)
+        return logs[name]
+
     def add_chunk(self, chunk: dict) -> None:
         """chunk: {'train': {algo: {'iteration': [...], 'pre_loss': [...], ...}}, 'val': {algo: same}}."""
-        for name, cols in (chunk.get("train") or {}).items():
-            if len(cols["iteration"]):
-                keys = TRAIN_KEYS + TRAIN_ACC_KEYS
-                self.train.setdefault(name, _Table(keys)).extend(cols["iteration"],
-                                                                 **{k: cols[k] for k in keys if k in cols})
-        for name, cols in (chunk.get("val") or {}).items():
-            if len(cols["iteration"]):
-                keys = VAL_KEYS + VAL_ACC_KEYS
-                self.val.setdefault(name, _Table(keys)).extend(cols["iteration"],
-                                                               **{k: cols[k] for k in keys if k in cols})
+        for part, logs, fields in (("train", self.train, TRAIN_FIELDS), ("val", self.val, VAL_FIELDS)):
+            for name, cols in (chunk.get(part) or {}).items():
+                if len(cols["iteration"]):
+                    self._log(logs, name, fields).extend(cols["iteration"], **{k: cols[k] for k in fields if k in cols})
 
     def has_accuracy(self) -> bool:
         """True when some algorithm reported an accuracy (classification)."""
-        return any(np.isfinite(t.columns[k].values).any() for t in self.train.values() for k in TRAIN_ACC_KEYS)
+        return any(log.reported(k) for log in self.train.values() for k in TRAIN_FIELDS if "accuracy" in k)
 
     def series(self, name: str, key: str, max_points: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        table = (self.val if key.startswith("val_") else self.train).get(name)
-        if table is None:
+        """(iterations, values) of one metric: every row while the run is short, bin means (x: each bin's last
+        iteration) once it is longer than the history's capacity; max_points merges neighbouring bins further."""
+        log = (self.val if key.startswith("val_") else self.train).get(name)
+        if log is None:
             return np.empty(0), np.empty(0)
-        x, y = table.iteration.values, table.columns[key].values
-        if max_points is not None:
-            return bin_means(x, y, max_points)
-        return x.astype(np.float64), y
+        return log.series(key, max_points)
 
     def count(self, name: str, key: str) -> int:
-        """How many values a series has (changes exactly when the series does)."""
-        table = (self.val if key.startswith("val_") else self.train).get(name)
-        return len(table) if table is not None else 0
+        """How many rows a series has received (changes exactly when the series does)."""
+        log = (self.val if key.startswith("val_") else self.train).get(name)
+        return len(log) if log is not None else 0
 
     def last_iteration(self) -> int:
-        return max((int(t.iteration.values[-1]) for t in self.train.values() if len(t)), default=0)
+        return max((int(log.last["iteration"]) for log in self.train.values() if log.last), default=0)
 
-    def to_csv(self) -> str:
-        """Every iteration of every algorithm: iteration, algorithm, pre/post loss, validation where measured;
-        image runs add the accuracy columns."""
-        train_keys, val_keys = TRAIN_KEYS, VAL_KEYS
-        if self.has_accuracy():
-            train_keys, val_keys = TRAIN_KEYS + TRAIN_ACC_KEYS, VAL_KEYS + VAL_ACC_KEYS
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["iteration", "algorithm", *train_keys, *val_keys])
-        no_val, no_train = [""] * len(val_keys), [""] * len(train_keys)
-        for name in self.algorithms:
-            val = self.val.get(name)
-            val_at = {}
-            if val is not None:
-                for i, it in enumerate(val.iteration.values):
-                    val_at[int(it)] = [val.columns[k].values[i] for k in val_keys]
-            train = self.train.get(name)
-            rows = set(val_at)
-            if train is not None:
-                cols = [train.columns[k].values for k in train_keys]
-                for i, it in enumerate(train.iteration.values):
-                    it = int(it)
-                    rows.discard(it)
-                    writer.writerow([it, name, *(_fmt(c[i]) for c in cols), *(_fmt(x) for x in val_at.get(it, no_val))])
-            for it in sorted(rows):  # validation before any training iteration (iteration 0)
-                writer.writerow([it, name, *no_train, *(_fmt(x) for x in val_at[it])])
-        return out.getvalue()
+    def nbytes(self) -> int:
+        return sum(log.nbytes() for logs in (self.train, self.val) for log in logs.values())
 
-def _fmt(value) -> str:
-    if isinstance(value, str) or not np.isfinite(value):
-        return ""
-    return f"{float(value):.6g}"
+    def write_csv(self, fh, metrics_path: str | Path | None = None) -> None:
+        """Write the metrics in the run folder's metrics.csv format (core.training.metrics.CSV_HEADER: iteration,
+        algorithm, then every METRIC_FIELDS column) to the text file `fh` (opened with newline="").
+
+        With `metrics_path` (the run folder's metrics.csv) readable, its complete rows are copied, streaming: the
+        run's full per-iteration record. Otherwise the rows this history holds are written: every row of a run
+        up to `capacity` iterations; beyond that, one row per bin (at the bin's last iteration, the bin's means)
+        up to the last `tail` rows, which are raw."""
+        from ..core.training.runs import copy_metrics_rows
+
+        if metrics_path is not None and copy_metrics_rows(Path(metrics_path), fh):
+            return
+        write_csv(fh, held_rows({n: (self.train.get(n), self.val.get(n)) for n in self.algorithms}))
+
+    def to_csv(self, metrics_path: str | Path | None = None) -> str:
+        """`write_csv` as a string (File > Export metrics)."""
+        buf = io.StringIO()
+        self.write_csv(buf, metrics_path)
+        return buf.getvalue()

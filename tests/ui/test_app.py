@@ -64,7 +64,7 @@ def test_history_bins_and_csv():
     assert len(x) <= 300 and x[-1] == 3000 and y[0] == pytest.approx(5.5)
     assert h.last_iteration() == 3000
     csv = h.to_csv().splitlines()
-    assert len(csv) == 3001 and csv[1000] == "1000,maml,2,1000,3,1"
+    assert len(csv) == 3001 and csv[1000] == "1000,maml,2,1000,,,3,1,,"  # the run folder's metrics.csv format
     assert bin_means(np.arange(5), np.arange(5.0), 10)[1].tolist() == [0, 1, 2, 3, 4]
 
 
