@@ -1,4 +1,5 @@
 """File ▸ Past runs: the run folders under the runs root, newest first, with Open, Resume, Show folder and Refresh.
+The table is a view of RunsModel (one RunSummary a row).
 
 The dialog only lists and asks: the main window does the opening and resuming (and refuses both while a run
 trains). Damaged folders are listed with what could be read, marked "damaged" with the reason in a tooltip.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt, QUrl, Signal
 from PySide6.QtGui import QColor, QDesktopServices
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -19,8 +20,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
-    QTableWidget,
-    QTableWidgetItem,
+    QTableView,
     QVBoxLayout,
 )
 
@@ -34,13 +34,60 @@ NAME_WIDTH = 330  # px at most for the Run column (names elide in the middle bey
 BUSY_NOTE = "A run is training: stop it before opening or resuming another (one run at a time)."
 
 
-
 def app_runs_folder() -> Path:
     """The app's own runs folder: <application data>/runs."""
     from PySide6.QtCore import QStandardPaths
 
     base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
     return Path(base or Path.home() / ".maml-lab") / "runs"
+
+
+class RunsModel(QAbstractTableModel):
+    """The run folders as table rows: one RunSummary a row, COLUMNS its cells (text, tooltip, status colour)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.summaries: list[RunSummary] = []
+
+    def set_summaries(self, summaries: list[RunSummary]) -> None:
+        self.beginResetModel()
+        self.summaries = list(summaries)
+        self.endResetModel()
+
+    def rowCount(self, parent=QModelIndex()) -> int:  # noqa: B008, N802 - Qt's signature
+        return 0 if parent.isValid() else len(self.summaries)
+
+    def columnCount(self, parent=QModelIndex()) -> int:  # noqa: B008, N802 - Qt's signature
+        return 0 if parent.isValid() else len(COLUMNS)
+
+    def text(self, row: int, column: int) -> str:
+        s = self.summaries[row]
+        return (s.name, s.task_text(), s.algorithms_text(), s.status_text(), s.progress_text(), s.result_text(),
+                s.created)[column]
+
+    def tooltip(self, row: int) -> str:
+        s = self.summaries[row]
+        return str(s.path) + ("\n" + "\n".join(s.problems) if s.problems else "")
+
+    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+        if not index.isValid() or not 0 <= index.row() < len(self.summaries):
+            return None
+        row, col = index.row(), index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return self.text(row, col)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return self.tooltip(row)
+        if role == Qt.ItemDataRole.ForegroundRole and col == 3:
+            return QColor(STATUS_COLORS.get(self.summaries[row].status_text(), MUTED))
+        if role == Qt.ItemDataRole.TextAlignmentRole and col == 4:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802 - Qt's name
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal:
+            return COLUMNS[section]
+        return None
+
 
 class PastRunsDialog(QDialog):
     open_requested = Signal(str)
@@ -53,7 +100,7 @@ class PastRunsDialog(QDialog):
         self.root = Path(root)
         self.active = active
         self.busy = False
-        self.summaries: list[RunSummary] = []
+        self.model = RunsModel(self)
 
         self.root_label = QLabel()
         self.root_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -64,8 +111,8 @@ class PastRunsDialog(QDialog):
         top.addWidget(self.root_label, 1)
         top.addWidget(self.change_button)
 
-        self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table = QTableView()
+        self.table.setModel(self.model)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -81,8 +128,8 @@ class PastRunsDialog(QDialog):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)  # fitted to the names, up to a cap
         header.setStretchLastSection(True)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # long run names keep date and algorithms
-        self.table.itemSelectionChanged.connect(self._sync)
-        self.table.itemDoubleClicked.connect(lambda _item: self.open_selected())
+        self.table.selectionModel().selectionChanged.connect(lambda *_: self._sync())
+        self.table.doubleClicked.connect(lambda _index: self.open_selected())
 
         self.detail = QLabel(" ")
         self.detail.setProperty("hint", True)
@@ -130,29 +177,19 @@ class PastRunsDialog(QDialog):
         self.refresh()
 
     # -- listing -------------------------------------------------------------------------------------
+    @property
+    def summaries(self) -> list[RunSummary]:
+        return self.model.summaries
+
     def refresh(self) -> None:
         selected = self.selected_path()
-        self.summaries = list_summaries(self.root, self.active)
+        self.model.set_summaries(list_summaries(self.root, self.active))
         env = " (from $MAML_LAB_RUNS)" if root_from_env() else ""
         self.root_label.setText(f"<b>{len(self.summaries)} run{'s' if len(self.summaries) != 1 else ''}</b> in "
                                 f"{html.escape(str(self.root))}{env}")
         self.change_button.setEnabled(not root_from_env())
         self.change_button.setToolTip("$MAML_LAB_RUNS sets the runs folder" if root_from_env()
                                       else "Where new runs go, and which are listed here")
-        self.table.setRowCount(len(self.summaries))
-        for row, s in enumerate(self.summaries):
-            status = s.status_text()
-            values = (s.name, s.task_text(), s.algorithms_text(), status, s.progress_text(), s.result_text(),
-                      s.created)
-            tip = str(s.path) + ("\n" + "\n".join(s.problems) if s.problems else "")
-            for col, text in enumerate(values):
-                item = QTableWidgetItem(text)
-                item.setToolTip(tip)
-                if col == 3:
-                    item.setForeground(QColor(STATUS_COLORS.get(status, MUTED)))
-                if col == 4:
-                    item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                self.table.setItem(row, col, item)
         self.table.resizeColumnToContents(0)
         self.table.setColumnWidth(0, min(self.table.columnWidth(0), NAME_WIDTH))
         paths = [s.path for s in self.summaries]
@@ -169,7 +206,7 @@ class PastRunsDialog(QDialog):
         return self.summaries[row] if 0 <= row < len(self.summaries) else None
 
     def selected_path(self) -> Path | None:
-        s = self.selected() if self.table.rowCount() else None
+        s = self.selected() if self.model.rowCount() else None
         return s.path if s is not None else None
 
     def select(self, path) -> bool:

@@ -90,8 +90,8 @@ def test_past_runs_lists_a_run_and_open_shows_its_curves_path_and_exports(window
     assert not window.history.algorithms and window.paths.run is None
     window.act_past_runs.trigger()
     dialog = window.past_runs_dialog
-    assert dialog.isVisible() and dialog.table.rowCount() == 1
-    cells = [dialog.table.item(0, c).text() for c in range(dialog.table.columnCount())]
+    assert dialog.isVisible() and dialog.model.rowCount() == 1
+    cells = [dialog.model.text(0, c) for c in range(dialog.model.columnCount())]
     assert cells[0] == folder.name and cells[1] == "Sinusoid" and cells[2] == "MAML, Pretrained"
     assert cells[3] == "finished" and cells[4] == "20 / 20"
     assert "MAML" in cells[5] and "Pretrained" in cells[5]
@@ -185,8 +185,8 @@ def test_open_and_resume_are_refused_while_a_run_trains(window, qtbot, small_con
     assert not window.act_resume_run.isEnabled()
     assert dialog.busy and dialog.busy_label.isVisible()
     dialog.refresh()
-    assert dialog.table.rowCount() == 2
-    statuses = {dialog.table.item(r, 0).text(): dialog.table.item(r, 3).text() for r in range(2)}
+    assert dialog.model.rowCount() == 2
+    statuses = {dialog.model.text(r, 0): dialog.model.text(r, 3) for r in range(2)}
     assert statuses[window.run_folder.name] == "running" and statuses[done.name] == "finished"
     dialog.select(done.path)
     assert not dialog.open_button.isEnabled() and not dialog.resume_button.isEnabled()
@@ -260,13 +260,13 @@ def test_damaged_folders_are_listed_opened_as_far_as_possible_and_refused_cleanl
     (root / "not-a-run").mkdir()
 
     dialog = window.show_past_runs()
-    assert dialog.table.rowCount() == 6  # every run folder, damaged or not; the plain folder is no run
-    statuses = {dialog.table.item(r, 0).text(): dialog.table.item(r, 3).text() for r in range(6)}
+    assert dialog.model.rowCount() == 6  # every run folder, damaged or not; the plain folder is no run
+    statuses = {dialog.model.text(r, 0): dialog.model.text(r, 3) for r in range(6)}
     assert statuses[no_json.name] == "damaged" and statuses[bad_json.name] == "damaged"
     assert statuses[truncated.name] == "finished"
-    rows = {dialog.table.item(r, 0).text(): r for r in range(6)}
-    assert "run.json" in dialog.table.item(rows[no_json.name], 0).toolTip()
-    assert dialog.table.item(rows[no_json.name], 4).text() == "20 / 20"  # the iteration read from metrics.csv
+    rows = {dialog.model.text(r, 0): r for r in range(6)}
+    assert "run.json" in dialog.model.tooltip(rows[no_json.name])
+    assert dialog.model.text(rows[no_json.name], 4) == "20 / 20"  # the iteration read from metrics.csv
     dialog.select(bad_config.path)
     assert "config.toml" in dialog.detail.text()
 
@@ -316,16 +316,15 @@ def test_past_runs_double_click_opens_and_change_sets_the_root(window, qtbot, sm
     assert dialog.change_button.isEnabled()
     dialogs.folders.append(chosen)
     dialog.change_button.click()
-    assert window.runs_root() == chosen and dialog.table.rowCount() == 0
+    assert window.runs_root() == chosen and dialog.model.rowCount() == 0
     assert "No runs yet" in dialog.detail.text()
     dialog.close()
     train(window, qtbot, small_config(iterations=10, algorithms=("maml",)))
     assert window.run_folder.parent == chosen
     dialog = window.show_past_runs()
     qtbot.waitExposed(dialog)
-    assert dialog.table.rowCount() == 1
-    item = dialog.table.item(0, 0)
-    rect = dialog.table.visualItemRect(item)
+    assert dialog.model.rowCount() == 1
+    rect = dialog.table.visualRect(dialog.model.index(0, 0))
     from PySide6.QtTest import QTest
 
     for event in (QTest.mouseClick, QTest.mouseDClick):  # Qt's item views want the press before the double click
