@@ -17,6 +17,7 @@ from PySide6.QtGui import QAction, QIcon, QKeySequence
 from .run_controller import RunState
 
 MENUS = ("&File", "&Edit", "&Run", "&View", "&Help")
+TOOLBAR = ("run", "files")  # the toolbar's groups, left to right (table order within a group)
 Key = Qt.Key
 Std = QKeySequence.StandardKey
 
@@ -181,7 +182,7 @@ def build(window, specs) -> dict[str, QAction]:
     bar.setMovable(False)
     bar.setIconSize(QSize(18, 18))
     bar.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
-    bar_group = None
+    on_bar: dict[str, list[QAction]] = {group: [] for group in TOOLBAR}
     for name in MENUS:
         menus[name] = window.menuBar().addMenu(name)
     for spec in specs:
@@ -202,10 +203,11 @@ def build(window, specs) -> dict[str, QAction]:
         if menu is not None:
             menu.addAction(act)
         if spec.toolbar:
-            if bar_group is not None and bar_group != spec.toolbar:
-                bar.addSeparator()
-            bar_group = spec.toolbar
-            bar.addAction(act)
+            on_bar.setdefault(spec.toolbar, []).append(act)
+    for i, group in enumerate(a for a in on_bar.values() if a):
+        if i:
+            bar.addSeparator()
+        bar.addActions(group)
     window.toolbar = bar
     window.menus = menus
     return actions

@@ -33,6 +33,7 @@ from ..core.training.config import ExperimentConfig
 from ..lab.initializations import Initialization, InitializationStore
 from ..lab.metrics_history import MetricsHistory
 from . import actions
+from . import views as view_registry
 from .actions import icon
 from .colors import algorithm_label
 from .experiment_panel import ExperimentPanel
@@ -40,7 +41,6 @@ from .file_actions import FileActions
 from .preview import mlp_for_playground
 from .run_controller import RunController, RunState, _html
 from .theme import STATE_STYLE
-from .views import VIEWS
 from .worker import TrainingController
 
 PREFERRED_SIZE = QSize(1440, 900)
@@ -135,7 +135,7 @@ class MainWindow(QMainWindow):
         self.tabs.setDocumentMode(False)
         self.message_bar = MessageBar()
         self.views: dict[str, QWidget] = {}
-        self.view_specs = VIEWS.entries()
+        self.view_specs = view_registry.VIEWS.entries()
         for entry in self.view_specs:
             self._add_view(entry.obj)
 
