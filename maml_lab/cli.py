@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expected sha256 per file, e.g. images_background.zip=<64 hex digits>")
     d.add_argument("--overwrite", action="store_true", help="download again even if the files are present")
     d.add_argument("--quiet", action="store_true", help="no progress output")
+
+    sub.add_parser("list", help="what is registered: algorithms, task families and views, built-in or plug-in")
     return parser
 
 
@@ -423,6 +425,48 @@ def cmd_download(args) -> int:
     return 0
 
 
+def _source_text(entry) -> str:
+    """`maml_lab` for a built-in, else the distribution and its `module:attr` reference."""
+    from .core.registry import BUILTIN
+
+    return BUILTIN if entry.source == BUILTIN else f"{entry.source} ({entry.reference})"
+
+
+def _views_registry():
+    """The views registry when the Qt layer imports here (it may not be installed, or not exist); else None."""
+    try:
+        import PySide6.QtCore  # noqa: F401 - views are listed only where the app can run
+
+        from .ui import views
+    except ImportError:
+        return None
+    return getattr(views, "VIEWS", None)
+
+
+def cmd_list(args) -> int:
+    from .core.algorithms.registry import ALGORITHMS
+    from .core.tasks.registry import TASKS
+
+    groups = [("algorithms", ALGORITHMS, lambda a: (a.label or a.name, a.description)),
+              ("task families", TASKS, lambda k: (k.label or k.name, k.description))]
+    views = _views_registry()
+    if views is not None:
+        groups.append(("views", views, lambda v: (v.title, "")))
+    problems: list[str] = []
+    for title, registry, describe in groups:
+        entries = registry.entries()
+        print(f"{title}:")
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            label, description = describe(e.obj)
+            text = f"{label} - {description}" if description else label
+            print(f"  {e.name:<{width}}  {text}  [{_source_text(e)}]")
+        problems += registry.problems
+    for line in problems:
+        print(f"skipped: {line.removeprefix('maml-lab: skipped ')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
@@ -439,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        handler = {"train": cmd_train, "eval": cmd_eval, "download": cmd_download}[args.command]
+        handler = {"train": cmd_train, "eval": cmd_eval, "download": cmd_download, "list": cmd_list}[args.command]
         return handler(args)
     except UsageError as exc:
         print(f"maml-lab: error: {exc}", file=sys.stderr)

@@ -28,8 +28,10 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.algorithms.base import AlgorithmConfig
-from ..core.algorithms.registry import algorithm_names
+from ..core.algorithms.registry import ALGORITHMS, algorithm_names
 from ..core.models.mlp import ACTIVATIONS
+from ..core.registry import BUILTIN
+from ..core.tasks.registry import TASKS, task_family
 from ..core.training.config import ExperimentConfig
 from .colors import algorithm_color, algorithm_label
 
@@ -55,6 +57,14 @@ def default_config() -> ExperimentConfig:
 
 def image_tasks_available() -> bool:
     return importlib.util.find_spec("maml_lab.core.tasks.images") is not None
+
+
+def is_image_family(task: str | None) -> bool:
+    """Whether a registered family draws image tasks (image set, N ways, conv-4): what its registry entry says."""
+    try:
+        return task_family(task).playground == "images"
+    except ValueError:
+        return False
 
 
 def _fmt_float(value: float) -> str:
@@ -98,10 +108,10 @@ class AlgorithmColumn:
         self.inner_steps = _spin(0 if name == "pretrained" else 1, 1000, tip="inner SGD steps during meta-training"
                                  + (" (Reptile's k)" if name == "reptile" else ""))
         self.test_steps = _spin(0, 1000, tip="inner SGD steps at evaluation / test time")
-        if name == "reptile":
-            self.meta_lr = self._line("Reptile's outer step ε at the first iteration (annealed linearly to 0)")
-        else:
-            self.meta_lr = self._line("meta learning rate β: the outer Adam step size")
+        self.algorithm = ALGORITHMS.get(name)
+        # the outer-step field: which config field, its name and tooltip, as the algorithm declares them
+        self.outer_field = self.algorithm.outer_lr_field
+        self.meta_lr = self._line(self.algorithm.outer_lr_tip)
         self.fields = (self.inner_lr, self.inner_steps, self.test_steps, self.meta_lr)
         self.enabled.toggled.connect(self._sync_enabled)
         self._extra: dict = {}
@@ -121,25 +131,22 @@ class AlgorithmColumn:
     def set_config(self, cfg: AlgorithmConfig | None) -> None:
         cfg = cfg or AlgorithmConfig.defaults(self.name)
         self._extra = {k: v for k, v in cfg.to_dict().items()
-                       if k not in ("name", "inner_lr", "inner_steps", "test_inner_steps", "meta_lr")}
+                       if k not in ("name", "inner_lr", "inner_steps", "test_inner_steps", self.outer_field)}
         self.inner_lr.setText(_fmt_float(cfg.inner_lr))
         self.inner_steps.setValue(cfg.inner_steps)
         self.test_steps.setValue(cfg.test_inner_steps)
-        self.meta_lr.setText(_fmt_float(cfg.outer_lr_start if self.name == "reptile" else cfg.meta_lr))
+        self.meta_lr.setText(_fmt_float(getattr(cfg, self.outer_field)))
 
     def config(self) -> AlgorithmConfig:
         label = algorithm_label(self.name)
         inner_lr = _positive(self.inner_lr, f"{label} inner lr α")
-        outer = _positive(self.meta_lr, f"{label} {'outer step ε' if self.name == 'reptile' else 'meta lr β'}")
+        outer = _positive(self.meta_lr, f"{label} {self.algorithm.outer_lr_label}")
         values = dict(self._extra)
         values.update(inner_lr=inner_lr, inner_steps=self.inner_steps.value(),
                       test_inner_steps=self.test_steps.value())
-        if self.name == "reptile":
-            values["outer_lr_start"] = outer
-        else:
-            values["meta_lr"] = outer
-        try:
-            return AlgorithmConfig(name=self.name, **values)
+        values[self.outer_field] = outer
+        try:  # from_dict: a plug-in's declared options (in _extra) go to `options`
+            return AlgorithmConfig.from_dict({**values, "name": self.name}, strict=True)
         except ValueError as exc:
             raise FormError(f"{label}: {exc}", self.inner_lr) from None
 
@@ -188,10 +195,13 @@ class ExperimentPanel(QWidget):
         task_box = QGroupBox("Task")
         form = self._form(task_box)
         self.task = QComboBox()
-        self.task.addItem("Sinusoid regression", "sinusoid")
-        self.task.addItem("Images (few-shot classification)", "images")
-        if not image_tasks_available():
-            item = self.task.model().item(1)
+        for entry in TASKS.entries():  # built-in families, then the plug-ins'
+            kind = entry.obj
+            self.task.addItem(kind.label or entry.name, entry.name)
+            tip = kind.description + ("" if entry.source == BUILTIN else f" (plug-in: {entry.source})")
+            self.task.setItemData(self.task.count() - 1, tip.strip(), Qt.ItemDataRole.ToolTipRole)
+        if not image_tasks_available() and self.task.findData("images") >= 0:
+            item = self.task.model().item(self.task.findData("images"))
             item.setEnabled(False)
             item.setToolTip("Image tasks are not available in this build")
         self.task.setToolTip("The task family meta-training samples from")
@@ -272,10 +282,11 @@ class ExperimentPanel(QWidget):
         self.columns = {name: AlgorithmColumn(name) for name in algorithm_names()}
         rows = ("Inner lr α", "Inner steps", "Test steps", "Meta lr β / ε")
         tips = ("SGD step size of adaptation (training and test)", "inner steps in meta-training",
-                "inner steps when evaluating", "outer step size: Adam β for MAML, FOMAML and pretrained; "
-                "Reptile's ε (annealed to 0)")
-        # two algorithms per block keeps the panel narrow: MAML | FOMAML, then Reptile | Pretrained
-        for block in range(2):
+                "inner steps when evaluating", "outer step size, as each algorithm defines it: "
+                + "; ".join(f"{algorithm_label(n)}: {ALGORITHMS.get(n).outer_lr_label}" for n in self.columns))
+        # two algorithms per block keeps the panel narrow: MAML | FOMAML, then Reptile | Pretrained, then the
+        # plug-ins' algorithms, two by two
+        for block in range((len(self.columns) + 1) // 2):
             base = block * 6
             for r, (text, tip) in enumerate(zip(rows, tips, strict=True), start=1):
                 label = QLabel(text)
@@ -377,8 +388,9 @@ class ExperimentPanel(QWidget):
 
     def set_image_data(self, data) -> None:
         """Use the image set at `data` (a zip or folder path; None: the built-in glyphs) for image tasks."""
-        if self.task.currentData() != "images":
-            self.task.setCurrentIndex(self.task.findData("images"))  # the image defaults come with it
+        if not is_image_family(self.task.currentData()):
+            images = next((n for n in TASKS.names() if is_image_family(n)), "images")
+            self.task.setCurrentIndex(self.task.findData(images))  # the image defaults come with it
         self._select_image_source(data)
 
     @property
@@ -386,7 +398,7 @@ class ExperimentPanel(QWidget):
         return self.image_source.currentData()
 
     def _sync_task_rows(self) -> None:
-        images = self.task.currentData() == "images"
+        images = is_image_family(self.task.currentData())
         for w in self.image_rows:
             self.task_form.setRowVisible(w, images)
         self.model_form.setRowVisible(self.hidden, not images)
@@ -400,12 +412,15 @@ class ExperimentPanel(QWidget):
             return
         task = self.task.currentData()
         base = self._base.to_dict()
-        if task == "images":
+        default = default_config().to_dict()
+        if is_image_family(task):
             values = dict(APP_IMAGE_DEFAULTS)
-        else:
-            default = default_config().to_dict()
+        elif task == default["task"]:
             values = {k: default[k] for k in ("shots", "queries", "meta_batch_size", "iterations", "val_every",
                                               "val_tasks")}
+        else:  # another family (a plug-in's): its own defaults, the app's validation schedule
+            values = {k: default[k] for k in ("val_every", "val_tasks")}
+            values.update(task_family(task).experiment_defaults)
         base.update({k: v for k, v in values.items() if k in base}, task=task)
         base["algorithms"] = [AlgorithmConfig.defaults(a.name, task=task).to_dict()
                               for a in (self._base.algorithms or [])]
@@ -454,7 +469,7 @@ class ExperimentPanel(QWidget):
         if task == "images" and not image_tasks_available():
             raise FormError("Image tasks are not available in this build: choose Sinusoid regression", self.task)
         data = self._base.to_dict()
-        if task == "images":
+        if is_image_family(task):
             data.update(data=self.image_source.currentData(), ways=self.ways.value())
         data.update(task=task, shots=self.shots.value(), meta_batch_size=self.meta_batch.value(),
                     hidden=self._hidden_widths(), activation=self.activation.currentData(),
