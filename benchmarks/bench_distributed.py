@@ -33,7 +33,7 @@ import time
 
 import torch
 
-from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.algorithms.config import AlgorithmConfig
 from maml_lab.core.training.config import ExperimentConfig
 
 

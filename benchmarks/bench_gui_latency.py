@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     from PySide6.QtCore import QSettings
 
     from maml_lab.app import _limit_threads, make_application
-    from maml_lab.core.algorithms.base import AlgorithmConfig
+    from maml_lab.core.algorithms.config import AlgorithmConfig
     from maml_lab.ui.experiment_panel import default_config
     from maml_lab.ui.main_window import MainWindow
 

@@ -20,7 +20,7 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 
-from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
 from maml_lab.core.models.mlp import MLP
 from maml_lab.core.tasks.sinusoid import SinusoidFamily
 

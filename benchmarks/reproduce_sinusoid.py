@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from maml_lab.core.algorithms.base import AlgorithmConfig
+from maml_lab.core.algorithms.config import AlgorithmConfig
 from maml_lab.core.algorithms.registry import algorithm_names
 from maml_lab.core.analysis.evaluation import adaptation_curve
 from maml_lab.core.training.config import ExperimentConfig

@@ -342,7 +342,7 @@ def _finish(args, session, state, outs) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .core.algorithms.base import adaptation_text
+    from .core.algorithms.config import adaptation_text
     from .core.analysis.evaluation import adaptation_curve
     from .core.export import load_initialization
     from .core.tasks.registry import task_family

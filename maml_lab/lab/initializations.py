@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.algorithms.base import AlgorithmConfig, test_trajectory
+from ..core.algorithms.config import AlgorithmConfig, test_trajectory
 from ..core.algorithms.registry import ALGORITHMS
 
 DEFAULT_INNER_LR = 0.01

@@ -70,7 +70,7 @@ class RunPaths:
 
     def adaptation(self, name: str):
         """How `name` fine-tunes at test time: its AlgorithmConfig (an SGD step size when it is not known)."""
-        from ..core.algorithms.base import AlgorithmConfig
+        from ..core.algorithms.config import AlgorithmConfig
 
         config = self.algorithms.get(name)
         try:

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.algorithms.base import AlgorithmConfig
+from ..core.algorithms.config import AlgorithmConfig
 from ..core.algorithms.registry import ALGORITHMS, algorithm_names
 from ..core.models.mlp import ACTIVATIONS
 from ..core.registry import BUILTIN

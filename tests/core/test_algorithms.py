@@ -7,7 +7,7 @@ import torch
 from torch.func import functional_call
 
 from maml_lab.core.algorithms.adaptation import adapt
-from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
 from maml_lab.core.models.mlp import MLP, clone_params
 from maml_lab.core.tasks.losses import mse_per_task
 from maml_lab.core.tasks.sinusoid import SinusoidFamily

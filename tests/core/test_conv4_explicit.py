@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
 from maml_lab.core.models import conv4_meta
 from maml_lab.core.models.conv4 import Conv4
 from maml_lab.core.tasks.base import TaskBatch

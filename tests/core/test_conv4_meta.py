@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from maml_lab.core.algorithms.adaptation import adapt, expand_params
-from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
 from maml_lab.core.models.conv4 import Conv4
 from maml_lab.core.tasks.base import TaskBatch
 from maml_lab.core.tasks.losses import cross_entropy_per_task

@@ -6,7 +6,7 @@ import torch
 from torch.func import functional_call
 
 from maml_lab.core.algorithms.adaptation import adapt
-from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
 from maml_lab.core.analysis.landscape import LandscapeCancelled, adaptation_path, grid, surface
 from maml_lab.core.analysis.trajectory import (
     TrajectoryRecorder,

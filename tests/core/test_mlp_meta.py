@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from maml_lab.core.algorithms.adaptation import adapt
-from maml_lab.core.algorithms.base import AlgorithmConfig, make_algorithm
+from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
 from maml_lab.core.models import mlp_meta
 from maml_lab.core.models.mlp import MLP
 from maml_lab.core.tasks.base import TaskBatch

@@ -39,7 +39,7 @@ def settings(tmp_path):
 @pytest.fixture
 def small_config():
     """A run that takes well under a second."""
-    from maml_lab.core.algorithms.base import AlgorithmConfig
+    from maml_lab.core.algorithms.config import AlgorithmConfig
     from maml_lab.core.training.config import ExperimentConfig
 
     def make(iterations=40, algorithms=("maml", "pretrained"), **algo_overrides):

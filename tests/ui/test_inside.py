@@ -31,7 +31,7 @@ def trained(qapp, tmp_path_factory):
     """One main window, trained once for the whole module (MAML and pretrained, 150 iterations)."""
     from PySide6.QtCore import QSettings
 
-    from maml_lab.core.algorithms.base import AlgorithmConfig
+    from maml_lab.core.algorithms.config import AlgorithmConfig
     from maml_lab.core.training.config import ExperimentConfig
     from maml_lab.ui.main_window import MainWindow
 
@@ -190,7 +190,7 @@ def test_screenshot_of_each_new_view_waits_for_its_computation(view, tmp_path, c
 
 
 def test_path_projection_shares_one_plane_from_the_shared_initialization():
-    from maml_lab.core.algorithms.base import AlgorithmConfig
+    from maml_lab.core.algorithms.config import AlgorithmConfig
     from maml_lab.core.training.config import ExperimentConfig
     from maml_lab.core.training.trainer import Trainer
     from maml_lab.lab.inside import collect_paths

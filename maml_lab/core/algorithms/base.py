@@ -13,16 +13,13 @@ from __future__ import annotations
 import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ..tasks.losses import accuracy_per_task, loss_function
 from .adaptation import AdaptResult, adapt, expand_params, sgd_trajectory
 from .optim import Adam
-
-if TYPE_CHECKING:
-    from .config import AlgorithmConfig
 
 
 class MetaAlgorithm:
@@ -45,7 +42,7 @@ class MetaAlgorithm:
     outer_lr_label: ClassVar[str] = "meta lr β"
     outer_lr_tip: ClassVar[str] = "meta learning rate β: the outer Adam step size"
 
-    def __init__(self, model, loss: str, config: AlgorithmConfig, total_iterations: int = 1):
+    def __init__(self, model, loss: str, config, total_iterations: int = 1):
         self.model = model
         self.loss_name = loss
         self.loss_fn = loss_function(loss)
@@ -58,23 +55,23 @@ class MetaAlgorithm:
 
     # -- what the registry and the views read ----------------------------------------------------------
     @classmethod
-    def check_config(cls, config: AlgorithmConfig) -> None:
+    def check_config(cls, config) -> None:
         """Refuse settings this algorithm cannot train with (ValueError with the reason)."""
 
     @classmethod
-    def test_trajectory(cls, config: AlgorithmConfig, model, loss_fn, params, x_support, y_support, steps: int,
+    def test_trajectory(cls, config, model, loss_fn, params, x_support, y_support, steps: int,
                         batched: bool = False) -> Iterator["OrderedDict[str, torch.Tensor]"]:
         """Test-time adaptation as this algorithm was trained to adapt: yields each task's parameters [B, ...]
         after 0, 1, ..., `steps` steps, detached. The default is plain SGD with step size inner_lr (MAML paper)."""
         return sgd_trajectory(model, loss_fn, params, x_support, y_support, steps, config.inner_lr, batched)
 
     @classmethod
-    def test_adaptation_text(cls, config: AlgorithmConfig) -> str:
+    def test_adaptation_text(cls, config) -> str:
         """How `test_trajectory` fine-tunes, for evaluation tables."""
         return f"SGD, inner lr {config.inner_lr:g}"
 
     @classmethod
-    def test_adapt(cls, config: AlgorithmConfig, model, loss_fn, params, x_support, y_support, steps: int,
+    def test_adapt(cls, config, model, loss_fn, params, x_support, y_support, steps: int,
                    batched: bool = False) -> "OrderedDict[str, torch.Tensor]":
         """The parameters after `steps` test-time steps (the last item of `test_trajectory`)."""
         return deque(cls.test_trajectory(config, model, loss_fn, params, x_support, y_support, steps, batched),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from ..registry import Registry
+from .base import MetaAlgorithm
 
 BUILTIN_ALGORITHMS = (
     "maml_lab.core.algorithms.maml:MAML",
@@ -20,8 +21,6 @@ UNKNOWN_COLORS = ("#CC79A7", "#E69F00", "#000000")  # Okabe-Ito extras for names
 
 
 def _check(name: str, cls):
-    from .base import MetaAlgorithm
-
     if not (isinstance(cls, type) and issubclass(cls, MetaAlgorithm)):
         raise TypeError(f"{cls!r} is not a MetaAlgorithm subclass")
     if not NAME.match(name or ""):
@@ -32,6 +31,10 @@ def _check(name: str, cls):
 
 
 ALGORITHMS = Registry("algorithm", "maml_lab.algorithms", BUILTIN_ALGORITHMS, _check, lambda cls: cls.name)
+
+
+def algorithm_class(name: str) -> type[MetaAlgorithm]:
+    return ALGORITHMS.get(name)
 
 
 def algorithm_names() -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..algorithms.base import AlgorithmConfig, test_trajectory
+from ..algorithms.config import AlgorithmConfig, test_trajectory
 from ..tasks.losses import accuracy_per_task, loss_function
 
 

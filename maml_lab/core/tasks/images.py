@@ -305,7 +305,7 @@ def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, ste
                          ) -> dict[int, tuple[float, float]]:
     """Query accuracy of `num_tasks` seeded tasks after each of `steps` test-time steps: {steps: (mean, 95% CI)}.
     `adaptation`: the algorithm's AlgorithmConfig (fine-tunes as it trained) or an SGD step size."""
-    from ..algorithms.base import test_trajectory
+    from ..algorithms.config import test_trajectory
     from ..analysis.evaluation import mean_ci95
     from .losses import accuracy_per_task, cross_entropy_per_task
 
@@ -397,7 +397,7 @@ def eval_image_initialization(args, params, meta, model, shots_list, steps, adap
           f"training (split seed {split.get('seed', SPLIT_SEED)}), {args.tasks} tasks, {queries} queries per class")
     if family.info.get("note"):
         print(f"note: {family.info['note']}")
-    from ..algorithms.base import adaptation_text
+    from ..algorithms.config import adaptation_text
 
     results = {shots: accuracy_after_steps(model, family, params, shots, steps, adaptation, args.tasks, queries,
                                            args.seed, device, dtype)

@@ -8,7 +8,7 @@ from pathlib import Path
 import tomli_w
 import tomllib
 
-from ..algorithms.base import AlgorithmConfig
+from ..algorithms.config import AlgorithmConfig
 from ..algorithms.registry import algorithm_names
 from ..tasks.registry import task_family
 from .device import DTYPES

@@ -1,0 +1,149 @@
+"""An algorithm's hyperparameters (AlgorithmConfig), and what is done with one: build the algorithm, fine-tune
+an initialization the way that algorithm does at test time."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+
+from .adaptation import sgd_trajectory
+from .base import MetaAlgorithm
+from .registry import ALGORITHMS, algorithm_class
+
+
+@dataclass
+class AlgorithmConfig:
+    """Hyperparameters of one algorithm. Names follow cbfinn/maml and supervised-reptile."""
+
+    name: str = "maml"
+    inner_lr: float = 0.01  # alpha: inner SGD step size, also used to fine-tune at test time
+    inner_steps: int = 1  # inner steps during meta-training (Reptile's k)
+    test_inner_steps: int = 10  # steps used when evaluating
+    meta_lr: float = 1e-3  # outer Adam learning rate (MAML, FOMAML, pretrained)
+    inner_optimizer: str = "sgd"  # Reptile only: sgd or adam
+    outer_lr_start: float = 1.0  # Reptile only: epsilon at the first iteration ...
+    outer_lr_end: float = 0.0  # ... annealed linearly to this at the last
+    meta_lr_schedule: str = "constant"  # or "cosine": meta-lr annealed to 0 over the run (MAML++)
+    # MAML/FOMAML: meta-loss = sum_s w_s * query loss after inner step s, one weight per inner step (MAML++'s
+    # multi-step loss); empty: the query loss after the last step only (the MAML paper)
+    step_loss_weights: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # algorithm-specific settings a registered algorithm declares in `option_defaults` (plug-ins); TOML keys
+    options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        cls = algorithm_class(self.name)  # unknown names: "unknown algorithm 'x' (one of ...)"
+        for key in ("inner_lr", "meta_lr"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{key.replace('_', '-')} must be a positive number, got {value}")
+        for key in ("outer_lr_start", "outer_lr_end"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{key.replace('_', '-')} must be >= 0, got {value}")
+        if self.inner_steps < 1 and self.name != "pretrained":
+            raise ValueError(f"inner-steps must be >= 1, got {self.inner_steps}")
+        if self.test_inner_steps < 0:
+            raise ValueError(f"test-inner-steps must be >= 0, got {self.test_inner_steps}")
+        if self.meta_lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"meta-lr-schedule must be constant or cosine, got {self.meta_lr_schedule!r}")
+        if self.inner_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"inner-optimizer must be sgd or adam, got {self.inner_optimizer!r}")
+        self.step_loss_weights = [float(w) for w in self.step_loss_weights]
+        unknown = sorted(set(self.options) - set(cls.option_defaults))
+        if unknown:
+            raise ValueError(f"{self.name} has no option(s) {', '.join(unknown)}"
+                             + (f" (it takes {', '.join(cls.option_defaults)})" if cls.option_defaults else ""))
+        if self.step_loss_weights:
+            weights = self.step_loss_weights
+            if not cls.multi_step_loss:
+                raise ValueError(f"step-loss-weights apply to {', '.join(multi_step_names())} only, not {self.name}")
+            if len(weights) != self.inner_steps:
+                raise ValueError(f"step-loss-weights needs one weight per inner step ({self.inner_steps}), "
+                                 f"got {len(weights)}")
+            if not (all(math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0):
+                raise ValueError(f"step-loss-weights must be >= 0 with a positive sum, got {weights}")
+        cls.check_config(self)
+
+    def option(self, key: str):
+        """An algorithm-specific setting: the config's value, else the algorithm's declared default."""
+        return self.options.get(key, algorithm_class(self.name).option_defaults[key])
+
+    @classmethod
+    def defaults(cls, name: str, task: str = "sinusoid", **overrides) -> "AlgorithmConfig":
+        """An algorithm's settings on a task family, then `overrides` (None means unset): the dataclass defaults
+        (the MAML paper's sinusoid regression), then what the task family sets for every algorithm (images: the
+        Omniglot 5-way alpha 0.4, one inner step in training, three at test), then the algorithm's own defaults
+        for any family ("*") and for this one. Keys an algorithm declares as options go to `options`."""
+        from ..tasks.registry import task_family
+
+        algo = algorithm_class(name)
+        base: dict = {"name": name}
+        base.update(task_family(task).algorithm_defaults)
+        base.update(algo.task_defaults.get("*", {}))
+        base.update(algo.task_defaults.get(task, {}))
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(base, strict=True)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        if not data["options"]:
+            del data["options"]  # the TOML/metadata of the built-in algorithms stays as it was
+        else:
+            data.update(data.pop("options"))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict, strict: bool = False) -> "AlgorithmConfig":
+        """Known fields as such, an algorithm's declared options into `options`; other keys are dropped (or
+        refused, when `strict`: a typo in a TOML file should not pass silently)."""
+        known = {f.name for f in fields(cls)}
+        name = data.get("name", "maml")
+        declared = algorithm_class(name).option_defaults
+        values = {k: v for k, v in data.items() if k in known}
+        options = dict(values.pop("options", None) or {})
+        options.update({k: v for k, v in data.items() if k in declared})
+        extra = sorted(set(data) - known - set(declared))
+        if strict and extra:
+            raise ValueError(f"unknown setting(s) for {name}: {', '.join(extra)}")
+        return cls(**values, options=options)
+
+
+def multi_step_names() -> list[str]:
+    return [a.name for a in ALGORITHMS if a.multi_step_loss]
+
+
+def test_trajectory(adaptation: AlgorithmConfig | float, model, loss_fn, params, x_support, y_support, steps: int,
+                    batched: bool = False) -> Iterator["OrderedDict[str, torch.Tensor]"]:
+    """Test-time adaptation by an algorithm's own rule (an AlgorithmConfig), or plain SGD with a step size (a
+    number: initializations of unknown origin). Yields each task's parameters after 0..steps steps."""
+    if isinstance(adaptation, AlgorithmConfig):
+        return algorithm_class(adaptation.name).test_trajectory(adaptation, model, loss_fn, params, x_support,
+                                                                y_support, steps, batched)
+    return sgd_trajectory(model, loss_fn, params, x_support, y_support, steps, float(adaptation), batched)
+
+
+def adaptation_text(adaptation: AlgorithmConfig | float) -> str:
+    """How test-time adaptation runs, for tables and cards: 'SGD, inner lr 0.4', 'Adam (beta1 0, ...), inner lr 0.1'."""
+    if isinstance(adaptation, AlgorithmConfig):
+        return algorithm_class(adaptation.name).test_adaptation_text(adaptation)
+    return f"SGD, inner lr {float(adaptation):g}"
+
+
+def test_adapt(adaptation: AlgorithmConfig | float, model, loss_fn, params, x_support, y_support, steps: int,
+               batched: bool = False) -> "OrderedDict[str, torch.Tensor]":
+    """The parameters after `steps` test-time steps (see test_trajectory)."""
+    return deque(test_trajectory(adaptation, model, loss_fn, params, x_support, y_support, steps, batched),
+                 maxlen=1)[0]
+
+
+def make_algorithm(model, loss: str, config: AlgorithmConfig, total_iterations: int = 1) -> MetaAlgorithm:
+    config.validate()
+    return algorithm_class(config.name)(model, loss, config, total_iterations)
