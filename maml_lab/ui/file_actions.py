@@ -15,6 +15,7 @@ from PySide6.QtWidgets import QFileDialog, QInputDialog
 from ..core.algorithms.registry import ALGORITHMS
 from ..core.export import InitializationError, atomic_write_bytes, export_initialization, load_initialization
 from ..core.training.config import ExperimentConfig
+from ..core.training.runs import RunFolder
 from ..lab.initializations import Initialization, adaptation_from_metadata
 from ..lab.run_library import SETTINGS_KEY as RUNS_ROOT_KEY
 from ..lab.run_library import runs_root
@@ -199,7 +200,10 @@ class FileActions:
         if path is None:
             return None
         try:
-            atomic_write_bytes(path, self.w.history.to_csv().encode("utf-8"))
+            # the run folder's metrics.csv has every row; the history held in memory bins long runs
+            folder = self.w.run_folder
+            source = RunFolder(folder).metrics_path if folder is not None else None
+            atomic_write_bytes(path, self.w.history.to_csv(source).encode("utf-8"))
         except OSError as exc:
             self.write_error(path, exc)
             return None
