@@ -434,9 +434,7 @@ def _source_text(entry) -> str:
 
 def _views_registry():
     """The views registry when the Qt layer imports here (it may not be installed, or not exist); else None."""
-    try:
-        import PySide6.QtCore  # noqa: F401 - views are listed only where the app can run
-
+    try:  # views are widgets: listed only where Qt imports (the headless CLI never needs it otherwise)
         from .ui import views
     except ImportError:
         return None
