@@ -4,7 +4,7 @@
 #   ./dev.sh test [ARGS]    run the whole test suite offscreen, then ruff (what CI runs)
 #   ./dev.sh cli ARGS       the headless CLI (python -m maml_lab ARGS)
 #   ./dev.sh bench SCRIPT   a script from benchmarks/
-# The virtual environment lives in .venv and is reused; it is refreshed when pyproject.toml changes.
+# The virtual environment lives in .venv and is reused; it is refreshed when pyproject.toml or setup.py change.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${MAML_LAB_VENV:-.venv}"
@@ -19,7 +19,7 @@ ensure_venv() {
     log "creating $VENV"
     python3 -m venv "$VENV"
   fi
-  local stamp="$VENV/.maml-lab-$(sha1sum pyproject.toml | cut -c1-12)"
+  local stamp="$VENV/.maml-lab-$(cat pyproject.toml setup.py | sha1sum | cut -c1-12)"
   [ -f "$stamp" ] && return 0
   log "installing dependencies (first run only)"
   "$PY" -m pip install -q --upgrade pip

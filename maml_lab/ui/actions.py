@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QAction, QIcon, QKeySequence
 
+from ..lab.resources import resource
 from .run_controller import RunState
 
 MENUS = ("&File", "&Edit", "&Run", "&View", "&Help")
@@ -24,7 +24,7 @@ Std = QKeySequence.StandardKey
 
 def icon(name: str) -> QIcon:
     try:
-        path = resources.files("maml_lab").joinpath(f"resources/icon-{name}.svg")
+        path = resource(f"icon-{name}.svg")
         return QIcon(str(path))
     except (OSError, ModuleNotFoundError):
         return QIcon()

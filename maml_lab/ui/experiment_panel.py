@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from importlib import resources
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -33,6 +32,7 @@ from ..core.models.mlp import ACTIVATIONS
 from ..core.registry import BUILTIN
 from ..core.tasks.registry import TASKS, task_family
 from ..core.training.config import ExperimentConfig
+from ..lab.resources import resource
 from .colors import algorithm_color, algorithm_label
 
 APP_DEFAULT_ITERATIONS = 20000
@@ -46,7 +46,7 @@ GLYPHS_LABEL = "Built-in glyphs"
 def default_config() -> ExperimentConfig:
     """The app's starting experiment (resources/default_experiment.toml): MAML beside the pretrained baseline."""
     try:
-        text = resources.files("maml_lab").joinpath("resources/default_experiment.toml").read_text("utf-8")
+        text = resource("default_experiment.toml").read_text("utf-8")
         import tomllib
 
         return ExperimentConfig.from_dict(tomllib.loads(text))
