@@ -93,11 +93,11 @@ class AlgorithmConfig:
         return cls.from_dict(base, strict=True)
 
     def to_dict(self) -> dict:
+        """Flat settings, the algorithm's options with their defaults filled in (exports and TOML record what was
+        used); algorithms without options keep the format they always had."""
         data = asdict(self)
-        if not data["options"]:
-            del data["options"]  # the TOML/metadata of the built-in algorithms stays as it was
-        else:
-            data.update(data.pop("options"))
+        options = data.pop("options")
+        data.update({**algorithm_class(self.name).option_defaults, **options})
         return data
 
     @classmethod
