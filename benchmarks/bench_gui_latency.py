@@ -59,7 +59,9 @@ def percentiles(values: list[float]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement while training (default 10)")
-    parser.add_argument("--view", choices=("playground", "training", "landscape", "paths", "adaptation"),
+    from maml_lab.ui.views import VIEWS  # every registered view, plug-ins included
+
+    parser.add_argument("--view", choices=VIEWS.names(),
                         default="playground", help="the view shown (paths: re-projected every second while training)")
     parser.add_argument("--algorithms", nargs="+", default=["maml", "pretrained"])
     parser.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval, seconds")
