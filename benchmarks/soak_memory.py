@@ -3,8 +3,8 @@
 Runs `python -m maml_lab train --task sinusoid --algorithm maml pretrained --iterations N --quiet --threads 1
 --run-dir <tmp> --checkpoint-every 10000` as a subprocess and samples its resident set size (psutil when
 installed, else /proc/<pid>/status VmRSS) when each checkpoint appears and until it exits. Prints the RSS after
-10,000 iterations, at the end (the last sample before the process exits, after its final checkpoint) and the
-difference; the target is an end RSS within 50 MB of the 10,000-iteration RSS.
+10,000 iterations, at the end (when the final checkpoint appears; the last sample before the process exits is
+printed too) and the difference; the target is an end RSS within 50 MB of the 10,000-iteration RSS.
 
     python benchmarks/soak_memory.py                      # 300,000 iterations
     python benchmarks/soak_memory.py --iterations 60000   # a few minutes
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
             found = [int(m.group(1)) for p in (ckpt_dir.iterdir() if ckpt_dir.is_dir() else ())
                      if (m := name.match(p.name))]
             for it in sorted(found):
-                if it not in at and it % EVERY == 0:
+                if it not in at and (it % EVERY == 0 or it == args.iterations):
                     at[it] = rss
                     print(f"{it:>10,}  {rss / MB:8.1f}  {time.monotonic() - t0:7.0f}", flush=True)
         time.sleep(args.interval)
@@ -93,10 +93,12 @@ def main(argv=None) -> int:
     if EVERY not in at:
         print("the 10,000-iteration checkpoint was never seen (sampling too slow?)", file=sys.stderr)
         return 1
-    first, end = at[EVERY] / MB, last / MB
+    # the end: when the final checkpoint appeared (all iterations done); else the last sample before the exit
+    first, end = at[EVERY] / MB, at.get(args.iterations, last) / MB
     size = max(p.stat().st_size for p in (run_dir / "checkpoints").iterdir())
     print(f"RSS after {EVERY:,} iterations: {first:.1f} MB")
-    print(f"RSS at the end ({args.iterations:,} iterations): {end:.1f} MB (peak {peak / MB:.1f} MB)")
+    print(f"RSS at the end ({args.iterations:,} iterations): {end:.1f} MB (last sample {last / MB:.1f} MB, "
+          f"peak {peak / MB:.1f} MB)")
     print(f"difference: {end - first:+.1f} MB (target: within {TARGET_MB:.0f} MB)"
           f"{'' if abs(end - first) <= TARGET_MB else '  -- OVER TARGET'}")
     print(f"checkpoint size: {size / 1024:.0f} KiB; metrics.csv {(run_dir / 'metrics.csv').stat().st_size / MB:.1f} MB;"
