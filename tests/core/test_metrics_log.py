@@ -123,6 +123,10 @@ def test_export_metrics_writes_the_run_folder_format(tmp_path):
     resumed_view = MetricsHistory()
     resumed_view.add_chunk(chunk_from_logs({n: (r.log, r.val_log) for n, r in trainer.runs.items()}))
     assert resumed_view.to_csv() == expected
+    # and so does the run folder read back in bounded memory (opening a past run)
+    opened = MetricsHistory()
+    opened.add_chunk(chunk_from_logs(folder.read_metrics_logs(block=7)))
+    assert opened.to_csv() == expected
 
 
 def test_a_long_app_session_holds_a_fixed_amount_and_exports_the_folder_rows(tmp_path):

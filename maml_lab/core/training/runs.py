@@ -26,7 +26,7 @@ import numpy as np
 from ..export import atomic_write_bytes
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from .config import ExperimentConfig
-from .metrics import CSV_HEADER, METRIC_FIELDS, csv_row, held_rows, write_csv
+from .metrics import CSV_HEADER, METRIC_FIELDS, TRAIN_FIELDS, VAL_FIELDS, MetricsLog, csv_row, held_rows, write_csv
 
 RUNS_ENV = "MAML_LAB_RUNS"  # where runs go when no folder is named (default ./runs, as TensorBoard's)
 _CHECKPOINT_NAME = re.compile(r"^iteration-(\d+)\.safetensors$")
@@ -176,6 +176,50 @@ class RunFolder:
         return self.exports_dir / f"{algorithm}.safetensors"
 
     # -- metrics -------------------------------------------------------------------------------------
+    def read_metrics_logs(self, capacity: int = 4096, tail: int = 1024,
+                          block: int = 20_000) -> dict[str, tuple[MetricsLog, MetricsLog]]:
+        """metrics.csv in bounded memory, streaming: {algorithm: (training log, validation log)}
+        (metrics.MetricsLog: the last `tail` rows raw, bin means of all of them). A row goes to the training log
+        when it has a training loss, to the validation log when it has a validation loss; lines cut short by a
+        kill are skipped. `chunk_from_logs` turns the result into the app's metrics chunk."""
+        if not self.metrics_path.is_file():
+            return {}
+        logs: dict[str, tuple[MetricsLog, MetricsLog]] = {}
+        pending: dict[str, list] = {}
+
+        def fold(name: str) -> None:
+            data = np.asarray(pending.pop(name), dtype=np.float64)
+            for log in logs[name]:
+                cols = [1 + METRIC_FIELDS.index(k) for k in log.fields]
+                values = data[:, cols]
+                losses = [j for j, k in enumerate(log.fields) if "loss" in k]
+                rows = np.isfinite(values[:, losses]).any(axis=1)
+                if rows.any():
+                    log.extend(data[rows, 0], **{k: values[rows, j] for j, k in enumerate(log.fields)})
+
+        with open(self.metrics_path, newline="", encoding="utf-8") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if not header or tuple(header) != CSV_HEADER:
+                raise RunFolderError(f"{self.metrics_path} is not a MAML Lab metrics file")
+            for row in reader:
+                if len(row) != len(header):
+                    continue  # a line cut short by a kill
+                try:
+                    values = [float(v) if v else math.nan for v in (row[0], *row[2:])]
+                except ValueError:
+                    continue
+                name = row[1]
+                if name not in logs:
+                    logs[name] = (MetricsLog(TRAIN_FIELDS, capacity, tail), MetricsLog(VAL_FIELDS, capacity, tail))
+                rows = pending.setdefault(name, [])
+                rows.append(values)
+                if len(rows) >= block:
+                    fold(name)
+        for name in list(pending):
+            fold(name)
+        return logs
+
     def read_metrics(self) -> dict[str, dict[str, np.ndarray]]:
         """metrics.csv as {algorithm: {column: float array}} (iteration included; missing values NaN)."""
         out: dict[str, dict[str, list]] = {}
