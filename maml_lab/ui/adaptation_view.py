@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QHBoxLayout,
@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (
 
 from ..lab.initializations import Initialization
 from ..lab.inside import CurveRequest, CurveSet, RunPaths, compute_curves
-from .background import BackgroundRunner, run_pending_and_wait
+from .background import BackgroundRunner, StaleRecompute
 from .colors import algorithm_color, curve_pen, qcolor
 from .inside_plots import flow_bar, hint_text, labelled, place_center, readout_label
 from .theme import MUTED, TEXT, style_plot
@@ -43,7 +43,6 @@ class AdaptationView(QWidget):
         self.run: RunPaths | None = None
         self.result: CurveSet | None = None
         self.training = False
-        self._stale = False
         self._shots_from_run = True
         self.runner = BackgroundRunner("adaptation", self)
         self.runner.finished.connect(self._on_result)
@@ -124,10 +123,7 @@ class AdaptationView(QWidget):
         status_row.addWidget(self.status)
         layout.addLayout(status_row)
         self._acc_shown = False
-        self._auto_timer = QTimer(self)
-        self._auto_timer.setSingleShot(True)
-        self._auto_timer.setInterval(350)
-        self._auto_timer.timeout.connect(self._auto_compute)
+        self.recompute = StaleRecompute(self, self.compute)
         self._sync_buttons()
 
     # -- data in -------------------------------------------------------------------------------------
@@ -178,27 +174,15 @@ class AdaptationView(QWidget):
 
     def set_training(self, running: bool) -> None:
         self.training = running
-        if not running and self._stale:
-            self._auto_timer.start()
+        self.recompute.set_training(running)
 
     def _on_shots(self, _k: int) -> None:
         self._shots_from_run = False
         self._inputs_changed()
 
     def _inputs_changed(self) -> None:
-        self._stale = True
+        self.recompute.mark_stale()
         self._sync_buttons()
-        if not self.training:
-            self._auto_timer.start()
-
-    def _auto_compute(self) -> None:
-        if self.isVisible() and self._stale and not self.training:
-            self.compute()
-
-    def showEvent(self, ev):
-        super().showEvent(ev)
-        if self._stale and not self.training:
-            self._auto_timer.start(0)
 
     # -- computing -----------------------------------------------------------------------------------
     def family(self):
@@ -223,7 +207,7 @@ class AdaptationView(QWidget):
 
     def compute(self) -> bool:
         reqs = self.requests()
-        self._stale = False
+        self.recompute.stale = False
         if not reqs:
             return False
         family, queries = self.family()
@@ -259,8 +243,7 @@ class AdaptationView(QWidget):
 
     def wait_until_idle(self, timeout_s: float = 120.0) -> bool:
         """Start a pending computation now and wait for it (screenshots, tests)."""
-        return run_pending_and_wait(self._auto_timer, self._stale and not self.runner.busy, self.compute,
-                                    self.runner, timeout_s)
+        return self.recompute.wait(self.runner, timeout_s)
 
     def shutdown(self) -> None:
         self.runner.shutdown()

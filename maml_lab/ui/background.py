@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from PySide6.QtCore import QCoreApplication, QEventLoop, QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QCoreApplication, QEvent, QEventLoop, QObject, QThread, QTimer, Signal, Slot
 
 from ..lab.jobs import Cancelled  # noqa: F401  (re-exported for the views)
 
@@ -203,6 +203,51 @@ class BackgroundRunner(QObject):
             self._thread = None
             self._worker = None
         self._current = None
+
+
+class StaleRecompute(QObject):
+    """One lifecycle for a view that recomputes in the background when its inputs change: `mark_stale()` after
+    any change; a debounce timer then calls `compute()` once the view is visible and training is not using the CPU
+    (`set_training`); showing the view catches up at once. `compute()` must return True when it started a job.
+    `wait(runner, timeout)` runs anything pending now and waits (screenshots, tests)."""
+
+    def __init__(self, view, compute, delay_ms: int = 350):
+        super().__init__(view)
+        self.view = view
+        self.compute = compute
+        self.stale = False
+        self.training = False
+        self.timer = QTimer(self)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(delay_ms)
+        self.timer.timeout.connect(self._fire)
+        view.installEventFilter(self)
+
+    def mark_stale(self) -> None:
+        self.stale = True
+        if not self.training:
+            self.timer.start()
+
+    def set_training(self, running: bool) -> None:
+        self.training = running
+        if not running and self.stale:
+            self.timer.start()
+
+    def clear(self) -> None:
+        self.stale = False
+        self.timer.stop()
+
+    def _fire(self) -> None:
+        if self.view.isVisible() and self.stale and not self.training:
+            self.compute()
+
+    def eventFilter(self, obj, event) -> bool:
+        if obj is self.view and event.type() == QEvent.Type.Show and self.stale and not self.training:
+            self.timer.start(0)
+        return False
+
+    def wait(self, runner: "BackgroundRunner", timeout_s: float) -> bool:
+        return run_pending_and_wait(self.timer, self.stale and not runner.busy, self.compute, runner, timeout_s)
 
 
 def run_pending_and_wait(timer, stale: bool, compute, runner: "BackgroundRunner", timeout_s: float) -> bool:

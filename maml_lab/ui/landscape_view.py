@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, Qt, QTimer, Signal
+from PySide6.QtCore import QRectF, Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -42,7 +42,7 @@ from ..lab.inside import (
     compute_landscape,
     contour_levels,
 )
-from .background import BackgroundRunner, run_pending_and_wait
+from .background import BackgroundRunner, StaleRecompute
 from .colors import POINT_COLOR, TRUTH_COLOR, algorithm_color, algorithm_label, curve_pen, qcolor
 from .inside_plots import (
     ARROW_COLOR,
@@ -159,7 +159,6 @@ class LandscapeView(QWidget):
         self.run: RunPaths | None = None
         self.result: LandscapeResult | None = None
         self.training = False
-        self._stale = False
         self._model_kind = None
         self.runner = BackgroundRunner("landscape", self)
         self.runner.finished.connect(self._on_result)
@@ -310,10 +309,7 @@ class LandscapeView(QWidget):
         readout_row.addWidget(self.readout, 1)
         layout.addLayout(readout_row)
 
-        self._auto_timer = QTimer(self)
-        self._auto_timer.setSingleShot(True)
-        self._auto_timer.setInterval(350)
-        self._auto_timer.timeout.connect(self._auto_compute)
+        self.recompute = StaleRecompute(self, self.compute)
         self._player = SliderPlayer(self.animate, self.step_slider, 350, parent=self)
         self._set_hint("Train first: the landscape is drawn around a trained θ")
         self._sync_buttons()
@@ -364,25 +360,22 @@ class LandscapeView(QWidget):
                 w.blockSignals(True)
                 w.setValue(value)
                 w.blockSignals(False)
-        self._stale = True
+        self.recompute.mark_stale()
         if self.result is None:
             self._set_hint("Press Compute" if self.training else "")
         self._sync_buttons()
-        if not self.training:
-            self._auto_timer.start()
 
     def set_training(self, running: bool) -> None:
         """While training runs, surfaces are computed only on request (the CPU is busy)."""
         self.training = running
-        if not running and self._stale:
-            self._auto_timer.start()
+        self.recompute.set_training(running)
         self._sync_buttons()
 
     def clear(self) -> None:
         self.runner.cancel()
         self.run = None
         self.result = None
-        self._stale = False
+        self.recompute.clear()
         self.center.clear()
         for panel in self.panels.values():
             panel.clear()
@@ -407,18 +400,7 @@ class LandscapeView(QWidget):
         self._arrange(self.mode.currentData())
         if self.run is None:
             return
-        self._stale = True
-        if not self.training:
-            self._auto_timer.start()
-
-    def _auto_compute(self) -> None:
-        if self.isVisible() and self._stale and not self.training:
-            self.compute()
-
-    def showEvent(self, ev):
-        super().showEvent(ev)
-        if self._stale and not self.training:
-            self._auto_timer.start(0)
+        self.recompute.mark_stale()
 
     # -- computing -----------------------------------------------------------------------------------
     def request(self) -> LandscapeRequest | None:
@@ -435,7 +417,7 @@ class LandscapeView(QWidget):
             return False
         self._arrange(req.mode)
         req.task_index = min(req.task_index, req.tasks - 1)
-        self._stale = False
+        self.recompute.stale = False
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.status.setText("Computing…")
@@ -462,11 +444,11 @@ class LandscapeView(QWidget):
     def _on_cancelled(self, _tag: str) -> None:
         self.status.setText("Cancelled")
         self.progress.setValue(0)
-        self._stale = True
+        self.recompute.stale = True
 
     def _on_failed(self, _tag: str, message: str) -> None:
         self.status.setText(f"Failed: {message}")
-        self._stale = True
+        self.recompute.stale = True
 
     def _on_result(self, _tag: str, result: LandscapeResult) -> None:
         self.result = result
@@ -486,8 +468,7 @@ class LandscapeView(QWidget):
 
     def wait_until_idle(self, timeout_s: float = 120.0) -> bool:
         """Start a pending computation now and wait for it (screenshots, tests)."""
-        return run_pending_and_wait(self._auto_timer, self._stale and not self.runner.busy, self.compute,
-                                    self.runner, timeout_s)
+        return self.recompute.wait(self.runner, timeout_s)
 
     def shutdown(self) -> None:
         self._player.stop()
