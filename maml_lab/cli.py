@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-mode", choices=("grayscale", "rgb"), help="image channels (default grayscale)")
     t.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
                    help="augment training classes with 90/180/270 degree rotations (default on)")
+    t.add_argument("--option", nargs="+", metavar="ALGO.KEY=VALUE", default=[],
+                   help="an algorithm's own setting (plug-ins; `maml-lab list`), e.g. fomaml_momentum.momentum=0.8; "
+                        "VALUE is read as TOML (numbers, true/false, [lists]), else as text")
+    t.add_argument("--task-option", nargs="+", metavar="KEY=VALUE", default=[],
+                   help="a task family's own setting (plug-in families), e.g. slope=[-1,1]")
     t.add_argument("--out", type=Path, help="export path (.safetensors or .pt); several algorithms get a suffix")
     t.add_argument("--save-config", type=Path, help="also write the effective config as TOML")
     t.add_argument("--run-dir", type=Path, help="this run's folder: config, metrics.csv, checkpoints, exports, "
@@ -160,19 +165,49 @@ def _config_from_args(args, base: dict | None = None):
     names = list(args.algorithm) if args.algorithm else list(base.get("algorithms", {}) or ["maml"])
     if args.first_order:
         names = ["fomaml" if n == "maml" else n for n in names]
+    task_options = dict(base.get("task_options") or {})
+    task_options.update(_key_values(args.task_option, "--task-option"))
+    if task_options:
+        base["task_options"] = task_options
     overrides = {k: getattr(args, k) for k in ("inner_lr", "inner_steps", "test_inner_steps", "meta_lr",
                                                "inner_optimizer", "outer_lr_start", "outer_lr_end",
                                                "meta_lr_schedule", "step_loss_weights")}
     from_file = base.get("algorithms", {}) if isinstance(base.get("algorithms"), dict) else {}
+    options: dict[str, dict] = {}
+    for key, value in _key_values(args.option, "--option").items():
+        name, dot, option = key.partition(".")
+        if not dot or not option:
+            raise UsageError(f"--option takes ALGO.KEY=VALUE, got {key!r}")
+        if name not in names:
+            raise UsageError(f"--option {key}: {name} is not among the algorithms trained ({', '.join(names)})")
+        options.setdefault(name, {})[option] = value
     algos = {}
     for name in dict.fromkeys(names):
         opts = dict(from_file.get(name, {}) or {})
         opts.update({k: v for k, v in overrides.items() if v is not None})
+        opts.update(options.get(name, {}))
         algos[name] = opts  # unset values take the task's defaults (AlgorithmConfig.defaults(name, task))
     if not algos:
         raise UsageError("choose at least one algorithm")
     base["algorithms"] = algos
     return ExperimentConfig.from_dict(base)
+
+
+def _key_values(items: list[str], flag: str) -> dict:
+    """KEY=VALUE pairs; VALUE read as a TOML value (0.8, true, [-1, 1], "text"), else kept as text."""
+    import tomllib
+
+    out = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} takes KEY=VALUE, got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        out[key.strip()] = value
+    return out
 
 
 def _out_paths(out: Path | None, names: list[str]) -> dict[str, Path]:

@@ -87,6 +87,30 @@ def test_train_and_eval_with_the_example(example_site, tmp_path):
     assert "fomaml_momentum after 30 iterations" in ev.stdout and "MSE" in ev.stdout
 
 
+def test_plugin_options_from_the_command_line_reach_the_run_and_its_export(example_site, tmp_path):
+    out = tmp_path / "x.safetensors"
+    train = _run(["train", "--task", "line", "--algorithm", "fomaml_momentum", "--iterations", "5",
+                  "--meta-batch-size", "2", "--quiet", "--run-dir", tmp_path / "run", "--out", out, "--threads", "1",
+                  "--option", "fomaml_momentum.momentum=0.5", "--task-option", "slope=[-1, 1]"],
+                 example_site, PLUGIN_SRC)
+    assert train.returncode == 0, train.stderr
+    from maml_lab.core.export import load_initialization
+
+    _, meta, _ = load_initialization(out)
+    assert meta["hyperparameters"]["momentum"] == 0.5 and meta["hyperparameters"]["nesterov"] is True
+    assert meta["task"]["slope"] == [-1.0, 1.0] and meta["task"]["intercept"] == [-2.0, 2.0]
+    config = (tmp_path / "run" / "config.toml").read_text()
+    assert "[task_options]" in config and "momentum = 0.5" in config
+    bad = [(["--task-option", "slope=[3, 1]"], "low <= high"), (["--task-option", "tilt=1"], "has no option"),
+           (["--option", "fomaml_momentum.momentum=2"], "momentum"), (["--option", "maml.x=1"], "not among"),
+           (["--option", "fomaml_momentum.friction=1"], "unknown setting(s) for fomaml_momentum: friction (its own "
+                                                            "options: momentum, nesterov)")]
+    for extra, message in bad:
+        r = _run(["train", "--task", "line", "--algorithm", "fomaml_momentum", "--iterations", "2", "--quiet",
+                  "--run-dir", tmp_path / f"bad{len(message)}{extra[1][:4]}", *extra], example_site, PLUGIN_SRC)
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, (extra, r.stderr)
+
+
 def test_broken_plugins_are_one_line_each_and_skipped(tmp_path):
     pkg = tmp_path / "broken_plugin"
     pkg.mkdir()

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..core.algorithms.registry import algorithm_label
 from ..core.training.config import ExperimentConfig
-from ..core.training.metrics import TRAIN_FIELDS, VAL_FIELDS
+from ..core.training.metrics import chunk_from_logs
 from ..core.training.runs import RUNS_ENV, RunFolder, RunFolderError
 
 SETTINGS_KEY = "runs/root"
@@ -150,10 +150,11 @@ def summarize(folder: RunFolder, active: Path | None = None, now: float | None =
     if not isinstance(last, dict) or not last:
         last = {}
         try:  # run.json lost or written before the first checkpoint: the last rows of metrics.csv
-            for name, cols in folder.read_metrics().items():
-                if len(cols["iteration"]):
-                    last[name] = {k: float(v[-1]) for k, v in cols.items()}
-                    out.iteration = max(out.iteration, int(cols["iteration"][-1]))
+            for name, (train, _val) in folder.read_metrics_logs(capacity=2, tail=1).items():
+                rows = train.tail_rows()
+                if rows:
+                    last[name] = rows[-1]
+                    out.iteration = max(out.iteration, int(rows[-1]["iteration"]))
         except (RunFolderError, OSError, ValueError) as exc:
             out.problems.append(f"metrics.csv: {exc}")
     for name, m in last.items():
@@ -184,48 +185,6 @@ def list_summaries(root: Path, active: Path | None = None) -> list[RunSummary]:
 
 
 # -- opening a run -----------------------------------------------------------------------------------------
-def chunk_from_rows(runs: dict[str, tuple[list[dict], list[dict]]]) -> dict:
-    """A metrics chunk (the worker's progress format) of {name: (history, val_history)} metric dicts."""
-    chunk = {"train": {}, "val": {}}
-    for name, (history, val_history) in runs.items():
-        for target, rows, keys in ((chunk["train"], history, TRAIN_FIELDS), (chunk["val"], val_history, VAL_FIELDS)):
-            if not rows:
-                continue
-            cols = {"iteration": [int(r["iteration"]) for r in rows]}
-            for k in keys:
-                values = [float(r.get(k, math.nan)) for r in rows]
-                if "accuracy" not in k or any(math.isfinite(v) for v in values):
-                    cols[k] = values
-            target[name] = cols
-    return chunk
-
-
-def chunk_from_metrics(metrics: dict[str, dict[str, np.ndarray]]) -> dict:
-    """A metrics chunk of RunFolder.read_metrics(): training rows and validation rows apart."""
-    chunk = {"train": {}, "val": {}}
-    for name, cols in metrics.items():
-        it = cols.get("iteration")
-        if it is None or not len(it):
-            continue
-        for target, keys in ((chunk["train"], TRAIN_FIELDS), (chunk["val"], VAL_FIELDS)):
-            present = [k for k in keys if k in cols]
-            if not present:
-                continue
-            losses = [k for k in present if "loss" in k]
-            rows = np.zeros(len(it), bool)
-            for k in losses:
-                rows |= np.isfinite(cols[k])
-            if not rows.any():
-                continue
-            out = {"iteration": it[rows].astype(np.int64).tolist()}
-            for k in present:
-                values = cols[k][rows]
-                if "accuracy" not in k or np.isfinite(values).any():
-                    out[k] = values.tolist()
-            target[name] = out
-    return chunk
-
-
 def paths_from_checkpoint(tensors: dict, header: dict, config: ExperimentConfig, family=None):
     """The parameter paths a checkpoint recorded, as the worker hands them to the views (None if it has none)."""
     from .inside import PathData, RunPaths
@@ -286,7 +245,7 @@ def open_run(path: str | Path) -> OpenedRun:
         pass
     chunk = {"train": {}, "val": {}}
     try:
-        chunk = chunk_from_metrics(folder.read_metrics())
+        chunk = chunk_from_logs(folder.read_metrics_logs())  # bounded memory, however long the run
     except (RunFolderError, OSError, ValueError) as exc:
         if not any(p.startswith("metrics.csv") for p in problems):
             problems.append(f"metrics.csv: {exc}")

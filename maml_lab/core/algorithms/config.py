@@ -112,7 +112,8 @@ class AlgorithmConfig:
         options.update({k: v for k, v in data.items() if k in declared})
         extra = sorted(set(data) - known - set(declared))
         if strict and extra:
-            raise ValueError(f"unknown setting(s) for {name}: {', '.join(extra)}")
+            takes = f" (its own options: {', '.join(declared)})" if declared else ""
+            raise ValueError(f"unknown setting(s) for {name}: {', '.join(extra)}{takes}")
         return cls(**values, options=options)
 
 

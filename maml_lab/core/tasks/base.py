@@ -69,6 +69,9 @@ class TaskFamilyKind:
     algorithm_defaults: ClassVar[dict] = {}
     # what the playground shows: "curve" (click points on a 1-D function), "images" (the Tasks view), or None
     playground: ClassVar[str | None] = None
+    # settings of this family beyond ExperimentConfig's fields, and their defaults: ExperimentConfig.task_options
+    # (TOML [task_options], CLI --task-option KEY=VALUE), read with config.task_option(key)
+    option_defaults: ClassVar[dict] = {}
 
     @classmethod
     def validate(cls, config) -> None:

@@ -41,6 +41,8 @@ class ExperimentConfig:
     image_size: int = 28
     image_mode: str = "grayscale"  # or "rgb"
     rotations: bool = True  # training classes also appear rotated by 90, 180 and 270 degrees, as new classes
+    # settings a task family declares in its `option_defaults` (plug-in families); TOML table [task_options]
+    task_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for key, value in self.task_defaults(self.task).items():
@@ -80,7 +82,15 @@ class ExperimentConfig:
             raise ValueError(f"unknown dtype {self.dtype!r} (one of {', '.join(DTYPES)})")
         if self.image_mode not in IMAGE_MODES:
             raise ValueError(f"unknown image mode {self.image_mode!r} (one of {', '.join(IMAGE_MODES)})")
+        unknown = sorted(set(self.task_options) - set(kind.option_defaults))
+        if unknown:
+            raise ValueError(f"task family {self.task} has no option(s) {', '.join(unknown)}"
+                             + (f" (it takes {', '.join(kind.option_defaults)})" if kind.option_defaults else ""))
         kind.validate(self)
+
+    def task_option(self, key: str):
+        """A task-family setting: the config's value, else the family's declared default."""
+        return self.task_options.get(key, task_family(self.task).option_defaults[key])
 
     def algorithm(self, name: str) -> AlgorithmConfig:
         for a in self.algorithms:
@@ -93,6 +103,9 @@ class ExperimentConfig:
         data["algorithms"] = {a["name"]: {k: v for k, v in a.items() if k != "name"} for a in data["algorithms"]}
         if data["data"] is None:
             del data["data"]
+        options = {**task_family(self.task).option_defaults, **data.pop("task_options")}
+        if options:  # the built-in families take none: their TOML stays as it was
+            data["task_options"] = options
         return data
 
     @classmethod

@@ -69,10 +69,21 @@ class LineTasks(TaskFamilyKind):
     # lines are easier than sinusoids: fewer points and iterations suffice
     experiment_defaults = {"meta_batch_size": 10, "shots": 5, "queries": 10, "iterations": 5000}
     playground = "curve"  # the app's playground shows the initializations on 1-D inputs
+    # this family's own settings (TOML [task_options], CLI --task-option slope=[-1,1]), read with config.task_option
+    option_defaults = {"slope": [-2.0, 2.0], "intercept": [-2.0, 2.0]}
+
+    @classmethod
+    def validate(cls, config) -> None:
+        for key in cls.option_defaults:
+            value = config.task_option(key)
+            if not (isinstance(value, (list, tuple)) and len(value) == 2
+                    and all(isinstance(v, (int, float)) for v in value)):
+                raise ValueError(f"task option {key} must be a range [low, high], got {value!r}")
+            LineFamily(**{key: tuple(float(v) for v in value)})  # finite, low <= high, else a clear ValueError
 
     @classmethod
     def build(cls, config, progress=None, cancel=None) -> LineFamily:
-        return LineFamily()
+        return LineFamily(slope=tuple(config.task_option("slope")), intercept=tuple(config.task_option("intercept")))
 
     @classmethod
     def model(cls, config, family):
