@@ -17,6 +17,7 @@ from ..core.export import InitializationError, atomic_write_bytes, export_initia
 from ..core.training.config import ExperimentConfig
 from ..core.training.runs import RunFolder
 from ..lab.initializations import Initialization, adaptation_from_metadata
+from ..lab.playground import mlp_for_playground
 from ..lab.run_library import SETTINGS_KEY as RUNS_ROOT_KEY
 from ..lab.run_library import runs_root
 from .colors import algorithm_label
@@ -24,7 +25,6 @@ from .experiment_panel import FormError
 from .image_dialogs import DownloadDialog, ImageSetDialog
 from .past_runs import app_runs_folder
 from .plot_export import PLOT_FILTERS, render_plot
-from .preview import mlp_for_playground
 
 RECENT_LIMIT = 8
 INIT_FILTERS = [("safetensors + metadata", ".safetensors"), ("PyTorch state dict", ".pt")]

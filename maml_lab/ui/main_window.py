@@ -32,13 +32,13 @@ from PySide6.QtWidgets import (
 from ..core.training.config import ExperimentConfig
 from ..lab.initializations import Initialization, InitializationStore
 from ..lab.metrics_history import MetricsHistory
+from ..lab.playground import mlp_for_playground
 from . import actions
 from . import views as view_registry
 from .actions import icon
 from .colors import algorithm_label
 from .experiment_panel import ExperimentPanel
 from .file_actions import FileActions
-from .preview import mlp_for_playground
 from .run_controller import RunController, RunState, _html
 from .theme import STATE_STYLE
 from .worker import TrainingController

@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 
 from ..core.tasks.sinusoid import SinusoidFamily
 from ..lab.initializations import Initialization
+from ..lab.playground import MAX_STEPS, X_RANGE, Prediction, SupportTask, mlp_for_playground, predict
 from .colors import (
     POINT_COLOR,
     SELECTED_COLOR,
@@ -51,7 +52,6 @@ from .colors import (
     curve_pen,
     qcolor,
 )
-from .preview import MAX_STEPS, X_RANGE, Prediction, SupportTask, mlp_for_playground, predict
 from .slider_player import SliderPlayer
 from .theme import MUTED, style_plot
 

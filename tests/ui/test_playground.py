@@ -10,8 +10,8 @@ from PySide6.QtCore import Qt
 
 from maml_lab.core.models.mlp import MLP
 from maml_lab.lab.initializations import Initialization
+from maml_lab.lab.playground import SupportTask, predict
 from maml_lab.ui.playground import PlaygroundView, curve_from_stroke
-from maml_lab.ui.preview import SupportTask, predict
 
 from .helpers import RIGHT, click, drag
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..core.tasks.losses import mse_per_task
-from ..lab.initializations import Initialization
+from .initializations import Initialization
 
 X_RANGE = (-5.0, 5.0)
 MAX_STEPS = 20
