@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from maml_lab.cli import main
@@ -76,3 +77,28 @@ def test_corrupt_file_in_eval_is_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().startswith("maml-lab: error: bad.safetensors is not a readable safetensors file")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_eval_of_a_float64_export_runs_in_float64(tmp_path, capsys):
+    """The bug: eval on an initialization trained with --dtype float64 died with a dtype mismatch traceback."""
+    out = tmp_path / "f64.safetensors"
+    assert main(["train", "--iterations", "3", "--meta-batch-size", "2", "--dtype", "float64", "--quiet",
+                 "--run-dir", str(tmp_path / "run"), "--out", str(out)]) == 0
+    assert load_file(out)["0.weight"].dtype == torch.float64
+    capsys.readouterr()
+    assert main(["eval", str(out), "--tasks", "10", "--steps", "1", "2"]) == 0
+    table = capsys.readouterr().out
+    assert "SGD, inner lr 0.01" in table and len([line for line in table.splitlines() if "+-" in line]) == 3
+
+
+def test_eval_rebuilds_the_sinusoid_family_from_its_metadata(tmp_path):
+    """The phase fallback in eval was 3.14159; the family now comes from the export's own description."""
+    import math
+
+    from maml_lab.core.tasks.registry import task_family
+
+    family = task_family("sinusoid").from_description({"name": "sinusoid"})
+    assert family.phase == (0.0, math.pi)
+    family = task_family("sinusoid").from_description({"name": "sinusoid", "amplitude": [1.0, 2.0],
+                                                       "phase": [0.0, 1.0], "x_range": [-1.0, 1.0]})
+    assert (family.amplitude, family.phase, family.x_range) == ((1.0, 2.0), (0.0, 1.0), (-1.0, 1.0))

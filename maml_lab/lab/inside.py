@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..core.algorithms.adaptation import adapt
+from ..core.algorithms.config import test_trajectory
 from ..core.analysis.landscape import Surface, grid, surface
 from ..core.analysis.trajectory import Plane, pca_plane, random_plane, task_plane, unflatten
 from ..core.tasks.losses import accuracy_per_task, loss_function
@@ -166,34 +167,24 @@ def sample_tasks(family, num_tasks: int, shots: int, queries: int, seed: int):
     return family.sample(num_tasks, shots, queries, torch.Generator().manual_seed(seed))
 
 
-def adaptation_points(model, loss: str, theta, batch, steps: int, lr: float, plane: Plane | None = None,
-                      cancel: threading.Event | None = None, chunk: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Every task's parameters along `steps` SGD steps from theta: flattened [tasks, steps + 1, P], or with
-    `plane` their projections [tasks, steps + 1, 2] (a long fine-tuning of a big model never holds every step
-    in memory); and each step's query loss [tasks, steps + 1]. Runs `chunk` steps at a time and stops early
-    (raising Cancelled) when `cancel` is set, so a long fine-tuning never holds up a newer request."""
+def adaptation_points(model, loss: str, theta, batch, steps: int, adaptation, plane: Plane | None = None,
+                      cancel: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every task's parameters along `steps` test-time steps from theta (`adaptation`: the algorithm's config, so
+    each adapts by its own rule, or an SGD step size): flattened [tasks, steps + 1, P], or with `plane` their
+    projections [tasks, steps + 1, 2] (a long fine-tuning of a big model never holds every step in memory); and
+    each step's query loss [tasks, steps + 1]. Stops early (raising Cancelled) when `cancel` is set, so a long
+    fine-tuning never holds up a newer request."""
     from .jobs import Cancelled
 
     loss_fn = loss_function(loss)
-    fast = OrderedDict((k, v.detach().unsqueeze(0).expand(batch.num_tasks, *v.shape)) for k, v in theta.items())
     points, losses = [], []
-
-    def keep(p) -> None:
+    for p in test_trajectory(adaptation, model, loss_fn, theta, batch.x_support, batch.y_support, steps):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled()
         flat = torch.cat([v.detach().reshape(v.shape[0], -1).double() for v in p.values()], 1).numpy()
         points.append(flat if plane is None else plane.project(flat))
         with torch.no_grad():
             losses.append(loss_fn(model.forward(p, batch.x_query), batch.y_query).double().numpy())
-
-    keep(fast)
-    done = 0
-    while done < steps:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled()
-        n = min(chunk, steps - done)
-        res = adapt(model, loss_fn, fast, batch.x_support, batch.y_support, n, lr, keep_path=True, batched=True)
-        for p in res.path[1:]:
-            keep(p)
-        fast, done = res.params, done + n
     return np.stack(points, 1), np.stack(losses, 1)
 
 
@@ -210,12 +201,13 @@ def task_arrows(run: RunPaths, plane: Plane, name: str, index: int, num_tasks: i
     if num_tasks < 1 or run.family is None:
         return out
     batch = sample_tasks(run.family, num_tasks, run.shots, run.queries, ARROW_SEED)
-    lr = run.inner_lr(name)
-    points, losses = adaptation_points(model, run.loss, theta, batch, run.inner_steps(name), lr, plane, cancel)
+    adaptation = run.adaptation(name)
+    points, losses = adaptation_points(model, run.loss, theta, batch, run.inner_steps(name), adaptation, plane,
+                                       cancel)
     out.losses = losses
     out.steps = list(points)
     if optimum_steps > 0:
-        points, _ = adaptation_points(model, run.loss, theta, batch, optimum_steps, lr, plane, cancel)
+        points, _ = adaptation_points(model, run.loss, theta, batch, optimum_steps, adaptation, plane, cancel)
         out.optimum = list(points)
     for s in out.steps + out.optimum:  # every path starts exactly at the checkpoint
         s[0] = start

@@ -222,3 +222,42 @@ def test_step_loss_weights_weight_the_query_loss_after_each_inner_step(first_ord
 def test_invalid_step_loss_weights_are_refused(bad):
     with pytest.raises(ValueError, match="step-loss-weights"):
         AlgorithmConfig(**{"name": "maml", "inner_steps": 2, **bad})
+
+
+def _per_task_adam(model, params, batch, steps, lr):
+    """Reference: a separate torch.optim.Adam (beta1 = 0) per task, as supervised-reptile adapts."""
+    out = []
+    for i in range(batch.num_tasks):
+        p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+        opt = torch.optim.Adam(list(p.values()), lr=lr, betas=(0.0, 0.999), eps=1e-8)
+        for _ in range(steps):
+            opt.zero_grad()
+            pred = model.forward({k: v.unsqueeze(0) for k, v in p.items()}, batch.x_support[i:i + 1])
+            mse_per_task(pred, batch.y_support[i:i + 1]).sum().backward()
+            opt.step()
+        out.append({k: v.detach() for k, v in p.items()})
+    return out
+
+
+def test_reptile_with_inner_adam_fine_tunes_with_adam_in_evaluation_and_validation():
+    """The bug: Reptile trained with inner Adam was validated, evaluated and previewed with SGD."""
+    from maml_lab.core.algorithms.config import test_adapt, test_trajectory
+    from maml_lab.core.analysis.evaluation import per_task_curve
+
+    model, params, batch = setup()
+    cfg = AlgorithmConfig("reptile", inner_lr=0.02, inner_steps=3, inner_optimizer="adam")
+    adapted = test_adapt(cfg, model, mse_per_task, params, batch.x_support, batch.y_support, 4)
+    reference = _per_task_adam(model, params, batch, 4, 0.02)
+    for i, ref in enumerate(reference):
+        for k in params:
+            torch.testing.assert_close(adapted[k][i], ref[k], rtol=1e-10, atol=1e-12)
+    sgd = test_adapt(AlgorithmConfig("reptile", inner_lr=0.02, inner_steps=3), model, mse_per_task, params,
+                     batch.x_support, batch.y_support, 4)
+    assert not torch.allclose(sgd["0.weight"], adapted["0.weight"])
+    steps = list(test_trajectory(cfg, model, mse_per_task, params, batch.x_support, batch.y_support, 4))
+    assert len(steps) == 5 and torch.equal(steps[-1]["0.weight"], adapted["0.weight"])
+    losses, _ = per_task_curve(model, "mse", params, batch, 4, cfg)  # what validation and eval call
+    with torch.no_grad():
+        expected = [mse_per_task(model.forward({k: v.unsqueeze(0) for k, v in ref.items()}, batch.x_query[i:i + 1]),
+                                 batch.y_query[i:i + 1]).item() for i, ref in enumerate(reference)]
+    assert losses[-1] == pytest.approx(expected, rel=1e-9)
