@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train --iterations offscreen, save a picture of the window to PATH and exit")
     p.add_argument("--iterations", type=_positive_int, help="meta-iterations (with --screenshot: default 2000)")
     p.add_argument("--view", choices=view_names(), default="playground", help="the view a screenshot shows")
-    p.add_argument("--task", choices=("sinusoid", "images"),
+    from .core.tasks.registry import task_names  # no Qt: the registries live in the core
+
+    p.add_argument("--task", choices=task_names(),
                    help="the task family (images: the built-in glyphs); a screenshot of --view tasks uses images")
     p.add_argument("--size", default="1440x900", help="window size of a screenshot, WIDTHxHEIGHT")
     p.add_argument("--seed", type=int, default=7, help="seed of the screenshot's playground task")

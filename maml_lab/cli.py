@@ -261,23 +261,18 @@ def _metrics_text(name: str, m: dict, val: dict) -> str:
 
 
 def _load_family(config, quiet: bool):
-    """The config's task family; image sets show loading progress on stderr."""
+    """The config's task family, built by its registry entry; what it loads shows progress on stderr, and what it
+    built is reported in one line."""
+    from .core.tasks.images import _LoadProgress
+    from .core.tasks.registry import task_family
     from .core.training.trainer import make_family
 
-    if config.task != "images":
-        return make_family(config)
-    from .core.tasks.images import _LoadProgress
-
-    what = Path(config.data).name if config.data else "the built-in glyph set"
-    progress = None if quiet else _LoadProgress(f"loading {what}")
-    family = make_family(config, progress=progress)
-    if not quiet:
-        split = family.info.get("split", {})
-        rot = family.info.get("rotations") or []
-        print(f"{what}: {split.get('train_classes')} training classes"
-              f"{f' (x{len(rot) + 1} with rotations: {family.image_set.num_classes})' if rot else ''}, "
-              f"{split.get('heldout_classes')} held out for validation and eval; images "
-              f"{'x'.join(str(s) for s in family.input_shape)}", file=sys.stderr)
+    kind = task_family(config.task)
+    label = kind.loading_label(config)
+    family = make_family(config, progress=_LoadProgress(label) if label and not quiet else None)
+    report = kind.build_report(config, family)
+    if report and not quiet:
+        print(report, file=sys.stderr)
     return family
 
 
@@ -346,7 +341,9 @@ def _train(args, world, main_rank: bool) -> int:
               f"meta-batch, {share} on rank 0", file=sys.stderr)
     if not args.quiet:
         names = ", ".join(a.name for a in config.algorithms)
-        what = f"{config.ways}-way {config.shots}-shot images" if config.task == "images" else config.task
+        from .core.tasks.registry import task_family
+
+        what = task_family(config.task).tasks_text(config)
         print(f"training {names} on {what} for {config.iterations} iterations on {trainer.device}; "
               f"run folder {session.folder.path}", file=sys.stderr)
     if world is not None:  # ranks must stop together: Ctrl+C ends the job, --resume continues it

@@ -90,7 +90,12 @@ class RunSummary:
         return {n: values[n] for n in order}
 
     def task_text(self) -> str:
-        return {"sinusoid": "Sinusoid", "images": "Images"}.get(self.task, self.task or "?")
+        from ..core.tasks.registry import TASKS
+
+        if self.task in TASKS:
+            kind = TASKS.get(self.task)
+            return kind.short_label or kind.label or self.task
+        return self.task or "?"
 
     def algorithms_text(self) -> str:
         return ", ".join(algorithm_label(a) for a in self.algorithms) or "?"
@@ -214,7 +219,9 @@ def paths_from_checkpoint(tensors: dict, header: dict, config: ExperimentConfig,
         paths[name] = PathData(np.asarray(its.tolist(), dtype=np.int64), rows, metrics)
     if not paths:
         return None
-    loss = "mse" if config.task == "sinusoid" else "cross_entropy"
+    from ..core.tasks.registry import task_family
+
+    loss = task_family(config.task).loss
     return RunPaths(int(header.get("iteration", 0)), int(config.iterations), dict(header.get("model") or {}), loss,
                     config.task, config.shots, config.queries, paths,
                     {a.name: a.to_dict() for a in config.algorithms}, family, family)
@@ -262,7 +269,9 @@ def open_run(path: str | Path) -> OpenedRun:
             if config is None:  # the checkpoint knows its experiment too
                 config = ExperimentConfig.from_dict(header.get("config") or {})
             family = None
-            if config.task == "sinusoid":
+            from ..core.tasks.registry import task_family
+
+            if task_family(config.task).cheap_to_build:  # image sets are not reloaded just to open a run
                 from ..core.training.trainer import make_family
 
                 family = make_family(config)

@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.algorithms.config import AlgorithmConfig
-from ..core.algorithms.registry import ALGORITHMS, algorithm_names
+from ..core.algorithms.registry import ALGORITHMS, algorithm_class, algorithm_names
 from ..core.models.mlp import ACTIVATIONS
 from ..core.registry import BUILTIN
 from ..core.tasks.registry import TASKS, task_family
@@ -105,8 +105,8 @@ class AlgorithmColumn:
             f"QCheckBox::indicator {{ width: 13px; height: 13px; border: 1px solid #B8BFC7; border-radius: 3px;"
             f" background: white; }}")
         self.inner_lr = self._line("inner learning rate α: the SGD step size of adaptation")
-        self.inner_steps = _spin(0 if name == "pretrained" else 1, 1000, tip="inner SGD steps during meta-training"
-                                 + (" (Reptile's k)" if name == "reptile" else ""))
+        self.inner_steps = _spin(algorithm_class(name).min_inner_steps, 1000,
+                                 tip="inner steps during meta-training (Reptile's k)")
         self.test_steps = _spin(0, 1000, tip="inner SGD steps at evaluation / test time")
         self.algorithm = ALGORITHMS.get(name)
         # the outer-step field: which config field, its name and tooltip, as the algorithm declares them

@@ -11,6 +11,7 @@ import enum
 import math
 from pathlib import Path
 
+from ..core.tasks.registry import TASKS, task_family
 from ..core.training.config import ExperimentConfig
 from ..core.training.runs import RunFolder, RunFolderError
 from ..lab.run_library import open_run as read_run
@@ -111,8 +112,9 @@ class RunController:
         self.opened_run = None
         self.w._show_folder(None)
         self.w.history.clear()
-        self.w.plots.reset([a.name for a in config.algorithms], config.iterations,
-                         "MSE" if config.task == "sinusoid" else "cross-entropy", accuracy=config.task == "images")
+        kind = task_family(config.task)
+        self.w.plots.reset([a.name for a in config.algorithms], config.iterations, kind.loss_label,
+                           accuracy=kind.metric == "accuracy")
         self.w._clear_inside_views()
         self.w.views_call("set_training", True)
         self.w.views_call("set_experiment", config)
@@ -297,8 +299,9 @@ class RunController:
         self.w.message_bar.clear()
         self._failure = ""
         self.w.history.clear()
-        self.w.plots.reset(names, total or None, "MSE" if task == "sinusoid" else "cross-entropy",
-                         accuracy=task == "images")
+        kind = task_family(task) if task in TASKS else None
+        self.w.plots.reset(names, total or None, kind.loss_label if kind else "loss",
+                           accuracy=kind is not None and kind.metric == "accuracy")
         self.w.history.add_chunk(run.chunk)
         self.w.plots.mark_dirty()
         self.w._clear_inside_views()

@@ -37,6 +37,7 @@ class MetaAlgorithm:
     task_defaults: ClassVar[dict[str, dict]] = {}
     option_defaults: ClassVar[dict] = {}  # algorithm-specific settings (AlgorithmConfig.options) and defaults
     multi_step_loss: ClassVar[bool] = False  # takes step_loss_weights (MAML++'s multi-step loss)
+    min_inner_steps: ClassVar[int] = 1  # the pretrained baseline trains without inner steps (0)
     # the panel's outer-step field: which config field, and its name there
     outer_lr_field: ClassVar[str] = "meta_lr"
     outer_lr_label: ClassVar[str] = "meta lr β"

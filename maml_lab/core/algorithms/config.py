@@ -48,8 +48,8 @@ class AlgorithmConfig:
             value = getattr(self, key)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{key.replace('_', '-')} must be >= 0, got {value}")
-        if self.inner_steps < 1 and self.name != "pretrained":
-            raise ValueError(f"inner-steps must be >= 1, got {self.inner_steps}")
+        if self.inner_steps < cls.min_inner_steps:
+            raise ValueError(f"inner-steps must be >= {cls.min_inner_steps}, got {self.inner_steps}")
         if self.test_inner_steps < 0:
             raise ValueError(f"test-inner-steps must be >= 0, got {self.test_inner_steps}")
         if self.meta_lr_schedule not in ("constant", "cosine"):

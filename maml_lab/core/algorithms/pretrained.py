@@ -19,6 +19,7 @@ class Pretrained(MetaAlgorithm):
     label = "Pretrained"
     color = "#D55E00"  # Okabe-Ito vermillion
     description = "the MAML paper's baseline: one network trained on all tasks' data, fine-tuned at test time"
+    min_inner_steps = 0  # inner steps only score it (post-adaptation metrics), training never adapts
 
     def meta_step(self, params, batch, iteration: int = 0) -> dict:
         cfg = self.config

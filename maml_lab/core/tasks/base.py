@@ -59,6 +59,7 @@ class TaskFamilyKind:
 
     name: ClassVar[str] = ""
     label: ClassVar[str] = ""
+    short_label: ClassVar[str] = ""  # for table columns (default: label)
     description: ClassVar[str] = ""
     loss: ClassVar[str] = "mse"  # a name in tasks.losses.LOSSES: what inner and outer loops minimize
     loss_label: ClassVar[str] = "MSE"  # how plots name that loss
@@ -72,6 +73,23 @@ class TaskFamilyKind:
     # settings of this family beyond ExperimentConfig's fields, and their defaults: ExperimentConfig.task_options
     # (TOML [task_options], CLI --task-option KEY=VALUE), read with config.task_option(key)
     option_defaults: ClassVar[dict] = {}
+    # True when `build` takes milliseconds (nothing to load): views and the run library rebuild it at will
+    cheap_to_build: ClassVar[bool] = True
+
+    @classmethod
+    def tasks_text(cls, config) -> str:
+        """What a run trains on, in a few words (CLI and status lines), e.g. '5-way 1-shot images'."""
+        return cls.name
+
+    @classmethod
+    def loading_label(cls, config) -> str | None:
+        """What `build` loads, for a progress line ('loading images_background.zip'); None: nothing to load."""
+        return None
+
+    @classmethod
+    def build_report(cls, config, family) -> str | None:
+        """One line the CLI prints once the family is built (what was loaded, how it was split); None: nothing."""
+        return None
 
     @classmethod
     def validate(cls, config) -> None:

@@ -265,6 +265,7 @@ class ImageTasks(TaskFamilyKind):
 
     name = "images"
     label = "Images (few-shot classification)"
+    short_label = "Images"
     description = "N-way K-shot classification on Omniglot, a class-per-folder set or the built-in glyphs"
     loss = "cross_entropy"
     loss_label = "cross-entropy"
@@ -274,6 +275,25 @@ class ImageTasks(TaskFamilyKind):
     experiment_defaults = {"meta_batch_size": 32, "shots": 1, "queries": 5, "iterations": 60000}
     algorithm_defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "meta_lr": 1e-3}
     playground = "images"
+    cheap_to_build = False  # an image set loads (and may be decoded) first
+
+    @classmethod
+    def tasks_text(cls, config) -> str:
+        return f"{config.ways}-way {config.shots}-shot images"
+
+    @classmethod
+    def loading_label(cls, config) -> str | None:
+        return f"loading {Path(config.data).name if config.data else 'the built-in glyph set'}"
+
+    @classmethod
+    def build_report(cls, config, family) -> str | None:
+        what = Path(config.data).name if config.data else "the built-in glyph set"
+        split = family.info.get("split", {})
+        rot = family.info.get("rotations") or []
+        return (f"{what}: {split.get('train_classes')} training classes"
+                f"{f' (x{len(rot) + 1} with rotations: {family.image_set.num_classes})' if rot else ''}, "
+                f"{split.get('heldout_classes')} held out for validation and eval; images "
+                f"{'x'.join(str(s) for s in family.input_shape)}")
 
     @classmethod
     def validate(cls, config) -> None:

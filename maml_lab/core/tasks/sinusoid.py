@@ -84,6 +84,7 @@ class SinusoidTasks(TaskFamilyKind):
 
     name = "sinusoid"
     label = "Sinusoid regression"
+    short_label = "Sinusoid"
     description = "y = A sin(x - phase), A ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5] (MAML paper, Sec. 5.1)"
     loss = "mse"
     loss_label = "MSE"
