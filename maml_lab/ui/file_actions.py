@@ -7,6 +7,7 @@ a run trains, and the main window only wires it to actions.
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -14,6 +15,7 @@ from PySide6.QtWidgets import QFileDialog, QInputDialog
 
 from ..core.algorithms.registry import ALGORITHMS
 from ..core.export import InitializationError, atomic_write_bytes, export_initialization, load_initialization
+from ..core.tasks.registry import task_family
 from ..core.training.config import ExperimentConfig
 from ..core.training.runs import RunFolder
 from ..lab.initializations import Initialization, adaptation_from_metadata
@@ -34,7 +36,14 @@ class FileActions:
     """The File menu of `window` (a MainWindow): its settings, status bar and views."""
 
     def __init__(self, window):
-        self.w = window
+        # a weak reference: the window owns this object, and a cycle would leave the window (and its Qt objects)
+        # to Python's cyclic garbage collector, which then deletes them at some later moment, in the middle of
+        # whatever Qt is doing (a segfault, seen in the UI tests)
+        self._window = weakref.ref(window)
+
+    @property
+    def w(self):
+        return self._window()
 
     def last_dir(self) -> str:
         d = str(self.w.settings.value("paths/last_dir", "") or "")
@@ -328,7 +337,7 @@ class FileActions:
             self.w._error("Cannot open image set", "Stop training before choosing another image set.")
             return None
         config, _ = self.w.panel.try_config()
-        if config is not None and config.task == "images":
+        if config is not None and task_family(config.task).playground == "images":
             values = {"image_size": config.image_size, "image_mode": config.image_mode, "ways": config.ways,
                       "shots": config.shots, "queries": config.queries}
         else:

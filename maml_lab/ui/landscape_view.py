@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core.tasks.registry import TASKS, task_family
 from ..lab.inside import (
     PLANE_LABELS,
     PLANES,
@@ -499,7 +500,8 @@ class LandscapeView(QWidget):
         hi_clip = float(np.percentile(finite, 99.0)) if finite.size > 50 else hi
         hi = hi_clip if hi_clip > lo else hi
         levels = contour_levels(lo, hi, 12)
-        loss = "MSE" if r.request.run.loss == "mse" else "cross-entropy"
+        task = r.request.run.task
+        loss = task_family(task).loss_label if task in TASKS else r.request.run.loss
         self.colorbar.getAxis("left").setLabel(f"{loss} (log scale)" if self.log_scale.isChecked() else loss)
         # log scale: the image holds log10(loss); the colour bar's ticks are labelled in loss units
         self.colorbar.axis.setTicks([log_ticks(lo, hi)] if self.log_scale.isChecked() else None)

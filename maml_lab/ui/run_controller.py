@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import weakref
 from pathlib import Path
 
 from ..core.tasks.registry import TASKS, task_family
@@ -54,7 +55,10 @@ class RunController:
     """Drives `controller` (a worker.TrainingController) for `window` and keeps what the current run left."""
 
     def __init__(self, window, controller):
-        self.w = window
+        # a weak reference: the window owns this object, and a cycle would leave the window (and its Qt objects)
+        # to Python's cyclic garbage collector, which then deletes them at some later moment, in the middle of
+        # whatever Qt is doing (a segfault, seen in the UI tests)
+        self._window = weakref.ref(window)
         self.controller = controller
         self.state = RunState.IDLE
         self.run_folder: Path | None = None  # the folder the current (or last) run trains into
@@ -72,6 +76,10 @@ class RunController:
                              (controller.finished, self._on_finished), (controller.failed, self._on_failed),
                              (controller.loading, self._on_loading), (controller.refused, self._on_refused)):
             signal.connect(slot)
+
+    @property
+    def w(self):
+        return self._window()
 
     @property
     def running(self) -> bool:

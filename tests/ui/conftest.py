@@ -63,3 +63,18 @@ def window(qtbot, settings):
     qtbot.waitExposed(w)
     yield w
     w.close()
+
+
+@pytest.fixture(autouse=True)
+def _collect_qt_garbage(qapp):
+    """After each test (and after qtbot closed its widgets): delete what was scheduled for deletion and collect the
+    reference cycles (windows held by the closures they connect) now. Left to the cyclic garbage collector, a
+    window's Qt objects would be deleted at a random moment of a later test, which segfaults."""
+    yield
+    import gc
+
+    from PySide6.QtCore import QCoreApplication, QEvent
+
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    QCoreApplication.processEvents()
+    gc.collect()
