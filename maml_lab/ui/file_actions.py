@@ -191,9 +191,12 @@ class FileActions:
                                                             PLOT_FILTERS)
         if path is None:
             return None
+        return self._save(path, lambda: render_plot(view.export_item(), path.suffix.lower()))
+
+    def _save(self, path: Path, data) -> Path | None:
+        """Write `data()` (bytes) to `path` atomically; a failure is a dialog and leaves any old file intact."""
         try:
-            data = render_plot(view.export_item(), path.suffix.lower())
-            atomic_write_bytes(path, data)
+            atomic_write_bytes(path, data())
         except OSError as exc:
             self.write_error(path, exc)
             return None
@@ -208,17 +211,10 @@ class FileActions:
         path = Path(path) if path else self.ask_save_path("Export metrics", "maml-lab-metrics.csv", [("CSV", ".csv")])
         if path is None:
             return None
-        try:
-            # the run folder's metrics.csv has every row; the history held in memory bins long runs
-            folder = self.w.run_folder
-            source = RunFolder(folder).metrics_path if folder is not None else None
-            atomic_write_bytes(path, self.w.history.to_csv(source).encode("utf-8"))
-        except OSError as exc:
-            self.write_error(path, exc)
-            return None
-        self.remember_dir(path)
-        self.w.statusBar().showMessage(f"Saved {path}", 5000)
-        return path
+        # the run folder's metrics.csv has every row; the history held in memory bins long runs
+        folder = self.w.run_folder
+        source = RunFolder(folder).metrics_path if folder is not None else None
+        return self._save(path, lambda: self.w.history.to_csv(source).encode("utf-8"))
 
     def save_config(self, path: str | None = None) -> Path | None:
         try:
