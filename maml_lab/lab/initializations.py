@@ -127,22 +127,21 @@ class InitializationStore:
         """Forget every initialization (of one source: "trained", "imported", "checkpoint")."""
         self.remove(*[k for k, v in self._items.items() if source is None or v.source == source])
 
-    def update_from_snapshot(self, snap: dict) -> list[Initialization]:
-        """A training run's latest parameters ({"params", "model", "algorithms", "metadata"}, as the training
-        session sends them) become the "trained" initializations, one per algorithm."""
+    def update_from_snapshot(self, snap) -> list[Initialization]:
+        """A training run's latest parameters (a messages.Snapshot) become the "trained" initializations, one per
+        algorithm, each adapting by its own algorithm's rule."""
         try:
-            model = self.model_for(snap.get("model") or {})
+            model = self.model_for(snap.model or {})
         except ValueError:
             return []
-        configs = snap.get("algorithms") or {}
         inits = []
-        for name, params in snap["params"].items():
-            config = configs.get(name)
+        for name, params in snap.params.items():
+            config = snap.algorithms.get(name)
             if isinstance(config, dict):
                 config = AlgorithmConfig.from_dict({**config, "name": name})
             adaptation = config if config is not None else DEFAULT_INNER_LR
             inits.append(Initialization(name, name, _label(name), model, params, adaptation, "trained",
-                                        (snap.get("metadata") or {}).get(name, {})))
+                                        snap.metadata.get(name, {})))
         self.put(*inits)
         return inits
 

@@ -19,40 +19,16 @@ from __future__ import annotations
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.training.checkpoint import load_checkpoint
 from ..core.training.config import ExperimentConfig
 from ..core.training.runs import RunFolder, RunLogger, default_runs_root, new_run_name, unique_path
 from ..core.training.trainer import Trainer, make_family
+from .messages import Progress
 
 CHECKPOINT_EVERY = 1000  # iterations between checkpoints (and one at the end)
 TERMINAL_STATES = ("finished", "stopped", "diverged", "failed")
-
-
-@dataclass
-class Progress:
-    """What the Trainer reports after an iteration (throttled by the listener, not here)."""
-
-    state: str  # running, paused, finished, stopped, diverged, failed
-    iteration: int
-    total: int
-    tasks_per_s: float
-    eta_s: float
-    elapsed_s: float
-    reason: str = ""
-    metrics: dict[str, dict] = field(default_factory=dict)  # algorithm -> TRAIN_FIELDS (+ "iteration")
-    val: dict[str, dict] = field(default_factory=dict)  # algorithm -> VAL_FIELDS (+ "iteration"), when validated
-
-    @classmethod
-    def from_trainer(cls, p: dict) -> "Progress":
-        return cls(p["state"], p["iteration"], p["total"], p["tasks_per_s"], p["eta_s"], p["elapsed_s"],
-                   p.get("reason", ""), p.get("metrics") or {}, p.get("val") or {})
-
-    @property
-    def final(self) -> bool:
-        return self.state != "running"
 
 
 class TrainingSession:

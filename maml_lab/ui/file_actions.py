@@ -81,7 +81,7 @@ class FileActions:
         return Path(path) if path else None
 
     def exportable(self) -> list[str]:
-        return list(self.w.latest_snapshot["params"]) if self.w.latest_snapshot else []
+        return list(self.w.latest_snapshot.params) if self.w.latest_snapshot else []
 
     def export_initialization(self, name: str | None = None) -> list[Path]:
         """Export one algorithm's initialization (all of them with `name='*'`); returns the files written."""
@@ -100,7 +100,7 @@ class FileActions:
                     return []
                 name = "*" if choice == labels[-1] else names[labels.index(choice)]
         snap = self.w.latest_snapshot
-        stem = f"{name if name != '*' else 'maml-lab'}-{snap['iteration']}it"
+        stem = f"{name if name != '*' else 'maml-lab'}-{snap.iteration}it"
         title = "Export initialization" + (f" of {algorithm_label(name)}" if name != "*" else "s")
         path = self.ask_save_path(title, f"{stem}.safetensors", INIT_FILTERS)
         if path is None:
@@ -110,7 +110,7 @@ class FileActions:
         written = []
         for n, target in targets.items():
             try:
-                export_initialization(target, snap["params"][n], snap["metadata"].get(n, {}))
+                export_initialization(target, snap.params[n], snap.metadata.get(n, {}))
             except OSError as exc:
                 self.write_error(target, exc)
                 return written

@@ -293,11 +293,11 @@ class MainWindow(QMainWindow):
         return self.run_control.running
 
     @property
-    def latest_snapshot(self) -> dict | None:
+    def latest_snapshot(self):  # lab.messages.Snapshot | None
         return self.run_control.latest_snapshot
 
     @property
-    def last_progress(self) -> dict | None:
+    def last_progress(self):  # lab.messages.RunProgress | None
         return self.run_control.last_progress
 
     @property

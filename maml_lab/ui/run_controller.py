@@ -15,6 +15,7 @@ from pathlib import Path
 from ..core.tasks.registry import TASKS, task_family
 from ..core.training.config import ExperimentConfig
 from ..core.training.runs import RunFolder, RunFolderError
+from ..lab.messages import Loading, RunEnded, RunProgress, RunStarted, Snapshot
 from ..lab.run_library import open_run as read_run
 from .colors import algorithm_label
 
@@ -66,8 +67,8 @@ class RunController:
         self._resuming: dict | None = None  # a resume request not started yet: what to restore if it is refused
         self._opened_keys: list[str] = []  # the playground / Tasks entries of the opened run's exports
         self.run_config: ExperimentConfig | None = None
-        self.latest_snapshot: dict | None = None
-        self.last_progress: dict | None = None
+        self.latest_snapshot: Snapshot | None = None
+        self.last_progress: RunProgress | None = None
         self._failure = ""
         self._reset_after_stop = False
         self._device: str | None = None
@@ -167,35 +168,35 @@ class RunController:
         self.w.progress_label.setText("Ready")
         self._set_state(RunState.IDLE)
 
-    def _on_started(self, info: dict) -> None:
-        if info.get("config") is not None:  # a resumed run: its views start from the restored history
+    def _on_started(self, info: RunStarted) -> None:
+        if info.config is not None:  # a resumed run: its views start from the restored history
             self._begin_resumed_views(info)
-        self._device = info.get("device", "")
-        folder = info.get("run_folder")
+        self._device = info.device
+        folder = info.run_folder
         self.run_folder = Path(folder) if folder else None
         self.w._show_folder(self.run_folder)
-        if folder and info.get("config") is None:  # (a resumed run says where it resumes instead)
+        if folder and info.config is None:  # (a resumed run says where it resumes instead)
             self.w.statusBar().showMessage(f"Run folder: {folder}", 8000)
-        elif info.get("run_folder_error"):
+        elif info.run_folder_error:
             self.w.message_bar.show_message(
-                "warning", f"<b>No run folder</b>: {_html(info['run_folder_error'])}. Training goes on, but this run "
+                "warning", f"<b>No run folder</b>: {_html(info.run_folder_error)}. Training goes on, but this run "
                 "leaves no metrics, checkpoints or exports on disk and cannot be resumed. Choose another runs folder "
                 "in File ▸ Past runs ▸ Change….")
         self.w._sync_device_label()
         if self.state is RunState.STARTING:
             self._set_state(RunState.RUNNING)
 
-    def _begin_resumed_views(self, info: dict) -> None:
-        config = info["config"]
+    def _begin_resumed_views(self, info: RunStarted) -> None:
+        config = info.config
         self._resuming = None
         self.w.message_bar.clear()
         self._failure = ""
         self._begin_run_views(config)
         self.w.panel.set_config(config)  # the form shows the run's experiment (locked while it trains)
-        self.w.history.add_chunk(info.get("history") or {})
+        self.w.history.add_chunk(info.history or {})
         self.w.plots.mark_dirty()
-        name = Path(info["run_folder"]).name if info.get("run_folder") else "the run"
-        at = info.get("resumed_at")
+        name = Path(info.run_folder).name if info.run_folder else "the run"
+        at = info.resumed_at
         self.w.progress.setValue(int(at or 0))
         self.w.progress_label.setText(f"{int(at or 0):,} / {config.iterations:,} iterations · resuming…")
         if at is None:
@@ -204,37 +205,37 @@ class RunController:
         else:
             self.w.statusBar().showMessage(f"Resuming {name} at iteration {int(at):,} of {config.iterations:,}", 8000)
 
-    def _on_progress(self, p: dict) -> None:
+    def _on_progress(self, p: RunProgress) -> None:
         self.last_progress = p
-        self.w.history.add_chunk(p.get("chunk") or {})
+        self.w.history.add_chunk(p.chunk)
         self.w.plots.mark_dirty()
-        total = max(int(p["total"]), 1)
+        total = max(int(p.total), 1)
         self.w.progress.setRange(0, total)
-        self.w.progress.setValue(int(p["iteration"]))
-        if p["state"] == "running":
-            rate = p.get("tasks_per_s", 0.0)
+        self.w.progress.setValue(int(p.iteration))
+        if p.state == "running":
+            rate = p.tasks_per_s
             rate_text = f"{rate:,.0f} tasks/s" if rate > 0 else "measuring…"
-            self.w.progress_label.setText(f"{int(p['iteration']):,} / {total:,} iterations · {rate_text} · "
-                                        f"ETA {format_duration(p.get('eta_s', 0.0))}")
-        elif p["state"] == "paused":
-            self.w.progress_label.setText(f"{int(p['iteration']):,} / {total:,} iterations · paused")
+            self.w.progress_label.setText(f"{p.iteration:,} / {total:,} iterations · {rate_text} · "
+                                        f"ETA {format_duration(p.eta_s)}")
+        elif p.state == "paused":
+            self.w.progress_label.setText(f"{p.iteration:,} / {total:,} iterations · paused")
         if not self.w.act_export_metrics.isEnabled() and self.w.history.algorithms:
             self.w._sync_actions()
 
-    def _on_snapshot(self, snap: dict) -> None:
+    def _on_snapshot(self, snap: Snapshot) -> None:
         self.latest_snapshot = snap
         self.w.inits.update_from_snapshot(snap)
         if not self.w.act_export.isEnabled():
             self.w._sync_actions()
 
-    def _on_loading(self, info: dict) -> None:
+    def _on_loading(self, info: Loading) -> None:
         """The image set loads (off the GUI thread) before training starts."""
         if self.state is not RunState.STARTING:
             return
-        total = max(int(info.get("total", 0)), 1)
+        total = max(info.total, 1)
         self.w.progress.setRange(0, total)
-        self.w.progress.setValue(int(info.get("done", 0)))
-        self.w.progress_label.setText(f"Loading the image set… {int(info.get('done', 0)):,} / {total:,}")
+        self.w.progress.setValue(info.done)
+        self.w.progress_label.setText(f"Loading the image set… {info.done:,} / {total:,}")
 
     def _on_failed(self, message: str) -> None:
         self._failure = message
@@ -245,7 +246,7 @@ class RunController:
         self.w._error("Cannot resume run", f"The run was not resumed:\n{message}\n\nNothing was changed: the run "
                     "folder is as it was.")
 
-    def _on_finished(self, info: dict) -> None:
+    def _on_finished(self, info: RunEnded) -> None:
         if self._resuming is not None:  # a resume that never started (refused, or cancelled while loading)
             before, self._resuming = self._resuming, None
             self.w.progress.setRange(*before["range"])
@@ -256,13 +257,12 @@ class RunController:
             if self._reset_after_stop:
                 self.reset()
             return
-        state = RunState.of(info.get("state", "stopped"))
+        state = RunState.of(info.state)
         self._set_state(state)
         self.w.plots.mark_dirty()
         self.w.views_call("set_training", False)
-        it, total = int(info.get("iteration", 0)), int(info.get("total", 0))
-        reason = info.get("reason", "")
-        elapsed = format_duration((self.last_progress or {}).get("elapsed_s", 0.0))
+        it, total, reason = info.iteration, info.total, info.reason
+        elapsed = format_duration(self.last_progress.elapsed_s if self.last_progress is not None else 0.0)
         if state is RunState.FINISHED:
             self.w.progress_label.setText(f"{it:,} / {total:,} iterations · finished in {elapsed}")
             self.w.statusBar().showMessage(f"Finished {it:,} meta-iterations", 5000)

@@ -22,27 +22,28 @@ import math
 import threading
 import time
 import traceback
+from dataclasses import replace
 
 from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 
 from ..core.tasks.imagesets import LoadCancelled as _LoadCancelled
 from ..core.training.metrics import TRAIN_FIELDS, VAL_FIELDS
 from ..core.training.runs import RunFolder
+from ..lab.messages import Loading, RunEnded, RunProgress, RunStarted, Snapshot
 from ..lab.session import CHECKPOINT_EVERY
 
 PATHS_BUDGET_BYTES = 512 * 2**20  # all recorded parameter paths of a run together (MLPs never come close)
 
 
 class TrainingWorker(QObject):
-    # {"device", "algorithms", "total", "model", "run_folder": str | None, "run_folder_error": str,
-    #  resumed runs also "config", "resumed_at" (iteration of the checkpoint, None: started over), "history" (chunk)}
-    started = Signal(object)
-    progress = Signal(object)  # state, iteration, total, tasks_per_s, eta_s, elapsed_s, reason, chunk, latest
-    snapshot = Signal(object)  # {"iteration", "params": {algo: params}, "metadata": {algo: dict}, "model": spec}
-    paths = Signal(object)  # ui.inside.RunPaths: copies of the recorded parameter paths (every paths_interval s)
-    finished = Signal(object)  # {"state", "reason", "iteration", "total"}
+    # the payloads are the typed messages of lab.messages
+    started = Signal(object)  # RunStarted
+    progress = Signal(object)  # RunProgress (at most progress_hz a second)
+    snapshot = Signal(object)  # Snapshot
+    paths = Signal(object)  # lab.inside.RunPaths: copies of the recorded parameter paths (every paths_interval s)
+    finished = Signal(object)  # RunEnded
     failed = Signal(str)  # an exception in the worker: one-line message
-    loading = Signal(object)  # {"done", "total"}: the image set loading before training starts
+    loading = Signal(object)  # Loading: the image set loading before training starts
     refused = Signal(str)  # a resume that could not start (broken folder, another experiment's checkpoint)
 
     def __init__(self, progress_hz: float = 30.0, snapshot_interval: float = 0.15, paths_interval: float = 1.0):
@@ -117,14 +118,14 @@ class TrainingWorker(QObject):
             trainer = session.trainer
             for recorder in trainer.recorders.values():  # parameter paths: bounded memory for big models too
                 recorder.limit_bytes(PATHS_BUDGET_BYTES // max(len(trainer.recorders), 1))
-            info = {"device": str(trainer.device), "algorithms": list(trainer.runs), "total": config.iterations,
-                    "model": trainer.model.spec(), "run_folder": None, "run_folder_error": ""}
+            folder_error = ""
             if resume is None and options.get("runs_root") is not None:
-                info["run_folder_error"] = self._attach_new_folder(session, options["runs_root"])
-            if session.folder is not None:
-                info["run_folder"] = str(session.folder.path)
+                folder_error = self._attach_new_folder(session, options["runs_root"])
+            info = RunStarted(str(trainer.device), list(trainer.runs), config.iterations, trainer.model.spec(),
+                              str(session.folder.path) if session.folder is not None else None, folder_error)
             if resume is not None:
-                info.update(config=config, resumed_at=session.resumed_at, history=self._history_chunk(trainer))
+                info = replace(info, config=config, resumed_at=session.resumed_at,
+                               history=self._history_chunk(trainer))
             with self._lock:
                 self._trainer = trainer
                 stop, pause = self._stop_requested, self._pause_requested
@@ -140,11 +141,10 @@ class TrainingWorker(QObject):
                 state = session.end_without_training()
             else:
                 state = trainer.run(callback=self._callback(trainer), report_every=1)
-            self.finished.emit({"state": state, "reason": trainer.stop_reason, "iteration": trainer.iteration,
-                                "total": config.iterations})
+            self.finished.emit(RunEnded(state, trainer.stop_reason, trainer.iteration, config.iterations))
         except _LoadCancelled:  # stopped while the image set was loading
-            self.finished.emit({"state": "stopped", "reason": "stopped by the user", "iteration": 0,
-                                "total": getattr(config, "iterations", 0), "cancelled": True})
+            self.finished.emit(RunEnded("stopped", "stopped by the user", 0, getattr(config, "iterations", 0),
+                                        cancelled=True))
         except Exception as exc:  # noqa: BLE001 - any failure in the worker is reported, never raised into Qt
             traceback.print_exc()
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
@@ -153,9 +153,8 @@ class TrainingWorker(QObject):
                 self._emit_snapshot(trainer, only_if_finite=True)
                 session.mark_failed(message)  # failed outside Trainer.run (which tells the folder itself)
             self.failed.emit(message)
-            self.finished.emit({"state": "failed", "reason": message,
-                                "iteration": trainer.iteration if trainer is not None else 0,
-                                "total": getattr(config, "iterations", 0)})
+            self.finished.emit(RunEnded("failed", message, trainer.iteration if trainer is not None else 0,
+                                        getattr(config, "iterations", 0)))
         finally:
             with self._lock:
                 self._trainer = None
@@ -198,15 +197,14 @@ class TrainingWorker(QObject):
             traceback.print_exc()
             message = f"{type(exc).__name__}: {exc}"
         self.refused.emit(message)
-        self.finished.emit({"state": "refused", "reason": message, "iteration": 0,
-                            "total": getattr(config, "iterations", 0)})
+        self.finished.emit(RunEnded("refused", message, 0, getattr(config, "iterations", 0)))
 
     def _loading(self, done, total) -> None:
         """Image-set loading progress (off the GUI thread), at most ten signals a second."""
         now = time.perf_counter()
         if done >= total or now - self._last_loading >= 0.1:
             self._last_loading = now
-            self.loading.emit({"done": int(done), "total": int(total)})
+            self.loading.emit(Loading(int(done), int(total)))
 
     def _cancelled(self) -> bool:
         return self._stop_requested
@@ -277,9 +275,8 @@ class TrainingWorker(QObject):
         per_task = trainer.config.meta_batch_size / rate if rate > 0 else 0.0
         eta = (total - trainer.iteration) * per_task if rate > 0 else (p or {}).get("eta_s", 0.0)
         self._last_progress = time.perf_counter()
-        self.progress.emit({"state": state, "iteration": trainer.iteration, "total": total, "tasks_per_s": rate,
-                            "eta_s": eta, "elapsed_s": (p or {}).get("elapsed_s", 0.0), "reason": reason,
-                            "chunk": chunk, "latest": dict(self._latest)})
+        self.progress.emit(RunProgress(state, trainer.iteration, total, rate, eta, (p or {}).get("elapsed_s", 0.0),
+                                       reason, chunk, dict(self._latest)))
 
     def _emit_snapshot(self, trainer, only_if_finite: bool = False) -> None:
         self._last_snapshot = time.perf_counter()
@@ -292,10 +289,8 @@ class TrainingWorker(QObject):
                 metadata[name] = trainer.metadata(name)
             except Exception:  # noqa: BLE001 - metadata is best effort; the parameters matter
                 metadata[name] = {}
-        self.snapshot.emit({"iteration": trainer.iteration, "params": params, "metadata": metadata,
-                            "model": trainer.model.spec(),
-                            "algorithms": {n: r.algorithm.config for n, r in trainer.runs.items()}})
-
+        self.snapshot.emit(Snapshot(trainer.iteration, params, metadata, trainer.model.spec(),
+                                    {n: r.algorithm.config for n, r in trainer.runs.items()}))
 
     def _emit_paths(self, trainer) -> None:
         """Copies of the recorded parameter paths for the Paths / Landscape views (never the live recorders)."""

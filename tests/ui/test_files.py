@@ -36,7 +36,7 @@ def trained(window, qtbot, small_config):
     window.panel.set_config(small_config(iterations=20))
     with qtbot.waitSignal(window.controller.finished, timeout=20000):
         window.start()
-    qtbot.waitUntil(lambda: window.latest_snapshot is not None and window.latest_snapshot["iteration"] == 20,
+    qtbot.waitUntil(lambda: window.latest_snapshot is not None and window.latest_snapshot.iteration == 20,
                     timeout=3000)
     return window
 
@@ -58,7 +58,7 @@ def test_export_import_round_trip_through_the_menu(trained, dialogs, tmp_path, q
     assert key in window.playground.inits
     imported = window.playground.inits[key]
     assert imported.source == "imported" and imported.algorithm == "maml" and imported.inner_lr == 0.01
-    for name, value in window.latest_snapshot["params"]["maml"].items():
+    for name, value in window.latest_snapshot.params["maml"].items():
         assert torch.equal(imported.params[name], value)
     assert str(path.resolve()) in window.recent_files()
     window.playground.flush()

@@ -208,7 +208,7 @@ def test_closing_mid_run_leaves_a_stopped_folder_with_its_checkpoint(qtbot, sett
     w.show()
     w.panel.set_config(small_config(iterations=1_000_000, algorithms=("maml",)))
     w.start()
-    qtbot.waitUntil(lambda: w.last_progress is not None and w.last_progress["iteration"] > 3, timeout=20000)
+    qtbot.waitUntil(lambda: w.last_progress is not None and w.last_progress.iteration > 3, timeout=20000)
     w.close()
     assert not w.controller.thread.isRunning()
     folder = list_runs(root)[0]
@@ -227,7 +227,7 @@ def test_an_unwritable_runs_root_trains_without_a_folder_and_says_so(window, qtb
     assert window.run_folder is None and not window.folder_label.isVisible()
     assert window.message_bar.kind == "warning" and "No run folder" in window.message_bar.text
     assert str(blocker) in window.message_bar.text and "cannot be resumed" in window.message_bar.text
-    assert window.latest_snapshot["iteration"] == 10  # trained all the same
+    assert window.latest_snapshot.iteration == 10  # trained all the same
 
 
 def test_damaged_folders_are_listed_opened_as_far_as_possible_and_refused_cleanly(

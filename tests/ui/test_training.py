@@ -15,14 +15,14 @@ def test_controller_start_progress_finished(qtbot, small_config):
     try:
         with qtbot.waitSignal(controller.finished, timeout=20000) as blocker:
             controller.start(small_config(iterations=30))
-        assert blocker.args[0]["state"] == "finished"
-        assert blocker.args[0]["iteration"] == 30
-        qtbot.waitUntil(lambda: bool(progress) and progress[-1]["state"] == "finished", timeout=2000)
-        iterations = [i for p in progress for i in p["chunk"]["train"].get("maml", {}).get("iteration", [])]
+        assert blocker.args[0].state == "finished"
+        assert blocker.args[0].iteration == 30
+        qtbot.waitUntil(lambda: bool(progress) and progress[-1].state == "finished", timeout=2000)
+        iterations = [i for p in progress for i in p.chunk["train"].get("maml", {}).get("iteration", [])]
         assert iterations == list(range(1, 31))  # every iteration's metrics arrive, batched, in order
-        assert snapshots and set(snapshots[-1]["params"]) == {"maml", "pretrained"}
-        assert snapshots[-1]["iteration"] == 30
-        assert snapshots[-1]["metadata"]["maml"]["algorithm"] == "maml"
+        assert snapshots and set(snapshots[-1].params) == {"maml", "pretrained"}
+        assert snapshots[-1].iteration == 30
+        assert snapshots[-1].metadata["maml"]["algorithm"] == "maml"
     finally:
         assert controller.shutdown(2000)
 
@@ -32,7 +32,7 @@ def test_start_progress_stop(window, qtbot, small_config):
     assert window.act_start.isEnabled()
     window.act_start.trigger()
     assert window.state == "starting"
-    qtbot.waitUntil(lambda: window.last_progress is not None and window.last_progress["iteration"] > 5,
+    qtbot.waitUntil(lambda: window.last_progress is not None and window.last_progress.iteration > 5,
                     timeout=20000)
     assert window.state == "running"
     assert window.progress.value() > 0
@@ -55,14 +55,14 @@ def test_space_toggles_start_pause_resume(window, qtbot, small_config):
     qtbot.waitUntil(lambda: window.state == "running", timeout=20000)
     window.act_toggle.trigger()
     assert window.state == "paused" and window.act_pause.text() == "Resume"
-    qtbot.waitUntil(lambda: window.last_progress is not None and window.last_progress["state"] == "paused",
+    qtbot.waitUntil(lambda: window.last_progress is not None and window.last_progress.state == "paused",
                     timeout=5000)
-    paused_at = window.last_progress["iteration"]
+    paused_at = window.last_progress.iteration
     qtbot.wait(300)
-    assert window.last_progress["iteration"] == paused_at  # paused within one meta-iteration: no progress
+    assert window.last_progress.iteration == paused_at  # paused within one meta-iteration: no progress
     window.act_toggle.trigger()
     assert window.state == "running"
-    qtbot.waitUntil(lambda: window.last_progress["iteration"] > paused_at, timeout=5000)
+    qtbot.waitUntil(lambda: window.last_progress.iteration > paused_at, timeout=5000)
     with qtbot.waitSignal(window.controller.finished, timeout=5000):
         window.stop()
 
@@ -96,7 +96,7 @@ def test_closing_while_training_stops_the_worker(qtbot, settings, small_config):
     w.show()
     w.panel.set_config(small_config(iterations=1_000_000))
     w.start()
-    qtbot.waitUntil(lambda: w.last_progress is not None and w.last_progress["iteration"] > 3, timeout=20000)
+    qtbot.waitUntil(lambda: w.last_progress is not None and w.last_progress.iteration > 3, timeout=20000)
     thread = w.controller.thread
     t0 = time.monotonic()
     w.close()
@@ -113,7 +113,7 @@ def test_nan_inner_lr_ends_in_a_message_not_a_crash(window, qtbot, small_config)
     assert "non-finite" in window.message_bar.text and "parameters were kept" in window.message_bar.text
     assert "Export them" in window.message_bar.text
     # the last good parameters stay usable
-    params = window.latest_snapshot["params"]["maml"]
+    params = window.latest_snapshot.params["maml"]
     assert all(bool(v.isfinite().all()) for v in params.values())
     assert window.act_export.isEnabled() and window.act_start.isEnabled()
 
@@ -132,7 +132,7 @@ def test_an_exception_in_the_worker_ends_in_a_message(window, qtbot, small_confi
         window.start()
     assert window.state == "failed"
     assert "simulated failure" in window.message_bar.text
-    assert window.latest_snapshot is not None and window.latest_snapshot["iteration"] == 3
+    assert window.latest_snapshot is not None and window.latest_snapshot.iteration == 3
     # and the app can train again afterwards
     monkeypatch.setattr(Trainer, "step", original)
     with qtbot.waitSignal(window.controller.finished, timeout=20000):

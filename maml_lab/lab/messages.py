@@ -1,0 +1,87 @@
+"""What a training run tells the outside, as typed messages: the CLI's progress line, the app's worker and views,
+and notebooks read the same fields. Metric names inside them are those of core.training.metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Progress:
+    """After every iteration (the listener throttles, not the session)."""
+
+    state: str  # running, paused, finished, stopped, diverged, failed
+    iteration: int
+    total: int
+    tasks_per_s: float
+    eta_s: float
+    elapsed_s: float
+    reason: str = ""
+    metrics: dict = field(default_factory=dict)  # algorithm -> TRAIN_FIELDS (+ "iteration") of this iteration
+    val: dict = field(default_factory=dict)  # algorithm -> VAL_FIELDS (+ "iteration"), when it validated
+
+    @classmethod
+    def from_trainer(cls, p: dict) -> "Progress":
+        return cls(p["state"], p["iteration"], p["total"], p["tasks_per_s"], p["eta_s"], p["elapsed_s"],
+                   p.get("reason", ""), p.get("metrics") or {}, p.get("val") or {})
+
+    @property
+    def final(self) -> bool:
+        return self.state != "running"
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    device: str
+    algorithms: list
+    total: int
+    model: dict  # the model spec
+    run_folder: str | None = None
+    run_folder_error: str = ""  # why the run trains without a folder
+    config: object = None  # a resumed run: its ExperimentConfig (None for a new run)
+    resumed_at: int | None = None  # a resumed run: the checkpoint's iteration (None: started over)
+    history: dict | None = None  # a resumed run: its metrics so far, as a metrics chunk
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """Throttled progress for a UI: the metrics since the last message as a chunk
+    ({"train": {algorithm: {"iteration": [...], field: [...]}}, "val": {...}}) and each algorithm's latest row."""
+
+    state: str
+    iteration: int
+    total: int
+    tasks_per_s: float
+    eta_s: float
+    elapsed_s: float
+    reason: str = ""
+    chunk: dict = field(default_factory=dict)
+    latest: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Detached CPU copies of every algorithm's current initialization, with what it takes to use them."""
+
+    iteration: int
+    params: dict  # algorithm -> OrderedDict of tensors
+    metadata: dict  # algorithm -> export metadata
+    model: dict  # the model spec
+    algorithms: dict  # algorithm -> AlgorithmConfig (how it adapts at test time)
+
+
+@dataclass(frozen=True)
+class Loading:
+    """The task family loads (an image set) before training starts."""
+
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    state: str  # finished, stopped, diverged, failed, refused
+    reason: str
+    iteration: int
+    total: int
+    cancelled: bool = False  # stopped while the task family was still loading
