@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QCoreApplication, QObject, QPointF, Qt, QThread, Signal, Slot
-from PySide6.QtGui import QBrush, QColor, QCursor
+from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QButtonGroup,
@@ -34,8 +34,7 @@ from PySide6.QtWidgets import (
     QSlider,
     QSpinBox,
     QSplitter,
-    QTableWidget,
-    QTableWidgetItem,
+    QTableView,
     QVBoxLayout,
     QWidget,
 )
@@ -48,12 +47,12 @@ from .colors import (
     SELECTED_COLOR,
     STROKE_COLOR,
     TRUTH_COLOR,
-    algorithm_color,
     curve_pen,
     qcolor,
 )
+from .initializations_model import InitializationsModel
 from .slider_player import SliderPlayer
-from .theme import MUTED, style_plot
+from .theme import BORDER, MUTED, SURFACE, TEXT, style_plot
 
 Y_RANGE = (-6.0, 6.8)  # room above the largest sinusoid (A <= 5) for the legend
 HIT_RADIUS_PX = 10.0
@@ -463,7 +462,17 @@ class PlaygroundView(QWidget):
         v = QVBoxLayout(init_box)
         v.setContentsMargins(10, 14, 10, 10)
         v.setSpacing(6)
-        self.table = QTableWidget(0, 3)
+        self.init_model = InitializationsModel(self.inits, self.predictions, self.hidden_keys,
+                                               self.steps.value(), parent=self)
+        self.init_model.visibility_changed.connect(self._render_curves)
+        self.table = QTableView()
+        self.table.setObjectName("InitializationsTable")
+        # the theme's frame for tables (theme.py styles QTableWidget by class name, which a QTableView is not)
+        self.table.setStyleSheet(
+            f"QTableView#InitializationsTable {{ background: {SURFACE}; border: 1px solid {BORDER};"
+            f" border-radius: 6px; gridline-color: transparent; selection-background-color: #E7ECFF;"
+            f" selection-color: {TEXT}; }}")
+        self.table.setModel(self.init_model)
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -477,8 +486,7 @@ class PlaygroundView(QWidget):
         header.setHighlightSections(False)
         self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         self.table.setMinimumHeight(84)
-        self.table.itemChanged.connect(self._on_table_item)
-        self.table.itemSelectionChanged.connect(self._sync_remove_button)
+        self.table.selectionModel().selectionChanged.connect(self._sync_remove_button)
         v.addWidget(self.table, 1)
         self.mse_caption = QLabel()
         self.mse_caption.setWordWrap(True)
@@ -691,13 +699,17 @@ class PlaygroundView(QWidget):
         self.inits[init.key] = init
         if new:
             self._add_curves(init)
-            self._rebuild_table()
+            self.init_model.insert(init.key)
+            self._sync_remove_button()
             self._rebuild_legend()
+        else:
+            self.init_model.replace(init.key)
         self._invalidate([init.key])
 
     def remove_initialization(self, key: str) -> None:
         if key not in self.inits:
             return
+        self.init_model.remove(key)
         del self.inits[key]
         self.predictions.pop(key, None)
         self.hidden_keys.discard(key)
@@ -707,7 +719,7 @@ class PlaygroundView(QWidget):
         self._computed.pop(key, None)
         for item in self._items.pop(key, ()):
             self.canvas.getPlotItem().removeItem(item)
-        self._rebuild_table()
+        self._sync_remove_button()
         self._rebuild_legend()
 
     def clear_trained(self) -> None:
@@ -802,7 +814,7 @@ class PlaygroundView(QWidget):
         else:
             self.predictions[key] = prediction
         self._render_curves(key)
-        self._update_row(key)
+        self.init_model.prediction_changed(key)
         self.predictions_updated.emit()
 
     def _compute(self, key: str) -> None:
@@ -868,74 +880,15 @@ class PlaygroundView(QWidget):
 
     def _on_steps(self, k: int) -> None:
         self.steps_label.setText(f"k = {k}")
-        self.table.setHorizontalHeaderLabels(["Initialization", "k = 0", f"k = {k}"])
+        self.init_model.set_steps(k)
         self._render_all_curves()
-        for key in self.inits:
-            self._update_row(key)
 
     # -- the table -----------------------------------------------------------------------------------
-    def _rebuild_table(self) -> None:
-        self.table.blockSignals(True)
-        self.table.setRowCount(len(self.inits))
-        for row, (key, init) in enumerate(self.inits.items()):
-            name = QTableWidgetItem(f"■  {init.label}")
-            name.setData(Qt.ItemDataRole.UserRole, key)
-            name.setForeground(QBrush(QColor(algorithm_color(init.algorithm))))
-            name.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsUserCheckable | Qt.ItemFlag.ItemIsSelectable)
-            name.setCheckState(Qt.CheckState.Unchecked if key in self.hidden_keys else Qt.CheckState.Checked)
-            tip = init.metadata.get("algorithm", init.algorithm)
-            name.setToolTip(f"{init.label}: {tip}, inner lr {init.inner_lr:g}" +
-                            (f", {init.metadata.get('iterations')} iterations" if init.metadata.get("iterations")
-                             is not None else ""))
-            self.table.setItem(row, 0, name)
-            for c in (1, 2):
-                item = QTableWidgetItem("…")
-                item.setTextAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
-                item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable)
-                self.table.setItem(row, c, item)
-        self.table.blockSignals(False)
-        for key in self.inits:
-            self._update_row(key)
-        self._sync_remove_button()
-
-    def _row_of(self, key: str) -> int:
-        return list(self.inits).index(key)
-
-    def _update_row(self, key: str) -> None:
-        if key not in self.inits:
-            return
-        row = self._row_of(key)
-        pred = self.predictions.get(key)
-        k = self.steps.value()
-        for c, step in ((1, 0), (2, k)):
-            item = self.table.item(row, c)
-            if item is None:
-                continue
-            if pred is None or pred.mse is None:
-                text = "—"
-            else:
-                value = pred.mse[step]
-                text = f"{value:.3g}" if math.isfinite(value) else "diverged"
-            item.setText(text)
-
-    def _on_table_item(self, item: QTableWidgetItem) -> None:
-        if item.column() != 0:
-            return
-        key = item.data(Qt.ItemDataRole.UserRole)
-        if item.checkState() == Qt.CheckState.Checked:
-            self.hidden_keys.discard(key)
-        else:
-            self.hidden_keys.add(key)
-        self._render_curves(key)
-
     def _selected_key(self) -> str | None:
         rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []
-        if not rows:
-            return None
-        item = self.table.item(rows[0].row(), 0)
-        return item.data(Qt.ItemDataRole.UserRole) if item else None
+        return self.init_model.key_at(rows[0].row()) if rows else None
 
-    def _sync_remove_button(self) -> None:
+    def _sync_remove_button(self, *_args) -> None:
         key = self._selected_key()
         self.remove_button.setVisible(any(i.source == "imported" for i in self.inits.values()))
         self.remove_button.setEnabled(key is not None and self.inits.get(key) is not None

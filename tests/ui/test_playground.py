@@ -155,10 +155,11 @@ def test_predictions_follow_points_and_slider(view, qtbot):
     view.steps.setValue(3)
     post = view._items["maml"][1]
     assert np.allclose(post.yData, view.predictions["maml"].curves[3])
-    assert view.table.rowCount() == 2
-    assert view.table.item(0, 2).text() not in ("", "…")
+    model = view.table.model()
+    assert model.rowCount() == 2
+    assert model.index(0, 2).data() not in ("", "…")
     # hiding an initialization hides its curves
-    view.table.item(1, 0).setCheckState(Qt.CheckState.Unchecked)
+    assert model.setData(model.index(1, 0), Qt.CheckState.Unchecked, Qt.ItemDataRole.CheckStateRole)
     assert len(view._items["pretrained"][1].xData or []) == 0
 
 
@@ -185,4 +186,61 @@ def test_diverging_lr_shows_diverged_not_a_crash(view, qtbot):
     view.set_initialization(Initialization("x", "maml", "X", model, params, 1e6))
     view.random_task()
     qtbot.waitUntil(view.up_to_date, timeout=5000)
-    assert view.table.item(0, 2).text() in ("diverged", "—") or float(view.table.item(0, 2).text()) >= 0
+    text = view.table.model().index(0, 2).data()
+    assert text in ("diverged", "—") or float(text) >= 0
+
+
+def test_initializations_table_model(view, qtbot):
+    """The table is a QTableView of a model: name with colour and checkbox, errors at k = 0 and k = the slider."""
+    from PySide6.QtGui import QColor
+    from PySide6.QtWidgets import QTableView
+
+    from maml_lab.ui.colors import algorithm_color
+
+    assert isinstance(view.table, QTableView)
+    model = view.table.model()
+    view.set_initialization(mlp_init())
+    imported = mlp_init("file:a.safetensors", "pretrained", seed=1)
+    imported.source = "imported"
+    imported.metadata = {"iterations": 300}
+    view.set_initialization(imported)
+    assert model.rowCount() == 2 and model.columnCount() == 3
+    name = model.index(1, 0)
+    assert name.data() == "■  PRETRAINED"
+    assert name.data(Qt.ItemDataRole.ForegroundRole).color() == QColor(algorithm_color("pretrained"))
+    assert name.data(Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Checked
+    assert name.data(Qt.ItemDataRole.ToolTipRole) == "PRETRAINED: pretrained, inner lr 0.01, 300 iterations"
+    assert model.flags(name) & Qt.ItemFlag.ItemIsUserCheckable
+    assert not model.flags(model.index(1, 2)) & Qt.ItemFlag.ItemIsUserCheckable
+    assert model.index(0, 1).data(Qt.ItemDataRole.TextAlignmentRole) == int(
+        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+    assert model.index(0, 1).data() == model.index(0, 2).data() == "—"  # no prediction yet
+    # the header and the last column follow the slider; dataChanged tells the view
+    changed = []
+    model.dataChanged.connect(lambda tl, br, roles=(): changed.append((tl.column(), br.column())))
+    view.steps.setValue(4)
+    assert model.headerData(2, Qt.Orientation.Horizontal) == "k = 4"
+    assert model.headerData(1, Qt.Orientation.Horizontal) == "k = 0"
+    assert (2, 2) in changed
+    view.random_task(amplitude=2.0, phase=0.3)
+    qtbot.waitUntil(view.up_to_date, timeout=5000)
+    assert (1, 2) in changed
+    pred = view.predictions["maml"]
+    assert model.index(0, 1).data() == f"{pred.mse[0]:.3g}"
+    assert model.index(0, 2).data() == f"{pred.mse[4]:.3g}"
+    # the checkbox hides and shows the curves
+    assert model.setData(name, Qt.CheckState.Unchecked.value, Qt.ItemDataRole.CheckStateRole)
+    assert "file:a.safetensors" in view.hidden_keys and not len(view._items["file:a.safetensors"][1].xData or [])
+    assert name.data(Qt.ItemDataRole.CheckStateRole) == Qt.CheckState.Unchecked
+    assert model.setData(name, Qt.CheckState.Checked, Qt.ItemDataRole.CheckStateRole)
+    assert not view.hidden_keys and len(view._items["file:a.safetensors"][1].xData) > 0
+    # selecting an imported row enables Remove; a trained row does not
+    assert view.remove_button.isVisibleTo(view) and not view.remove_button.isEnabled()
+    view.table.selectRow(0)
+    assert not view.remove_button.isEnabled()
+    view.table.selectRow(1)
+    assert view.remove_button.isEnabled()
+    view.remove_button.click()
+    assert model.rowCount() == 1 and "file:a.safetensors" not in view.inits
+    assert not view.remove_button.isVisibleTo(view) and not view.remove_button.isEnabled()
+    assert model.index(0, 0).data() == "■  MAML"
