@@ -52,7 +52,7 @@ from .colors import (
 )
 from .initializations_model import InitializationsModel
 from .slider_player import SliderPlayer
-from .theme import BORDER, MUTED, SURFACE, TEXT, style_plot
+from .theme import MUTED, style_plot
 
 Y_RANGE = (-6.0, 6.8)  # room above the largest sinusoid (A <= 5) for the legend
 HIT_RADIUS_PX = 10.0
@@ -467,11 +467,6 @@ class PlaygroundView(QWidget):
         self.init_model.visibility_changed.connect(self._render_curves)
         self.table = QTableView()
         self.table.setObjectName("InitializationsTable")
-        # the theme's frame for tables (theme.py styles QTableWidget by class name, which a QTableView is not)
-        self.table.setStyleSheet(
-            f"QTableView#InitializationsTable {{ background: {SURFACE}; border: 1px solid {BORDER};"
-            f" border-radius: 6px; gridline-color: transparent; selection-background-color: #E7ECFF;"
-            f" selection-color: {TEXT}; }}")
         self.table.setModel(self.init_model)
         self.table.verticalHeader().setVisible(False)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)

@@ -108,7 +108,7 @@ QSplitter::handle:vertical {{ height: 8px; }}
 QScrollArea {{ background: transparent; border: none; }}
 QScrollArea > QWidget > QWidget {{ background: transparent; }}
 
-QTableWidget {{
+QTableView {{
     background: {SURFACE}; border: 1px solid {BORDER}; border-radius: 6px; gridline-color: transparent;
     selection-background-color: #E7ECFF; selection-color: {TEXT};
 }}
