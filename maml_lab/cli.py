@@ -6,6 +6,7 @@ Invalid input gets one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -386,10 +387,11 @@ def cmd_eval(args) -> int:
     if args.data is not None and not args.data.expanduser().exists():
         raise UsageError(f"image set not found: {args.data}")
     for path in args.paths:
-        params, meta, model = load_initialization(path)
+        params, extras, meta, model = load_initialization(path, with_extras=True)
         hyper = meta.get("hyperparameters", {})
-        # fine-tune as the algorithm was trained to (Reptile with Adam: Adam), at the precision it was saved in
-        adaptation = adaptation_from_metadata(meta, inner_lr=args.inner_lr)
+        # fine-tune as the algorithm was trained to (Reptile with Adam: Adam; Meta-SGD: its learned rates), at the
+        # precision it was saved in
+        adaptation = adaptation_from_metadata(meta, inner_lr=args.inner_lr, tensors=extras)
         dtype = dtype_of(params)
         task = meta.get("task", {}).get("name", "sinusoid")
         kind = task_family(task)
@@ -413,7 +415,7 @@ def cmd_eval(args) -> int:
             print(f"  {'steps':>5}  {kind.loss_label:>8}  95% CI")
             for s in [0, *steps] if 0 not in steps else steps:
                 mean, ci = curve.at(s)
-                print(f"  {s:>5}  {mean:8.3f}  +- {ci:.3f}")
+                print(f"  {s:>5}  {mean:8.3f}  +- {ci:.3f}" if math.isfinite(mean) else f"  {s:>5}  diverged")
     return 0
 
 

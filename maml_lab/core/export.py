@@ -79,12 +79,23 @@ def sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def export_initialization(path: str | Path, params, metadata: dict) -> Path:
-    """Write `params` with `metadata` to `.safetensors` (metadata inside) or `.pt` (metadata beside it)."""
+def export_initialization(path: str | Path, params, metadata: dict, extra_tensors=None) -> Path:
+    """Write `params` with `metadata` to `.safetensors` (metadata inside) or `.pt` (metadata beside it).
+
+    `extra_tensors`: what the algorithm learned besides theta (Meta-SGD's learning rates...), stored beside it and
+    listed in the metadata's "extra_tensors", so a plain `load_state_dict` takes theta with
+    `{k: v for k, v in sd.items() if k not in meta["extra_tensors"]}`."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = _plain_tensors(params)
+    extra = _plain_tensors(extra_tensors or {})
+    clash = sorted(set(extra) & set(tensors))
+    if clash:
+        raise ValueError(f"extra tensors may not reuse parameter names: {', '.join(clash)}")
+    if extra:
+        metadata = {**metadata, "extra_tensors": list(extra)}
+        tensors.update(extra)
     meta_json = json.dumps(metadata, sort_keys=True)
     if path.suffix == ".safetensors":
         _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: meta_json}))
@@ -149,11 +160,13 @@ def infer_mlp_spec(tensors) -> dict:
     return {"kind": "mlp", "sizes": sizes, "activation": "relu"}
 
 
-def load_initialization(path: str | Path, expected_model: dict | None = None):
-    """Read and validate an initialization: returns (params, metadata, model).
+def load_initialization(path: str | Path, expected_model: dict | None = None, with_extras: bool = False):
+    """Read and validate an initialization: returns (params, metadata, model), with `with_extras` also the learned
+    extra tensors the metadata lists (params, extras, metadata, model).
 
-    Validates the format version, that the tensors are exactly those of the described model with the
-    right shapes, and that they are finite. `expected_model` (a spec) refuses files for another model.
+    Validates the format version, that the tensors are exactly those of the described model (plus the listed
+    extras) with the right shapes, and that they are finite. `expected_model` (a spec) refuses files for another
+    model.
     """
     from .models.mlp import build_model
 
@@ -185,8 +198,12 @@ def load_initialization(path: str | Path, expected_model: dict | None = None):
                                   f"{_describe(expected_model)}")
     expected = OrderedDict((k, tuple(v.shape)) for k, v in
                            model.init_params(torch.Generator().manual_seed(0)).items())
-    missing = [k for k in expected if k not in tensors]
-    extra = [k for k in tensors if k not in expected]
+    listed = meta.get("extra_tensors") or []
+    if not (isinstance(listed, list) and all(isinstance(k, str) for k in listed)):
+        raise InitializationError(f"{path.name}: metadata 'extra_tensors' must be a list of tensor names")
+    extras = OrderedDict((k, tensors[k]) for k in listed if k in tensors)
+    missing = [k for k in [*expected, *listed] if k not in tensors]
+    extra = [k for k in tensors if k not in expected and k not in extras]
     if missing or extra:
         raise InitializationError(f"{path.name} does not match its model: missing {missing or 'none'}, "
                                   f"unexpected {extra or 'none'}")
@@ -198,8 +215,11 @@ def load_initialization(path: str | Path, expected_model: dict | None = None):
             raise InitializationError(f"{path.name}: tensor {k} is {tensors[k].dtype}, expected floating point")
         if not torch.isfinite(tensors[k]).all():
             raise InitializationError(f"{path.name}: tensor {k} contains NaN or infinite values")
+    for k, v in extras.items():
+        if not (v.is_floating_point() and torch.isfinite(v).all()):
+            raise InitializationError(f"{path.name}: extra tensor {k} must be finite floating point")
     params = OrderedDict((k, tensors[k]) for k in expected)
-    return params, meta, model
+    return (params, extras, meta, model) if with_extras else (params, meta, model)
 
 
 def _describe(spec: dict) -> str:

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..core.algorithms.config import AlgorithmConfig, test_trajectory
+from ..core.algorithms.base import LearnedAdaptation
+from ..core.algorithms.config import AlgorithmConfig, adaptation_config, test_trajectory
 from ..core.algorithms.registry import ALGORITHMS
 
 DEFAULT_INNER_LR = 0.01
@@ -28,14 +29,16 @@ class Initialization:
     label: str
     model: object
     params: "OrderedDict[str, torch.Tensor]"
-    adaptation: AlgorithmConfig | float  # the algorithm's config, or an SGD step size for files of unknown origin
+    # the algorithm's AlgorithmConfig (or a LearnedAdaptation with what it learned), or an SGD step size for files
+    # of unknown origin
+    adaptation: object
     source: str = "trained"  # "trained", "imported" or "checkpoint"
     metadata: dict = field(default_factory=dict)
 
     @property
     def inner_lr(self) -> float:
-        a = self.adaptation
-        return a.inner_lr if isinstance(a, AlgorithmConfig) else float(a)
+        config = adaptation_config(self.adaptation)
+        return config.inner_lr if config is not None else float(self.adaptation)
 
     def trajectory(self, loss_fn, x_support: torch.Tensor, y_support: torch.Tensor, steps: int):
         """Each task's parameters after 0..steps test-time steps (x/y: [B, K, ...])."""
@@ -43,16 +46,18 @@ class Initialization:
         return test_trajectory(self.adaptation, self.model, loss_fn, params, x_support, y_support, steps)
 
 
-def adaptation_from_metadata(meta: dict, inner_lr: float | None = None) -> AlgorithmConfig | float:
-    """How an exported initialization fine-tunes: its algorithm's config from the recorded hyperparameters (an
-    unknown algorithm or unreadable settings: plain SGD with the recorded step size); `inner_lr` overrides it."""
+def adaptation_from_metadata(meta: dict, inner_lr: float | None = None, tensors: dict | None = None):
+    """How an exported initialization fine-tunes: its algorithm's config from the recorded hyperparameters, with
+    the learned `tensors` exported beside theta (a LearnedAdaptation); an unknown algorithm or unreadable settings:
+    plain SGD with the recorded step size. `inner_lr` overrides the step size."""
     hyper = dict(meta.get("hyperparameters") or {})
     name = meta.get("algorithm")
     if inner_lr is not None:
         hyper["inner_lr"] = inner_lr
     if name in ALGORITHMS:
         try:
-            return AlgorithmConfig.from_dict({**hyper, "name": name})
+            config = AlgorithmConfig.from_dict({**hyper, "name": name})
+            return LearnedAdaptation(config, dict(tensors)) if tensors else config
         except (TypeError, ValueError):
             pass
     try:
@@ -136,10 +141,11 @@ class InitializationStore:
             return []
         inits = []
         for name, params in snap.params.items():
-            config = snap.algorithms.get(name)
-            if isinstance(config, dict):
-                config = AlgorithmConfig.from_dict({**config, "name": name})
-            adaptation = config if config is not None else DEFAULT_INNER_LR
+            adaptation = snap.algorithms.get(name)  # AlgorithmConfig or LearnedAdaptation
+            if isinstance(adaptation, dict):
+                adaptation = AlgorithmConfig.from_dict({**adaptation, "name": name})
+            if adaptation is None:
+                adaptation = DEFAULT_INNER_LR
             inits.append(Initialization(name, name, _label(name), model, params, adaptation, "trained",
                                         snap.metadata.get(name, {})))
         self.put(*inits)

@@ -67,7 +67,7 @@ class Snapshot:
     params: dict  # algorithm -> OrderedDict of tensors
     metadata: dict  # algorithm -> export metadata
     model: dict  # the model spec
-    algorithms: dict  # algorithm -> AlgorithmConfig (how it adapts at test time)
+    algorithms: dict  # algorithm -> how it adapts at test time (AlgorithmConfig, or LearnedAdaptation)
 
 
 @dataclass(frozen=True)

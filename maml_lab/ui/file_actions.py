@@ -110,7 +110,9 @@ class FileActions:
         written = []
         for n, target in targets.items():
             try:
-                export_initialization(target, snap.params[n], snap.metadata.get(n, {}))
+                learned = snap.algorithms.get(n)
+                export_initialization(target, snap.params[n], snap.metadata.get(n, {}),
+                                      extra_tensors=getattr(learned, "tensors", None))
             except OSError as exc:
                 self.write_error(target, exc)
                 return written
@@ -153,7 +155,7 @@ class FileActions:
     def read_initialization(self, path: Path, label: str | None = None) -> tuple[Initialization | None, str]:
         """(the initialization in `path`, "") or (None, why not: the text that follows "<name> was not imported")."""
         try:
-            params, meta, model = load_initialization(path)
+            params, extras, meta, model = load_initialization(path, with_extras=True)
         except (InitializationError, OSError, ValueError) as exc:
             return None, f":\n{exc}"
         image_model = model.spec().get("kind") == "conv4"
@@ -164,7 +166,7 @@ class FileActions:
         algorithm = algorithm if algorithm in ALGORITHMS else "unknown"
         label = label or f"{algorithm_label(algorithm) if algorithm != 'unknown' else 'Imported'} · {path.name}"
         return Initialization(f"file:{path.resolve()}", algorithm, label, model, params,
-                              adaptation_from_metadata(meta), "imported", meta), ""
+                              adaptation_from_metadata(meta, tensors=extras), "imported", meta), ""
 
     def place_initialization(self, init: Initialization) -> str:
         """Put an imported initialization where it can adapt: the Tasks view (conv-4) or the playground and

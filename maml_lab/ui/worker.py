@@ -290,7 +290,7 @@ class TrainingWorker(QObject):
             except Exception:  # noqa: BLE001 - metadata is best effort; the parameters matter
                 metadata[name] = {}
         self.snapshot.emit(Snapshot(trainer.iteration, params, metadata, trainer.model.spec(),
-                                    {n: r.algorithm.config for n, r in trainer.runs.items()}))
+                                    {n: r.algorithm.adaptation() for n, r in trainer.runs.items()}))
 
     def _emit_paths(self, trainer) -> None:
         """Copies of the recorded parameter paths for the Paths / Landscape views (never the live recorders)."""

@@ -11,8 +11,9 @@ entry point group (docs/extending.md).
 from __future__ import annotations
 
 import math
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -20,6 +21,15 @@ import torch
 from ..tasks.losses import accuracy_per_task, loss_function
 from .adaptation import AdaptResult, adapt, expand_params, sgd_trajectory
 from .optim import Adam
+
+
+@dataclass(frozen=True)
+class LearnedAdaptation:
+    """An algorithm's test-time rule together with the tensors it learned for it (Meta-SGD's per-parameter learning
+    rates and the like: `MetaAlgorithm.export_tensors()`, exported beside theta)."""
+
+    config: object  # its AlgorithmConfig
+    tensors: dict = field(default_factory=dict)  # name -> tensor (detached, CPU)
 
 
 class MetaAlgorithm:
@@ -61,9 +71,11 @@ class MetaAlgorithm:
 
     @classmethod
     def test_trajectory(cls, config, model, loss_fn, params, x_support, y_support, steps: int,
-                        batched: bool = False) -> Iterator["OrderedDict[str, torch.Tensor]"]:
+                        batched: bool = False, tensors: dict | None = None
+                        ) -> Iterator["OrderedDict[str, torch.Tensor]"]:
         """Test-time adaptation as this algorithm was trained to adapt: yields each task's parameters [B, ...]
-        after 0, 1, ..., `steps` steps, detached. The default is plain SGD with step size inner_lr (MAML paper)."""
+        after 0, 1, ..., `steps` steps, detached. `tensors`: what it learned besides theta (`export_tensors`).
+        The default is plain SGD with step size inner_lr (MAML paper)."""
         return sgd_trajectory(model, loss_fn, params, x_support, y_support, steps, config.inner_lr, batched)
 
     @classmethod
@@ -71,16 +83,17 @@ class MetaAlgorithm:
         """How `test_trajectory` fine-tunes, for evaluation tables."""
         return f"SGD, inner lr {config.inner_lr:g}"
 
-    @classmethod
-    def test_adapt(cls, config, model, loss_fn, params, x_support, y_support, steps: int,
-                   batched: bool = False) -> "OrderedDict[str, torch.Tensor]":
-        """The parameters after `steps` test-time steps (the last item of `test_trajectory`)."""
-        return deque(cls.test_trajectory(config, model, loss_fn, params, x_support, y_support, steps, batched),
-                     maxlen=1)[0]
-
     def export_tensors(self) -> "OrderedDict[str, torch.Tensor]":
-        """Learned tensors besides theta that an export carries (Meta-SGD's learning rates and the like)."""
+        """Learned tensors besides theta that checkpoints, exports, snapshots and test-time adaptation carry
+        (Meta-SGD's learning rates and the like): the live tensors (load_state_dict copies into them; callers that
+        keep them copy them); names must not collide with theta's."""
         return OrderedDict()
+
+    def adaptation(self):
+        """How this algorithm fine-tunes at test time, with what it learned: its config, or a LearnedAdaptation
+        when it has export_tensors (what validation, snapshots and exports hand on)."""
+        tensors = {k: v.detach().to("cpu").clone() for k, v in self.export_tensors().items()}
+        return LearnedAdaptation(self.config, tensors) if tensors else self.config
 
     def setup(self, params) -> None:
         """Create the outer optimizer over the leaf tensors of theta."""

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 
 from .adaptation import sgd_trajectory
-from .base import MetaAlgorithm
+from .base import LearnedAdaptation, MetaAlgorithm
 from .registry import ALGORITHMS, algorithm_class
 
 
@@ -121,24 +121,37 @@ def multi_step_names() -> list[str]:
     return [a.name for a in ALGORITHMS if a.multi_step_loss]
 
 
-def test_trajectory(adaptation: AlgorithmConfig | float, model, loss_fn, params, x_support, y_support, steps: int,
+def test_trajectory(adaptation, model, loss_fn, params, x_support, y_support, steps: int,
                     batched: bool = False) -> Iterator["OrderedDict[str, torch.Tensor]"]:
-    """Test-time adaptation by an algorithm's own rule (an AlgorithmConfig), or plain SGD with a step size (a
-    number: initializations of unknown origin). Yields each task's parameters after 0..steps steps."""
-    if isinstance(adaptation, AlgorithmConfig):
-        return algorithm_class(adaptation.name).test_trajectory(adaptation, model, loss_fn, params, x_support,
-                                                                y_support, steps, batched)
-    return sgd_trajectory(model, loss_fn, params, x_support, y_support, steps, float(adaptation), batched)
+    """Test-time adaptation by an algorithm's own rule: `adaptation` is its AlgorithmConfig, or a LearnedAdaptation
+    (config + learned tensors), or a plain SGD step size (a number: initializations of unknown origin). Yields each
+    task's parameters after 0..steps steps."""
+    if isinstance(adaptation, LearnedAdaptation):
+        config, tensors = adaptation.config, adaptation.tensors
+    elif isinstance(adaptation, AlgorithmConfig):
+        config, tensors = adaptation, {}
+    else:
+        return sgd_trajectory(model, loss_fn, params, x_support, y_support, steps, float(adaptation), batched)
+    return algorithm_class(config.name).test_trajectory(config, model, loss_fn, params, x_support, y_support, steps,
+                                                        batched, tensors=tensors)
 
 
-def adaptation_text(adaptation: AlgorithmConfig | float) -> str:
+def adaptation_config(adaptation) -> AlgorithmConfig | None:
+    """The AlgorithmConfig inside an adaptation (None for a plain SGD step size)."""
+    if isinstance(adaptation, LearnedAdaptation):
+        return adaptation.config
+    return adaptation if isinstance(adaptation, AlgorithmConfig) else None
+
+
+def adaptation_text(adaptation) -> str:
     """How test-time adaptation runs, for tables and cards: 'SGD, inner lr 0.4', 'Adam (beta1 0, ...), inner lr 0.1'."""
-    if isinstance(adaptation, AlgorithmConfig):
-        return algorithm_class(adaptation.name).test_adaptation_text(adaptation)
+    config = adaptation_config(adaptation)
+    if config is not None:
+        return algorithm_class(config.name).test_adaptation_text(config)
     return f"SGD, inner lr {float(adaptation):g}"
 
 
-def test_adapt(adaptation: AlgorithmConfig | float, model, loss_fn, params, x_support, y_support, steps: int,
+def test_adapt(adaptation, model, loss_fn, params, x_support, y_support, steps: int,
                batched: bool = False) -> "OrderedDict[str, torch.Tensor]":
     """The parameters after `steps` test-time steps (see test_trajectory)."""
     return deque(test_trajectory(adaptation, model, loss_fn, params, x_support, y_support, steps, batched),

@@ -27,7 +27,8 @@ class Reptile(MetaAlgorithm):
     outer_lr_tip = "Reptile's outer step ε at the first iteration (annealed linearly to 0)"
 
     @classmethod
-    def test_trajectory(cls, config, model, loss_fn, params, x_support, y_support, steps, batched=False):
+    def test_trajectory(cls, config, model, loss_fn, params, x_support, y_support, steps, batched=False,
+                        tensors=None):
         """Fine-tunes as it trained: Adam (beta1 = 0, fresh moments per task) when inner_optimizer is adam."""
         if config.inner_optimizer == "adam":
             return adam_trajectory(model, loss_fn, params, x_support, y_support, steps, config.inner_lr, batched)

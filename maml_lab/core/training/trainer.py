@@ -182,9 +182,9 @@ class Trainer:
         batch = self.validation_batch()
         out = {}
         for name, run in self.runs.items():
-            cfg = run.algorithm.config
-            steps = max(cfg.inner_steps, 1)
-            losses, accs = per_task_curve(self.model, self.family.loss, run.params, batch, steps, cfg)
+            steps = max(run.algorithm.config.inner_steps, 1)
+            losses, accs = per_task_curve(self.model, self.family.loss, run.params, batch, steps,
+                                          run.algorithm.adaptation())
             entry = {"iteration": self.iteration, "val_pre_loss": float(losses[0].mean()),
                      "val_post_loss": float(losses[-1].mean())}
             if accs is not None:
@@ -291,4 +291,5 @@ class Trainer:
         return build_metadata(name, self.model.spec(), self.family.describe(), hyper, self.iteration, metrics)
 
     def export(self, name: str, path) -> None:
-        export_initialization(path, self.runs[name].params, self.metadata(name))
+        export_initialization(path, self.runs[name].params, self.metadata(name),
+                              extra_tensors=self.runs[name].algorithm.export_tensors())
