@@ -15,9 +15,10 @@ BUILTIN_ALGORITHMS = (
     "maml_lab.core.algorithms.maml:FOMAML",
     "maml_lab.core.algorithms.reptile:Reptile",
     "maml_lab.core.algorithms.pretrained:Pretrained",
+    "maml_lab.core.algorithms.metasgd:MetaSGD",
 )
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-UNKNOWN_COLORS = ("#CC79A7", "#E69F00", "#000000")  # Okabe-Ito extras for names no algorithm claims
+UNKNOWN_COLORS = ("#E69F00", "#000000", "#8C8C8C")  # Okabe-Ito extras for names no algorithm claims
 
 
 def _check(name: str, cls):
