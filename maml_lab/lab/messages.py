@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
-class Progress:
-    """After every iteration (the listener throttles, not the session)."""
+class RunStatus:
+    """Where a run stands: what every progress message says."""
 
     state: str  # running, paused, finished, stopped, diverged, failed
     iteration: int
@@ -17,6 +17,12 @@ class Progress:
     eta_s: float
     elapsed_s: float
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class Progress(RunStatus):
+    """After every iteration (the listener throttles, not the session)."""
+
     metrics: dict = field(default_factory=dict)  # algorithm -> TRAIN_FIELDS (+ "iteration") of this iteration
     val: dict = field(default_factory=dict)  # algorithm -> VAL_FIELDS (+ "iteration"), when it validated
 
@@ -44,17 +50,10 @@ class RunStarted:
 
 
 @dataclass(frozen=True)
-class RunProgress:
+class RunProgress(RunStatus):
     """Throttled progress for a UI: the metrics since the last message as a chunk
     ({"train": {algorithm: {"iteration": [...], field: [...]}}, "val": {...}}) and each algorithm's latest row."""
 
-    state: str
-    iteration: int
-    total: int
-    tasks_per_s: float
-    eta_s: float
-    elapsed_s: float
-    reason: str = ""
     chunk: dict = field(default_factory=dict)
     latest: dict = field(default_factory=dict)
 

@@ -20,19 +20,6 @@ CAPACITY = 4096  # bins per series: runs up to this many iterations are held exa
 TAIL = 1024  # raw rows kept per series besides the bins
 
 
-def bin_means(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Means of consecutive bins so that at most `max_points` remain (x: the bins' last iteration)."""
-    n = len(x)
-    if n <= max_points:
-        return x.astype(np.float64), y
-    size = int(np.ceil(n / max_points))
-    starts = np.arange(0, n, size)
-    sums = np.add.reduceat(y, starts)
-    counts = np.diff(np.append(starts, n))
-    ends = np.minimum(starts + size, n) - 1
-    return x[ends].astype(np.float64), sums / counts
-
-
 class MetricsHistory:
     def __init__(self, capacity: int = CAPACITY, tail: int = TAIL):
         self.capacity, self.tail = capacity, tail

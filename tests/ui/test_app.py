@@ -8,7 +8,7 @@ from PySide6.QtGui import QImage
 
 from maml_lab import app
 from maml_lab.core.algorithms.registry import ALGORITHMS
-from maml_lab.lab.metrics_history import MetricsHistory, bin_means
+from maml_lab.lab.metrics_history import MetricsHistory
 from maml_lab.ui.colors import algorithm_color
 from maml_lab.ui.training_plots import ema, nice_ceil
 
@@ -65,7 +65,6 @@ def test_history_bins_and_csv():
     assert h.last_iteration() == 3000
     csv = h.to_csv().splitlines()
     assert len(csv) == 3001 and csv[1000] == "1000,maml,2,1000,,,3,1,,"  # the run folder's metrics.csv format
-    assert bin_means(np.arange(5), np.arange(5.0), 10)[1].tolist() == [0, 1, 2, 3, 4]
 
 
 def test_ema_smooths_and_skips_nan():

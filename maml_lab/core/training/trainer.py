@@ -166,7 +166,7 @@ class Trainer:
     @property
     def validation_family(self):
         """Where validation tasks come from: the family's held-out classes when it has them (image sets)."""
-        return getattr(self.family, "validation_family", None) or self.family
+        return task_family(self.config.task).heldout(self.family)
 
     def validation_batch(self):
         if self._val_batch is None:
