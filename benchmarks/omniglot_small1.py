@@ -9,6 +9,7 @@ is evaluated on the held-out characters: 5-way 1-shot and 5-shot accuracy after 
 1-shot accuracy is also measured during training (on fewer tasks) to show the trend.
 
     python benchmarks/omniglot_small1.py [--iterations 500] [--algorithms maml fomaml reptile] [--threads 1]
+    python benchmarks/omniglot_small1.py --algorithms anil boil   # any registered algorithm, adapted by its own rule
 
 The MAML paper reaches 98.7% on full Omniglot after 60,000 iterations; this benchmark measures what a
 modest CPU budget reaches on a 136-character subset.
@@ -45,6 +46,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is robust on a shared CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, help="also export each initialization here")
+    parser.add_argument("--convention", choices=["lab", "cbfinn"], default=None,
+                        help="loss and batch-norm conventions (docs/image_tasks.md; default: the images default)")
+    parser.add_argument("--inner-lr", type=float, help="inner step size (default: the images default, 0.4)")
     args = parser.parse_args()
     if not args.data.is_file():
         sys.exit(f"Omniglot data not found: {args.data}")
@@ -52,7 +56,8 @@ def main() -> None:
     started = time.time()
     base = ExperimentConfig(task="images", data=str(args.data), ways=5, shots=1, queries=5, rotations=True,
                             meta_batch_size=args.meta_batch_size, iterations=args.iterations, val_every=0,
-                            seed=args.seed)
+                            seed=args.seed,
+                            task_options={"convention": args.convention} if args.convention else {})
     family = make_family(base)
     heldout = family.validation_family
     split = family.info["split"]
@@ -61,11 +66,11 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
     rows = []
     for name in args.algorithms:
-        algo = AlgorithmConfig.defaults(name, task="images")
+        algo = AlgorithmConfig.defaults(name, task="images", inner_lr=args.inner_lr)
         config = ExperimentConfig(**{**base.to_dict(), "algorithms": [algo]})
         trainer = Trainer(config, family=family, record_every=0)
         run = trainer.runs[name]
-        steps, lr = algo.test_inner_steps, algo.inner_lr
+        steps = algo.test_inner_steps  # fine-tuned by its own test-time rule (ANIL: the head only, BOIL: the body)
         trend = []
         t_train = 0.0
         chunk = args.trend_every or args.iterations
@@ -81,14 +86,15 @@ def main() -> None:
             line = (f"  {name} iteration {trainer.iteration}: {t_train:.0f} s, training query accuracy "
                     f"{100 * train_acc:.1f}%")
             if args.trend_every and trainer.iteration < args.iterations:
-                acc = accuracy_after_steps(trainer.model, heldout, run.params, 1, [steps], lr, args.trend_tasks,
-                                           15, seed=1234)[steps]
+                acc = accuracy_after_steps(trainer.model, heldout, run.params, 1, [steps],
+                                           run.algorithm.adaptation(), args.trend_tasks, 15, seed=1234)[steps]
                 trend.append((trainer.iteration, acc[0]))
                 line += f", held-out 1-shot {100 * acc[0]:.1f}% +- {100 * acc[1]:.1f}% ({args.trend_tasks} tasks)"
             print(line, flush=True)
         t0 = time.time()
-        final = {shots: accuracy_after_steps(trainer.model, heldout, run.params, shots, [steps], lr,
-                                             args.eval_tasks, 15)[steps] for shots in (1, 5)}
+        final = {shots: accuracy_after_steps(trainer.model, heldout, run.params, shots, [steps],
+                                             run.algorithm.adaptation(), args.eval_tasks, 15)[steps]
+                 for shots in (1, 5)}
         t_eval = time.time() - t0
         trend.append((trainer.iteration, final[1][0]))
         rows.append((name, trainer.iteration, t_train, final, steps, t_eval, trend))

@@ -37,18 +37,21 @@ def _detached_leaves(params) -> "OrderedDict[str, torch.Tensor]":
 
 def adapt(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tensor, steps: int, lr: float,
           create_graph: bool = False, keep_path: bool = False, batched: bool = False,
-          final_loss: bool = False) -> AdaptResult:
+          final_loss: bool = False, names=None) -> AdaptResult:
     """`steps` SGD steps with step size `lr` on each task's support set, from `params`.
 
     params: shared (theta, no task dim) unless `batched`. With create_graph=False the result is cut from
     the graph of the inner gradients (first-order / evaluation), but when theta requires grad the
     adapted parameters still depend on it through the identity path, which is what FOMAML needs.
     final_loss: also compute the support loss after the last step (one extra forward pass).
+    names: adapt only these parameters (ANIL: the head, BOIL: the body; `adapted_subset`); the others keep their
+    values and no inner gradient is taken for them. None: all of them.
     """
     if steps < 0:
         raise ValueError(f"adaptation steps must be >= 0, got {steps}")
     num_tasks = x_support.shape[0]
     fast = OrderedDict(params) if batched else expand_params(params, num_tasks)
+    subset = _without_frozen(model, _check_subset(names, fast), fast)
     tracks_theta = any(v.requires_grad for v in fast.values()) and torch.is_grad_enabled()
     explicit_grad = getattr(model, "batched_loss_grad", None)
     losses: list[torch.Tensor] = []
@@ -56,6 +59,12 @@ def adapt(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tens
     with torch.enable_grad():
         for _ in range(steps):
             inputs = fast if tracks_theta else _detached_leaves(fast)
+            if subset is not None:
+                fast = _subset_step(model, loss_fn, inputs, subset, x_support, y_support, lr, create_graph,
+                                    tracks_theta, losses)
+                if keep_path:
+                    path.append(OrderedDict((k, v.detach().clone()) for k, v in fast.items()))
+                continue
             explicit = None
             if explicit_grad is not None:
                 with torch.set_grad_enabled(create_graph):
@@ -81,6 +90,68 @@ def adapt(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tens
     return AdaptResult(fast, losses, path)
 
 
+def _check_subset(names, params) -> "tuple[str, ...] | None":
+    """The adapted names in parameter order (None: all); ValueError for names the parameters do not have."""
+    if names is None:
+        return None
+    names = set(names)
+    unknown = sorted(names - set(params))
+    if unknown:
+        raise ValueError(f"cannot adapt unknown parameter(s) {', '.join(unknown)}")
+    subset = tuple(k for k in params if k in names)
+    return None if len(subset) == len(params) else subset
+
+
+def _without_frozen(model, subset, params) -> "tuple[str, ...] | None":
+    """`subset` less the parameters the model never adapts in an inner loop (`model.inner_frozen`, e.g. conv-4's
+    batch-norm shifts in cbfinn's convention)."""
+    frozen = set(getattr(model, "inner_frozen", ()) or ())
+    if not frozen & set(params):
+        return subset
+    return tuple(k for k in (params if subset is None else subset) if k not in frozen)
+
+
+def zero_frozen(model, names, grads) -> list:
+    """Inner-loop gradients with those of `model.inner_frozen` parameters zeroed (optimizers other than `adapt`'s
+    SGD: a zero gradient leaves Adam's iterate where it is)."""
+    frozen = set(getattr(model, "inner_frozen", ()) or ())
+    return [torch.zeros_like(g) if k in frozen else g for k, g in zip(names, grads)]
+
+
+def _subset_step(model, loss_fn, inputs, subset, x_support, y_support, lr, create_graph, tracks_theta, losses):
+    """One SGD step on the parameters in `subset` only (autograd, gradients of the others never taken)."""
+    if not tracks_theta:  # evaluation: only the adapted tensors need to be leaves
+        inputs = OrderedDict((k, v.detach().requires_grad_(k in subset)) for k, v in inputs.items())
+    task_losses = loss_fn(model.forward(inputs, x_support), y_support)
+    grads = torch.autograd.grad(task_losses.sum(), [inputs[k] for k in subset], create_graph=create_graph)
+    losses.append(task_losses.detach())
+    grads = dict(zip(subset, grads))
+    out = OrderedDict()
+    for k, v in inputs.items():
+        if k not in grads:
+            out[k] = v
+            continue
+        g = grads[k] if create_graph else grads[k].detach()
+        out[k] = v - lr * g if (create_graph or tracks_theta) else (v - lr * g).detach()
+    return out
+
+
+def adapted_subset(model, params, rule: str) -> "tuple[str, ...] | None":
+    """Which parameters an inner loop adapts: 'all' (None: every one), 'head' (the model's `head_names`: ANIL) or
+    'body' (every parameter but the head: BOIL)."""
+    if rule in ("all", None):
+        return None
+    head_names = getattr(model, "head_names", None)
+    if head_names is None:
+        raise ValueError(f"{type(model).__name__} does not name its head, so it cannot adapt the {rule} only")
+    head = set(head_names(params))
+    if rule == "head":
+        return tuple(k for k in params if k in head)
+    if rule == "body":
+        return tuple(k for k in params if k not in head)
+    raise ValueError(f"unknown adaptation rule {rule!r} (all, head or body)")
+
+
 def adapt_adam(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tensor, steps: int, lr: float,
                betas: tuple[float, float] = (0.0, 0.999), eps: float = 1e-8) -> AdaptResult:
     """`steps` of Adam on each task (Reptile's inner optimizer), all tasks at once, no graph kept.
@@ -98,6 +169,7 @@ def adapt_adam(model, loss_fn, params, x_support: torch.Tensor, y_support: torch
             inputs = _detached_leaves(fast)
             task_losses = loss_fn(model.forward(inputs, x_support), y_support)
             grads = torch.autograd.grad(task_losses.sum(), list(inputs.values()))
+            grads = zero_frozen(model, inputs, grads)
             losses.append(task_losses.detach())
             with torch.no_grad():
                 for (k, v), g in zip(inputs.items(), grads):
@@ -112,8 +184,9 @@ def adapt_adam(model, loss_fn, params, x_support: torch.Tensor, y_support: torch
 
 
 def sgd_trajectory(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tensor, steps: int, lr: float,
-                   batched: bool = False):
-    """Test-time SGD, one step at a time: yields each task's detached parameters [B, ...] after 0..steps steps."""
+                   batched: bool = False, names=None):
+    """Test-time SGD, one step at a time: yields each task's detached parameters [B, ...] after 0..steps steps.
+    names: adapt only these (see `adapt`)."""
     if steps < 0:
         raise ValueError(f"adaptation steps must be >= 0, got {steps}")
     fast = OrderedDict((k, v.detach()) for k, v in params.items())
@@ -121,7 +194,7 @@ def sgd_trajectory(model, loss_fn, params, x_support: torch.Tensor, y_support: t
         fast = expand_params(fast, x_support.shape[0])
     yield fast
     for _ in range(steps):
-        fast = adapt(model, loss_fn, fast, x_support, y_support, 1, lr, batched=True).params
+        fast = adapt(model, loss_fn, fast, x_support, y_support, 1, lr, batched=True, names=names).params
         fast = OrderedDict((k, v.detach()) for k, v in fast.items())
         yield fast
 
@@ -144,6 +217,7 @@ def adam_trajectory(model, loss_fn, params, x_support: torch.Tensor, y_support: 
             inputs = _detached_leaves(fast)
             task_losses = loss_fn(model.forward(inputs, x_support), y_support)
             grads = torch.autograd.grad(task_losses.sum(), list(inputs.values()))
+            grads = zero_frozen(model, inputs, grads)
         with torch.no_grad():
             new = OrderedDict()
             for (k, v), g in zip(inputs.items(), grads):

@@ -19,7 +19,7 @@ from typing import ClassVar
 import torch
 
 from ..tasks.losses import accuracy_per_task, loss_function
-from .adaptation import AdaptResult, adapt, expand_params, sgd_trajectory
+from .adaptation import AdaptResult, adapt, adapted_subset, expand_params, sgd_trajectory
 from .optim import Adam
 
 
@@ -48,6 +48,12 @@ class MetaAlgorithm:
     option_defaults: ClassVar[dict] = {}  # algorithm-specific settings (AlgorithmConfig.options) and defaults
     multi_step_loss: ClassVar[bool] = False  # takes step_loss_weights (MAML++'s multi-step loss)
     min_inner_steps: ClassVar[int] = 1  # the pretrained baseline trains without inner steps (0)
+    # trains on batches whose data are sampled from the parameters being adapted (`batch.sampled`: reinforcement
+    # learning, e.g. 2-D navigation; core/rl/objective.py): families refuse algorithms without it
+    sampled_tasks: ClassVar[bool] = False
+    # which parameters the inner loop adapts, in training and at test time: "all", "head" (the model's
+    # `head_names`: ANIL) or "body" (all but the head: BOIL); the others are held at theta in the inner loop
+    adapts: ClassVar[str] = "all"
     # the panel's outer-step field: which config field, and its name there
     outer_lr_field: ClassVar[str] = "meta_lr"
     outer_lr_label: ClassVar[str] = "meta lr β"
@@ -59,7 +65,7 @@ class MetaAlgorithm:
         self.loss_fn = loss_function(loss)
         self.config = config
         self.total_iterations = max(1, int(total_iterations))
-        self.classification = loss == "cross_entropy"
+        self.classification = loss in ("cross_entropy", "cross_entropy_sum")  # tasks.losses.CLASSIFICATION_LOSSES
         self.optimizer: Adam | None = None
         # data-parallel training: all-reduces a list of tensors in place to their global mean (None: one process)
         self.sync: Callable[[list[torch.Tensor]], None] | None = None
@@ -75,8 +81,14 @@ class MetaAlgorithm:
                         ) -> Iterator["OrderedDict[str, torch.Tensor]"]:
         """Test-time adaptation as this algorithm was trained to adapt: yields each task's parameters [B, ...]
         after 0, 1, ..., `steps` steps, detached. `tensors`: what it learned besides theta (`export_tensors`).
-        The default is plain SGD with step size inner_lr (MAML paper)."""
-        return sgd_trajectory(model, loss_fn, params, x_support, y_support, steps, config.inner_lr, batched)
+        The default is plain SGD with step size inner_lr (MAML paper), on the parameters `adapts` names."""
+        return sgd_trajectory(model, loss_fn, params, x_support, y_support, steps, config.inner_lr, batched,
+                              names=cls.adapted_names(model, params))
+
+    @classmethod
+    def adapted_names(cls, model, params) -> "tuple[str, ...] | None":
+        """The parameters this algorithm's inner loop adapts (`adapts`); None: all of them."""
+        return adapted_subset(model, params, cls.adapts)
 
     @classmethod
     def test_adaptation_text(cls, config) -> str:
@@ -129,16 +141,22 @@ class MetaAlgorithm:
         logits are still those after the last step.
         """
         cfg = self.config
+        if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL): rl/objective.py
+            from ..rl.objective import objective_meta_gradient
+
+            return objective_meta_gradient(self, params, batch, first_order)
         if cfg.step_loss_weights:
             return self._multi_step_meta_gradient(params, batch, first_order)
-        explicit = getattr(self.model, "explicit_meta_gradient", None)
+        names = self.adapted_names(self.model, params)
+        # the explicit paths adapt every parameter: a subset (ANIL, BOIL) differentiates through `adapt`
+        explicit = getattr(self.model, "explicit_meta_gradient", None) if names is None else None
         if explicit is not None:
             out = explicit(params, batch, self.loss_fn, cfg.inner_steps, cfg.inner_lr, first_order)
             if out is not None:
                 res = AdaptResult(out.params, out.support_losses, support_pred=getattr(out, "support_pred", None))
                 return out.grads, out.meta_loss, res, out.query_pred
         res = adapt(self.model, self.loss_fn, params, batch.x_support, batch.y_support, cfg.inner_steps,
-                    cfg.inner_lr, create_graph=not first_order)
+                    cfg.inner_lr, create_graph=not first_order, names=names)
         query_logits = self.model.forward(res.params, batch.x_query)
         meta_loss = self.loss_fn(query_logits, batch.y_query).mean()
         grads = torch.autograd.grad(meta_loss, list(params.values()))
@@ -147,10 +165,11 @@ class MetaAlgorithm:
     def _multi_step_meta_gradient(self, params, batch, first_order: bool):
         cfg = self.config
         fast = expand_params(params, batch.num_tasks)
+        names = self.adapted_names(self.model, params)
         support_losses, objective = [], 0.0
         for weight in cfg.step_loss_weights:
             res = adapt(self.model, self.loss_fn, fast, batch.x_support, batch.y_support, 1, cfg.inner_lr,
-                        create_graph=not first_order, batched=True)
+                        create_graph=not first_order, batched=True, names=names)
             fast = res.params
             support_losses += res.support_losses
             query_logits = self.model.forward(fast, batch.x_query)

@@ -16,6 +16,9 @@ BUILTIN_ALGORITHMS = (
     "maml_lab.core.algorithms.reptile:Reptile",
     "maml_lab.core.algorithms.pretrained:Pretrained",
     "maml_lab.core.algorithms.metasgd:MetaSGD",
+    "maml_lab.core.algorithms.mamlpp:MAMLPlusPlus",
+    "maml_lab.core.algorithms.anil:ANIL",
+    "maml_lab.core.algorithms.boil:BOIL",
 )
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 UNKNOWN_COLORS = ("#E69F00", "#000000", "#8C8C8C")  # Okabe-Ito extras for names no algorithm claims

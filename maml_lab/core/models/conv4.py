@@ -9,6 +9,14 @@ Parameter names are those of the equivalent `torch.nn.Sequential` (`torch_module
 the first conv, "1.weight" / "1.bias" for its batch norm, so an exported state_dict loads into plain PyTorch
 (BatchNorm2d with track_running_stats=False gives the same outputs in train and eval mode).
 
+Conventions (`convention`): "lab" is the layout above. "cbfinn" is cbfinn/maml's: batch norm without a scale
+(tf.contrib.layers.batch_norm's default scale=False, so no "1.weight"), eps 1e-3, its shift (beta) not adapted
+in the inner loop (`inner_frozen`; the outer loop trains it), and for strided downsampling (Omniglot) a head on
+the mean of the final feature map ([N, F]) instead of the flattened map (cbfinn's reduce_mean over [1, 2];
+MiniImagenet, max-pool, flattens). Its loss convention lives in tasks/losses.py (`cross_entropy_sum`). The fast
+explicit paths (`batched_loss_grad`, `explicit_meta_gradient`) are written for "lab" and return None otherwise,
+so other conventions differentiate by autograd.
+
 How a meta-batch of B tasks runs (measured on CPU with benchmarks/bench_meta_step.py --model conv4):
 
 * Shared parameters (theta, or its stride-0 per-task view at the first inner step): tasks are folded into the
@@ -54,6 +62,8 @@ from torch import nn
 
 DOWNSAMPLING = ("stride", "maxpool")
 BATCHING = ("auto", "loop", "grouped", "vmap")
+CONVENTIONS = ("lab", "cbfinn")  # see the module docstring
+CBFINN_EPS = 1e-3  # tf.contrib.layers.batch_norm's default epsilon
 
 
 def _channels_last_parts(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -69,8 +79,8 @@ class Conv4:
     kernel = 3
 
     def __init__(self, in_channels: int = 1, image_size: int | tuple[int, int] = 28, ways: int = 5,
-                 filters: int | None = None, downsample: str | None = None, eps: float = 1e-5,
-                 batched: str = "auto"):
+                 filters: int | None = None, downsample: str | None = None, eps: float | None = None,
+                 batched: str = "auto", convention: str = "lab"):
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         if len(size) != 2 or min(size) < 1:
             raise ValueError(f"image size must be a positive int or (height, width), got {image_size}")
@@ -80,7 +90,10 @@ class Conv4:
         self.ways = int(ways)
         self.filters = int(filters if filters is not None else (32 if large else 64))
         self.downsample = downsample if downsample is not None else ("maxpool" if large else "stride")
-        self.eps = float(eps)
+        if convention not in CONVENTIONS:
+            raise ValueError(f"unknown convention {convention!r} (one of {', '.join(CONVENTIONS)})")
+        self.convention = convention
+        self.eps = float(eps if eps is not None else (CBFINN_EPS if convention == "cbfinn" else 1e-5))
         self.batched = batched
         if self.in_channels < 1 or self.ways < 1 or self.filters < 1:
             raise ValueError(f"conv4 needs positive in_channels, ways and filters, got "
@@ -98,14 +111,19 @@ class Conv4:
 
     def spec(self) -> dict:
         size = self.image_size[0] if self.image_size[0] == self.image_size[1] else list(self.image_size)
-        return {"kind": "conv4", "in_channels": self.in_channels, "image_size": size, "ways": self.ways,
-                "filters": self.filters, "downsample": self.downsample}
+        out = {"kind": "conv4", "in_channels": self.in_channels, "image_size": size, "ways": self.ways,
+               "filters": self.filters, "downsample": self.downsample}
+        if self.convention != "lab":  # lab specs keep the format they always had
+            out["convention"] = self.convention
+        return out
 
     @classmethod
-    def for_family(cls, family) -> "Conv4":
-        """The MAML paper's conv-4 for a family's images ([C, H, W] input_shape) and its number of ways."""
+    def for_family(cls, family, convention: str | None = None) -> "Conv4":
+        """The MAML paper's conv-4 for a family's images ([C, H, W] input_shape) and its number of ways; the
+        convention is the family's (`convention` attribute) unless given."""
         c, h, w = (int(s) for s in family.input_shape)
-        return cls(in_channels=c, image_size=h if h == w else (h, w), ways=family.output_dim)
+        convention = convention or getattr(family, "convention", "lab")
+        return cls(in_channels=c, image_size=h if h == w else (h, w), ways=family.output_dim, convention=convention)
 
     @classmethod
     def from_spec(cls, spec: dict) -> "Conv4":
@@ -113,7 +131,31 @@ class Conv4:
             raise ValueError(f"not a conv4 spec: kind {spec.get('kind')!r}")
         size = spec.get("image_size", 28)
         return cls(in_channels=spec.get("in_channels", 1), image_size=size if isinstance(size, int) else tuple(size),
-                   ways=spec.get("ways", 5), filters=spec.get("filters"), downsample=spec.get("downsample"))
+                   ways=spec.get("ways", 5), filters=spec.get("filters"), downsample=spec.get("downsample"),
+                   convention=spec.get("convention", "lab"))
+
+    @property
+    def bn_scale(self) -> bool:
+        """Whether batch norm has a learned scale (gamma, "<bn>.weight"): not in cbfinn's convention."""
+        return self.convention == "lab"
+
+    @property
+    def head_pool(self) -> str:
+        """How the final feature map reaches the head: "flatten", or "mean" over its positions (cbfinn, strided)."""
+        return "mean" if self.convention == "cbfinn" and self.downsample == "stride" else "flatten"
+
+    @property
+    def inner_frozen(self) -> tuple[str, ...]:
+        """Parameters the inner loop never adapts (the outer loop trains them): cbfinn's batch-norm shifts."""
+        if self.convention == "cbfinn":
+            return tuple(f"{self._names(k)[1]}.bias" for k in range(self.blocks))
+        return ()
+
+    def batch_norm_names(self) -> tuple[str, ...]:
+        """The batch-norm parameters (weights where the model has them, biases), in parameter order (MAML++'s
+        per-step batch norm)."""
+        bn = {self._names(k)[1] for k in range(self.blocks)}
+        return tuple(k for k in self.param_shapes() if k.split(".")[0] in bn)
 
     @property
     def _stride(self) -> int:
@@ -132,6 +174,8 @@ class Conv4:
 
     @property
     def feature_dim(self) -> int:
+        if self.head_pool == "mean":
+            return self.filters
         h, w = self.feature_map
         return self.filters * h * w
 
@@ -145,7 +189,48 @@ class Conv4:
 
     @property
     def _head(self) -> str:
-        return str(self.blocks * self._per_block + 1)  # after Flatten
+        return str(self.blocks * self._per_block + (2 if self.head_pool == "mean" else 1))  # after [pool,] Flatten
+
+    def head_names(self, params=None) -> tuple[str, ...]:
+        """The linear head (what ANIL adapts and BOIL holds fixed in the inner loop)."""
+        return (f"{self._head}.weight", f"{self._head}.bias")
+
+    def _head_input(self, h: torch.Tensor) -> torch.Tensor:
+        """The final feature map [M, F, h, w] as the head's input [M, features]: flattened (NCHW order, as
+        nn.Flatten) or, cbfinn's Omniglot head, averaged over its positions."""
+        return h.mean((2, 3)) if self.head_pool == "mean" else h.reshape(h.shape[0], -1)
+
+    def layer_groups(self) -> "OrderedDict[str, tuple[str, ...]]":
+        """Each layer's label and parameter names, input to output: the four blocks (conv + batch norm), the
+        head (the per-layer view)."""
+        groups = OrderedDict()
+        for k in range(self.blocks):
+            conv, bn = self._names(k)
+            groups[f"block {k + 1}"] = tuple(n for n in (f"{conv}.weight", f"{conv}.bias", f"{bn}.weight", f"{bn}.bias")
+                                             if n in self.param_shapes())
+        groups["head"] = self.head_names()
+        return groups
+
+    def layer_activations(self, params, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each block's output and the logits, flattened per image [B, N, features], in `layer_groups` order; one
+        task at a time (a reference computation for analysis, not the training path). params: shared or [B, ...]."""
+        shapes = self.param_shapes()
+        b = x.shape[0]
+        per_task = [OrderedDict((k, v[i] if v.dim() == len(shapes[k]) + 1 else v) for k, v in params.items())
+                    for i in range(b)]
+        outs: list[list[torch.Tensor]] = [[] for _ in range(self.blocks + 1)]
+        for i in range(b):
+            p, h = per_task[i], x[i]
+            for k in range(self.blocks):
+                conv, bn = self._names(k)
+                h = F.conv2d(h, p[f"{conv}.weight"], p[f"{conv}.bias"], stride=self._stride, padding=1)
+                h = F.relu(F.batch_norm(h, None, None, p.get(f"{bn}.weight"), p[f"{bn}.bias"], training=True,
+                                        eps=self.eps))
+                if self.downsample == "maxpool":
+                    h = F.max_pool2d(h, 2)
+                outs[k].append(h.reshape(h.shape[0], -1))
+            outs[-1].append(F.linear(self._head_input(h), p[f"{self._head}.weight"], p[f"{self._head}.bias"]))
+        return [torch.stack(o) for o in outs]
 
     def param_shapes(self) -> "OrderedDict[str, tuple[int, ...]]":
         shapes = OrderedDict()
@@ -154,7 +239,8 @@ class Conv4:
             conv, bn = self._names(k)
             shapes[f"{conv}.weight"] = (self.filters, c_in, self.kernel, self.kernel)
             shapes[f"{conv}.bias"] = (self.filters,)
-            shapes[f"{bn}.weight"] = (self.filters,)
+            if self.bn_scale:
+                shapes[f"{bn}.weight"] = (self.filters,)
             shapes[f"{bn}.bias"] = (self.filters,)
             c_in = self.filters
         shapes[f"{self._head}.weight"] = (self.ways, self.feature_dim)
@@ -182,11 +268,15 @@ class Conv4:
         layers: list[nn.Module] = []
         c_in = self.in_channels
         for _ in range(self.blocks):
-            layers += [nn.Conv2d(c_in, self.filters, self.kernel, stride=self._stride, padding=1),
-                       nn.BatchNorm2d(self.filters, eps=self.eps, track_running_stats=False), nn.ReLU()]
+            bn = nn.BatchNorm2d(self.filters, eps=self.eps, affine=self.bn_scale, track_running_stats=False)
+            if not self.bn_scale:  # cbfinn: a shift without a scale (F.batch_norm takes weight None, bias given)
+                bn.bias = nn.Parameter(torch.zeros(self.filters))
+            layers += [nn.Conv2d(c_in, self.filters, self.kernel, stride=self._stride, padding=1), bn, nn.ReLU()]
             if self.downsample == "maxpool":
                 layers.append(nn.MaxPool2d(2))
             c_in = self.filters
+        if self.head_pool == "mean":
+            layers.append(nn.AdaptiveAvgPool2d(1))
         layers += [nn.Flatten(), nn.Linear(self.feature_dim, self.ways)]
         return nn.Sequential(*layers)
 
@@ -260,7 +350,8 @@ class Conv4:
             zt = z.permute(0, 2, 3, 1).reshape(b, -1, f)  # [B, M = N*Ho*Wo, F], a view in channels-last
         zc = zt - zt.mean(1, keepdim=True)
         rstd = torch.rsqrt((zc * zc).mean(1, keepdim=True) + self.eps)
-        scale = params[f"{bn}.weight"] * rstd  # [B, 1, F]
+        gamma = params.get(f"{bn}.weight")
+        scale = rstd if gamma is None else gamma * rstd  # [B, 1, F]
         a = torch.relu(torch.addcmul(params[f"{bn}.bias"], zc, scale))
         cache = (zc, rstd, scale, a, cols) if keep else None
         h = a.view(-1, ho, wo, f).permute(0, 3, 1, 2)  # logical NCHW, channels-last in memory
@@ -274,7 +365,7 @@ class Conv4:
         for k in range(self.blocks):
             h, _ = self._block_shared(k, params, h, b, keep=False)
         head = self._head
-        return F.linear(h.reshape(b, n, -1), params[f"{head}.weight"], params[f"{head}.bias"])
+        return F.linear(self._head_input(h).reshape(b, n, -1), params[f"{head}.weight"], params[f"{head}.bias"])
 
     def batched_loss_grad(self, params, x: torch.Tensor, y: torch.Tensor, loss_fn):
         """Per-task cross-entropy losses [B] and gradients [B, ...] at *shared* parameters, by explicit
@@ -285,7 +376,8 @@ class Conv4:
         """
         from ..tasks.losses import cross_entropy_per_task
 
-        if loss_fn is not cross_entropy_per_task or self.downsample != "stride" or x.device.type != "cpu":
+        if (loss_fn is not cross_entropy_per_task or self.downsample != "stride" or x.device.type != "cpu"
+                or self.convention != "lab"):
             return None
         shared = self.shared_params(params)
         if shared is None:
@@ -299,7 +391,7 @@ class Conv4:
         downsampling, CPU, shared theta."""
         from . import conv4_meta
 
-        if (not conv4_meta.supports(self, loss_fn, batch.x_support, steps)
+        if (self.convention != "lab" or not conv4_meta.supports(self, loss_fn, batch.x_support, steps)
                 or any(v.dim() != len(s) for v, s in zip(params.values(), self.param_shapes().values()))):
             return None
         return conv4_meta.meta_gradient(self, params, batch.x_support, batch.y_support, batch.x_query,
@@ -420,11 +512,12 @@ class Conv4:
                 if k > 0 or not first_matmul:
                     h = F.conv2d(h, per[f"{conv}.weight"][i], per[f"{conv}.bias"][i], stride=self._stride,
                                  padding=1)
-                h = F.relu(F.batch_norm(h, None, None, per[f"{bn}.weight"][i], per[f"{bn}.bias"][i], training=True,
-                                        eps=self.eps))
+                gamma = per.get(f"{bn}.weight")
+                h = F.relu(F.batch_norm(h, None, None, None if gamma is None else gamma[i], per[f"{bn}.bias"][i],
+                                        training=True, eps=self.eps))
                 if self.downsample == "maxpool":
                     h = F.max_pool2d(h, 2)
-            feats.append(h.reshape(h.shape[0], -1))
+            feats.append(self._head_input(h))
         head = self._head
         return torch.baddbmm(params[f"{head}.bias"].unsqueeze(1), torch.stack(feats),
                              params[f"{head}.weight"].transpose(1, 2))
@@ -438,12 +531,14 @@ class Conv4:
             h = F.conv2d(h, params[f"{conv}.weight"], params[f"{conv}.bias"], stride=self._stride, padding=1)
             h5 = h.view(b, n, *h.shape[1:])
             var, mean = torch.var_mean(h5, dim=(1, 3, 4), correction=0, keepdim=True)
-            scale = params[f"{bn}.weight"].view(1, 1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+            scale = torch.rsqrt(var + self.eps)
+            if f"{bn}.weight" in params:
+                scale = params[f"{bn}.weight"].view(1, 1, -1, 1, 1) * scale
             h5 = torch.addcmul(params[f"{bn}.bias"].view(1, 1, -1, 1, 1) - mean * scale, h5, scale)
             h = F.relu(h5.view_as(h))
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
-        feats = h.reshape(b, n, -1)
+        feats = self._head_input(h).reshape(b, n, -1)
         head = self._head
         return F.linear(feats, params[f"{head}.weight"], params[f"{head}.bias"])
 
@@ -456,12 +551,13 @@ class Conv4:
             w = params[f"{conv}.weight"]
             h = F.conv2d(h, w.reshape(b * w.shape[1], *w.shape[2:]), params[f"{conv}.bias"].reshape(-1),
                          stride=self._stride, padding=1, groups=b)
-            h = F.batch_norm(h, None, None, params[f"{bn}.weight"].reshape(-1), params[f"{bn}.bias"].reshape(-1),
-                             training=True, eps=self.eps)
+            gamma = params.get(f"{bn}.weight")
+            h = F.batch_norm(h, None, None, None if gamma is None else gamma.reshape(-1),
+                             params[f"{bn}.bias"].reshape(-1), training=True, eps=self.eps)
             h = F.relu(h)
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
-        feats = h.reshape(n, b, -1).transpose(0, 1)  # [B, N, F*h*w]
+        feats = self._head_input(h).reshape(n, b, -1).transpose(0, 1)  # [B, N, F*h*w] (or [B, N, F])
         head = self._head
         return torch.baddbmm(params[f"{head}.bias"].unsqueeze(1), feats, params[f"{head}.weight"].transpose(1, 2))
 

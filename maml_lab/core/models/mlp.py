@@ -95,6 +95,37 @@ class MLP:
                 h = self._act(h)
         return h
 
+    def head_names(self, params=None) -> tuple[str, ...]:
+        """The head: the last linear layer (what ANIL adapts and BOIL holds fixed in the inner loop)."""
+        last = 2 * (self.num_layers - 1)
+        return (f"{last}.weight", f"{last}.bias")
+
+    def layer_groups(self) -> "OrderedDict[str, tuple[str, ...]]":
+        """Each layer's label and parameter names, input to output (the per-layer view)."""
+        groups = OrderedDict()
+        for i in range(self.num_layers):
+            label = "head" if i == self.num_layers - 1 else f"layer {i + 1}"
+            groups[label] = (f"{2 * i}.weight", f"{2 * i}.bias")
+        return groups
+
+    def layer_activations(self, params, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each layer's output [B, N, features] (after its nonlinearity; the head's: the predictions), in
+        `layer_groups` order. params: shared or per-task, as `forward`."""
+        out = []
+        h = x
+        last = self.num_layers - 1
+        for i in range(self.num_layers):
+            w = params[f"{2 * i}.weight"]
+            b = params[f"{2 * i}.bias"]
+            if w.dim() == 3:
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            else:
+                h = torch.addmm(b, h.reshape(-1, h.shape[-1]), w.t()).view(*h.shape[:-1], w.shape[0])
+            if i != last:
+                h = self._act(h)
+            out.append(h)
+        return out
+
     def batched_loss_grad(self, params, x: torch.Tensor, y: torch.Tensor, loss_fn):
         """Per-task MSE losses [B] and their gradients, by explicit backpropagation; None if unsupported.
 
@@ -167,6 +198,10 @@ def build_model(spec: dict):
         from .conv4 import Conv4  # image tasks; imported lazily
 
         return Conv4.from_spec(spec)
+    if kind == "gaussian_mlp_policy":
+        from ..rl.policy import GaussianMLPPolicy  # reinforcement-learning families (2-D navigation)
+
+        return GaussianMLPPolicy.from_spec(spec)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
