@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--convention", choices=["lab", "cbfinn"], default=None,
                         help="loss and batch-norm conventions (docs/image_tasks.md; default: the images default)")
     parser.add_argument("--inner-lr", type=float, help="inner step size (default: the images default, 0.4)")
+    parser.add_argument("--inner-steps", type=int, help="inner steps in training (default: each algorithm's own)")
+    parser.add_argument("--test-steps", type=int, help="fine-tuning steps at evaluation (default: each algorithm's)")
     args = parser.parse_args()
     if not args.data.is_file():
         sys.exit(f"Omniglot data not found: {args.data}")
@@ -66,7 +68,8 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} thread(s)", flush=True)
     rows = []
     for name in args.algorithms:
-        algo = AlgorithmConfig.defaults(name, task="images", inner_lr=args.inner_lr)
+        algo = AlgorithmConfig.defaults(name, task="images", inner_lr=args.inner_lr, inner_steps=args.inner_steps,
+                                       test_inner_steps=args.test_steps)
         config = ExperimentConfig(**{**base.to_dict(), "algorithms": [algo]})
         trainer = Trainer(config, family=family, record_every=0)
         run = trainer.runs[name]
