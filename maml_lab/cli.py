@@ -107,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "VALUE is read as TOML (numbers, true/false, [lists]), else as text")
     t.add_argument("--task-option", nargs="+", metavar="KEY=VALUE", default=[],
                    help="a task family's own setting (plug-in families), e.g. slope=[-1,1]")
+    t.add_argument("--convention", choices=("lab", "cbfinn"),
+                   help="image tasks: loss and batch-norm conventions, the lab's (per-task mean cross-entropy) or "
+                        "cbfinn/maml's (sum / K, batch norm without scale, eps 1e-3, shift not adapted; "
+                        "docs/image_tasks.md); the task option `convention`")
     t.add_argument("--out", type=Path, help="export path (.safetensors or .pt); several algorithms get a suffix")
     t.add_argument("--save-config", type=Path, help="also write the effective config as TOML")
     t.add_argument("--run-dir", type=Path, help="this run's folder: config, metrics.csv, checkpoints, exports, "
@@ -134,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", type=Path, help="image set for image initializations (default: the one it was "
                                              "trained on); its held-out classes are used")
     e.add_argument("--ways", type=_int_at_least(2), help="must match the initialization's output layer")
+    e.add_argument("--json", type=Path, metavar="PATH",
+                   help="also write each initialization's evaluation card and results as JSON")
 
     d = sub.add_parser("download", help="download the Omniglot zips (background and evaluation)")
     d.add_argument("--dest", type=Path, required=True, help="folder to put images_background.zip and "
@@ -168,6 +174,8 @@ def _config_from_args(args, base: dict | None = None):
         names = ["fomaml" if n == "maml" else n for n in names]
     task_options = dict(base.get("task_options") or {})
     task_options.update(_key_values(args.task_option, "--task-option"))
+    if getattr(args, "convention", None):
+        task_options["convention"] = args.convention
     if task_options:
         base["task_options"] = task_options
     overrides = {k: getattr(args, k) for k in ("inner_lr", "inner_steps", "test_inner_steps", "meta_lr",
@@ -386,6 +394,10 @@ def cmd_eval(args) -> int:
     steps = sorted(set(args.steps or [1, 5, 10]))
     if args.data is not None and not args.data.expanduser().exists():
         raise UsageError(f"image set not found: {args.data}")
+    json_path = getattr(args, "json", None)
+    if json_path is not None and not json_path.expanduser().parent.is_dir():
+        raise UsageError(f"--json: folder not found: {json_path.parent}")
+    evaluations = []
     for path in args.paths:
         params, extras, meta, model = load_initialization(path, with_extras=True)
         hyper = meta.get("hyperparameters", {})
@@ -402,11 +414,20 @@ def cmd_eval(args) -> int:
         if kind.metric == "accuracy":
             from .core.tasks.images import eval_image_initialization
 
-            eval_image_initialization(args, params, meta, model, shots_list, sorted(set(args.steps or [])),
-                                      adaptation, device, dtype)
+            out = eval_image_initialization(args, params, meta, model, shots_list, sorted(set(args.steps or [])),
+                                            adaptation, device, dtype)
+            evaluations.append({"path": str(path), "algorithm": meta.get("algorithm"),
+                                "iterations": meta.get("iterations"), **(out or {})})
             continue
         family = kind.from_description(meta.get("task", {}), data=args.data)
         queries = args.queries or 100
+        from .core.analysis.card import EvaluationCard
+
+        card = EvaluationCard.build(task, args.tasks, shots_list, steps, adaptation, queries=queries,
+                                    loss=family.loss, model=model, algorithm=meta.get("algorithm"),
+                                    notes={"task_seed": args.seed})
+        print(card.text())
+        rows = []
         for shots in shots_list:
             curve = adaptation_curve(model, family, params, shots, max(steps), adaptation, args.tasks, queries,
                                      args.seed, device, dtype)
@@ -416,6 +437,17 @@ def cmd_eval(args) -> int:
             for s in [0, *steps] if 0 not in steps else steps:
                 mean, ci = curve.at(s)
                 print(f"  {s:>5}  {mean:8.3f}  +- {ci:.3f}" if math.isfinite(mean) else f"  {s:>5}  diverged")
+                rows.append({"shots": shots, "steps": s, "metric": family.loss, "mean": mean if math.isfinite(mean)
+                             else None, "ci95": ci if math.isfinite(ci) else None})
+        evaluations.append({"path": str(path), "algorithm": meta.get("algorithm"), "iterations": meta.get("iterations"),
+                            "card": card.to_dict(), "results": rows})
+    if json_path is not None:
+        import json
+
+        from .core.export import atomic_write_bytes
+
+        atomic_write_bytes(json_path.expanduser(), json.dumps({"evaluations": evaluations}, indent=2).encode())
+        print(f"wrote {json_path}")
     return 0
 
 

@@ -303,7 +303,7 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
         result.task_path = pts[0]
         result.task_losses = losses[0]
         result.prediction = _predictions(model, run, theta, one, req.task_steps, lr)
-        if run.loss == "cross_entropy":
+        if run.loss in ("cross_entropy", "cross_entropy_sum"):
             result.task_accuracy = _accuracies(model, run, theta, one, req.task_steps, lr)
         # the slice the task sees: around its adaptation path (on the tasks plane, with the other task too)
         around = result.task_path if req.plane != "tasks" else np.vstack([result.task_path, [[0.0, 1.0]]])
@@ -413,7 +413,8 @@ def compute_curves(requests: list[CurveRequest], family, shots: int, steps: int,
     """core.evaluation.adaptation_curve for each initialization on the same held-out tasks (same seed)."""
     from ..core.analysis.evaluation import adaptation_curve
 
-    out = CurveSet(shots=shots, steps=steps, num_tasks=num_tasks, classification=family.loss == "cross_entropy")
+    out = CurveSet(shots=shots, steps=steps, num_tasks=num_tasks,
+                   classification=family.loss in ("cross_entropy", "cross_entropy_sum"))
     for i, r in enumerate(requests):
         if cancel is not None and cancel.is_set():
             break

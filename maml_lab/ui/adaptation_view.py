@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core.tasks.losses import is_classification
 from ..lab.initializations import Initialization
 from ..lab.inside import CurveRequest, CurveSet, RunPaths, compute_curves
 from .background import BackgroundRunner, StaleRecompute
@@ -188,7 +189,7 @@ class AdaptationView(QWidget):
     def family(self):
         """Held-out tasks: the run's (image sets: its held-out classes); sinusoids without a run."""
         if self.run is not None and self.run.eval_family is not None:
-            return self.run.eval_family, self.run.queries if self.run.loss == "cross_entropy" else 100
+            return self.run.eval_family, self.run.queries if is_classification(self.run.loss) else 100
         from ..core.tasks.sinusoid import SinusoidFamily
 
         return SinusoidFamily(), 100
@@ -200,7 +201,7 @@ class AdaptationView(QWidget):
             spec = init.model.spec() if hasattr(init.model, "spec") else {}
             if family.loss == "mse" and spec.get("kind") != "mlp":
                 continue  # an image model cannot adapt to sinusoids (and the reverse): skip it
-            if family.loss == "cross_entropy" and spec.get("kind") == "mlp":
+            if is_classification(family.loss) and spec.get("kind") == "mlp":
                 continue
             out.append(CurveRequest(key, init.label, init.algorithm, init.model, init.params, init.adaptation))
         return out

@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 import torch
 
-from .adaptation import expand_params
+from .adaptation import expand_params, zero_frozen
 from .base import MetaAlgorithm
 from .optim import Adam
 
@@ -61,6 +61,7 @@ class MetaSGD(MetaAlgorithm):
                 if step == 0:
                     pre_loss, pre_logits = losses.detach().mean(), logits.detach()
                 grads = torch.autograd.grad(losses.sum(), list(fast.values()), create_graph=True)
+                grads = zero_frozen(self.model, fast, grads)  # e.g. cbfinn's batch-norm shifts
                 fast = learned_step(fast, grads, self.lrs)
             query_logits = self.model.forward(fast, batch.x_query)
             meta_loss = self.loss_fn(query_logits, batch.y_query).mean()
@@ -91,6 +92,7 @@ class MetaSGD(MetaAlgorithm):
                 leaves = OrderedDict((k, v.detach().requires_grad_(True)) for k, v in fast.items())
                 losses = loss_fn(model.forward(leaves, x_support), y_support)
                 grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+                grads = zero_frozen(model, leaves, grads)
             with torch.no_grad():
                 fast = learned_step(leaves, grads, lrs)
                 fast = OrderedDict((k, v.detach()) for k, v in fast.items())

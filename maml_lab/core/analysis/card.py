@@ -1,0 +1,258 @@
+"""Evaluation cards: the protocol of an evaluation stated next to its numbers (Qt-free).
+
+A card says what an accuracy or MSE was measured under: the task family, how many held-out tasks, ways, shots
+and queries, how many test-time steps of which inner optimizer and step size, how batch norm treats a task
+(transductive: the statistics of the images it is applied to), the loss convention (the lab's per-task mean or
+cbfinn/maml's sum / K), the confidence-interval formula, and whether all of this is the protocol of a named
+paper (which fields differ, and how). CLI `eval`, the Adaptation and Tasks views, the benchmark scripts and their
+CSV/JSON exports print or embed one (`text()`, `to_dict()`).
+
+Paper protocols (GUIDE.md section 1, and the reference code where the paper is silent):
+
+* MAML paper (Finn et al. 2017), Omniglot 5-way: 600 tasks, 3 test steps of SGD with alpha 0.4 on cbfinn's
+  cross-entropy sum / K (2.0 on a per-task mean), batch norm with batch statistics (no scale, eps 1e-3), K
+  queries per class (cbfinn's data generator draws 2K images per class), 95% CI = 1.96 std / sqrt(600).
+  20-way: 5 steps of alpha 0.1.
+* MAML paper, sinusoid (Appendix C): 600 tasks, K = 5 (and 10) points, 1 / 5 / 10 SGD steps of 0.01 on the
+  per-task MSE, no batch norm, 95% CI = 1.96 std / sqrt(600).
+* Reptile paper (Nichol et al. 2018), Omniglot 5-way: 50 test-time Adam iterations (beta1 0, lr 1e-3),
+  transductive batch norm for the reported numbers, 10,000 tasks (supervised-reptile's evaluate()).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+CI_FORMULA = "95% CI = 1.96 std / sqrt(tasks)"
+
+
+@dataclass(frozen=True)
+class PaperProtocol:
+    """A named paper's evaluation protocol; None fields are not stated by it (not compared)."""
+
+    key: str
+    title: str
+    tasks: int | None = None
+    ways: int | None = None
+    shots: tuple[int, ...] | None = None
+    queries: str | None = None  # "K" (as many as shots) or a number as text
+    steps: tuple[int, ...] | None = None
+    optimizer: str | None = None  # "SGD" or "Adam"
+    step_size: float | None = None  # on the per-task mean loss (cbfinn's 0.4 on sum / K is 2.0 here for 5 ways)
+    paper_step_size: str | None = None  # as the paper states it
+    convention: str | None = None  # "lab" or "cbfinn"
+    transductive: bool | None = None
+    ci: str | None = CI_FORMULA
+
+
+PROTOCOLS = {
+    "maml-omniglot-5way": PaperProtocol(
+        "maml-omniglot-5way", "MAML paper, Omniglot 5-way (Finn et al. 2017)", tasks=600, ways=5, shots=(1, 5),
+        queries="K", steps=(3,), optimizer="SGD", step_size=0.4 * 5, paper_step_size="0.4 on sum / K",
+        convention="cbfinn", transductive=True),
+    "maml-omniglot-20way": PaperProtocol(
+        "maml-omniglot-20way", "MAML paper, Omniglot 20-way (Finn et al. 2017)", tasks=600, ways=20, shots=(1, 5),
+        queries="K", steps=(5,), optimizer="SGD", step_size=0.1 * 20, paper_step_size="0.1 on sum / K",
+        convention="cbfinn", transductive=True),
+    "maml-sinusoid": PaperProtocol(
+        "maml-sinusoid", "MAML paper, sinusoid regression (Finn et al. 2017, Appendix C)", tasks=600,
+        shots=(5, 10), steps=(1, 5, 10), optimizer="SGD", step_size=0.01, paper_step_size="0.01",
+        convention="lab"),
+    "reptile-omniglot-5way": PaperProtocol(
+        "reptile-omniglot-5way", "Reptile paper, Omniglot 5-way (Nichol et al. 2018)", tasks=10000, ways=5,
+        shots=(1, 5), steps=(50,), optimizer="Adam", step_size=1e-3, paper_step_size="Adam 1e-3, beta1 0",
+        transductive=True, ci=None),
+}
+
+
+def paper_protocol(family: str, algorithm: str | None, ways: int | None) -> PaperProtocol | None:
+    """The named paper protocol an evaluation is held against: Reptile's for Reptile on images, the MAML paper's
+    otherwise (Omniglot 5- or 20-way, sinusoid); None where no paper states one (e.g. 10-way)."""
+    if family == "sinusoid":
+        return PROTOCOLS["maml-sinusoid"]
+    if family == "images":
+        if algorithm == "reptile":
+            return PROTOCOLS["reptile-omniglot-5way"] if ways == 5 else None
+        return {5: PROTOCOLS["maml-omniglot-5way"], 20: PROTOCOLS["maml-omniglot-20way"]}.get(ways)
+    return None
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+def _join(values) -> str:
+    values = list(values)
+    return ", ".join(str(v) for v in values[:-1]) + (" or " if len(values) > 1 else "") + str(values[-1])
+
+
+@dataclass
+class EvaluationCard:
+    """The protocol of one evaluation. Build it with `EvaluationCard.build`; `text()` for people, `to_dict()`
+    for JSON/CSV."""
+
+    task_family: str
+    tasks: int
+    shots: list[int]
+    steps: list[int]
+    queries: int | None  # per class (classification) or points per task (regression)
+    ways: int | None = None
+    algorithm: str | None = None
+    inner_optimizer: str = ""  # adaptation_text: 'SGD, inner lr 0.4', 'Adam (beta1 0, ...), inner lr 0.001'
+    step_size: float | None = None
+    convention: str = "lab"
+    loss: str = ""  # the loss convention in words
+    batch_norm: str = "none (no batch norm)"
+    transductive: bool | None = None  # None: no batch norm
+    ci: str = CI_FORMULA
+    paper: str | None = None  # the named protocol's title (None: no paper states one for this setting)
+    paper_key: str | None = None
+    matches_paper: bool | None = None
+    differences: list[str] = field(default_factory=list)
+    notes: dict = field(default_factory=dict)  # data, split, seed, ...
+
+    # -- construction ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def build(cls, task_family: str, tasks: int, shots, steps, adaptation, *, queries: int | None = None,
+              ways: int | None = None, loss: str | None = None, model=None, algorithm: str | None = None,
+              transductive: bool | None = None, notes: dict | None = None) -> "EvaluationCard":
+        """A card for `tasks` held-out tasks of `task_family` fine-tuned `steps` steps by `adaptation` (an
+        AlgorithmConfig, LearnedAdaptation or an SGD step size), with `model` (its batch norm and convention) and
+        the loss name the adaptation minimizes (tasks.losses)."""
+        from ..algorithms.config import adaptation_config, adaptation_text
+        from ..tasks.losses import loss_text
+
+        config = adaptation_config(adaptation)
+        if algorithm is None and config is not None:
+            algorithm = config.name
+        step_size = float(config.inner_lr) if config is not None else (
+            float(adaptation) if isinstance(adaptation, (int, float)) else None)
+        spec = model.spec() if hasattr(model, "spec") else dict(model or {})
+        convention = spec.get("convention", "lab") if spec.get("kind") == "conv4" else (
+            "cbfinn" if loss == "cross_entropy_sum" else "lab")
+        if transductive is None and spec.get("kind") == "conv4":
+            transductive = True  # the engine's batch norm: the statistics of the batch it sees
+            if config is not None:
+                try:
+                    transductive = bool(config.option("transductive"))  # Reptile's supervised-reptile option
+                except KeyError:
+                    pass
+        card = cls(task_family=task_family, tasks=int(tasks), shots=sorted({int(s) for s in _list(shots)}),
+                   steps=sorted({int(s) for s in _list(steps)}), queries=None if queries is None else int(queries),
+                   ways=None if ways is None else int(ways), algorithm=algorithm,
+                   inner_optimizer=adaptation_text(adaptation), step_size=step_size, convention=convention,
+                   loss=loss_text(loss) if loss else "", transductive=transductive, notes=dict(notes or {}))
+        if spec.get("kind") == "conv4":
+            card.batch_norm = _batch_norm_text(convention, transductive)
+        card.compare(paper_protocol(task_family, algorithm, card.ways))
+        return card
+
+    def compare(self, protocol: PaperProtocol | None) -> None:
+        """Fill paper / matches_paper / differences against `protocol`."""
+        self.differences = []
+        if protocol is None:
+            self.paper, self.paper_key, self.matches_paper = None, None, None
+            return
+        self.paper, self.paper_key = protocol.title, protocol.key
+        d = self.differences
+        if protocol.tasks is not None and self.tasks != protocol.tasks:
+            d.append(f"tasks {self.tasks} (paper: {protocol.tasks})")
+        if protocol.ways is not None and self.ways != protocol.ways:
+            d.append(f"ways {self.ways} (paper: {protocol.ways})")
+        if protocol.shots is not None and not set(self.shots) <= set(protocol.shots):
+            d.append(f"shots {_join(self.shots)} (paper: {_join(protocol.shots)})")
+        if protocol.queries == "K":
+            if self.queries is not None and self.shots and any(self.queries != s for s in self.shots):
+                d.append(f"{self.queries} queries per class (paper's code: K, as many as the shots)")
+        if protocol.steps is not None and not set(self.steps) <= set(protocol.steps):
+            d.append(f"steps {_join(self.steps)} (paper: {_join(protocol.steps)})")
+        optimizer = self.inner_optimizer.split(",")[0].split(" ")[0] if self.inner_optimizer else ""
+        if protocol.optimizer is not None and optimizer and optimizer.lower() != protocol.optimizer.lower():
+            d.append(f"inner optimizer {optimizer} (paper: {protocol.optimizer})")
+        effective = self.effective_step_size
+        if (protocol.step_size is not None and effective is not None
+                and abs(effective - protocol.step_size) > 1e-9 * max(1.0, protocol.step_size)):
+            here = f"{_num(self.step_size)}" + (" on sum / K" if self.convention == "cbfinn" else "")
+            d.append(f"step size {here} = {_num(effective)} on the per-task mean loss (paper: "
+                     f"{protocol.paper_step_size} = {_num(protocol.step_size)})")
+        if protocol.convention is not None and self.convention != protocol.convention:
+            d.append(f"{self.convention} loss and batch-norm conventions (paper's code: {protocol.convention})")
+        if protocol.transductive is not None and self.transductive is not None \
+                and self.transductive != protocol.transductive:
+            d.append(f"batch norm {'transductive' if self.transductive else 'not transductive'} (paper: "
+                     f"{'transductive' if protocol.transductive else 'not transductive'})")
+        if protocol.ci is not None and self.ci != protocol.ci:
+            d.append(f"CI {self.ci} (paper: {protocol.ci})")
+        self.matches_paper = not d
+
+    # -- reading ----------------------------------------------------------------------------------------------
+
+    @property
+    def effective_step_size(self) -> float | None:
+        """The step size on the per-task mean loss: cbfinn's sum / K is `ways` times that mean."""
+        if self.step_size is None:
+            return None
+        return self.step_size * (self.ways or 1) if self.convention == "cbfinn" else self.step_size
+
+    def what(self) -> str:
+        shots = "/".join(str(s) for s in self.shots)
+        head = f"{self.ways}-way {shots}-shot" if self.ways else f"K = {shots}"
+        noun = ("query" if self.queries == 1 else "queries") if self.ways else (
+            "query point" if self.queries == 1 else "query points")
+        per = " per class" if self.ways else ""
+        queries = f", {self.queries} {noun}{per}" if self.queries is not None else ""
+        return f"{head} {self.task_family}, {self.tasks} held-out tasks{queries}"
+
+    def text(self) -> str:
+        """A few lines, printed above the numbers."""
+        steps = ", ".join(str(s) for s in self.steps)
+        lines = [f"evaluation card: {self.what()}" + (f"; {self.algorithm}" if self.algorithm else ""),
+                 f"  adaptation: {steps} step{'s' if self.steps != [1] else ''} of {self.inner_optimizer}",
+                 f"  conventions: {self.convention}; loss {self.loss or 'n/a'}; batch norm {self.batch_norm}",
+                 f"  {self.ci}"]
+        if self.paper is None:
+            lines.append("  paper protocol: none stated for this setting")
+        elif self.matches_paper:
+            lines.append(f"  matches the protocol of the {self.paper}")
+        else:
+            lines.append(f"  differs from the {self.paper} in: " + "; ".join(self.differences))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["effective_step_size"] = self.effective_step_size
+        d["text"] = self.text()
+        return d
+
+    def csv_comments(self) -> list[str]:
+        """The card as '# ' comment lines for the top of a CSV file."""
+        return [f"# {line}" for line in self.text().splitlines()]
+
+
+def _list(values) -> list:
+    if values is None:
+        return []
+    return list(values) if isinstance(values, (list, tuple, set)) else [values]
+
+
+def _batch_norm_text(convention: str, transductive: bool | None) -> str:
+    mode = ("transductive (batch statistics of the support set while adapting, of a task's queries together "
+            "when predicting)") if transductive is not False else (
+        "not transductive (each query predicted in one batch with the support set, supervised-reptile)")
+    form = ("no scale, eps 1e-3, shift not adapted in the inner loop" if convention == "cbfinn"
+            else "scale and shift, eps 1e-5, both adapted")
+    return f"{mode}; {form}"
+
+
+def card_for_initialization(meta: dict, model, adaptation, tasks: int, shots, steps, queries: int | None,
+                            notes: dict | None = None) -> EvaluationCard:
+    """A card for an evaluation of an exported or in-memory initialization: family, ways and loss from its
+    export metadata (`task`), its algorithm from `adaptation`."""
+    task = (meta or {}).get("task", {}) or {}
+    family = task.get("name", "sinusoid")
+    convention = task.get("convention", "lab")
+    loss = ("cross_entropy_sum" if convention == "cbfinn" else "cross_entropy") if family == "images" else "mse"
+    ways = task.get("ways") if family == "images" else None
+    return EvaluationCard.build(family, tasks, shots, steps, adaptation, queries=queries, ways=ways, loss=loss,
+                                model=model, algorithm=(meta or {}).get("algorithm"), notes=notes)
