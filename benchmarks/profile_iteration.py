@@ -132,7 +132,9 @@ def profile(args) -> dict:
             clock.reset()
             for _ in range(args.rare_repeats):
                 trainer.step()  # a new iteration, so each checkpoint is a new file as in a run
-                session.logger.checkpoint(trainer)
+                session.logger.checkpoint(trainer)  # what the training thread waits for
+                if hasattr(session.logger, "wait_for_checkpoint"):  # a background write, 1000 iterations apart in a run
+                    session.logger.wait_for_checkpoint()
             rare["checkpoint"] = (clock.total["checkpoint"] / args.rare_repeats, args.checkpoint_every)
         trainer.state = "stopped"
         session.logger.on_end(trainer) if session.logger is not None else None
@@ -144,6 +146,21 @@ def profile(args) -> dict:
     for name, (seconds, every) in rare.items():
         per_it[name] = 1000 * seconds / every if every else 0.0
         rare_ms[name] = (1000 * seconds, every)
+    if "validation" in rare and args.val_budget is not None:
+        # the Trainer's rule (Trainer._scheduled_validation) over a run of --schedule-iterations, with these costs
+        step_ms = sum(v for k, v in per_it.items() if k not in ("validation", "progress callback"))
+        val_ms, every = rare_ms["validation"]
+        train = spent = 0.0
+        count = 0
+        for it in range(1, args.schedule_iterations + 1):
+            train += step_ms
+            if every and it % every == 0 and spent <= args.val_budget * train:
+                spent += val_ms
+                count += 1
+        per_it["validation"] = spent / args.schedule_iterations
+        rare_ms["validation"] = (val_ms, f"{every} within a {100 * args.val_budget:.0f}% budget: {count} of "
+                                         f"{args.schedule_iterations // every if every else 0} due in "
+                                         f"{args.schedule_iterations} iterations")
     return {"per_iteration": per_it, "rare": rare_ms, "iterations": iterations, "wall_s": wall, "cpu_s": cpu,
             "load_s": load_s, "device": str(trainer.device), "threads": torch.get_num_threads()}
 
@@ -158,7 +175,8 @@ def format_table(result: dict) -> str:
         note = ""
         if name in result["rare"]:
             ms, every = result["rare"][name]
-            note = f"{ms:.0f} ms per call, every {every} iterations" if every else "off"
+            note = (f"{ms:.0f} ms per call, every {every}" + ("" if isinstance(every, str) else " iterations")
+                    if every else "off")
         lines.append(f"{name:<20} {per_it[name]:>12.2f} {100 * per_it[name] / total:>14.1f}%  {note}")
     lines.append("-" * 72)
     lines.append(f"{'total':<20} {total:>12.2f} {100.0:>14.1f}%")
@@ -174,6 +192,9 @@ def main(argv=None) -> int:
     parser.add_argument("--meta-batch-size", type=int, default=32)
     parser.add_argument("--val-every", type=int, default=500, help="the schedule validation is amortized over")
     parser.add_argument("--val-tasks", type=int, default=100)
+    parser.add_argument("--val-budget", type=float, help="Trainer.val_budget (the app's: 0.04; default: none)")
+    parser.add_argument("--schedule-iterations", type=int, default=2000,
+                        help="run length over which a --val-budget schedule is amortized")
     parser.add_argument("--checkpoint-every", type=int, default=1000)
     parser.add_argument("--record-every", type=int, default=1, help="parameter path (the app: 1, the CLI: 0)")
     parser.add_argument("--rare-repeats", type=int, default=3, help="calls timed of validation and of checkpoints")

@@ -33,6 +33,9 @@ from ..lab.messages import Loading, RunEnded, RunProgress, RunStarted, Snapshot
 from ..lab.session import CHECKPOINT_EVERY
 
 PATHS_BUDGET_BYTES = 512 * 2**20  # all recorded parameter paths of a run together (MLPs never come close)
+# validation may take at most this fraction of an app run's training time (Trainer.val_budget): the app validates
+# often (every 50 iterations for images) with a small meta-batch, where a validation costs ~6 meta-steps
+VAL_BUDGET = 0.04
 
 
 class TrainingWorker(QObject):
@@ -116,6 +119,7 @@ class TrainingWorker(QObject):
                 session = TrainingSession(config, initial_params=options.get("initial_params"), loading=self._loading,
                                           cancel=self._cancelled)
             trainer = session.trainer
+            trainer.val_budget = VAL_BUDGET
             for recorder in trainer.recorders.values():  # parameter paths: bounded memory for big models too
                 recorder.limit_bytes(PATHS_BUDGET_BYTES // max(len(trainer.recorders), 1))
             folder_error = ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -144,17 +145,63 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, header
 
 
-def save_checkpoint(trainer, path: str | Path) -> Path:
-    """Write the trainer's state to `path` atomically (the previous file survives any interruption)."""
+def write_state(tensors: dict[str, torch.Tensor], header: dict, path: str | Path) -> Path:
+    """Write a state taken by `trainer_state` to `path` atomically (the previous file survives any interruption)."""
     from safetensors.torch import save_file
 
     from ..export import _atomic_write
 
     path = Path(path)
-    tensors, header = trainer_state(trainer)
     meta = {METADATA_KEY: json.dumps(header, sort_keys=True)}
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
+
+
+def save_checkpoint(trainer, path: str | Path) -> Path:
+    """Write the trainer's state to `path` atomically (the previous file survives any interruption)."""
+    tensors, header = trainer_state(trainer)
+    return write_state(tensors, header, path)
+
+
+class CheckpointWriter:
+    """Checkpoints off the training thread's critical path: `save` copies the trainer's state (every tensor to the
+    CPU, the header as plain data) on the caller's thread, so training can change the trainer at once, and writes
+    the file on a background thread, then calls `then(path)` there (e.g. pruning old checkpoints, updating the
+    run's status, which so never names a file not yet written). One write at a time: a new `save` first waits for
+    the previous one. `wait()` returns when nothing is being written and re-raises a failed write's error."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def save(self, trainer, path: str | Path, then=None) -> Path:
+        tensors, header = trainer_state(trainer)  # copies: the trainer may move on while the file is written
+        path = Path(path)
+        self.wait()
+
+        def write() -> None:
+            try:
+                write_state(tensors, header, path)
+                if then is not None:
+                    then(path)
+            except BaseException as exc:  # noqa: BLE001 - handed to the training thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=write, name="maml-lab-checkpoint", daemon=False)
+        self._thread.start()
+        return path
+
+    def wait(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
 
 
 def read_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export import atomic_write_bytes
-from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, CheckpointWriter, read_checkpoint, save_checkpoint
 from .config import ExperimentConfig
 from .metrics import CSV_HEADER, METRIC_FIELDS, TRAIN_FIELDS, VAL_FIELDS, MetricsLog, csv_row, held_rows, write_csv
 
@@ -280,7 +280,7 @@ class RunLogger:
     iterations and at the end, the final exports and the status. Attach with `trainer.observers.append`."""
 
     def __init__(self, folder: RunFolder, checkpoint_every: int = 1000, keep: int = 2, tensorboard: bool = True,
-                 tensorboard_every: int = 10, flush_interval: float = 5.0):
+                 tensorboard_every: int = 10, flush_interval: float = 5.0, background: bool = True):
         if checkpoint_every < 0 or keep < 1:
             raise ValueError(f"need checkpoint_every >= 0 and keep >= 1, got {checkpoint_every}, {keep}")
         self.folder = folder
@@ -295,6 +295,8 @@ class RunLogger:
         self._window: dict[str, dict[str, list[float]]] = {}
         self.last_checkpoint: Path | None = None
         self._checkpointed_at: int | None = None  # the iteration of last_checkpoint
+        # background: checkpoint files are written off the training thread (state copied first, see CheckpointWriter)
+        self._checkpoints = CheckpointWriter() if background else None
 
     def start(self, trainer, resumed: bool = False) -> None:
         """Write the metrics so far and open TensorBoard. A resumed run keeps its metrics.csv rows up to the
@@ -362,13 +364,25 @@ class RunLogger:
     def checkpoint(self, trainer) -> Path:
         """Metrics first, then the checkpoint, then the status: whatever the status names exists."""
         self.flush()
-        path = save_checkpoint(trainer, self.folder.checkpoint_path(trainer.iteration))
-        self.last_checkpoint, self._checkpointed_at = path, trainer.iteration
-        for _, old in self.folder.checkpoints()[:-self.keep]:
-            old.unlink(missing_ok=True)
-        self.folder.write_status(iteration=trainer.iteration, checkpoint=path.name,
-                                 last_metrics={n: r.last_metrics for n, r in trainer.runs.items()})
+        iteration, path = trainer.iteration, self.folder.checkpoint_path(trainer.iteration)
+        last_metrics = {n: dict(r.last_metrics) for n, r in trainer.runs.items()}
+
+        def written(path: Path) -> None:
+            for _, old in self.folder.checkpoints()[:-self.keep]:
+                old.unlink(missing_ok=True)
+            self.folder.write_status(iteration=iteration, checkpoint=path.name, last_metrics=last_metrics)
+
+        if self._checkpoints is None:
+            written(save_checkpoint(trainer, path))
+        else:
+            self._checkpoints.save(trainer, path, then=written)
+        self.last_checkpoint, self._checkpointed_at = path, iteration
         return path
+
+    def wait_for_checkpoint(self) -> None:
+        """Return when no checkpoint is being written (re-raising a failed write's error)."""
+        if self._checkpoints is not None:
+            self._checkpoints.wait()
 
     def on_end(self, trainer) -> None:
         exports = {}
@@ -381,6 +395,13 @@ class RunLogger:
                 exports[name] = str(path.relative_to(self.folder.path))
         else:
             self.flush()
+        if trainer.state != "failed":
+            self.wait_for_checkpoint()
+        else:
+            try:
+                self.wait_for_checkpoint()
+            except Exception:  # noqa: BLE001 - the run's own failure is what gets reported
+                pass
         if self._writer is not None:
             if trainer.state != "failed":
                 self._write_window(trainer.iteration)

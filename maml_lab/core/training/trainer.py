@@ -37,6 +37,13 @@ def make_model(config: ExperimentConfig, family):
     return task_family(config.task).model(config, family)
 
 
+def _training_shots(algorithm: MetaAlgorithm, shots: int) -> int:
+    """Support examples per class an algorithm's training tasks have (its `training_shots` rule, e.g. Reptile's
+    train_shots; the experiment's shots otherwise)."""
+    rule = getattr(algorithm, "training_shots", None)
+    return int(rule(algorithm.config, shots)) if rule is not None else int(shots)
+
+
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
     """One reduction for all tensors: a NaN or inf anywhere makes its norm non-finite."""
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all())
@@ -96,6 +103,16 @@ class Trainer:
             if world is not None:
                 algorithm.sync = partial(world.allreduce_weighted_, weight=self._world_weight)
             self.runs[algo_config.name] = Run(algorithm, params)
+        # support examples per class each run trains on (Reptile's train_shots); one batch of the most is drawn and
+        # each run takes the first of every class's (or regression task's) examples
+        self.run_shots = {name: _training_shots(run.algorithm, config.shots) for name, run in self.runs.items()}
+        self.sample_shots = max([config.shots, *self.run_shots.values()])
+        if self.sample_shots != config.shots and hasattr(self.family, "validate"):
+            wanting = ", ".join(f"{n} trains on {k}" for n, k in self.run_shots.items() if k != config.shots)
+            try:
+                self.family.validate(self.sample_shots, config.queries)
+            except ValueError as exc:
+                raise ValueError(f"training tasks of {self.sample_shots} shots ({wanting}): {exc}") from None
         # parameter paths for the "looking inside" views: bounded memory however long the run
         # (record_every=0: no recording)
         self.recorders: dict[str, TrajectoryRecorder] = {}
@@ -110,6 +127,12 @@ class Trainer:
         self._running = threading.Event()
         self._running.set()
         self._val_batch = None
+        # validation may take at most this fraction of the training time (None: every val_every iterations, as
+        # configured): a due validation is skipped while the time spent validating exceeds the budget, so runs
+        # whose validation is costly for their meta-step (the app's) keep it off the critical path
+        self.val_budget: float | None = None
+        self.train_seconds = 0.0  # time in step() during run(), and in validate() (the budget's two clocks)
+        self.val_seconds = 0.0
         # told about every iteration and the end of each run() (e.g. runs.RunLogger: metrics, checkpoints)
         self.observers: list = []
 
@@ -131,7 +154,8 @@ class Trainer:
     # -- training -------------------------------------------------------------------------------------
     def sample_batch(self):
         c = self.config
-        batch = self.family.sample(c.meta_batch_size, c.shots, c.queries, self.generator, self.device, self.dtype)
+        batch = self.family.sample(c.meta_batch_size, self.sample_shots, c.queries, self.generator, self.device,
+                                   self.dtype)
         # distributed: every rank draws the same global batch (same generator state) and keeps its own slice
         return batch if self.world is None else self.world.shard(batch)
 
@@ -146,7 +170,9 @@ class Trainer:
             values = list(run.params.values())
             with torch.no_grad():
                 torch._foreach_copy_(run.backup, values)
-            metrics = run.algorithm.meta_step(run.params, batch, self.iteration)
+            shots = self.run_shots[name]
+            run_batch = batch if shots == self.sample_shots else batch.first_shots(self.sample_shots, shots)
+            metrics = run.algorithm.meta_step(run.params, run_batch, self.iteration)
             if self.world is not None:  # global means, so every rank agrees on divergence
                 metrics = self.world.reduce_metrics(metrics, self._world_weight)
             if not (all(math.isfinite(v) for v in metrics.values()) and _all_finite(values)):
@@ -192,6 +218,18 @@ class Trainer:
                 entry["val_post_accuracy"] = float(accs[-1].mean())
             run.val_log.append(entry)
             out[name] = entry
+        return out
+
+    def _scheduled_validation(self) -> dict[str, dict]:
+        """validate() when due: every config.val_every iterations, within val_budget when one is set."""
+        every = self.config.val_every
+        if not every or self.iteration % every:
+            return {}
+        if self.val_budget is not None and self.val_seconds > self.val_budget * self.train_seconds:
+            return {}
+        t0 = time.perf_counter()
+        out = self.validate()
+        self.val_seconds += time.perf_counter() - t0
         return out
 
     def run(self, iterations: int | None = None, callback: Callable[[dict], None] | None = None,
@@ -243,7 +281,8 @@ class Trainer:
                 self.stop_reason = str(exc)
                 self._emit(callback, start_iteration, active, 0.0, target, {})
                 return self.state
-            val = self.validate() if c.val_every and (self.iteration % c.val_every == 0) else {}
+            self.train_seconds += time.perf_counter() - t0
+            val = self._scheduled_validation()
             for observer in self.observers:
                 observer.on_step(self, metrics, val)
             active += time.perf_counter() - t0
