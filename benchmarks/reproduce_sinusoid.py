@@ -16,6 +16,7 @@ README comes from
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -23,11 +24,46 @@ import torch
 
 from maml_lab.core.algorithms.config import AlgorithmConfig
 from maml_lab.core.algorithms.registry import algorithm_names
+from maml_lab.core.analysis.card import EvaluationCard
 from maml_lab.core.analysis.evaluation import adaptation_curve
 from maml_lab.core.training.config import ExperimentConfig
 from maml_lab.core.training.trainer import Trainer
 
 PAPER = {"maml": (0.67, 0.38, 0.35), "pretrained": (2.41, 2.23, 2.19)}
+STEPS = (1, 5, 10)
+QUERIES = 100
+
+
+def evaluation_card(trainer, name: str, shots: int, tasks: int, steps=STEPS, queries: int = QUERIES) -> EvaluationCard:
+    """The protocol of the table's row for `name`: fine-tuned by its own test-time rule (Reptile: as trained)."""
+    run = trainer.runs[name]
+    return EvaluationCard.build("sinusoid", tasks, [shots], list(steps), run.algorithm.adaptation(), queries=queries,
+                                loss=trainer.family.loss, model=trainer.model, algorithm=name,
+                                notes={"iterations": trainer.iteration})
+
+
+def evaluate(trainer, shots: int, tasks: int, steps=STEPS) -> list[dict]:
+    """Each algorithm's card and its MSE (mean, 95% CI) after each of `steps`, on the same held-out tasks."""
+    rows = []
+    for name, run in trainer.runs.items():
+        curve = adaptation_curve(trainer.model, trainer.family, run.params, shots, max(steps),
+                                 run.algorithm.adaptation(), tasks, QUERIES)
+        rows.append({"algorithm": name, "card": evaluation_card(trainer, name, shots, tasks, steps).to_dict(),
+                     "mse": {str(s): [float(curve.loss_mean[s]), float(curve.loss_ci95[s])] for s in steps},
+                     "paper": list(PAPER.get(name, ()))})
+    return rows
+
+
+def table(rows: list[dict], steps=STEPS) -> str:
+    """The markdown table, each algorithm's evaluation card above it."""
+    lines = [row["card"]["text"] for row in rows]
+    lines.append(f"| method | {' | '.join(f'{s} step' + ('s' if s > 1 else '') for s in steps)} | paper |")
+    lines.append("| --- | " + " | ".join("---" for _ in steps) + " | --- |")
+    for row in rows:
+        cells = " | ".join(f"{m:.2f} +- {c:.2f}" for m, c in (row["mse"][str(s)] for s in steps))
+        paper = " / ".join(f"{v:.2f}" for v in row["paper"]) if row["paper"] else "-"
+        lines.append(f"| {row['algorithm']} | {cells} | {paper} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -44,6 +80,7 @@ def main() -> None:
     parser.add_argument("--step-loss-weights", type=float, nargs="+", metavar="W",
                         help="MAML and FOMAML: meta-train through len(W) inner steps with the query loss after "
                              "step s weighted by W[s] (MAML++'s multi-step loss; default: the paper's one step)")
+    parser.add_argument("--json", type=Path, help="also write the cards and results here")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is as fast for this small MLP and immune to contention)")
     args = parser.parse_args()
@@ -77,17 +114,12 @@ def main() -> None:
         for name in trainer.runs:
             trainer.export(name, args.out_dir / f"sinusoid-{name}.safetensors")
 
-    steps = (1, 5, 10)
-    print(f"\nK = {args.eval_shots}, {args.eval_tasks} held-out tasks, 100 query points each, "
-          f"fine-tuning with SGD alpha = 0.01; MSE (95% CI)")
-    print(f"| method | {' | '.join(f'{s} step' + ('s' if s > 1 else '') for s in steps)} | paper |")
-    print("| --- | " + " | ".join("---" for _ in steps) + " | --- |")
-    for name, run in trainer.runs.items():
-        curve = adaptation_curve(trainer.model, trainer.family, run.params, args.eval_shots, max(steps),
-                                 run.algorithm.config.inner_lr, args.eval_tasks)
-        cells = " | ".join(f"{curve.loss_mean[s]:.2f} +- {curve.loss_ci95[s]:.2f}" for s in steps)
-        paper = " / ".join(f"{v:.2f}" for v in PAPER[name]) if name in PAPER else "-"
-        print(f"| {name} | {cells} | {paper} |")
+    print(f"\nK = {args.eval_shots}, {args.eval_tasks} held-out tasks, {QUERIES} query points each, each algorithm "
+          f"fine-tuned by its own test-time rule; MSE (95% CI)")
+    rows = evaluate(trainer, args.eval_shots, args.eval_tasks)
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps({"iterations": args.iterations, "seed": args.seed, "rows": rows}, indent=2))
     print(f"\nmeta-training took {train_s / 60:.1f} min ({args.iterations} iterations, "
           f"{len(trainer.runs)} algorithms on one task stream); total {(time.perf_counter() - start) / 60:.1f} min")
 

@@ -1,12 +1,16 @@
 """The Adaptation view: the loss (and, for image tasks, the accuracy) after 0..N inner SGD steps on held-out
 tasks, for every trained or imported initialization, mean with a 95% confidence band: the MAML paper's
 MAML-vs-pretrained figure (Fig. 3, right), with K selectable. Curves are computed off the GUI thread by
-core.evaluation.adaptation_curve, all initializations on the same seeded tasks.
+core.evaluation.adaptation_curve, all initializations on the same seeded tasks. Each curve comes with its
+evaluation card (core/analysis/card.py: tasks, shots, queries, steps, inner optimizer, conventions, CI, the paper
+protocol it matches or not), shown under the plot (hover for the full cards) and written into the CSV/JSON export.
 """
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
+from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
@@ -23,6 +27,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core.analysis.card import EvaluationCard
+from ..core.export import atomic_write_bytes
 from ..core.tasks.losses import is_classification
 from ..lab.initializations import Initialization
 from ..lab.inside import CurveRequest, CurveSet, RunPaths, compute_curves
@@ -83,13 +89,19 @@ class AdaptationView(QWidget):
         self.export_image_button = QPushButton("Export image…")
         self.export_image_button.setToolTip("Save the plot as PNG or SVG (File ▸ Export plot)")
         self.export_image_button.clicked.connect(self.export_plot_requested)
+        self.export_data_button = QPushButton("Export data…")
+        self.export_data_button.setToolTip("Save the curves with their evaluation cards as CSV or JSON")
+        self.export_data_button.clicked.connect(lambda: self.export_data())
+        self.cards: OrderedDict[str, EvaluationCard] = OrderedDict()
+        self._computing: tuple | None = None  # (family, queries, requests) of the computation under way
         for spin in (self.shots, self.steps, self.tasks):
             spin.setMaximumWidth(78)
         bar = flow_bar([
             labelled("K (shots)", self.shots, "Support examples per held-out task (per class for images)"),
             labelled("Steps", self.steps, "Inner SGD steps, each initialization with its own inner learning rate"),
             labelled("Tasks", self.tasks, "Held-out tasks the mean and its 95% interval are over"),
-            self.log_scale, self.compute_button, self.cancel_button, self.progress, self.export_image_button])
+            self.log_scale, self.compute_button, self.cancel_button, self.progress, self.export_image_button,
+            self.export_data_button])
 
         self.graphics = pg.GraphicsLayoutWidget()
         self.graphics.ci.setContentsMargins(6, 4, 10, 4)
@@ -110,6 +122,9 @@ class AdaptationView(QWidget):
         self.hint = hint_text(self.loss_plot, "Train, or import an initialization, to compare how fast each adapts")
         self.loss_plot.getViewBox().sigResized.connect(lambda *_: place_center(self.loss_plot, self.hint))
         self.summary = readout_label(one_line=False)
+        self.card_label = QLabel(" ")  # the evaluation protocol in one line; the full cards in its tooltip
+        self.card_label.setProperty("hint", True)
+        self.card_label.setWordWrap(True)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 6)
         layout.setSpacing(6)
@@ -119,6 +134,10 @@ class AdaptationView(QWidget):
         row.setContentsMargins(12, 0, 12, 0)
         row.addWidget(self.summary, 1)
         layout.addLayout(row)
+        card_row = QHBoxLayout()
+        card_row.setContentsMargins(12, 0, 12, 0)
+        card_row.addWidget(self.card_label, 1)
+        layout.addLayout(card_row)
         status_row = QHBoxLayout()
         status_row.setContentsMargins(12, 0, 12, 0)
         status_row.addWidget(self.status)
@@ -214,6 +233,7 @@ class AdaptationView(QWidget):
         family, queries = self.family()
         shots, steps, tasks = self.shots.value(), self.steps.value(), self.tasks.value()
         self.status.setText("Computing…")
+        self._computing = (family, queries, reqs)
         self.progress.setRange(0, len(reqs))
         self.progress.setValue(0)
         self.runner.submit(lambda progress, cancel: compute_curves(reqs, family, shots, steps, tasks, queries,
@@ -225,6 +245,7 @@ class AdaptationView(QWidget):
         busy = self.runner.busy
         self.compute_button.setEnabled(bool(self.inits) and not busy)
         self.cancel_button.setEnabled(busy)
+        self.export_data_button.setEnabled(self.result is not None and bool(self.result.curves))
 
     def _on_progress(self, _tag: str, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))
@@ -235,12 +256,68 @@ class AdaptationView(QWidget):
 
     def _on_result(self, _tag: str, result: CurveSet) -> None:
         self.result = result
+        self.cards = self._cards(result)
+        self._show_cards()
         self.progress.setValue(self.progress.maximum())
         errors = "; ".join(f"{result.labels.get(k, k)}: {e}" for k, e in result.errors.items())
         self.status.setText(f"{result.num_tasks} held-out tasks, K = {result.shots}" +
                             (f" · {errors}" if errors else ""))
         self._draw()
+        self._sync_buttons()
         self.computed.emit()
+
+    # -- evaluation cards ----------------------------------------------------------------------------
+    def _cards(self, result: CurveSet) -> "OrderedDict[str, EvaluationCard]":
+        """One card per computed curve: the protocol its numbers were measured under."""
+        cards = OrderedDict()
+        if self._computing is None:
+            return cards
+        family, queries, reqs = self._computing
+        for r in reqs:
+            if r.key not in result.curves:
+                continue
+            cards[r.key] = EvaluationCard.build(
+                getattr(family, "name", "sinusoid"), result.num_tasks, [result.shots], list(range(result.steps + 1)),
+                r.adaptation, queries=queries, ways=getattr(family, "ways", None), loss=family.loss, model=r.model,
+                algorithm=r.algorithm, notes={"initialization": r.label})
+        return cards
+
+    def _show_cards(self) -> None:
+        if not self.cards:
+            self.card_label.setText(" ")
+            self.card_label.setToolTip("")
+            return
+        first = next(iter(self.cards.values()))
+        optimizers = sorted({c.inner_optimizer for c in self.cards.values()})
+        paper = ("matches the " + first.paper if first.matches_paper else
+                 f"differs from the {first.paper} ({len(first.differences)} fields)" if first.paper else
+                 "no paper protocol for this setting")
+        self.card_label.setText(f"Evaluation card: {first.what()}; {first.convention} conventions; "
+                                f"{first.ci}; {' / '.join(optimizers)}; {paper} · hover for the full cards")
+        self.card_label.setToolTip("\n\n".join(f"{self.result.labels.get(k, k)}\n{c.text()}"
+                                                for k, c in self.cards.items()))
+
+    def export_data(self, path: str | Path | None = None) -> Path | None:
+        """The curves with their evaluation cards: CSV (the cards as leading '#' lines) or JSON; None if cancelled,
+        nothing computed, or the file could not be written (a dialog says why)."""
+        if self.result is None or not self.result.curves:
+            return None
+        if path is None:
+            from PySide6.QtWidgets import QFileDialog
+
+            path, _ = QFileDialog.getSaveFileName(self, "Export adaptation data", "maml-lab-adaptation.csv",
+                                                  "CSV (*.csv);;JSON (*.json)")
+            if not path:
+                return None
+        path = Path(path)
+        try:
+            atomic_write_bytes(path, curves_data(self.result, self.cards, path.suffix.lower()))
+        except OSError as exc:
+            from PySide6.QtWidgets import QMessageBox
+
+            QMessageBox.warning(self, "Export failed", f"{path} was not written:\n{exc}")
+            return None
+        return path
 
     def wait_until_idle(self, timeout_s: float = 120.0) -> bool:
         """Start a pending computation now and wait for it (screenshots, tests)."""
@@ -334,3 +411,31 @@ class AdaptationView(QWidget):
 
     def view_title(self) -> str:
         return "adaptation"
+
+
+def curves_data(result: CurveSet, cards: dict, suffix: str) -> bytes:
+    """An adaptation result as CSV (each card as '#' lines, then one row per initialization and step) or JSON
+    ({"curves": [{key, label, algorithm, card, curve}]})."""
+    if suffix == ".json":
+        rows = [{"key": k, "label": result.labels.get(k, k), "algorithm": result.algorithms.get(k, k),
+                 "card": cards[k].to_dict() if k in cards else None, "curve": c.to_dict()}
+                for k, c in result.curves.items()]
+        return json.dumps({"shots": result.shots, "steps": result.steps, "num_tasks": result.num_tasks,
+                           "curves": rows}, indent=2).encode("utf-8")
+    lines = []
+    for k in result.curves:
+        if k in cards:
+            lines.append(f"# {result.labels.get(k, k)}")
+            lines += cards[k].csv_comments()
+    header = ["initialization", "algorithm", "steps", "loss_mean", "loss_ci95"]
+    if result.classification:
+        header += ["accuracy_mean", "accuracy_ci95"]
+    lines.append(",".join(header))
+    for k, c in result.curves.items():
+        for i, step in enumerate(c.steps):
+            row = [result.labels.get(k, k).replace(",", " "), result.algorithms.get(k, k), str(int(step)),
+                   f"{c.loss_mean[i]:.6g}", f"{c.loss_ci95[i]:.6g}"]
+            if result.classification and c.accuracy_mean is not None:
+                row += [f"{c.accuracy_mean[i]:.6g}", f"{c.accuracy_ci95[i]:.6g}"]
+            lines.append(",".join(row))
+    return ("\n".join(lines) + "\n").encode("utf-8")

@@ -39,6 +39,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core.analysis.card import EvaluationCard
+from ..core.tasks.losses import loss_function
 from ..lab.initializations import Initialization
 from .background import BackgroundRunner
 from .colors import algorithm_color, qcolor
@@ -107,8 +109,6 @@ def classify(init: Initialization, xs: torch.Tensor, ys: torch.Tensor, xq: torch
     Batch norm normalizes over the images of one forward pass: the queries go together, as in training, or
     (`with_support`, for a single drawn query) after the support images, as in the Reptile demo.
     """
-    from ..core.tasks.losses import cross_entropy_per_task
-
     params = OrderedDict((k, v.detach()) for k, v in init.params.items())
     dtype = next(iter(params.values())).dtype
     xs, xq, ys = xs.to(dtype), xq.to(dtype), ys.long()
@@ -121,11 +121,27 @@ def classify(init: Initialization, xs: torch.Tensor, ys: torch.Tensor, xq: torch
 
     before = probs(params)
     if steps > 0 and len(xs):
-        adapted = deque(init.trajectory(cross_entropy_per_task, xs.unsqueeze(0), ys.unsqueeze(0), steps), maxlen=1)[0]
+        loss_fn = loss_function(model_loss(init.model))
+        adapted = deque(init.trajectory(loss_fn, xs.unsqueeze(0), ys.unsqueeze(0), steps), maxlen=1)[0]
         after = probs(OrderedDict((k, v[0]) for k, v in adapted.items()))
     else:
         after = before
     return before, after
+
+
+def model_loss(model) -> str:
+    """The loss a conv-4 adapts with: its convention's (cbfinn/maml: sum / K; the lab: the per-task mean)."""
+    return "cross_entropy_sum" if getattr(model, "convention", "lab") == "cbfinn" else "cross_entropy"
+
+
+def task_cards(inits, task, steps: int) -> "OrderedDict[str, EvaluationCard]":
+    """The evaluation card of each initialization's predictions on one held-out task."""
+    shots = sorted({len(s) for s in task.support})
+    queries = sorted({len(q) for q in task.queries})
+    return OrderedDict((init.key, EvaluationCard.build(
+        "images", 1, shots, [steps], init.adaptation, queries=queries[0] if len(queries) == 1 else None,
+        ways=task.ways, loss=model_loss(init.model), model=init.model, algorithm=init.algorithm,
+        notes={"initialization": init.label})) for init in inits)
 
 
 def classify_all(inits: list[Initialization], xs, ys, xq, steps: int, with_support: bool = False,
@@ -359,6 +375,9 @@ class TasksView(QWidget):
         row.addWidget(self.accuracy_label, 1)
         row.addWidget(self.show_before, 0, Qt.AlignmentFlag.AlignTop)
         inner.addLayout(row)
+        self.card_label = _hint(" ")  # the protocol of these predictions; the full cards in its tooltip
+        self.cards: OrderedDict[str, EvaluationCard] = OrderedDict()
+        inner.addWidget(self.card_label)
         self.prediction_grid = PredictionGrid(cell=28, max_cell=56)
         inner.addWidget(self.prediction_grid)
         col.addWidget(box)
@@ -826,6 +845,20 @@ class TasksView(QWidget):
                                         + " &nbsp;&nbsp; ".join(summary))
         else:
             self.accuracy_label.setText(" ")
+        shown = [init for key, init in self.inits.items() if key in self.predictions]
+        self.cards = task_cards(shown, task, self.predicted_steps) if summary else OrderedDict()
+        if self.cards:
+            first = next(iter(self.cards.values()))
+            self.card_label.setText(f"Evaluation card: {first.what()}, {first.steps[0]} step"
+                                    f"{'s' if first.steps[0] != 1 else ''}; "
+                                    + "; ".join(f"{self.inits[k].label}: {c.inner_optimizer}, {c.convention} "
+                                                f"conventions" for k, c in self.cards.items())
+                                    + " · hover for the full cards")
+            self.card_label.setToolTip("\n\n".join(f"{self.inits[k].label}\n{c.text()}"
+                                                    for k, c in self.cards.items()))
+        else:
+            self.card_label.setText(" ")
+            self.card_label.setToolTip("")
         self._sync_header()
 
     def _render_drawing(self) -> None:

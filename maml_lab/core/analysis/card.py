@@ -15,6 +15,7 @@ Paper protocols (GUIDE.md section 1, and the reference code where the paper is s
   20-way: 5 steps of alpha 0.1.
 * MAML paper, sinusoid (Appendix C): 600 tasks, K = 5 (and 10) points, 1 / 5 / 10 SGD steps of 0.01 on the
   per-task MSE, no batch norm, 95% CI = 1.96 std / sqrt(600).
+* Reptile paper (Nichol et al. 2018), sine demo: K = 10 points, 32 SGD steps of 0.02 (MLP 1-64-64-1).
 * Reptile paper (Nichol et al. 2018), Omniglot 5-way: 50 test-time Adam iterations (beta1 0, lr 1e-3),
   transductive batch norm for the reported numbers, 10,000 tasks (supervised-reptile's evaluate()).
 """
@@ -62,6 +63,9 @@ PROTOCOLS = {
         "reptile-omniglot-5way", "Reptile paper, Omniglot 5-way (Nichol et al. 2018)", tasks=10000, ways=5,
         shots=(1, 5), steps=(50,), optimizer="Adam", step_size=1e-3, paper_step_size="Adam 1e-3, beta1 0",
         transductive=True, ci=None),
+    "reptile-sinusoid": PaperProtocol(
+        "reptile-sinusoid", "Reptile paper, sine demo (Nichol et al. 2018)", shots=(10,), steps=(32,),
+        optimizer="SGD", step_size=0.02, paper_step_size="0.02", convention="lab", ci=None),
 }
 
 
@@ -69,7 +73,7 @@ def paper_protocol(family: str, algorithm: str | None, ways: int | None) -> Pape
     """The named paper protocol an evaluation is held against: Reptile's for Reptile on images, the MAML paper's
     otherwise (Omniglot 5- or 20-way, sinusoid); None where no paper states one (e.g. 10-way)."""
     if family == "sinusoid":
-        return PROTOCOLS["maml-sinusoid"]
+        return PROTOCOLS["reptile-sinusoid" if algorithm == "reptile" else "maml-sinusoid"]
     if family == "images":
         if algorithm == "reptile":
             return PROTOCOLS["reptile-omniglot-5way"] if ways == 5 else None
@@ -165,8 +169,8 @@ class EvaluationCard:
         if protocol.queries == "K":
             if self.queries is not None and self.shots and any(self.queries != s for s in self.shots):
                 d.append(f"{self.queries} queries per class (paper's code: K, as many as the shots)")
-        if protocol.steps is not None and not set(self.steps) <= set(protocol.steps):
-            d.append(f"steps {_join(self.steps)} (paper: {_join(protocol.steps)})")
+        if protocol.steps is not None and not set(self.steps) & set(protocol.steps):
+            d.append(f"steps {_steps_text(self.steps)} (paper: {_join(protocol.steps)})")
         optimizer = self.inner_optimizer.split(",")[0].split(" ")[0] if self.inner_optimizer else ""
         if protocol.optimizer is not None and optimizer and optimizer.lower() != protocol.optimizer.lower():
             d.append(f"inner optimizer {optimizer} (paper: {protocol.optimizer})")
@@ -206,7 +210,7 @@ class EvaluationCard:
 
     def text(self) -> str:
         """A few lines, printed above the numbers."""
-        steps = ", ".join(str(s) for s in self.steps)
+        steps = _steps_text(self.steps)
         lines = [f"evaluation card: {self.what()}" + (f"; {self.algorithm}" if self.algorithm else ""),
                  f"  adaptation: {steps} step{'s' if self.steps != [1] else ''} of {self.inner_optimizer}",
                  f"  conventions: {self.convention}; loss {self.loss or 'n/a'}; batch norm {self.batch_norm}",
@@ -228,6 +232,14 @@ class EvaluationCard:
     def csv_comments(self) -> list[str]:
         """The card as '# ' comment lines for the top of a CSV file."""
         return [f"# {line}" for line in self.text().splitlines()]
+
+
+def _steps_text(steps) -> str:
+    """'3', '1, 5, 10', or '0 to 10' for a run of consecutive counts."""
+    steps = list(steps)
+    if len(steps) > 3 and steps == list(range(steps[0], steps[-1] + 1)):
+        return f"{steps[0]} to {steps[-1]}"
+    return ", ".join(str(s) for s in steps)
 
 
 def _list(values) -> list:
