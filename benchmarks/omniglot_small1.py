@@ -31,6 +31,18 @@ from maml_lab.core.training.trainer import Trainer, make_family
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "omniglot" / "images_background_small1.zip"
+EVAL_QUERIES = 15
+
+
+def evaluation_card(trainer, name: str, heldout, tasks: int, steps: int, shots=(1, 5), queries: int = EVAL_QUERIES):
+    """The protocol of `name`'s final evaluation (core/analysis/card.py): printed above its numbers."""
+    from maml_lab.core.analysis.card import EvaluationCard
+
+    run = trainer.runs[name]
+    return EvaluationCard.build("images", tasks, list(shots), [steps], run.algorithm.adaptation(), queries=queries,
+                                ways=heldout.ways, loss=heldout.loss, model=trainer.model, algorithm=name,
+                                notes={"iterations": trainer.iteration, "data": heldout.info.get("data"),
+                                       "heldout_classes": heldout.image_set.num_classes})
 
 
 def main() -> None:
@@ -99,6 +111,8 @@ def main() -> None:
                                              run.algorithm.adaptation(), args.eval_tasks, 15)[steps]
                  for shots in (1, 5)}
         t_eval = time.time() - t0
+        card = evaluation_card(trainer, name, heldout, args.eval_tasks, steps)
+        print(card.text(), flush=True)
         trend.append((trainer.iteration, final[1][0]))
         rows.append((name, trainer.iteration, t_train, final, steps, t_eval, trend))
         if args.out_dir:
@@ -107,7 +121,7 @@ def main() -> None:
         print(f"{name}: {format_accuracy(5, 1, *final[1])}, {format_accuracy(5, 5, *final[5])} "
               f"({trainer.iteration} iterations, {t_train:.0f} s training, {t_eval:.0f} s eval)", flush=True)
     print()
-    print(f"held-out characters, {args.eval_tasks} tasks per cell, 15 queries per class, 95% CI; "
+    print(f"held-out characters, {args.eval_tasks} tasks per cell, {EVAL_QUERIES} queries per class, 95% CI; "
           f"meta-batch {args.meta_batch_size}, 5-way 1-shot training")
     print(f"{'algorithm':<9} {'iterations':>10} {'train s':>8} {'s/iter':>7} {'steps':>5} "
           f"{'5-way 1-shot':>16} {'5-way 5-shot':>16}  trend (1-shot)")
