@@ -249,6 +249,17 @@ class ExperimentPanel(QWidget):
         self.network = QLabel("Conv-4: 4 × (3×3 conv, 64 filters)")
         self.network.setToolTip("Image tasks train the MAML paper's conv-4 network (batch norm, ReLU, stride 2)")
         form.addRow("Network", self.network)
+        self.convention = QComboBox()  # image tasks: the task option `convention` (docs/image_tasks.md)
+        self.convention.addItem("Lab: per-task mean loss", "lab")
+        self.convention.addItem("cbfinn/maml: loss sum / K", "cbfinn")
+        self.convention.setItemData(0, "Cross-entropy averaged over a task's images; batch norm with scale and "
+                                       "shift (eps 1e-5), all adapted; flattened head", Qt.ItemDataRole.ToolTipRole)
+        self.convention.setItemData(1, "cbfinn/maml's code: cross-entropy summed over the images / K (N times the "
+                                       "mean, so inner lr 0.4 means what it meant in the paper); batch norm without "
+                                       "scale, eps 1e-3, shift not adapted in the inner loop; the head on the mean "
+                                       "of the last 2x2 map", Qt.ItemDataRole.ToolTipRole)
+        self.convention.setToolTip("Loss and batch-norm conventions: the lab's, or those of the MAML paper's code")
+        form.addRow("Conventions", self.convention)
         self.model_form = form
         layout.addWidget(model_box)
 
@@ -320,7 +331,7 @@ class ExperimentPanel(QWidget):
         outer.addWidget(self.error)
 
         self.task.currentIndexChanged.connect(self._on_task_changed)
-        for w in (self.task, self.activation, self.device, self.image_source):
+        for w in (self.task, self.activation, self.device, self.image_source, self.convention):
             w.currentIndexChanged.connect(self._on_edit)
         for w in (self.shots, self.meta_batch, self.iterations, self.seed, self.ways):
             w.valueChanged.connect(self._on_edit)
@@ -359,6 +370,7 @@ class ExperimentPanel(QWidget):
             self._set_combo(self.activation, config.activation)
             self.iterations.setValue(config.iterations)
             self.seed.setValue(config.seed)
+            self._set_combo(self.convention, (config.task_options or {}).get("convention", self._default_convention()))
             if self.device.findData(config.device) < 0:
                 self.device.addItem(config.device, config.device)
             self._set_combo(self.device, config.device)
@@ -404,6 +416,13 @@ class ExperimentPanel(QWidget):
         self.model_form.setRowVisible(self.hidden, not images)
         self.model_form.setRowVisible(self.activation, not images)
         self.model_form.setRowVisible(self.network, images)
+        self.model_form.setRowVisible(self.convention, self.task.currentData() == "images")
+
+    @staticmethod
+    def _default_convention() -> str:
+        from ..core.tasks.images import ImageTasks
+
+        return ImageTasks.option_defaults.get("convention", "lab")
 
     def _on_task_changed(self, *_args) -> None:
         """A new family by hand: its defaults (the MAML paper's settings, sized for this app) come with it."""
@@ -412,6 +431,8 @@ class ExperimentPanel(QWidget):
             return
         task = self.task.currentData()
         base = self._base.to_dict()
+        if base.get("task") != task:
+            base.pop("task_options", None)  # another family's settings
         default = default_config().to_dict()
         if is_image_family(task):
             values = dict(APP_IMAGE_DEFAULTS)
@@ -435,6 +456,8 @@ class ExperimentPanel(QWidget):
             self.meta_batch.setValue(new_base.meta_batch_size)
             self.iterations.setValue(new_base.iterations)
             self.ways.setValue(new_base.ways)
+            if task == "images":
+                self._set_combo(self.convention, new_base.task_option("convention"))
             for name, col in self.columns.items():
                 enabled = col.enabled.isChecked()
                 col.set_config(AlgorithmConfig.defaults(name, task=task))
@@ -469,8 +492,12 @@ class ExperimentPanel(QWidget):
         if task == "images" and not image_tasks_available():
             raise FormError("Image tasks are not available in this build: choose Sinusoid regression", self.task)
         data = self._base.to_dict()
+        if data.get("task") != task:
+            data.pop("task_options", None)  # another family's settings
         if is_image_family(task):
             data.update(data=self.image_source.currentData(), ways=self.ways.value())
+        if task == "images":
+            data["task_options"] = {**(data.get("task_options") or {}), "convention": self.convention.currentData()}
         data.update(task=task, shots=self.shots.value(), meta_batch_size=self.meta_batch.value(),
                     hidden=self._hidden_widths(), activation=self.activation.currentData(),
                     iterations=self.iterations.value(), seed=self.seed.value(), device=self.device.currentData())
@@ -531,7 +558,7 @@ class ExperimentPanel(QWidget):
 
     def _all_fields(self):
         yield from (self.hidden, self.shots, self.meta_batch, self.iterations, self.seed, self.task, self.device,
-                    self.ways)
+                    self.ways, self.convention)
         for col in self.columns.values():
             yield col.enabled
             yield from col.fields

@@ -125,3 +125,23 @@ def test_tasks_view_card_under_the_predictions(qtbot, glyph_heldout):
     assert view.card_label.text().startswith("Evaluation card: 5-way 1-shot images, 1 held-out task")
     assert "MAML: SGD, inner lr 0.4, cbfinn conventions" in view.card_label.text()
     assert "evaluation card:" in view.card_label.toolTip() and "sum" in view.card_label.toolTip()
+
+
+def test_panel_offers_the_conventions_for_image_tasks(qtbot):
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.ui.experiment_panel import ExperimentPanel
+
+    panel = ExperimentPanel()
+    qtbot.addWidget(panel)
+    panel.task.setCurrentIndex(panel.task.findData("images"))
+    assert panel.config().task_option("convention") == "lab"
+    panel.convention.setCurrentIndex(panel.convention.findData("cbfinn"))
+    config = panel.config()
+    assert config.task == "images" and config.task_options == {"convention": "cbfinn"}
+    panel.set_config(ExperimentConfig(task="images", task_options={"convention": "lab"}))
+    assert panel.convention.currentData() == "lab"
+    panel.set_config(config)
+    assert panel.convention.currentData() == "cbfinn" and panel.config().task_option("convention") == "cbfinn"
+    # another family: the images' option does not follow it
+    panel.task.setCurrentIndex(panel.task.findData("sinusoid"))
+    assert panel.valid and panel.config().task == "sinusoid" and panel.config().task_options == {}
