@@ -15,6 +15,7 @@ class MAML(MetaAlgorithm):
     color = "#0072B2"  # Okabe-Ito blue: MAML and the pretrained baseline get the two most distinct hues
     description = "MAML, exact second-order meta-gradient through the inner SGD steps (Finn et al. 2017)"
     multi_step_loss = True
+    sampled_tasks = True  # meta_gradient handles sampled (RL) batches
     first_order = False
 
     def meta_step(self, params, batch, iteration: int = 0) -> dict:
@@ -25,7 +26,8 @@ class MAML(MetaAlgorithm):
             with torch.no_grad():
                 pre_logits = self.model.forward(params, batch.x_support)
         self._apply(params, grads, iteration)
-        return self._metrics(pre_loss, meta_loss, pre_logits, batch, query_logits.detach())
+        query = query_logits.detach() if query_logits is not None else None  # None: sampled (RL) tasks
+        return self._metrics(pre_loss, meta_loss, pre_logits, batch, query)
 
 
 class FOMAML(MAML):

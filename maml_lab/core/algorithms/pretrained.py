@@ -20,8 +20,13 @@ class Pretrained(MetaAlgorithm):
     color = "#D55E00"  # Okabe-Ito vermillion
     description = "the MAML paper's baseline: one network trained on all tasks' data, fine-tuned at test time"
     min_inner_steps = 0  # inner steps only score it (post-adaptation metrics), training never adapts
+    sampled_tasks = True  # sampled (RL) batches: rl/objective.py pretrained_step
 
     def meta_step(self, params, batch, iteration: int = 0) -> dict:
+        if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL)
+            from ..rl.objective import pretrained_step
+
+            return pretrained_step(self, params, batch, iteration)
         cfg = self.config
         x, y = batch.joint()
         with torch.enable_grad():

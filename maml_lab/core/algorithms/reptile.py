@@ -22,6 +22,7 @@ class Reptile(MetaAlgorithm):
     # 0.4 (0.4 five times over diverges early on), tested with MAML's three steps
     task_defaults = {"*": {"inner_steps": 5, "outer_lr_start": 1.0, "outer_lr_end": 0.0},
                      "images": {"inner_lr": 0.1, "test_inner_steps": 3}}
+    sampled_tasks = True  # sampled (RL) batches: rl/objective.py reptile_step
     outer_lr_field = "outer_lr_start"
     outer_lr_label = "outer step ε"
     outer_lr_tip = "Reptile's outer step ε at the first iteration (annealed linearly to 0)"
@@ -54,6 +55,10 @@ class Reptile(MetaAlgorithm):
         return self.config.outer_lr_start + frac * (self.config.outer_lr_end - self.config.outer_lr_start)
 
     def meta_step(self, params, batch, iteration: int = 0) -> dict:
+        if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL)
+            from ..rl.objective import reptile_step
+
+            return reptile_step(self, params, batch, iteration)
         cfg = self.config
         if cfg.inner_optimizer == "adam":
             res = adapt_adam(self.model, self.loss_fn, params, batch.x_support, batch.y_support,

@@ -44,6 +44,12 @@ def per_task_curve(model, loss_name: str, params, batch, max_steps: int, adaptat
 
     `adaptation`: the algorithm's config (it fine-tunes as it was trained to, e.g. Reptile with Adam), or a step
     size for plain SGD."""
+    if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL): SGD at the inner lr
+        from ..algorithms.config import adaptation_config
+        from ..rl.objective import objective_curve
+
+        config = adaptation_config(adaptation)
+        return objective_curve(model, batch, params, max_steps, config.inner_lr if config else float(adaptation)), None
     loss_fn = loss_function(loss_name)
     classification = loss_name == "cross_entropy"
     losses, accs = [], []

@@ -9,6 +9,7 @@ from .base import TaskFamilyKind
 BUILTIN_TASKS = (
     "maml_lab.core.tasks.sinusoid:SinusoidTasks",
     "maml_lab.core.tasks.images:ImageTasks",
+    "maml_lab.core.tasks.navigation:NavigationTasks",
 )
 
 

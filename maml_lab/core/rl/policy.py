@@ -1,0 +1,112 @@
+"""A Gaussian MLP policy as a functional model (parameters are an ordered dict of tensors).
+
+The mean network's tensors have the names of the equivalent `torch.nn.Sequential` (`0.weight`, `0.bias`, `2.weight`,
+...), and the state-independent log standard deviation is one more tensor, `log_std` [action_dim], so an exported
+policy loads into plain PyTorch: `nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
+nn.Linear(100, 2))` takes every tensor but `log_std`, and an action is `mean + exp(log_std) * N(0, 1)`.
+Like the engine's other models it runs on a batch of parameter sets (a leading task dimension on every tensor).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_ACTIVATIONS = {"relu": (F.relu, nn.ReLU), "tanh": (torch.tanh, nn.Tanh)}
+LOG_2PI = math.log(2 * math.pi)
+
+
+class GaussianMLPPolicy:
+    """pi(a | s) = N(mean_theta(s), diag(exp(log_std))^2): the MAML paper's 2-100-100-2 ReLU policy (Sec. 5.3) and
+    rllab's GaussianMLPPolicy (learned, state-independent log std, initial std 1)."""
+
+    def __init__(self, sizes=(2, 100, 100, 2), activation: str = "relu", init_log_std: float = 0.0):
+        sizes = tuple(int(s) for s in sizes)
+        if len(sizes) < 2 or any(s < 1 for s in sizes):
+            raise ValueError(f"policy sizes must be at least two positive integers, got {list(sizes)}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"unknown policy activation {activation!r} (one of {', '.join(_ACTIVATIONS)})")
+        if not math.isfinite(init_log_std):
+            raise ValueError(f"init_log_std must be finite, got {init_log_std}")
+        self.sizes = sizes
+        self.activation = activation
+        self.init_log_std = float(init_log_std)
+        self._act = _ACTIVATIONS[activation][0]
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "GaussianMLPPolicy":
+        return cls(spec.get("sizes", (2, 100, 100, 2)), spec.get("activation", "relu"),
+                   float(spec.get("init_log_std", 0.0)))
+
+    def spec(self) -> dict:
+        return {"kind": "gaussian_mlp_policy", "sizes": list(self.sizes), "activation": self.activation,
+                "init_log_std": self.init_log_std}
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes) - 1
+
+    @property
+    def action_dim(self) -> int:
+        return self.sizes[-1]
+
+    def param_shapes(self) -> "OrderedDict[str, tuple[int, ...]]":
+        shapes = OrderedDict()
+        for i in range(self.num_layers):
+            shapes[f"{2 * i}.weight"] = (self.sizes[i + 1], self.sizes[i])
+            shapes[f"{2 * i}.bias"] = (self.sizes[i + 1],)
+        shapes["log_std"] = (self.action_dim,)
+        return shapes
+
+    def init_params(self, generator: torch.Generator, device=None, dtype=None) -> "OrderedDict[str, torch.Tensor]":
+        """nn.Linear's default initialization for the mean network (drawn from `generator`), log std constant."""
+        dtype = dtype or torch.float32
+        params = OrderedDict()
+        for name, shape in self.param_shapes().items():
+            if name == "log_std":
+                t = torch.full(shape, self.init_log_std, dtype=dtype)
+            else:
+                bound = 1.0 / math.sqrt(self.sizes[int(name.split(".")[0]) // 2])
+                t = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+            params[name] = t.to(device)
+        return params
+
+    def forward(self, params, x: torch.Tensor) -> torch.Tensor:
+        """The action mean. params: shared or per-task [B, ...]; x: [B, N, obs_dim] -> [B, N, action_dim]."""
+        h = x
+        last = self.num_layers - 1
+        for i in range(self.num_layers):
+            w, b = params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]
+            if w.dim() == 3:
+                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            else:
+                h = torch.addmm(b, h.reshape(-1, h.shape[-1]), w.t()).view(*h.shape[:-1], w.shape[0])
+            if i != last:
+                h = self._act(h)
+        return h
+
+    def log_std(self, params, like: torch.Tensor) -> torch.Tensor:
+        """log_std broadcastable against [B, N, action_dim] (`like`)."""
+        s = params["log_std"]
+        return s.view(s.shape[0], *([1] * (like.dim() - 2)), s.shape[-1]) if s.dim() == 2 else s
+
+    def log_prob(self, params, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log pi(actions | obs) summed over action dimensions: obs [B, N, obs_dim], actions [B, N, act] -> [B, N]."""
+        mean = self.forward(params, obs)
+        log_std = self.log_std(params, mean)
+        z = (actions - mean) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+
+    def torch_module(self) -> nn.Module:
+        """The mean network as plain PyTorch (load every exported tensor but `log_std` into it)."""
+        act = _ACTIVATIONS[self.activation][1]
+        layers: list[nn.Module] = []
+        for i in range(self.num_layers):
+            layers.append(nn.Linear(self.sizes[i], self.sizes[i + 1]))
+            if i != self.num_layers - 1:
+                layers.append(act())
+        return nn.Sequential(*layers)

@@ -1,0 +1,294 @@
+"""2-D navigation (MAML paper, Sec. 5.3; cbfinn/maml_rl point_env_randgoal.py): the first task family whose data
+depend on the parameters being adapted.
+
+Design (the engine side is core/rl/objective.py). A navigation batch is an `ObjectiveBatch`: it holds B goals and
+a seed, and samples trajectories lazily from whatever policy parameters it is given: `support_loss(model, params,
+step)` rolls out `shots` trajectories per goal with each task's parameters and returns the REINFORCE surrogate
+(core/rl/pg.py) and the cost, minus the average return; `query_loss` does the same with `queries` fresh
+trajectories (the post-update sampling). MAML, FOMAML, Reptile and the pretrained baseline train on it through
+those two calls only; the registry entry below is an ordinary TaskFamilyKind (model: the policy; loss:
+"policy_gradient"; metric: "return").
+
+Environment (vectorized in torch over tasks x trajectories, a loop over the time steps only):
+- state: the agent's position, starting at the origin; observation = position (the goal is not observed).
+- action: the policy acts in normalized units as in the reference (rllab's `normalize` wrapper): the velocity is
+  clip(0.1 * a, -0.1, 0.1) per coordinate.
+- reward: minus the Euclidean distance from the new position to the goal (the reference code; the paper's text
+  says squared distance). Horizon 100. The episode ends after the step that brings the agent within 0.01 of the
+  goal in both coordinates (the reference's `abs(x) < 0.01 and abs(y) < 0.01`); later steps are masked out.
+- goals uniform in [-0.5, 0.5]^2.
+- randomness: each rollout's action noise comes from a generator seeded by (batch seed, task id, call), so
+  a task's trajectories do not depend on the other tasks of its batch, and a seeded run is reproducible.
+References for evaluation: `oracle_returns` (a controller that knows the goal and moves straight at it at the
+highest speed: per-coordinate clip(goal - position), optimal for this reward, return computed exactly) and a
+randomly initialized policy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..rl import pg
+from ..rl.objective import ObjectiveBatch
+from .base import TaskBatch, TaskFamilyKind
+
+_MIX_TASK = 0x9E3779B97F4A7C15
+_MIX_CALL = 0xBF58476D1CE4E5B9
+QUERY_CALL = 1_000_003  # the call id of the query (post-update) sampling; support step s uses call s
+
+
+@dataclass
+class Trajectories:
+    """B tasks x N trajectories x T steps: obs is the position before each step, actions the policy's (unclipped)
+    actions, rewards and mask zero after the episode ended."""
+
+    obs: torch.Tensor  # [B, N, T, 2]
+    actions: torch.Tensor  # [B, N, T, 2]
+    rewards: torch.Tensor  # [B, N, T]
+    mask: torch.Tensor  # [B, N, T], 1 while the episode runs (float, the dtype of obs)
+
+    @property
+    def returns(self) -> torch.Tensor:
+        """Undiscounted return of each trajectory [B, N]."""
+        return (self.rewards * self.mask).sum(-1)
+
+
+@dataclass(frozen=True)
+class NavigationFamily:
+    """The 2-D navigation task distribution and environment (see the module docstring)."""
+
+    goal_range: tuple[float, float] = (-0.5, 0.5)
+    horizon: int = 100
+    max_speed: float = 0.1  # velocity bound per coordinate; actions are scaled by it (normalized actions)
+    goal_tolerance: float = 0.01
+    discount: float = 0.99
+    baseline_reg: float = pg.BASELINE_REG
+
+    name = "navigation"
+    loss = "policy_gradient"
+    input_shape = (2,)
+    output_dim = 2
+
+    def __post_init__(self) -> None:
+        lo, hi = self.goal_range
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+            raise ValueError(f"navigation goal_range must be finite with low <= high, got {(lo, hi)}")
+        if int(self.horizon) < 1:
+            raise ValueError(f"navigation horizon must be >= 1, got {self.horizon}")
+        for key in ("max_speed", "goal_tolerance"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
+                raise ValueError(f"navigation {key} must be a positive number, got {getattr(self, key)}")
+        if not 0 < self.discount <= 1:
+            raise ValueError(f"navigation discount must be in (0, 1], got {self.discount}")
+
+    def describe(self) -> dict:
+        return {"name": self.name, "goal_range": list(self.goal_range), "horizon": self.horizon,
+                "max_speed": self.max_speed, "goal_tolerance": self.goal_tolerance, "discount": self.discount,
+                "start": [0.0, 0.0], "observation": "position (x, y); the goal is not observed",
+                "action": "normalized a; velocity = clip(max_speed * a, -max_speed, max_speed) per coordinate",
+                "policy": "a = mean_net(obs) + exp(log_std) * N(0, 1); mean_net = torch.nn.Sequential tensors",
+                "reward": "-||position after the step - goal||_2 (Euclidean distance, not squared)",
+                "done": "after the step that ends within goal_tolerance of the goal in both coordinates",
+                "return": "undiscounted sum of rewards over the episode; cost = -return",
+                "estimator": "REINFORCE, discounted returns-to-go, advantages centred per task",
+                "baseline": {"kind": "linear_feature", "features": "clip(obs,-10,10), obs^2, t/100, (t/100)^2, "
+                                                                   "(t/100)^3, 1", "reg": self.baseline_reg,
+                             "fit": "per task, on the trajectories of the step"},
+                "trajectories": "hyperparameters.shots per inner step, hyperparameters.queries per outer step"}
+
+    # -- the environment --------------------------------------------------------------------------------
+    def step(self, position: torch.Tensor, action: torch.Tensor, goal: torch.Tensor):
+        """One step of every environment: (new position, reward, done); goal broadcasts against position."""
+        velocity = (action * self.max_speed).clamp(-self.max_speed, self.max_speed)
+        new = position + velocity
+        offset = new - goal
+        reward = -offset.pow(2).sum(-1).sqrt()
+        done = (offset.abs() < self.goal_tolerance).all(-1)
+        return new, reward, done
+
+    def rollout(self, policy, params, goals: torch.Tensor, noise: torch.Tensor) -> Trajectories:
+        """Roll out every task's policy from the origin: params per task [B, ...] (or shared), goals [B, 2],
+        noise [B, N, T, 2] (standard normal; the action is mean + exp(log_std) * noise). Not differentiated."""
+        b, n, horizon, _ = noise.shape
+        with torch.no_grad():
+            params = {k: v.detach() for k, v in params.items()}
+            std = torch.exp(policy.log_std(params, noise[:, :, 0]))
+            pos = noise.new_zeros(b, n, 2)
+            alive = torch.ones(b, n, dtype=torch.bool, device=noise.device)
+            goal = goals.view(b, 1, 2).to(noise)
+            obs, actions, rewards, masks = [], [], [], []
+            for t in range(horizon):
+                action = policy.forward(params, pos) + std * noise[:, :, t]
+                new, reward, done = self.step(pos, action, goal)
+                obs.append(pos)
+                actions.append(action)
+                live = alive.to(noise.dtype)
+                rewards.append(reward * live)
+                masks.append(live)
+                pos = torch.where(alive.unsqueeze(-1), new, pos)
+                alive = alive & ~done
+            return Trajectories(torch.stack(obs, 2), torch.stack(actions, 2), torch.stack(rewards, 2),
+                                torch.stack(masks, 2))
+
+    def noise(self, seed: int, task_ids: torch.Tensor, call: int, num: int, dtype=torch.float32,
+              device="cpu") -> torch.Tensor:
+        """Standard normal action noise [B, num, horizon, 2], one CPU generator per task (seed, task id, call)."""
+        out = torch.empty(len(task_ids), num, self.horizon, 2, dtype=dtype)
+        for i, task in enumerate(task_ids.tolist()):
+            key = (int(seed) + _MIX_TASK * (int(task) + 1) + _MIX_CALL * (int(call) + 1)) % (2 ** 63)
+            out[i] = torch.randn(num, self.horizon, 2, generator=torch.Generator().manual_seed(key), dtype=dtype)
+        return out.to(device)
+
+    def oracle_returns(self, goals: torch.Tensor) -> torch.Tensor:
+        """Return of the goal-aware controller (velocity clip(goal - position) per coordinate, i.e. straight at the
+        goal at the highest speed) for each goal [B], computed exactly with the same step and done rule."""
+        goals = goals.double().reshape(-1, 2)
+        pos = torch.zeros_like(goals)
+        alive = torch.ones(goals.shape[0], dtype=torch.bool)
+        total = torch.zeros(goals.shape[0], dtype=torch.float64)
+        for _ in range(self.horizon):
+            new, reward, done = self.step(pos, (goals - pos) / self.max_speed, goals)
+            total += torch.where(alive, reward, torch.zeros_like(reward))
+            pos = torch.where(alive.unsqueeze(-1), new, pos)
+            alive = alive & ~done
+        return total
+
+    # -- tasks ------------------------------------------------------------------------------------------
+    def sample_goals(self, num_tasks: int, generator: torch.Generator, dtype=torch.float32) -> torch.Tensor:
+        lo, hi = self.goal_range
+        return torch.rand(num_tasks, 2, generator=generator, dtype=dtype) * (hi - lo) + lo
+
+    def sample(self, num_tasks: int, shots: int, queries: int, generator: torch.Generator,
+               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "NavigationBatch":
+        """B random goals and a seed for their trajectories (shots per inner step, queries per outer step)."""
+        if num_tasks < 1 or shots < 1 or queries < 1:
+            raise ValueError(f"need num_tasks >= 1, trajectories (shots) >= 1, queries >= 1; got {num_tasks}, "
+                             f"{shots}, {queries}")
+        goals = self.sample_goals(num_tasks, generator, dtype)
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+        return self.batch(goals, shots, queries, seed, device, dtype)
+
+    def batch(self, goals, shots: int = 20, queries: int = 20, seed: int = 0, device="cpu",
+              dtype=torch.float32) -> "NavigationBatch":
+        """A batch for given goals [B, 2] (a goal a user placed, held-out goals)."""
+        goals = torch.as_tensor(goals, dtype=dtype).reshape(-1, 2)
+        if not torch.isfinite(goals).all():
+            raise ValueError("goals must be finite numbers")
+        b = goals.shape[0]
+        empty = goals.new_zeros(b, 0, 2)
+        return NavigationBatch(goals.view(b, 1, 2), empty, empty, empty, {"goal": goals},
+                               env=self, shots=int(shots), queries=int(queries), seed=int(seed),
+                               task_ids=torch.arange(b)).to(device)
+
+
+@dataclass
+class NavigationBatch(ObjectiveBatch):
+    """B navigation tasks (goals in x_support [B, 1, 2]) whose trajectories are sampled from given parameters."""
+
+    env: NavigationFamily = field(default_factory=NavigationFamily)
+    shots: int = 20  # trajectories per inner (support) step
+    queries: int = 20  # trajectories per outer (query) sampling
+    seed: int = 0
+    task_ids: torch.Tensor | None = None  # [B]: what keys each task's noise (kept by task() and to())
+
+    @property
+    def goals(self) -> torch.Tensor:
+        return self.x_support[:, 0, :]
+
+    def _ids(self) -> torch.Tensor:
+        return self.task_ids if self.task_ids is not None else torch.arange(self.num_tasks)
+
+    def to(self, device, dtype=None) -> "NavigationBatch":
+        base = TaskBatch.to(self, device, dtype)
+        return NavigationBatch(base.x_support, base.y_support, base.x_query, base.y_query, base.info, env=self.env,
+                               shots=self.shots, queries=self.queries, seed=self.seed, task_ids=self._ids().clone())
+
+    def task(self, i: int) -> "NavigationBatch":
+        sl = slice(i, i + 1)
+        info = {k: v[sl] if isinstance(v, torch.Tensor) else v for k, v in self.info.items()}
+        return NavigationBatch(self.x_support[sl], self.y_support[sl], self.x_query[sl], self.y_query[sl], info,
+                               env=self.env, shots=self.shots, queries=self.queries, seed=self.seed,
+                               task_ids=self._ids()[sl].clone())
+
+    def trajectories(self, policy, params, call: int, num: int) -> Trajectories:
+        """`num` trajectories per task with each task's parameters; `call` keys the noise (support step s: s)."""
+        ref = next(iter(params.values()))
+        noise = self.env.noise(self.seed, self._ids(), call, num, ref.dtype, ref.device)
+        return self.env.rollout(policy, params, self.goals.to(ref), noise)
+
+    def objective(self, policy, params, traj: Trajectories) -> tuple[torch.Tensor, torch.Tensor]:
+        """(REINFORCE surrogate [B], differentiable in params; cost = minus the average return [B]) on `traj`."""
+        adv = pg.advantages(traj.rewards, traj.obs, traj.mask, self.env.discount, reg=self.env.baseline_reg)
+        b, n, t, _ = traj.obs.shape
+        logp = policy.log_prob(params, traj.obs.reshape(b, n * t, 2), traj.actions.reshape(b, n * t, 2))
+        surr = pg.surrogate(logp.view(b, n, t), adv, traj.mask)
+        return surr, -traj.returns.mean(1).detach()
+
+    def support_loss(self, model, params, step: int = 0):
+        return self.objective(model, params, self.trajectories(model, params, step, self.shots))
+
+    def query_loss(self, model, params):
+        return self.objective(model, params, self.trajectories(model, params, QUERY_CALL, self.queries))
+
+
+class NavigationTasks(TaskFamilyKind):
+    """The registry entry of 2-D navigation: a Gaussian MLP policy trained by policy gradients."""
+
+    name = "navigation"
+    label = "2-D navigation"
+    short_label = "Navigation"
+    description = ("a point agent reaches an unseen goal in [-0.5, 0.5]^2; reward -distance, horizon 100 "
+                   "(MAML paper, Sec. 5.3)")
+    loss = "policy_gradient"
+    loss_label = "cost (-return)"
+    metric = "return"  # evaluation reports the average return (= -cost)
+    # the MAML paper's 2-D navigation: meta-batch 20 goals, 20 trajectories per inner step (and per outer sampling)
+    experiment_defaults = {"meta_batch_size": 20, "shots": 20, "queries": 20, "iterations": 500}
+    # one policy-gradient step of 0.1 in training, 3 at test; Adam on the post-update surrogate (not TRPO)
+    algorithm_defaults = {"inner_lr": 0.1, "test_inner_steps": 3, "meta_lr": 0.01}
+    playground = None
+    option_defaults = {"horizon": 100}
+
+    @classmethod
+    def tasks_text(cls, config) -> str:
+        return (f"2-D navigation ({config.meta_batch_size} goals x {config.shots} trajectories x "
+                f"{config.task_option('horizon')} steps)")
+
+    @classmethod
+    def validate(cls, config) -> None:
+        from ..algorithms.registry import algorithm_class
+
+        horizon = config.task_option("horizon")
+        if not (isinstance(horizon, int) and horizon >= 1):
+            raise ValueError(f"navigation horizon must be an integer >= 1, got {horizon!r}")
+        for a in config.algorithms:
+            if not getattr(algorithm_class(a.name), "sampled_tasks", False):
+                raise ValueError(f"{a.name} does not train on sampled (RL) tasks such as navigation")
+            if a.inner_optimizer != "sgd":
+                raise ValueError(f"{a.name}: navigation adapts with policy-gradient SGD (inner-optimizer sgd)")
+
+    @classmethod
+    def build(cls, config, progress=None, cancel=None) -> NavigationFamily:
+        return NavigationFamily(horizon=int(config.task_option("horizon")))
+
+    @classmethod
+    def model(cls, config, family):
+        from ..rl.policy import GaussianMLPPolicy
+
+        return GaussianMLPPolicy([family.input_shape[0], 100, 100, family.output_dim], "relu")
+
+    @classmethod
+    def from_description(cls, description: dict, data=None, progress=None, cancel=None, hint: str = ""):
+        d = NavigationFamily()
+        try:
+            return NavigationFamily(tuple(description.get("goal_range", d.goal_range)),
+                                    int(description.get("horizon", d.horizon)),
+                                    float(description.get("max_speed", d.max_speed)),
+                                    float(description.get("goal_tolerance", d.goal_tolerance)),
+                                    float(description.get("discount", d.discount)),
+                                    float(description.get("baseline", {}).get("reg", d.baseline_reg)))
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"navigation task description is malformed: {exc}") from None
