@@ -411,6 +411,13 @@ def cmd_eval(args) -> int:
         params = {k: v.to(device) for k, v in params.items()}
         print(f"{path.name}: {meta.get('algorithm')} after {meta.get('iterations')} iterations, "
               f"{model.spec().get('kind')} model")
+        if kind.metric == "return":  # reinforcement learning (2-D navigation): average return, oracle, random
+            from .core.tasks.navigation import eval_navigation_initialization
+
+            out = eval_navigation_initialization(args, params, meta, model, args.steps, adaptation, device, dtype)
+            evaluations.append({"path": str(path), "algorithm": meta.get("algorithm"),
+                                "iterations": meta.get("iterations"), **out})
+            continue
         if kind.metric == "accuracy":
             from .core.tasks.images import eval_image_initialization
 

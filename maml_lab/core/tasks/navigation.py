@@ -292,3 +292,48 @@ class NavigationTasks(TaskFamilyKind):
                                     float(description.get("baseline", {}).get("reg", d.baseline_reg)))
         except (TypeError, AttributeError) as exc:
             raise ValueError(f"navigation task description is malformed: {exc}") from None
+
+
+def evaluate_returns(model, family: NavigationFamily, params, steps: int, adaptation, num_tasks: int = 40,
+                     trajectories: int = 20, seed: int = 2017, device="cpu", dtype=torch.float32,
+                     random_init: bool = True) -> dict:
+    """Average return on `num_tasks` held-out goals (seeded) after 0..steps policy-gradient steps, per task
+    [steps + 1, B], for `params`, for a randomly initialized policy (same adaptation) and for the oracle [B]."""
+    from ..analysis.evaluation import per_task_curve
+
+    generator = torch.Generator().manual_seed(seed)
+    batch = family.sample(num_tasks, trajectories, trajectories, generator, device, dtype)
+    params = {k: v.to(device, dtype) for k, v in params.items()}
+    out = {"returns": -per_task_curve(model, family.loss, params, batch, steps, adaptation)[0],
+           "oracle": family.oracle_returns(batch.goals.cpu()).numpy(), "goals": batch.goals.cpu().numpy()}
+    if random_init:
+        rand = model.init_params(torch.Generator().manual_seed(seed + 1), device=device, dtype=dtype)
+        out["random"] = -per_task_curve(model, family.loss, rand, batch, steps, adaptation)[0]
+    return out
+
+
+def eval_navigation_initialization(args, params, meta, model, steps_list, adaptation, device, dtype) -> dict:
+    """`maml-lab eval` for a navigation policy: average return (95% CI over goals) after each number of
+    policy-gradient steps, with a random initialization and the oracle for reference."""
+    from ..algorithms.config import adaptation_text
+    from ..analysis.evaluation import mean_ci95
+
+    family = NavigationTasks.from_description(meta.get("task", {}))
+    steps_list = sorted(set(steps_list or [0, 1, 2, 3]))
+    trajectories = (args.shots or [int(meta.get("hyperparameters", {}).get("shots", 20))])[0]
+    res = evaluate_returns(model, family, params, max(steps_list), adaptation, args.tasks, trajectories, args.seed,
+                           device, dtype)
+    print(f"  {args.tasks} held-out goals, {trajectories} trajectories per step, {adaptation_text(adaptation)}: "
+          f"average return (sum of -distance over {family.horizon} steps) after policy-gradient steps")
+    print(f"  {'steps':>5}  {'return':>9}  95% CI      {'random init':>11}  95% CI")
+    rows = []
+    for s in steps_list:
+        mean, ci = (float(v) for v in mean_ci95(res["returns"][s]))
+        rmean, rci = (float(v) for v in mean_ci95(res["random"][s]))
+        print(f"  {s:>5}  {mean:9.2f}  +- {ci:6.2f}  {rmean:11.2f}  +- {rci:6.2f}")
+        rows.append({"steps": s, "metric": "return", "mean": mean, "ci95": ci, "random_mean": rmean,
+                     "random_ci95": rci})
+    omean, oci = (float(v) for v in mean_ci95(res["oracle"]))
+    print(f"  oracle (knows the goal, heads straight for it): {omean:.2f} +- {oci:.2f}")
+    return {"results": rows, "oracle": {"mean": omean, "ci95": oci}, "tasks": args.tasks,
+            "trajectories": trajectories}

@@ -1,0 +1,82 @@
+"""2-D navigation from the command line: train, export, plain PyTorch rolls the exported policy out exactly as the
+engine does, eval prints returns after policy-gradient steps; bad input gets one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from maml_lab.cli import main
+from maml_lab.core.tasks.navigation import NavigationFamily
+
+TINY = ["--meta-batch-size", "2", "--shots", "2", "--queries", "2", "--task-option", "horizon=10", "--quiet",
+        "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("nav")
+    out = folder / "nav.safetensors"
+    code = main(["train", "--task", "navigation", "--algorithm", "maml", "--iterations", "2", "--out", str(out),
+                 "--run-dir", str(folder / "run"), *TINY])
+    assert code == 0 and out.is_file()
+    return out
+
+
+def test_the_export_describes_the_environment_and_rolls_out_in_plain_pytorch(exported):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(exported))
+    with safe_open(str(exported), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["maml_lab"])
+    task, hyper = meta["task"], meta["hyperparameters"]
+    assert task["name"] == "navigation" and task["horizon"] == 10 and task["max_speed"] == 0.1
+    assert "distance" in task["reward"] and task["baseline"]["kind"] == "linear_feature"
+    assert hyper["inner_lr"] == 0.1 and hyper["shots"] == 2 and meta["model"]["kind"] == "gaussian_mlp_policy"
+
+    # plain PyTorch: the mean network is an nn.Sequential, the log std one more tensor
+    net = nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 2))
+    net.load_state_dict({k: v for k, v in tensors.items() if k != "log_std"})
+    log_std = tensors["log_std"]
+    env = NavigationFamily(horizon=10)
+    goal = torch.tensor([0.3, -0.2])
+    noise = env.noise(seed=7, task_ids=torch.tensor([0]), call=0, num=3)
+    engine = env.rollout(_policy(meta), {k: v.unsqueeze(0) for k, v in tensors.items()}, goal.view(1, 2), noise)
+    with torch.no_grad():
+        for n in range(3):
+            pos = torch.zeros(2)
+            for t in range(10):
+                action = net(pos) + log_std.exp() * noise[0, n, t]
+                assert torch.allclose(action, engine.actions[0, n, t], atol=1e-6)
+                pos = pos + (0.1 * action).clamp(-0.1, 0.1)
+                if bool(((pos - goal).abs() < 0.01).all()):
+                    break
+
+
+def _policy(meta):
+    from maml_lab.core.models.mlp import build_model
+
+    return build_model(meta["model"])
+
+
+def test_eval_prints_returns_after_each_step_with_the_references(exported, capsys):
+    assert main(["eval", str(exported), "--steps", "0", "1", "--tasks", "3", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "average return" in out and "oracle" in out and "random init" in out
+    rows = [line.split() for line in out.splitlines() if "+-" in line and line.split()[0].isdigit()]
+    assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1]) < 0 for r in rows)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--algorithm", "metasgd"], "sampled"),
+    (["--task-option", "horizon=0"], "horizon"),
+])
+def test_invalid_navigation_settings_get_one_line_and_exit_2(tmp_path, capsys, extra, message):
+    args = ["train", "--task", "navigation", "--iterations", "1", "--run-dir", str(tmp_path / "run"), *TINY, *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
