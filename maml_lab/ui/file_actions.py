@@ -210,12 +210,15 @@ class FileActions:
         if not self.w.history.algorithms:
             self.w._error("Nothing to export", "There are no training metrics yet: press Start first.")
             return None
-        path = Path(path) if path else self.ask_save_path("Export metrics", "maml-lab-metrics.csv", [("CSV", ".csv")])
+        path = Path(path) if path else self.ask_save_path("Export metrics", "maml-lab-metrics.csv",
+                                                            [("CSV", ".csv"), ("JSON with evaluation cards", ".json")])
         if path is None:
             return None
         # the run folder's metrics.csv has every row; the history held in memory bins long runs
         folder = self.w.run_folder
         source = RunFolder(folder).metrics_path if folder is not None else None
+        if path.suffix.lower() == ".json":  # the rows, with the validation protocol's evaluation cards
+            return self._save(path, lambda: metrics_json(self.w.history.to_csv(source), self.w.run_config))
         return self._save(path, lambda: self.w.history.to_csv(source).encode("utf-8"))
 
     def save_config(self, path: str | None = None) -> Path | None:
@@ -370,3 +373,28 @@ class FileActions:
 
     def current_view(self):
         return self.w.tabs.currentWidget()
+
+
+def metrics_json(csv_text: str, config) -> bytes:
+    """Exported metrics as JSON: the rows of the metrics CSV (numbers as numbers, empty cells as null) and the
+    evaluation card of the validation columns (val_*) per algorithm (core/analysis/card.py)."""
+    import csv
+    import io
+    import json
+
+    from ..core.analysis.card import validation_cards
+
+    def value(text: str):
+        if text == "":
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                return float(text)
+            except ValueError:
+                return text
+
+    rows = [{k: value(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(csv_text))]
+    cards = {name: card.to_dict() for name, card in validation_cards(config).items()} if config is not None else {}
+    return json.dumps({"validation_cards": cards, "rows": rows}, indent=1).encode("utf-8")

@@ -145,3 +145,23 @@ def test_panel_offers_the_conventions_for_image_tasks(qtbot):
     # another family: the images' option does not follow it
     panel.task.setCurrentIndex(panel.task.findData("sinusoid"))
     assert panel.valid and panel.config().task == "sinusoid" and panel.config().task_options == {}
+
+
+def test_exported_metrics_json_carries_the_validation_cards():
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.core.training.metrics import CSV_HEADER
+    from maml_lab.ui.file_actions import metrics_json
+
+    config = ExperimentConfig(task="images", val_tasks=40, algorithms=[AlgorithmConfig.defaults("maml", task="images"),
+                                                                      AlgorithmConfig.defaults("fomaml", task="images")],
+                              task_options={"convention": "cbfinn"})
+    header = ",".join(CSV_HEADER)
+    row = ["1", "maml"] + ["0.5"] * (len(CSV_HEADER) - 2)
+    row[CSV_HEADER.index("val_pre_loss")] = ""
+    data = json.loads(metrics_json(f"{header}\n{','.join(row)}\n", config))
+    assert set(data["validation_cards"]) == {"maml", "fomaml"}
+    card = data["validation_cards"]["maml"]
+    assert card["tasks"] == 40 and card["shots"] == [1] and card["queries"] == 5 and card["steps"] == [1]
+    assert card["convention"] == "cbfinn" and card["notes"]["what"] == "validation during training"
+    assert data["rows"][0]["iteration"] == 1 and data["rows"][0]["algorithm"] == "maml"
+    assert data["rows"][0]["val_pre_loss"] is None and data["rows"][0]["pre_loss"] == 0.5

@@ -268,3 +268,24 @@ def card_for_initialization(meta: dict, model, adaptation, tasks: int, shots, st
     ways = task.get("ways") if family == "images" else None
     return EvaluationCard.build(family, tasks, shots, steps, adaptation, queries=queries, ways=ways, loss=loss,
                                 model=model, algorithm=(meta or {}).get("algorithm"), notes=notes)
+
+
+def validation_cards(config) -> dict:
+    """The protocol of a run's validation (the val_* metrics: `config.val_tasks` fresh tasks, held-out classes for
+    image sets, each algorithm's training inner steps and test-time rule): {algorithm: EvaluationCard}."""
+    images = config.task == "images"
+    convention = config.task_option("convention") if images else "lab"
+    if images:
+        loss, spec = ("cross_entropy_sum" if convention == "cbfinn" else "cross_entropy"), {
+            "kind": "conv4", "convention": convention}
+    elif config.task == "sinusoid":
+        loss, spec = "mse", {"kind": "mlp"}
+    else:
+        from ..tasks.registry import task_family
+
+        loss, spec = task_family(config.task).loss, {}
+    return {a.name: EvaluationCard.build(config.task, max(config.val_tasks, 1), [config.shots],
+                                         [max(a.inner_steps, 1)], a, queries=config.queries,
+                                         ways=config.ways if images else None, loss=loss, model=spec,
+                                         algorithm=a.name, notes={"what": "validation during training"})
+            for a in config.algorithms}
