@@ -252,6 +252,10 @@ class _Progress:
         eta = p.eta_s
         line = (f"[{p.iteration}/{p.total}] {100 * p.iteration / p.total:5.1f}%  "
                 f"{p.tasks_per_s:,.0f} tasks/s  ETA {int(eta // 60)}:{int(eta % 60):02d}  {losses}")
+        if p.cost and not final:  # the cost meter (core/training/cost.py): per meta-step, and of one more inner step
+            from .core.training.cost import cost_text
+
+            line += "  |  " + "  ".join(f"{n} {cost_text(c)}" for n, c in p.cost.items())
         if self.tty:
             sys.stderr.write("\r" + line[:200].ljust(120) + ("\n" if final else ""))
         elif not final:
@@ -373,6 +377,10 @@ def _finish(args, session, state, outs) -> int:
                    if "post_accuracy" in m else "")
             print(f"{name}: iteration {trainer.iteration}, pre-adaptation loss {m['pre_loss']:.4f}, "
                   f"post-adaptation loss {m['post_loss']:.4f}{acc}", file=sys.stderr)
+            if name in trainer.cost.costs:
+                from .core.training.cost import cost_details
+
+                print(cost_details(f"{name} cost", trainer.cost.costs[name].as_dict()), file=sys.stderr)
         if name in outs:
             session.export({name: outs[name]})
             print(f"exported {name} to {outs[name]}")

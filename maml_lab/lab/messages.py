@@ -25,11 +25,14 @@ class Progress(RunStatus):
 
     metrics: dict = field(default_factory=dict)  # algorithm -> TRAIN_FIELDS (+ "iteration") of this iteration
     val: dict = field(default_factory=dict)  # algorithm -> VAL_FIELDS (+ "iteration"), when it validated
+    # algorithm -> the cost meter's numbers (core.training.cost.AlgorithmCost.as_dict(): metrics.COST_FIELDS, the
+    # memory kind, the trained inner steps)
+    cost: dict = field(default_factory=dict)
 
     @classmethod
     def from_trainer(cls, p: dict) -> "Progress":
         return cls(p["state"], p["iteration"], p["total"], p["tasks_per_s"], p["eta_s"], p["elapsed_s"],
-                   p.get("reason", ""), p.get("metrics") or {}, p.get("val") or {})
+                   p.get("reason", ""), p.get("metrics") or {}, p.get("val") or {}, p.get("cost") or {})
 
     @property
     def final(self) -> bool:
@@ -56,6 +59,7 @@ class RunProgress(RunStatus):
 
     chunk: dict = field(default_factory=dict)
     latest: dict = field(default_factory=dict)
+    cost: dict = field(default_factory=dict)  # algorithm -> the cost meter's numbers, as in Progress
 
 
 @dataclass(frozen=True)

@@ -161,6 +161,12 @@ class TrainingSession:
     def iteration(self) -> int:
         return self.trainer.iteration
 
+    @property
+    def cost(self) -> dict:
+        """Each algorithm's cost so far, as progress messages carry it (core.training.cost: seconds and bytes per
+        meta-step, the marginal cost of one more inner step; cost.expected_cost extrapolates to more steps)."""
+        return self.trainer.cost.summary()
+
     def export(self, outs: dict[str, str | Path]) -> dict[str, Path]:
         """Write the named algorithms' initializations (safetensors or .pt, with metadata); returns the paths."""
         written = {}

@@ -251,8 +251,13 @@ class MainWindow(QMainWindow):
         self.progress_label = QLabel("Ready")
         self.progress_label.setProperty("hint", True)
         self.progress_label.setMinimumWidth(300)
+        # the cost meter (core/training/cost.py): time and memory per meta-step; the tooltip has the expected cost of
+        # more inner steps
+        self.cost_label = QLabel("")
+        self.cost_label.setProperty("hint", True)
         row.addWidget(self.progress, 1)
         row.addWidget(self.progress_label)
+        row.addWidget(self.cost_label)
         bar.insertWidget(self.act_import, box)
         bar.insertSeparator(self.act_import)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..core.tasks.registry import TASKS, task_family
 from ..core.training.config import ExperimentConfig
+from ..core.training.cost import cost_brief, cost_details
 from ..core.training.runs import RunFolder, RunFolderError
 from ..lab.messages import Loading, RunEnded, RunProgress, RunStarted, Snapshot
 from ..lab.run_library import open_run as read_run
@@ -109,6 +110,9 @@ class RunController:
         self._failure = ""
         self._begin_run_views(config)
         self.w.progress_label.setText(f"0 / {config.iterations:,} iterations · starting…")
+        if hasattr(self.w, "cost_label"):
+            self.w.cost_label.setText("")
+            self.w.cost_label.setToolTip("")
         self._set_state(RunState.STARTING)
         self.controller.start(config, runs_root=self.w.files.runs_root())
         return True
@@ -217,10 +221,20 @@ class RunController:
             rate_text = f"{rate:,.0f} tasks/s" if rate > 0 else "measuring…"
             self.w.progress_label.setText(f"{p.iteration:,} / {total:,} iterations · {rate_text} · "
                                         f"ETA {format_duration(p.eta_s)}")
+            self._show_cost(p.cost)
         elif p.state == "paused":
             self.w.progress_label.setText(f"{p.iteration:,} / {total:,} iterations · paused")
         if not self.w.act_export_metrics.isEnabled() and self.w.history.algorithms:
             self.w._sync_actions()
+
+    def _show_cost(self, cost: dict) -> None:
+        """The cost meter in the status area: each algorithm's time and memory per meta-step; the tooltip adds what
+        it measures and the expected cost of more inner steps."""
+        label = getattr(self.w, "cost_label", None)
+        if label is None or not cost:
+            return
+        label.setText(" · ".join(f"{algorithm_label(n)} {cost_brief(c)}" for n, c in cost.items()))
+        label.setToolTip("\n".join(cost_details(algorithm_label(n), c) for n, c in cost.items()))
 
     def _on_snapshot(self, snap: Snapshot) -> None:
         self.latest_snapshot = snap

@@ -280,7 +280,7 @@ class TrainingWorker(QObject):
         eta = (total - trainer.iteration) * per_task if rate > 0 else (p or {}).get("eta_s", 0.0)
         self._last_progress = time.perf_counter()
         self.progress.emit(RunProgress(state, trainer.iteration, total, rate, eta, (p or {}).get("elapsed_s", 0.0),
-                                       reason, chunk, dict(self._latest)))
+                                       reason, chunk, dict(self._latest), cost=trainer.cost.summary()))
 
     def _emit_snapshot(self, trainer, only_if_finite: bool = False) -> None:
         self._last_snapshot = time.perf_counter()

@@ -17,6 +17,9 @@ TRAIN_FIELDS = ("pre_loss", "post_loss", "pre_accuracy", "post_accuracy")  # per
 VAL_FIELDS = ("val_pre_loss", "val_post_loss", "val_pre_accuracy", "val_post_accuracy")  # every val_every
 METRIC_FIELDS = (*TRAIN_FIELDS, *VAL_FIELDS)
 CSV_HEADER = ("iteration", "algorithm", *METRIC_FIELDS)  # metrics.csv: one row per iteration and algorithm
+# the cost meter's numbers per algorithm (training/cost.py): seconds and bytes per meta-step, the marginal seconds and
+# bytes of one more inner step; in progress messages and CostMeter.logs, not in metrics.csv (timings vary by run)
+COST_FIELDS = ("step_s", "step_bytes", "inner_step_s", "inner_step_bytes")
 
 
 class MetricsLog:

@@ -23,6 +23,7 @@ from ..analysis.trajectory import TrajectoryRecorder
 from ..export import build_metadata, export_initialization
 from ..tasks.registry import task_family
 from .config import ExperimentConfig
+from .cost import CostMeter
 from .device import resolve_device, resolve_dtype
 from .metrics import TRAIN_FIELDS, VAL_FIELDS, MetricsLog
 
@@ -127,6 +128,8 @@ class Trainer:
         self._running = threading.Event()
         self._running.set()
         self._val_batch = None
+        # time and memory per meta-step of each algorithm, and the expected cost of more inner steps (cost.py)
+        self.cost = CostMeter()
         # validation may take at most this fraction of the training time (None: every val_every iterations, as
         # configured): a due validation is skipped while the time spent validating exceeds the budget, so runs
         # whose validation is costly for their meta-step (the app's) keep it off the critical path
@@ -172,7 +175,7 @@ class Trainer:
                 torch._foreach_copy_(run.backup, values)
             shots = self.run_shots[name]
             run_batch = batch if shots == self.sample_shots else batch.first_shots(self.sample_shots, shots)
-            metrics = run.algorithm.meta_step(run.params, run_batch, self.iteration)
+            metrics = self.cost.meta_step(name, run.algorithm, run.params, run_batch, self.iteration)
             if self.world is not None:  # global means, so every rank agrees on divergence
                 metrics = self.world.reduce_metrics(metrics, self._world_weight)
             if not (all(math.isfinite(v) for v in metrics.values()) and _all_finite(values)):
@@ -310,7 +313,7 @@ class Trainer:
         callback({
             "state": self.state, "iteration": self.iteration, "total": self.config.iterations,
             "tasks_per_s": rate, "eta_s": per_iter * (target - self.iteration), "elapsed_s": active,
-            "metrics": metrics, "val": val or {}, "reason": self.stop_reason,
+            "metrics": metrics, "val": val or {}, "reason": self.stop_reason, "cost": self.cost.summary(),
         })
 
     # -- results --------------------------------------------------------------------------------------

@@ -1,0 +1,162 @@
+"""The cost meter (core/training/cost.py): what its memory measure sees, its fields in the Trainer's progress, the
+messages, the CLI and the session, its extrapolation to more inner steps, and that measuring changes no result."""
+
+import io
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
+from maml_lab.core.models.conv4 import Conv4
+from maml_lab.core.models.mlp import MLP
+from maml_lab.core.tasks.base import TaskBatch
+from maml_lab.core.tasks.sinusoid import SinusoidFamily
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.cost import (
+    CostMeter,
+    LiveTensorBytes,
+    cost_brief,
+    cost_details,
+    cost_text,
+    expected_cost,
+    format_bytes,
+    measure,
+)
+from maml_lab.core.training.metrics import COST_FIELDS
+from maml_lab.core.training.trainer import Trainer
+from maml_lab.lab.messages import Progress, RunProgress
+
+
+def step_bytes(name, steps, model="mlp"):
+    g = torch.Generator().manual_seed(0)
+    if model == "mlp":
+        net, loss, task = MLP([1, 32, 32, 1]), "mse", "sinusoid"
+        batch = SinusoidFamily().sample(2, 10, 10, g)
+    else:
+        net, loss, task = Conv4(in_channels=1, image_size=8, ways=3, filters=4), "cross_entropy", "images"
+        batch = TaskBatch(torch.rand(2, 3, 1, 8, 8, generator=g), torch.arange(3).repeat(2, 1),
+                          torch.rand(2, 6, 1, 8, 8, generator=g), torch.arange(3).repeat_interleave(2).repeat(2, 1))
+    params = OrderedDict((k, v.requires_grad_(True)) for k, v in net.init_params(g).items())
+    algo = make_algorithm(net, loss, AlgorithmConfig.defaults(name, task=task, inner_steps=steps), 10)
+    algo.setup(params)
+    _, seconds, used, kind = measure(lambda: algo.meta_step(params, batch, 0), "cpu")
+    assert kind == "cpu" and seconds > 0
+    return used
+
+
+@pytest.mark.parametrize("model", ["mlp", "conv4"])
+def test_second_order_maml_keeps_more_bytes_with_more_inner_steps_and_more_than_fomaml(model):
+    maml = [step_bytes("maml", k, model) for k in (1, 2, 3)]
+    fomaml = [step_bytes("fomaml", k, model) for k in (2, 3)]
+    assert 0 < maml[0] < maml[1] < maml[2]
+    # MAML keeps every inner step's graph for the second-order term; FOMAML does not
+    assert fomaml[0] < maml[1] and fomaml[1] < maml[2]
+    assert maml[2] - maml[1] > fomaml[1] - fomaml[0]
+
+
+def test_live_tensor_bytes_counts_what_is_alive_at_once_not_what_was_ever_allocated():
+    tracker = LiveTensorBytes()
+    keep = []
+    with tracker:
+        for _ in range(200):  # 200 temporaries of 4 KB, one alive at a time
+            torch.ones(1024).mul(2)
+        keep.append(torch.zeros(25_000))  # 100 KB kept
+        a = torch.ones(1000)
+        a.add_(1)  # in place: nothing new
+        a.view(10, 100)  # a view: nothing new
+    tracker.sweep()
+    assert 100_000 <= tracker.peak < 100_000 + 40 * 4096 + 4000
+    assert tracker.current >= 100_000
+
+
+def test_trainer_progress_carries_the_cost_fields_and_measuring_changes_nothing():
+    config = ExperimentConfig(iterations=6, meta_batch_size=4, hidden=[8, 8], val_every=0,
+                              algorithms=[AlgorithmConfig.defaults("maml", inner_steps=2),
+                                          AlgorithmConfig.defaults("fomaml", inner_steps=2)])
+    seen = []
+    measured = Trainer(config, record_every=0)
+    measured.cost.every = 2
+    measured.run(callback=seen.append)
+    plain = Trainer(config, record_every=0)
+    plain.cost.enabled = False
+    plain.run()
+    for name in ("maml", "fomaml"):
+        for a, b in zip(measured.runs[name].params.values(), plain.runs[name].params.values()):
+            assert torch.equal(a, b)
+    cost = seen[-1]["cost"]
+    assert set(cost) == {"maml", "fomaml"}
+    for name, c in cost.items():
+        assert set(COST_FIELDS) <= set(c)
+        assert c["memory"] == "cpu" and c["inner_steps"] == 2 and c["measured_at"] == 5
+        assert c["step_s"] > 0 and c["step_bytes"] > 0 and c["inner_step_s"] is not None
+        assert c["inner_step_bytes"] > 0
+        log = measured.cost.logs[name]
+        assert log.count == 3 and log.last["iteration"] == 5  # iterations 1, 3 and 5
+    assert cost["maml"]["inner_step_bytes"] > cost["fomaml"]["inner_step_bytes"]
+    assert Progress.from_trainer(seen[-1]).cost == cost
+    # linear beyond the trained steps: the probe at 3, then one marginal step each
+    c = cost["maml"]
+    s4, b4 = expected_cost(c, 4)
+    s5, b5 = expected_cost(c, 5)
+    assert b5 - b4 == c["inner_step_bytes"] and b4 == c["probe_bytes"] + c["inner_step_bytes"]
+    assert s5 - s4 == pytest.approx(c["inner_step_s"])
+    assert expected_cost(c, 2) == (c["step_s"], c["step_bytes"]) and expected_cost(c, 1) == (None, None)
+
+
+def test_the_pretrained_baseline_gets_no_inner_step_expectation():
+    config = ExperimentConfig(iterations=2, meta_batch_size=4, hidden=[8, 8], val_every=0,
+                              algorithms=[AlgorithmConfig.defaults("pretrained")])
+    trainer = Trainer(config, record_every=0)
+    trainer.run()
+    c = trainer.cost.summary()["pretrained"]
+    assert c["step_bytes"] > 0 and c["inner_step_s"] is None and c["inner_step_bytes"] is None
+
+
+def test_texts():
+    c = {"step_s": 0.62, "step_bytes": 85_600_000, "memory": "cpu", "inner_steps": 1, "inner_step_s": 0.31,
+         "inner_step_bytes": 41_000_000, "probe_s": 1.2, "probe_bytes": 105_000_000, "measured_at": 1}
+    assert cost_text(c) == "620 ms, 85.6 MB/step, +1 inner step +310 ms +41 MB"
+    assert cost_brief(c) == "620 ms, 85.6 MB"
+    details = cost_details("MAML", c)
+    assert "1 inner step" in details and "5: 2.13 s, 228 MB" in details and "CPU tensors" in details
+    assert cost_text({}) == "measuring cost" and format_bytes(None) == "?" and format_bytes(999) == "999 B"
+    assert RunProgress("running", 1, 2, 0.0, 0.0, 0.0, cost={"maml": c}).cost["maml"] is c
+
+
+def test_cli_progress_and_summary_show_the_cost(tmp_path, capsys, monkeypatch):
+    from maml_lab import cli
+
+    err = io.StringIO()
+    monkeypatch.setattr(cli.sys, "stderr", err)
+    c = {"step_s": 0.01, "step_bytes": 2_000_000, "memory": "cpu", "inner_steps": 1, "inner_step_s": 0.005,
+         "inner_step_bytes": 500_000, "probe_s": 0.02, "probe_bytes": 2_500_000, "measured_at": 1}
+    cli._Progress(quiet=False)(Progress("running", 1, 10, 5.0, 1.0, 0.1, "", {"maml": {"pre_loss": 1.0,
+                                                                                      "post_loss": 0.5}}, {},
+                                        {"maml": c}))
+    assert "maml 10 ms, 2 MB/step, +1 inner step +5 ms +500 KB" in err.getvalue()
+    monkeypatch.undo()
+    assert cli.main(["train", "--task", "sinusoid", "--algorithm", "maml", "--iterations", "3", "--hidden", "8", "8",
+                     "--meta-batch-size", "2", "--inner-steps", "2", "--run-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().err
+    assert "maml cost:" in out and "per meta-step at 2 inner steps" in out and "expected with more inner steps" in out
+
+
+def test_session_reports_the_cost(tmp_path):
+    from maml_lab.lab.session import TrainingSession
+
+    config = ExperimentConfig(iterations=2, meta_batch_size=2, hidden=[8, 8], val_every=0,
+                              algorithms=[AlgorithmConfig.defaults("mamlpp", inner_steps=2)])
+    session = TrainingSession.create(config, run_dir=tmp_path / "run")
+    messages = []
+    session.run(callback=messages.append)
+    assert session.cost["mamlpp"]["step_bytes"] > 0 and messages[-1].cost == session.cost
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_memory_is_the_peak_the_step_allocates():
+    device = torch.device("cuda")
+    _, _, used, kind = measure(lambda: torch.ones(1_000_000, device=device).sum(), device)
+    assert kind == "cuda" and used >= 4_000_000
+    with pytest.raises(ValueError):
+        CostMeter(every=0)
