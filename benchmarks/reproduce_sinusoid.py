@@ -90,6 +90,8 @@ def main() -> None:
         multi_step = {}
         if args.step_loss_weights and name in ("maml", "fomaml"):
             multi_step = {"inner_steps": len(args.step_loss_weights), "step_loss_weights": args.step_loss_weights}
+        elif args.step_loss_weights and name == "mamlpp":  # as many inner steps, with its own annealed weights
+            multi_step = {"inner_steps": len(args.step_loss_weights)}
         return AlgorithmConfig.defaults(name, meta_lr_schedule=args.meta_lr_schedule, **multi_step)
 
     config = ExperimentConfig(iterations=args.iterations, seed=args.seed, val_every=0,
