@@ -41,6 +41,7 @@ from PySide6.QtWidgets import (
 
 from ..core.analysis.card import EvaluationCard
 from ..core.tasks.losses import loss_function
+from ..core.tasks.losses import model_loss as convention_loss
 from ..lab.initializations import Initialization
 from .background import BackgroundRunner
 from .colors import algorithm_color, qcolor
@@ -131,7 +132,7 @@ def classify(init: Initialization, xs: torch.Tensor, ys: torch.Tensor, xq: torch
 
 def model_loss(model) -> str:
     """The loss a conv-4 adapts with: its convention's (cbfinn/maml: sum / K; the lab: the per-task mean)."""
-    return "cross_entropy_sum" if getattr(model, "convention", "lab") == "cbfinn" else "cross_entropy"
+    return convention_loss("cross_entropy", model)
 
 
 def task_cards(inits, task, steps: int) -> "OrderedDict[str, EvaluationCard]":

@@ -207,3 +207,22 @@ def test_task_option_trains_exports_and_reloads(tmp_path):
     # exports from before conventions read as the lab's
     assert heldout_family_from_metadata({k: v for k, v in meta["task"].items() if k != "convention"}).loss == \
         "cross_entropy"
+
+
+def test_an_initialization_adapts_with_its_own_convention_on_other_tasks():
+    """A cbfinn conv-4 evaluated on the lab's tasks (and the reverse) still fine-tunes on its own loss."""
+    from maml_lab.core.analysis.evaluation import per_task_curve
+    from maml_lab.core.tasks.losses import model_loss
+
+    cb, lab = _model("cbfinn"), _model("lab")
+    assert model_loss("cross_entropy", cb) == "cross_entropy_sum" and model_loss("cross_entropy_sum", lab) == \
+        "cross_entropy" and model_loss("mse", cb) == "mse"
+    theta, batch = _theta(cb), _batch(cb)
+    on_lab_tasks = per_task_curve(cb, "cross_entropy", theta, batch, 2, 0.2)
+    on_own_tasks = per_task_curve(cb, "cross_entropy_sum", theta, batch, 2, 0.2)
+    assert on_lab_tasks[1] is not None
+    torch.testing.assert_close(on_lab_tasks[1], on_own_tasks[1])  # the same adaptation: the same accuracies
+    # the lab's loss would have taken N times smaller steps
+    plain = list(sgd_trajectory(cb, cross_entropy_per_task, theta, batch.x_support, batch.y_support, 1, 0.2))[-1]
+    own = list(sgd_trajectory(cb, cross_entropy_sum_per_task, theta, batch.x_support, batch.y_support, 1, 0.2))[-1]
+    assert not torch.equal(plain["0.weight"], own["0.weight"])

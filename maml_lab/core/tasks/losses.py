@@ -52,6 +52,14 @@ def is_classification(name: str) -> bool:
     return name in CLASSIFICATION_LOSSES
 
 
+def model_loss(name: str, model) -> str:
+    """The loss an initialization adapts with: a classification loss follows the model's own convention (a conv-4
+    made under cbfinn's conventions fine-tunes on sum / K even on the lab's tasks, and the reverse)."""
+    if name not in CLASSIFICATION_LOSSES or not hasattr(model, "convention"):
+        return name
+    return "cross_entropy_sum" if model.convention == "cbfinn" else "cross_entropy"
+
+
 def loss_text(name: str) -> str:
     """The loss convention in words, for evaluation cards."""
     return LOSS_CONVENTIONS.get(name, ("", name))[1]
