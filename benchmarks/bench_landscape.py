@@ -50,13 +50,20 @@ def main() -> None:
     parser.add_argument("--loop-points", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: immune to other jobs on a shared CPU; 0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available here")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if args.threads:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     model = MLP()
     params = model.init_params(g)
     batch = SinusoidFamily().sample(25, 10, 10, g)
+    params = {k: v.to(device) for k, v in params.items()}
+    batch = batch.to(device)
     plane = random_plane(params, seed=1)
     alphas, betas = grid(1.0, args.resolution)
     points = args.resolution ** 2
@@ -66,8 +73,10 @@ def main() -> None:
     surface(model, "mse", params, plane, batch, alphas[:5], betas[:5])  # warm-up
     engine_t, loop_t = [], []
     for _ in range(args.rounds):
+        sync()
         t0 = time.perf_counter()
         s = surface(model, "mse", params, plane, batch, alphas, betas, kind="post", inner_steps=1, inner_lr=0.01)
+        sync()
         engine_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         ref = [loop_point(params, plane, batch, a, b, 0.01) for a, b in subset]
@@ -76,7 +85,8 @@ def main() -> None:
     idx = {(a, b): (j, i) for i, a in enumerate(alphas) for j, b in enumerate(betas)}
     err = max(abs(s.values[idx[(a, b)]] - r) / max(abs(r), 1e-12) for (a, b), r in zip(subset, ref))
     e, lp = statistics.median(engine_t), statistics.median(loop_t)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.resolution}x{args.resolution} grid, "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}; "
+          f"{args.resolution}x{args.resolution} grid, "
           f"25 tasks, K=10, 1 inner step, MLP 1-40-40-1 (max relative difference {err:.1e})")
     print(f"engine (batched): {e:.2f} s    loop (extrapolated from {len(subset)} points): {lp:.1f} s    "
           f"speed-up {lp / e:.0f}x    target: < 1.5 s and >= 10x")

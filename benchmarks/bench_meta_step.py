@@ -122,7 +122,7 @@ class Higher:
 
         self.higher = higher
         self.setup = setup
-        self.model = setup.model.torch_module()
+        self.model = setup.model.torch_module().to(next(iter(params.values())).device)
         self.model.load_state_dict(params)
         self.algorithm = algorithm
         self.inner_steps = inner_steps
@@ -157,17 +157,20 @@ class Engine:
 
 
 CLOCK = time.perf_counter
+SYNC = lambda: None  # noqa: E731 - torch.cuda.synchronize on CUDA, so the clock sees the kernels finish
 
 
 def time_steps(impl, batches) -> float:
+    SYNC()
     start = CLOCK()
     for b in batches:
         impl.step(b)
+    SYNC()
     return (CLOCK() - start) / len(batches)
 
 
 def main() -> None:
-    global CLOCK
+    global CLOCK, SYNC
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=("mlp", "conv4"), default="mlp")
     parser.add_argument("--rounds", type=int, help="default 7 (mlp), 5 (conv4)")
@@ -178,6 +181,7 @@ def main() -> None:
                         help="process: CPU time of this process (robust when other jobs share the CPU)")
     parser.add_argument("--conv4-batched", choices=("auto", "loop", "grouped", "vmap"), default="auto",
                         help="the engine's strategy for per-task conv-4 parameters")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA: the engine's autograd paths)")
     args = parser.parse_args()
     conv = args.model == "conv4"
     rounds = args.rounds or (5 if conv else 7)
@@ -190,6 +194,13 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     params = setup.model.init_params(g)
     batches = setup.batches(steps, g)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: CUDA is not available here")
+        SYNC = torch.cuda.synchronize
+    params = OrderedDict((k, v.to(device)) for k, v in params.items())
+    batches = [b.to(device) for b in batches]
     B = setup.b
     try:
         import higher  # noqa: F401
@@ -198,7 +209,8 @@ def main() -> None:
     except ImportError:
         have_higher = False
         print("higher is not installed (pip install higher==0.2.1): comparing with the loop only")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock; {setup.describe()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, device {device}; "
+          f"{setup.describe()}")
     print(f"{'algorithm':<10} {'engine':>14} {'per-task loop':>16} {'higher':>14} {'vs loop':>8} {'vs higher':>10}")
     for algorithm in algorithms:
         inner = 5 if algorithm == "reptile" else 1

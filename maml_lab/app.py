@@ -55,7 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the task family (images: the built-in glyphs); a screenshot of --view tasks uses images")
     p.add_argument("--size", default="1440x900", help="window size of a screenshot, WIDTHxHEIGHT")
     p.add_argument("--seed", type=int, default=7, help="seed of the screenshot's playground task")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"),
+                   help="where training runs (the experiment panel's Device; default: the experiment's, auto)")
     return p
+
+
+def _set_device(window, device: str | None) -> None:
+    """--device: the experiment panel's Device choice (cuda is offered only where CUDA is available)."""
+    if device:
+        window.panel.device.setCurrentIndex(window.panel.device.findData(device))
 
 
 def _limit_threads() -> None:
@@ -102,6 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"maml-lab: error: --size must be WIDTHxHEIGHT, got {args.size!r}", file=sys.stderr)
         return 2
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            print("maml-lab: error: --device cuda was asked for but CUDA is not available here (use auto or cpu)",
+                  file=sys.stderr)
+            return 2
     config = None
     if args.config is not None:
         from .core.training.config import ExperimentConfig
@@ -126,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         window.panel.task.setCurrentIndex(window.panel.task.findData(args.task))
     if args.iterations:
         window.panel.iterations.setValue(args.iterations)
+    _set_device(window, args.device)
     app.aboutToQuit.connect(window.shutdown)
     window.show()
     return app.exec()
@@ -152,6 +168,7 @@ def screenshot(app, args, config, size: tuple[int, int]) -> int:
     if task:
         window.panel.task.setCurrentIndex(window.panel.task.findData(task))  # with the family's app defaults
     window.panel.iterations.setValue(args.iterations or 2000)
+    _set_device(window, args.device)
     window.resize(*size)
     window.tabs.setCurrentWidget(window.views[args.view])
     window.show()
