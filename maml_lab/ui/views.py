@@ -76,14 +76,21 @@ def _tasks(window):
     return view
 
 
+def _per_layer(window):
+    from .per_layer_view import PerLayerView
+
+    return PerLayerView()
+
+
 PLAYGROUND = ViewSpec("playground", "Playground", _playground, attr="playground", message_ms=4000)
 TRAINING = ViewSpec("training", "Training curves", _training, attr="plots")
 LANDSCAPE = ViewSpec("landscape", "Landscape", _landscape, attr="landscape", clear_run="clear")
 PATHS = ViewSpec("paths", "Paths", _paths, attr="paths", clear_run="clear")
 ADAPTATION = ViewSpec("adaptation", "Adaptation", _adaptation, attr="adaptation", clear_run="clear_trained")
 TASKS = ViewSpec("tasks", "Tasks", _tasks, attr="tasks")
+PER_LAYER = ViewSpec("per_layer", "Per layer", _per_layer, attr="per_layer", clear_run="clear_trained")
 BUILTINS = tuple(f"{__name__}:{name}" for name in ("PLAYGROUND", "TRAINING", "LANDSCAPE", "PATHS", "ADAPTATION",
-                                                   "TASKS"))
+                                                   "TASKS", "PER_LAYER"))
 
 
 def as_view(name: str, obj) -> ViewSpec:
