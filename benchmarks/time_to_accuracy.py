@@ -249,10 +249,10 @@ def main(argv=None) -> int:
     try:
         first = make_config(args, args.seeds[0])
         family = make_family(first)
+        probe = Trainer(first, family=family, record_every=0)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    probe = Trainer(first, family=family, record_every=0)
     algo = probe.runs[args.algorithm].algorithm.config
     steps = args.steps if args.steps is not None else algo.test_inner_steps
     split = family.info["split"]

@@ -154,6 +154,7 @@ def test_float32_agrees_with_float64():
         torch.testing.assert_close(g.double(), r, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 def test_cuda_matches_cpu(activation):
