@@ -209,3 +209,47 @@ def test_cli_trains_resumes_exactly_exports_and_imports(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(tmp_path / "whole.safetensors"), "--tasks", "4", "--steps", "2"]) == 0
     assert "MAML++" in capsys.readouterr().out
+
+
+def test_the_readme_plain_pytorch_mamlpp_steps_match_the_engine(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from maml_lab.core.algorithms.config import test_adapt as adapt_at_test_time
+    from maml_lab.core.export import build_metadata, export_initialization
+    from maml_lab.lab.initializations import adaptation_from_metadata
+
+    engine_model, _, batch, params, algo = build(conv_case, 2)
+    algo.meta_step(params, batch, 0)
+    path = tmp_path / "init-mamlpp.safetensors"
+    meta = build_metadata("mamlpp", engine_model.spec(), {"name": "images"}, algo.config.to_dict(), 1)
+    export_initialization(path, {k: v.float() for k, v in params.items()}, meta,
+                          extra_tensors={k: v.float() for k, v in algo.export_tensors().items()})
+    model = engine_model.torch_module()
+    x_support, y_support = batch.x_support[0].float(), batch.y_support[0]
+    x_query, steps = batch.x_query[0].float(), 3
+    # the README's lines, as written there
+    tensors = load_file(path)
+    with safe_open(str(path), "pt") as f:
+        extra = json.loads(f.metadata()["maml_lab"])["extra_tensors"]
+    model.load_state_dict({k: v for k, v in tensors.items() if k not in extra})
+    lslr = {k[len("lslr."):]: v for k, v in tensors.items() if k.startswith("lslr.")}
+    bn_step = {k[len("bn_step."):]: v for k, v in tensors.items() if k.startswith("bn_step.")}
+    fast = {k: v.detach() for k, v in model.named_parameters()}
+    for s in range(steps):
+        r = min(s, len(next(iter(lslr.values()))) - 1)
+        leaves = {k: fast[k].requires_grad_() for k in lslr}
+        p = {**fast, **leaves, **{k: rows[r] for k, rows in bn_step.items()}}
+        loss = F.cross_entropy(functional_call(model, p, (x_support,)), y_support)
+        grads = torch.autograd.grad(loss, list(leaves.values()))
+        fast.update({k: (v - lslr[k][r] * g).detach() for (k, v), g in zip(leaves.items(), grads)})
+    logits = functional_call(model, {**fast, **{k: rows[r] for k, rows in bn_step.items()}}, (x_query,))
+    # the engine, from the same file
+    theta, extras, meta, loaded = load_initialization(path, with_extras=True)
+    adapted = adapt_at_test_time(adaptation_from_metadata(meta, tensors=extras), loaded, cross_entropy_per_task,
+                                 theta, x_support.unsqueeze(0), y_support.unsqueeze(0), steps)
+    for k, v in {**fast, **{k: rows[r] for k, rows in bn_step.items()}}.items():
+        torch.testing.assert_close(adapted[k][0], v, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loaded.forward(adapted, x_query.unsqueeze(0))[0], logits, rtol=1e-4, atol=1e-5)
