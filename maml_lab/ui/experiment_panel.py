@@ -112,7 +112,16 @@ class AlgorithmColumn:
         # the outer-step field: which config field, its name and tooltip, as the algorithm declares them
         self.outer_field = self.algorithm.outer_lr_field
         self.meta_lr = self._line(self.algorithm.outer_lr_tip)
-        self.fields = (self.inner_lr, self.inner_steps, self.test_steps, self.meta_lr)
+        # the algorithm's own settings (its `panel_settings` fields and `option_defaults`), as key=value, ...
+        self.setting_keys = (tuple(getattr(self.algorithm, "panel_settings", ()))
+                             + tuple(k for k in self.algorithm.option_defaults
+                                     if k not in getattr(self.algorithm, "panel_settings", ())))
+        self.settings = self._line(
+            f"{label}'s own settings as key=value, separated by commas: {', '.join(self.setting_keys)}"
+            + (f" ({getattr(self.algorithm, 'settings_tip', '')})" if getattr(self.algorithm, "settings_tip", "")
+               else "") if self.setting_keys else f"{label} has no settings beyond those above")
+        self.settings.setAlignment(Qt.AlignmentFlag.AlignLeft)
+        self.fields = (self.inner_lr, self.inner_steps, self.test_steps, self.meta_lr, self.settings)
         self.enabled.toggled.connect(self._sync_enabled)
         self._extra: dict = {}
 
@@ -126,7 +135,7 @@ class AlgorithmColumn:
 
     def _sync_enabled(self, on: bool) -> None:
         for w in self.fields:
-            w.setEnabled(on)
+            w.setEnabled(on and (w is not self.settings or bool(self.setting_keys)))
 
     def set_config(self, cfg: AlgorithmConfig | None) -> None:
         cfg = cfg or AlgorithmConfig.defaults(self.name)
@@ -136,6 +145,9 @@ class AlgorithmColumn:
         self.inner_steps.setValue(cfg.inner_steps)
         self.test_steps.setValue(cfg.test_inner_steps)
         self.meta_lr.setText(_fmt_float(getattr(cfg, self.outer_field)))
+        flat = cfg.to_dict()
+        self.settings.setText(", ".join(f"{k}={_fmt_setting(flat[k])}" for k in self.setting_keys if k in flat))
+        self.settings.setCursorPosition(0)
 
     def config(self) -> AlgorithmConfig:
         label = algorithm_label(self.name)
@@ -145,10 +157,44 @@ class AlgorithmColumn:
         values.update(inner_lr=inner_lr, inner_steps=self.inner_steps.value(),
                       test_inner_steps=self.test_steps.value())
         values[self.outer_field] = outer
+        values.update(self._settings(label))
         try:  # from_dict: a plug-in's declared options (in _extra) go to `options`
             return AlgorithmConfig.from_dict({**values, "name": self.name}, strict=True)
         except ValueError as exc:
             raise FormError(f"{label}: {exc}", self.inner_lr) from None
+
+
+    def _settings(self, label: str) -> dict:
+        """key=value pairs of the settings field (values read as TOML: 10, 0.5, true, [1, 2]; else text)."""
+        import re
+
+        import tomllib
+
+        out = {}
+        text = self.settings.text().strip()
+        for item in filter(None, (p.strip() for p in re.split(r",(?![^\[]*\])", text))):
+            key, sep, value = (part.strip() for part in item.partition("="))
+            if not sep or not key:
+                raise FormError(f"{label} settings: write key=value, got '{item}'", self.settings)
+            if key not in self.setting_keys:
+                raise FormError(f"{label} has no setting '{key}' (it takes {', '.join(self.setting_keys)})",
+                                self.settings)
+            try:
+                out[key] = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                out[key] = value
+        return out
+
+
+def _fmt_setting(value) -> str:
+    """A setting as the settings field shows it (and reads it back)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _fmt_float(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_fmt_setting(v) for v in value) + "]"
+    return str(value)
 
 
 def _positive(edit: QLineEdit, what: str) -> float:
@@ -291,14 +337,15 @@ class ExperimentPanel(QWidget):
         grid.setHorizontalSpacing(6)
         grid.setVerticalSpacing(5)
         self.columns = {name: AlgorithmColumn(name) for name in algorithm_names()}
-        rows = ("Inner lr α", "Inner steps", "Test steps", "Meta lr β / ε")
+        rows = ("Inner lr α", "Inner steps", "Test steps", "Meta lr β / ε", "Settings")
         tips = ("SGD step size of adaptation (training and test)", "inner steps in meta-training",
                 "inner steps when evaluating", "outer step size, as each algorithm defines it: "
-                + "; ".join(f"{algorithm_label(n)}: {ALGORITHMS.get(n).outer_lr_label}" for n in self.columns))
+                + "; ".join(f"{algorithm_label(n)}: {ALGORITHMS.get(n).outer_lr_label}" for n in self.columns),
+                "an algorithm's own settings, key=value separated by commas (hover a field for its keys)")
         # two algorithms per block keeps the panel narrow: MAML | FOMAML, then Reptile | Pretrained, then the
         # plug-ins' algorithms, two by two
         for block in range((len(self.columns) + 1) // 2):
-            base = block * 6
+            base = block * 7
             for r, (text, tip) in enumerate(zip(rows, tips, strict=True), start=1):
                 label = QLabel(text)
                 label.setToolTip(tip)
@@ -309,7 +356,7 @@ class ExperimentPanel(QWidget):
         for i, name in enumerate(algorithm_names()):
             col = self.columns[name]
             block, c = divmod(i, 2)
-            base = block * 6
+            base = block * 7
             grid.addWidget(col.enabled, base, 1 + c)
             for r, w in enumerate(col.fields, start=1):
                 grid.addWidget(w, base + r, 1 + c)
@@ -342,6 +389,7 @@ class ExperimentPanel(QWidget):
             col.meta_lr.textChanged.connect(self._on_edit)
             col.inner_steps.valueChanged.connect(self._on_edit)
             col.test_steps.valueChanged.connect(self._on_edit)
+            col.settings.textChanged.connect(self._on_edit)
         self.set_config(self._base)
         # never clip the form horizontally: the panel is at least as wide as its content
         self.setMinimumWidth(body.minimumSizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width() + 2)

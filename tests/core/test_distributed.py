@@ -82,20 +82,29 @@ def _tiny_image_family():
     return ImageTaskFamily(images, ways=3)
 
 
+# data-parallel Reptile equals one process when every task's inner loop is independent of the others: no Adam state
+# carried from task to task, full-batch steps (no per-process mini-batch draws), every task of the meta-batch
+EXACT_REPTILE = {"adam_state": "reset", "inner_batch": 0, "meta_batch": 0}
+
+
 def _cases():
     """(name, config, family or None): float64, the same seed for every process."""
     sin = dict(iterations=STEPS, val_every=0, dtype="float64", device="cpu", hidden=[16, 16], shots=5, queries=5)
     return [
         ("all4", ExperimentConfig(meta_batch_size=4, seed=3, **sin,
-                                  algorithms=[AlgorithmConfig.defaults(n, inner_steps=2 if n != "pretrained" else None)
-                                              for n in algorithm_names()]), None),
+                                  algorithms=[AlgorithmConfig.defaults(
+                                      n, inner_steps=2 if n != "pretrained" else None,
+                                      options=EXACT_REPTILE if n == "reptile" else None) for n in algorithm_names()]),
+         None),
         ("uneven", ExperimentConfig(meta_batch_size=5, seed=4, **sin,
                                     algorithms=[AlgorithmConfig.defaults("maml", inner_steps=2),
-                                                AlgorithmConfig.defaults("reptile", inner_steps=3)]), None),
+                                                AlgorithmConfig.defaults("reptile", inner_steps=3,
+                                                                         options=EXACT_REPTILE)]), None),
         ("images", ExperimentConfig(task="images", image_size=12, ways=3, meta_batch_size=3, shots=1, queries=1,
                                     iterations=STEPS, val_every=0, dtype="float64", device="cpu", seed=5,
                                     algorithms=[AlgorithmConfig.defaults("maml", task="images"),
                                                 AlgorithmConfig.defaults("reptile", task="images",
+                                                                         options={**EXACT_REPTILE, "train_shots": 2},
                                                                          inner_steps=2)]),
          _tiny_image_family()),
     ]

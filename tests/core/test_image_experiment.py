@@ -58,7 +58,7 @@ def test_task_aware_defaults_follow_the_maml_paper():
                                                                                  "reptile": {}}})
     assert c.shots == 5 and c.meta_batch_size == 32
     assert c.algorithm("maml").inner_lr == 0.1 and c.algorithm("maml").test_inner_steps == 3
-    assert c.algorithm("reptile").inner_steps == 5 and c.algorithm("reptile").inner_lr == 0.1
+    assert c.algorithm("reptile").inner_steps == 5 and c.algorithm("reptile").inner_lr == 0.001  # supervised-reptile
     assert AlgorithmConfig.defaults("fomaml", task="images").inner_lr == 0.4
     assert AlgorithmConfig.defaults("reptile").inner_steps == 5  # sinusoid default unchanged
     again = ExperimentConfig.from_dict(c.to_dict())

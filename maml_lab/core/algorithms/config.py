@@ -89,7 +89,9 @@ class AlgorithmConfig:
         base.update(task_family(task).algorithm_defaults)
         base.update(algo.task_defaults.get("*", {}))
         base.update(algo.task_defaults.get(task, {}))
-        base.update({k: v for k, v in overrides.items() if v is not None})
+        # an override's nested `options` (TOML written from asdict) count as overrides too, above the defaults
+        nested = overrides.pop("options", None) or {}
+        base.update({k: v for k, v in {**overrides, **nested}.items() if v is not None})
         return cls.from_dict(base, strict=True)
 
     def to_dict(self) -> dict:
@@ -134,6 +136,17 @@ def test_trajectory(adaptation, model, loss_fn, params, x_support, y_support, st
         return sgd_trajectory(model, loss_fn, params, x_support, y_support, steps, float(adaptation), batched)
     return algorithm_class(config.name).test_trajectory(config, model, loss_fn, params, x_support, y_support, steps,
                                                         batched, tensors=tensors)
+
+
+def predict(adaptation, model, params, x_support, x_query) -> torch.Tensor:
+    """Query outputs [B, Q, ...] of adapted `params`, as the algorithm predicts: its `predict(config, model, params,
+    x_support, x_query)` when it has one (Reptile without transduction: each query in a batch with the support
+    set), else one forward pass of the query set (batch norm on the query batch: transductive)."""
+    config = adaptation_config(adaptation)
+    rule = getattr(algorithm_class(config.name), "predict", None) if config is not None else None
+    if rule is None:
+        return model.forward(params, x_query)
+    return rule(config, model, params, x_support, x_query)
 
 
 def adaptation_config(adaptation) -> AlgorithmConfig | None:

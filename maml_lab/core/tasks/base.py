@@ -42,6 +42,22 @@ class TaskBatch:
         info = {k: v[sl] if isinstance(v, torch.Tensor) else v for k, v in self.info.items()}
         return TaskBatch(self.x_support[sl], self.y_support[sl], self.x_query[sl], self.y_query[sl], info)
 
+    def first_shots(self, drawn: int, shots: int) -> "TaskBatch":
+        """The same tasks with the first `shots` of every `drawn` consecutive support examples: support sets are
+        laid out group by group (images: class by class, `drawn` per class; regression: one group of `drawn`
+        points), so this is the batch `shots` would have drawn. Query sets are unchanged."""
+        if not 1 <= shots <= drawn or self.x_support.shape[1] % drawn:
+            raise ValueError(f"cannot take {shots} of {drawn} shots from support sets of {self.x_support.shape[1]}")
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            b, n = t.shape[:2]
+            return t.reshape(b, n // drawn, drawn, *t.shape[2:])[:, :, :shots].reshape(b, -1, *t.shape[2:])
+
+        info = dict(self.info)
+        if isinstance(info.get("support_rows"), torch.Tensor):
+            info["support_rows"] = cut(info["support_rows"])
+        return TaskBatch(cut(self.x_support), cut(self.y_support), self.x_query, self.y_query, info)
+
     def joint(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Support and query points of every task pooled, for the joint-training baseline."""
         x = torch.cat([self.x_support, self.x_query], dim=1)
