@@ -121,7 +121,7 @@ class PerLayerView(QWidget):
         style_plot(self.change_plot, "How far each layer moves", "layer", "‖θ_l(s) − θ_l(0)‖ / ‖θ_l(0)‖, %")
         self.change_plot.getAxis("left").enableAutoSIPrefix(False)
         style_plot(self.cka_plot, "How much each layer's representation stays", "layer", "CKA before vs after")
-        self.legend = pg.LegendItem(offset=(-10, 8), labelTextColor=TEXT, labelTextSize="9pt",
+        self.legend = pg.LegendItem(offset=(10, 8), labelTextColor=TEXT, labelTextSize="9pt",
                                     brush=pg.mkBrush(255, 255, 255, 225), pen=pg.mkPen("#E1E4E8"))
         self.legend.setParentItem(self.change_plot.getViewBox())
         self.legend.setZValue(60)

@@ -87,10 +87,40 @@ def test_meta_gradient_matches_an_independent_per_task_loop(kind, name, steps):
     expected = reference_meta_gradient(kind, model, params, batch, adapted, steps, algo.config.inner_lr)
     for k, g, e in zip(params, grads, expected):
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12, msg=f"{name} {kind} {k}")
+    # the outer loop trains everything: ANIL's body and BOIL's head get a meta-gradient too
+    grad = dict(zip(params, grads))
+    first = next(iter(params))
+    assert all(grad[k].abs().sum() > 0 for k in (first, *HEAD[kind]))
     # the held-out part of the inner loop stays at theta: ANIL's body, BOIL's head
     for k in params:
         moved = not torch.equal(res.params[k][0].detach(), params[k].detach())
         assert moved == (k in adapted), k
+
+
+@pytest.mark.parametrize("name", ["anil", "boil"])
+def test_multi_step_loss_meta_gradient_matches_the_per_task_loop(name):
+    """step_loss_weights (MAML++'s multi-step loss, which ANIL and BOIL take as MAML does) on the same subset."""
+    model, params, batch, _ = make("mlp", name, 2)
+    weights = [0.3, 0.7]
+    algo = make_algorithm(model, "mse", AlgorithmConfig(name, inner_lr=0.3, inner_steps=2, step_loss_weights=weights))
+    algo.setup(params)
+    grads, *_ = algo.meta_gradient(params, batch, first_order=False)
+    head = set(HEAD["mlp"])
+    adapted = head if name == "anil" else set(params) - head
+    total = 0.0
+    for i in range(batch.num_tasks):
+        fast = dict(params)
+        for w in weights:
+            logits = model.forward({k: v.unsqueeze(0) for k, v in fast.items()}, batch.x_support[i:i + 1])[0]
+            names = [k for k in fast if k in adapted]
+            step = torch.autograd.grad(task_loss("mlp", logits, batch.y_support[i]), [fast[k] for k in names],
+                                       create_graph=True)
+            fast.update({k: fast[k] - 0.3 * g for k, g in zip(names, step)})
+            query = model.forward({k: v.unsqueeze(0) for k, v in fast.items()}, batch.x_query[i:i + 1])[0]
+            total = total + w * task_loss("mlp", query, batch.y_query[i])
+    expected = torch.autograd.grad(total / batch.num_tasks, list(params.values()))
+    for k, g, e in zip(params, grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12, msg=f"{name} {k}")
 
 
 @pytest.mark.parametrize("kind", ["mlp", "conv4"])
