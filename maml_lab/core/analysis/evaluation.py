@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..algorithms.config import AlgorithmConfig, test_trajectory
-from ..tasks.losses import accuracy_per_task, loss_function
+from ..algorithms.config import AlgorithmConfig, predict, test_trajectory
+from ..tasks.losses import accuracy_per_task, is_classification, loss_function, model_loss
 
 
 @dataclass
@@ -50,12 +50,12 @@ def per_task_curve(model, loss_name: str, params, batch, max_steps: int, adaptat
 
         config = adaptation_config(adaptation)
         return objective_curve(model, batch, params, max_steps, config.inner_lr if config else float(adaptation)), None
-    loss_fn = loss_function(loss_name)
-    classification = loss_name == "cross_entropy"
+    loss_fn = loss_function(model_loss(loss_name, model))  # a conv-4 adapts with its own loss convention
+    classification = is_classification(loss_name)
     losses, accs = [], []
     for fast in test_trajectory(adaptation, model, loss_fn, params, batch.x_support, batch.y_support, max_steps):
         with torch.no_grad():
-            logits = model.forward(fast, batch.x_query)
+            logits = predict(adaptation, model, fast, batch.x_support, batch.x_query)
             losses.append(loss_fn(logits, batch.y_query).double().cpu().numpy())
             if classification:
                 accs.append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())

@@ -29,7 +29,14 @@ class ImageTaskFamily:
     """Few-shot classification tasks over `image_set`; `sample` returns x [B, N*K, C, H, W], y [B, N*K] long."""
 
     name = "images"
-    loss = "cross_entropy"
+    # cbfinn/maml's loss and batch-norm conventions ("cbfinn") or the lab's ("lab"): the loss below, the conv-4
+    # the family's runs build (models/conv4.py) and the export metadata (describe) follow it
+    convention = "lab"
+
+    @property
+    def loss(self) -> str:
+        """What inner and outer loops minimize: the per-task mean cross-entropy (lab), or cbfinn's sum / K."""
+        return "cross_entropy_sum" if self.convention == "cbfinn" else "cross_entropy"
 
     def __init__(self, image_set: ImageSet, ways: int = 5, info: dict | None = None):
         ways = int(ways)
@@ -54,6 +61,7 @@ class ImageTaskFamily:
         d = {"name": self.name, "ways": self.ways, "input_shape": list(self.input_shape),
              "image_set": self.image_set.describe(), "preprocessing": self.image_set.preprocessing.to_dict()}
         d.update(self.info)
+        d["convention"] = self.convention
         return d
 
     def validate(self, shots: int, queries: int) -> None:
@@ -213,6 +221,7 @@ def image_family_from_config(config, progress=None, cancel=None, split: str = "t
     image_set = load_images(config.data, config.image_size, getattr(config, "image_mode", "grayscale"),
                             progress, cancel)
     train, heldout = families_from_image_set(image_set, config.ways, config.rotations, config.data)
+    train.convention = heldout.convention = config.task_option("convention")
     _check_shapes(train, "training", config.shots, config.queries)
     _check_shapes(heldout, "held-out", config.shots, config.queries)
     return train if split == "train" else heldout
@@ -249,6 +258,7 @@ def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=No
         image_set = load_images(data, int(size[0]), mode, progress, cancel)
     seed = int((task.get("split") or {}).get("seed", SPLIT_SEED))
     _, heldout = families_from_image_set(image_set, ways, rotations=False, data=data, seed=seed)
+    heldout.convention = str(task.get("convention", "lab"))  # exports from before conventions: the lab's
     shape = task.get("input_shape")
     if shape is not None and list(heldout.input_shape) != list(shape):
         raise ValueError(f"images of {data or 'the glyph set'} load as {list(heldout.input_shape)}, but the model "
@@ -276,6 +286,11 @@ class ImageTasks(TaskFamilyKind):
     algorithm_defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "meta_lr": 1e-3}
     playground = "images"
     cheap_to_build = False  # an image set loads (and may be decoded) first
+    # convention: "lab" (per-task mean cross-entropy; batch norm with scale, eps 1e-5, all adapted; flattened
+    # head) or "cbfinn" (cbfinn/maml: cross-entropy sum / K, batch norm without scale, eps 1e-3, beta not
+    # adapted in the inner loop, Omniglot head on the mean of the final map); TOML [task_options], CLI
+    # --convention or --task-option convention=...
+    option_defaults = {"convention": "lab"}
 
     @classmethod
     def tasks_text(cls, config) -> str:
@@ -299,6 +314,11 @@ class ImageTasks(TaskFamilyKind):
     def validate(cls, config) -> None:
         if config.ways < 2:
             raise ValueError(f"ways must be >= 2 for classification, got {config.ways}")
+        from ..models.conv4 import CONVENTIONS
+
+        if config.task_option("convention") not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got "
+                             f"{config.task_option('convention')!r}")
 
     @classmethod
     def build(cls, config, progress=None, cancel=None):
@@ -325,9 +345,9 @@ def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, ste
                          ) -> dict[int, tuple[float, float]]:
     """Query accuracy of `num_tasks` seeded tasks after each of `steps` test-time steps: {steps: (mean, 95% CI)}.
     `adaptation`: the algorithm's AlgorithmConfig (fine-tunes as it trained) or an SGD step size."""
-    from ..algorithms.config import test_trajectory
+    from ..algorithms.config import predict, test_trajectory
     from ..analysis.evaluation import mean_ci95
-    from .losses import accuracy_per_task, cross_entropy_per_task
+    from .losses import accuracy_per_task, loss_function, model_loss
 
     if num_tasks < 1:
         raise ValueError(f"need at least one evaluation task, got {num_tasks}")
@@ -342,12 +362,12 @@ def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, ste
             break
         n = min(chunk, num_tasks - done)
         batch = family.sample(n, shots, queries, generator, device=device, dtype=dtype)
-        trajectory = test_trajectory(adaptation, model, cross_entropy_per_task, theta, batch.x_support,
-                                     batch.y_support, wanted[-1])
+        trajectory = test_trajectory(adaptation, model, loss_function(model_loss(family.loss, model)), theta,
+                                     batch.x_support, batch.y_support, wanted[-1])
         for step, fast in enumerate(trajectory):
             if step in accs:
                 with torch.no_grad():
-                    logits = model.forward(fast, batch.x_query)
+                    logits = predict(adaptation, model, fast, batch.x_support, batch.x_query)
                     accs[step].append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())
         done += n
     out = {}
@@ -418,13 +438,22 @@ def eval_image_initialization(args, params, meta, model, shots_list, steps, adap
     if family.info.get("note"):
         print(f"note: {family.info['note']}")
     from ..algorithms.config import adaptation_text
+    from ..analysis.card import EvaluationCard
 
+    card = EvaluationCard.build("images", args.tasks, shots_list, steps, adaptation, queries=queries, ways=ways,
+                                loss=family.loss, model=model, algorithm=meta.get("algorithm"),
+                                notes={"data": where or "glyphs", "heldout_classes": family.image_set.num_classes,
+                                       "split_seed": split.get("seed", SPLIT_SEED), "task_seed": args.seed})
+    print(card.text())
     results = {shots: accuracy_after_steps(model, family, params, shots, steps, adaptation, args.tasks, queries,
                                            args.seed, device, dtype)
                for shots in shots_list}
+    rows = []
     for s in sorted(set(steps)):
         print(f"after {s} fine-tuning step{'s' if s != 1 else ''} ({adaptation_text(adaptation)}):")
         for shots in shots_list:
             mean, ci = results[shots][s]
             print(format_accuracy(ways, shots, mean, ci))
+            rows.append({"ways": ways, "shots": shots, "steps": s, "metric": "accuracy", "mean": mean, "ci95": ci})
+    return {"card": card.to_dict(), "results": rows}
 
