@@ -82,6 +82,12 @@ def _per_layer(window):
     return PerLayerView()
 
 
+def _arena(window):
+    from .navigation_view import NavigationView
+
+    return NavigationView()
+
+
 PLAYGROUND = ViewSpec("playground", "Playground", _playground, attr="playground", message_ms=4000)
 TRAINING = ViewSpec("training", "Training curves", _training, attr="plots")
 LANDSCAPE = ViewSpec("landscape", "Landscape", _landscape, attr="landscape", clear_run="clear")
@@ -89,8 +95,9 @@ PATHS = ViewSpec("paths", "Paths", _paths, attr="paths", clear_run="clear")
 ADAPTATION = ViewSpec("adaptation", "Adaptation", _adaptation, attr="adaptation", clear_run="clear_trained")
 TASKS = ViewSpec("tasks", "Tasks", _tasks, attr="tasks")
 PER_LAYER = ViewSpec("per_layer", "Per layer", _per_layer, attr="per_layer", clear_run="clear_trained")
+ARENA = ViewSpec("arena", "Arena", _arena, clear_run="clear_trained")  # 2-D navigation (navigation_view.py)
 BUILTINS = tuple(f"{__name__}:{name}" for name in ("PLAYGROUND", "TRAINING", "LANDSCAPE", "PATHS", "ADAPTATION",
-                                                   "TASKS", "PER_LAYER"))
+                                                   "TASKS", "PER_LAYER", "ARENA"))
 
 
 def as_view(name: str, obj) -> ViewSpec:

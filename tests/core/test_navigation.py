@@ -275,3 +275,21 @@ def test_gymnasium_adapter_follows_the_engine():
     obs, reward, terminated, truncated, _ = env.step(np.array([3.0, 0.0]))  # clipped to 0.1
     assert np.allclose(obs, [0.2, 0.0]) and math.isclose(reward, -0.005) and terminated and not truncated
     assert isinstance(env, gym.Env)
+
+
+def test_goal_paths_start_at_the_origin_and_score_the_drawn_trajectories():
+    from maml_lab.core.tasks.navigation import goal_paths
+
+    env = NavigationFamily(horizon=8)
+    policy = GaussianMLPPolicy((2, 8, 2))
+    theta = policy.init_params(torch.Generator().manual_seed(2), dtype=D)
+    out = goal_paths(policy, theta, (0.3, -0.1), 2, 0.1, trajectories=3, seed=4, family=env)
+    assert len(out.paths) == 3 and all(len(p) == 3 for p in out.paths)
+    for k in range(3):
+        returns = []
+        for path in out.paths[k]:
+            assert np.allclose(path[0], 0) and path.shape[1] == 2 and 2 <= len(path) <= 9
+            steps = np.diff(path, axis=0)
+            assert np.all(np.abs(steps) <= 0.1 + 1e-12)  # the speed bound
+            returns.append(-np.linalg.norm(path[1:] - np.array([0.3, -0.1]), axis=1).sum())
+        assert math.isclose(out.returns[k], float(np.mean(returns)), rel_tol=1e-9)

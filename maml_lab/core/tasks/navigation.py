@@ -49,6 +49,7 @@ class Trajectories:
     actions: torch.Tensor  # [B, N, T, 2]
     rewards: torch.Tensor  # [B, N, T]
     mask: torch.Tensor  # [B, N, T], 1 while the episode runs (float, the dtype of obs)
+    end: torch.Tensor | None = None  # [B, N, 2]: where each trajectory ends (after its last valid step)
 
     @property
     def returns(self) -> torch.Tensor:
@@ -131,7 +132,7 @@ class NavigationFamily:
                 pos = torch.where(alive.unsqueeze(-1), new, pos)
                 alive = alive & ~done
             return Trajectories(torch.stack(obs, 2), torch.stack(actions, 2), torch.stack(rewards, 2),
-                                torch.stack(masks, 2))
+                                torch.stack(masks, 2), pos)
 
     def noise(self, seed: int, task_ids: torch.Tensor, call: int, num: int, dtype=torch.float32,
               device="cpu") -> torch.Tensor:
@@ -337,3 +338,32 @@ def eval_navigation_initialization(args, params, meta, model, steps_list, adapta
     print(f"  oracle (knows the goal, heads straight for it): {omean:.2f} +- {oci:.2f}")
     return {"results": rows, "oracle": {"mean": omean, "ci95": oci}, "tasks": args.tasks,
             "trajectories": trajectories}
+
+
+@dataclass
+class GoalPaths:
+    """What a policy does for one goal after 0..steps policy-gradient steps (the arena's picture)."""
+
+    goal: tuple[float, float]
+    paths: list[list]  # [steps + 1][trajectories]: each an array [length + 1, 2] of positions from the origin
+    returns: list[float]  # average return of the trajectories after k steps, k = 0..steps
+
+
+def goal_paths(model, params, goal, steps: int, lr: float, trajectories: int = 20, seed: int = 0,
+               family: NavigationFamily | None = None) -> GoalPaths:
+    """Sample `trajectories` paths for `goal` with `params` and after each of `steps` policy-gradient steps (SGD at
+    `lr` on those same trajectories, as evaluation does): positions and average returns, on the CPU."""
+    from ..rl.objective import objective_trajectory
+
+    family = family or NavigationFamily()
+    batch = family.batch([goal], trajectories, trajectories, seed, dtype=next(iter(params.values())).dtype)
+    paths, returns = [], []
+    for k, (fast, cost) in enumerate(objective_trajectory(model, batch, params, steps, lr)):
+        traj = batch.trajectories(model, fast, k, trajectories)  # the trajectories the cost was measured on
+        step_paths = []
+        for n in range(trajectories):
+            length = int(traj.mask[0, n].sum())
+            step_paths.append(torch.cat([traj.obs[0, n, :length], traj.end[0, n:n + 1]]).double().numpy())
+        paths.append(step_paths)
+        returns.append(-float(cost[0]))
+    return GoalPaths((float(goal[0]), float(goal[1])), paths, returns)
