@@ -41,8 +41,9 @@ PHASES = ("sampling (indices)", "moving data", "meta-step", "parameter path", "l
 class Clock:
     """Accumulates wall time per phase; nested phases are subtracted from their parent."""
 
-    def __init__(self, device: torch.device):
+    def __init__(self, device: torch.device, now=time.perf_counter):
         self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.now = now
         self.total: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self._stack: list[list] = []
@@ -50,14 +51,14 @@ class Clock:
     def wrap(self, name: str, fn):
         def timed(*args, **kwargs):
             self.sync()
-            frame = [name, time.perf_counter(), 0.0]  # name, start, time of nested phases
+            frame = [name, self.now(), 0.0]  # name, start, time of nested phases
             self._stack.append(frame)
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.sync()
                 self._stack.pop()
-                spent = time.perf_counter() - frame[1]
+                spent = self.now() - frame[1]
                 self.total[name] += spent - frame[2]
                 self.calls[name] += 1
                 if self._stack:
@@ -90,6 +91,7 @@ def instrument(session, clock: Clock) -> None:
 def profile(args) -> dict:
     from maml_lab.core.algorithms.config import AlgorithmConfig
     from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.core.training.runs import RunLogger
     from maml_lab.core.training.trainer import make_family
     from maml_lab.lab.session import TrainingSession
 
@@ -104,10 +106,17 @@ def profile(args) -> dict:
     family = make_family(config)
     load_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="maml-lab-profile-") as tmp:
-        session = TrainingSession.create(config, run_dir=Path(tmp) / "run", checkpoint_every=args.checkpoint_every,
-                                         family=family, record_every=args.record_every)
+        # what TrainingSession.create does, with the run logger's checkpoint writes chosen by --checkpoint-writes
+        folder = TrainingSession.create_folder(config, run_dir=Path(tmp) / "run")
+        session = TrainingSession(config, family=family, record_every=args.record_every)
+        logger = RunLogger(folder, checkpoint_every=args.checkpoint_every,
+                           background=args.checkpoint_writes == "background")
+        logger.start(session.trainer)
+        session.trainer.observers.append(logger)
+        session.folder, session.logger = folder, logger
         trainer = session.trainer
-        clock = Clock(trainer.device)
+        trainer.val_budget = args.val_budget
+        clock = Clock(trainer.device, time.process_time if args.clock == "process" else time.perf_counter)
         instrument(session, clock)
         progress = clock.wrap("progress callback", lambda p: None)
         # warm-up (allocator, first-call costs), untimed; a checkpoint or validation in it is not counted
@@ -119,6 +128,7 @@ def profile(args) -> dict:
         clock.sync()
         wall = time.perf_counter() - wall0
         cpu = time.process_time() - cpu0
+        loop_s = cpu if args.clock == "process" else wall
         iterations = args.iterations
         loop = dict(clock.total)
         # rare phases, each on its own, amortized over its interval
@@ -133,13 +143,12 @@ def profile(args) -> dict:
             for _ in range(args.rare_repeats):
                 trainer.step()  # a new iteration, so each checkpoint is a new file as in a run
                 session.logger.checkpoint(trainer)  # what the training thread waits for
-                if hasattr(session.logger, "wait_for_checkpoint"):  # a background write, 1000 iterations apart in a run
-                    session.logger.wait_for_checkpoint()
+                session.logger.wait_for_checkpoint()  # a background write: 1000 iterations apart in a run
             rare["checkpoint"] = (clock.total["checkpoint"] / args.rare_repeats, args.checkpoint_every)
         trainer.state = "stopped"
         session.logger.on_end(trainer) if session.logger is not None else None
     # the loop's time, minus the rare phases it may have contained (counted amortized instead)
-    in_loop = wall - loop.get("validation", 0.0) - loop.get("checkpoint", 0.0)
+    in_loop = loop_s - loop.get("validation", 0.0) - loop.get("checkpoint", 0.0)
     per_it = {name: 1000 * loop.get(name, 0.0) / iterations for name in PHASES if name not in rare}
     per_it["other"] = 1000 * in_loop / iterations - sum(v for k, v in per_it.items() if k != "other")
     rare_ms = {}
@@ -196,10 +205,14 @@ def main(argv=None) -> int:
     parser.add_argument("--schedule-iterations", type=int, default=2000,
                         help="run length over which a --val-budget schedule is amortized")
     parser.add_argument("--checkpoint-every", type=int, default=1000)
+    parser.add_argument("--checkpoint-writes", choices=("background", "inline"), default="background",
+                        help="inline: written on the training thread (as before background writes)")
     parser.add_argument("--record-every", type=int, default=1, help="parameter path (the app: 1, the CLI: 0)")
     parser.add_argument("--rare-repeats", type=int, default=3, help="calls timed of validation and of checkpoints")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--clock", choices=("wall", "process"), default="wall",
+                        help="process: this process's CPU time (robust when other jobs share the CPU; CPU only)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not args.data.exists():
@@ -213,7 +226,7 @@ def main(argv=None) -> int:
           f"{result['device']}, {result['threads']} thread(s), torch {torch.__version__}; {result['iterations']} "
           f"timed iterations ({result['wall_s']:.1f} s wall, {result['cpu_s']:.1f} s process CPU); validation "
           f"{args.val_tasks} tasks every {args.val_every}, checkpoint every {args.checkpoint_every}, parameter path "
-          f"every {args.record_every or 'never'}")
+          f"every {args.record_every or 'never'}; {args.clock} clock")
     print(format_table(result))
     return 0
 
