@@ -290,3 +290,24 @@ def test_checkpoint_state_carries_the_inner_adam_state():
     for k, v in algo.export_tensors().items():
         torch.testing.assert_close(other.export_tensors()[k], v)
     assert int(other.adam_step) == 12
+
+
+def test_exports_carry_the_inner_adam_state_to_evaluation(tmp_path):
+    from maml_lab.core.export import load_initialization
+    from maml_lab.lab.initializations import adaptation_from_metadata
+
+    reptile = AlgorithmConfig.defaults("reptile", inner_optimizer="adam", inner_lr=0.01, inner_steps=2)
+    config = ExperimentConfig(task="sinusoid", shots=3, queries=3, meta_batch_size=2, iterations=2, hidden=[4],
+                              val_every=0, algorithms=[reptile])
+    trainer = Trainer(config, record_every=0)
+    trainer.run()
+    trainer.export("reptile", tmp_path / "r.safetensors")
+    params, extras, meta, model = load_initialization(tmp_path / "r.safetensors", with_extras=True)
+    adaptation = adaptation_from_metadata(meta, tensors=extras)
+    assert isinstance(adaptation, LearnedAdaptation) and adaptation.config.option("train_shots") == 50
+    assert int(adaptation.tensors[STATE_PREFIX + "step"]) == 2 * 1 * 2  # 2 iterations x meta_batch 1 x 2 steps
+    second, step = Reptile.carried_state(adaptation.tensors, params)
+    assert step == 4 and set(second) == set(params)
+    for k, v in trainer.runs["reptile"].algorithm.adam_second.items():
+        torch.testing.assert_close(second[k], v)
+    assert "moments carried from training" in adaptation_text(adaptation)
