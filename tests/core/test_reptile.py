@@ -311,3 +311,16 @@ def test_exports_carry_the_inner_adam_state_to_evaluation(tmp_path):
     for k, v in trainer.runs["reptile"].algorithm.adam_second.items():
         torch.testing.assert_close(second[k], v)
     assert "moments carried from training" in adaptation_text(adaptation)
+
+
+def test_parameters_the_model_never_adapts_get_no_inner_step():
+    model, theta, batches, cfg = setup()
+    model.inner_frozen = ("2.bias",)  # as conv-4 declares its batch-norm shift under cbfinn's convention
+    algo = make_algorithm(model, "mse", cfg, total_iterations=3)
+    params = OrderedDict((k, v.clone()) for k, v in theta.items())
+    algo.setup(params)
+    algo.meta_step(params, batches[0], 0)
+    assert torch.equal(params["2.bias"], theta["2.bias"]) and not torch.equal(params["2.weight"], theta["2.weight"])
+    path = list(trajectory_at_test_time(algo.adaptation(), model, _mse, params, batches[1].x_support,
+                                        batches[1].y_support, 2))
+    assert torch.equal(path[-1]["2.bias"][0], params["2.bias"])

@@ -21,6 +21,8 @@ What the reference code does beyond the paper's text, and what this file follows
 * Evaluation fine-tunes the same way: Adam from the state training ended with (the reference exports and restores
   its full variable state around each evaluation task, Adam's slots included; exports and checkpoints carry it as
   `inner_adam.*` tensors), `test_inner_steps` (50) steps on mini-batches of `eval_batch` (5) support examples.
+* Parameters the model never adapts in an inner loop (`model.inner_frozen`: conv-4's batch-norm shift under
+  cbfinn's convention) get no inner step; supervised-reptile's own model has none.
 * Batch norm uses the statistics of the batch it sees. `transductive` (the reference's `--transductive`, used for
   its reported numbers): the query examples are classified together, in one batch; otherwise each query example is
   classified in a batch with the support set, as the reference does without the flag.
@@ -40,7 +42,7 @@ from collections import OrderedDict
 import torch
 
 from ..tasks.base import TaskBatch
-from .adaptation import expand_params
+from .adaptation import expand_params, zero_frozen
 from .base import MetaAlgorithm
 
 ADAM_BETA1 = 0.0  # supervised-reptile: tf.train.AdamOptimizer(beta1=0)
@@ -183,7 +185,7 @@ class Reptile(MetaAlgorithm):
                 losses = loss_fn(model.forward(leaves, xb), yb)
                 if adam:  # the per-example loss summed over the mini-batch, as TF minimizes a loss vector
                     losses = losses * idx.shape[1]
-                grads = torch.autograd.grad(losses.sum(), list(leaves.values()))
+                grads = zero_frozen(model, names, torch.autograd.grad(losses.sum(), list(leaves.values())))
             with torch.no_grad():
                 values = [v.detach().clone() for v in fast.values()]
                 if adam:
@@ -272,7 +274,7 @@ class Reptile(MetaAlgorithm):
                 loss = self.loss_fn(self.model.forward(leaves, x[:, rows]), y[:, rows]).sum()
                 if adam:  # TF minimizes the per-example losses' sum
                     loss = loss * rows.numel()
-                grads = torch.autograd.grad(loss, list(leaves.values()))
+                grads = zero_frozen(self.model, names, torch.autograd.grad(loss, list(leaves.values())))
             fast = [v.detach() for v in fast]
             with torch.no_grad():
                 if adam:
