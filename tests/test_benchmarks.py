@@ -135,3 +135,16 @@ def test_gpu_check_says_in_one_line_that_there_is_no_cuda_and_exits_0():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1 and "no CUDA device" in lines[0] and result.stderr == ""
+
+
+def test_the_app_takes_a_device_and_refuses_cuda_without_it_in_one_line(capsys):
+    from maml_lab.app import build_parser, main
+
+    assert build_parser().parse_args(["--device", "cpu"]).device == "cpu"
+    assert build_parser().parse_args([]).device is None  # the experiment's own device (auto)
+    if torch.cuda.is_available():
+        pytest.skip("the no-CUDA refusal")
+    assert main(["--device", "cuda", "--screenshot", "never-written.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "CUDA is not available" in err[0]
+    assert not Path("never-written.png").exists()
