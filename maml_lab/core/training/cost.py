@@ -18,9 +18,9 @@ show it, metrics.COST_FIELDS name its numbers).
     one step (Python runs for every op: ~1.1-1.5x on conv-4), hence every `every` steps.
 * Expected cost of more inner steps: once, at the first measured step, throwaway copies of the algorithm (same
   config with inner_steps S, S+1 and S+2, theta cloned, their own optimizers) take meta-steps on the same batch:
-  each is timed without the memory tracker (the fastest of up to 5 runs within a quarter second: short steps are
-  noisy), S+1 and S+2 are then measured with it (5 to 17 extra meta-steps per run, none of which touches the run:
-  no shared tensors or random state). Times are kept as fractions of the probe's time at S and shown times the
+  each is timed without the memory tracker (the fastest of up to 3 runs within a tenth of a second: short steps
+  are noisy), S+1 and S+2 are then measured with it (5 to 11 extra meta-steps per run, none of which touches the
+  run: no shared tensors or random state). Times are kept as fractions of the probe's time at S and shown times the
   live step time, so the expectation follows the machine's current speed. The S+2 minus S+1 difference is the
   marginal cost of one more inner step, and cost(k) = cost(S+1) + (k - S - 1) * marginal for k > S (linear in
   k: MAML's graph, FOMAML's and Reptile's loops all grow by one step's forward and backward per step; the probe
@@ -52,6 +52,12 @@ class LiveTensorBytes(TorchDispatchMode):
     (see the module docstring)."""
 
     SWEEP = 32
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        """Never compiled: without this, torch wraps __torch_dispatch__ in a dynamo guard whose first call imports
+        torch._dynamo (seconds)."""
+        return False
 
     def __init__(self):
         super().__init__()
@@ -239,10 +245,10 @@ class CostMeter:
             def step(c=copy, t=theta):
                 return c.meta_step(t, batch, iteration)
 
-            # timed alone (the fastest of up to 5 runs within a quarter second: short steps are noisy), then
+            # timed alone (the fastest of up to 3 runs within a tenth of a second: short steps are noisy), then
             # measured (the tracker slows the step); the trained number of steps is timed only
             seconds, spent, runs = math.inf, 0.0, 0
-            while runs < 5 and (runs == 0 or spent < 0.25):
+            while runs < 3 and (runs == 0 or spent < 0.1):
                 took = measure(step, device, memory=False)[1]
                 seconds, spent, runs = min(seconds, took), spent + took, runs + 1
             times.append(seconds)
