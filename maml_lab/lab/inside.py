@@ -178,11 +178,23 @@ def adaptation_points(model, loss: str, theta, batch, steps: int, adaptation, pl
 
     loss_fn = loss_function(loss)
     points, losses = [], []
-    for p in test_trajectory(adaptation, model, loss_fn, theta, batch.x_support, batch.y_support, steps):
+    if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL): SGD at the inner lr
+        from ..core.algorithms.config import adaptation_config
+        from ..core.rl.objective import objective_trajectory
+
+        config = adaptation_config(adaptation)
+        steps_taken = objective_trajectory(model, batch, theta, steps, config.inner_lr if config else float(adaptation))
+    else:
+        steps_taken = ((p, None) for p in test_trajectory(adaptation, model, loss_fn, theta, batch.x_support,
+                                                           batch.y_support, steps))
+    for p, cost in steps_taken:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
         flat = torch.cat([v.detach().reshape(v.shape[0], -1).double() for v in p.values()], 1).numpy()
         points.append(flat if plane is None else plane.project(flat))
+        if cost is not None:
+            losses.append(cost.double().numpy())
+            continue
         with torch.no_grad():
             losses.append(loss_fn(model.forward(p, batch.x_query), batch.y_query).double().numpy())
     return np.stack(points, 1), np.stack(losses, 1)

@@ -56,7 +56,8 @@ class ObjectiveBatch(TaskBatch):
         raise NotImplementedError
 
     def joint(self):
-        raise TypeError("tasks sampled from the parameters have no fixed data to pool: use support_loss")
+        raise TypeError("this needs fixed task data; it does not apply to tasks whose data are sampled from the "
+                        "policy (reinforcement learning, e.g. 2-D navigation)")
 
 
 def _leaves(params) -> "OrderedDict[str, torch.Tensor]":
