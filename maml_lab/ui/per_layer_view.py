@@ -298,7 +298,7 @@ class PerLayerView(QWidget):
                     self.items.append((plot, item))
                 if plot is self.change_plot:
                     self.legend.addItem(bars, label)
-            moved = ", ".join(f"{name} {100 * c:.2g}%" for name, c in zip(s.layers, s.change[:, step]))
+            moved = ", ".join(f"{name} {100 * c:.3g}%" for name, c in zip(s.layers, s.change[:, step]))
             cka = ", ".join(f"{name} {c:.3f}" for name, c in zip(s.layers, s.cka[:, step]))
             summary.append(f"<b style='color:{color}'>{label}</b> ({s.rule_text}): moved {moved}; CKA {cka}")
         ticks = [[(j, name) for j, name in enumerate(layers)]]
