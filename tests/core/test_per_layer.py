@@ -132,3 +132,22 @@ def test_compute_per_layer_on_the_same_tasks_csv_and_bad_input():
         layer_stats(model, "mse", params, 0.01, *(torch.zeros(1, 2, 1, dtype=DT),) * 3, 1, "legs")
     bad = compute_per_layer([LayerRequest("x", "X", "maml", model, params, 0.01)], SinusoidFamily(), 5, 0, 2, 5)
     assert "at least one inner step" in bad.errors["x"]
+
+
+def test_layer_activations_end_in_the_models_own_predictions():
+    g = torch.Generator().manual_seed(4)
+    mlp = MLP([1, 6, 5, 2], "relu")
+    p = mlp.init_params(g, dtype=DT)
+    x = torch.randn(3, 7, 1, generator=g, dtype=DT)
+    acts = mlp.layer_activations(p, x)
+    assert [a.shape[-1] for a in acts] == [6, 5, 2] and torch.all(acts[0] >= 0)
+    torch.testing.assert_close(acts[-1], mlp.forward(p, x), rtol=1e-12, atol=1e-12)
+    conv = Conv4(in_channels=1, image_size=8, ways=3, filters=4)
+    p = conv.init_params(g, dtype=DT)
+    per_task = OrderedDict((k, v.unsqueeze(0).repeat(2, *([1] * v.dim())) * (1 + 0.1 * torch.rand(
+        2, *([1] * v.dim()), generator=g, dtype=DT))) for k, v in p.items())
+    x = torch.rand(2, 6, 1, 8, 8, generator=g, dtype=DT)
+    for params in (p, per_task):
+        acts = conv.layer_activations(params, x)
+        assert len(acts) == 5 and acts[0].shape == (2, 6, 4 * 4 * 4)
+        torch.testing.assert_close(acts[-1], conv.forward(params, x), rtol=1e-10, atol=1e-12)
