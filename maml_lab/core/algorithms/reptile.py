@@ -220,12 +220,13 @@ class Reptile(MetaAlgorithm):
     def test_adaptation_text(cls, config) -> str:
         batch = int(config.option("eval_batch"))
         batches = f"mini-batches of {batch}" if batch else "the full support set"
-        mode = "transductive" if config.option("transductive") else "non-transductive"
+        # the batch-norm mode only where it departs from the rest of the lab (queries classified together)
+        mode = "" if config.option("transductive") else ", each query classified with the support set"
         if config.inner_optimizer == "adam":
             state = ("moments carried from training" if config.option("adam_state") == "carry"
                      else "fresh moments per task")
-            return (f"Adam (beta1 0, {state}), inner lr {config.inner_lr:g}, {batches}, {mode}")
-        return f"SGD, inner lr {config.inner_lr:g}, {batches}, {mode}"
+            return f"Adam (beta1 0, {state}), inner lr {config.inner_lr:g}, {batches}{mode}"
+        return f"SGD, inner lr {config.inner_lr:g}, {batches}{mode}"
 
     # -- training -------------------------------------------------------------------------------------------------
     def __init__(self, model, loss, config, total_iterations=1):
