@@ -7,6 +7,7 @@ and prints seconds and bytes per meta-step; for S = 1 it also prints what the me
 at every other S, so the extrapolation can be checked against the direct measurements.
 
     python benchmarks/cost_table.py [--algorithms maml fomaml mamlpp] [--inner-steps 1 3 5] [--threads 1]
+                                    [--clock wall|process]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--meta-batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="meta-steps per cell (memory on the first and last)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall",
+                        help="process: CPU time of this process, immune to other jobs on a shared CPU (1 thread)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -39,7 +42,8 @@ def main() -> None:
                       torch.arange(ways).repeat_interleave(5).repeat(b, 1))
     model = Conv4(in_channels=1, image_size=28, ways=ways)
     print(f"conv-4 28x28, 5-way 1-shot, 5 queries per class, meta-batch {b}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s); memory: peak bytes of CPU tensors a meta-step keeps alive")
+          f"{torch.get_num_threads()} thread(s), {args.clock} clock; memory: peak bytes of CPU tensors a meta-step "
+          "keeps alive")
     rows, predictions = [], {}
     for name in args.algorithms:
         for steps in args.inner_steps:
@@ -47,7 +51,8 @@ def main() -> None:
             params = OrderedDict((k, v.requires_grad_(True)) for k, v in model.init_params(g).items())
             algo = make_algorithm(model, "cross_entropy", config, 1000)
             algo.setup(params)
-            meter = CostMeter(every=max(args.steps - 1, 1), probe=steps == min(args.inner_steps))
+            meter = CostMeter(every=max(args.steps - 1, 1), probe=steps == min(args.inner_steps),
+                              clock=time.process_time if args.clock == "process" else time.perf_counter)
             t0 = time.perf_counter()
             for i in range(args.steps):
                 meter.meta_step(name, algo, params, batch, i)
