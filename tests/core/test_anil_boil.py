@@ -204,3 +204,39 @@ def test_train_resume_exactly_export_and_eval_through_the_cli(name, tmp_path, ca
     head = {"4.weight", "4.bias"}
     for k in params:
         assert torch.equal(adapted[k][0], params[k]) == ((k in head) != (name == "anil")), k
+
+
+def test_the_readme_plain_pytorch_anil_step_matches_the_engine(tmp_path):
+    from safetensors.torch import load_file
+    from torch import nn
+
+    from maml_lab.core.export import load_initialization
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.core.training.trainer import Trainer
+    from maml_lab.lab.initializations import adaptation_from_metadata
+
+    config = ExperimentConfig(iterations=3, meta_batch_size=4, val_every=0,
+                              algorithms=[AlgorithmConfig.defaults("anil")])
+    trainer = Trainer(config, record_every=0)
+    trainer.run()
+    path = tmp_path / "init-anil.safetensors"
+    trainer.export("anil", path)
+    model = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+    model.load_state_dict(load_file(path))
+    x_support = torch.linspace(-4, 4, 5).reshape(5, 1)
+    y_support = 2 * torch.sin(x_support - 1)
+    inner_lr = 0.01
+    # the README's lines, as written there
+    head = ["4.weight", "4.bias"]                                            # the last linear layer; BOIL: all others
+    loss = torch.nn.functional.mse_loss(model(x_support), y_support)
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(loss, [params[k] for k in head])
+    with torch.no_grad():
+        for k, g in zip(head, grads):
+            params[k] -= inner_lr * g
+    theta, meta, engine_model = load_initialization(path)
+    adapted = adapt_at_test_time(adaptation_from_metadata(meta), engine_model, mse_per_task, theta,
+                                 x_support.unsqueeze(0), y_support.unsqueeze(0), 1)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(adapted[k][0], v, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(adapted["4.weight"][0], theta["4.weight"])
