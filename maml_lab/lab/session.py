@@ -44,6 +44,7 @@ class TrainingSession:
             family = make_family(config, progress=loading, cancel=cancel)
         self.trainer = Trainer(config, family=family, initial_params=initial_params, record_every=record_every,
                                world=world)
+        self.trainer.cost.probe = True  # the CLI and the app show the expected cost of more inner steps
         self.folder: RunFolder | None = None
         self.logger: RunLogger | None = None
         self.resumed_at: int | None = None  # the checkpoint's iteration when this session continues a run

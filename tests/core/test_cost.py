@@ -76,7 +76,7 @@ def test_trainer_progress_carries_the_cost_fields_and_measuring_changes_nothing(
                                           AlgorithmConfig.defaults("fomaml", inner_steps=2)])
     seen = []
     measured = Trainer(config, record_every=0)
-    measured.cost.every = 2
+    measured.cost.every, measured.cost.probe = 2, True
     measured.run(callback=seen.append)
     plain = Trainer(config, record_every=0)
     plain.cost.enabled = False
@@ -108,6 +108,7 @@ def test_the_pretrained_baseline_gets_no_inner_step_expectation():
     config = ExperimentConfig(iterations=2, meta_batch_size=4, hidden=[8, 8], val_every=0,
                               algorithms=[AlgorithmConfig.defaults("pretrained")])
     trainer = Trainer(config, record_every=0)
+    trainer.cost.probe = True
     trainer.run()
     c = trainer.cost.summary()["pretrained"]
     assert c["step_bytes"] > 0 and c["inner_step_s"] is None and c["inner_step_bytes"] is None

@@ -15,8 +15,10 @@ show it, metrics.COST_FIELDS name its numbers).
     storages that have been freed (torch.multiprocessing StorageWeakRef) are dropped and the live total is
     compared with the peak so far. It is the CPU analogue of the CUDA number (exact at the 32-op sampling
     points, so a lower bound by at most what 32 ops allocate), not the process's RSS. Measuring slows that
-    one step (Python runs for every op: ~1.1-1.5x on conv-4), hence every `every` steps.
-* Expected cost of more inner steps: once, at the first measured step, throwaway copies of the algorithm (same
+    one step (Python runs for every op: 1.2-2.7x on conv-4, more with more inner steps), hence every `every`
+    steps (100 by default).
+* Expected cost of more inner steps (when `probe` is set: TrainingSession sets it, so the CLI and the app show it;
+  a bare Trainer does not probe): once, at the first measured step, throwaway copies of the algorithm (same
   config with inner_steps S, S+1 and S+2, theta cloned, their own optimizers) take meta-steps on the same batch:
   each is timed without the memory tracker (the fastest of up to 3 runs within a tenth of a second: short steps
   are noisy), S+1 and S+2 are then measured with it (5 to 11 extra meta-steps per run, none of which touches the

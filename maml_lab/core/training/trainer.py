@@ -128,8 +128,9 @@ class Trainer:
         self._running = threading.Event()
         self._running.set()
         self._val_batch = None
-        # time and memory per meta-step of each algorithm, and the expected cost of more inner steps (cost.py)
-        self.cost = CostMeter()
+        # time and memory per meta-step of each algorithm (cost.py); sessions (CLI, app) also probe the expected cost
+        # of more inner steps (cost.probe), a few extra meta-steps once per run
+        self.cost = CostMeter(probe=False)
         # validation may take at most this fraction of the training time (None: every val_every iterations, as
         # configured): a due validation is skipped while the time spent validating exceeds the budget, so runs
         # whose validation is costly for their meta-step (the app's) keep it off the critical path
