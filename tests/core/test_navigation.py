@@ -22,6 +22,15 @@ from maml_lab.core.training.trainer import Trainer
 D = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Rollouts are many small ops: one thread (what training uses, --threads 1), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def constant_policy(bias, log_std=-30.0):
     """A policy whose mean is `bias` everywhere (zero weights) and whose noise is negligible."""
     policy = GaussianMLPPolicy((2, 3, 2))
@@ -219,10 +228,17 @@ def tiny_config(**over):
     return ExperimentConfig.from_dict(data)
 
 
+def quiet(trainer):
+    """Without the trainer's cost meter (its probes take extra meta-steps: not what these tests measure)."""
+    if getattr(trainer, "cost", None) is not None:
+        trainer.cost.enabled = False
+    return trainer
+
+
 def test_a_seeded_run_is_reproducible_and_a_task_samples_alone_as_in_its_batch():
     runs = []
     for _ in range(2):
-        trainer = Trainer(tiny_config(), model=GaussianMLPPolicy((2, 16, 16, 2)), record_every=0)
+        trainer = quiet(Trainer(tiny_config(), model=GaussianMLPPolicy((2, 16, 16, 2)), record_every=0))
         metrics = [trainer.step() for _ in range(2)]
         runs.append((metrics, trainer.snapshot()))
     assert runs[0][0] == runs[1][0]
@@ -250,7 +266,7 @@ def test_short_meta_training_improves_the_post_update_return():
     torch.manual_seed(0)
     config = tiny_config(iterations=25, meta_batch_size=10, shots=10, queries=10,
                          algorithms={"maml": {"meta_lr": 0.01}})
-    trainer = Trainer(config, model=GaussianMLPPolicy((2, 32, 32, 2)), record_every=0)
+    trainer = quiet(Trainer(config, model=GaussianMLPPolicy((2, 32, 32, 2)), record_every=0))
     heldout = trainer.family.sample(20, 10, 10, torch.Generator().manual_seed(99))
     lr = config.algorithms[0].inner_lr
     before = objective_curve(trainer.model, heldout, trainer.runs["maml"].params, 1, lr)
