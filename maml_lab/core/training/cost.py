@@ -259,7 +259,8 @@ class CostMeter:
             if steps > cost.inner_steps:
                 used.append(measure(step, device, memory=True)[2])
         base = max(times[0], 1e-9)
-        cost.probe_time, cost.inner_step_time = times[1] / base, (times[2] - times[1]) / base
+        # a step more never takes less time: a negative difference is the noise of a shared machine
+        cost.probe_time, cost.inner_step_time = times[1] / base, max(times[2] - times[1], 0.0) / base
         cost.probe_bytes = used[0]
         cost.inner_step_bytes = None if used[0] is None or used[1] is None else used[1] - used[0]
 
