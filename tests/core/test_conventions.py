@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.func import functional_call
 
-from maml_lab.core.algorithms.adaptation import adapt, adapt_adam, adam_trajectory, sgd_trajectory
+from maml_lab.core.algorithms.adaptation import adam_trajectory, adapt, adapt_adam, sgd_trajectory
 from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
 from maml_lab.core.export import load_initialization
 from maml_lab.core.models.conv4 import Conv4
@@ -81,7 +81,8 @@ def test_loss_is_sum_over_k_and_an_n_times_larger_step():
     labels = torch.arange(WAYS).repeat_interleave(SHOTS).repeat(4, 1)
     expected = torch.stack([_cbfinn_loss(logits[i], labels[i], SHOTS) for i in range(4)])
     torch.testing.assert_close(cross_entropy_sum_per_task(logits, labels), expected)
-    torch.testing.assert_close(cross_entropy_sum_per_task(logits, labels), WAYS * cross_entropy_per_task(logits, labels))
+    torch.testing.assert_close(cross_entropy_sum_per_task(logits, labels),
+                               WAYS * cross_entropy_per_task(logits, labels))
     assert loss_function("cross_entropy_sum") is cross_entropy_sum_per_task
     # an inner SGD step of alpha on sum / K is a step of N * alpha on the lab's mean
     model, theta = _model("lab"), _theta(_model("lab"))

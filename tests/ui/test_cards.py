@@ -57,7 +57,8 @@ def test_adaptation_view_cards_in_label_tooltip_and_exports(qtbot, tmp_path):
     with qtbot.waitSignal(view.computed, timeout=60000):
         assert view.compute()
     assert set(view.cards) == {"maml", "file"}
-    assert view.cards["maml"].tasks == 20 and view.cards["maml"].shots == [5] and view.cards["maml"].steps == [0, 1, 2, 3]
+    card = view.cards["maml"]
+    assert card.tasks == 20 and card.shots == [5] and card.steps == [0, 1, 2, 3]
     text = view.card_label.text()
     assert text.startswith("Evaluation card: K = 5 sinusoid, 20 held-out tasks, 100 query points") and "lab" in text
     assert "SGD, inner lr 0.01" in text and "SGD, inner lr 0.05" in text
@@ -152,9 +153,8 @@ def test_exported_metrics_json_carries_the_validation_cards():
     from maml_lab.core.training.metrics import CSV_HEADER
     from maml_lab.ui.file_actions import metrics_json
 
-    config = ExperimentConfig(task="images", val_tasks=40, algorithms=[AlgorithmConfig.defaults("maml", task="images"),
-                                                                      AlgorithmConfig.defaults("fomaml", task="images")],
-                              task_options={"convention": "cbfinn"})
+    algorithms = [AlgorithmConfig.defaults(name, task="images") for name in ("maml", "fomaml")]
+    config = ExperimentConfig(task="images", val_tasks=40, algorithms=algorithms, task_options={"convention": "cbfinn"})
     header = ",".join(CSV_HEADER)
     row = ["1", "maml"] + ["0.5"] * (len(CSV_HEADER) - 2)
     row[CSV_HEADER.index("val_pre_loss")] = ""
