@@ -144,9 +144,10 @@ def test_inner_loop_never_adapts_the_batch_norm_shift():
     assert not torch.equal(fast["1.bias"][0], _theta(lab)["1.bias"])
 
 
-@pytest.mark.parametrize("name,steps", [("maml", 1), ("fomaml", 1), ("maml", 2)])
-def test_meta_gradient_matches_independent_autograd_in_float64(name, steps):
-    model = _model()
+@pytest.mark.parametrize("name,steps,batched", [("maml", 1, "auto"), ("fomaml", 1, "auto"), ("maml", 2, "auto"),
+                                                ("maml", 1, "grouped")])
+def test_meta_gradient_matches_independent_autograd_in_float64(name, steps, batched):
+    model = _model(batched=batched)
     theta, batch = _theta(model), _batch(model)
     config = AlgorithmConfig(name=name, inner_lr=0.3, inner_steps=steps)
     algorithm = make_algorithm(model, "cross_entropy_sum", config)

@@ -72,6 +72,12 @@ def _channels_last_parts(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(p.permute(0, 3, 1, 2) for p in w.permute(0, 1, 3, 4, 2).contiguous().unbind(0))
 
 
+def _ones_like(beta: torch.Tensor) -> torch.Tensor:
+    """A constant unit scale for batch norm without one (cbfinn): native batch norm's double backward needs a
+    weight tensor when the shift requires grad."""
+    return torch.ones(beta.shape, dtype=beta.dtype, device=beta.device)
+
+
 class Conv4:
     """Conv-4 for [B, N, C, H, W] inputs and `ways` outputs."""
 
@@ -513,7 +519,8 @@ class Conv4:
                     h = F.conv2d(h, per[f"{conv}.weight"][i], per[f"{conv}.bias"][i], stride=self._stride,
                                  padding=1)
                 gamma = per.get(f"{bn}.weight")
-                h = F.relu(F.batch_norm(h, None, None, None if gamma is None else gamma[i], per[f"{bn}.bias"][i],
+                beta = per[f"{bn}.bias"][i]
+                h = F.relu(F.batch_norm(h, None, None, _ones_like(beta) if gamma is None else gamma[i], beta,
                                         training=True, eps=self.eps))
                 if self.downsample == "maxpool":
                     h = F.max_pool2d(h, 2)
@@ -552,7 +559,8 @@ class Conv4:
             h = F.conv2d(h, w.reshape(b * w.shape[1], *w.shape[2:]), params[f"{conv}.bias"].reshape(-1),
                          stride=self._stride, padding=1, groups=b)
             gamma = params.get(f"{bn}.weight")
-            h = F.batch_norm(h, None, None, None if gamma is None else gamma.reshape(-1),
+            h = F.batch_norm(h, None, None, _ones_like(params[f"{bn}.bias"].reshape(-1)) if gamma is None
+                             else gamma.reshape(-1),
                              params[f"{bn}.bias"].reshape(-1), training=True, eps=self.eps)
             h = F.relu(h)
             if self.downsample == "maxpool":
