@@ -221,7 +221,9 @@ def paths_from_checkpoint(tensors: dict, header: dict, config: ExperimentConfig,
         return None
     from ..core.tasks.registry import task_family
 
-    loss = task_family(config.task).loss
+    loss = getattr(family, "loss", None) or task_family(config.task).loss  # the run's family's own loss
+    if loss == "cross_entropy" and (header.get("model") or {}).get("convention") == "cbfinn":
+        loss = "cross_entropy_sum"  # a conv-4 in cbfinn/maml's conventions whose family was not rebuilt
     return RunPaths(int(header.get("iteration", 0)), int(config.iterations), dict(header.get("model") or {}), loss,
                     config.task, config.shots, config.queries, paths,
                     {a.name: a.to_dict() for a in config.algorithms}, family, family)
