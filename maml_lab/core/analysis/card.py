@@ -130,8 +130,11 @@ class EvaluationCard:
         config = adaptation_config(adaptation)
         if algorithm is None and config is not None:
             algorithm = config.name
+        text = adaptation_text(adaptation)
         step_size = float(config.inner_lr) if config is not None else (
             float(adaptation) if isinstance(adaptation, (int, float)) else None)
+        if _optimizer_kind(text) not in ("SGD", "Adam"):
+            step_size = None  # learned step sizes (Meta-SGD, MAML++): the text says so
         spec = model.spec() if hasattr(model, "spec") else dict(model or {})
         convention = spec.get("convention", "lab") if spec.get("kind") == "conv4" else (
             "cbfinn" if loss == "cross_entropy_sum" else "lab")
@@ -145,7 +148,7 @@ class EvaluationCard:
         card = cls(task_family=task_family, tasks=int(tasks), shots=sorted({int(s) for s in _list(shots)}),
                    steps=sorted({int(s) for s in _list(steps)}), queries=None if queries is None else int(queries),
                    ways=None if ways is None else int(ways), algorithm=algorithm,
-                   inner_optimizer=adaptation_text(adaptation), step_size=step_size, convention=convention,
+                   inner_optimizer=text, step_size=step_size, convention=convention,
                    loss=loss_text(loss) if loss else "", transductive=transductive, notes=dict(notes or {}))
         if spec.get("kind") == "conv4":
             card.batch_norm = _batch_norm_text(convention, transductive)
@@ -171,9 +174,9 @@ class EvaluationCard:
                 d.append(f"{self.queries} queries per class (paper's code: K, as many as the shots)")
         if protocol.steps is not None and not set(self.steps) & set(protocol.steps):
             d.append(f"steps {_steps_text(self.steps)} (paper: {_join(protocol.steps)})")
-        optimizer = self.inner_optimizer.split(",")[0].split(" ")[0] if self.inner_optimizer else ""
-        if protocol.optimizer is not None and optimizer and optimizer.lower() != protocol.optimizer.lower():
-            d.append(f"inner optimizer {optimizer} (paper: {protocol.optimizer})")
+        optimizer = _optimizer_kind(self.inner_optimizer)
+        if protocol.optimizer is not None and optimizer and optimizer != protocol.optimizer:
+            d.append(f"inner optimizer: {optimizer} (paper: {protocol.optimizer})")
         effective = self.effective_step_size
         if (protocol.step_size is not None and effective is not None
                 and abs(effective - protocol.step_size) > 1e-9 * max(1.0, protocol.step_size)):
@@ -232,6 +235,16 @@ class EvaluationCard:
     def csv_comments(self) -> list[str]:
         """The card as '# ' comment lines for the top of a CSV file."""
         return [f"# {line}" for line in self.text().splitlines()]
+
+
+def _optimizer_kind(text: str) -> str:
+    """'SGD' or 'Adam' from an adaptation text ('SGD, inner lr 0.4', 'Adam (beta1 0, ...), ...'); else the text up
+    to its first parenthesis or comma (learned step sizes and the like)."""
+    head = (text or "").split(",")[0].split("(")[0].strip()
+    for kind in ("SGD", "Adam"):
+        if head.split(" ")[0].lower() == kind.lower():
+            return kind
+    return head
 
 
 def _steps_text(steps) -> str:
