@@ -154,3 +154,14 @@ def test_benchmark_scripts_print_cards():
     assert card.queries == omniglot.EVAL_QUERIES and card.shots == [1, 5] and card.convention == "cbfinn"
     assert card.notes["heldout_classes"] == 360
     assert card.differences == ["15 queries per class (paper's code: K, as many as the shots)"]
+
+
+def test_learned_step_sizes_and_adam_are_named_not_compared_as_sgd():
+    metasgd = EvaluationCard.build("images", 600, [1], [3], AlgorithmConfig.defaults("metasgd", task="images"),
+                                   queries=1, ways=5, loss="cross_entropy_sum", model=Conv4(convention="cbfinn"))
+    assert metasgd.step_size is None and metasgd.effective_step_size is None
+    assert metasgd.differences == ["inner optimizer: learned per-parameter step sizes (paper: SGD)"]
+    adam = EvaluationCard.build("images", 600, [1], [3], AlgorithmConfig.defaults("reptile", task="images"),
+                                queries=1, ways=5, loss="cross_entropy", model=Conv4())
+    assert adam.paper_key == "reptile-omniglot-5way" and adam.inner_optimizer.startswith("Adam")
+    assert not any(d.startswith("inner optimizer") for d in adam.differences)
