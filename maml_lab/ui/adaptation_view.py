@@ -290,7 +290,8 @@ class AdaptationView(QWidget):
         first = next(iter(self.cards.values()))
         optimizers = sorted({c.inner_optimizer for c in self.cards.values()})
         paper = ("matches the " + first.paper if first.matches_paper else
-                 f"differs from the {first.paper} ({len(first.differences)} fields)" if first.paper else
+                 f"differs from the {first.paper} in {', '.join(d.split(' (')[0] for d in first.differences)}"
+                 if first.paper else
                  "no paper protocol for this setting")
         self.card_label.setText(f"Evaluation card: {first.what()}; {first.convention} conventions; "
                                 f"{first.ci}; {' / '.join(optimizers)}; {paper} · hover for the full cards")
