@@ -88,7 +88,7 @@ def main() -> None:
 
     def algorithm(name: str) -> AlgorithmConfig:
         multi_step = {}
-        if args.step_loss_weights and name in ("maml", "fomaml"):
+        if args.step_loss_weights and name in ("maml", "fomaml", "anil", "boil"):  # MAML's objective, own subset
             multi_step = {"inner_steps": len(args.step_loss_weights), "step_loss_weights": args.step_loss_weights}
         elif args.step_loss_weights and name == "mamlpp":  # as many inner steps, with its own annealed weights
             multi_step = {"inner_steps": len(args.step_loss_weights)}
