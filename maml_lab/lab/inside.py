@@ -285,6 +285,8 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
     theta_flat = np.asarray(path.snapshots[-1], np.float64)
     theta = unflatten(theta_flat, like)
     lr = run.inner_lr(name)
+    names = _adapted_names(name, model, theta)  # ANIL's head, BOIL's body: the rest is held in the inner loop
+    rule = run.adaptation(name) if names is not None else lr  # SGD at lr, on those parameters only
     k = max(int(req.inner_steps), 1)
     batch = sample_tasks(run.family, max(req.tasks, 2 if req.plane == "tasks" else 1), run.shots, run.queries,
                          LANDSCAPE_SEED)
@@ -299,7 +301,8 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
         # the next one. Before vs after: tasks 1 and 2, adapted k steps, as in training.
         pair = [index, (index + 1) % batch.num_tasks] if task_mode else [0, 1]
         steps = req.task_steps if task_mode else k
-        res = adapt(model, loss_function(run.loss), theta, batch.x_support[pair], batch.y_support[pair], steps, lr)
+        res = adapt(model, loss_function(run.loss), theta, batch.x_support[pair], batch.y_support[pair], steps, lr,
+                    names=names)
         phi = [OrderedDict((key, v[i].detach()) for key, v in res.params.items()) for i in range(2)]
         plane = task_plane(theta, phi[0], phi[1])
     else:
@@ -311,12 +314,12 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
                              [], labels=_plane_labels(req.plane, plane), iteration=int(path.iterations[-1]))
     if task_mode:
         one = batch.task(index)
-        pts, losses = adaptation_points(model, run.loss, theta, one, req.task_steps, lr, plane, cancel)
+        pts, losses = adaptation_points(model, run.loss, theta, one, req.task_steps, rule, plane, cancel)
         result.task_path = pts[0]
         result.task_losses = losses[0]
-        result.prediction = _predictions(model, run, theta, one, req.task_steps, lr)
+        result.prediction = _predictions(model, run, theta, one, req.task_steps, lr, names)
         if run.loss in ("cross_entropy", "cross_entropy_sum"):
-            result.task_accuracy = _accuracies(model, run, theta, one, req.task_steps, lr)
+            result.task_accuracy = _accuracies(model, run, theta, one, req.task_steps, lr, names)
         # the slice the task sees: around its adaptation path (on the tasks plane, with the other task too)
         around = result.task_path if req.plane != "tasks" else np.vstack([result.task_path, [[0.0, 1.0]]])
         extent = _extent_around(around, req.zoom)
@@ -338,14 +341,22 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
                 progress(i * points + done, len(kinds) * points)
 
         result.surfaces[kind] = surface(model, run.loss, like, plane, batch, alphas, betas, kind=kind,
-                                        inner_steps=k, inner_lr=lr, task_index=index, progress=part, cancel=cancel)
+                                        inner_steps=k, inner_lr=lr, task_index=index, progress=part, cancel=cancel,
+                                        names=names)
         result.surfaces[kind].meta.update(center=name, iteration=int(path.iterations[-1]),
                                           plane_origin=plane.origin, plane_d1=plane.d1, plane_d2=plane.d2)
     if not task_mode:
         arrows = min(5, batch.num_tasks)
-        pts, _ = adaptation_points(model, run.loss, theta, _first(batch, arrows), k, lr, plane, cancel)
+        pts, _ = adaptation_points(model, run.loss, theta, _first(batch, arrows), k, rule, plane, cancel)
         result.arrows = list(pts)
     return result
+
+
+def _adapted_names(name: str, model, params):
+    """The parameters `name`'s inner loop adapts (`MetaAlgorithm.adapts`); None: all, or an unknown algorithm."""
+    from ..core.algorithms.registry import ALGORITHMS
+
+    return ALGORITHMS.get(name).adapted_names(model, params) if name in ALGORITHMS else None
 
 
 def _plane_labels(kind: str, plane: Plane) -> tuple[str, str]:
@@ -363,11 +374,12 @@ def _first(batch, n: int):
     return TaskBatch(batch.x_support[:n], batch.y_support[:n], batch.x_query[:n], batch.y_query[:n], info)
 
 
-def _predictions(model, run: RunPaths, theta, task, steps: int, lr: float) -> dict | None:
+def _predictions(model, run: RunPaths, theta, task, steps: int, lr: float, names=None) -> dict | None:
     """A one-input regression task: the prediction on a dense x grid after 0..steps inner steps."""
     if run.loss != "mse" or task.x_support.shape[-1] != 1:
         return None
-    res = adapt(model, loss_function(run.loss), theta, task.x_support, task.y_support, steps, lr, keep_path=True)
+    res = adapt(model, loss_function(run.loss), theta, task.x_support, task.y_support, steps, lr, keep_path=True,
+                names=names)
     batched = OrderedDict((k, torch.cat([p[k] for p in res.path], 0)) for k in theta)
     lo, hi = getattr(run.family, "x_range", (-5.0, 5.0))
     xs = np.linspace(lo, hi, 241)
@@ -382,8 +394,9 @@ def _predictions(model, run: RunPaths, theta, task, steps: int, lr: float) -> di
             "support_y": task.y_support[0, :, 0].double().numpy()}
 
 
-def _accuracies(model, run: RunPaths, theta, task, steps: int, lr: float) -> np.ndarray:
-    res = adapt(model, loss_function(run.loss), theta, task.x_support, task.y_support, steps, lr, keep_path=True)
+def _accuracies(model, run: RunPaths, theta, task, steps: int, lr: float, names=None) -> np.ndarray:
+    res = adapt(model, loss_function(run.loss), theta, task.x_support, task.y_support, steps, lr, keep_path=True,
+                names=names)
     out = []
     for p in res.path:
         with torch.no_grad():

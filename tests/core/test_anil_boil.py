@@ -240,3 +240,25 @@ def test_the_readme_plain_pytorch_anil_step_matches_the_engine(tmp_path):
     for k, v in model.state_dict().items():
         torch.testing.assert_close(adapted[k][0], v, rtol=1e-5, atol=1e-6)
     assert not torch.equal(adapted["4.weight"][0], theta["4.weight"])
+
+
+def test_the_landscape_adapts_the_same_subset_and_an_empty_subset_takes_no_step():
+    from maml_lab.core.algorithms.adaptation import adapt
+    from maml_lab.core.analysis.landscape import surface
+    from maml_lab.core.analysis.trajectory import random_plane
+
+    model, params, batch, _ = make("mlp", "anil", 1)
+    theta = OrderedDict((k, v.detach()) for k, v in params.items())
+    plane = random_plane(theta, seed=0)
+    values = {}
+    for names in (HEAD["mlp"], None):
+        values[names] = surface(model, "mse", theta, plane, batch, [0.0], [0.0], "post", inner_steps=2,
+                                inner_lr=0.3, names=names).values[0, 0]
+        res = adapt(model, mse_per_task, theta, batch.x_support, batch.y_support, 2, 0.3, names=names)
+        expected = mse_per_task(model.forward(res.params, batch.x_query), batch.y_query).mean().item()
+        assert values[names] == pytest.approx(expected, rel=1e-9)
+    assert values[HEAD["mlp"]] != pytest.approx(values[None], rel=1e-3)
+    one_layer = MLP([1, 1])
+    p = one_layer.init_params(torch.Generator().manual_seed(0), dtype=DT)
+    res = adapt(one_layer, mse_per_task, p, batch.x_support, batch.y_support, 2, 0.3, names=(), final_loss=True)
+    assert all(torch.equal(res.params[k][0], p[k]) for k in p) and len(res.support_losses) == 3

@@ -120,6 +120,10 @@ def zero_frozen(model, names, grads) -> list:
 
 def _subset_step(model, loss_fn, inputs, subset, x_support, y_support, lr, create_graph, tracks_theta, losses):
     """One SGD step on the parameters in `subset` only (autograd, gradients of the others never taken)."""
+    if not subset:  # nothing to adapt (BOIL on a model that is all head): the loss, no step
+        with torch.no_grad():
+            losses.append(loss_fn(model.forward(inputs, x_support), y_support))
+        return inputs
     if not tracks_theta:  # evaluation: only the adapted tensors need to be leaves
         inputs = OrderedDict((k, v.detach().requires_grad_(k in subset)) for k, v in inputs.items())
     task_losses = loss_fn(model.forward(inputs, x_support), y_support)

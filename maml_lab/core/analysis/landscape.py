@@ -126,8 +126,10 @@ def _one_step_mlp_query_losses(model, params, batch, lr: float) -> torch.Tensor:
 
 def surface(model, loss: str, like, plane: Plane, batch, alphas, betas, kind: str = "post",
             inner_steps: int = 1, inner_lr: float = 0.01, task_index: int = 0, chunk_floats: int = 8_000_000,
-            progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None) -> Surface:
-    """The loss surface over the grid `alphas` x `betas` on `plane` (see the module doc for `kind`)."""
+            progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
+            names=None) -> Surface:
+    """The loss surface over the grid `alphas` x `betas` on `plane` (see the module doc for `kind`). names: the
+    parameters the inner loop adapts (ANIL: the head, BOIL: the body; None: all)."""
     if kind not in KINDS:
         raise ValueError(f"unknown surface kind {kind!r} (one of {', '.join(KINDS)})")
     if kind == "task":
@@ -139,7 +141,7 @@ def surface(model, loss: str, like, plane: Plane, batch, alphas, betas, kind: st
     tasks = batch.num_tasks
     aa, bb = np.meshgrid(np.asarray(alphas, np.float64), np.asarray(betas, np.float64))
     coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
-    low_rank = _one_step_mlp_supported(model, loss, kind, inner_steps)
+    low_rank = names is None and _one_step_mlp_supported(model, loss, kind, inner_steps)
     if low_rank:  # activations, not weights, are what grows with the chunk
         width = max(model.sizes)
         shots = batch.x_support.shape[1] + batch.x_query.shape[1]
@@ -160,7 +162,8 @@ def surface(model, loss: str, like, plane: Plane, batch, alphas, betas, kind: st
                 task_losses = _one_step_mlp_query_losses(model, params, batch, inner_lr)
             elif kind == "post":
                 xs, ys = _tile(batch.x_support, n), _tile(batch.y_support, n)
-                adapted = adapt(model, loss_fn, params, xs, ys, inner_steps, inner_lr, batched=True).params
+                adapted = adapt(model, loss_fn, params, xs, ys, inner_steps, inner_lr, batched=True,
+                                names=names).params
                 task_losses = loss_fn(model.forward(adapted, _tile(batch.x_query, n)), _tile(batch.y_query, n))
             else:
                 task_losses = loss_fn(model.forward(params, _tile(x_pre, n)), _tile(y_pre, n))
