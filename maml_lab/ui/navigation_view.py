@@ -58,8 +58,11 @@ class ArenaPlot(pg.PlotWidget):
         item.setRange(xRange=(-ARENA, ARENA), yRange=(-ARENA, ARENA), padding=0.02)
         item.getViewBox().setMouseEnabled(False, False)
         style_plot(item, "2-D navigation: trajectories from the origin", "x", "y")
-        for axis in ("left", "bottom"):
-            item.getAxis(axis).enableAutoSIPrefix(False)
+        for name in ("left", "bottom"):  # arena units as they are (no "x0.001" SI scaling of the ticks)
+            axis = item.getAxis(name)
+            if hasattr(axis, "setSIPrefixEnableRanges"):
+                axis.setSIPrefixEnableRanges(())
+            axis.enableAutoSIPrefix(False)
 
     @property
     def viewbox(self):
