@@ -137,6 +137,7 @@ class NavigationView(QWidget):
                            "policy-gradient steps, bold: the mean path.")
         self.hint.setWordWrap(True)
         self.oracle_label = QLabel()
+        self.oracle_label.setWordWrap(True)  # a long status line must not widen the whole window
         self._recompute = QTimer(self)
         self._recompute.setSingleShot(True)
         self._recompute.setInterval(150)
