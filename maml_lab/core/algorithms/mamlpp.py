@@ -97,7 +97,7 @@ class MAMLPlusPlus(MetaAlgorithm):
 
     name = "mamlpp"
     label = "MAML++"
-    color = "#009E73"  # Okabe-Ito bluish green
+    color = "#332288"  # Tol's indigo: a dark blue beside MAML's, apart from every other built-in
     description = "MAML++: learned per-step per-layer inner rates, per-step batch norm, annealed multi-step loss " \
                   "(Antoniou et al. 2019)"
     option_defaults = {"learn_lrs": True, "per_step_bn": True, "msl_epochs": 10, "first_order_epochs": 0,
