@@ -165,3 +165,11 @@ def test_learned_step_sizes_and_adam_are_named_not_compared_as_sgd():
                                 queries=1, ways=5, loss="cross_entropy", model=Conv4())
     assert adam.paper_key == "reptile-omniglot-5way" and adam.inner_optimizer.startswith("Adam")
     assert not any(d.startswith("inner optimizer") for d in adam.differences)
+
+
+@pytest.mark.parametrize("name, adapted", [("maml", True), ("anil", False), ("boil", True), ("mamlpp", False)])
+def test_the_card_says_whether_the_inner_loop_steps_batch_norm(name, adapted):
+    card = EvaluationCard.build("images", 10, 1, 3, AlgorithmConfig.defaults(name, task="images"), ways=5,
+                                loss="cross_entropy", model=Conv4(in_channels=1, image_size=28, ways=5))
+    assert ("both adapted" in card.batch_norm) == adapted
+    assert ("neither adapted in the inner loop" in card.batch_norm) == (not adapted)

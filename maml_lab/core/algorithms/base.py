@@ -54,6 +54,9 @@ class MetaAlgorithm:
     # which parameters the inner loop adapts, in training and at test time: "all", "head" (the model's
     # `head_names`: ANIL) or "body" (all but the head: BOIL); the others are held at theta in the inner loop
     adapts: ClassVar[str] = "all"
+    # whether the inner loop steps batch norm's scale and shift (evaluation cards state it): None follows `adapts`
+    # (adapted unless only the head is); MAML++ sets False (its per-step rows are learned in the outer loop only)
+    adapts_batch_norm: ClassVar[bool | None] = None
     # the panel's outer-step field: which config field, and its name there
     outer_lr_field: ClassVar[str] = "meta_lr"
     outer_lr_label: ClassVar[str] = "meta lr β"

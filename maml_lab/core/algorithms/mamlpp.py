@@ -100,6 +100,7 @@ class MAMLPlusPlus(MetaAlgorithm):
     color = "#332288"  # Tol's indigo: a dark blue beside MAML's, apart from every other built-in
     description = "MAML++: learned per-step per-layer inner rates, per-step batch norm, annealed multi-step loss " \
                   "(Antoniou et al. 2019)"
+    adapts_batch_norm = False  # the code never steps batch norm in the inner loop
     option_defaults = {"learn_lrs": True, "per_step_bn": True, "msl_epochs": 10, "first_order_epochs": 0,
                        "epoch_iterations": 500}
     # the code's Omniglot configs: 5 steps of 0.1 in training and at evaluation, cosine outer lr

@@ -151,7 +151,7 @@ class EvaluationCard:
                    inner_optimizer=text, step_size=step_size, convention=convention,
                    loss=loss_text(loss) if loss else "", transductive=transductive, notes=dict(notes or {}))
         if spec.get("kind") == "conv4":
-            card.batch_norm = _batch_norm_text(convention, transductive)
+            card.batch_norm = _batch_norm_text(convention, transductive, _inner_loop_steps_batch_norm(algorithm))
         card.compare(paper_protocol(task_family, algorithm, card.ways))
         return card
 
@@ -261,12 +261,26 @@ def _list(values) -> list:
     return list(values) if isinstance(values, (list, tuple, set)) else [values]
 
 
-def _batch_norm_text(convention: str, transductive: bool | None) -> str:
+def _inner_loop_steps_batch_norm(algorithm: str | None) -> bool:
+    """Whether `algorithm`'s inner loop steps batch norm's scale and shift (unknown names: as MAML does)."""
+    from ..algorithms.registry import ALGORITHMS
+
+    if not algorithm or algorithm not in ALGORITHMS.names():
+        return True
+    cls = ALGORITHMS.get(algorithm)
+    if cls.adapts_batch_norm is not None:
+        return bool(cls.adapts_batch_norm)
+    return cls.adapts != "head"
+
+
+def _batch_norm_text(convention: str, transductive: bool | None, inner_loop: bool = True) -> str:
     mode = ("transductive (batch statistics of the support set while adapting, of a task's queries together "
             "when predicting)") if transductive is not False else (
         "not transductive (each query predicted in one batch with the support set, supervised-reptile)")
-    form = ("no scale, eps 1e-3, shift not adapted in the inner loop" if convention == "cbfinn"
-            else "scale and shift, eps 1e-5, both adapted")
+    if convention == "cbfinn":
+        form = "no scale, eps 1e-3, shift not adapted in the inner loop"
+    else:
+        form = "scale and shift, eps 1e-5, " + ("both adapted" if inner_loop else "neither adapted in the inner loop")
     return f"{mode}; {form}"
 
 
