@@ -102,10 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image-mode", choices=("grayscale", "rgb"), help="image channels (default grayscale)")
     t.add_argument("--rotations", action=argparse.BooleanOptionalAction, default=None,
                    help="augment training classes with 90/180/270 degree rotations (default on)")
-    t.add_argument("--option", nargs="+", metavar="ALGO.KEY=VALUE", default=[],
+    t.add_argument("--option", nargs="+", action="extend", metavar="ALGO.KEY=VALUE", default=[],
                    help="an algorithm's own setting (plug-ins; `maml-lab list`), e.g. fomaml_momentum.momentum=0.8; "
                         "VALUE is read as TOML (numbers, true/false, [lists]), else as text")
-    t.add_argument("--task-option", nargs="+", metavar="KEY=VALUE", default=[],
+    t.add_argument("--task-option", nargs="+", action="extend", metavar="KEY=VALUE", default=[],
                    help="a task family's own setting (plug-in families), e.g. slope=[-1,1]")
     t.add_argument("--convention", choices=("lab", "cbfinn"),
                    help="image tasks: loss and batch-norm conventions, the lab's (per-task mean cross-entropy) or "

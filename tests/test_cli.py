@@ -102,3 +102,13 @@ def test_eval_rebuilds_the_sinusoid_family_from_its_metadata(tmp_path):
     family = task_family("sinusoid").from_description({"name": "sinusoid", "amplitude": [1.0, 2.0],
                                                        "phase": [0.0, 1.0], "x_range": [-1.0, 1.0]})
     assert (family.amplitude, family.phase, family.x_range) == ((1.0, 2.0), (0.0, 1.0), (-1.0, 1.0))
+
+
+def test_repeated_option_flags_add_up():
+    from maml_lab.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--option", "reptile.inner_batch=0", "--option", "reptile.meta_batch=0",
+                                      "fomaml_momentum.momentum=0.5", "--task-option", "a=1", "--task-option", "b=2"])
+    assert args.option == ["reptile.inner_batch=0", "reptile.meta_batch=0", "fomaml_momentum.momentum=0.5"]
+    assert args.task_option == ["a=1", "b=2"]
+    assert build_parser().parse_args(["train"]).option == []

@@ -11,7 +11,9 @@ pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
                                 reason="this PyTorch build has no torch.distributed")
 
 ARGS = ["train", "--algorithm", "maml", "reptile", "--iterations", "8", "--meta-batch-size", "5", "--seed", "4",
-        "--dtype", "float64", "--threads", "1", "--checkpoint-every", "4"]
+        "--dtype", "float64", "--threads", "1", "--checkpoint-every", "4",
+        # Reptile's sine-demo defaults draw mini-batches task after task: not data-parallel (refused), so full batches
+        "--option", "reptile.inner_batch=0", "--option", "reptile.meta_batch=0"]
 
 
 def test_torchrun_two_gloo_processes_equal_one_process(tmp_path):
@@ -34,3 +36,8 @@ def test_torchrun_two_gloo_processes_equal_one_process(tmp_path):
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-10)
     assert (runs / "two" / "checkpoints" / "iteration-0000000008.safetensors").is_file()
+    refused = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                              "-m", "maml_lab", "train", "--algorithm", "reptile", "--iterations", "2",
+                              "--threads", "1", "--dist-timeout", "60", "--quiet"],
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode != 0 and "cannot be split across processes" in refused.stderr

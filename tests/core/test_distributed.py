@@ -50,6 +50,18 @@ def test_every_rank_needs_a_task():
         Trainer(ExperimentConfig(meta_batch_size=2, iterations=2, val_every=0), world=World(rank=2, size=3))
 
 
+def test_sequential_reptile_settings_are_refused_across_processes():
+    for options in ({"adam_state": "carry", "inner_batch": 0, "meta_batch": 0}, {**EXACT_REPTILE, "inner_batch": 10},
+                    {**EXACT_REPTILE, "meta_batch": 1}):
+        reptile = AlgorithmConfig.defaults("reptile", inner_optimizer="adam", options=options)
+        with pytest.raises(ValueError, match="cannot be split across processes"):
+            Trainer(ExperimentConfig(meta_batch_size=4, iterations=2, val_every=0, algorithms=[reptile]),
+                    world=World(rank=0, size=2))
+    # one process runs them as they are
+    Trainer(ExperimentConfig(meta_batch_size=4, iterations=2, val_every=0,
+                             algorithms=[AlgorithmConfig.defaults("reptile", inner_optimizer="adam")]))
+
+
 def test_no_torchrun_environment_means_one_process(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_from_env() is None

@@ -78,6 +78,10 @@ class MetaAlgorithm:
     def check_config(cls, config) -> None:
         """Refuse settings this algorithm cannot train with (ValueError with the reason)."""
 
+    def check_data_parallel(self) -> None:
+        """Refuse (ValueError with the reason) settings under which splitting a meta-batch across processes
+        (torchrun) would not give one process's result: tasks that depend on the ones before them."""
+
     @classmethod
     def test_trajectory(cls, config, model, loss_fn, params, x_support, y_support, steps: int,
                         batched: bool = False, tensors: dict | None = None

@@ -246,6 +246,19 @@ class Reptile(MetaAlgorithm):
         self.adam_second = OrderedDict((k, torch.zeros_like(v.detach())) for k, v in params.items())
         self.adam_step = torch.zeros(1, dtype=torch.float64)  # exports take floating point only
 
+    def check_data_parallel(self) -> None:
+        """supervised-reptile's settings run a meta-batch's tasks in sequence: the inner Adam state carries from one
+        task to the next, one shuffling generator draws every task's mini-batches, `meta_batch` takes the first
+        tasks of the batch. Split across processes that is another computation, so it is refused, not approximated."""
+        sequential = [f"{key}={self.config.option(key)}" for key in ("inner_batch", "meta_batch")
+                      if int(self.config.option(key))]
+        if self.carries_state:
+            sequential.insert(0, "adam_state=carry")
+        if sequential:
+            raise ValueError("reptile with " + ", ".join(sequential) + " runs a meta-batch's tasks in sequence and "
+                             "cannot be split across processes: run it in one process, or set --option "
+                             "reptile.adam_state=reset --option reptile.inner_batch=0 --option reptile.meta_batch=0")
+
     def export_tensors(self) -> OrderedDict:
         """The inner Adam state when it carries over (evaluation starts from it, as in supervised-reptile)."""
         if not self.carries_state:

@@ -102,6 +102,7 @@ class Trainer:
             algorithm = make_algorithm(self.model, self.family.loss, algo_config, config.iterations)
             algorithm.setup(params)
             if world is not None:
+                algorithm.check_data_parallel()
                 algorithm.sync = partial(world.allreduce_weighted_, weight=self._world_weight)
             self.runs[algo_config.name] = Run(algorithm, params)
         # support examples per class each run trains on (Reptile's train_shots); one batch of the most is drawn and
