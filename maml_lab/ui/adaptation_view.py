@@ -49,6 +49,7 @@ class AdaptationView(QWidget):
         self.inits: OrderedDict[str, Initialization] = OrderedDict()
         self.run: RunPaths | None = None
         self.result: CurveSet | None = None
+        self.loss_label: str | None = None  # the task family's name for its loss, from the last computation
         self.training = False
         self._shots_from_run = True
         self.runner = BackgroundRunner("adaptation", self)
@@ -256,6 +257,8 @@ class AdaptationView(QWidget):
 
     def _on_result(self, _tag: str, result: CurveSet) -> None:
         self.result = result
+        family = self._computing[0] if self._computing is not None else None
+        self.loss_label = _loss_label(family)  # the family names its loss (2-D navigation: cost = -return)
         self.cards = self._cards(result)
         self._show_cards()
         self.progress.setValue(self.progress.maximum())
@@ -352,9 +355,10 @@ class AdaptationView(QWidget):
             return
         self.hint.setVisible(not r.curves)
         self._show_accuracy(r.classification)
-        loss = "cross-entropy" if r.classification else "MSE"
+        loss = self.loss_label or ("cross-entropy" if r.classification else "MSE")
         self.loss_plot.setLabel("left", f"<span style='color:{MUTED}'>{loss}</span>")
-        self.loss_plot.setTitle(f"<span style='color:{TEXT}; font-weight:600'>Loss after fine-tuning on "
+        self.loss_plot.setTitle(f"<span style='color:{TEXT}; font-weight:600'>{loss[:1].upper() + loss[1:]} after "
+                                f"fine-tuning on "
                                 f"{r.num_tasks} held-out tasks, K = {r.shots}</span>"
                                 f"<span style='color:{MUTED}'> · mean and 95% interval</span>", size="10pt")
         log = self.log_scale.isChecked()
@@ -440,3 +444,13 @@ def curves_data(result: CurveSet, cards: dict, suffix: str) -> bytes:
                 row += [f"{c.accuracy_mean[i]:.6g}", f"{c.accuracy_ci95[i]:.6g}"]
             lines.append(",".join(row))
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def _loss_label(family) -> str | None:
+    """How the task family's registry entry names its loss in plots (None: unknown family)."""
+    from ..core.tasks.registry import task_family
+
+    try:
+        return task_family(getattr(family, "name", "")).loss_label
+    except ValueError:
+        return None

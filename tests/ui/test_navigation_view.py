@@ -52,3 +52,23 @@ def test_mean_path_holds_finished_trajectories_at_their_end():
     a = np.array([[0.0, 0.0], [0.1, 0.0]])
     b = np.array([[0.0, 0.0], [0.0, 0.1], [0.0, 0.2]])
     assert np.allclose(mean_path([a, b]), [[0, 0], [0.05, 0.05], [0.05, 0.1]])
+
+
+def test_the_adaptation_view_names_navigation_s_loss(qtbot):
+    from types import SimpleNamespace
+
+    from maml_lab.ui.adaptation_view import AdaptationView
+
+    view = AdaptationView()
+    qtbot.addWidget(view, before_close_func=lambda v: v.shutdown())
+    family = NavigationFamily()
+    view.run = SimpleNamespace(eval_family=family, queries=None, loss=family.loss)
+    view.set_initialization(policy_init("maml"))
+    view.tasks.setValue(2)
+    view.steps.setValue(1)
+    view.shots.setValue(2)
+    with qtbot.waitSignal(view.computed, timeout=60000):
+        assert view.compute()
+    assert view.loss_label == "cost (-return)"
+    assert "cost (-return)" in view.loss_plot.getAxis("left").labelText
+    assert "Cost (-return) after fine-tuning" in view.loss_plot.titleLabel.text
