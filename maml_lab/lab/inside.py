@@ -22,7 +22,8 @@ from ..core.algorithms.adaptation import adapt
 from ..core.algorithms.config import test_trajectory
 from ..core.analysis.landscape import Surface, grid, surface
 from ..core.analysis.trajectory import Plane, pca_plane, random_plane, task_plane, unflatten
-from ..core.tasks.losses import accuracy_per_task, loss_function
+from ..core.tasks.losses import accuracy_per_task, is_classification, loss_function
+from .jobs import for_each_request
 
 ARROW_SEED = 4242  # the tasks whose adaptation steps the Paths view draws: the same at every checkpoint
 LANDSCAPE_SEED = 2718
@@ -439,20 +440,11 @@ def compute_curves(requests: list[CurveRequest], family, shots: int, steps: int,
     from ..core.analysis.evaluation import adaptation_curve
 
     out = CurveSet(shots=shots, steps=steps, num_tasks=num_tasks,
-                   classification=family.loss in ("cross_entropy", "cross_entropy_sum"))
-    for i, r in enumerate(requests):
-        if cancel is not None and cancel.is_set():
-            break
-        if progress is not None:
-            progress(i, len(requests))
-        try:
-            dtype = next(iter(r.params.values())).dtype
-            out.curves[r.key] = adaptation_curve(r.model, family, r.params, shots, steps, r.adaptation, num_tasks,
-                                                 queries=queries, dtype=dtype, chunk=min(num_tasks, 200))
-        except (ValueError, RuntimeError) as exc:
-            out.errors[r.key] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        out.labels[r.key] = r.label
-        out.algorithms[r.key] = r.algorithm
-    if progress is not None:
-        progress(len(requests), len(requests))
-    return out
+                   classification=is_classification(family.loss))
+
+    def compute(r):
+        dtype = next(iter(r.params.values())).dtype
+        return adaptation_curve(r.model, family, r.params, shots, steps, r.adaptation, num_tasks, queries=queries,
+                                dtype=dtype, chunk=min(num_tasks, 200))
+
+    return for_each_request(requests, compute, out, out.curves, progress, cancel)

@@ -5,3 +5,24 @@ from __future__ import annotations
 
 class Cancelled(Exception):
     """A job stopped because its cancel event was set."""
+
+
+def for_each_request(requests, compute, out, store: dict, progress=None, cancel=None):
+    """What the views' comparisons share: `store[r.key] = compute(r)` for each initialization request in order,
+    progress reported between them, stopping early when `cancel` is set; a request that fails with ValueError or
+    RuntimeError gets its one-line message in `out.errors` instead of stopping the others. Fills `out.labels` and
+    `out.algorithms`; returns `out`."""
+    for i, r in enumerate(requests):
+        if cancel is not None and cancel.is_set():
+            break
+        if progress is not None:
+            progress(i, len(requests))
+        try:
+            store[r.key] = compute(r)
+        except (ValueError, RuntimeError) as exc:
+            out.errors[r.key] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        out.labels[r.key] = r.label
+        out.algorithms[r.key] = r.algorithm
+    if progress is not None:
+        progress(len(requests), len(requests))
+    return out

@@ -31,6 +31,7 @@ import torch
 from ..core.algorithms.adaptation import adapted_subset, sgd_trajectory
 from ..core.algorithms.config import adaptation_config, adaptation_text, test_trajectory
 from ..core.tasks.losses import loss_function
+from .jobs import for_each_request
 
 RULES = ("own", "head", "body", "all")
 RULE_LABELS = {"own": "its own rule", "head": "head only", "body": "body only", "all": "every layer"}
@@ -168,23 +169,14 @@ def compute_per_layer(requests: list[LayerRequest], family, shots: int, steps: i
                       seed: int = SEED) -> PerLayerSet:
     """`layer_stats` for each initialization on the same seeded tasks of `family`."""
     out = PerLayerSet(rule=rule, shots=shots, steps=steps, num_tasks=num_tasks)
-    for i, r in enumerate(requests):
-        if cancel is not None and cancel.is_set():
-            break
-        if progress is not None:
-            progress(i, len(requests))
-        try:
-            dtype = next(iter(r.params.values())).dtype
-            batch = family.sample(num_tasks, shots, queries, torch.Generator().manual_seed(seed), dtype=dtype)
-            out.stats[r.key] = layer_stats(r.model, family.loss, r.params, r.adaptation, batch.x_support,
-                                           batch.y_support, batch.x_query, steps, rule)
-        except (ValueError, RuntimeError) as exc:
-            out.errors[r.key] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        out.labels[r.key] = r.label
-        out.algorithms[r.key] = r.algorithm
-    if progress is not None:
-        progress(len(requests), len(requests))
-    return out
+
+    def compute(r):
+        dtype = next(iter(r.params.values())).dtype
+        batch = family.sample(num_tasks, shots, queries, torch.Generator().manual_seed(seed), dtype=dtype)
+        return layer_stats(r.model, family.loss, r.params, r.adaptation, batch.x_support, batch.y_support,
+                           batch.x_query, steps, rule)
+
+    return for_each_request(requests, compute, out, out.stats, progress, cancel)
 
 
 def to_csv(result: PerLayerSet) -> str:
