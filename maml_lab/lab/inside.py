@@ -432,6 +432,7 @@ class CurveSet:
     steps: int = 0
     num_tasks: int = 0
     classification: bool = False
+    references: dict = field(default_factory=dict)  # label -> AdaptationCurve (the family's reference_curves)
 
 
 def compute_curves(requests: list[CurveRequest], family, shots: int, steps: int, num_tasks: int, queries: int,
@@ -447,4 +448,23 @@ def compute_curves(requests: list[CurveRequest], family, shots: int, steps: int,
         return adaptation_curve(r.model, family, r.params, shots, steps, r.adaptation, num_tasks, queries=queries,
                                 dtype=dtype, chunk=min(num_tasks, 200))
 
-    return for_each_request(requests, compute, out, out.curves, progress, cancel)
+    for_each_request(requests, compute, out, out.curves, progress, cancel)
+    kind = _family_kind(family)
+    if kind is not None and out.curves and not (cancel is not None and cancel.is_set()):
+        first = next(r for r in requests if r.key in out.curves)
+        try:
+            out.references = kind.reference_curves(family, first.model, shots, steps, first.adaptation, num_tasks,
+                                                   queries, dtype=next(iter(first.params.values())).dtype)
+        except (ValueError, RuntimeError) as exc:
+            out.errors["references"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return out
+
+
+def _family_kind(family):
+    """The registry entry of a built family (None for families the registry does not know)."""
+    from ..core.tasks.registry import task_family
+
+    try:
+        return task_family(getattr(family, "name", ""))
+    except ValueError:
+        return None

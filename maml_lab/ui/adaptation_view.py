@@ -8,6 +8,7 @@ protocol it matches or not), shown under the plot (hover for the full cards) and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import OrderedDict
 from pathlib import Path
@@ -50,6 +51,7 @@ class AdaptationView(QWidget):
         self.run: RunPaths | None = None
         self.result: CurveSet | None = None
         self.loss_label: str | None = None  # the task family's name for its loss, from the last computation
+        self.metric: tuple[str, float] | None = None  # the family's plot_metric: 2-D navigation plots -cost
         self.training = False
         self._shots_from_run = True
         self.runner = BackgroundRunner("adaptation", self)
@@ -259,6 +261,7 @@ class AdaptationView(QWidget):
         self.result = result
         family = self._computing[0] if self._computing is not None else None
         self.loss_label = _loss_label(family)  # the family names its loss (2-D navigation: cost = -return)
+        self.metric = _plot_metric(family)  # (label, sign) of what the loss stands for, or None
         self.cards = self._cards(result)
         self._show_cards()
         self.progress.setValue(self.progress.maximum())
@@ -356,19 +359,23 @@ class AdaptationView(QWidget):
         self.hint.setVisible(not r.curves)
         self._show_accuracy(r.classification)
         loss = self.loss_label or ("cross-entropy" if r.classification else "MSE")
+        sign = 1.0
+        if self.metric is not None:
+            loss, sign = self.metric
         self.loss_plot.setLabel("left", f"<span style='color:{MUTED}'>{loss}</span>")
         self.loss_plot.setTitle(f"<span style='color:{TEXT}; font-weight:600'>{loss[:1].upper() + loss[1:]} after "
                                 f"fine-tuning on "
                                 f"{r.num_tasks} held-out tasks, K = {r.shots}</span>"
                                 f"<span style='color:{MUTED}'> · mean and 95% interval</span>", size="10pt")
-        log = self.log_scale.isChecked()
+        log = self.log_scale.isChecked() and sign > 0  # a return is negative: no log axis
         summary = []
-        for i, (key, curve) in enumerate(r.curves.items()):
+        curves = OrderedDict((k, _signed(c, sign)) for k, c in r.curves.items())
+        for i, (key, curve) in enumerate(curves.items()):
             algo = r.algorithms.get(key, key)
             label = r.labels.get(key, key)
             color = algorithm_color(algo)
             imported = self.inits.get(key) is not None and self.inits[key].source == "imported"
-            offset = (i - (len(r.curves) - 1) / 2) * 0.06  # markers of close curves side by side, not on top
+            offset = (i - (len(curves) - 1) / 2) * 0.06  # markers of close curves side by side, not on top
             for plot, mean, ci in ((self.loss_plot, curve.loss_mean, curve.loss_ci95),
                                    (self.acc_plot, curve.accuracy_mean, curve.accuracy_ci95)):
                 if mean is None:
@@ -399,11 +406,25 @@ class AdaptationView(QWidget):
             if curve.accuracy_mean is not None:
                 text += f", accuracy {100 * curve.accuracy_mean[-1]:.1f}% ± {100 * curve.accuracy_ci95[-1]:.1f}%"
             summary.append(text)
+        styles = (Qt.PenStyle.DashLine, Qt.PenStyle.DotLine, Qt.PenStyle.DashDotLine)
+        for j, (label, curve) in enumerate(r.references.items()):  # the family's (navigation: random init, oracle)
+            curve = _signed(curve, sign)
+            x = curve.steps.astype(float)
+            line = pg.PlotDataItem(x, curve.loss_mean, pen=pg.mkPen(qcolor(MUTED), width=2,
+                                                                     style=styles[j % len(styles)]))
+            band = pg.FillBetweenItem(pg.PlotDataItem(x, curve.loss_mean + curve.loss_ci95, pen=pg.mkPen(None)),
+                                      pg.PlotDataItem(x, curve.loss_mean - curve.loss_ci95, pen=pg.mkPen(None)),
+                                      brush=pg.mkBrush(qcolor(MUTED, BAND_ALPHA)))
+            for item in (band, line):
+                self.loss_plot.addItem(item)
+                self.items.append((self.loss_plot, item))
+            self.legend.addItem(line, label)
+            summary.append(f"<b>{label}</b> {loss} {curve.loss_mean[0]:.3g} → {curve.loss_mean[-1]:.3g}")
         self.summary.setText(" &nbsp;·&nbsp; ".join(summary) if summary else " ")
         for plot in (self.loss_plot, self.acc_plot):
             plot.enableAutoRange()
             plot.setXRange(-0.3, r.steps + 0.3, padding=0)
-        if not log:  # losses and accuracies start at zero: the axis does too, so gaps are not exaggerated
+        if not log and sign > 0:  # losses and accuracies start at zero: the axis does too, so gaps are not exaggerated
             tops = [float(np.nanmax(c.loss_mean + c.loss_ci95)) for c in r.curves.values()]
             if tops:
                 self.loss_plot.setYRange(0, max(tops) * 1.05, padding=0)
@@ -454,3 +475,20 @@ def _loss_label(family) -> str | None:
         return task_family(getattr(family, "name", "")).loss_label
     except ValueError:
         return None
+
+
+def _plot_metric(family) -> tuple[str, float] | None:
+    """What the family's registry entry plots instead of its loss: (label, sign), or None."""
+    from ..core.tasks.registry import task_family
+
+    try:
+        return task_family(getattr(family, "name", "")).plot_metric
+    except ValueError:
+        return None
+
+
+def _signed(curve, sign: float):
+    """The curve with its loss times `sign` (2-D navigation: cost -> return); the interval's half-width stays."""
+    if sign == 1.0:
+        return curve
+    return dataclasses.replace(curve, loss_mean=sign * curve.loss_mean)

@@ -3,6 +3,9 @@ trajectories and returns follow it, the steps slider picks what the table and th
 
 from __future__ import annotations
 
+import numpy as np
+import pyqtgraph as pg
+import pytest
 import torch
 
 from maml_lab.core.algorithms.config import AlgorithmConfig
@@ -69,6 +72,17 @@ def test_the_adaptation_view_names_navigation_s_loss(qtbot):
     view.shots.setValue(2)
     with qtbot.waitSignal(view.computed, timeout=60000):
         assert view.compute()
-    assert view.loss_label == "cost (-return)"
-    assert "cost (-return)" in view.loss_plot.getAxis("left").labelText
-    assert "Cost (-return) after fine-tuning" in view.loss_plot.titleLabel.text
+    assert view.loss_label == "cost (-return)" and view.metric == ("average return", -1.0)
+    # plotted as the return (the MAML paper's Figure 5), with a random initialization and the oracle beside it
+    assert "average return" in view.loss_plot.getAxis("left").labelText
+    assert "Average return after fine-tuning" in view.loss_plot.titleLabel.text
+    refs = view.result.references
+    assert set(refs) == {"Random initialization", "Oracle (knows the goal)"}
+    oracle, random = refs["Oracle (knows the goal)"], refs["Random initialization"]
+    assert len(oracle.loss_mean) == 2 and oracle.loss_mean[0] == oracle.loss_mean[1] > 0  # a cost, constant
+    goals = family.sample(view.result.num_tasks, 2, 2, torch.Generator().manual_seed(2017)).goals
+    assert oracle.loss_mean[0] == pytest.approx(float(-family.oracle_returns(goals).double().mean()))
+    assert random.loss_mean[0] > oracle.loss_mean[0]  # a random policy does worse than one that knows the goal
+    drawn = [item for _, item in view.items if isinstance(item, pg.PlotDataItem) and item.yData is not None]
+    assert any(np.allclose(item.yData, -oracle.loss_mean) for item in drawn)  # drawn as returns
+    assert "Oracle (knows the goal)" in view.summary.text()

@@ -91,6 +91,17 @@ class TaskFamilyKind:
     option_defaults: ClassVar[dict] = {}
     # True when `build` takes milliseconds (nothing to load): views and the run library rebuild it at will
     cheap_to_build: ClassVar[bool] = True
+    # how the Adaptation view plots the loss: (label, sign) of a metric it stands for, e.g. ("average return", -1)
+    # where the loss is a cost; None: the loss itself, as `loss_label`
+    plot_metric: ClassVar[tuple[str, float] | None] = None
+
+    @classmethod
+    def reference_curves(cls, family, model, shots: int, max_steps: int, adaptation, num_tasks: int, queries: int,
+                         dtype=torch.float32) -> dict:
+        """Reference curves the Adaptation view draws beside every initialization, on the same held-out tasks
+        (adaptation_curve's seed): label -> core.analysis.evaluation.AdaptationCurve in the loss's units. None by
+        default; 2-D navigation: a random initialization and the oracle (the MAML paper's Figure 5)."""
+        return {}
 
     @classmethod
     def tasks_text(cls, config) -> str:

@@ -246,12 +246,35 @@ class NavigationTasks(TaskFamilyKind):
     loss = "policy_gradient"
     loss_label = "cost (-return)"
     metric = "return"  # evaluation reports the average return (= -cost)
+    plot_metric = ("average return", -1.0)  # the Adaptation view plots return = -cost
     # the MAML paper's 2-D navigation: meta-batch 20 goals, 20 trajectories per inner step (and per outer sampling)
     experiment_defaults = {"meta_batch_size": 20, "shots": 20, "queries": 20, "iterations": 500}
     # one policy-gradient step of 0.1 in training, 3 at test; Adam on the post-update surrogate (not TRPO)
     algorithm_defaults = {"inner_lr": 0.1, "test_inner_steps": 3, "meta_lr": 0.01}
     playground = None
     option_defaults = {"horizon": 100}
+
+    @classmethod
+    def reference_curves(cls, family, model, shots, max_steps, adaptation, num_tasks, queries, dtype=torch.float32):
+        """A randomly initialized policy adapted by the same rule, and the oracle (constant: it knows the goal), on
+        the held-out goals adaptation_curve draws (its seed), in cost units."""
+        import numpy as np
+
+        from ..analysis.evaluation import AdaptationCurve, adaptation_curve, mean_ci95
+
+        chunk = min(num_tasks, 200)  # as lab.inside.compute_curves samples, so the goals are the same
+        random_params = model.init_params(torch.Generator().manual_seed(1), dtype=dtype)
+        random = adaptation_curve(model, family, random_params, shots, max_steps, adaptation, num_tasks,
+                                  queries=queries, dtype=dtype, chunk=chunk)
+        generator, goals, left = torch.Generator().manual_seed(2017), [], num_tasks
+        while left > 0:
+            goals.append(family.sample(min(chunk, left), shots, queries, generator, dtype=dtype).goals.cpu())
+            left -= chunk
+        mean, ci = mean_ci95(-family.oracle_returns(torch.cat(goals)).double().numpy())
+        steps = np.arange(max_steps + 1)
+        oracle = AdaptationCurve(steps, np.full(len(steps), float(mean)), np.full(len(steps), float(ci)),
+                                 num_tasks=num_tasks)
+        return {"Random initialization": random, "Oracle (knows the goal)": oracle}
 
     @classmethod
     def tasks_text(cls, config) -> str:
