@@ -147,7 +147,7 @@ class FileActions:
                 f"Imported {path.name}: a {spec.get('ways')}-way conv-4 for {spec.get('image_size')}x"
                 f"{spec.get('image_size')} images, shown in Tasks on image tasks of that shape", 8000)
             return init
-        self.w.tabs.setCurrentWidget(self.w.playground)
+        self.w.tabs.setCurrentWidget(self.w.views.get(where, self.w.playground))
         self.w.statusBar().showMessage(f"Imported {path.name} ({algorithm_label(init.algorithm)}, "
                                      f"{init.metadata.get('iterations', 0)} iterations)", 6000)
         return init
@@ -158,8 +158,11 @@ class FileActions:
             params, extras, meta, model = load_initialization(path, with_extras=True)
         except (InitializationError, OSError, ValueError) as exc:
             return None, f":\n{exc}"
-        image_model = model.spec().get("kind") == "conv4"
-        problem = None if image_model else mlp_for_playground(model.spec())
+        kind = model.spec().get("kind")
+        # an MLP must fit the sinusoid playground; other models go to the views that take them (accepts_model)
+        problem = mlp_for_playground(model.spec()) if kind == "mlp" else None
+        if kind not in ("mlp", "conv4") and not any(self._view_for(model)):
+            problem = f"no view of this lab shows a {kind} model"
         if problem:
             return None, f": {problem}."
         algorithm = meta.get("algorithm", "unknown")
@@ -169,10 +172,19 @@ class FileActions:
                               adaptation_from_metadata(meta, tensors=extras), "imported", meta), ""
 
     def place_initialization(self, init: Initialization) -> str:
-        """Put an imported initialization where it can adapt: the Tasks view (conv-4) or the playground and
-        Adaptation view (MLP). Returns "tasks" or "playground"."""
+        """Put an imported initialization where it can adapt: the Tasks view (conv-4), the playground and
+        Adaptation view (MLP), or the first view whose `accepts_model` takes it (2-D navigation policies: the
+        Arena). Returns "tasks", "playground" or that view's name."""
         self.w.inits.put(init)
-        return "tasks" if init.model.spec().get("kind") == "conv4" else "playground"
+        kind = init.model.spec().get("kind")
+        if kind in ("conv4", "mlp"):
+            return "tasks" if kind == "conv4" else "playground"
+        return next(self._view_for(init.model), "playground")
+
+    def _view_for(self, model):
+        """Names of the window's views that declare they show `model` (a view's optional accepts_model(model))."""
+        return (name for name, view in self.w.views.items()
+                if getattr(view, "accepts_model", None) is not None and view.accepts_model(model))
 
     def fill_export_menu(self) -> None:
         self.w.export_menu.clear()

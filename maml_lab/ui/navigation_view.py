@@ -155,6 +155,11 @@ class NavigationView(QWidget):
         self._draw()
 
     # -- what the window calls ---------------------------------------------------------------------------
+    @staticmethod
+    def accepts_model(model) -> bool:
+        """The Arena shows 2-D navigation policies (imports of them open here)."""
+        return model.spec().get("kind") == POLICY_KIND
+
     def initializations_changed(self, changed: list[Initialization], removed: list[str]) -> None:
         mine = [i for i in changed if i.model.spec().get("kind") == POLICY_KIND]
         gone = [k for k in removed + [i.key for i in changed if i not in mine] if k in self.inits]

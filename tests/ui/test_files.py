@@ -259,3 +259,29 @@ def test_an_imported_conv4_shows_the_heldout_classes_it_was_not_trained_on(windo
     assert tasks.show_heldout_of(moved)
     assert tasks.wait_until_idle(60)
     assert "is not at" in tasks.status.text() and "open an image set" in tasks.status.text()
+
+
+def test_importing_a_navigation_policy_opens_the_arena(window, dialogs, tmp_path):
+    """A 2-D navigation export (a Gaussian MLP policy) is not a playground MLP: the Arena, whose accepts_model takes
+    it, shows it; a model no view takes is refused with the reason."""
+    from maml_lab.core.algorithms.config import AlgorithmConfig
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.core.training.trainer import Trainer
+
+    trainer = Trainer(ExperimentConfig(task="navigation", meta_batch_size=2, shots=2, queries=2, iterations=1,
+                                       val_every=0, algorithms=[AlgorithmConfig.defaults("maml", task="navigation")]),
+                      record_every=0)
+    trainer.run()
+    path = tmp_path / "nav.safetensors"
+    trainer.export("maml", path)
+    dialogs.open.append(path)
+    init = window.import_initialization()
+    assert init is not None and not dialogs.warnings
+    arena = window.views["arena"]
+    assert window.tabs.currentWidget() is arena and init.key in arena.inits
+    assert init.key not in window.playground.inits
+
+    window.views.pop("arena")  # without a view that shows policies, the import says why it cannot be used
+    dialogs.open.append(path)
+    assert window.import_initialization() is None
+    assert any("no view of this lab shows a gaussian_mlp_policy model" in text for _, text in dialogs.warnings)
