@@ -67,6 +67,32 @@ def adaptation_from_metadata(meta: dict, inner_lr: float | None = None, tensors:
     return lr if math.isfinite(lr) and lr > 0 else DEFAULT_INNER_LR
 
 
+def fits_family(model, family) -> bool:
+    """Whether `model` can adapt to `family`'s tasks (what the views that compare initializations on held-out tasks
+    keep): regression MLPs to sinusoid-like (MSE) families, image models to classification, and a model of another
+    kind (2-D navigation's policy) to a family of another loss."""
+    from ..core.tasks.losses import is_classification
+
+    kind = model.spec().get("kind") if hasattr(model, "spec") else None
+    if family.loss == "mse":
+        return kind == "mlp"
+    if is_classification(family.loss):
+        return kind != "mlp"
+    return kind not in ("mlp", "conv4")
+
+
+def heldout_family(run, queries: int):
+    """The held-out tasks a view evaluates on, and the queries per task: the run's (image sets: its held-out
+    classes, with the run's queries per class); sinusoids with `queries` points without a run."""
+    from ..core.tasks.losses import is_classification
+
+    if run is not None and run.eval_family is not None:
+        return run.eval_family, run.queries if is_classification(run.loss) else queries
+    from ..core.tasks.sinusoid import SinusoidFamily
+
+    return SinusoidFamily(), queries
+
+
 def dtype_of(params) -> torch.dtype:
     """The floating-point precision parameters were saved in (evaluation runs at it: float64 stays float64)."""
     return next((v.dtype for v in params.values() if v.is_floating_point()), torch.float32)

@@ -30,8 +30,7 @@ from PySide6.QtWidgets import (
 
 from ..core.analysis.card import EvaluationCard
 from ..core.export import atomic_write_bytes
-from ..core.tasks.losses import is_classification
-from ..lab.initializations import Initialization
+from ..lab.initializations import Initialization, fits_family, heldout_family
 from ..lab.inside import CurveRequest, CurveSet, RunPaths, compute_curves
 from .background import BackgroundRunner, StaleRecompute
 from .colors import algorithm_color, curve_pen, qcolor
@@ -210,23 +209,12 @@ class AdaptationView(QWidget):
     # -- computing -----------------------------------------------------------------------------------
     def family(self):
         """Held-out tasks: the run's (image sets: its held-out classes); sinusoids without a run."""
-        if self.run is not None and self.run.eval_family is not None:
-            return self.run.eval_family, self.run.queries if is_classification(self.run.loss) else 100
-        from ..core.tasks.sinusoid import SinusoidFamily
-
-        return SinusoidFamily(), 100
+        return heldout_family(self.run, 100)
 
     def requests(self) -> list[CurveRequest]:
         family, _ = self.family()
-        out = []
-        for key, init in self.inits.items():
-            spec = init.model.spec() if hasattr(init.model, "spec") else {}
-            if family.loss == "mse" and spec.get("kind") != "mlp":
-                continue  # an image model cannot adapt to sinusoids (and the reverse): skip it
-            if is_classification(family.loss) and spec.get("kind") == "mlp":
-                continue
-            out.append(CurveRequest(key, init.label, init.algorithm, init.model, init.params, init.adaptation))
-        return out
+        return [CurveRequest(key, init.label, init.algorithm, init.model, init.params, init.adaptation)
+                for key, init in self.inits.items() if fits_family(init.model, family)]
 
     def compute(self) -> bool:
         reqs = self.requests()

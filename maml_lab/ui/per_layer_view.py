@@ -29,8 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.export import atomic_write_bytes
-from ..core.tasks.losses import is_classification
-from ..lab.initializations import Initialization
+from ..lab.initializations import Initialization, fits_family, heldout_family
 from ..lab.inside import RunPaths
 from ..lab.per_layer import RULE_LABELS, RULES, LayerRequest, PerLayerSet, compute_per_layer, to_csv
 from .background import BackgroundRunner, StaleRecompute
@@ -190,21 +189,14 @@ class PerLayerView(QWidget):
     # -- computing -----------------------------------------------------------------------------------
     def family(self):
         """Held-out tasks: the run's; sinusoids without a run."""
-        if self.run is not None and self.run.eval_family is not None:
-            return self.run.eval_family, self.run.queries if is_classification(self.run.loss) else 50
-        from ..core.tasks.sinusoid import SinusoidFamily
-
-        return SinusoidFamily(), 50
+        return heldout_family(self.run, 50)
 
     def requests(self) -> list[LayerRequest]:
+        """The initializations that fit the held-out tasks and name their layers (layer_activations)."""
         family, _ = self.family()
-        out = []
-        for key, init in self.inits.items():
-            kind = init.model.spec().get("kind") if hasattr(init.model, "spec") else None
-            if is_classification(family.loss) == (kind == "mlp"):
-                continue  # an image model cannot adapt to sinusoids, nor the reverse
-            out.append(LayerRequest(key, init.label, init.algorithm, init.model, init.params, init.adaptation))
-        return out
+        return [LayerRequest(key, init.label, init.algorithm, init.model, init.params, init.adaptation)
+                for key, init in self.inits.items()
+                if fits_family(init.model, family) and hasattr(init.model, "layer_activations")]
 
     def compute(self) -> bool:
         reqs = self.requests()
