@@ -50,7 +50,8 @@ class AdaptationView(QWidget):
         self.run: RunPaths | None = None
         self.result: CurveSet | None = None
         self.loss_label: str | None = None  # the task family's name for its loss, from the last computation
-        self.metric: tuple[str, float] | None = None  # the family's plot_metric: 2-D navigation plots -cost
+        # the family's plot_metric: 2-D navigation plots -cost (not `self.metric`: that hides QWidget.metric)
+        self.plot_metric: tuple[str, float] | None = None
         self.training = False
         self._shots_from_run = True
         self.runner = BackgroundRunner("adaptation", self)
@@ -249,7 +250,7 @@ class AdaptationView(QWidget):
         self.result = result
         family = self._computing[0] if self._computing is not None else None
         self.loss_label = _loss_label(family)  # the family names its loss (2-D navigation: cost = -return)
-        self.metric = _plot_metric(family)  # (label, sign) of what the loss stands for, or None
+        self.plot_metric = _plot_metric(family)  # (label, sign) of what the loss stands for, or None
         self.cards = self._cards(result)
         self._show_cards()
         self.progress.setValue(self.progress.maximum())
@@ -348,8 +349,8 @@ class AdaptationView(QWidget):
         self._show_accuracy(r.classification)
         loss = self.loss_label or ("cross-entropy" if r.classification else "MSE")
         sign = 1.0
-        if self.metric is not None:
-            loss, sign = self.metric
+        if self.plot_metric is not None:
+            loss, sign = self.plot_metric
         self.loss_plot.setLabel("left", f"<span style='color:{MUTED}'>{loss}</span>")
         self.loss_plot.setTitle(f"<span style='color:{TEXT}; font-weight:600'>{loss[:1].upper() + loss[1:]} after "
                                 f"fine-tuning on "

@@ -72,7 +72,8 @@ def test_the_adaptation_view_names_navigation_s_loss(qtbot):
     view.shots.setValue(2)
     with qtbot.waitSignal(view.computed, timeout=60000):
         assert view.compute()
-    assert view.loss_label == "cost (-return)" and view.metric == ("average return", -1.0)
+    assert view.loss_label == "cost (-return)" and view.plot_metric == ("average return", -1.0)
+    assert view.logicalDpiX() > 0  # the attribute does not hide QWidget.metric (Qt calls it to paint)
     # plotted as the return (the MAML paper's Figure 5), with a random initialization and the oracle beside it
     assert "average return" in view.loss_plot.getAxis("left").labelText
     assert "Average return after fine-tuning" in view.loss_plot.titleLabel.text
