@@ -1,6 +1,8 @@
 """Live training curves: meta-training loss on the query sets (after adaptation solid, before dashed) and the
 validation loss on held-out tasks, per algorithm, with a log-scale toggle, legends and a crosshair readout.
 Classification runs (image tasks) add a third plot: accuracy in training (lines) and on held-out tasks (points).
+A task family whose loss stands for a metric (its registry entry's `plot_metric`, as in the Adaptation view; 2-D
+navigation: the cost is minus the average return) is plotted as that metric, on a linear axis: higher is better.
 
 Redraws are throttled (at most `max_fps` per second) and each curve is drawn from at most `max_points`
 bin means, so drawing costs the same after 100 iterations or 100,000. The per-iteration loss of a
@@ -23,6 +25,7 @@ from .colors import algorithm_color, algorithm_label, curve_pen
 from .theme import MUTED, TEXT, style_plot
 
 RAW_ALPHA = 55
+LOG_TIP = "Logarithmic loss axis (Ctrl+L)"
 
 
 def nice_ceil(value: float) -> float:
@@ -65,6 +68,8 @@ class TrainingPlotsView(QWidget):
         self._drawn: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._series: dict[tuple[str, str, str], tuple] = {}  # what each curve shows, and for which data
         self.draw_count = 0
+        # (label, sign) of the metric the loss stands for (the family's plot_metric), or None: the loss itself
+        self.plot_metric: tuple[str, float] | None = None  # not `self.metric`: that hides QWidget.metric
 
         bar = QHBoxLayout()
         bar.setContentsMargins(10, 8, 10, 0)
@@ -79,7 +84,7 @@ class TrainingPlotsView(QWidget):
         self.show_pre.toggled.connect(self._on_show_pre)
         self.log_scale = QCheckBox("Log scale")
         self.log_scale.setChecked(True)
-        self.log_scale.setToolTip("Logarithmic loss axis (Ctrl+L)")
+        self.log_scale.setToolTip(LOG_TIP)
         self.log_scale.toggled.connect(self.set_log)
         smooth_label = QLabel("Smoothing")
         smooth_label.setProperty("hint", True)
@@ -156,11 +161,23 @@ class TrainingPlotsView(QWidget):
 
     # -- data ----------------------------------------------------------------------------------------
     def reset(self, algorithms: list[str], total: int | None = None, loss_label: str = "MSE",
-              accuracy: bool = False) -> None:
+              accuracy: bool = False, metric: tuple[str, float] | None = None) -> None:
         """Empty plots for a new run of these algorithms over `total` meta-iterations (the fixed x range);
-        `accuracy`: a classification run, whose accuracy gets a plot of its own."""
+        `accuracy`: a classification run, whose accuracy gets a plot of its own; `metric`: the task family's
+        `plot_metric`, (label, sign): plot sign x loss under that label (2-D navigation: the average return)."""
+        self.plot_metric = metric
+        name = metric[0] if metric is not None else "loss"
+        y_label = metric[0] if metric is not None else loss_label
         for plot in (self.train_plot, self.val_plot):
-            plot.setLabel("left", f"<span style='color:{MUTED}'>{loss_label}</span>")
+            plot.setLabel("left", f"<span style='color:{MUTED}'>{y_label}</span>")
+        style_plot(self.train_plot, f"Meta-training {name} (query sets of the training tasks)")
+        style_plot(self.val_plot, f"Validation {name} (held-out tasks)")
+        # a return is negative: no log axis while it is plotted (the box keeps the user's choice for other runs)
+        self.log_scale.setEnabled(not self._negated())
+        self.log_scale.setToolTip(LOG_TIP if not self._negated() else
+                                  f"The {name} can be negative: plotted on a linear axis")
+        for plot in (self.train_plot, self.val_plot):
+            plot.setLogMode(y=self._log())
         for plot in (self.train_plot, self.val_plot, self.acc_plot):
             for item in list(plot.listDataItems()):
                 plot.removeItem(item)
@@ -247,14 +264,23 @@ class TrainingPlotsView(QWidget):
             self._x_max = None
             self._fit_x()
 
+    def _negated(self) -> bool:
+        """True when the plotted metric is minus the loss (a return): it may be negative."""
+        return self.plot_metric is not None and self.plot_metric[1] < 0
+
+    def _log(self) -> bool:
+        """Whether the loss plots are on a log axis now: the user's choice, never for a negated metric."""
+        return self.log_scale.isChecked() and not self._negated()
+
     def _fit_y(self, plot, values: list[np.ndarray]) -> None:
         """Fit the y range to the data with hysteresis: change it only when the data leave it or fill too little."""
-        finite = [v[np.isfinite(v) & ((v > 0) if self.log_scale.isChecked() else True)] for v in values]
+        log = self._log()
+        finite = [v[np.isfinite(v) & ((v > 0) if log else True)] for v in values]
         finite = [v for v in finite if v.size]
         if not finite:
             return
         lo, hi = min(float(v.min()) for v in finite), max(float(v.max()) for v in finite)
-        if self.log_scale.isChecked():
+        if log:
             lo, hi = np.log10(lo), np.log10(hi)
             least = 0.35  # decades: a narrower log axis can fall between labelled ticks and show none
         else:
@@ -289,15 +315,19 @@ class TrainingPlotsView(QWidget):
         self._last_draw = time.perf_counter()
         self.draw_count += 1
         weight = self.smoothing.value() / 100.0
-        log = self.log_scale.isChecked()
+        log = self._log()
+        sign = self.plot_metric[1] if self.plot_metric is not None else 1.0
         shown = {self.train_plot: [], self.val_plot: [], self.acc_plot: []}
         for (name, key, kind), item in self.curves.items():
-            signature = (self.history.count(name, key), weight if kind == "smooth" else None, log, self.max_points)
+            signature = (self.history.count(name, key), weight if kind == "smooth" else None, log, self.max_points,
+                         sign)
             cached = self._series.get((name, key, kind))
             if cached is not None and cached[0] == signature:
                 x, y = cached[1], cached[2]  # unchanged (validation between evaluations): no repaint
             else:
                 x, y = self.history.series(name, key, self.max_points)
+                if sign != 1.0 and "accuracy" not in key:
+                    y = sign * y  # the metric the loss stands for (2-D navigation: return = -cost)
                 if log and "accuracy" not in key:
                     y = np.where(y > 0, y, np.nan)
                 if kind == "smooth":
@@ -330,7 +360,7 @@ class TrainingPlotsView(QWidget):
             return
         self._y_ranges = {}
         for plot in (self.train_plot, self.val_plot):
-            plot.setLogMode(y=on)
+            plot.setLogMode(y=self._log())
         self._dirty = True
         self.redraw()
         self._place_hint()
@@ -367,6 +397,8 @@ class TrainingPlotsView(QWidget):
     def readout_text(self, x: float) -> str:
         """The values of every curve at meta-iteration x (nearest drawn point), as rich text."""
         parts = [f"<b style='color:{TEXT}'>iteration {max(0, int(round(x))):,}</b>"]
+        if self.plot_metric is not None:
+            parts.append(f"<span style='color:{MUTED}'>{self.plot_metric[0]}</span>")
         for name in self.algorithms:
             values = []
             for key, label in (("pre_loss", "train"), ("val_pre_loss", "val")):

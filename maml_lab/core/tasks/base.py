@@ -91,8 +91,8 @@ class TaskFamilyKind:
     option_defaults: ClassVar[dict] = {}
     # True when `build` takes milliseconds (nothing to load): views and the run library rebuild it at will
     cheap_to_build: ClassVar[bool] = True
-    # how the Adaptation view plots the loss: (label, sign) of a metric it stands for, e.g. ("average return", -1)
-    # where the loss is a cost; None: the loss itself, as `loss_label`
+    # how the Adaptation view and Training curves plot the loss: (label, sign) of a metric it stands for, e.g.
+    # ("average return", -1) where the loss is a cost; None: the loss itself, as `loss_label`
     plot_metric: ClassVar[tuple[str, float] | None] = None
 
     @classmethod
