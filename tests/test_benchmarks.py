@@ -148,3 +148,44 @@ def test_the_app_takes_a_device_and_refuses_cuda_without_it_in_one_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "CUDA is not available" in err[0]
     assert not Path("never-written.png").exists()
+
+
+def read_export(path: Path) -> tuple[dict, dict]:
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["maml_lab"]), {k: f.get_tensor(k).shape for k in f.keys()}
+
+
+@needs_small1
+@pytest.mark.parametrize("flags, ways, shots, meta_batch, cells", [
+    (["--ways", "20"], 20, 1, 16, ["20-way 1-shot"]),  # the paper's 20-way meta-batch when none is given
+    (["--shots", "5", "--meta-batch-size", "2"], 5, 5, 2, ["5-way 1-shot", "5-way 5-shot"]),
+])
+def test_omniglot_small1_meta_trains_the_ways_and_shots_it_is_given(capsys, tmp_path, flags, ways, shots, meta_batch,
+                                                                    cells):
+    bench = load("omniglot_small1")
+    rc = bench.main(["--data", str(SMALL1), "--iterations", "1", "--algorithms", "maml", "--eval-tasks", "2",
+                     "--trend-every", "0", "--out-dir", str(tmp_path), *flags])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert f"{ways}-way {shots}-shot training, meta-batch {meta_batch}" in out
+    assert f"evaluation card: {ways}-way" in out and "2 held-out tasks" in out
+    summary = re.search(r"^maml: (.*) \(1 iterations", out, re.M).group(1)
+    assert re.findall(r"(\d+-way \d+-shot): [\d.]+% \+- [\d.]+%", summary) == cells
+    meta, shapes = read_export(tmp_path / f"omniglot_small1-{ways}w{shots}s-maml.safetensors")
+    assert meta["hyperparameters"]["shots"] == shots and meta["hyperparameters"]["meta_batch_size"] == meta_batch
+    assert meta["model"]["ways"] == ways and shapes["13.weight"][0] == ways
+
+
+@needs_small1
+def test_omniglot_small1_refuses_shots_the_heldout_characters_cannot_supply_before_training(capsys):
+    bench = load("omniglot_small1")
+    # Omniglot has 20 drawings per character: 6 shots + 15 queries need 21
+    assert bench.main(["--data", str(SMALL1), "--shots", "6", "--algorithms", "maml"]) == 2
+    captured = capsys.readouterr()
+    assert "6 shots + 15 queries need 21 images per class" in captured.err and "iteration" not in captured.out
+    assert bench.default_eval_shots(5, 1) == [1, 5] and bench.default_eval_shots(20, 1) == [1]
+    assert bench.paper_meta_batch(5) == 32 and bench.paper_meta_batch(20) == 16
