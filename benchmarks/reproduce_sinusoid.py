@@ -11,12 +11,19 @@ The paper's settings alone leave MAML unstable when fine-tuned for 5-10 steps (s
 README comes from
 
     python benchmarks/reproduce_sinusoid.py --iterations 140000 --meta-lr-schedule cosine --step-loss-weights 0.5 0.5
+
+Any registered algorithm trains beside the others (`--algorithms maml fomaml reptile mamlpp metasgd anil boil
+pretrained`: every one at one budget, docs/sinusoid_runs.md); `--steps` chooses the fine-tuning steps of the table
+(0 = before adaptation). Each algorithm's process CPU time in its meta-steps is printed, so runs on a shared
+machine compare.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -54,25 +61,53 @@ def evaluate(trainer, shots: int, tasks: int, steps=STEPS) -> list[dict]:
     return rows
 
 
+def mse_cell(mean: float, ci: float) -> str:
+    """'0.52 +- 0.06'; a diverged mean (inf, NaN) says so; large ones in 3 significant digits."""
+    if not math.isfinite(mean):
+        return f"{mean} (diverged)"
+    if abs(mean) >= 100:
+        return f"{mean:.3g} +- {ci:.3g}"
+    return f"{mean:.2f} +- {ci:.2f}"
+
+
 def table(rows: list[dict], steps=STEPS) -> str:
     """The markdown table, each algorithm's evaluation card above it."""
     lines = [row["card"]["text"] for row in rows]
-    lines.append(f"| method | {' | '.join(f'{s} step' + ('s' if s > 1 else '') for s in steps)} | paper |")
+    lines.append(f"| method | {' | '.join(f'{s} step' + ('' if s == 1 else 's') for s in steps)} | paper |")
     lines.append("| --- | " + " | ".join("---" for _ in steps) + " | --- |")
     for row in rows:
-        cells = " | ".join(f"{m:.2f} +- {c:.2f}" for m, c in (row["mse"][str(s)] for s in steps))
+        cells = " | ".join(mse_cell(m, c) for m, c in (row["mse"][str(s)] for s in steps))
         paper = " / ".join(f"{v:.2f}" for v in row["paper"]) if row["paper"] else "-"
         lines.append(f"| {row['algorithm']} | {cells} | {paper} |")
     return "\n".join(lines)
 
 
-def main() -> None:
+def time_meta_steps(trainer) -> dict[str, float]:
+    """Process CPU seconds each algorithm spends in its meta-steps (filled in while the trainer runs)."""
+    cpu = {name: 0.0 for name in trainer.runs}
+    for name, run in trainer.runs.items():
+        step = run.algorithm.meta_step
+
+        def timed(*args, _step=step, _name=name, **kwargs):
+            start = time.process_time()
+            try:
+                return _step(*args, **kwargs)
+            finally:
+                cpu[_name] += time.process_time() - start
+
+        run.algorithm.meta_step = timed
+    return cpu
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=70000)
     parser.add_argument("--algorithms", nargs="+", default=["maml", "fomaml", "reptile", "pretrained"],
                         choices=algorithm_names(), help="default: the four of the table below")
     parser.add_argument("--eval-shots", type=int, default=5)
     parser.add_argument("--eval-tasks", type=int, default=600)
+    parser.add_argument("--steps", type=int, nargs="+", default=list(STEPS),
+                        help="fine-tuning steps of the table (0: before adaptation; default 1 5 10, the paper's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, help="export each initialization here")
     parser.add_argument("--meta-lr-schedule", choices=("constant", "cosine"), default="constant",
@@ -83,7 +118,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the cards and results here")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 is as fast for this small MLP and immune to contention)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    steps = sorted(set(args.steps))
+    if steps[0] < 0:
+        parser.error("--steps must be >= 0")
     torch.set_num_threads(args.threads)
 
     def algorithm(name: str) -> AlgorithmConfig:
@@ -97,7 +135,8 @@ def main() -> None:
     config = ExperimentConfig(iterations=args.iterations, seed=args.seed, val_every=0,
                               algorithms=[algorithm(a) for a in args.algorithms])
     trainer = Trainer(config)
-    start = time.perf_counter()
+    cpu = time_meta_steps(trainer)
+    start, cpu_start = time.perf_counter(), time.process_time()
     last = [start]
 
     def progress(p: dict) -> None:
@@ -110,7 +149,9 @@ def main() -> None:
     print(f"meta-training {', '.join(args.algorithms)} for {args.iterations} iterations on {trainer.device}, "
           f"seed {args.seed} (meta-lr schedule: {args.meta_lr_schedule}; MAML/FOMAML step-loss weights: {weights})")
     trainer.run(callback=progress, report_every=100)
-    train_s = time.perf_counter() - start
+    train_s, train_cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    if trainer.state == "diverged":  # every algorithm stops with it, at the iteration it reached
+        print(f"training stopped at iteration {trainer.iteration}: {trainer.stop_reason}", flush=True)
     if args.out_dir:
         args.out_dir.mkdir(parents=True, exist_ok=True)
         for name in trainer.runs:
@@ -118,13 +159,21 @@ def main() -> None:
 
     print(f"\nK = {args.eval_shots}, {args.eval_tasks} held-out tasks, {QUERIES} query points each, each algorithm "
           f"fine-tuned by its own test-time rule; MSE (95% CI)")
-    rows = evaluate(trainer, args.eval_shots, args.eval_tasks)
-    print(table(rows))
+    rows = evaluate(trainer, args.eval_shots, args.eval_tasks, steps)
+    for row in rows:
+        row["train_cpu_s"] = cpu[row["algorithm"]]
+    print(table(rows, steps))
     if args.json:
-        args.json.write_text(json.dumps({"iterations": args.iterations, "seed": args.seed, "rows": rows}, indent=2))
-    print(f"\nmeta-training took {train_s / 60:.1f} min ({args.iterations} iterations, "
-          f"{len(trainer.runs)} algorithms on one task stream); total {(time.perf_counter() - start) / 60:.1f} min")
+        args.json.write_text(json.dumps({"iterations": trainer.iteration, "seed": args.seed, "steps": steps,
+                                         "rows": rows}, indent=2))
+    print("\nprocess CPU time in meta-steps: " + ", ".join(
+        f"{name} {seconds:.0f} s ({1000 * seconds / max(trainer.iteration, 1):.2f} ms/it)"
+        for name, seconds in cpu.items()))
+    print(f"meta-training took {train_s / 60:.1f} min wall, {train_cpu / 60:.1f} min CPU ({trainer.iteration} "
+          f"iterations, {len(trainer.runs)} algorithms on one task stream); total "
+          f"{(time.perf_counter() - start) / 60:.1f} min wall, {(time.process_time() - cpu_start) / 60:.1f} min CPU")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -189,3 +189,34 @@ def test_omniglot_small1_refuses_shots_the_heldout_characters_cannot_supply_befo
     assert "6 shots + 15 queries need 21 images per class" in captured.err and "iteration" not in captured.out
     assert bench.default_eval_shots(5, 1) == [1, 5] and bench.default_eval_shots(20, 1) == [1]
     assert bench.paper_meta_batch(5) == 32 and bench.paper_meta_batch(20) == 16
+
+
+def test_reproduce_sinusoid_trains_every_algorithm_at_one_budget_and_tables_the_chosen_steps(capsys, tmp_path):
+    bench = load("reproduce_sinusoid")
+    names = ["maml", "fomaml", "reptile", "mamlpp", "metasgd", "anil", "boil", "pretrained"]
+    rc = bench.main(["--iterations", "3", "--algorithms", *names, "--step-loss-weights", "0.5", "0.5",
+                     "--steps", "0", "1", "10", "--eval-tasks", "4", "--json", str(tmp_path / "r.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "| method | 0 steps | 1 step | 10 steps | paper |" in out
+    rows = re.findall(r"^\| (\w+) \| (.+?) \| (.+?) \| (.+?) \| .* \|$", out, re.M)
+    assert [r[0] for r in rows] == ["method", *names]
+    import json
+
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["iterations"] == 3 and result["steps"] == [0, 1, 10]
+    for row in result["rows"]:
+        assert set(row["mse"]) == {"0", "1", "10"} and row["train_cpu_s"] > 0
+        assert "4 held-out tasks" in row["card"]["text"]
+    cpu = dict(re.findall(r"(\w+) [\d.]+ s \(([\d.]+) ms/it\)", out))
+    assert set(cpu) == set(names) and all(float(v) > 0 for v in cpu.values())
+    # before adaptation every algorithm predicts with its theta alone: step 0 is not step 1
+    maml = next(r for r in result["rows"] if r["algorithm"] == "maml")
+    assert maml["mse"]["0"] != maml["mse"]["1"]
+
+
+def test_reproduce_sinusoid_marks_a_diverged_mean():
+    bench = load("reproduce_sinusoid")
+    assert bench.mse_cell(0.5234, 0.061) == "0.52 +- 0.06"
+    assert bench.mse_cell(float("nan"), float("nan")) == "nan (diverged)"
+    assert bench.mse_cell(1275.4, 2013.2) == "1.28e+03 +- 2.01e+03"
