@@ -8,6 +8,7 @@ numbers come from core/tasks/navigation.py `goal_paths`, the same rollouts and s
 from __future__ import annotations
 
 import random
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -27,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from ..core.tasks.navigation import GoalPaths, NavigationFamily, goal_paths
+from ..core.tasks.navigation import GoalPaths, NavigationFamily, NavigationTasks, goal_paths
 from ..lab.initializations import Initialization
 from .colors import algorithm_color, qcolor
 from .slider_player import SliderPlayer
@@ -36,6 +37,20 @@ from .theme import style_plot
 POLICY_KIND = "gaussian_mlp_policy"
 ARENA = 0.6  # the view shows [-ARENA, ARENA]^2; goals are drawn from [-0.5, 0.5]^2
 MAX_STEPS = 5
+DEBOUNCE_MS = 150  # after a goal or steps change
+LIVE_SHARE = 0.25  # while training: new parameters are sampled at most this share of the GUI thread's time
+
+
+def environment_of(init: Initialization) -> NavigationFamily | None:
+    """The environment an initialization was trained in (its metadata's task description: horizon, speed, ...),
+    or None when the metadata does not describe a navigation environment."""
+    task = (init.metadata or {}).get("task")
+    if not isinstance(task, dict) or task.get("name") != NavigationTasks.name:
+        return None
+    try:
+        return NavigationTasks.from_description(task)
+    except ValueError:
+        return None
 
 
 def mean_path(paths: list[np.ndarray]) -> np.ndarray:
@@ -140,8 +155,10 @@ class NavigationView(QWidget):
         self.oracle_label.setWordWrap(True)  # a long status line must not widen the whole window
         self._recompute = QTimer(self)
         self._recompute.setSingleShot(True)
-        self._recompute.setInterval(150)
+        self._recompute.setInterval(DEBOUNCE_MS)
         self._recompute.timeout.connect(self.compute)
+        self._stale = False  # inputs changed while the view was hidden: compute when it is shown
+        self._last_compute_s = 0.0  # how long the last compute took (sampling runs on the GUI thread)
 
         controls = QHBoxLayout()
         for w in (self.random_button, QLabel("steps k"), self.steps, self.steps_label, self.max_steps, self.play):
@@ -165,11 +182,22 @@ class NavigationView(QWidget):
         gone = [k for k in removed + [i.key for i in changed if i not in mine] if k in self.inits]
         for init in mine:
             self.inits[init.key] = init
+            env = environment_of(init)
+            if env is not None and env != self.family:  # the arena's environment: the newest policy's
+                self.family = env
+                self.results.clear()  # sampled in another environment
         for key in gone:
             del self.inits[key]
             self.results.pop(key, None)
         if mine or gone:
-            self._recompute.start()
+            self._schedule_live()
+
+    def _schedule_live(self) -> None:
+        """New parameters (a training snapshot, every quarter second): sample them soon, but leave the GUI thread
+        most of its time (rollouts of every policy take tens of milliseconds each)."""
+        if not self._recompute.isActive():
+            wait_s = self._last_compute_s * (1 - LIVE_SHARE) / LIVE_SHARE
+            self._recompute.start(max(DEBOUNCE_MS, int(1000 * wait_s)))
 
     def clear_trained(self) -> None:
         for key in [k for k, v in self.inits.items() if v.source == "trained"]:
@@ -187,10 +215,16 @@ class NavigationView(QWidget):
         self.player.stop()
         self._recompute.stop()
 
+    def wait_until_idle(self, timeout_s: float = 60.0) -> bool:
+        """Sample what is pending now (screenshots, tests): the table and paths then show the latest parameters."""
+        if self._recompute.isActive() or self._stale:
+            self.compute(force=True)
+        return True
+
     # -- goal and steps ----------------------------------------------------------------------------------
     def set_goal(self, x: float, y: float) -> None:
         self.goal = (float(x), float(y))
-        self._recompute.start()
+        self._recompute.start(DEBOUNCE_MS)
         self._draw()
 
     def random_goal(self) -> None:
@@ -199,18 +233,30 @@ class NavigationView(QWidget):
 
     def _max_steps_changed(self, value: int) -> None:
         self.steps.setRange(0, value)
-        self._recompute.start()
+        self._recompute.start(DEBOUNCE_MS)
 
-    def compute(self) -> None:
-        """Sample every initialization's trajectories for the goal (one goal: milliseconds to a second)."""
+    def showEvent(self, ev) -> None:
+        super().showEvent(ev)
+        if self._stale:
+            self._recompute.start(0)
+
+    def compute(self, force: bool = False) -> None:
+        """Sample every initialization's trajectories for the goal (one goal: tens of milliseconds per policy).
+        A hidden view only notes that it is stale (it computes when shown), unless `force`."""
         self._recompute.stop()
+        if not force and not self.isVisible():
+            self._stale = True
+            return
+        self._stale = False
+        start = time.perf_counter()
         self.results = {}
         for key, init in self.inits.items():
             self.results[key] = goal_paths(init.model, OrderedDict((k, v.detach().cpu()) for k, v in
                                                                    init.params.items()),
                                            self.goal, self.max_steps.value(), init.inner_lr, self.trajectories,
-                                           self.seed, self.family)
+                                           self.seed, environment_of(init) or self.family)
         self._draw()
+        self._last_compute_s = time.perf_counter() - start
 
     # -- drawing -----------------------------------------------------------------------------------------
     def _draw(self) -> None:

@@ -67,3 +67,46 @@ def test_training_curves_plot_navigation_s_average_return_on_a_linear_axis(qtbot
     assert "loss" in view.train_plot.titleLabel.text
     assert np.allclose(view.curves[("maml", "post_loss", "raw")].yData, _costs(30, 50, 15))
     assert "train 40 → 15" in view.readout_text(30) and "average return" not in view.readout_text(30)
+
+
+def test_the_arena_s_returns_follow_training_live(window, qtbot, monkeypatch):
+    """A short navigation run in the app: the Arena's table of average returns fills while training and changes
+    as new parameters arrive (the snapshots of the running worker), not only at the end."""
+    from maml_lab.core.algorithms.config import AlgorithmConfig
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.ui import worker
+
+    monkeypatch.setattr(worker, "VAL_BUDGET", None)
+    arena = window.views["arena"]
+    config = ExperimentConfig(task="navigation", algorithms=[AlgorithmConfig.defaults("maml", task="navigation")],
+                              iterations=100_000, meta_batch_size=2, shots=3, queries=3, val_every=0,
+                              hidden=[8, 8], task_options={"horizon": 10})
+    window.panel.set_config(config)
+    window.tabs.setCurrentWidget(arena)
+    arena.trajectories = 3
+    window.start()
+    try:
+        qtbot.waitUntil(lambda: arena.table.rowCount() == 1, timeout=60000)
+        assert window.state == "running"
+        assert arena.family.horizon == 10  # the run's environment, not the default one
+        first = (arena.table.item(0, 1).text(), arena.table.item(0, 2).text())
+        iteration = window.latest_snapshot.iteration
+        qtbot.waitUntil(lambda: (arena.table.item(0, 1).text(), arena.table.item(0, 2).text()) != first,
+                        timeout=60000)
+        assert window.state == "running" and window.latest_snapshot.iteration > iteration
+        assert arena.table.item(0, 0).text() == "MAML"
+        # hidden, the Arena does not sample on the GUI thread; shown again, it catches up at once
+        window.tabs.setCurrentWidget(window.plots)
+        qtbot.waitUntil(lambda: arena._stale, timeout=20000)
+        window.tabs.setCurrentWidget(arena)
+        qtbot.waitUntil(lambda: not arena._stale, timeout=20000)
+    finally:
+        with qtbot.waitSignal(window.controller.finished, timeout=20000):
+            window.stop()
+    # the same run in the Training curves: average returns (negative), on a linear axis
+    window.tabs.setCurrentWidget(window.plots)
+    window.plots.mark_dirty()
+    qtbot.waitUntil(lambda: window.plots.curves[("maml", "post_loss", "raw")].yData is not None, timeout=5000)
+    returns = window.plots.curves[("maml", "post_loss", "raw")].yData
+    assert len(returns) and np.all(returns[np.isfinite(returns)] < 0)
+    assert not window.plots.train_plot.getAxis("left").logMode
