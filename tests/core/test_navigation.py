@@ -293,6 +293,35 @@ def test_gymnasium_adapter_follows_the_engine():
     assert isinstance(env, gym.Env)
 
 
+def test_gymnasium_is_the_package_s_gym_extra(monkeypatch):
+    """pyproject.toml declares the optional dependency (extra `gym`), not a main dependency; the installed version,
+    where there is one, satisfies it; without gymnasium the adapter says what to install."""
+    import importlib.metadata
+    from pathlib import Path
+
+    import tomllib
+
+    from maml_lab.core.tasks import navigation_gym
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    (requirement,) = project["optional-dependencies"]["gym"]
+    name, _, minimum = requirement.partition(">=")
+    assert name == "gymnasium" and minimum
+    assert not any(d.startswith("gymnasium") for d in project["dependencies"])
+    try:
+        installed = importlib.metadata.version("gymnasium")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed is not None:
+        def key(version):
+            return tuple(int(part) for part in version.split(".")[:2])
+
+        assert key(installed) >= key(minimum)
+    monkeypatch.setattr(navigation_gym, "gym", None)
+    with pytest.raises(ImportError, match=r"maml-lab\[gym\]"):
+        navigation_gym.NavigationEnv()
+
+
 def test_goal_paths_start_at_the_origin_and_score_the_drawn_trajectories():
     from maml_lab.core.tasks.navigation import goal_paths
 

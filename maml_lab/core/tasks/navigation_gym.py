@@ -1,10 +1,10 @@
 """A `gymnasium.Env` for one 2-D navigation goal, on the engine's own step function, so the environment can be
 checked with the tools users know (`gymnasium.utils.env_checker.check_env`, any gymnasium agent).
 
-gymnasium is optional (`pip install gymnasium`); without it, creating the environment raises ImportError saying so.
-The action is the policy's normalized action (velocity = clip(0.1 * a, -0.1, 0.1) per coordinate), the
-observation the position, the reward minus the distance to the goal; `terminated` when within the goal tolerance
-in both coordinates, `truncated` at the horizon.
+gymnasium is optional (the package's extra: `pip install 'maml-lab[gym]'`, or `pip install gymnasium`); without it,
+creating the environment raises ImportError saying so. The action is the policy's normalized action (velocity =
+clip(0.1 * a, -0.1, 0.1) per coordinate), the observation the position, the reward minus the distance to the goal;
+`terminated` when within the goal tolerance in both coordinates, `truncated` at the horizon.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ class NavigationEnv(gym.Env if gym is not None else object):
 
     def __init__(self, goal=(0.25, -0.25), family: NavigationFamily | None = None):
         if gym is None:
-            raise ImportError("the gymnasium adapter needs gymnasium: pip install gymnasium")
+            raise ImportError("the gymnasium adapter needs gymnasium >= 0.29: pip install 'maml-lab[gym]' "
+                              "(or pip install gymnasium)")
         self.family = family or NavigationFamily()
         goal = np.asarray(goal, dtype=np.float64).reshape(-1)
         if goal.shape != (2,) or not np.isfinite(goal).all():
