@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--inner-optimizer", choices=("sgd", "adam"), help="Reptile's inner optimizer")
     t.add_argument("--outer-lr-start", type=_nonneg_float, help="Reptile's epsilon at the start (default 1.0)")
     t.add_argument("--outer-lr-end", type=_nonneg_float, help="Reptile's epsilon at the end (default 0.0)")
-    t.add_argument("--hidden", type=_int_at_least(1), nargs="+", help="MLP hidden widths (default 40 40)")
+    t.add_argument("--hidden", type=_int_at_least(1), nargs="+",
+                   help="hidden widths of the MLP or navigation policy (default 40 40; navigation 100 100)")
     t.add_argument("--activation", choices=("relu", "tanh", "gelu", "silu"))
     t.add_argument("--seed", type=_int_at_least(0))
     t.add_argument("--device", help="auto (default), cpu or cuda")

@@ -49,7 +49,33 @@ def test_the_export_describes_the_environment_and_rolls_out_in_plain_pytorch(exp
     assert hyper["inner_lr"] == 0.1 and hyper["shots"] == 2 and meta["model"]["kind"] == "gaussian_mlp_policy"
 
     # plain PyTorch: the mean network is an nn.Sequential, the log std one more tensor
+    assert meta["model"]["sizes"] == [2, 100, 100, 2] and meta["model"]["activation"] == "relu"  # the paper's
     net = nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(), nn.Linear(100, 2))
+    _rolls_out_as_the_engine(net, tensors, meta)
+
+
+def test_hidden_widths_reach_the_exported_policy_and_plain_pytorch_rebuilds_it(tmp_path):
+    """--hidden / --activation build the policy; the export records them (metadata `model`), and plain PyTorch
+    rebuilds the network from that record alone."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    out = tmp_path / "nav.safetensors"
+    assert main(["train", "--task", "navigation", "--algorithm", "maml", "--iterations", "1", "--out", str(out),
+                 "--run-dir", str(tmp_path / "run"), "--hidden", "12", "7", "--activation", "tanh", *TINY]) == 0
+    tensors = load_file(str(out))
+    with safe_open(str(out), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["maml_lab"])
+    assert meta["model"]["sizes"] == [2, 12, 7, 2] and meta["model"]["activation"] == "tanh"
+    assert tuple(tensors["0.weight"].shape) == (12, 2) and tuple(tensors["4.weight"].shape) == (2, 7)
+    sizes, act = meta["model"]["sizes"], {"relu": nn.ReLU, "tanh": nn.Tanh}[meta["model"]["activation"]]
+    layers = []
+    for i in range(len(sizes) - 1):
+        layers += [nn.Linear(sizes[i], sizes[i + 1])] + ([act()] if i < len(sizes) - 2 else [])
+    _rolls_out_as_the_engine(nn.Sequential(*layers), tensors, meta)
+
+
+def _rolls_out_as_the_engine(net, tensors, meta):
     net.load_state_dict({k: v for k, v in tensors.items() if k != "log_std"})
     log_std = tensors["log_std"]
     env = NavigationFamily(horizon=10)

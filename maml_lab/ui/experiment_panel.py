@@ -286,7 +286,8 @@ class ExperimentPanel(QWidget):
         form = self._form(model_box)
         self.hidden = QLineEdit()
         self.hidden.setPlaceholderText("e.g. 40, 40")
-        self.hidden.setToolTip("Hidden layer widths of the MLP, separated by commas (the MAML paper uses 40, 40)")
+        self.hidden.setToolTip("Hidden layer widths of the MLP (2-D navigation: of the policy's mean network), "
+                               "separated by commas (the MAML paper: 40, 40 for sinusoids, 100, 100 for navigation)")
         form.addRow("Hidden widths", self.hidden)
         self.activation = QComboBox()
         for name in ACTIVATIONS:
@@ -486,7 +487,7 @@ class ExperimentPanel(QWidget):
             values = dict(APP_IMAGE_DEFAULTS)
         elif task == default["task"]:
             values = {k: default[k] for k in ("shots", "queries", "meta_batch_size", "iterations", "val_every",
-                                              "val_tasks")}
+                                              "val_tasks", "hidden")}
         else:  # another family (a plug-in's): its own defaults, the app's validation schedule
             values = {k: default[k] for k in ("val_every", "val_tasks")}
             values.update(task_family(task).experiment_defaults)
@@ -504,6 +505,7 @@ class ExperimentPanel(QWidget):
             self.meta_batch.setValue(new_base.meta_batch_size)
             self.iterations.setValue(new_base.iterations)
             self.ways.setValue(new_base.ways)
+            self.hidden.setText(", ".join(str(h) for h in new_base.hidden))  # the family's (navigation: 100, 100)
             if task == "images":
                 self._set_combo(self.convention, new_base.task_option("convention"))
             for name, col in self.columns.items():

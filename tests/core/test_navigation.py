@@ -51,6 +51,29 @@ def test_registered_with_its_conventions():
     assert model.sizes == (2, 100, 100, 2) and "log_std" in model.init_params(torch.Generator().manual_seed(0))
 
 
+def test_the_policy_takes_the_experiment_s_hidden_widths_and_activation():
+    """The paper's 100-100 ReLU policy by default (sinusoids keep 40-40); the config's widths and activation (the
+    panel's Model box, CLI --hidden / --activation) build the policy otherwise; an unknown activation is refused."""
+    kind = task_family("navigation")
+    assert ExperimentConfig(task="navigation").hidden == [100, 100]
+    assert ExperimentConfig(task="sinusoid").hidden == [40, 40]
+    assert ExperimentConfig.from_dict({"task": "navigation"}).hidden == [100, 100]  # a TOML without widths
+    config = ExperimentConfig(task="navigation", hidden=[16, 8], activation="tanh")
+    model = kind.model(config, kind.build(config))
+    assert model.sizes == (2, 16, 8, 2) and model.activation == "tanh"
+    assert model.spec()["sizes"] == [2, 16, 8, 2]  # what an export records as its `model`
+    params = model.init_params(torch.Generator().manual_seed(0))
+    assert tuple(params["2.weight"].shape) == (8, 16) and tuple(params["4.weight"].shape) == (2, 8)
+    net = model.torch_module()  # plain PyTorch from the spec
+    net.load_state_dict({k: v for k, v in params.items() if k != "log_std"})
+    obs = torch.randn(1, 5, 2)
+    assert torch.allclose(net(obs), model.forward(params, obs), atol=1e-6)
+    config = ExperimentConfig(task="navigation", hidden=[6], activation="silu")
+    assert kind.model(config, kind.build(config)).sizes == (2, 6, 2)
+    with pytest.raises(ValueError, match="activation"):
+        ExperimentConfig(task="navigation", activation="softsign")
+
+
 def test_step_clips_the_velocity_and_rewards_minus_the_distance():
     env = NavigationFamily()
     pos = torch.tensor([[0.0, 0.0], [0.3, -0.2]], dtype=D)

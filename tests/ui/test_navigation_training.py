@@ -95,6 +95,7 @@ def test_the_arena_s_returns_follow_training_live(window, qtbot, monkeypatch):
                         timeout=60000)
         assert window.state == "running" and window.latest_snapshot.iteration > iteration
         assert arena.table.item(0, 0).text() == "MAML"
+        assert arena.inits["maml"].model.sizes == (2, 8, 8, 2)  # the form's hidden widths reach the policy
         # hidden, the Arena does not sample on the GUI thread; shown again, it catches up at once
         window.tabs.setCurrentWidget(window.plots)
         qtbot.waitUntil(lambda: arena._stale, timeout=20000)
@@ -110,3 +111,21 @@ def test_the_arena_s_returns_follow_training_live(window, qtbot, monkeypatch):
     returns = window.plots.curves[("maml", "post_loss", "raw")].yData
     assert len(returns) and np.all(returns[np.isfinite(returns)] < 0)
     assert not window.plots.train_plot.getAxis("left").logMode
+
+
+def test_the_panel_s_hidden_widths_build_the_navigation_policy(window):
+    """Choosing 2-D navigation fills the Model box with the paper's policy widths (100, 100); edited widths reach the
+    config (and so the policy, see the test above); back on sinusoids the MLP's 40, 40 return."""
+    from maml_lab.core.tasks.registry import task_family
+
+    panel = window.panel
+    panel.task.setCurrentIndex(panel.task.findData("navigation"))
+    assert panel.hidden.text() == "100, 100" and panel.hidden.isVisible()
+    assert panel.config().hidden == [100, 100]
+    panel.hidden.setText("24, 12")
+    config = panel.config()
+    assert config.task == "navigation" and config.hidden == [24, 12]
+    kind = task_family("navigation")
+    assert kind.model(config, kind.build(config)).sizes == (2, 24, 12, 2)
+    panel.task.setCurrentIndex(panel.task.findData("sinusoid"))
+    assert panel.hidden.text() == "40, 40" and panel.config().hidden == [40, 40]

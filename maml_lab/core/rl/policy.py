@@ -2,8 +2,9 @@
 
 The mean network's tensors have the names of the equivalent `torch.nn.Sequential` (`0.weight`, `0.bias`, `2.weight`,
 ...), and the state-independent log standard deviation is one more tensor, `log_std` [action_dim], so an exported
-policy loads into plain PyTorch: `nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100, 100), nn.ReLU(),
-nn.Linear(100, 2))` takes every tensor but `log_std`, and an action is `mean + exp(log_std) * N(0, 1)`.
+policy loads into plain PyTorch: for the default sizes, `nn.Sequential(nn.Linear(2, 100), nn.ReLU(), nn.Linear(100,
+100), nn.ReLU(), nn.Linear(100, 2))` takes every tensor but `log_std` (`spec()["sizes"]` and `["activation"]`, recorded
+in an export's metadata as `model`, give the layers of any other), and an action is `mean + exp(log_std) * N(0, 1)`.
 Like the engine's other models it runs on a batch of parameter sets (a leading task dimension on every tensor).
 """
 
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_ACTIVATIONS = {"relu": (F.relu, nn.ReLU), "tanh": (torch.tanh, nn.Tanh)}
+ACTIVATIONS = {"relu": (F.relu, nn.ReLU), "tanh": (torch.tanh, nn.Tanh), "gelu": (F.gelu, nn.GELU),
+               "silu": (F.silu, nn.SiLU)}
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -28,14 +30,14 @@ class GaussianMLPPolicy:
         sizes = tuple(int(s) for s in sizes)
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"policy sizes must be at least two positive integers, got {list(sizes)}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"unknown policy activation {activation!r} (one of {', '.join(_ACTIVATIONS)})")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown policy activation {activation!r} (one of {', '.join(ACTIVATIONS)})")
         if not math.isfinite(init_log_std):
             raise ValueError(f"init_log_std must be finite, got {init_log_std}")
         self.sizes = sizes
         self.activation = activation
         self.init_log_std = float(init_log_std)
-        self._act = _ACTIVATIONS[activation][0]
+        self._act = ACTIVATIONS[activation][0]
 
     @classmethod
     def from_spec(cls, spec: dict) -> "GaussianMLPPolicy":
@@ -103,7 +105,7 @@ class GaussianMLPPolicy:
 
     def torch_module(self) -> nn.Module:
         """The mean network as plain PyTorch (load every exported tensor but `log_std` into it)."""
-        act = _ACTIVATIONS[self.activation][1]
+        act = ACTIVATIONS[self.activation][1]
         layers: list[nn.Module] = []
         for i in range(self.num_layers):
             layers.append(nn.Linear(self.sizes[i], self.sizes[i + 1]))

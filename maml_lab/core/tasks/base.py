@@ -80,7 +80,7 @@ class TaskFamilyKind:
     loss: ClassVar[str] = "mse"  # a name in tasks.losses.LOSSES: what inner and outer loops minimize
     loss_label: ClassVar[str] = "MSE"  # how plots name that loss
     metric: ClassVar[str | None] = None  # "accuracy" where the family is classification
-    # ExperimentConfig fields left unset take these (meta_batch_size, shots, queries, iterations)
+    # ExperimentConfig fields left unset take these (meta_batch_size, shots, queries, iterations, hidden)
     experiment_defaults: ClassVar[dict] = {}
     # what this family sets for every algorithm (AlgorithmConfig fields), under the algorithms' own defaults
     algorithm_defaults: ClassVar[dict] = {}

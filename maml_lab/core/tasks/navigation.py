@@ -248,7 +248,8 @@ class NavigationTasks(TaskFamilyKind):
     metric = "return"  # evaluation reports the average return (= -cost)
     plot_metric = ("average return", -1.0)  # the Adaptation view plots return = -cost
     # the MAML paper's 2-D navigation: meta-batch 20 goals, 20 trajectories per inner step (and per outer sampling)
-    experiment_defaults = {"meta_batch_size": 20, "shots": 20, "queries": 20, "iterations": 500}
+    # and the paper's policy, 100-100 hidden units (the panel's and the CLI's hidden widths change it)
+    experiment_defaults = {"meta_batch_size": 20, "shots": 20, "queries": 20, "iterations": 500, "hidden": [100, 100]}
     # one policy-gradient step of 0.1 in training, 3 at test; Adam on the post-update surrogate (not TRPO)
     algorithm_defaults = {"inner_lr": 0.1, "test_inner_steps": 3, "meta_lr": 0.01}
     playground = None
@@ -293,6 +294,11 @@ class NavigationTasks(TaskFamilyKind):
                 raise ValueError(f"{a.name} does not train on sampled (RL) tasks such as navigation")
             if a.inner_optimizer != "sgd":
                 raise ValueError(f"{a.name}: navigation adapts with policy-gradient SGD (inner-optimizer sgd)")
+        from ..rl.policy import ACTIVATIONS
+
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"navigation policy activation must be one of {', '.join(ACTIVATIONS)}, "
+                             f"got {config.activation!r}")
 
     @classmethod
     def build(cls, config, progress=None, cancel=None) -> NavigationFamily:
@@ -302,7 +308,7 @@ class NavigationTasks(TaskFamilyKind):
     def model(cls, config, family):
         from ..rl.policy import GaussianMLPPolicy
 
-        return GaussianMLPPolicy([family.input_shape[0], 100, 100, family.output_dim], "relu")
+        return GaussianMLPPolicy([family.input_shape[0], *config.hidden, family.output_dim], config.activation)
 
     @classmethod
     def from_description(cls, description: dict, data=None, progress=None, cancel=None, hint: str = ""):

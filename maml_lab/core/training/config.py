@@ -14,6 +14,7 @@ from ..tasks.registry import task_family
 from .device import DTYPES
 
 IMAGE_MODES = ("grayscale", "rgb")
+DEFAULT_HIDDEN = [40, 40]  # the MAML paper's sinusoid MLP; a family may declare its own (2-D navigation: 100, 100)
 
 
 @dataclass
@@ -24,7 +25,7 @@ class ExperimentConfig:
 
     task: str = "sinusoid"
     algorithms: list[AlgorithmConfig] | None = None  # None: MAML with the task's defaults
-    hidden: list[int] = field(default_factory=lambda: [40, 40])  # MLP hidden widths
+    hidden: list[int] | None = None  # hidden widths of the MLP (or policy): the family's default, else DEFAULT_HIDDEN
     activation: str = "relu"
     meta_batch_size: int | None = None
     shots: int | None = None  # K support points (per class for images)
@@ -47,7 +48,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         for key, value in self.task_defaults(self.task).items():
             if getattr(self, key) is None:
-                setattr(self, key, value)
+                setattr(self, key, list(value) if isinstance(value, list) else value)
+        if self.hidden is None:
+            self.hidden = list(DEFAULT_HIDDEN)
         if self.algorithms is None:
             self.algorithms = [AlgorithmConfig.defaults("maml", task=self.task)]
         self.algorithms = [a if isinstance(a, AlgorithmConfig) else AlgorithmConfig.from_dict(a)
