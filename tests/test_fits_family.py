@@ -25,3 +25,46 @@ def test_heldout_family_is_the_run_s_or_sinusoids():
     run = SimpleNamespace(eval_family="held-out images", loss="cross_entropy", queries=15)
     assert heldout_family(run, 50) == ("held-out images", 15)
     assert heldout_family(SimpleNamespace(eval_family="nav", loss="policy_gradient", queries=None), 100) == ("nav", 100)
+
+
+def _init(key, source="trained", model=None):
+    from maml_lab.lab.initializations import Initialization
+
+    return Initialization(key, key, key.upper(), model or MLP((1, 8, 1)), {}, 0.01, source)
+
+
+def test_comparison_views_keep_trained_models_and_imported_mlps():
+    from maml_lab.lab.initializations import compared
+
+    conv = Conv4(in_channels=1, image_size=28, ways=5)
+    assert compared(_init("maml")) and compared(_init("maml", model=conv))  # trained: whatever the model
+    assert compared(_init("file:a", "imported")) and not compared(_init("file:b", "imported", conv))
+    assert not compared(_init("checkpoint", "checkpoint"))  # the Paths view's preview is the playground's
+
+
+def test_follow_store_puts_what_the_view_keeps_and_drops_the_rest():
+    from maml_lab.lab.initializations import follow_store
+
+    inits = {}
+    conv = Conv4(in_channels=1, image_size=28, ways=5)
+    assert follow_store(inits, [_init("maml"), _init("checkpoint", "checkpoint")], [])
+    assert list(inits) == ["maml"]
+    newer = _init("maml")
+    assert follow_store(inits, [newer, _init("file:x", "imported")], [])
+    assert inits["maml"] is newer and list(inits) == ["maml", "file:x"]
+    assert follow_store(inits, [_init("file:x", "imported", conv)], [])  # the key became a conv-4: it leaves
+    assert list(inits) == ["maml"]
+    assert not follow_store(inits, [_init("checkpoint", "checkpoint")], ["gone"])  # nothing of the view's
+    assert follow_store(inits, [], ["maml"]) and inits == {}
+    keep_all = {}
+    assert follow_store(keep_all, [_init("checkpoint", "checkpoint")], [], keep=lambda init: True)
+    assert list(keep_all) == ["checkpoint"]
+
+
+def test_errors_note_names_each_failed_initialization():
+    from maml_lab.lab.jobs import errors_note
+
+    out = SimpleNamespace(errors={}, labels={"maml": "MAML"})
+    assert errors_note(out) == ""
+    out.errors = {"maml": "NaN loss", "file:x": "shape mismatch"}
+    assert errors_note(out) == " · MAML: NaN loss; file:x: shape mismatch"

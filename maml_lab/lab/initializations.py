@@ -93,6 +93,26 @@ def heldout_family(run, queries: int):
     return SinusoidFamily(), queries
 
 
+def compared(init: Initialization) -> bool:
+    """Whether the views that compare initializations on held-out tasks (Adaptation, Per layer) show `init`: trained
+    ones and imported MLPs (an imported conv-4 is the Tasks view's; a Paths checkpoint preview is the playground's)."""
+    return init.source == "trained" or (init.source == "imported" and init.model.spec().get("kind") == "mlp")
+
+
+def follow_store(inits: dict, changed: list[Initialization], removed: list[str], keep=compared) -> bool:
+    """Apply an InitializationStore change (a subscriber's `changed`, `removed`) to a view's own `inits` (key ->
+    Initialization): the changed ones `keep(init)` accepts are put in; removed keys, and changed ones it no longer
+    accepts (a key that became another kind of model), leave. True when the view's `inits` changed."""
+    kept = [keep(init) for init in changed]
+    gone = [k for k in removed + [i.key for i, ok in zip(changed, kept) if not ok] if k in inits]
+    for init, ok in zip(changed, kept):
+        if ok:
+            inits[init.key] = init
+    for key in gone:
+        del inits[key]
+    return any(kept) or bool(gone)
+
+
 def dtype_of(params) -> torch.dtype:
     """The floating-point precision parameters were saved in (evaluation runs at it: float64 stays float64)."""
     return next((v.dtype for v in params.values() if v.is_floating_point()), torch.float32)

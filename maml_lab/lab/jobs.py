@@ -26,3 +26,10 @@ def for_each_request(requests, compute, out, store: dict, progress=None, cancel=
     if progress is not None:
         progress(len(requests), len(requests))
     return out
+
+
+def errors_note(out) -> str:
+    """The per-initialization errors `for_each_request` collected in `out`, for a status line: " · label: message;
+    ..." (labels from `out.labels`), or "" when every request succeeded."""
+    errors = "; ".join(f"{out.labels.get(k, k)}: {e}" for k, e in out.errors.items())
+    return f" · {errors}" if errors else ""
