@@ -15,51 +15,35 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtWidgets import (
-    QCheckBox,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QCheckBox, QLabel, QSpinBox
 
 from ..core.analysis.card import EvaluationCard
 from ..core.export import atomic_write_bytes
-from ..lab.initializations import Initialization, fits_family, heldout_family
+from ..lab.initializations import Initialization
 from ..lab.inside import CurveRequest, CurveSet, RunPaths, compute_curves
-from .background import BackgroundRunner, StaleRecompute
+from ..lab.jobs import errors_note
 from .colors import algorithm_color, curve_pen, qcolor
-from .inside_plots import flow_bar, hint_text, labelled, place_center, readout_label
+from .computed_view import HeldOutView, plain_plot, set_quietly
+from .inside_plots import flow_bar, labelled, readout_label
 from .theme import MUTED, TEXT, style_plot
 
 BAND_ALPHA = 45
 
 
-class AdaptationView(QWidget):
-    computed = Signal()
-    export_plot_requested = Signal()
+class AdaptationView(HeldOutView):
+    title = "adaptation"
+    progress_width = 140
+    queries = 100
+    request_type = CurveRequest
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.inits: OrderedDict[str, Initialization] = OrderedDict()
-        self.run: RunPaths | None = None
         self.result: CurveSet | None = None
         self.loss_label: str | None = None  # the task family's name for its loss, from the last computation
         # the family's plot_metric: 2-D navigation plots -cost (not `self.metric`: that hides QWidget.metric)
         self.plot_metric: tuple[str, float] | None = None
-        self.training = False
         self._shots_from_run = True
-        self.runner = BackgroundRunner("adaptation", self)
-        self.runner.finished.connect(self._on_result)
-        self.runner.failed.connect(self._on_failed)
-        self.runner.cancelled.connect(lambda _tag: self.status.setText("Cancelled"))
-        self.runner.progress.connect(self._on_progress)
-        self.runner.busy_changed.connect(lambda _busy: self._sync_buttons())
 
         self.shots = QSpinBox()
         self.shots.setRange(1, 100)
@@ -77,24 +61,8 @@ class AdaptationView(QWidget):
         self.log_scale = QCheckBox("Log scale")
         self.log_scale.setChecked(False)
         self.log_scale.toggled.connect(self._on_log)
-        self.compute_button = QPushButton("Compute")
-        self.compute_button.setProperty("primary", True)
-        self.compute_button.clicked.connect(self.compute)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.runner.cancel)
-        self.progress = QProgressBar()
-        self.progress.setFixedWidth(140)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status = QLabel("")
-        self.status.setProperty("hint", True)
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.export_image_button = QPushButton("Export image…")
-        self.export_image_button.setToolTip("Save the plot as PNG or SVG (File ▸ Export plot)")
-        self.export_image_button.clicked.connect(self.export_plot_requested)
-        self.export_data_button = QPushButton("Export data…")
-        self.export_data_button.setToolTip("Save the curves with their evaluation cards as CSV or JSON")
-        self.export_data_button.clicked.connect(lambda: self.export_data())
+        self.data_button("Export data…", "Save the curves with their evaluation cards as CSV or JSON",
+                         self.export_data)
         self.cards: OrderedDict[str, EvaluationCard] = OrderedDict()
         self._computing: tuple | None = None  # (family, queries, requests) of the computation under way
         for spin in (self.shots, self.steps, self.tasks):
@@ -106,63 +74,19 @@ class AdaptationView(QWidget):
             self.log_scale, self.compute_button, self.cancel_button, self.progress, self.export_image_button,
             self.export_data_button])
 
-        self.graphics = pg.GraphicsLayoutWidget()
-        self.graphics.ci.setContentsMargins(6, 4, 10, 4)
-        self.graphics.ci.setSpacing(12)
-        self.loss_plot = self.graphics.addPlot(row=0, col=0)
-        self.acc_plot = pg.PlotItem()
-        for plot in (self.loss_plot, self.acc_plot):
-            plot.setMenuEnabled(False)
-            plot.hideButtons()
-            plot.getAxis("left").setWidth(56)
+        self.loss_plot = plain_plot(self.graphics.addPlot(row=0, col=0))
+        self.acc_plot = plain_plot(pg.PlotItem())
         style_plot(self.loss_plot, "Loss on held-out tasks after fine-tuning", "gradient steps", "MSE")
         style_plot(self.acc_plot, "Accuracy on held-out tasks", "gradient steps", "accuracy")
-        self.legend = pg.LegendItem(offset=(-10, 8), labelTextColor=TEXT, labelTextSize="9pt",
-                                    brush=pg.mkBrush(255, 255, 255, 225), pen=pg.mkPen("#E1E4E8"))
-        self.legend.setParentItem(self.loss_plot.getViewBox())
-        self.legend.setZValue(60)
-        self.items: list = []
-        self.hint = hint_text(self.loss_plot, "Train, or import an initialization, to compare how fast each adapts")
-        self.loss_plot.getViewBox().sigResized.connect(lambda *_: place_center(self.loss_plot, self.hint))
+        self.decorate(self.loss_plot, (-10, 8), "Train, or import an initialization, to compare how fast each adapts")
         self.summary = readout_label(one_line=False)
         self.card_label = QLabel(" ")  # the evaluation protocol in one line; the full cards in its tooltip
         self.card_label.setProperty("hint", True)
         self.card_label.setWordWrap(True)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 6)
-        layout.setSpacing(6)
-        layout.addWidget(bar)
-        layout.addWidget(self.graphics, 1)
-        row = QHBoxLayout()
-        row.setContentsMargins(12, 0, 12, 0)
-        row.addWidget(self.summary, 1)
-        layout.addLayout(row)
-        card_row = QHBoxLayout()
-        card_row.setContentsMargins(12, 0, 12, 0)
-        card_row.addWidget(self.card_label, 1)
-        layout.addLayout(card_row)
-        status_row = QHBoxLayout()
-        status_row.setContentsMargins(12, 0, 12, 0)
-        status_row.addWidget(self.status)
-        layout.addLayout(status_row)
         self._acc_shown = False
-        self.recompute = StaleRecompute(self, self.compute)
-        self._sync_buttons()
+        self.lay_out([bar], [[self.summary], [self.card_label], [self.status]])
 
     # -- data in -------------------------------------------------------------------------------------
-    def initializations_changed(self, changed: list[Initialization], removed: list[str]) -> None:
-        """The lab's InitializationStore changed: trained initializations and imported MLPs get curves (an imported
-        conv-4 is the Tasks view's; a Paths checkpoint preview is the playground's)."""
-        mine = [i for i in changed if i.source == "trained"
-                or (i.source == "imported" and i.model.spec().get("kind") == "mlp")]
-        gone = [k for k in removed + [i.key for i in changed if i not in mine] if k in self.inits]
-        for init in mine:
-            self.inits[init.key] = init
-        for key in gone:
-            del self.inits[key]
-        if mine or gone:
-            self._inputs_changed()
-
     def set_initialization(self, init: Initialization) -> None:
         self.inits[init.key] = init
         self._inputs_changed()
@@ -172,51 +96,24 @@ class AdaptationView(QWidget):
             self._inputs_changed()
 
     def clear_trained(self) -> None:
-        for key in [k for k, v in self.inits.items() if v.source == "trained"]:
-            del self.inits[key]
-        self.run = None
         self._shots_from_run = True
-        self._inputs_changed()
+        super().clear_trained()
 
     def set_run(self, run: RunPaths) -> None:
         """The run's task families (held-out ones for evaluation) and K."""
         first = self.run is None
         self.run = run
         if first and self._shots_from_run:
-            self.shots.blockSignals(True)
-            self.shots.setValue(run.shots)
-            self.shots.blockSignals(False)
-            steps = max(run.test_steps(n) for n in run.names) if run.names else 10
-            self.steps.blockSignals(True)
-            self.steps.setValue(steps)
-            self.steps.blockSignals(False)
+            set_quietly(self.shots, run.shots)
+            set_quietly(self.steps, max(run.test_steps(n) for n in run.names) if run.names else 10)
             if run.model_spec.get("kind") != "mlp":
-                self.tasks.blockSignals(True)
-                self.tasks.setValue(100)
-                self.tasks.blockSignals(False)
-
-    def set_training(self, running: bool) -> None:
-        self.training = running
-        self.recompute.set_training(running)
+                set_quietly(self.tasks, 100)
 
     def _on_shots(self, _k: int) -> None:
         self._shots_from_run = False
         self._inputs_changed()
 
-    def _inputs_changed(self) -> None:
-        self.recompute.mark_stale()
-        self._sync_buttons()
-
     # -- computing -----------------------------------------------------------------------------------
-    def family(self):
-        """Held-out tasks: the run's (image sets: its held-out classes); sinusoids without a run."""
-        return heldout_family(self.run, 100)
-
-    def requests(self) -> list[CurveRequest]:
-        family, _ = self.family()
-        return [CurveRequest(key, init.label, init.algorithm, init.model, init.params, init.adaptation)
-                for key, init in self.inits.items() if fits_family(init.model, family)]
-
     def compute(self) -> bool:
         reqs = self.requests()
         self.recompute.stale = False
@@ -224,42 +121,23 @@ class AdaptationView(QWidget):
             return False
         family, queries = self.family()
         shots, steps, tasks = self.shots.value(), self.steps.value(), self.tasks.value()
-        self.status.setText("Computing…")
         self._computing = (family, queries, reqs)
-        self.progress.setRange(0, len(reqs))
-        self.progress.setValue(0)
-        self.runner.submit(lambda progress, cancel: compute_curves(reqs, family, shots, steps, tasks, queries,
-                                                                   progress, cancel), "curves")
-        self._sync_buttons()
-        return True
+        return self.start(lambda progress, cancel: compute_curves(reqs, family, shots, steps, tasks, queries,
+                                                                  progress, cancel), "curves", len(reqs))
 
-    def _sync_buttons(self) -> None:
-        busy = self.runner.busy
-        self.compute_button.setEnabled(bool(self.inits) and not busy)
-        self.cancel_button.setEnabled(busy)
-        self.export_data_button.setEnabled(self.result is not None and bool(self.result.curves))
+    def can_export(self) -> bool:
+        return self.result is not None and bool(self.result.curves)
 
-    def _on_progress(self, _tag: str, done: int, total: int) -> None:
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
+    def result_text(self, result: CurveSet) -> str:
+        return f"{result.num_tasks} held-out tasks, K = {result.shots}" + errors_note(result)
 
-    def _on_failed(self, _tag: str, message: str) -> None:
-        self.status.setText(f"Failed: {message}")
-
-    def _on_result(self, _tag: str, result: CurveSet) -> None:
-        self.result = result
+    def show_result(self, result: CurveSet) -> None:
         family = self._computing[0] if self._computing is not None else None
         self.loss_label = _loss_label(family)  # the family names its loss (2-D navigation: cost = -return)
         self.plot_metric = _plot_metric(family)  # (label, sign) of what the loss stands for, or None
         self.cards = self._cards(result)
         self._show_cards()
-        self.progress.setValue(self.progress.maximum())
-        errors = "; ".join(f"{result.labels.get(k, k)}: {e}" for k, e in result.errors.items())
-        self.status.setText(f"{result.num_tasks} held-out tasks, K = {result.shots}" +
-                            (f" · {errors}" if errors else ""))
         self._draw()
-        self._sync_buttons()
-        self.computed.emit()
 
     # -- evaluation cards ----------------------------------------------------------------------------
     def _cards(self, result: CurveSet) -> "OrderedDict[str, EvaluationCard]":
@@ -296,16 +174,11 @@ class AdaptationView(QWidget):
     def export_data(self, path: str | Path | None = None) -> Path | None:
         """The curves with their evaluation cards: CSV (the cards as leading '#' lines) or JSON; None if cancelled,
         nothing computed, or the file could not be written (a dialog says why)."""
-        if self.result is None or not self.result.curves:
+        if not self.can_export():
             return None
+        path = self.ask_path(path, "Export adaptation data", "maml-lab-adaptation.csv", "CSV (*.csv);;JSON (*.json)")
         if path is None:
-            from PySide6.QtWidgets import QFileDialog
-
-            path, _ = QFileDialog.getSaveFileName(self, "Export adaptation data", "maml-lab-adaptation.csv",
-                                                  "CSV (*.csv);;JSON (*.json)")
-            if not path:
-                return None
-        path = Path(path)
+            return None
         try:
             atomic_write_bytes(path, curves_data(self.result, self.cards, path.suffix.lower()))
         except OSError as exc:
@@ -314,13 +187,6 @@ class AdaptationView(QWidget):
             QMessageBox.warning(self, "Export failed", f"{path} was not written:\n{exc}")
             return None
         return path
-
-    def wait_until_idle(self, timeout_s: float = 120.0) -> bool:
-        """Start a pending computation now and wait for it (screenshots, tests)."""
-        return self.recompute.wait(self.runner, timeout_s)
-
-    def shutdown(self) -> None:
-        self.runner.shutdown()
 
     # -- drawing -------------------------------------------------------------------------------------
     def _on_log(self, on: bool) -> None:
@@ -339,10 +205,7 @@ class AdaptationView(QWidget):
 
     def _draw(self) -> None:
         r = self.result
-        for plot, item in self.items:
-            plot.removeItem(item)
-        self.items = []
-        self.legend.clear()
+        self.clear_items()
         if r is None:
             return
         self.hint.setVisible(not r.curves)
@@ -363,7 +226,7 @@ class AdaptationView(QWidget):
             algo = r.algorithms.get(key, key)
             label = r.labels.get(key, key)
             color = algorithm_color(algo)
-            imported = self.inits.get(key) is not None and self.inits[key].source == "imported"
+            imported = self.imported(key)
             offset = (i - (len(curves) - 1) / 2) * 0.06  # markers of close curves side by side, not on top
             for plot, mean, ci in ((self.loss_plot, curve.loss_mean, curve.loss_ci95),
                                    (self.acc_plot, curve.accuracy_mean, curve.accuracy_ci95)):
@@ -384,9 +247,7 @@ class AdaptationView(QWidget):
                 line = pg.PlotDataItem(x, mean, pen=pen, symbol="o", symbolSize=6, symbolBrush=pg.mkBrush(color),
                                        symbolPen=pg.mkPen("w", width=1))
                 line.setZValue(10)
-                for item in (upper, lower, band, line):
-                    plot.addItem(item)
-                    self.items.append((plot, item))
+                self.add_items(plot, upper, lower, band, line)
                 if plot is self.loss_plot:
                     self.legend.addItem(line, label)
             n = int(curve.steps[-1])
@@ -404,9 +265,7 @@ class AdaptationView(QWidget):
             band = pg.FillBetweenItem(pg.PlotDataItem(x, curve.loss_mean + curve.loss_ci95, pen=pg.mkPen(None)),
                                       pg.PlotDataItem(x, curve.loss_mean - curve.loss_ci95, pen=pg.mkPen(None)),
                                       brush=pg.mkBrush(qcolor(MUTED, BAND_ALPHA)))
-            for item in (band, line):
-                self.loss_plot.addItem(item)
-                self.items.append((self.loss_plot, item))
+            self.add_items(self.loss_plot, band, line)
             self.legend.addItem(line, label)
             summary.append(f"<b>{label}</b> {loss} {curve.loss_mean[0]:.3g} → {curve.loss_mean[-1]:.3g}")
         self.summary.setText(" &nbsp;·&nbsp; ".join(summary) if summary else " ")
@@ -419,13 +278,6 @@ class AdaptationView(QWidget):
                 self.loss_plot.setYRange(0, max(tops) * 1.05, padding=0)
         if r.classification:
             self.acc_plot.setYRange(0, 1.0, padding=0.02)
-
-    # -- export --------------------------------------------------------------------------------------
-    def export_item(self):
-        return self.graphics.ci
-
-    def view_title(self) -> str:
-        return "adaptation"
 
 
 def curves_data(result: CurveSet, cards: dict, suffix: str) -> bytes:

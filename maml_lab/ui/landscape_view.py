@@ -16,20 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QRectF, Qt, Signal
+from PySide6.QtCore import QRectF, Qt
 from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
-    QSizePolicy,
     QSlider,
     QSpinBox,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -43,8 +39,8 @@ from ..lab.inside import (
     compute_landscape,
     contour_levels,
 )
-from .background import BackgroundRunner, StaleRecompute
 from .colors import POINT_COLOR, TRUTH_COLOR, algorithm_color, algorithm_label, curve_pen, qcolor
+from .computed_view import ComputedView, plain_plot, set_quietly
 from .inside_plots import (
     ARROW_COLOR,
     ArrowLayer,
@@ -90,9 +86,7 @@ class SurfacePlot:
     def __init__(self, plot: pg.PlotItem):
         self.plot = plot
         style_plot(plot)
-        plot.setMenuEnabled(False)
-        plot.hideButtons()
-        plot.getAxis("left").setWidth(54)
+        plain_plot(plot, axis_width=54)
         for name in ("top", "right"):
             plot.showAxis(name)
             plot.getAxis(name).setStyle(showValues=False)
@@ -151,22 +145,13 @@ class SurfacePlot:
         self.plot.setTitle(None)
 
 
-class LandscapeView(QWidget):
-    computed = Signal()
-    export_plot_requested = Signal()
+class LandscapeView(ComputedView):
+    title = "landscape"
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.run: RunPaths | None = None
         self.result: LandscapeResult | None = None
-        self.training = False
         self._model_kind = None
-        self.runner = BackgroundRunner("landscape", self)
-        self.runner.finished.connect(self._on_result)
-        self.runner.failed.connect(self._on_failed)
-        self.runner.cancelled.connect(self._on_cancelled)
-        self.runner.progress.connect(self._on_progress)
-        self.runner.busy_changed.connect(self._on_busy)
 
         self.center = QComboBox()
         self.center.setMinimumWidth(110)
@@ -203,27 +188,9 @@ class LandscapeView(QWidget):
             w.valueChanged.connect(lambda _: self._inputs_changed())
         self.zoom.valueChanged.connect(lambda _: self._inputs_changed())
 
-        self.compute_button = QPushButton("Compute")
-        self.compute_button.setProperty("primary", True)
         self.compute_button.setToolTip("Compute the surfaces on a worker thread")
-        self.compute_button.clicked.connect(self.compute)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.progress.setFixedWidth(120)
-        self.status = QLabel("")
-        self.status.setProperty("hint", True)
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.export_button = QPushButton("Export surface…")
-        self.export_button.setToolTip("Save the computed surface(s) as .npz (grid, values, plane)")
-        self.export_button.setEnabled(False)
-        self.export_button.clicked.connect(lambda: self.export_surface())
-        self.export_image_button = QPushButton("Export image…")
-        self.export_image_button.setToolTip("Save the plot as PNG or SVG (File ▸ Export plot)")
-        self.export_image_button.clicked.connect(self.export_plot_requested)
+        self.data_button("Export surface…", "Save the computed surface(s) as .npz (grid, values, plane)",
+                         self.export_surface)
         for combo, chars in ((self.center, 10), (self.plane, 20), (self.mode, 22)):
             compact(combo, chars)
         for spin in (self.resolution, self.tasks, self.steps, self.zoom):
@@ -238,7 +205,7 @@ class LandscapeView(QWidget):
             labelled("Inner steps k", self.steps, "SGD steps of adaptation (the centre algorithm's inner learning "
                                                   "rate)"),
             labelled("Zoom", self.zoom, "Zoom into the plane around θ"),
-            self.log_scale, self.compute_button, self.cancel_button, self.progress, self.export_button,
+            self.log_scale, self.compute_button, self.cancel_button, self.progress, self.export_data_button,
             self.export_image_button])
 
         self.task_index = QSpinBox()
@@ -269,9 +236,6 @@ class LandscapeView(QWidget):
         row3.addWidget(self.step_label)
         self.task_row.setVisible(False)
 
-        self.graphics = pg.GraphicsLayoutWidget()
-        self.graphics.ci.setContentsMargins(6, 4, 10, 4)
-        self.graphics.ci.setSpacing(12)
         self.panels = {"a": SurfacePlot(pg.PlotItem()), "b": SurfacePlot(pg.PlotItem())}
         for panel in self.panels.values():
             # fixed ranges, set per result (linked views would align by screen position, not data)
@@ -281,8 +245,7 @@ class LandscapeView(QWidget):
                                         label="log₁₀ loss", colorMapMenu=False)
         self.prediction = pg.PlotItem()
         style_plot(self.prediction, None, "x", "y")
-        self.prediction.setMenuEnabled(False)
-        self.prediction.hideButtons()
+        plain_plot(self.prediction, axis_width=None)
         self.pred_truth = pg.PlotDataItem(pen=pg.mkPen(qcolor(TRUTH_COLOR, 200), width=2, style=Qt.PenStyle.DashLine))
         self.pred_before = pg.PlotDataItem()
         self.pred_after = pg.PlotDataItem()
@@ -298,22 +261,9 @@ class LandscapeView(QWidget):
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
 
         self.readout = readout_label()
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 6)
-        layout.setSpacing(6)
-        layout.addWidget(controls)
-        layout.addWidget(self.task_row)
-        layout.addWidget(self.graphics, 1)
-        readout_row = QHBoxLayout()
-        readout_row.setContentsMargins(12, 0, 12, 0)
-        readout_row.addWidget(self.status, 1)
-        readout_row.addWidget(self.readout, 1)
-        layout.addLayout(readout_row)
-
-        self.recompute = StaleRecompute(self, self.compute)
         self._player = SliderPlayer(self.animate, self.step_slider, 350, parent=self)
         self._set_hint("Train first: the landscape is drawn around a trained θ")
-        self._sync_buttons()
+        self.lay_out([controls, self.task_row], [[self.status, self.readout]])
 
     # -- layout --------------------------------------------------------------------------------------
     def _arrange(self, mode: str) -> None:
@@ -356,20 +306,11 @@ class LandscapeView(QWidget):
         kind = run.model_spec.get("kind")
         if kind != self._model_kind:
             self._model_kind = kind
-            for w, value in ((self.resolution, default_resolution(run.model_spec)),
-                             (self.tasks, default_tasks(run.model_spec))):
-                w.blockSignals(True)
-                w.setValue(value)
-                w.blockSignals(False)
+            set_quietly(self.resolution, default_resolution(run.model_spec))
+            set_quietly(self.tasks, default_tasks(run.model_spec))
         self.recompute.mark_stale()
         if self.result is None:
             self._set_hint("Press Compute" if self.training else "")
-        self._sync_buttons()
-
-    def set_training(self, running: bool) -> None:
-        """While training runs, surfaces are computed only on request (the CPU is busy)."""
-        self.training = running
-        self.recompute.set_training(running)
         self._sync_buttons()
 
     def clear(self) -> None:
@@ -388,12 +329,8 @@ class LandscapeView(QWidget):
     def _on_center(self, _index: int, recompute: bool = True) -> None:
         name = self.center.currentData()
         if self.run is not None and name in self.run.paths:
-            self.steps.blockSignals(True)
-            self.steps.setValue(self.run.inner_steps(name))
-            self.steps.blockSignals(False)
-            self.task_steps.blockSignals(True)
-            self.task_steps.setValue(self.run.test_steps(name))
-            self.task_steps.blockSignals(False)
+            set_quietly(self.steps, self.run.inner_steps(name))
+            set_quietly(self.task_steps, self.run.test_steps(name))
         if recompute:
             self._inputs_changed()
 
@@ -418,62 +355,39 @@ class LandscapeView(QWidget):
             return False
         self._arrange(req.mode)
         req.task_index = min(req.task_index, req.tasks - 1)
-        self.recompute.stale = False
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status.setText("Computing…")
-        self.runner.submit(lambda progress, cancel: compute_landscape(req, progress, cancel), "surface")
-        self._sync_buttons()
-        return True
+        return self.start(lambda progress, cancel: compute_landscape(req, progress, cancel), "surface")
 
-    def cancel(self) -> bool:
-        return self.runner.cancel()
+    def can_compute(self) -> bool:
+        return self.run is not None
 
-    def _on_progress(self, _tag: str, done: int, total: int) -> None:
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
+    def can_export(self) -> bool:
+        return self.result is not None and not self.runner.busy
 
-    def _on_busy(self, busy: bool) -> None:
-        self._sync_buttons()
-
-    def _sync_buttons(self) -> None:
-        busy = self.runner.busy
-        self.cancel_button.setEnabled(busy)
-        self.compute_button.setEnabled(self.run is not None and not busy)
-        self.export_button.setEnabled(self.result is not None and not busy)
-
-    def _on_cancelled(self, _tag: str) -> None:
-        self.status.setText("Cancelled")
+    def _on_cancelled(self, tag: str) -> None:
+        super()._on_cancelled(tag)
         self.progress.setValue(0)
         self.recompute.stale = True
 
-    def _on_failed(self, _tag: str, message: str) -> None:
-        self.status.setText(f"Failed: {message}")
+    def _on_failed(self, tag: str, message: str) -> None:
+        super()._on_failed(tag, message)
         self.recompute.stale = True
 
-    def _on_result(self, _tag: str, result: LandscapeResult) -> None:
-        self.result = result
-        self.progress.setValue(self.progress.maximum())
+    def result_text(self, result: LandscapeResult) -> str:
         s = next(iter(result.surfaces.values()))
-        self.status.setText(f"{len(s.alphas)}×{len(s.betas)} grid, {s.meta['tasks']} task"
-                            f"{'s' if s.meta['tasks'] != 1 else ''} · θ of {algorithm_label(result.request.center)} "
-                            f"at iteration {result.iteration:,}")
+        return (f"{len(s.alphas)}×{len(s.betas)} grid, {s.meta['tasks']} task{'s' if s.meta['tasks'] != 1 else ''} "
+                f"· θ of {algorithm_label(result.request.center)} at iteration {result.iteration:,}")
+
+    def show_result(self, result: LandscapeResult) -> None:
         self._set_hint("")
         self.step_slider.blockSignals(True)
         self.step_slider.setRange(0, result.request.task_steps)
         self.step_slider.setValue(0 if result.task_path is not None else self.step_slider.value())
         self.step_slider.blockSignals(False)
         self._draw()
-        self._sync_buttons()
-        self.computed.emit()
-
-    def wait_until_idle(self, timeout_s: float = 120.0) -> bool:
-        """Start a pending computation now and wait for it (screenshots, tests)."""
-        return self.recompute.wait(self.runner, timeout_s)
 
     def shutdown(self) -> None:
         self._player.stop()
-        self.runner.shutdown()
+        super().shutdown()
 
     # -- drawing -------------------------------------------------------------------------------------
     def _display(self, values: np.ndarray) -> np.ndarray:
@@ -701,11 +615,9 @@ class LandscapeView(QWidget):
         r = self.result
         if r is None:
             return []
-        if not path:
-            path, _ = QFileDialog.getSaveFileName(self, "Export surface", "landscape.npz", "NumPy archive (*.npz)")
-            if not path:
-                return []
-        path = Path(path)
+        path = self.ask_path(path or None, "Export surface", "landscape.npz", "NumPy archive (*.npz)")
+        if path is None:
+            return []
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
         targets = OrderedDict()
@@ -725,8 +637,3 @@ class LandscapeView(QWidget):
         self.status.setText("Saved " + ", ".join(p.name for p in written))
         return written
 
-    def export_item(self):
-        return self.graphics.ci
-
-    def view_title(self) -> str:
-        return "landscape"

@@ -8,54 +8,36 @@ initialization. The numbers come from lab/per_layer.py, computed off the GUI thr
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Signal
-from PySide6.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSizePolicy,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from PySide6.QtWidgets import QCheckBox, QComboBox, QSpinBox
 
 from ..core.export import atomic_write_bytes
-from ..lab.initializations import Initialization, fits_family, heldout_family
+from ..lab.initializations import Initialization
 from ..lab.inside import RunPaths
+from ..lab.jobs import errors_note
 from ..lab.per_layer import RULE_LABELS, RULES, LayerRequest, PerLayerSet, compute_per_layer, to_csv
-from .background import BackgroundRunner, StaleRecompute
 from .colors import algorithm_color, qcolor
-from .inside_plots import compact, flow_bar, hint_text, labelled, place_center, readout_label
+from .computed_view import HeldOutView, plain_plot, set_quietly
+from .inside_plots import compact, flow_bar, labelled, readout_label
 from .theme import MUTED, TEXT, style_plot
 
 GROUP_WIDTH = 0.8  # of one layer's slot, shared by the initializations' bars
 
 
-class PerLayerView(QWidget):
-    computed = Signal()
-    export_plot_requested = Signal()
+class PerLayerView(HeldOutView):
     message = Signal(str)
+
+    title = "per-layer"
+    queries = 50
+    request_type = LayerRequest
 
     def __init__(self, parent=None):
         super().__init__(parent)
-        self.inits: OrderedDict[str, Initialization] = OrderedDict()
-        self.run: RunPaths | None = None
         self.result: PerLayerSet | None = None
-        self.runner = BackgroundRunner("per-layer", self)
-        self.runner.finished.connect(self._on_result)
-        self.runner.failed.connect(lambda _tag, m: self.status.setText(f"Failed: {m}"))
-        self.runner.cancelled.connect(lambda _tag: self.status.setText("Cancelled"))
-        self.runner.progress.connect(self._on_progress)
-        self.runner.busy_changed.connect(lambda _busy: self._sync_buttons())
 
         self.rule = compact(QComboBox(), 12)
         for rule in RULES:
@@ -82,21 +64,9 @@ class PerLayerView(QWidget):
         self.log_scale.setToolTip("Relative change on a log axis (an initialization whose inner loop diverges, e.g. "
                                   "learned step sizes run for more steps than they were trained for, dwarfs the rest)")
         self.log_scale.toggled.connect(lambda _: self._draw())
-        self.compute_button = QPushButton("Compute")
-        self.compute_button.setProperty("primary", True)
-        self.compute_button.clicked.connect(self.compute)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.clicked.connect(self.runner.cancel)
-        self.progress = QProgressBar()
-        self.progress.setFixedWidth(120)
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.csv_button = QPushButton("Export numbers…")
-        self.csv_button.setToolTip("Save every initialization's per-layer numbers, every step, as CSV")
-        self.csv_button.clicked.connect(lambda: self.export_csv())
-        self.export_image_button = QPushButton("Export image…")
+        self.data_button("Export numbers…", "Save every initialization's per-layer numbers, every step, as CSV",
+                         self.export_csv)
         self.export_image_button.setToolTip("Save the plots as PNG or SVG (File ▸ Export plot)")
-        self.export_image_button.clicked.connect(self.export_plot_requested)
         bar = flow_bar([
             labelled("Rule", self.rule, "How the inner loop adapts: each initialization's own rule (ANIL: head only, "
                      "BOIL: body only, Meta-SGD: its learned rates, ...), or SGD with its inner lr on the head only, "
@@ -105,98 +75,42 @@ class PerLayerView(QWidget):
             labelled("Steps", self.steps, "Inner steps of adaptation"),
             labelled("Tasks", self.tasks, "Held-out tasks the means and 95% intervals are over"),
             labelled("Show step", self.shown_step, "The inner step whose change the bars show"),
-            self.log_scale, self.compute_button, self.cancel_button, self.progress, self.csv_button,
+            self.log_scale, self.compute_button, self.cancel_button, self.progress, self.export_data_button,
             self.export_image_button])
 
-        self.graphics = pg.GraphicsLayoutWidget()
-        self.graphics.ci.setContentsMargins(6, 4, 10, 4)
-        self.graphics.ci.setSpacing(12)
-        self.change_plot = self.graphics.addPlot(row=0, col=0)
-        self.cka_plot = self.graphics.addPlot(row=0, col=1)
-        for plot in (self.change_plot, self.cka_plot):
-            plot.setMenuEnabled(False)
-            plot.hideButtons()
-            plot.getAxis("left").setWidth(56)
+        self.change_plot = plain_plot(self.graphics.addPlot(row=0, col=0))
+        self.cka_plot = plain_plot(self.graphics.addPlot(row=0, col=1))
         style_plot(self.change_plot, "How far each layer moves", "layer", "‖θ_l(s) − θ_l(0)‖ / ‖θ_l(0)‖, %")
         self.change_plot.getAxis("left").enableAutoSIPrefix(False)
         style_plot(self.cka_plot, "How much each layer's representation stays", "layer", "CKA before vs after")
-        self.legend = pg.LegendItem(offset=(10, 8), labelTextColor=TEXT, labelTextSize="9pt",
-                                    brush=pg.mkBrush(255, 255, 255, 225), pen=pg.mkPen("#E1E4E8"))
-        self.legend.setParentItem(self.change_plot.getViewBox())
-        self.legend.setZValue(60)
-        self.items: list = []
-        self.hint = hint_text(self.change_plot, "Train, or import an initialization, to see how each layer adapts")
-        self.change_plot.getViewBox().sigResized.connect(lambda *_: place_center(self.change_plot, self.hint))
+        self.decorate(self.change_plot, (10, 8), "Train, or import an initialization, to see how each layer adapts")
         self.summary = readout_label(one_line=False)
-        self.status = QLabel("")
-        self.status.setProperty("hint", True)
-        self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 6)
-        layout.setSpacing(6)
-        layout.addWidget(bar)
-        layout.addWidget(self.graphics, 1)
-        for widget in (self.summary, self.status):
-            row = QHBoxLayout()
-            row.setContentsMargins(12, 0, 12, 0)
-            row.addWidget(widget, 1)
-            layout.addLayout(row)
-        self.recompute = StaleRecompute(self, self.compute)
-        self._sync_buttons()
+        self.lay_out([bar], [[self.summary], [self.status]])
 
     # -- data in -------------------------------------------------------------------------------------
-    def initializations_changed(self, changed: list[Initialization], removed: list[str]) -> None:
-        """Trained initializations and imported MLPs (as the Adaptation view takes them)."""
-        mine = [i for i in changed if i.source == "trained"
-                or (i.source == "imported" and i.model.spec().get("kind") == "mlp")]
-        gone = [k for k in removed + [i.key for i in changed if i not in mine] if k in self.inits]
-        for init in mine:
-            self.inits[init.key] = init
-        for key in gone:
-            del self.inits[key]
-        if mine or gone:
-            self._inputs_changed()
-
     def clear_trained(self) -> None:
-        for key in [k for k, v in self.inits.items() if v.source == "trained"]:
-            del self.inits[key]
-        self.run = None
         self.result = None
         self._draw()
-        self._inputs_changed()
+        super().clear_trained()
 
     def set_run(self, run: RunPaths) -> None:
         """The run's held-out tasks and K; its test steps (images: fewer tasks, they cost more)."""
         first = self.run is None
         self.run = run
         if first:
-            for spin, value in ((self.shots, run.shots),
-                                (self.steps, max(run.test_steps(n) for n in run.names) if run.names else 5),
-                                (self.tasks, 50 if run.model_spec.get("kind") == "mlp" else 20)):
-                spin.blockSignals(True)
-                spin.setValue(min(max(value, spin.minimum()), spin.maximum()))
-                spin.blockSignals(False)
+            set_quietly(self.shots, run.shots)
+            set_quietly(self.steps, max(run.test_steps(n) for n in run.names) if run.names else 5)
+            set_quietly(self.tasks, 50 if run.model_spec.get("kind") == "mlp" else 20)
             self.shown_step.setValue(self.steps.value())
-
-    def set_training(self, running: bool) -> None:
-        self.recompute.set_training(running)
 
     def _inputs_changed(self) -> None:
         self.shown_step.setMaximum(self.steps.value())
-        self.recompute.mark_stale()
-        self._sync_buttons()
+        super()._inputs_changed()
 
     # -- computing -----------------------------------------------------------------------------------
-    def family(self):
-        """Held-out tasks: the run's; sinusoids without a run."""
-        return heldout_family(self.run, 50)
-
-    def requests(self) -> list[LayerRequest]:
-        """The initializations that fit the held-out tasks and name their layers (layer_activations)."""
-        family, _ = self.family()
-        return [LayerRequest(key, init.label, init.algorithm, init.model, init.params, init.adaptation)
-                for key, init in self.inits.items()
-                if fits_family(init.model, family) and hasattr(init.model, "layer_activations")]
+    def fits(self, init: Initialization, family) -> bool:
+        """Initializations that fit the held-out tasks and name their layers (layer_activations)."""
+        return super().fits(init, family) and hasattr(init.model, "layer_activations")
 
     def compute(self) -> bool:
         reqs = self.requests()
@@ -205,50 +119,24 @@ class PerLayerView(QWidget):
             return False
         family, queries = self.family()
         rule, shots, steps, tasks = self.rule.currentData(), self.shots.value(), self.steps.value(), self.tasks.value()
-        self.status.setText("Computing…")
-        self.progress.setRange(0, len(reqs))
-        self.progress.setValue(0)
-        self.runner.submit(lambda progress, cancel: compute_per_layer(reqs, family, shots, steps, tasks, queries,
-                                                                      rule, progress, cancel), "per-layer")
-        self._sync_buttons()
-        return True
+        return self.start(lambda progress, cancel: compute_per_layer(reqs, family, shots, steps, tasks, queries,
+                                                                     rule, progress, cancel), "per-layer", len(reqs))
 
-    def _sync_buttons(self) -> None:
-        busy = self.runner.busy
-        self.compute_button.setEnabled(bool(self.inits) and not busy)
-        self.cancel_button.setEnabled(busy)
-        self.csv_button.setEnabled(self.result is not None and bool(self.result.stats))
+    def can_export(self) -> bool:
+        return self.result is not None and bool(self.result.stats)
 
-    def _on_progress(self, _tag: str, done: int, total: int) -> None:
-        self.progress.setRange(0, max(total, 1))
-        self.progress.setValue(done)
+    def result_text(self, result: PerLayerSet) -> str:
+        return (f"{result.num_tasks} held-out tasks, K = {result.shots}, {result.steps} inner "
+                f"step{'s' if result.steps != 1 else ''}, {RULE_LABELS[result.rule]}" + errors_note(result))
 
-    def _on_result(self, _tag: str, result: PerLayerSet) -> None:
-        self.result = result
-        self.progress.setValue(self.progress.maximum())
-        errors = "; ".join(f"{result.labels.get(k, k)}: {e}" for k, e in result.errors.items())
-        self.status.setText(f"{result.num_tasks} held-out tasks, K = {result.shots}, {result.steps} inner "
-                            f"step{'s' if result.steps != 1 else ''}, {RULE_LABELS[result.rule]}"
-                            + (f" · {errors}" if errors else ""))
+    def show_result(self, result: PerLayerSet) -> None:
         self.shown_step.setMaximum(result.steps)
         self.shown_step.setValue(result.steps)
         self._draw()
-        self._sync_buttons()
-        self.computed.emit()
-
-    def wait_until_idle(self, timeout_s: float = 120.0) -> bool:
-        """Start a pending computation now and wait for it (screenshots, tests)."""
-        return self.recompute.wait(self.runner, timeout_s)
-
-    def shutdown(self) -> None:
-        self.runner.shutdown()
 
     # -- drawing -------------------------------------------------------------------------------------
     def _draw(self) -> None:
-        for plot, item in self.items:
-            plot.removeItem(item)
-        self.items = []
-        self.legend.clear()
+        self.clear_items()
         r = self.result
         self.hint.setVisible(r is None or not r.stats)
         if r is None or not r.stats:
@@ -270,7 +158,7 @@ class PerLayerView(QWidget):
             algo = r.algorithms.get(key, key)
             label = r.labels.get(key, key)
             color = algorithm_color(algo)
-            imported = self.inits.get(key) is not None and self.inits[key].source == "imported"
+            imported = self.imported(key)
             x = np.array([layers.index(name) for name in s.layers], float) + (i - (n - 1) / 2) * width
             for plot, mean, ci in ((self.change_plot, 100 * s.change[:, step], 100 * s.change_ci95[:, step]),
                                    (self.cka_plot, s.cka[:, step], s.cka_ci95[:, step])):
@@ -285,9 +173,7 @@ class PerLayerView(QWidget):
                                        pen=pg.mkPen(qcolor(color), width=1))
                 errors = pg.ErrorBarItem(x=x, y=shown, top=hi - shown, bottom=shown - lo, beam=width * 0.3,
                                          pen=pg.mkPen(TEXT, width=1))
-                for item in (bars, errors):
-                    plot.addItem(item)
-                    self.items.append((plot, item))
+                self.add_items(plot, bars, errors)
                 if plot is self.change_plot:
                     self.legend.addItem(bars, label)
             moved = ", ".join(f"{name} {100 * c:.3g}%" for name, c in zip(s.layers, s.change[:, step]))
@@ -313,16 +199,12 @@ class PerLayerView(QWidget):
     # -- export --------------------------------------------------------------------------------------
     def export_csv(self, path: str | Path | None = None) -> Path | None:
         """Save the numbers (every initialization, layer and step) as CSV; asks for a file without `path`."""
-        if self.result is None or not self.result.stats:
+        if not self.can_export():
             self.message.emit("Nothing to export yet: compute first")
             return None
+        path = self.ask_path(path, "Export per-layer numbers", "maml-lab-per-layer.csv", "CSV (*.csv)", ".csv")
         if path is None:
-            chosen, _ = QFileDialog.getSaveFileName(self, "Export per-layer numbers", "maml-lab-per-layer.csv",
-                                                    "CSV (*.csv)")
-            if not chosen:
-                return None
-            path = chosen if chosen.lower().endswith(".csv") else chosen + ".csv"
-        path = Path(path)
+            return None
         try:
             atomic_write_bytes(path, to_csv(self.result).encode("utf-8"))
         except OSError as exc:
@@ -330,9 +212,3 @@ class PerLayerView(QWidget):
             return None
         self.message.emit(f"Saved {path}")
         return path
-
-    def export_item(self):
-        return self.graphics.ci
-
-    def view_title(self) -> str:
-        return "per-layer"
