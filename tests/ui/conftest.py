@@ -50,6 +50,27 @@ def small_config():
     return make
 
 
+@pytest.fixture(scope="module")
+def trained(qapp, tmp_path_factory, trained_config):
+    """One main window that trained the module's `trained_config` fixture (an ExperimentConfig) to the end, shared
+    by the module's tests."""
+    import numpy as np
+    from PySide6.QtCore import QSettings
+
+    from maml_lab.ui.main_window import MainWindow
+
+    settings = QSettings(str(tmp_path_factory.mktemp("trained") / "s.ini"), QSettings.Format.IniFormat)
+    w = MainWindow(settings=settings, persist=False, rng=np.random.default_rng(0))
+    w.resize(1280, 800)
+    w.show()
+    w.panel.set_config(trained_config)
+    assert w.start()
+    assert w.wait_for_training(60) == "finished"
+    qapp.processEvents()
+    yield w
+    w.close()
+
+
 @pytest.fixture
 def window(qtbot, settings):
     import numpy as np

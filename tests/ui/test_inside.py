@@ -27,26 +27,13 @@ def has_colour(image: QImage, hex_color: str, tolerance: int = 6) -> bool:
 
 
 @pytest.fixture(scope="module")
-def trained(qapp, tmp_path_factory):
-    """One main window, trained once for the whole module (MAML and pretrained, 150 iterations)."""
-    from PySide6.QtCore import QSettings
-
+def trained_config():
+    """For the module's main window (conftest's `trained`): MAML and pretrained, 150 iterations."""
     from maml_lab.core.algorithms.config import AlgorithmConfig
     from maml_lab.core.training.config import ExperimentConfig
-    from maml_lab.ui.main_window import MainWindow
 
-    settings = QSettings(str(tmp_path_factory.mktemp("inside") / "s.ini"), QSettings.Format.IniFormat)
-    w = MainWindow(settings=settings, persist=False, rng=np.random.default_rng(0))
-    w.resize(1280, 800)
-    w.show()
-    config = ExperimentConfig(algorithms=[AlgorithmConfig.defaults(a) for a in ("maml", "pretrained")],
-                              iterations=150, meta_batch_size=5, val_every=50, val_tasks=10, hidden=[16, 16])
-    w.panel.set_config(config)
-    assert w.start()
-    assert w.wait_for_training(60) == "finished"
-    qapp.processEvents()
-    yield w
-    w.close()
+    return ExperimentConfig(algorithms=[AlgorithmConfig.defaults(a) for a in ("maml", "pretrained")],
+                            iterations=150, meta_batch_size=5, val_every=50, val_tasks=10, hidden=[16, 16])
 
 
 def test_worker_hands_over_copies_of_the_paths(qtbot, small_config):

@@ -14,26 +14,13 @@ from .test_inside import distinct_colours, has_colour
 
 
 @pytest.fixture(scope="module")
-def trained(qapp, tmp_path_factory):
-    """A main window that trained MAML, ANIL and BOIL (sinusoid, 60 iterations) once for the module."""
-    from PySide6.QtCore import QSettings
-
+def trained_config():
+    """For the module's main window (conftest's `trained`): MAML, ANIL and BOIL (sinusoid, 60 iterations)."""
     from maml_lab.core.algorithms.config import AlgorithmConfig
     from maml_lab.core.training.config import ExperimentConfig
-    from maml_lab.ui.main_window import MainWindow
 
-    settings = QSettings(str(tmp_path_factory.mktemp("per_layer") / "s.ini"), QSettings.Format.IniFormat)
-    w = MainWindow(settings=settings, persist=False, rng=np.random.default_rng(0))
-    w.resize(1280, 800)
-    w.show()
-    config = ExperimentConfig(algorithms=[AlgorithmConfig.defaults(a) for a in ("maml", "anil", "boil")],
-                              iterations=60, meta_batch_size=5, val_every=0, hidden=[16, 16])
-    w.panel.set_config(config)
-    assert w.start()
-    assert w.wait_for_training(60) == "finished"
-    qapp.processEvents()
-    yield w
-    w.close()
+    return ExperimentConfig(algorithms=[AlgorithmConfig.defaults(a) for a in ("maml", "anil", "boil")],
+                            iterations=60, meta_batch_size=5, val_every=0, hidden=[16, 16])
 
 
 def test_per_layer_view_side_by_side_rule_toggle_and_csv(trained, tmp_path):
