@@ -37,6 +37,7 @@ from .theme import style_plot
 POLICY_KIND = "gaussian_mlp_policy"
 ARENA = 0.6  # the view shows [-ARENA, ARENA]^2; goals are drawn from [-0.5, 0.5]^2
 MAX_STEPS = 5
+GOAL_COLOR = "#F0E442"
 DEBOUNCE_MS = 150  # after a goal or steps change
 LIVE_SHARE = 0.25  # while training: new parameters are sampled at most this share of the GUI thread's time
 
@@ -276,17 +277,21 @@ class NavigationView(QWidget):
                 pen = pg.mkPen(qcolor(color, 70), width=1, style=Qt.PenStyle.DashLine if dashed else
                                Qt.PenStyle.SolidLine)
                 for path in res.paths[step]:
-                    item.plot(path[:, 0], path[:, 1], pen=pen)
+                    item.plot(path[:, 0], path[:, 1], pen=pen).setZValue(1)
                 mean = mean_path(res.paths[step])
+                # every mean path above every policy's faint trajectories (another policy's cloud must not hide it)
                 item.plot(mean[:, 0], mean[:, 1], pen=pg.mkPen(qcolor(color), width=3, style=Qt.PenStyle.DashLine
-                                                               if dashed else Qt.PenStyle.SolidLine))
+                                                               if dashed else Qt.PenStyle.SolidLine)).setZValue(5)
             row = self.table.rowCount()
             self.table.insertRow(row)
             for col, text in enumerate((init.label, f"{res.returns[0]:.2f}", f"{res.returns[k]:.2f}")):
                 self.table.setItem(row, col, QTableWidgetItem(text))
-        item.plot([self.goal[0]], [self.goal[1]], pen=None, symbol="star", symbolSize=18,
-                  symbolBrush=qcolor("#D55E00"), symbolPen=pg.mkPen("#1B1F23"))
-        item.plot([0.0], [0.0], pen=None, symbol="o", symbolSize=7, symbolBrush=qcolor("#1B1F23"))
+        # the goal in Okabe-Ito yellow, no algorithm's colour (vermillion was the pretrained baseline's)
+        item.plot([self.goal[0]], [self.goal[1]], pen=None, symbol="star", symbolSize=20,
+                  symbolBrush=qcolor(GOAL_COLOR), symbolPen=pg.mkPen("#1B1F23", width=1.5)).setZValue(10)
+        item.plot([0.0], [0.0], pen=None, symbol="o", symbolSize=7, symbolBrush=qcolor("#1B1F23")).setZValue(10)
+        self.table.setHorizontalHeaderLabels(["initialization", "return before",
+                                              f"return after {k} step{'' if k == 1 else 's'}"])
         oracle = float(self.family.oracle_returns(torch.tensor([self.goal]))[0])
         self.oracle_label.setText(f"goal ({self.goal[0]:.2f}, {self.goal[1]:.2f}) · oracle return {oracle:.2f} "
                                   f"(heads straight for the goal) · {self.trajectories} trajectories per step"

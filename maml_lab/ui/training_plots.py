@@ -25,7 +25,6 @@ from .colors import algorithm_color, algorithm_label, curve_pen
 from .theme import MUTED, TEXT, style_plot
 
 RAW_ALPHA = 55
-LOG_TIP = "Logarithmic loss axis (Ctrl+L)"
 
 
 def nice_ceil(value: float) -> float:
@@ -84,7 +83,7 @@ class TrainingPlotsView(QWidget):
         self.show_pre.toggled.connect(self._on_show_pre)
         self.log_scale = QCheckBox("Log scale")
         self.log_scale.setChecked(True)
-        self.log_scale.setToolTip(LOG_TIP)
+        self.log_scale.setToolTip("Logarithmic loss axis (Ctrl+L)")
         self.log_scale.toggled.connect(self.set_log)
         smooth_label = QLabel("Smoothing")
         smooth_label.setProperty("hint", True)
@@ -172,10 +171,10 @@ class TrainingPlotsView(QWidget):
             plot.setLabel("left", f"<span style='color:{MUTED}'>{y_label}</span>")
         style_plot(self.train_plot, f"Meta-training {name} (query sets of the training tasks)")
         style_plot(self.val_plot, f"Validation {name} (held-out tasks)")
-        # a return is negative: no log axis while it is plotted (the box keeps the user's choice for other runs)
+        # a return is negative: no log axis while it is plotted; the box is hidden (a checked box beside a linear
+        # axis would mislead) and keeps the user's choice for other runs
         self.log_scale.setEnabled(not self._negated())
-        self.log_scale.setToolTip(LOG_TIP if not self._negated() else
-                                  f"The {name} can be negative: plotted on a linear axis")
+        self.log_scale.setVisible(not self._negated())
         for plot in (self.train_plot, self.val_plot):
             plot.setLogMode(y=self._log())
         for plot in (self.train_plot, self.val_plot, self.acc_plot):

@@ -49,7 +49,7 @@ def test_training_curves_plot_navigation_s_average_return_on_a_linear_axis(qtbot
         lo, hi = plot.viewRange()[1]
         assert lo < -14 and hi > -15 and hi < 5  # the returns are in view
     assert "average return" in view.train_plot.titleLabel.text
-    assert not view.log_scale.isEnabled()  # log is off for returns; the box keeps the user's choice
+    assert not view.log_scale.isVisible()  # no log option for returns; the box keeps the user's choice
     view.set_log(True)
     assert not view.train_plot.getAxis("left").logMode
     # the readout gives the returns: before -> after adaptation
@@ -62,7 +62,7 @@ def test_training_curves_plot_navigation_s_average_return_on_a_linear_axis(qtbot
     history.add_chunk(_chunk())
     view._dirty = True
     view.redraw()
-    assert view.log_scale.isEnabled() and view.train_plot.getAxis("left").logMode
+    assert view.log_scale.isVisible() and view.train_plot.getAxis("left").logMode
     assert "MSE" in view.train_plot.getAxis("left").labelText
     assert "loss" in view.train_plot.titleLabel.text
     assert np.allclose(view.curves[("maml", "post_loss", "raw")].yData, _costs(30, 50, 15))
