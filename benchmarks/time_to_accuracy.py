@@ -23,6 +23,7 @@ convention, meta-lr and its schedule, step-loss weights, meta-batch.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -146,11 +147,26 @@ def train_to_target(name: str, trainer, step, args, heldout, steps: int, seed: i
     return out
 
 
+def parse_settings(pairs: list[str]) -> dict:
+    """`--set inner_lr=0.6 --set inner_steps=2`: algorithm settings over the image defaults (numbers parsed)."""
+    out = {}
+    for pair in pairs or []:
+        key, sep, text = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out[key.strip()] = value
+    return out
+
+
 def make_config(args, seed: int):
     from maml_lab.core.algorithms.config import AlgorithmConfig
     from maml_lab.core.training.config import ExperimentConfig
 
-    algo = AlgorithmConfig.defaults(args.algorithm, task="images")
+    algo = AlgorithmConfig.defaults(args.algorithm, task="images", **parse_settings(args.set))
     extra = {"meta_batch_size": args.meta_batch_size} if args.meta_batch_size else {}
     return ExperimentConfig(task="images", data=str(args.data), ways=5, shots=1, iterations=args.max_iterations,
                             val_every=0, seed=seed, device=args.device, algorithms=[algo], **extra)
@@ -228,6 +244,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--algorithm", default="maml", help="the engine's algorithm (image defaults)")
     parser.add_argument("--meta-batch-size", type=int, help="default: the image experiment's")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="an algorithm setting over the defaults (e.g. inner_lr=0.6, meta_lr=0.002); repeatable")
     parser.add_argument("--eval-tasks", type=int, default=600)
     parser.add_argument("--steps", type=int, help="test-time steps (default: the algorithm's, 3 for images)")
     parser.add_argument("--reference", choices=("loop", "none"), default="loop")
