@@ -127,7 +127,7 @@ class RunController:
         self.w.history.clear()
         kind = task_family(config.task)
         self.w.plots.reset([a.name for a in config.algorithms], config.iterations, kind.loss_label,
-                           accuracy=kind.metric == "accuracy", metric=kind.plot_metric)
+                           accuracy=kind.metric == "accuracy", metric=kind.plot_metric, val_every=config.val_every)
         self.w._clear_inside_views()
         self.w.views_call("set_training", True)
         self.w.views_call("set_experiment", config)
@@ -324,7 +324,8 @@ class RunController:
         kind = task_family(task) if task in TASKS else None
         self.w.plots.reset(names, total or None, kind.loss_label if kind else "loss",
                            accuracy=kind is not None and kind.metric == "accuracy",
-                           metric=kind.plot_metric if kind else None)
+                           metric=kind.plot_metric if kind else None,
+                           val_every=config.val_every if config is not None else None)
         self.w.history.add_chunk(run.chunk)
         self.w.plots.mark_dirty()
         self.w._clear_inside_views()

@@ -137,6 +137,10 @@ class TrainingPlotsView(QWidget):
             plot.getViewBox().sigRangeChangedManually.connect(self._on_manual_range)
         self.empty_hint = pg.TextItem("Press Start (Space) to train", anchor=(0.5, 0.5), color=MUTED)
         self.train_plot.addItem(self.empty_hint, ignoreBounds=True)
+        self.val_every: int | None = None  # the run's validation interval (None: unknown)
+        self.val_hint = pg.TextItem("", anchor=(0.5, 0.5), color=MUTED)  # while the validation plot is empty
+        self.val_hint.setVisible(False)
+        self.val_plot.addItem(self.val_hint, ignoreBounds=True)
 
         self.readout = QLabel(" ")
         self.readout.setObjectName("Readout")
@@ -160,11 +164,14 @@ class TrainingPlotsView(QWidget):
 
     # -- data ----------------------------------------------------------------------------------------
     def reset(self, algorithms: list[str], total: int | None = None, loss_label: str = "MSE",
-              accuracy: bool = False, metric: tuple[str, float] | None = None) -> None:
+              accuracy: bool = False, metric: tuple[str, float] | None = None,
+              val_every: int | None = None) -> None:
         """Empty plots for a new run of these algorithms over `total` meta-iterations (the fixed x range);
         `accuracy`: a classification run, whose accuracy gets a plot of its own; `metric`: the task family's
-        `plot_metric`, (label, sign): plot sign x loss under that label (2-D navigation: the average return)."""
+        `plot_metric`, (label, sign): plot sign x loss under that label (2-D navigation: the average return);
+        `val_every`: the run's validation interval, named in the validation plot until its first point."""
         self.plot_metric = metric
+        self.val_every = val_every
         name = metric[0] if metric is not None else "loss"
         y_label = metric[0] if metric is not None else loss_label
         for plot in (self.train_plot, self.val_plot):
@@ -342,6 +349,18 @@ class TrainingPlotsView(QWidget):
             self._fit_y(plot, values)
         self._fit_x()
         self.empty_hint.setVisible(not self.algorithms)
+        self._place_val_hint()
+
+    def _place_val_hint(self) -> None:
+        """Say why the validation plot is empty (it validates every val_every iterations, or never)."""
+        empty = not any(len(self._drawn.get((name, "val_post_loss"), ((), ()))[0]) for name in self.algorithms)
+        show = bool(self.algorithms) and empty and self.val_every is not None
+        self.val_hint.setVisible(show)
+        if show:
+            self.val_hint.setText(f"No validation yet: every {self.val_every:,} meta-iterations" if self.val_every
+                                  else "Validation is off for this run (val_every = 0)")
+            (x0, x1), (y0, y1) = self.val_plot.viewRange()
+            self.val_hint.setPos((x0 + x1) / 2, (y0 + y1) / 2)
 
     def _plot_of(self, key: str):
         if "accuracy" in key:

@@ -56,12 +56,23 @@ def test_training_curves_plot_navigation_s_average_return_on_a_linear_axis(qtbot
     text = view.readout_text(30)
     assert "average return" in text and "train -40 → -15" in text and "val -40 → -14" in text
 
+    assert not view.val_hint.isVisible()  # the validation plot has its points
+
+    # before the first validation, the empty validation plot says when it comes
+    view.reset(["maml"], 30, NavigationTasks.loss_label, metric=NavigationTasks.plot_metric, val_every=250)
+    history.clear()
+    history.add_chunk({"train": _chunk()["train"]})
+    view._dirty = True
+    view.redraw()
+    assert view.val_hint.isVisible() and "every 250 meta-iterations" in view.val_hint.toPlainText()
+
     # sinusoid afterwards: the loss itself, log axis, as before
-    view.reset(["maml"], 30, "MSE")
+    view.reset(["maml"], 30, "MSE", val_every=10)
     history.clear()
     history.add_chunk(_chunk())
     view._dirty = True
     view.redraw()
+    assert not view.val_hint.isVisible()
     assert view.log_scale.isVisible() and view.train_plot.getAxis("left").logMode
     assert "MSE" in view.train_plot.getAxis("left").labelText
     assert "loss" in view.train_plot.titleLabel.text
