@@ -28,7 +28,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -166,8 +166,12 @@ def make_config(args, seed: int):
     from maml_lab.core.algorithms.config import AlgorithmConfig
     from maml_lab.core.training.config import ExperimentConfig
 
-    algo = AlgorithmConfig.defaults(args.algorithm, task="images", **parse_settings(args.set))
-    extra = {"meta_batch_size": args.meta_batch_size} if args.meta_batch_size else {}
+    settings = parse_settings(args.set)
+    experiment_keys = {f.name for f in fields(ExperimentConfig)} - {"algorithms"}
+    extra = {k: settings.pop(k) for k in list(settings) if k in experiment_keys}  # queries=10, ...
+    algo = AlgorithmConfig.defaults(args.algorithm, task="images", **settings)
+    if args.meta_batch_size:
+        extra["meta_batch_size"] = args.meta_batch_size
     return ExperimentConfig(task="images", data=str(args.data), ways=5, shots=1, iterations=args.max_iterations,
                             val_every=0, seed=seed, device=args.device, algorithms=[algo], **extra)
 
@@ -245,7 +249,8 @@ def main(argv=None) -> int:
     parser.add_argument("--algorithm", default="maml", help="the engine's algorithm (image defaults)")
     parser.add_argument("--meta-batch-size", type=int, help="default: the image experiment's")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
-                        help="an algorithm setting over the defaults (e.g. inner_lr=0.6, meta_lr=0.002); repeatable")
+                        help="a setting over the image defaults, the algorithm's (inner_lr=0.6, meta_lr=0.002) or the "
+                             "experiment's (queries=10); repeatable")
     parser.add_argument("--eval-tasks", type=int, default=600)
     parser.add_argument("--steps", type=int, help="test-time steps (default: the algorithm's, 3 for images)")
     parser.add_argument("--reference", choices=("loop", "none"), default="loop")
