@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="meta-train and export initializations")
     t.add_argument("--config", type=Path, help="TOML experiment config; flags override it")
+    t.add_argument("--preset", metavar="NAME",
+                   help="a task family's named settings under the flags, e.g. --task images --preset paper (the "
+                        "MAML paper's Omniglot settings); `maml-lab list` shows them")
     t.add_argument("--task", choices=task_names())
     t.add_argument("--algorithm", nargs="+", choices=ALGORITHMS, metavar="NAME",
                    help=f"one or more of {', '.join(ALGORITHMS)} (default maml)")
@@ -162,6 +165,8 @@ def _config_from_args(args, base: dict | None = None):
     from .core.training.config import ExperimentConfig
 
     if base is None:
+        if args.config and getattr(args, "preset", None):
+            raise UsageError("--preset and --config both set every unset value: use one (flags still override)")
         base = ExperimentConfig.load_toml(args.config).to_dict() if args.config else {}
     for key in ("task", "iterations", "meta_batch_size", "shots", "queries", "hidden", "activation", "seed",
                 "device", "dtype", "val_every", "ways", "image_size", "image_mode", "rotations"):
@@ -200,6 +205,13 @@ def _config_from_args(args, base: dict | None = None):
     if not algos:
         raise UsageError("choose at least one algorithm")
     base["algorithms"] = algos
+    if getattr(args, "preset", None):
+        from .core.training.config import apply_preset
+
+        try:
+            base = apply_preset(base, base.get("task") or ExperimentConfig.task, args.preset)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     return ExperimentConfig.from_dict(base)
 
 
@@ -306,8 +318,9 @@ def _start_session(args, world, main_rank: bool):
         session = TrainingSession(config, family=_load_family(config, args.quiet), world=world, record_every=0)
         session.attach_folder(folder, args.checkpoint_every)
         return session, outs
-    if args.config is not None or args.run_dir is not None:
-        raise UsageError("--resume continues a run with its own config and folder: drop --config and --run-dir")
+    if args.config is not None or args.run_dir is not None or getattr(args, "preset", None):
+        raise UsageError("--resume continues a run with its own config and folder: drop --config, --preset and "
+                         "--run-dir")
     from .core.training.runs import RunFolder
 
     folder = RunFolder.open(args.resume)
@@ -541,6 +554,8 @@ def cmd_list(args) -> int:
             label, description = describe(e.obj)
             text = f"{label} - {description}" if description else label
             print(f"  {e.name:<{width}}  {text}  [{_source_text(e)}]")
+            for preset, spec in sorted((getattr(e.obj, "presets", None) or {}).items()):
+                print(f"  {'':<{width}}    --preset {preset}: {spec.get('description', '')}")
         problems += registry.problems
     for line in problems:
         print(f"skipped: {line.removeprefix('maml-lab: skipped ')}")

@@ -50,8 +50,38 @@ def test_step_loss_weights_flag_reaches_the_algorithm_config():
     assert _config_from_args(args).algorithm("maml").step_loss_weights == [0.5, 0.5]
 
 
+def test_preset_fills_what_flags_leave_unset():
+    """--preset paper gives the MAML paper's Omniglot settings for every algorithm, under explicit flags."""
+    from maml_lab.cli import _config_from_args, build_parser
+    from maml_lab.core.tasks.registry import task_family
+
+    paper = task_family("images").presets["paper"]
+    args = build_parser().parse_args(["train", "--task", "images", "--preset", "paper", "--algorithm", "maml",
+                                      "fomaml", "--meta-batch-size", "8", "--meta-lr", "0.005"])
+    config = _config_from_args(args)
+    assert config.meta_batch_size == 8  # the flag wins
+    assert config.iterations == paper["experiment"]["iterations"] == 60000
+    for name in ("maml", "fomaml"):
+        algo = config.algorithm(name)
+        assert algo.meta_lr == 0.005  # the flag wins
+        assert algo.meta_lr_schedule == "constant" and algo.inner_lr == 0.4 and algo.test_inner_steps == 3
+
+
+def test_apply_preset_keeps_what_is_set_and_refuses_unknown_names():
+    from maml_lab.core.training.config import apply_preset
+
+    data = {"task": "images", "iterations": 10, "algorithms": {"maml": {"inner_lr": 0.1}, "anil": {}}}
+    out = apply_preset(data, "images", "paper")
+    assert out["iterations"] == 10 and out["meta_batch_size"] == 32
+    assert out["algorithms"]["maml"]["inner_lr"] == 0.1 and out["algorithms"]["anil"]["inner_lr"] == 0.4
+    assert data["algorithms"]["anil"] == {}  # the input is not changed
+    with pytest.raises(ValueError, match="unknown preset 'fast'.*paper"):
+        apply_preset(data, "images", "fast")
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--inner-lr", "-0.1"], "must be a positive number"),
+    (["train", "--task", "sinusoid", "--preset", "paper"], "unknown preset 'paper' for task family 'sinusoid'"),
     (["train", "--shots", "0"], "must be >= 1"),
     (["train", "--algorithm", "mamll"], "invalid choice"),
     (["train", "--device", "quantum"], "unknown device"),

@@ -84,6 +84,10 @@ class TaskFamilyKind:
     experiment_defaults: ClassVar[dict] = {}
     # what this family sets for every algorithm (AlgorithmConfig fields), under the algorithms' own defaults
     algorithm_defaults: ClassVar[dict] = {}
+    # named sets of settings one flag away (`maml-lab train --preset NAME`): name -> {"description": str,
+    # "experiment": {ExperimentConfig fields}, "algorithm": {AlgorithmConfig fields, for every algorithm}}; they sit
+    # under anything set explicitly (see training.config.apply_preset)
+    presets: ClassVar[dict] = {}
     # what the playground shows: "curve" (click points on a 1-D function), "images" (the Tasks view), or None
     playground: ClassVar[str | None] = None
     # settings of this family beyond ExperimentConfig's fields, and their defaults: ExperimentConfig.task_options

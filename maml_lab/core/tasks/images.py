@@ -284,6 +284,12 @@ class ImageTasks(TaskFamilyKind):
     # iterations; every algorithm: alpha 0.4, one inner step in training, three at test, Adam 1e-3
     experiment_defaults = {"meta_batch_size": 32, "shots": 1, "queries": 5, "iterations": 60000}
     algorithm_defaults = {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3, "meta_lr": 1e-3}
+    presets = {"paper": {
+        "description": "the MAML paper's Omniglot 5-way settings: meta-batch 32, 60,000 iterations, Adam 1e-3 "
+                       "constant, alpha 0.4, 1 inner step (3 at test)",
+        "experiment": {"meta_batch_size": 32, "iterations": 60000},
+        "algorithm": {"meta_lr": 1e-3, "meta_lr_schedule": "constant", "inner_lr": 0.4, "inner_steps": 1,
+                      "test_inner_steps": 3}}}
     playground = "images"
     cheap_to_build = False  # an image set loads (and may be decoded) first
     # convention: "lab" (per-task mean cross-entropy; batch norm with scale, eps 1e-5, all adapted; flattened

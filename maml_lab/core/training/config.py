@@ -152,3 +152,28 @@ class ExperimentConfig:
             raise ValueError(f"{path} is not valid TOML: {exc}") from None
         return cls.from_dict(data)
 
+
+
+def preset_names(task: str) -> list[str]:
+    """The presets a task family offers (`maml-lab train --preset NAME`)."""
+    return sorted(task_family(task).presets)
+
+
+def apply_preset(data: dict, task: str, preset: str) -> dict:
+    """`data` (ExperimentConfig fields with `algorithms` as name -> settings, as the CLI builds it before
+    ExperimentConfig.from_dict) with a task family's preset filled in under every value already there: a preset is
+    a set of defaults one flag away (the MAML paper's own settings, say), not an override of what the user set."""
+    presets = task_family(task).presets
+    if preset not in presets:
+        offered = ", ".join(sorted(presets)) or "none"
+        raise ValueError(f"unknown preset {preset!r} for task family {task!r} (its presets: {offered})")
+    chosen = presets[preset]
+    out = dict(data)
+    for key, value in chosen.get("experiment", {}).items():
+        out.setdefault(key, value)
+    algorithms = {name: dict(settings or {}) for name, settings in (out.get("algorithms") or {}).items()}
+    for settings in algorithms.values():
+        for key, value in chosen.get("algorithm", {}).items():
+            settings.setdefault(key, value)
+    out["algorithms"] = algorithms
+    return out
