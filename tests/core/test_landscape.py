@@ -182,3 +182,170 @@ def test_recorder_memory_limit_in_bytes():
         rec.record(i, params)
     assert rec.limit_bytes(100 * 4000, min_capacity=10) == 100
     assert len(rec) < 100 and rec.iterations[-1] == 299 and rec.every == 4
+
+
+# -- the post surface adapts by each algorithm's own rule ----------------------------------------------------
+def _learned(name, model, params, batch, steps, seed=7, **config):
+    """An algorithm set up on `params` whose learned tensors are far from its inner lr (so SGD would differ)."""
+    g = torch.Generator().manual_seed(seed)
+    algo = make_algorithm(model, "mse" if isinstance(model, MLP) else "cross_entropy",
+                          AlgorithmConfig(name, inner_lr=0.01, inner_steps=steps, **config))
+    algo.setup(OrderedDict((k, v.clone().requires_grad_(True)) for k, v in params.items()))
+    with torch.no_grad():
+        for v in algo.lrs.values():
+            v.uniform_(0.1, 0.4, generator=g)
+        for v in getattr(algo, "bn_rows", {}).values():
+            v.add_(0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype))
+    return algo
+
+
+def _rule_loss_loop(model, loss, theta, batch, steps, lrs, bn_rows=None, per_step=False):
+    """Independent reference: task by task through the nn.Module, theta_p -= rate_p(step) * grad_p (Meta-SGD: a rate
+    per entry; MAML++: a rate per tensor and step and the batch-norm row of each step, never adapting batch norm)."""
+    import torch.nn.functional as F
+
+    module = model.torch_module().to(torch.float64)
+    crit = F.mse_loss if loss == "mse" else F.cross_entropy
+    bn_rows = bn_rows or {}
+    total = 0.0
+    for i in range(batch.num_tasks):
+        fast = {k: v.clone() for k, v in theta.items() if k in lrs}
+
+        def call(x, s, fast):
+            p = dict(theta)
+            p.update(fast)
+            p.update({k: rows[min(s, len(rows) - 1)] for k, rows in bn_rows.items()})
+            return functional_call(module, p, (x,))
+
+        for s in range(steps):
+            leaves = {k: v.requires_grad_(True) for k, v in fast.items()}
+            grads = torch.autograd.grad(crit(call(batch.x_support[i], s, leaves), batch.y_support[i]),
+                                        list(leaves.values()))
+            rate = {k: (r[min(s, len(r) - 1)] if per_step else r) for k, r in lrs.items()}
+            fast = {k: (v - rate[k] * g).detach() for (k, v), g in zip(leaves.items(), grads)}
+        with torch.no_grad():
+            total += crit(call(batch.x_query[i], max(steps - 1, 0), fast), batch.y_query[i]).item()
+    return total / batch.num_tasks
+
+
+def _direct(adaptation, model, loss, theta, batch, steps):
+    """The post-adaptation loss by the algorithm's own rule, as the Adaptation view computes it."""
+    from maml_lab.core.algorithms.config import predict, test_adapt
+    from maml_lab.core.tasks.losses import loss_function
+
+    fn = loss_function(loss)
+    adapted = test_adapt(adaptation, model, fn, theta, batch.x_support, batch.y_support, steps)
+    with torch.no_grad():
+        return fn(predict(adaptation, model, adapted, batch.x_support, batch.x_query), batch.y_query).mean().item()
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_metasgd_post_surface_uses_its_learned_rates(setting, steps):
+    model, params, batch = setting
+    algo = _learned("metasgd", model, params, batch, steps)
+    adaptation = algo.adaptation()
+    plane = random_plane(params, seed=2)
+    alphas, betas = [-0.3, 0.0, 0.2], [0.0, 0.25]
+    s = surface(model, "mse", params, plane, batch, alphas, betas, kind="post", inner_steps=steps,
+                adaptation=adaptation, chunk_floats=3000)
+    assert s.meta["rule"] == "metasgd"
+    at_theta = s.values[0, 1]
+    assert at_theta == pytest.approx(_direct(adaptation, model, "mse", params, batch, steps), rel=1e-10)
+    lrs = {k: v.detach() for k, v in algo.lrs.items()}
+    for j, b in enumerate(betas):
+        for i, a in enumerate(alphas):
+            theta = unflatten(plane.point(a, b), params)
+            assert s.values[j, i] == pytest.approx(_rule_loss_loop(model, "mse", theta, batch, steps, lrs), rel=1e-9)
+    sgd = surface(model, "mse", params, plane, batch, [0.0], [0.0], kind="post", inner_steps=steps, inner_lr=0.01)
+    assert abs(sgd.values[0, 0] - at_theta) > 1e-3 * abs(at_theta)  # the rates matter: not plain SGD
+
+
+def test_mamlpp_post_surface_uses_its_per_step_rates_and_batch_norm_rows():
+    from maml_lab.core.models.conv4 import Conv4
+    from maml_lab.core.tasks.base import TaskBatch
+
+    g = torch.Generator().manual_seed(0)
+    model = Conv4(in_channels=1, image_size=8, ways=3, filters=3)
+    params = model.init_params(g, dtype=torch.float64)
+    batch = TaskBatch(torch.rand(2, 3, 1, 8, 8, generator=g, dtype=torch.float64), torch.arange(3).repeat(2, 1),
+                      torch.rand(2, 6, 1, 8, 8, generator=g, dtype=torch.float64),
+                      torch.arange(3).repeat_interleave(2).repeat(2, 1))
+    algo = _learned("mamlpp", model, params, batch, 2)
+    adaptation = algo.adaptation()
+    plane = random_plane(params, seed=4)
+    s = surface(model, "cross_entropy", params, plane, batch, [0.0, 0.3], [0.0], kind="post", inner_steps=3,
+                adaptation=adaptation)
+    assert s.values[0, 0] == pytest.approx(_direct(adaptation, model, "cross_entropy", params, batch, 3), rel=1e-10)
+    lrs = {k: v.detach() for k, v in algo.lrs.items()}
+    rows = {k: v.detach() for k, v in algo.bn_rows.items()}
+    for i, a in enumerate([0.0, 0.3]):  # three steps: beyond the two trained ones, the last rates and rows
+        theta = unflatten(plane.point(a, 0.0), params)
+        assert s.values[0, i] == pytest.approx(_rule_loss_loop(model, "cross_entropy", theta, batch, 3, lrs, rows, True),
+                                               rel=1e-9)
+    sgd = surface(model, "cross_entropy", params, plane, batch, [0.0], [0.0], kind="post", inner_steps=3,
+                  inner_lr=0.01)
+    assert abs(sgd.values[0, 0] - s.values[0, 0]) > 1e-3 * abs(s.values[0, 0])
+
+
+def test_mamlpp_on_an_mlp_and_the_adaptation_path_follow_the_rule(setting):
+    model, params, batch = setting
+    algo = _learned("mamlpp", model, params, batch, 2)
+    adaptation = algo.adaptation()
+    plane = random_plane(params, seed=6)
+    s = surface(model, "mse", params, plane, batch, [0.0], [0.0], kind="post", inner_steps=2, adaptation=adaptation)
+    lrs = {k: v.detach() for k, v in algo.lrs.items()}
+    assert s.values[0, 0] == pytest.approx(_rule_loss_loop(model, "mse", params, batch, 2, lrs, per_step=True),
+                                           rel=1e-10)
+    from maml_lab.core.algorithms.config import test_trajectory
+    from maml_lab.core.tasks.losses import mse_per_task as fn
+
+    expected = [flatten({k: v[1] for k, v in p.items()})
+                for p in test_trajectory(adaptation, model, fn, params, batch.x_support, batch.y_support, 2)]
+    path = adaptation_path(model, "mse", params, batch, 2, 0.01, plane, task_index=1, adaptation=adaptation)
+    np.testing.assert_allclose(path, plane.project(np.stack(expected)), atol=1e-12)
+    sgd_path = adaptation_path(model, "mse", params, batch, 2, 0.01, plane, task_index=1)
+    assert np.abs(sgd_path[-1] - path[-1]).max() > 1e-6
+
+
+def test_anil_post_surface_adapts_the_head_only_and_sgd_rules_keep_the_fast_path(setting, monkeypatch):
+    import maml_lab.core.analysis.landscape as landscape
+
+    model, params, batch = setting
+    plane = random_plane(params, seed=8)
+    anil = AlgorithmConfig("anil", inner_lr=0.3, inner_steps=2)
+    s = surface(model, "mse", params, plane, batch, [0.0], [0.0], kind="post", inner_steps=2, adaptation=anil)
+    head = {"4.weight", "4.bias"}
+    assert set(landscape.sgd_rule(anil, model, params)[1]) == head
+    # the body is held at theta: an SGD loop on the head alone, with everything else frozen
+    lrs = {k: torch.tensor(0.3, dtype=torch.float64) for k in head}
+    expected = _rule_loss_loop(model, "mse", params, batch, 2, lrs)
+    assert s.values[0, 0] == pytest.approx(expected, rel=1e-10)
+    everything = surface(model, "mse", params, plane, batch, [0.0], [0.0], kind="post", inner_steps=2, inner_lr=0.3)
+    assert abs(everything.values[0, 0] - expected) > 1e-3 * expected
+    # plain SGD on every parameter (MAML, a bare step size) takes the rank-K one-step path; learned rates do not
+    calls = []
+    real = landscape._one_step_mlp_query_losses
+    monkeypatch.setattr(landscape, "_one_step_mlp_query_losses", lambda *a: calls.append(1) or real(*a))
+    maml = surface(model, "mse", params, plane, batch, [0.0], [0.0], "post", inner_steps=1,
+                   adaptation=AlgorithmConfig("maml", inner_lr=0.02))
+    assert calls and maml.meta["rule"] == "sgd"
+    assert maml.values[0, 0] == pytest.approx(
+        surface(model, "mse", params, plane, batch, [0.0], [0.0], "post", inner_steps=1, inner_lr=0.02).values[0, 0],
+        rel=1e-12)
+    calls.clear()
+    surface(model, "mse", params, plane, batch, [0.0], [0.0], "post", inner_steps=1,
+            adaptation=_learned("metasgd", model, params, batch, 1).adaptation())
+    assert not calls
+    assert landscape.sgd_rule(0.05, model, params) == (0.05, None)
+    assert landscape.sgd_rule(AlgorithmConfig("reptile"), model, params) is None
+
+
+def test_reptile_post_surface_uses_its_inner_optimizer(setting):
+    model, params, batch = setting
+    reptile = AlgorithmConfig.defaults("reptile", "images", inner_lr=0.01, eval_batch=0)
+    s = surface(model, "mse", params, random_plane(params), batch, [0.0], [0.0], "post", inner_steps=3,
+                adaptation=reptile)
+    assert s.values[0, 0] == pytest.approx(_direct(reptile, model, "mse", params, batch, 3), rel=1e-10)
+    sgd = surface(model, "mse", params, random_plane(params), batch, [0.0], [0.0], "post", inner_steps=3,
+                  inner_lr=0.01)
+    assert abs(sgd.values[0, 0] - s.values[0, 0]) > 1e-3 * s.values[0, 0]  # Adam, not SGD

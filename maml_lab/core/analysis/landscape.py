@@ -6,8 +6,15 @@ vectorized forward and adaptation code as meta-training, with no Python loop ove
 
 Surfaces:
 - "pre": the loss before adaptation, averaged over tasks (what the pretrained baseline minimizes);
-- "post": the query loss after k inner steps started from each point (MAML's meta-objective);
+- "post": the query loss after k inner steps started from each point (MAML's meta-objective), each step taken by
+  the algorithm's own test-time rule (`adaptation`: Meta-SGD's learned per-parameter rates, MAML++'s per-step rates
+  and batch-norm rows, ANIL's head only, Reptile's inner optimizer...). The surface is over theta: whatever else the
+  rule learned is held at the values it is given, the same at every grid point;
 - "task": one task's loss, to draw with that task's adaptation path.
+
+A rule that is plain SGD at one step size (MAML, FOMAML, the pretrained baseline, ANIL and BOIL on their subset, or a
+bare step size) takes the fast paths: one step on a ReLU/tanh MLP with the MSE loss never forms the adapted weights
+(the rank-K form below); any other rule runs the algorithm's `test_trajectory`, batched over every (point, task).
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import numpy as np
 import torch
 
 from ..algorithms.adaptation import adapt
+from ..algorithms.base import MetaAlgorithm
+from ..algorithms.config import adaptation_config, predict, test_adapt, test_trajectory
+from ..algorithms.registry import algorithm_class
 from ..export import atomic_write_bytes
 from ..tasks.losses import loss_function
 from .trajectory import Plane
@@ -69,6 +79,20 @@ def _point_params(plane: Plane, like, coords: np.ndarray, device, dtype, repeat:
         out[k] = flat[:, start:start + n].reshape(flat.shape[0], *v.shape)
         start += n
     return out
+
+
+def sgd_rule(adaptation, model, params) -> "tuple[float, tuple[str, ...] | None] | None":
+    """(step size, adapted names or None for all) when `adaptation` fine-tunes by plain SGD at one step size and
+    predicts with one forward pass (a number; an algorithm that keeps MetaAlgorithm's test_trajectory and has no
+    `predict` of its own), else None: the rule is the algorithm's own (learned rates, another optimizer...)."""
+    config = adaptation_config(adaptation)
+    if config is None:
+        return float(adaptation), None
+    cls = algorithm_class(config.name)
+    own = getattr(cls.test_trajectory, "__func__", None) is not MetaAlgorithm.test_trajectory.__func__
+    if own or getattr(cls, "predict", None) is not None:
+        return None
+    return float(config.inner_lr), cls.adapted_names(model, params)
 
 
 def _tile(t: torch.Tensor, times: int) -> torch.Tensor:
@@ -127,11 +151,20 @@ def _one_step_mlp_query_losses(model, params, batch, lr: float) -> torch.Tensor:
 def surface(model, loss: str, like, plane: Plane, batch, alphas, betas, kind: str = "post",
             inner_steps: int = 1, inner_lr: float = 0.01, task_index: int = 0, chunk_floats: int = 8_000_000,
             progress: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None,
-            names=None) -> Surface:
+            names=None, adaptation=None) -> Surface:
     """The loss surface over the grid `alphas` x `betas` on `plane` (see the module doc for `kind`). names: the
-    parameters the inner loop adapts (ANIL: the head, BOIL: the body; None: all)."""
+    parameters the inner loop adapts (ANIL: the head, BOIL: the body; None: all). adaptation: the test-time rule
+    ("post"; an AlgorithmConfig, a LearnedAdaptation with its learned tensors, or a step size), which then
+    replaces inner_lr and names; None: SGD at inner_lr on `names`."""
     if kind not in KINDS:
         raise ValueError(f"unknown surface kind {kind!r} (one of {', '.join(KINDS)})")
+    rule = None  # the algorithm's own rule (not plain SGD): its test_trajectory
+    if adaptation is not None:
+        sgd = sgd_rule(adaptation, model, like)
+        if sgd is None:
+            rule = adaptation
+        else:
+            inner_lr, names = sgd
     if kind == "task":
         batch = batch.task(task_index)
     loss_fn = loss_function(loss)
@@ -141,7 +174,7 @@ def surface(model, loss: str, like, plane: Plane, batch, alphas, betas, kind: st
     tasks = batch.num_tasks
     aa, bb = np.meshgrid(np.asarray(alphas, np.float64), np.asarray(betas, np.float64))
     coords = np.stack([aa.ravel(), bb.ravel()], axis=1)
-    low_rank = names is None and _one_step_mlp_supported(model, loss, kind, inner_steps)
+    low_rank = rule is None and names is None and _one_step_mlp_supported(model, loss, kind, inner_steps)
     if low_rank:  # activations, not weights, are what grows with the chunk
         width = max(model.sizes)
         shots = batch.x_support.shape[1] + batch.x_query.shape[1]
@@ -160,6 +193,12 @@ def surface(model, loss: str, like, plane: Plane, batch, alphas, betas, kind: st
         with torch.no_grad():
             if low_rank:
                 task_losses = _one_step_mlp_query_losses(model, params, batch, inner_lr)
+            elif kind == "post" and rule is not None:
+                xs = _tile(batch.x_support, n)
+                adapted = test_adapt(rule, model, loss_fn, params, xs, _tile(batch.y_support, n), inner_steps,
+                                     batched=True)
+                task_losses = loss_fn(predict(rule, model, adapted, xs, _tile(batch.x_query, n)),
+                                      _tile(batch.y_query, n))
             elif kind == "post":
                 xs, ys = _tile(batch.x_support, n), _tile(batch.y_support, n)
                 adapted = adapt(model, loss_fn, params, xs, ys, inner_steps, inner_lr, batched=True,
@@ -170,17 +209,20 @@ def surface(model, loss: str, like, plane: Plane, batch, alphas, betas, kind: st
         values[start:start + n] = task_losses.view(n, tasks).mean(1).double().cpu().numpy()
         if progress is not None:
             progress(min(start + n, len(coords)), len(coords))
-    meta = {"inner_steps": inner_steps, "inner_lr": inner_lr, "tasks": tasks, "plane": plane.kind}
+    meta = {"inner_steps": inner_steps, "inner_lr": inner_lr, "tasks": tasks, "plane": plane.kind,
+            "rule": "sgd" if rule is None else adaptation_config(rule).name}
     return Surface(np.asarray(alphas), np.asarray(betas), values.reshape(len(betas), len(alphas)), kind, meta)
 
 
 def adaptation_path(model, loss: str, params, batch, steps: int, inner_lr: float, plane: Plane,
-                    task_index: int = 0) -> np.ndarray:
-    """One task's inner-loop path theta -> phi_1 -> ... -> phi_steps, projected on `plane`: [steps + 1, 2]."""
+                    task_index: int = 0, adaptation=None) -> np.ndarray:
+    """One task's inner-loop path theta -> phi_1 -> ... -> phi_steps, projected on `plane`: [steps + 1, 2].
+    adaptation: the test-time rule (see `surface`); None: SGD at inner_lr."""
     from .trajectory import flatten
 
     task = batch.task(task_index)
-    res = adapt(model, loss_function(loss), {k: v.detach() for k, v in params.items()}, task.x_support,
-                task.y_support, steps, inner_lr, keep_path=True)
-    points = np.stack([flatten({k: v[0] for k, v in p.items()}) for p in res.path])
+    theta = {k: v.detach() for k, v in params.items()}
+    rule = inner_lr if adaptation is None else adaptation
+    steps_taken = test_trajectory(rule, model, loss_function(loss), theta, task.x_support, task.y_support, steps)
+    points = np.stack([flatten({k: v[0] for k, v in p.items()}) for p in steps_taken])
     return plane.project(points)
