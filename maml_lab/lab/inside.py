@@ -3,9 +3,15 @@ plane, each task's adaptation steps from a checkpoint, loss landscapes with thei
 and adaptation curves. The views run these on a BackgroundRunner thread.
 
 The training worker hands over a `RunPaths`: per algorithm, the iterations, metrics and flattened theta
-snapshots its TrajectoryRecorder kept. The lists are copies made on the training thread between two
+snapshots its TrajectoryRecorder kept, and copies of what the algorithm learned besides theta at the newest
+iteration (`learned`: Meta-SGD's `lr.*`, MAML++'s `lslr.*` and `bn_step.*`, Reptile's carried `inner_adam.*`; one
+copy per algorithm, however long the run). The lists are copies made on the training thread between two
 iterations; the snapshot arrays themselves are never modified after the recorder creates them (thinning
 drops arrays, it does not change them) and are handed over read-only, so nothing is shared mutably.
+
+Every adaptation these views draw (the Landscape's post-adaptation surface, its task arrows and one-task path, the
+Paths view's arrows) is the algorithm's own test-time rule (`RunPaths.adaptation`): a surface over theta holds the
+learned tensors fixed at those newest values, at every grid point and at every checkpoint of the path.
 """
 
 from __future__ import annotations
@@ -13,13 +19,20 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-from ..core.algorithms.adaptation import adapt
-from ..core.algorithms.config import test_trajectory
+from ..core.algorithms.base import LearnedAdaptation
+from ..core.algorithms.config import (
+    AlgorithmConfig,
+    adaptation_config,
+    adaptation_text,
+    predict,
+    test_adapt,
+    test_trajectory,
+)
 from ..core.analysis.landscape import Surface, grid, surface
 from ..core.analysis.trajectory import Plane, pca_plane, random_plane, task_plane, unflatten
 from ..core.tasks.losses import accuracy_per_task, is_classification, loss_function
@@ -62,6 +75,10 @@ class RunPaths:
     algorithms: dict  # name -> AlgorithmConfig.to_dict()
     family: object = None  # the training tasks (read-only objects, safe to sample from on any thread)
     eval_family: object = None  # held-out tasks (image sets: held-out classes), for adaptation curves
+    # name -> {tensor name: CPU tensor}: what the algorithm learned besides theta (`export_tensors`), copied at
+    # `learned_iteration`; only the newest values are kept (a run with none, or an opened run: empty)
+    learned: dict = field(default_factory=dict)
+    learned_iteration: int = 0
 
     @property
     def names(self) -> list[str]:
@@ -71,14 +88,17 @@ class RunPaths:
         return float(self.algorithms.get(name, {}).get("inner_lr", 0.01))
 
     def adaptation(self, name: str):
-        """How `name` fine-tunes at test time: its AlgorithmConfig (an SGD step size when it is not known)."""
-        from ..core.algorithms.config import AlgorithmConfig
-
+        """How `name` fine-tunes at test time: its AlgorithmConfig, with the tensors it learned (a LearnedAdaptation)
+        when the run has them; an SGD step size when the algorithm is not known."""
         config = self.algorithms.get(name)
         try:
-            return AlgorithmConfig.from_dict({**config, "name": name}) if config else self.inner_lr(name)
+            config = AlgorithmConfig.from_dict({**config, "name": name}) if config else None
         except ValueError:
+            config = None
+        if config is None:
             return self.inner_lr(name)
+        tensors = self.learned.get(name)
+        return LearnedAdaptation(config, dict(tensors)) if tensors else config
 
     def inner_steps(self, name: str) -> int:
         return max(int(self.algorithms.get(name, {}).get("inner_steps", 1)), 1)
@@ -100,9 +120,14 @@ def collect_paths(trainer) -> RunPaths:
         paths[name] = PathData(np.asarray(rec.iterations, dtype=np.int64), [_read_only(s) for s in rec.snapshots],
                                [dict(m) for m in rec.metrics])
     c = trainer.config
+    learned = {}
+    for name, run in trainer.runs.items():  # copies (CPU) of the newest learned tensors, never the live ones
+        adaptation = run.algorithm.adaptation()
+        if isinstance(adaptation, LearnedAdaptation) and adaptation.tensors:
+            learned[name] = dict(adaptation.tensors)
     return RunPaths(trainer.iteration, c.iterations, trainer.model.spec(), trainer.family.loss, c.task, c.shots,
                     c.queries, paths, {n: r.algorithm.config.to_dict() for n, r in trainer.runs.items()},
-                    trainer.family, trainer.validation_family)
+                    trainer.family, trainer.validation_family, learned, trainer.iteration)
 
 
 def build_model_and_like(spec: dict):
@@ -119,6 +144,37 @@ def fit_rows(n: int, limit: int = FIT_LIMIT) -> np.ndarray:
     if n <= limit:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, limit).round().astype(int))
+
+
+def full_batch(adaptation):
+    """`adaptation` with every step on the whole support set: Reptile's test-time mini-batches of eval_batch are drawn
+    per (grid point, task), so on a landscape neighbouring points would see different data (its rule otherwise
+    unchanged: its inner optimizer and carried moments). Other rules are returned as they are."""
+    from ..core.algorithms.registry import algorithm_class
+
+    config = adaptation_config(adaptation)
+    if config is None or "eval_batch" not in algorithm_class(config.name).option_defaults:
+        return adaptation
+    if not config.option("eval_batch"):
+        return adaptation
+    config = replace(config, options={**config.options, "eval_batch": 0})
+    return LearnedAdaptation(config, adaptation.tensors) if isinstance(adaptation, LearnedAdaptation) else config
+
+
+def rule_text(adaptation, learned_iteration: int | None = None) -> str:
+    """How a view adapts an initialization, in words: the algorithm's test-time rule (`adaptation_text`), and which
+    learned tensors it holds fixed, from which iteration ('learned per-parameter step sizes (Meta-SGD), lr.* held
+    fixed at their iteration-1,000 values')."""
+    import re
+
+    text = adaptation_text(adaptation)
+    tensors = getattr(adaptation, "tensors", None) or {}
+    if not tensors:
+        return text
+    text = re.sub(r"; SGD at inner lr [^;)]* without them", "", text)  # they are at hand
+    groups = ", ".join(sorted({k.split(".")[0] + ".*" for k in tensors}))
+    when = f"their iteration-{learned_iteration:,} values" if learned_iteration is not None else "their trained values"
+    return f"{text}, {groups} held fixed at {when}"
 
 
 # -- parameter paths -----------------------------------------------------------------------------------------
@@ -162,6 +218,7 @@ class TaskArrows:
     losses: np.ndarray | None = None  # [tasks, k + 1] query loss along the adaptation
     iteration: int = 0
     algorithm: str = ""
+    rule: str = ""  # how the tasks adapted, in words (rule_text)
 
 
 def sample_tasks(family, num_tasks: int, shots: int, queries: int, seed: int):
@@ -197,24 +254,27 @@ def adaptation_points(model, loss: str, theta, batch, steps: int, adaptation, pl
             losses.append(cost.double().numpy())
             continue
         with torch.no_grad():
-            losses.append(loss_fn(model.forward(p, batch.x_query), batch.y_query).double().numpy())
+            pred = predict(adaptation, model, p, batch.x_support, batch.x_query)
+            losses.append(loss_fn(pred, batch.y_query).double().numpy())
     return np.stack(points, 1), np.stack(losses, 1)
 
 
 def task_arrows(run: RunPaths, plane: Plane, name: str, index: int, num_tasks: int = 5,
                 optimum_steps: int = 0, cancel: threading.Event | None = None) -> TaskArrows:
-    """The adaptation steps (the algorithm's own inner steps and lr) of `num_tasks` fixed tasks from the
-    checkpoint `index` of `name`'s path, projected on `plane`; with optimum_steps, also a long fine-tuning."""
+    """The adaptation steps (the algorithm's own inner steps and test-time rule, its learned tensors at the run's
+    newest values: `RunPaths.adaptation`) of `num_tasks` fixed tasks from the checkpoint `index` of `name`'s path,
+    projected on `plane`; with optimum_steps, also a long fine-tuning by the same rule."""
     model, like = build_model_and_like(run.model_spec)
     path = run.paths[name]
     flat = np.asarray(path.snapshots[index], np.float64)
     theta = unflatten(flat, like)
     start = plane.project(flat[None])[0]
-    out = TaskArrows(start, [], [], None, int(path.iterations[index]), name)
+    adaptation = run.adaptation(name)
+    out = TaskArrows(start, [], [], None, int(path.iterations[index]), name,
+                     rule_text(adaptation, run.learned_iteration))
     if num_tasks < 1 or run.family is None:
         return out
     batch = sample_tasks(run.family, num_tasks, run.shots, run.queries, ARROW_SEED)
-    adaptation = run.adaptation(name)
     points, losses = adaptation_points(model, run.loss, theta, batch, run.inner_steps(name), adaptation, plane,
                                        cancel)
     out.losses = losses
@@ -224,7 +284,14 @@ def task_arrows(run: RunPaths, plane: Plane, name: str, index: int, num_tasks: i
         out.optimum = list(points)
     for s in out.steps + out.optimum:  # every path starts exactly at the checkpoint
         s[0] = start
+    # a rule fit for a few steps can diverge over many (Meta-SGD's rates): draw each path up to where it is finite
+    out.steps, out.optimum = [_finite_prefix(s) for s in out.steps], [_finite_prefix(s) for s in out.optimum]
     return out
+
+
+def _finite_prefix(points: np.ndarray) -> np.ndarray:
+    bad = ~np.isfinite(points).all(axis=1)
+    return points[:int(np.argmax(bad))] if bad.any() else points
 
 
 # -- loss landscapes -----------------------------------------------------------------------------------------
@@ -264,6 +331,7 @@ class LandscapeResult:
     prediction: dict | None = None  # sinusoid: x, curves [steps + 1, G], support x/y, truth y
     labels: tuple[str, str] = ("direction 1", "direction 2")
     iteration: int = 0
+    rule: str = ""  # how the post surface, the arrows and the task path adapt (rule_text)
 
 
 def _extent_around(points: np.ndarray, zoom: float) -> tuple[float, float, float, float]:
@@ -285,9 +353,9 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
     path = run.paths[name]
     theta_flat = np.asarray(path.snapshots[-1], np.float64)
     theta = unflatten(theta_flat, like)
-    lr = run.inner_lr(name)
-    names = _adapted_names(name, model, theta)  # ANIL's head, BOIL's body: the rest is held in the inner loop
-    rule = run.adaptation(name) if names is not None else lr  # SGD at lr, on those parameters only
+    # the algorithm's own test-time rule (ANIL's head, BOIL's body, Meta-SGD's and MAML++'s learned rates, Reptile's
+    # inner optimizer), its learned tensors held at the run's newest values, every step on the whole support set
+    rule = full_batch(run.adaptation(name))
     k = max(int(req.inner_steps), 1)
     batch = sample_tasks(run.family, max(req.tasks, 2 if req.plane == "tasks" else 1), run.shots, run.queries,
                          LANDSCAPE_SEED)
@@ -302,9 +370,9 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
         # the next one. Before vs after: tasks 1 and 2, adapted k steps, as in training.
         pair = [index, (index + 1) % batch.num_tasks] if task_mode else [0, 1]
         steps = req.task_steps if task_mode else k
-        res = adapt(model, loss_function(run.loss), theta, batch.x_support[pair], batch.y_support[pair], steps, lr,
-                    names=names)
-        phi = [OrderedDict((key, v[i].detach()) for key, v in res.params.items()) for i in range(2)]
+        adapted = test_adapt(rule, model, loss_function(run.loss), theta, batch.x_support[pair],
+                             batch.y_support[pair], steps)
+        phi = [OrderedDict((key, v[i].detach()) for key, v in adapted.items()) for i in range(2)]
         plane = task_plane(theta, phi[0], phi[1])
     else:
         raise ValueError(f"unknown plane {req.plane!r} (one of {', '.join(PLANES)})")
@@ -312,15 +380,16 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
     markers = {n: plane.project(np.asarray(p.snapshots[-1], np.float64)[None])[0]
                for n, p in run.paths.items() if len(p)}
     result = LandscapeResult(req, plane, (0.0, 0.0, 0.0, 0.0), OrderedDict(), path_xy, path.iterations, markers,
-                             [], labels=_plane_labels(req.plane, plane), iteration=int(path.iterations[-1]))
+                             [], labels=_plane_labels(req.plane, plane), iteration=int(path.iterations[-1]),
+                             rule=rule_text(rule, run.learned_iteration))
     if task_mode:
         one = batch.task(index)
         pts, losses = adaptation_points(model, run.loss, theta, one, req.task_steps, rule, plane, cancel)
         result.task_path = pts[0]
         result.task_losses = losses[0]
-        result.prediction = _predictions(model, run, theta, one, req.task_steps, lr, names)
+        result.prediction = _predictions(model, run, theta, one, req.task_steps, rule)
         if run.loss in ("cross_entropy", "cross_entropy_sum"):
-            result.task_accuracy = _accuracies(model, run, theta, one, req.task_steps, lr, names)
+            result.task_accuracy = _accuracies(model, run, theta, one, req.task_steps, rule)
         # the slice the task sees: around its adaptation path (on the tasks plane, with the other task too)
         around = result.task_path if req.plane != "tasks" else np.vstack([result.task_path, [[0.0, 1.0]]])
         extent = _extent_around(around, req.zoom)
@@ -342,8 +411,8 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
                 progress(i * points + done, len(kinds) * points)
 
         result.surfaces[kind] = surface(model, run.loss, like, plane, batch, alphas, betas, kind=kind,
-                                        inner_steps=k, inner_lr=lr, task_index=index, progress=part, cancel=cancel,
-                                        names=names)
+                                        inner_steps=k, task_index=index, progress=part, cancel=cancel,
+                                        adaptation=rule)
         result.surfaces[kind].meta.update(center=name, iteration=int(path.iterations[-1]),
                                           plane_origin=plane.origin, plane_d1=plane.d1, plane_d2=plane.d2)
     if not task_mode:
@@ -351,13 +420,6 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
         pts, _ = adaptation_points(model, run.loss, theta, _first(batch, arrows), k, rule, plane, cancel)
         result.arrows = list(pts)
     return result
-
-
-def _adapted_names(name: str, model, params):
-    """The parameters `name`'s inner loop adapts (`MetaAlgorithm.adapts`); None: all, or an unknown algorithm."""
-    from ..core.algorithms.registry import ALGORITHMS
-
-    return ALGORITHMS.get(name).adapted_names(model, params) if name in ALGORITHMS else None
 
 
 def _plane_labels(kind: str, plane: Plane) -> tuple[str, str]:
@@ -375,13 +437,12 @@ def _first(batch, n: int):
     return TaskBatch(batch.x_support[:n], batch.y_support[:n], batch.x_query[:n], batch.y_query[:n], info)
 
 
-def _predictions(model, run: RunPaths, theta, task, steps: int, lr: float, names=None) -> dict | None:
-    """A one-input regression task: the prediction on a dense x grid after 0..steps inner steps."""
+def _predictions(model, run: RunPaths, theta, task, steps: int, rule) -> dict | None:
+    """A one-input regression task: the prediction on a dense x grid after 0..steps inner steps by `rule`."""
     if run.loss != "mse" or task.x_support.shape[-1] != 1:
         return None
-    res = adapt(model, loss_function(run.loss), theta, task.x_support, task.y_support, steps, lr, keep_path=True,
-                names=names)
-    batched = OrderedDict((k, torch.cat([p[k] for p in res.path], 0)) for k in theta)
+    path = list(test_trajectory(rule, model, loss_function(run.loss), theta, task.x_support, task.y_support, steps))
+    batched = OrderedDict((k, torch.cat([p[k] for p in path], 0)) for k in theta)
     lo, hi = getattr(run.family, "x_range", (-5.0, 5.0))
     xs = np.linspace(lo, hi, 241)
     x = torch.as_tensor(xs, dtype=next(iter(theta.values())).dtype).reshape(1, -1, 1).expand(steps + 1, -1, -1)
@@ -395,13 +456,12 @@ def _predictions(model, run: RunPaths, theta, task, steps: int, lr: float, names
             "support_y": task.y_support[0, :, 0].double().numpy()}
 
 
-def _accuracies(model, run: RunPaths, theta, task, steps: int, lr: float, names=None) -> np.ndarray:
-    res = adapt(model, loss_function(run.loss), theta, task.x_support, task.y_support, steps, lr, keep_path=True,
-                names=names)
+def _accuracies(model, run: RunPaths, theta, task, steps: int, rule) -> np.ndarray:
     out = []
-    for p in res.path:
+    for p in test_trajectory(rule, model, loss_function(run.loss), theta, task.x_support, task.y_support, steps):
         with torch.no_grad():
-            out.append(float(accuracy_per_task(model.forward(p, task.x_query), task.y_query)[0]))
+            pred = predict(rule, model, p, task.x_support, task.x_query)
+            out.append(float(accuracy_per_task(pred, task.y_query)[0]))
     return np.asarray(out)
 
 

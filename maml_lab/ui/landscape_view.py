@@ -3,7 +3,9 @@
 The plane is the algorithm's parameter path (PCA, Li et al. 2018), two filter-normalized random directions,
 or the plane through theta and two tasks' adapted parameters. "Before vs after adaptation" draws, side by
 side and on one colour scale, the loss averaged over a batch of tasks (what joint training, the pretrained
-baseline, minimizes) and the query loss after k inner steps from each point (MAML's meta-objective).
+baseline, minimizes) and the query loss after k inner steps from each point (MAML's meta-objective), each step by
+the centre algorithm's own test-time rule (Meta-SGD's and MAML++'s learned rates held fixed at their newest trained
+values, ANIL's head only, Reptile's inner optimizer on the whole support set; the status line says which).
 "One task" draws one task's loss with its adaptation path, and animates it step by step next to the
 prediction after each step (live adaptation). Surfaces are computed on a worker thread
 (core.landscape.surface), with progress, and can be cancelled; they export as .npz, the plot as PNG/SVG.
@@ -63,7 +65,7 @@ from .theme import MUTED, TEXT, style_plot
 COLORMAP = "CET-L17"  # white (low loss) to purple: light where paths end, so colours and arrows read well
 MODES = (("compare", "Before vs after adaptation"), ("task", "One task and its adaptation"))
 SURFACE_TITLES = {"pre": "Before adaptation: mean task loss (joint training's objective)",
-                  "post": "After {k} inner step{s}: query loss (MAML's meta-objective)",
+                  "post": "After {k} inner step{s}, {who}'s rule: query loss (the meta-objective)",
                   "task": "Task {t}: its loss and its adaptation path"}
 
 
@@ -202,8 +204,11 @@ class LandscapeView(ComputedView):
                                         "adaptation path"),
             labelled("Grid", self.resolution, "Grid points per side (21-101): the cost grows with the square"),
             labelled("Tasks", self.tasks, "Tasks the surfaces average over"),
-            labelled("Inner steps k", self.steps, "SGD steps of adaptation (the centre algorithm's inner learning "
-                                                  "rate)"),
+            labelled("Inner steps k", self.steps, "Steps of adaptation by the centre algorithm's own test-time rule: "
+                                                  "SGD at its inner learning rate (ANIL: the head only, BOIL: the "
+                                                  "body only), Meta-SGD's and MAML++'s learned rates (held fixed at "
+                                                  "their newest trained values: the surface is over θ alone), "
+                                                  "Reptile's inner optimizer on the whole support set"),
             labelled("Zoom", self.zoom, "Zoom into the plane around θ"),
             self.log_scale, self.compute_button, self.cancel_button, self.progress, self.export_data_button,
             self.export_image_button])
@@ -374,8 +379,11 @@ class LandscapeView(ComputedView):
 
     def result_text(self, result: LandscapeResult) -> str:
         s = next(iter(result.surfaces.values()))
+        self.status.setToolTip(f"Adaptation ({algorithm_label(result.request.center)}): {result.rule}"
+                               if result.rule else "")
         return (f"{len(s.alphas)}×{len(s.betas)} grid, {s.meta['tasks']} task{'s' if s.meta['tasks'] != 1 else ''} "
-                f"· θ of {algorithm_label(result.request.center)} at iteration {result.iteration:,}")
+                f"· θ of {algorithm_label(result.request.center)} at iteration {result.iteration:,}"
+                + (f" · adapting by {result.rule}" if result.rule else ""))
 
     def show_result(self, result: LandscapeResult) -> None:
         self._set_hint("")
@@ -435,7 +443,8 @@ class LandscapeView(ComputedView):
             images.append(panel.image)
             cx, cy = contour_lines(np.clip(shown[kind], lo, hi), s.alphas, s.betas, levels)
             panel.contours.setData(cx, cy)
-            title = SURFACE_TITLES[kind].format(k=k, s="s" if k != 1 else "", t=r.request.task_index + 1)
+            title = SURFACE_TITLES[kind].format(k=k, s="s" if k != 1 else "", t=r.request.task_index + 1,
+                                                who=algorithm_label(center))
             panel.plot.setTitle(f"<span style='color:{TEXT}; font-weight:600'>{title}</span>", size="10pt")
             panel.plot.setLabel("bottom", f"<span style='color:{MUTED}'>{r.labels[0]}</span>")
             panel.plot.setLabel("left", f"<span style='color:{MUTED}'>{r.labels[1]}</span>")

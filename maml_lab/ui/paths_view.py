@@ -2,10 +2,11 @@
 
 The MAML paper's picture, drawn from a real run: the meta path bold in each algorithm's colour, and from a
 checkpoint the adaptation steps theta -> theta'_i of a few tasks as grey arrows, with (on request) each
-task's fine-tuned optimum (100 SGD steps) dashed. The slider scrubs through training: the markers move
-along the paths at once, the arrows are recomputed at that checkpoint off the GUI thread, and
-`checkpoint_selected` carries the checkpoint's parameters (the main window previews them in the
-playground). Hovering a path shows its iteration and losses; clicking it jumps there.
+task's fine-tuned optimum (100 steps) dashed, both by the algorithm's own test-time rule (Meta-SGD's and MAML++'s
+learned rates at the run's newest values, whichever checkpoint is shown; the status says which). The slider
+scrubs through training: the markers move along the paths at once, the arrows are recomputed at that checkpoint
+off the GUI thread, and `checkpoint_selected` carries the checkpoint's parameters (the main window previews them
+in the playground). Hovering a path shows its iteration and losses; clicking it jumps there.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QPushButton,
+    QSizePolicy,
     QSlider,
     QSpinBox,
     QVBoxLayout,
@@ -96,8 +98,8 @@ class PathsView(QWidget):
         self.tasks.setValue(5)
         self.tasks.valueChanged.connect(lambda _: self._request_arrows())
         self.optimum = QCheckBox(f"Fine-tuned optimum ({OPTIMUM_STEPS} steps)")
-        self.optimum.setToolTip(f"Also fine-tune each task for {OPTIMUM_STEPS} SGD steps from the checkpoint and "
-                                "draw where it goes (dashed)")
+        self.optimum.setToolTip(f"Also fine-tune each task for {OPTIMUM_STEPS} steps from the checkpoint, by the "
+                                "algorithm's own rule, and draw where it goes (dashed)")
         self.optimum.toggled.connect(lambda _: self._request_arrows())
         self.optimum.clicked.connect(lambda _: setattr(self, "_optimum_from_user", True))
         self.scale = QComboBox()
@@ -106,6 +108,10 @@ class PathsView(QWidget):
         self.scale.currentIndexChanged.connect(lambda _: self._draw_arrows())
         self.busy_label = QLabel("")
         self.busy_label.setProperty("hint", True)
+        self.rule_label = QLabel("")  # how the arrows adapt: the algorithm's own rule, its learned tensors held fixed
+        self.rule_label.setProperty("hint", True)
+        self.rule_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.rule_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         compact(self.algorithm, 10)
         compact(self.origin, 16)
         self.tasks.setMaximumWidth(64)
@@ -115,7 +121,9 @@ class PathsView(QWidget):
             labelled("Origin", self.origin, "The PCA is of θ_t minus this point: the shared initialization, or the "
                                             "selected algorithm's final θ"),
             labelled("Tasks", self.tasks, "Tasks whose adaptation steps are drawn from the checkpoint (grey "
-                                          "arrows)"),
+                                          "arrows): the algorithm's own inner steps and test-time rule; learned "
+                                          "rates (Meta-SGD, MAML++) are held at their newest trained values at "
+                                          "every checkpoint"),
             labelled("Step scale", self.scale, "Magnify the task steps on screen (Auto: when they would be too "
                                                "small to see)"),
             self.optimum])
@@ -191,6 +199,7 @@ class PathsView(QWidget):
         readout_row = QHBoxLayout()
         readout_row.setContentsMargins(12, 0, 12, 0)
         readout_row.addWidget(self.readout, 1)
+        readout_row.addWidget(self.rule_label, 1)
         readout_row.addWidget(self.busy_label)
         layout.addLayout(readout_row)
 
@@ -263,6 +272,8 @@ class PathsView(QWidget):
             w.setEnabled(False)
         self.checkpoint_label.setText("–")
         self.readout.setText(" ")
+        self.rule_label.setText("")
+        self.rule_label.setToolTip("")
         self.hint.setText("Train to see the parameter paths (Start, or Space)")
         self.hint.setVisible(True)
 
@@ -497,6 +508,7 @@ class PathsView(QWidget):
 
     def _draw_arrows(self) -> None:
         a = self.arrows
+        self._show_rule(a)
         if a is None or not a.steps:
             self.arrow_layer.clear()
             self.optimum_item.setData([], [])
@@ -534,6 +546,13 @@ class PathsView(QWidget):
             self.optimum_item.setData([], [])
             self.optimum_ends.setData([])
         self._rebuild_legend()
+
+    def _show_rule(self, a: TaskArrows | None) -> None:
+        """Say how the arrows adapt (the status line, in full in its tooltip)."""
+        text = f"Arrows of {algorithm_label(a.algorithm)}: {a.rule}" if a is not None and a.steps and a.rule else ""
+        if text != self.rule_label.text():
+            self.rule_label.setText(text)
+            self.rule_label.setToolTip(text)
 
     # -- interaction ---------------------------------------------------------------------------------
     def _on_algorithm(self, _index: int) -> None:

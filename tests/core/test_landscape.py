@@ -280,8 +280,8 @@ def test_mamlpp_post_surface_uses_its_per_step_rates_and_batch_norm_rows():
     rows = {k: v.detach() for k, v in algo.bn_rows.items()}
     for i, a in enumerate([0.0, 0.3]):  # three steps: beyond the two trained ones, the last rates and rows
         theta = unflatten(plane.point(a, 0.0), params)
-        assert s.values[0, i] == pytest.approx(_rule_loss_loop(model, "cross_entropy", theta, batch, 3, lrs, rows, True),
-                                               rel=1e-9)
+        expected = _rule_loss_loop(model, "cross_entropy", theta, batch, 3, lrs, rows, per_step=True)
+        assert s.values[0, i] == pytest.approx(expected, rel=1e-9)
     sgd = surface(model, "cross_entropy", params, plane, batch, [0.0], [0.0], kind="post", inner_steps=3,
                   inner_lr=0.01)
     assert abs(sgd.values[0, 0] - s.values[0, 0]) > 1e-3 * abs(s.values[0, 0])

@@ -203,3 +203,124 @@ def test_contours_ticks_and_arrow_scale():
     assert auto_arrow_scale(np.array([1.0]), 6.0) == 1.0
     assert auto_arrow_scale(np.array([0.01]), 6.0) == 50.0
     assert auto_arrow_scale(np.array([0.001]), 6.0, reach=0.5) == 2.0  # limited by how far it would reach
+
+
+# -- the views adapt each initialization by its own rule ------------------------------------------------------
+@pytest.fixture(scope="module")
+def rule_run():
+    """A short run of MAML, Meta-SGD, MAML++ and ANIL, its RunPaths with learned rates far from the inner lr."""
+    import torch
+
+    from maml_lab.core.algorithms.config import AlgorithmConfig
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.core.training.trainer import Trainer
+    from maml_lab.lab.inside import collect_paths
+
+    config = ExperimentConfig(algorithms=[AlgorithmConfig.defaults(a) for a in ("maml", "metasgd", "mamlpp", "anil")],
+                              iterations=8, meta_batch_size=3, val_every=0, hidden=[8, 8])
+    trainer = Trainer(config)
+    trainer.run()
+    run = collect_paths(trainer)
+    live = trainer.runs["metasgd"].algorithm.lrs
+    assert set(run.learned) == {"metasgd", "mamlpp"} and run.learned_iteration == 8
+    assert set(run.learned["metasgd"]) == {f"lr.{k}" for k in live}
+    assert all(run.learned["metasgd"][f"lr.{k}"] is not v for k, v in live.items())  # copies, not the live rates
+    g = torch.Generator().manual_seed(1)
+    for tensors in run.learned.values():  # rates of 0.1-0.3 where the inner lr is 0.01: SGD would differ a lot
+        for k in tensors:
+            tensors[k] = torch.empty_like(tensors[k]).uniform_(0.1, 0.3, generator=g)
+    return run
+
+
+def _post_at_theta_by_hand(run, name, tasks, steps):
+    """The query loss after `steps` steps by run.adaptation(name) directly (the Adaptation view's computation)."""
+    import torch
+
+    from maml_lab.core.algorithms.config import test_adapt
+    from maml_lab.core.analysis.trajectory import unflatten
+    from maml_lab.core.tasks.losses import loss_function
+    from maml_lab.lab.inside import LANDSCAPE_SEED, build_model_and_like, sample_tasks
+
+    model, like = build_model_and_like(run.model_spec)
+    theta = unflatten(np.asarray(run.paths[name].snapshots[-1], np.float64), like)
+    batch = sample_tasks(run.family, tasks, run.shots, run.queries, LANDSCAPE_SEED)
+    fn = loss_function(run.loss)
+
+    def post(adaptation):
+        adapted = test_adapt(adaptation, model, fn, theta, batch.x_support, batch.y_support, steps)
+        with torch.no_grad():
+            return float(fn(model.forward(adapted, batch.x_query), batch.y_query).mean())
+
+    return post(run.adaptation(name)), post(run.inner_lr(name))
+
+
+@pytest.mark.parametrize("name, text", [("metasgd", "lr.* held fixed at their iteration-8 values"),
+                                        ("mamlpp", "lslr.* held fixed"), ("anil", "head only")])
+def test_landscape_post_surface_and_arrows_use_the_algorithms_own_rule(rule_run, name, text):
+    from maml_lab.lab.inside import LandscapeRequest, compute_landscape
+
+    result = compute_landscape(LandscapeRequest(rule_run, name, "random", "compare", resolution=3, tasks=4,
+                                                inner_steps=2))
+    assert text in result.rule
+    post = result.surfaces["post"]
+    assert post.alphas[1] == 0 and post.betas[1] == 0
+    own, sgd = _post_at_theta_by_hand(rule_run, name, 4, 2)
+    assert post.values[1, 1] == pytest.approx(own, rel=1e-5)
+    assert abs(post.values[1, 1] - sgd) > 1e-3 * sgd  # not plain SGD on every parameter (float32: 1e-5)
+    one = compute_landscape(LandscapeRequest(rule_run, name, "tasks", "task", resolution=3, tasks=4, task_steps=3))
+    np.testing.assert_allclose(one.task_path[-1], [1.0, 0.0], atol=1e-4)  # its own path ends at its adapted θ'
+
+
+def test_anil_arrows_leave_the_body_where_it_was(rule_run):
+    from maml_lab.core.analysis.trajectory import Plane, flatten
+    from maml_lab.lab.inside import build_model_and_like, task_arrows
+
+    model, like = build_model_and_like(rule_run.model_spec)
+    body = np.concatenate([np.ones(v.numel()) * (k not in model.head_names(like)) for k, v in like.items()])
+    head = 1.0 - body
+    origin = np.asarray(rule_run.paths["anil"].snapshots[-1], np.float64)
+    arrows = task_arrows(rule_run, Plane(origin, body, head, kind="test"), "anil", len(rule_run.paths["anil"]) - 1, 3)
+    ends = np.stack([s[-1] for s in arrows.steps])
+    np.testing.assert_allclose(ends[:, 0], 0.0, atol=1e-9)  # no movement along the body
+    assert np.abs(ends[:, 1]).max() > 1e-6 and flatten(like).size == origin.size
+
+
+def test_paths_arrows_use_the_learned_rates_and_say_so(rule_run):
+    import torch
+
+    from maml_lab.core.algorithms.config import test_trajectory
+    from maml_lab.core.tasks.losses import loss_function
+    from maml_lab.lab.inside import ARROW_SEED, build_model_and_like, sample_tasks, task_arrows
+
+    name = "metasgd"
+    projected = project_paths(rule_run, "init", name)
+    index = 2  # an earlier checkpoint: the rates are still the newest ones
+    arrows = task_arrows(rule_run, projected.plane, name, index, 3)
+    assert "lr.* held fixed at their iteration-8 values" in arrows.rule
+    model, like = build_model_and_like(rule_run.model_spec)
+    from maml_lab.core.analysis.trajectory import unflatten
+
+    theta = unflatten(np.asarray(rule_run.paths[name].snapshots[index], np.float64), like)
+    batch = sample_tasks(rule_run.family, 3, rule_run.shots, rule_run.queries, ARROW_SEED)
+    steps = list(test_trajectory(rule_run.adaptation(name), model, loss_function(rule_run.loss), theta,
+                                 batch.x_support, batch.y_support, rule_run.inner_steps(name)))
+    flat = torch.cat([v.reshape(3, -1).double() for v in steps[-1].values()], 1).numpy()
+    np.testing.assert_allclose(np.stack([s[-1] for s in arrows.steps]), projected.plane.project(flat), atol=1e-5)
+    sgd = list(test_trajectory(rule_run.inner_lr(name), model, loss_function(rule_run.loss), theta,
+                               batch.x_support, batch.y_support, rule_run.inner_steps(name)))
+    flat_sgd = torch.cat([v.reshape(3, -1).double() for v in sgd[-1].values()], 1).numpy()
+    assert np.abs(projected.plane.project(flat_sgd) - projected.plane.project(flat)).max() > 1e-4
+
+
+def test_reptile_landscape_rule_steps_on_the_whole_support_set():
+    from maml_lab.core.algorithms.base import LearnedAdaptation
+    from maml_lab.core.algorithms.config import AlgorithmConfig
+    from maml_lab.lab.inside import full_batch, rule_text
+
+    images = AlgorithmConfig.defaults("reptile", "images")
+    assert images.option("eval_batch") == 5
+    rule = full_batch(LearnedAdaptation(images, {"inner_adam.step": np.zeros(1)}))
+    assert rule.config.option("eval_batch") == 0 and rule.config.inner_optimizer == "adam"
+    assert "inner_adam.* held fixed" in rule_text(rule, 10) and "Adam" in rule_text(rule, 10)
+    maml = AlgorithmConfig.defaults("maml")
+    assert full_batch(maml) is maml and full_batch(0.1) == 0.1

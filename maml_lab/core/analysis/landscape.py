@@ -159,7 +159,7 @@ def surface(model, loss: str, like, plane: Plane, batch, alphas, betas, kind: st
     if kind not in KINDS:
         raise ValueError(f"unknown surface kind {kind!r} (one of {', '.join(KINDS)})")
     rule = None  # the algorithm's own rule (not plain SGD): its test_trajectory
-    if adaptation is not None:
+    if adaptation is not None and kind == "post":
         sgd = sgd_rule(adaptation, model, like)
         if sgd is None:
             rule = adaptation
