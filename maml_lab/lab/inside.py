@@ -279,18 +279,32 @@ def task_arrows(run: RunPaths, plane: Plane, name: str, index: int, num_tasks: i
                                        cancel)
     out.losses = losses
     out.steps = list(points)
+    optimum_losses = []
     if optimum_steps > 0:
-        points, _ = adaptation_points(model, run.loss, theta, batch, optimum_steps, adaptation, plane, cancel)
+        points, optimum_losses = adaptation_points(model, run.loss, theta, batch, optimum_steps, adaptation, plane,
+                                                   cancel)
         out.optimum = list(points)
     for s in out.steps + out.optimum:  # every path starts exactly at the checkpoint
         s[0] = start
-    # a rule fit for a few steps can diverge over many (Meta-SGD's rates): draw each path up to where it is finite
-    out.steps, out.optimum = [_finite_prefix(s) for s in out.steps], [_finite_prefix(s) for s in out.optimum]
+    out.steps = [_until_diverged(s) for s in out.steps]
+    # a rule fit for a few steps can diverge over many (Meta-SGD's and MAML++'s learned rates, trained for one or a
+    # few): the long fine-tuning is drawn up to where its query loss leaves DIVERGED times its starting value
+    out.optimum = [_until_diverged(s, loss) for s, loss in zip(out.optimum, optimum_losses)]
     return out
 
 
-def _finite_prefix(points: np.ndarray) -> np.ndarray:
+DIVERGED = 10.0  # a fine-tuning path is cut where its query loss exceeds this many times the loss it started at
+
+
+def _until_diverged(points: np.ndarray, losses: np.ndarray | None = None) -> np.ndarray:
+    """The rows of `points` [steps + 1, 2] before the first non-finite one, or before the first step whose loss is
+    not finite or above DIVERGED times the first loss; at least the first row."""
     bad = ~np.isfinite(points).all(axis=1)
+    if losses is not None:
+        losses = np.asarray(losses, np.float64)
+        with np.errstate(invalid="ignore"):
+            bad |= ~np.isfinite(losses) | (losses > DIVERGED * max(float(losses[0]), 1e-12))
+    bad[0] = False
     return points[:int(np.argmax(bad))] if bad.any() else points
 
 

@@ -65,7 +65,7 @@ from .theme import MUTED, TEXT, style_plot
 COLORMAP = "CET-L17"  # white (low loss) to purple: light where paths end, so colours and arrows read well
 MODES = (("compare", "Before vs after adaptation"), ("task", "One task and its adaptation"))
 SURFACE_TITLES = {"pre": "Before adaptation: mean task loss (joint training's objective)",
-                  "post": "After {k} inner step{s}, {who}'s rule: query loss (the meta-objective)",
+                  "post": "After {k} inner step{s} by {who}'s rule: query loss",
                   "task": "Task {t}: its loss and its adaptation path"}
 
 

@@ -99,7 +99,9 @@ class PathsView(QWidget):
         self.tasks.valueChanged.connect(lambda _: self._request_arrows())
         self.optimum = QCheckBox(f"Fine-tuned optimum ({OPTIMUM_STEPS} steps)")
         self.optimum.setToolTip(f"Also fine-tune each task for {OPTIMUM_STEPS} steps from the checkpoint, by the "
-                                "algorithm's own rule, and draw where it goes (dashed)")
+                                "algorithm's own rule, and draw where it goes (dashed; cut where its query loss "
+                                "exceeds ten times its starting value: learned rates fit for a step or two can "
+                                "diverge over many)")
         self.optimum.toggled.connect(lambda _: self._request_arrows())
         self.optimum.clicked.connect(lambda _: setattr(self, "_optimum_from_user", True))
         self.scale = QComboBox()
@@ -111,7 +113,6 @@ class PathsView(QWidget):
         self.rule_label = QLabel("")  # how the arrows adapt: the algorithm's own rule, its learned tensors held fixed
         self.rule_label.setProperty("hint", True)
         self.rule_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
-        self.rule_label.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         compact(self.algorithm, 10)
         compact(self.origin, 16)
         self.tasks.setMaximumWidth(64)

@@ -324,3 +324,16 @@ def test_reptile_landscape_rule_steps_on_the_whole_support_set():
     assert "inner_adam.* held fixed" in rule_text(rule, 10) and "Adam" in rule_text(rule, 10)
     maml = AlgorithmConfig.defaults("maml")
     assert full_batch(maml) is maml and full_batch(0.1) == 0.1
+
+
+def test_a_long_fine_tuning_is_drawn_up_to_where_it_diverges(rule_run):
+    from maml_lab.lab.inside import DIVERGED, _until_diverged, task_arrows
+
+    pts = np.arange(12.0).reshape(6, 2)
+    np.testing.assert_array_equal(_until_diverged(pts, np.array([1.0, 0.5, 2.0, DIVERGED + 1, 0.1, 0.1])), pts[:3])
+    pts[4, 1] = np.inf
+    np.testing.assert_array_equal(_until_diverged(pts), pts[:4])
+    np.testing.assert_array_equal(_until_diverged(pts[:1], np.array([np.nan])), pts[:1])  # the start always stays
+    projected = project_paths(rule_run, "init", "metasgd")  # rates of 0.1-0.3 over 100 steps: they diverge
+    arrows = task_arrows(rule_run, projected.plane, "metasgd", len(rule_run.paths["metasgd"]) - 1, 3, 100)
+    assert all(1 <= len(p) <= 101 and np.isfinite(p).all() for p in arrows.optimum)
