@@ -172,8 +172,9 @@ def make_config(args, seed: int):
     algo = AlgorithmConfig.defaults(args.algorithm, task="images", **settings)
     if args.meta_batch_size:
         extra["meta_batch_size"] = args.meta_batch_size
-    return ExperimentConfig(task="images", data=str(args.data), ways=5, shots=1, iterations=args.max_iterations,
-                            val_every=0, seed=seed, device=args.device, algorithms=[algo], **extra)
+    # the run's length is the experiment's (its default, or --set iterations=N): the outer lr schedule spans it
+    return ExperimentConfig(task="images", data=str(args.data), ways=5, shots=1, val_every=0, seed=seed,
+                            device=args.device, algorithms=[algo], **extra)
 
 
 def run_seed(args, family, seed: int, log=print) -> list[Outcome]:
@@ -243,7 +244,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--target", type=float, default=0.95, help="held-out accuracy to reach (0..1)")
     parser.add_argument("--check-every", type=int, default=50, help="iterations between accuracy checks")
-    parser.add_argument("--max-iterations", type=int, default=3000)
+    parser.add_argument("--max-iterations", type=int,
+                        help="stop there if the target is not reached (default: the run's length, the image "
+                             "experiment's iterations, which the outer lr schedule spans)")
     parser.add_argument("--max-seconds", type=float, default=0.0, help="stop a run after this much training (0: none)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--algorithm", default="maml", help="the engine's algorithm (image defaults)")
@@ -263,7 +266,7 @@ def main(argv=None) -> int:
     if not 0 < args.target <= 1:
         print(f"--target is an accuracy in (0, 1], got {args.target}", file=sys.stderr)
         return 2
-    if args.check_every < 1 or args.max_iterations < 1 or args.eval_tasks < 1:
+    if args.check_every < 1 or (args.max_iterations or 1) < 1 or args.eval_tasks < 1:
         print("need --check-every, --max-iterations and --eval-tasks >= 1", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
@@ -271,6 +274,8 @@ def main(argv=None) -> int:
 
     try:
         first = make_config(args, args.seeds[0])
+        if args.max_iterations is None:
+            args.max_iterations = first.iterations
         family = make_family(first)
         probe = Trainer(first, family=family, record_every=0)
     except ValueError as exc:
@@ -282,7 +287,8 @@ def main(argv=None) -> int:
     print(f"{args.data.name}: {split['train_classes']} training characters ({family.image_set.num_classes} classes "
           f"with rotations), {split['heldout_classes']} held out; {args.algorithm}, meta-batch "
           f"{first.meta_batch_size}, inner lr {algo.inner_lr:g} x {algo.inner_steps} step(s), meta-lr "
-          f"{algo.meta_lr:g} ({algo.meta_lr_schedule}); target {100 * args.target:g}%, check every "
+          f"{algo.meta_lr:g} ({algo.meta_lr_schedule} over {first.iterations} iterations); target "
+          f"{100 * args.target:g}%, check every "
           f"{args.check_every}; device {probe.device}, {torch.get_num_threads()} thread(s), torch {torch.__version__}")
     print(card_text(args, family, probe.model, algo, steps), flush=True)
     del probe

@@ -104,6 +104,26 @@ def test_time_to_accuracy_end_to_end_with_a_tiny_target_and_budget(capsys):
         assert float(wall) > 0 and float(cpu) > 0
 
 
+def test_time_to_accuracy_settings_reach_the_experiment_and_the_algorithm():
+    from types import SimpleNamespace
+
+    from maml_lab.core.training.config import ExperimentConfig
+
+    tta = load("time_to_accuracy")
+    args = SimpleNamespace(algorithm="maml", set=["meta_lr=0.005", "queries=7", "meta_lr_schedule=constant",
+                                                  "iterations=321"], meta_batch_size=4, data=Path("x.zip"),
+                           device="cpu")
+    config = tta.make_config(args, seed=3)
+    algo = config.algorithm("maml")
+    assert (config.queries, config.iterations, config.meta_batch_size, config.seed) == (7, 321, 4, 3)
+    assert algo.meta_lr == 0.005 and algo.meta_lr_schedule == "constant"
+    default = tta.make_config(SimpleNamespace(algorithm="maml", set=None, meta_batch_size=None, data=Path("x.zip"),
+                                              device="cpu"), seed=0)
+    assert default.iterations == ExperimentConfig(task="images").iterations  # the schedule spans the default run
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        tta.parse_settings(["meta_lr"])
+
+
 def test_time_to_accuracy_refuses_bad_input(capsys, tmp_path):
     tta = load("time_to_accuracy")
     assert tta.main(["--data", str(tmp_path / "missing.zip")]) == 2
