@@ -44,12 +44,23 @@ def images(**kw) -> ExperimentConfig:
     return ExperimentConfig(**base)
 
 
-def test_task_aware_defaults_follow_the_maml_paper():
+def test_task_aware_defaults_follow_the_maml_paper_tuned_for_time_to_accuracy():
     c = ExperimentConfig(task="images")
-    assert (c.meta_batch_size, c.shots, c.queries, c.iterations, c.ways) == (32, 1, 5, 60000, 5)
+    assert (c.meta_batch_size, c.shots, c.queries, c.iterations, c.ways) == (32, 1, 5, 800, 5)
     (maml,) = c.algorithms
-    assert (maml.name, maml.inner_lr, maml.inner_steps, maml.test_inner_steps, maml.meta_lr) == (
-        "maml", 0.4, 1, 3, 1e-3)
+    assert (maml.name, maml.inner_lr, maml.inner_steps, maml.test_inner_steps, maml.meta_lr,
+            maml.meta_lr_schedule) == ("maml", 0.4, 1, 3, 3e-3, "cosine")
+    # the paper's own settings are one preset away, and the algorithms with their own rules keep them
+    from maml_lab.core.training.config import apply_preset
+
+    paper = ExperimentConfig.from_dict(apply_preset({"task": "images", "algorithms": {"maml": {}}}, "images",
+                                                    "paper"))
+    assert paper.iterations == 60000 and paper.meta_batch_size == 32
+    assert (paper.algorithm("maml").meta_lr, paper.algorithm("maml").meta_lr_schedule) == (1e-3, "constant")
+    for name in ("fomaml", "anil", "boil"):
+        assert AlgorithmConfig.defaults(name, task="images").meta_lr == 3e-3
+    assert AlgorithmConfig.defaults("metasgd", task="images").meta_lr == 1e-3
+    assert AlgorithmConfig.defaults("maml", task="sinusoid").meta_lr_schedule == "constant"
     s = ExperimentConfig()
     assert (s.meta_batch_size, s.shots, s.queries, s.iterations) == (25, 10, 10, 70000)
     assert s.algorithms[0].inner_lr == 0.01 and s.algorithms[0].test_inner_steps == 10
