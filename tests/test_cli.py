@@ -142,3 +142,23 @@ def test_repeated_option_flags_add_up():
     assert args.option == ["reptile.inner_batch=0", "reptile.meta_batch=0", "fomaml_momentum.momentum=0.5"]
     assert args.task_option == ["a=1", "b=2"]
     assert build_parser().parse_args(["train"]).option == []
+
+
+def test_every_registered_algorithm_trains_from_a_toml_config(tmp_path, monkeypatch):
+    """A TOML config naming every algorithm (with its options) round-trips and trains from `train --config`."""
+    from maml_lab.core.algorithms.config import AlgorithmConfig
+    from maml_lab.core.algorithms.registry import algorithm_names
+    from maml_lab.core.training.config import ExperimentConfig
+
+    monkeypatch.chdir(tmp_path)
+    names = algorithm_names()
+    assert {"mamlpp", "metasgd", "anil", "boil", "reptile", "pretrained"} <= set(names)
+    config = ExperimentConfig(algorithms=[AlgorithmConfig.defaults(n) for n in names], iterations=2,
+                              meta_batch_size=2, hidden=[8, 8], val_every=0)
+    path = tmp_path / "every.toml"
+    config.save_toml(path)
+    loaded = ExperimentConfig.load_toml(path)
+    assert loaded.to_dict() == config.to_dict()
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "init.safetensors"), "--quiet"]) == 0
+    for name in names:
+        assert (tmp_path / f"init-{name}.safetensors").stat().st_size > 0, name
