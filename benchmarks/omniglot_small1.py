@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="loss and batch-norm conventions (docs/image_tasks.md; default: the images default)")
     parser.add_argument("--inner-lr", type=float, help="inner step size (default: the images default, 0.4)")
     parser.add_argument("--inner-steps", type=int, help="inner steps in training (default: each algorithm's own)")
+    parser.add_argument("--meta-lr", type=float, help="outer Adam step size (default: each algorithm's own)")
+    parser.add_argument("--meta-lr-schedule", choices=["constant", "cosine"],
+                        help="outer step size schedule (default: each algorithm's own)")
     parser.add_argument("--test-steps", type=int, help="fine-tuning steps at evaluation (default: each algorithm's)")
     args = parser.parse_args(argv)
     if not args.data.is_file():
@@ -121,8 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.algorithms:
         algo = AlgorithmConfig.defaults(name, task="images", inner_lr=args.inner_lr, inner_steps=args.inner_steps,
-                                       test_inner_steps=args.test_steps)
+                                       test_inner_steps=args.test_steps, meta_lr=args.meta_lr,
+                                       meta_lr_schedule=args.meta_lr_schedule)
         config = ExperimentConfig(**{**base.to_dict(), "algorithms": [algo]})
+        print(f"{name}: {algo.inner_steps} inner step(s) of {algo.inner_lr:g} in training, {algo.test_inner_steps} at "
+              f"test, outer Adam {algo.meta_lr:g} ({algo.meta_lr_schedule})", flush=True)
         trainer = Trainer(config, family=family, record_every=0)
         run = trainer.runs[name]
         steps = algo.test_inner_steps  # fine-tuned by its own test-time rule (ANIL: the head only, BOIL: the body)

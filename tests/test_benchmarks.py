@@ -182,7 +182,8 @@ def read_export(path: Path) -> tuple[dict, dict]:
 @needs_small1
 @pytest.mark.parametrize("flags, ways, shots, meta_batch, cells", [
     (["--ways", "20"], 20, 1, 16, ["20-way 1-shot"]),  # the paper's 20-way meta-batch when none is given
-    (["--shots", "5", "--meta-batch-size", "2"], 5, 5, 2, ["5-way 1-shot", "5-way 5-shot"]),
+    (["--shots", "5", "--meta-batch-size", "2", "--meta-lr", "0.002", "--meta-lr-schedule", "cosine"], 5, 5, 2,
+     ["5-way 1-shot", "5-way 5-shot"]),
 ])
 def test_omniglot_small1_meta_trains_the_ways_and_shots_it_is_given(capsys, tmp_path, flags, ways, shots, meta_batch,
                                                                     cells):
@@ -198,6 +199,9 @@ def test_omniglot_small1_meta_trains_the_ways_and_shots_it_is_given(capsys, tmp_
     meta, shapes = read_export(tmp_path / f"omniglot_small1-{ways}w{shots}s-maml.safetensors")
     assert meta["hyperparameters"]["shots"] == shots and meta["hyperparameters"]["meta_batch_size"] == meta_batch
     assert meta["model"]["ways"] == ways and shapes["13.weight"][0] == ways
+    if "--meta-lr" in flags:  # the outer step as asked, whatever the algorithm's default
+        assert meta["hyperparameters"]["meta_lr"] == 0.002 and meta["hyperparameters"]["meta_lr_schedule"] == "cosine"
+        assert "outer Adam 0.002 (cosine)" in out
 
 
 @needs_small1
