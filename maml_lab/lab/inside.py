@@ -76,7 +76,7 @@ class RunPaths:
     family: object = None  # the training tasks (read-only objects, safe to sample from on any thread)
     eval_family: object = None  # held-out tasks (image sets: held-out classes), for adaptation curves
     # name -> {tensor name: CPU tensor}: what the algorithm learned besides theta (`export_tensors`), copied at
-    # `learned_iteration`; only the newest values are kept (a run with none, or an opened run: empty)
+    # `learned_iteration`; only the newest values are kept (an opened run: its latest checkpoint's; none: empty)
     learned: dict = field(default_factory=dict)
     learned_iteration: int = 0
 

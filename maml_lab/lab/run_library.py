@@ -224,9 +224,16 @@ def paths_from_checkpoint(tensors: dict, header: dict, config: ExperimentConfig,
     loss = getattr(family, "loss", None) or task_family(config.task).loss  # the run's family's own loss
     if loss == "cross_entropy" and (header.get("model") or {}).get("convention") == "cbfinn":
         loss = "cross_entropy_sum"  # a conv-4 in cbfinn/maml's conventions whose family was not rebuilt
-    return RunPaths(int(header.get("iteration", 0)), int(config.iterations), dict(header.get("model") or {}), loss,
+    learned = {}  # what each algorithm adapts with besides theta (Meta-SGD's rates...), as the checkpoint has it
+    for name in paths:
+        keys = (header.get("runs", {}).get(name) or {}).get("learned_keys") or []
+        found = {k: tensors[f"runs/{name}/learned/{k}"] for k in keys if f"runs/{name}/learned/{k}" in tensors}
+        if found and len(found) == len(keys):
+            learned[name] = found
+    iteration = int(header.get("iteration", 0))
+    return RunPaths(iteration, int(config.iterations), dict(header.get("model") or {}), loss,
                     config.task, config.shots, config.queries, paths,
-                    {a.name: a.to_dict() for a in config.algorithms}, family, family)
+                    {a.name: a.to_dict() for a in config.algorithms}, family, family, learned, iteration)
 
 
 @dataclass

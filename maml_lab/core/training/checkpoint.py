@@ -128,6 +128,11 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
                  "algorithm": _flatten(run.algorithm.state_dict(), prefix + "algorithm", tensors),
                  "log": _flatten(run.log.state_dict(), prefix + "log", tensors),
                  "val_log": _flatten(run.val_log.state_dict(), prefix + "val_log", tensors)}
+        learned = getattr(run.algorithm.adaptation(), "tensors", None) or {}
+        if learned:  # what test-time adaptation uses besides theta, by name, for looking at the run without resuming
+            for k, v in learned.items():
+                tensors[prefix + "learned/" + k] = v.detach().to("cpu").contiguous()
+            entry["learned_keys"] = list(learned)
         recorder = trainer.recorders.get(name)
         if recorder is not None and recorder.snapshots and paths_bytes <= MAX_PATHS_BYTES:
             tensors[prefix + "path/snapshots"] = torch.from_numpy(recorder.array())

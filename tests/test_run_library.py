@@ -1,0 +1,38 @@
+"""Opening a past run (lab.run_library): its parameter paths carry what each algorithm adapts with besides theta,
+so the Paths and Landscape views fine-tune an opened Meta-SGD or MAML++ run by its own rule, not by SGD."""
+
+import torch
+
+from maml_lab.core.algorithms.base import LearnedAdaptation
+from maml_lab.core.algorithms.config import AlgorithmConfig
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.runs import RunFolder, RunLogger
+from maml_lab.core.training.trainer import Trainer
+from maml_lab.lab.run_library import open_run
+
+
+def test_an_opened_run_adapts_with_the_learned_tensors_of_its_checkpoint(tmp_path):
+    cfg = ExperimentConfig(iterations=6, meta_batch_size=3, val_every=0, hidden=[8, 8],
+                           algorithms=[AlgorithmConfig.defaults(n) for n in ("maml", "metasgd", "mamlpp")])
+    folder = RunFolder.create(tmp_path / "run", cfg)
+    trainer = Trainer(cfg, record_every=1)
+    logger = RunLogger(folder, checkpoint_every=3)
+    logger.start(trainer)
+    trainer.observers.append(logger)
+    trainer.run()
+
+    opened = open_run(folder.path)
+    paths = opened.paths
+    assert paths is not None and set(paths.paths) == {"maml", "metasgd", "mamlpp"}
+    assert "maml" not in paths.learned  # plain SGD learns nothing besides theta
+    assert paths.learned_iteration == 6
+    for name in ("metasgd", "mamlpp"):
+        live = trainer.runs[name].algorithm.adaptation().tensors
+        assert set(paths.learned[name]) == set(live) and live
+        for k, v in live.items():
+            assert torch.equal(paths.learned[name][k], v), (name, k)
+        rule = paths.adaptation(name)
+        assert isinstance(rule, LearnedAdaptation) and set(rule.tensors) == set(live)
+    # the rates were trained away from the inner lr they started at, so using them is not SGD in disguise
+    rates = paths.learned["metasgd"]
+    assert any(not torch.allclose(v, torch.full_like(v, cfg.algorithm("metasgd").inner_lr)) for v in rates.values())
