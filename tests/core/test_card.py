@@ -173,3 +173,16 @@ def test_the_card_says_whether_the_inner_loop_steps_batch_norm(name, adapted):
                                 loss="cross_entropy", model=Conv4(in_channels=1, image_size=28, ways=5))
     assert ("both adapted" in card.batch_norm) == adapted
     assert ("neither adapted in the inner loop" in card.batch_norm) == (not adapted)
+
+
+@pytest.mark.parametrize("name, subset", [("anil", "head"), ("boil", "body"), ("maml", None)])
+def test_head_or_body_only_adaptation_is_not_the_papers_protocol(name, subset):
+    """ANIL and BOIL fine-tune a subset of the parameters: their cards must not claim the MAML paper's protocol."""
+    card = EvaluationCard.build("sinusoid", 600, [5], [10], AlgorithmConfig.defaults(name), queries=10, loss="mse",
+                                model=MLP([1, 40, 40, 1]))
+    assert card.paper is not None
+    if subset is None:
+        assert card.adapts == "all" and card.matches_paper, card.text()
+    else:
+        assert card.adapts == subset and not card.matches_paper
+        assert f"adapts the {subset} only" in card.text() and card.to_dict()["adapts"] == subset

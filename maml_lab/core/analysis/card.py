@@ -90,6 +90,18 @@ def _join(values) -> str:
     return ", ".join(str(v) for v in values[:-1]) + (" or " if len(values) > 1 else "") + str(values[-1])
 
 
+def _adapted_subset(algorithm: str | None) -> str:
+    """'all', 'head' or 'body': the parameters a registered algorithm's inner loop moves (unknown: all)."""
+    if not algorithm:
+        return "all"
+    from ..algorithms.registry import algorithm_class
+
+    try:
+        return str(getattr(algorithm_class(algorithm), "adapts", "all") or "all")
+    except (KeyError, ValueError):
+        return "all"
+
+
 @dataclass
 class EvaluationCard:
     """The protocol of one evaluation. Build it with `EvaluationCard.build`; `text()` for people, `to_dict()`
@@ -108,6 +120,7 @@ class EvaluationCard:
     loss: str = ""  # the loss convention in words
     batch_norm: str = "none (no batch norm)"
     transductive: bool | None = None  # None: no batch norm
+    adapts: str = "all"  # which parameters the inner loop moves: all, head (ANIL) or body (BOIL)
     ci: str = CI_FORMULA
     paper: str | None = None  # the named protocol's title (None: no paper states one for this setting)
     paper_key: str | None = None
@@ -152,6 +165,7 @@ class EvaluationCard:
                    loss=loss_text(loss) if loss else "", transductive=transductive, notes=dict(notes or {}))
         if spec.get("kind") == "conv4":
             card.batch_norm = _batch_norm_text(convention, transductive, _inner_loop_steps_batch_norm(algorithm))
+        card.adapts = _adapted_subset(algorithm)
         card.compare(paper_protocol(task_family, algorithm, card.ways))
         return card
 
@@ -189,6 +203,8 @@ class EvaluationCard:
                 and self.transductive != protocol.transductive:
             d.append(f"batch norm {'transductive' if self.transductive else 'not transductive'} (paper: "
                      f"{'transductive' if protocol.transductive else 'not transductive'})")
+        if self.adapts != "all":
+            d.append(f"the inner loop adapts the {self.adapts} only (paper: every parameter)")
         if protocol.ci is not None and self.ci != protocol.ci:
             d.append(f"CI {self.ci} (paper: {protocol.ci})")
         self.matches_paper = not d
