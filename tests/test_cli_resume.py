@@ -69,7 +69,9 @@ def test_resume_refusals_are_one_line(tmp_path, capsys):
     assert main(["train", "--iterations", "4", "--run-dir", str(run), "--quiet"]) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train", "--resume", str(run), "--run-dir", str(tmp_path / "x"), "--quiet"]) == 2
-    assert "drop --config and --run-dir" in capsys.readouterr().err
+    assert "drop --config, --preset and --run-dir" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--preset", "paper", "--quiet"]) == 2  # a preset is a new experiment
+    assert "drop --config, --preset and --run-dir" in capsys.readouterr().err
     # a longer run continues from the end of the first
     assert main(["train", "--resume", str(run), "--iterations", "6", "--quiet"]) == 0
     assert RunFolder(run).status()["iteration"] == 6
