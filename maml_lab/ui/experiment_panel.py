@@ -144,6 +144,10 @@ class AlgorithmColumn:
         self.inner_steps.setValue(cfg.inner_steps)
         self.test_steps.setValue(cfg.test_inner_steps)
         self.meta_lr.setText(_fmt_float(getattr(cfg, self.outer_field)))
+        if self.outer_field == "meta_lr":  # the schedule is not a field of its own: say it where the rate is
+            schedule = ("annealed to 0 by a cosine over the run" if cfg.meta_lr_schedule == "cosine"
+                        else "constant over the run")
+            self.meta_lr.setToolTip(f"{self.algorithm.outer_lr_tip}; {schedule} (TOML / CLI: meta_lr_schedule)")
         flat = cfg.to_dict()
         self.settings.setText(", ".join(f"{k}={_fmt_setting(flat[k])}" for k in self.setting_keys if k in flat))
         self.settings.setCursorPosition(0)

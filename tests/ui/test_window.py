@@ -142,3 +142,17 @@ def test_the_run_state_is_an_enum_the_window_reads_from_the_controller(window, q
         assert window.act_stop.isEnabled() and not window.act_start.isEnabled()
     assert window.state is RunState.FINISHED and f"{window.state}" == "finished"
     assert RunState.of("something new") is RunState.FAILED
+
+
+def test_the_panel_shows_the_image_defaults_and_the_outer_schedule(window):
+    """Choosing images gives the tuned image defaults (meta-batch 32, 800 iterations, MAML's Adam 3e-3 annealed by a
+    cosine); the schedule, which has no field of its own, is named in the outer rate's tooltip."""
+    p = window.panel
+    p.task.setCurrentIndex(p.task.findData("images"))
+    maml = p.columns["maml"]
+    assert (p.meta_batch.value(), p.iterations.value()) == (32, 800)
+    assert float(maml.meta_lr.text()) == 0.003 and "cosine" in maml.meta_lr.toolTip()
+    config = p.config()
+    assert config.algorithm("maml").meta_lr_schedule == "cosine" and config.iterations == 800
+    p.task.setCurrentIndex(p.task.findData("sinusoid"))
+    assert "constant" in maml.meta_lr.toolTip() and p.config().algorithm("maml").meta_lr_schedule == "constant"
