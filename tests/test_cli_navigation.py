@@ -94,7 +94,7 @@ def _rolls_out_as_the_engine(net, tensors, meta):
 
 
 def _policy(meta):
-    from maml_lab.core.models.mlp import build_model
+    from maml_lab.core.models.build import build_model
 
     return build_model(meta["model"])
 

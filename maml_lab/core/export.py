@@ -168,7 +168,7 @@ def load_initialization(path: str | Path, expected_model: dict | None = None, wi
     extras) with the right shapes, and that they are finite. `expected_model` (a spec) refuses files for another
     model.
     """
-    from .models.mlp import build_model
+    from .models.build import build_model
 
     path = Path(path)
     if not path.exists():

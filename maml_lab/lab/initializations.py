@@ -146,7 +146,7 @@ class InitializationStore:
 
     def model_for(self, spec: dict):
         """The functional model of a spec, built once (ValueError for specs no model takes)."""
-        from ..core.models.mlp import build_model
+        from ..core.models.build import build_model
 
         key = repr(spec)
         if key not in self._models:

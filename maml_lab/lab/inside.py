@@ -132,7 +132,7 @@ def collect_paths(trainer) -> RunPaths:
 
 def build_model_and_like(spec: dict):
     """A model from its spec and a parameter dict of its shapes (for unflatten)."""
-    from ..core.models.mlp import build_model
+    from ..core.models.build import build_model
 
     model = build_model(spec)
     like = model.init_params(torch.Generator().manual_seed(0))

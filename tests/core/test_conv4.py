@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from maml_lab.core.algorithms.adaptation import adapt, expand_params
+from maml_lab.core.models.build import build_model
 from maml_lab.core.models.conv4 import Conv4
-from maml_lab.core.models.mlp import build_model
 from maml_lab.core.tasks.losses import cross_entropy_per_task
 
 CASES = [

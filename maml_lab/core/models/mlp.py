@@ -189,22 +189,6 @@ class MLP:
         return nn.Sequential(*layers)
 
 
-def build_model(spec: dict):
-    """A model from its metadata spec (what export writes)."""
-    kind = spec.get("kind")
-    if kind == "mlp":
-        return MLP(spec.get("sizes", (1, 40, 40, 1)), spec.get("activation", "relu"))
-    if kind == "conv4":
-        from .conv4 import Conv4  # image tasks; imported lazily
-
-        return Conv4.from_spec(spec)
-    if kind == "gaussian_mlp_policy":
-        from ..rl.policy import GaussianMLPPolicy  # reinforcement-learning families (2-D navigation)
-
-        return GaussianMLPPolicy.from_spec(spec)
-    raise ValueError(f"unknown model kind {kind!r}")
-
-
 def clone_params(params) -> "OrderedDict[str, torch.Tensor]":
     return OrderedDict((k, v.detach().clone()) for k, v in params.items())
 

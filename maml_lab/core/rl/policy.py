@@ -14,11 +14,10 @@ import math
 from collections import OrderedDict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"relu": (F.relu, nn.ReLU), "tanh": (torch.tanh, nn.Tanh), "gelu": (F.gelu, nn.GELU),
-               "silu": (F.silu, nn.SiLU)}
+from ..models.mlp import ACTIVATIONS, MLP
+
 LOG_2PI = math.log(2 * math.pi)
 
 
@@ -37,7 +36,7 @@ class GaussianMLPPolicy:
         self.sizes = sizes
         self.activation = activation
         self.init_log_std = float(init_log_std)
-        self._act = ACTIVATIONS[activation][0]
+        self.mean_net = MLP(sizes, activation)  # the mean network: the engine's MLP, the same tensors and names
 
     @classmethod
     def from_spec(cls, spec: dict) -> "GaussianMLPPolicy":
@@ -57,39 +56,20 @@ class GaussianMLPPolicy:
         return self.sizes[-1]
 
     def param_shapes(self) -> "OrderedDict[str, tuple[int, ...]]":
-        shapes = OrderedDict()
-        for i in range(self.num_layers):
-            shapes[f"{2 * i}.weight"] = (self.sizes[i + 1], self.sizes[i])
-            shapes[f"{2 * i}.bias"] = (self.sizes[i + 1],)
+        shapes = self.mean_net.param_shapes()
         shapes["log_std"] = (self.action_dim,)
         return shapes
 
     def init_params(self, generator: torch.Generator, device=None, dtype=None) -> "OrderedDict[str, torch.Tensor]":
         """nn.Linear's default initialization for the mean network (drawn from `generator`), log std constant."""
-        dtype = dtype or torch.float32
-        params = OrderedDict()
-        for name, shape in self.param_shapes().items():
-            if name == "log_std":
-                t = torch.full(shape, self.init_log_std, dtype=dtype)
-            else:
-                bound = 1.0 / math.sqrt(self.sizes[int(name.split(".")[0]) // 2])
-                t = (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
-            params[name] = t.to(device)
+        params = self.mean_net.init_params(generator, device=device, dtype=dtype)
+        params["log_std"] = torch.full((self.action_dim,), self.init_log_std, dtype=dtype or torch.float32,
+                                       device=device)
         return params
 
     def forward(self, params, x: torch.Tensor) -> torch.Tensor:
         """The action mean. params: shared or per-task [B, ...]; x: [B, N, obs_dim] -> [B, N, action_dim]."""
-        h = x
-        last = self.num_layers - 1
-        for i in range(self.num_layers):
-            w, b = params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]
-            if w.dim() == 3:
-                h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            else:
-                h = torch.addmm(b, h.reshape(-1, h.shape[-1]), w.t()).view(*h.shape[:-1], w.shape[0])
-            if i != last:
-                h = self._act(h)
-        return h
+        return self.mean_net.forward(params, x)
 
     def log_std(self, params, like: torch.Tensor) -> torch.Tensor:
         """log_std broadcastable against [B, N, action_dim] (`like`)."""
@@ -105,10 +85,4 @@ class GaussianMLPPolicy:
 
     def torch_module(self) -> nn.Module:
         """The mean network as plain PyTorch (load every exported tensor but `log_std` into it)."""
-        act = ACTIVATIONS[self.activation][1]
-        layers: list[nn.Module] = []
-        for i in range(self.num_layers):
-            layers.append(nn.Linear(self.sizes[i], self.sizes[i + 1]))
-            if i != self.num_layers - 1:
-                layers.append(act())
-        return nn.Sequential(*layers)
+        return self.mean_net.torch_module()
