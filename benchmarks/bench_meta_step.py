@@ -8,6 +8,7 @@ script prints tasks/s (median over rounds) and the engine's speed-up over each r
 
     python benchmarks/bench_meta_step.py [--rounds 7] [--steps 50]
     python benchmarks/bench_meta_step.py --model conv4 [--threads 1] [--clock process] [--conv4-batched loop]
+    python benchmarks/bench_meta_step.py --model conv4 --queries 3   # other query-set sizes (per class)
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from maml_lab.core.tasks.sinusoid import SinusoidFamily
 class Setup:
     """What is benchmarked: model, loss, task batch shape and inner step size."""
 
-    def __init__(self, model: str, conv4_batched: str = "auto"):
+    def __init__(self, model: str, conv4_batched: str = "auto", queries: int | None = None):
         self.kind = model
         if model == "mlp":
             self.model, self.loss_name, self.lr = MLP(), "mse", 0.01
@@ -40,6 +41,8 @@ class Setup:
             self.model, self.loss_name, self.lr = Conv4(1, 28, 5, batched=conv4_batched), "cross_entropy", 0.4
             self.b, self.k, self.q = 32, 1, 5  # 5-way 1-shot, 5 queries per class
             self.loss = F.cross_entropy
+        if queries is not None:
+            self.q = queries
 
     def describe(self) -> str:
         if self.kind == "mlp":
@@ -176,6 +179,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="default 7 (mlp), 5 (conv4)")
     parser.add_argument("--steps", type=int, help="meta-steps per implementation per round (default 40; conv4 3)")
     parser.add_argument("--algorithms", nargs="+", help="default maml fomaml reptile (mlp), maml (conv4)")
+    parser.add_argument("--queries", type=int, help="query examples per class (conv4, default 5) or per task (mlp, 10)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--clock", choices=("wall", "process"), default="wall",
                         help="process: CPU time of this process (robust when other jobs share the CPU)")
@@ -190,7 +194,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     CLOCK = time.process_time if args.clock == "process" else time.perf_counter
-    setup = Setup(args.model, args.conv4_batched)
+    setup = Setup(args.model, args.conv4_batched, args.queries)
     g = torch.Generator().manual_seed(0)
     params = setup.model.init_params(g)
     batches = setup.batches(steps, g)

@@ -1,14 +1,15 @@
 """Time to accuracy: meta-train on images_background_small1.zip until the held-out 5-way 1-shot accuracy first reaches
-a target, with the engine and with a reference MAML (a per-task autograd loop), back to back in one process.
+a target, with the engine and with a reference MAML (a per-task autograd loop), taking turns in one process.
 
 What a user waits for is a usable initialization, not a meta-step. For each seed, the engine (the default image
-experiment: `ExperimentConfig(task="images")`, the algorithm's image defaults) and then the reference train from
+experiment: `ExperimentConfig(task="images")`, the algorithm's image defaults) and the reference train from
 the same initialization on the same stream of tasks (the same Trainer sampler and generator), and every
 `--check-every` iterations both are evaluated on the same fixed set of `--eval-tasks` held-out tasks (the held-out
 characters of the split, 15 queries per class, `--steps` test-time steps of the algorithm's own adaptation, task
 seed 2017; the evaluation card is printed). Training stops when the accuracy first reaches `--target` or after
 `--max-iterations` (or `--max-seconds` of training). Wall and process CPU time count training only; the checks'
-evaluation time is reported on its own.
+evaluation time is reported on its own. The two runs take turns a check at a time (`--order interleaved`, the
+default), so a change in the shared machine's load hits both alike; `--order sequential` runs them back to back.
 
 The reference is MAML as one would write it from the paper: a Python loop over the meta-batch, per task the
 inner SGD steps by autograd on the conv-4 as plain PyTorch (`Conv4.torch_module()` through
@@ -114,37 +115,63 @@ def evaluate(model, heldout, params, steps: int, adaptation, tasks: int, device)
                                 device)[steps]
 
 
-def train_to_target(name: str, trainer, step, args, heldout, steps: int, seed: int, log=print) -> Outcome:
-    """Train with `step(n)` (n more iterations) in chunks of --check-every until the target or the budget."""
-    run = next(iter(trainer.runs.values()))
-    out = Outcome(name, seed)
-    sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
-    while out.iterations < args.max_iterations:
+class Race:
+    """One run towards the target, advanced a check at a time (`--check-every` iterations, then an evaluation), so
+    that the engine and the reference can take turns and the machine's load changes hit both alike."""
+
+    def __init__(self, name: str, trainer, step, args, heldout, steps: int, seed: int, log=print):
+        self.name, self.trainer, self.step, self.args = name, trainer, step, args
+        self.heldout, self.steps, self.seed, self.log = heldout, steps, seed, log
+        self.run = next(iter(trainer.runs.values()))
+        self.out = Outcome(name, seed)
+        self.done = False
+        self.sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
+
+    def advance(self) -> None:
+        """Train up to the next check, evaluate, and decide whether this run is done."""
+        args, out = self.args, self.out
+        if out.iterations >= args.max_iterations:
+            self.done = True
+            return
         n = min(args.check_every, args.max_iterations - out.iterations)
-        sync()
+        self.sync()
         w0, c0 = time.perf_counter(), time.process_time()
-        step(n)
-        sync()
+        self.step(n)
+        self.sync()
         out.wall_s += time.perf_counter() - w0
         out.cpu_s += time.process_time() - c0
         out.iterations += n
         w0 = time.perf_counter()
-        out.accuracy = evaluate(trainer.model, heldout, run.params, steps, run.algorithm.adaptation(),
-                                args.eval_tasks, trainer.device)
+        out.accuracy = evaluate(self.trainer.model, self.heldout, self.run.params, self.steps,
+                                self.run.algorithm.adaptation(), args.eval_tasks, self.trainer.device)
         out.eval_s += time.perf_counter() - w0
         out.trend.append((out.iterations, out.accuracy[0]))
-        log(f"  {name} seed {seed}: iteration {out.iterations}, {out.wall_s:.1f} s training, held-out 5-way 1-shot "
-            f"{100 * out.accuracy[0]:.1f}% +- {100 * out.accuracy[1]:.1f}%")
+        self.log(f"  {self.name} seed {self.seed}: iteration {out.iterations}, {out.wall_s:.1f} s training, "
+                 f"held-out 5-way 1-shot {100 * out.accuracy[0]:.1f}% +- {100 * out.accuracy[1]:.1f}%")
         if not math.isfinite(out.accuracy[0]):
             out.note = "non-finite accuracy"
-            break
-        if out.accuracy[0] >= args.target:
-            out.reached = True
-            break
-        if args.max_seconds and out.wall_s >= args.max_seconds:
+            self.done = True
+        elif out.accuracy[0] >= args.target:
+            out.reached = self.done = True
+        elif args.max_seconds and out.wall_s >= args.max_seconds:
             out.note = f"stopped at the {args.max_seconds:g} s training cap"
-            break
-    return out
+            self.done = True
+        elif out.iterations >= args.max_iterations:
+            self.done = True
+
+
+def race(runs: list[Race], interleaved: bool) -> list[Outcome]:
+    """Advance the runs in turns (interleaved) or each to its end in order (back to back)."""
+    if interleaved:
+        while not all(r.done for r in runs):
+            for r in runs:
+                if not r.done:
+                    r.advance()
+    else:
+        for r in runs:
+            while not r.done:
+                r.advance()
+    return [r.out for r in runs]
 
 
 def parse_settings(pairs: list[str]) -> dict:
@@ -182,7 +209,6 @@ def run_seed(args, family, seed: int, log=print) -> list[Outcome]:
 
     config = make_config(args, seed)
     heldout = family.validation_family
-    outcomes = []
     engine = Trainer(config, family=family, record_every=0)
     run = engine.runs[args.algorithm]
     steps = args.steps if args.steps is not None else run.algorithm.config.test_inner_steps
@@ -191,7 +217,7 @@ def run_seed(args, family, seed: int, log=print) -> list[Outcome]:
         if engine.run(iterations=n) == "diverged":
             raise FloatingPointError(engine.stop_reason)
 
-    outcomes.append(train_to_target("engine", engine, engine_step, args, heldout, steps, seed, log))
+    runs = [Race("engine", engine, engine_step, args, heldout, steps, seed, log)]
     if args.reference != "none":
         ref_trainer = Trainer(config, family=family, record_every=0)  # same initialization, same task stream
         ref_run = ref_trainer.runs[args.algorithm]
@@ -202,8 +228,8 @@ def run_seed(args, family, seed: int, log=print) -> list[Outcome]:
                 reference.step(ref_trainer.sample_batch(), ref_trainer.iteration)
                 ref_trainer.iteration += 1
 
-        outcomes.append(train_to_target("reference", ref_trainer, reference_step, args, heldout, steps, seed, log))
-    return outcomes
+        runs.append(Race("reference", ref_trainer, reference_step, args, heldout, steps, seed, log))
+    return race(runs, args.order == "interleaved")
 
 
 def card_text(args, family, model, algorithm_config, steps: int) -> str:
@@ -257,6 +283,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-tasks", type=int, default=600)
     parser.add_argument("--steps", type=int, help="test-time steps (default: the algorithm's, 3 for images)")
     parser.add_argument("--reference", choices=("loop", "none"), default="loop")
+    parser.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
+                        help="engine and reference take turns, a check at a time (default), or run back to back")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = parser.parse_args(argv)

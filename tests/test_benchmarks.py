@@ -104,6 +104,24 @@ def test_time_to_accuracy_end_to_end_with_a_tiny_target_and_budget(capsys):
         assert float(wall) > 0 and float(cpu) > 0
 
 
+@needs_small1
+def test_time_to_accuracy_interleaved_runs_follow_the_same_trajectories_as_back_to_back(capsys):
+    """Taking turns must not couple the runs: each has its own generator, so the checks are the same either way."""
+    tta = load("time_to_accuracy")
+    trends = {}
+    for order in ("interleaved", "sequential"):
+        rc = tta.main(["--data", str(SMALL1), "--target", "0.99", "--max-iterations", "4", "--check-every", "2",
+                       "--eval-tasks", "10", "--meta-batch-size", "2", "--seeds", "0", "--order", order])
+        assert rc == 0
+        out = capsys.readouterr().out
+        checks = re.findall(r"(engine|reference) seed 0: iteration (\d+), [\d.]+ s training, held-out 5-way 1-shot "
+                            r"([\d.]+)%", out)
+        trends[order] = sorted(checks)
+        if order == "interleaved":  # turns: engine, reference, engine, reference
+            assert [c[0] for c in checks] == ["engine", "reference", "engine", "reference"]
+    assert trends["interleaved"] == trends["sequential"] and len(trends["sequential"]) == 4
+
+
 def test_time_to_accuracy_settings_reach_the_experiment_and_the_algorithm():
     from types import SimpleNamespace
 
