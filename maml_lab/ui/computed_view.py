@@ -93,6 +93,7 @@ class ComputedView(QWidget):
         self.status = QLabel("")
         self.status.setProperty("hint", True)
         self.status.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status.setWordWrap(True)  # a long line (the Landscape's adaptation rule) wraps instead of being cut
         self.export_image_button = QPushButton("Export image…")
         self.export_image_button.setToolTip("Save the plot as PNG or SVG (File ▸ Export plot)")
         self.export_image_button.clicked.connect(self.export_plot_requested)

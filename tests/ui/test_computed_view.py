@@ -180,3 +180,22 @@ def test_a_held_out_view_keeps_trained_and_imported_mlps_and_computes_on_those_t
     assert list(view.inits) == ["file:a", "cnn"]
     view.clear_trained()
     assert list(view.inits) == ["file:a"] and view.run is None
+
+
+def test_a_long_status_line_wraps_instead_of_being_cut(echo, qtbot):
+    """The Landscape's status names the adaptation rule and can run longer than the window is wide: every word stays
+    visible, on more lines, and the line does not widen the view."""
+    echo.resize(420, 320)
+    echo.show()
+    qtbot.waitExposed(echo)
+    long_text = " · ".join(f"adapting by learned per-parameter step sizes, part {i}" for i in range(4))
+    echo.job = lambda progress, cancel: "x"
+    echo.result_text = lambda result: long_text
+    with qtbot.waitSignal(echo.computed, timeout=10000):
+        echo.compute()
+    qtbot.wait(50)
+    label = echo.status
+    assert label.text() == long_text and echo.width() == 420
+    line = label.fontMetrics().height()
+    assert label.width() < label.fontMetrics().horizontalAdvance(long_text)  # it cannot fit on one line...
+    assert label.height() >= label.heightForWidth(label.width()) >= 2 * line  # ...so it has the lines it needs
