@@ -1,5 +1,6 @@
 """Opening a past run (lab.run_library): its parameter paths carry what each algorithm adapts with besides theta,
-so the Paths and Landscape views fine-tune an opened Meta-SGD or MAML++ run by its own rule, not by SGD."""
+so the Paths and Landscape views fine-tune an opened Meta-SGD or MAML++ run by its own rule, not by SGD (the
+Paths view with the tensors each checkpoint of the path had)."""
 
 import torch
 
@@ -36,3 +37,14 @@ def test_an_opened_run_adapts_with_the_learned_tensors_of_its_checkpoint(tmp_pat
     # the rates were trained away from the inner lr they started at, so using them is not SGD in disguise
     rates = paths.learned["metasgd"]
     assert any(not torch.allclose(v, torch.full_like(v, cfg.algorithm("metasgd").inner_lr)) for v in rates.values())
+    # each checkpoint of an opened run's path adapts with the learned tensors it had (saved with the path)
+    for name in ("metasgd", "mamlpp"):
+        path, recorder = paths.paths[name], trainer.recorders[name]
+        assert list(path.iterations) == recorder.iterations and len(path.learned) == len(path)
+        for i in range(len(path)):
+            mine, saved = recorder.learned_at(i), path.learned_at(i)
+            assert list(saved) == list(mine) and all(torch.equal(saved[k], mine[k]) for k in mine), (name, i)
+        assert "as learned by this checkpoint (iteration 0)" in paths.checkpoint_rule(name, 0)[1]
+    first = paths.adaptation("metasgd", 0).tensors
+    assert all(torch.equal(v, torch.full_like(v, cfg.algorithm("metasgd").inner_lr)) for v in first.values())
+    assert not paths.paths["maml"].learned and paths.adaptation("maml", 0) == paths.adaptation("maml")

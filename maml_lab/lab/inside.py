@@ -3,15 +3,18 @@ plane, each task's adaptation steps from a checkpoint, loss landscapes with thei
 and adaptation curves. The views run these on a BackgroundRunner thread.
 
 The training worker hands over a `RunPaths`: per algorithm, the iterations, metrics and flattened theta
-snapshots its TrajectoryRecorder kept, and copies of what the algorithm learned besides theta at the newest
-iteration (`learned`: Meta-SGD's `lr.*`, MAML++'s `lslr.*` and `bn_step.*`, Reptile's carried `inner_adam.*`; one
-copy per algorithm, however long the run). The lists are copies made on the training thread between two
-iterations; the snapshot arrays themselves are never modified after the recorder creates them (thinning
-drops arrays, it does not change them) and are handed over read-only, so nothing is shared mutably.
+snapshots its TrajectoryRecorder kept, with, beside each snapshot, what the algorithm had learned besides theta at
+that iteration (Meta-SGD's `lr.*`, MAML++'s `lslr.*` and `bn_step.*`, Reptile's carried `inner_adam.*`: one float32
+vector per snapshot, `PathData.learned`), and copies of those tensors at the newest iteration (`learned`). The lists
+are copies made on the training thread between two iterations; the arrays themselves are never modified after the
+recorder creates them (thinning drops arrays, it does not change them) and are handed over read-only, so nothing is
+shared mutably.
 
 Every adaptation these views draw (the Landscape's post-adaptation surface, its task arrows and one-task path, the
-Paths view's arrows) is the algorithm's own test-time rule (`RunPaths.adaptation`): a surface over theta holds the
-learned tensors fixed at those newest values, at every grid point and at every checkpoint of the path.
+Paths view's arrows) is the algorithm's own test-time rule (`RunPaths.adaptation`). The Paths view adapts from each
+checkpoint with the learned tensors of that checkpoint (the newest ones only for a path that kept none, such as a
+checkpoint written before they were kept); a Landscape surface over theta holds them fixed at their newest values,
+at every grid point.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from ..core.algorithms.config import (
     test_trajectory,
 )
 from ..core.analysis.landscape import Surface, grid, surface
-from ..core.analysis.trajectory import Plane, pca_plane, random_plane, task_plane, unflatten
+from ..core.analysis.trajectory import Plane, TensorLayout, pca_plane, random_plane, task_plane, unflatten
 from ..core.tasks.losses import accuracy_per_task, is_classification, loss_function
 from .jobs import for_each_request
 
@@ -49,9 +52,22 @@ class PathData:
     iterations: np.ndarray  # [N] int
     snapshots: list  # N read-only float32 vectors [P]
     metrics: list  # N dicts (pre_loss, post_loss, ...); {} for the initialization
+    # N read-only float32 vectors (or None) of what the algorithm learned besides theta at each snapshot, read back by
+    # `learned_layout`; empty when the path kept none
+    learned: list = field(default_factory=list)
+    learned_layout: TensorLayout | None = None
 
     def __len__(self) -> int:
         return len(self.snapshots)
+
+    def has_learned(self, index: int) -> bool:
+        """Whether the path kept the learned tensors of snapshot `index`."""
+        n = len(self.learned)
+        return self.learned_layout is not None and -n <= index < n and self.learned[index] is not None
+
+    def learned_at(self, index: int) -> "OrderedDict[str, torch.Tensor] | None":
+        """The learned tensors of snapshot `index` (fresh CPU tensors), None when the path kept none there."""
+        return self.learned_layout.tensors(self.learned[index]) if self.has_learned(index) else None
 
     def array(self, rows=None) -> np.ndarray:
         rows = range(len(self.snapshots)) if rows is None else rows
@@ -76,7 +92,8 @@ class RunPaths:
     family: object = None  # the training tasks (read-only objects, safe to sample from on any thread)
     eval_family: object = None  # held-out tasks (image sets: held-out classes), for adaptation curves
     # name -> {tensor name: CPU tensor}: what the algorithm learned besides theta (`export_tensors`), copied at
-    # `learned_iteration`; only the newest values are kept (an opened run: its latest checkpoint's; none: empty)
+    # `learned_iteration` (an opened run: its latest checkpoint's; none: empty); each path's snapshots have their own
+    # (PathData.learned), which the Paths view adapts with
     learned: dict = field(default_factory=dict)
     learned_iteration: int = 0
 
@@ -87,9 +104,10 @@ class RunPaths:
     def inner_lr(self, name: str) -> float:
         return float(self.algorithms.get(name, {}).get("inner_lr", 0.01))
 
-    def adaptation(self, name: str):
+    def adaptation(self, name: str, index: int | None = None):
         """How `name` fine-tunes at test time: its AlgorithmConfig, with the tensors it learned (a LearnedAdaptation)
-        when the run has them; an SGD step size when the algorithm is not known."""
+        when the run has them; an SGD step size when the algorithm is not known. With `index`, the learned tensors
+        are those of checkpoint `index` of its path (the newest when the path kept none there)."""
         config = self.algorithms.get(name)
         try:
             config = AlgorithmConfig.from_dict({**config, "name": name}) if config else None
@@ -97,8 +115,26 @@ class RunPaths:
             config = None
         if config is None:
             return self.inner_lr(name)
-        tensors = self.learned.get(name)
+        tensors = self._learned_at(name, index)
+        if tensors is None:
+            tensors = self.learned.get(name)
         return LearnedAdaptation(config, dict(tensors)) if tensors else config
+
+    def _learned_at(self, name: str, index: int | None):
+        path = self.paths.get(name)
+        return path.learned_at(index) if path is not None and index is not None else None
+
+    def checkpoint_rule(self, name: str, index: int) -> tuple[object, str]:
+        """The adaptation from checkpoint `index` of `name`'s path (`adaptation(name, index)`) and, in words, its rule
+        and whose learned tensors it uses: that checkpoint's, or the newest ones when the path kept none there."""
+        adaptation = self.adaptation(name, index)
+        path = self.paths.get(name)
+        if path is not None and path.has_learned(index) and isinstance(adaptation, LearnedAdaptation):
+            return adaptation, rule_text(adaptation, int(path.iterations[index]), checkpoint=True)
+        text = rule_text(adaptation, self.learned_iteration)
+        if getattr(adaptation, "tensors", None):
+            text += " (the newest: the path kept none per checkpoint)"
+        return adaptation, text
 
     def inner_steps(self, name: str) -> int:
         return max(int(self.algorithms.get(name, {}).get("inner_steps", 1)), 1)
@@ -117,8 +153,10 @@ def collect_paths(trainer) -> RunPaths:
     """A RunPaths of a Trainer's recorders. Call it on the training thread, between iterations."""
     paths = OrderedDict()
     for name, rec in trainer.recorders.items():
+        learned = [None if v is None else _read_only(v) for v in rec.learned]
         paths[name] = PathData(np.asarray(rec.iterations, dtype=np.int64), [_read_only(s) for s in rec.snapshots],
-                               [dict(m) for m in rec.metrics])
+                               [dict(m) for m in rec.metrics],
+                               learned if len(learned) == len(rec.snapshots) else [], rec.learned_layout)
     c = trainer.config
     learned = {}
     for name, run in trainer.runs.items():  # copies (CPU) of the newest learned tensors, never the live ones
@@ -161,10 +199,11 @@ def full_batch(adaptation):
     return LearnedAdaptation(config, adaptation.tensors) if isinstance(adaptation, LearnedAdaptation) else config
 
 
-def rule_text(adaptation, learned_iteration: int | None = None) -> str:
+def rule_text(adaptation, learned_iteration: int | None = None, checkpoint: bool = False) -> str:
     """How a view adapts an initialization, in words: the algorithm's test-time rule (`adaptation_text`), and which
     learned tensors it holds fixed, from which iteration ('learned per-parameter step sizes (Meta-SGD), lr.* held
-    fixed at their iteration-1,000 values')."""
+    fixed at their iteration-1,000 values'); checkpoint=True: they are those of the checkpoint adapted from
+    ('..., lr.* as learned by this checkpoint (iteration 200)')."""
     import re
 
     text = adaptation_text(adaptation)
@@ -173,6 +212,8 @@ def rule_text(adaptation, learned_iteration: int | None = None) -> str:
         return text
     text = re.sub(r"; SGD at inner lr [^;)]* without them", "", text)  # they are at hand
     groups = ", ".join(sorted({k.split(".")[0] + ".*" for k in tensors}))
+    if checkpoint and learned_iteration is not None:
+        return f"{text}, {groups} as learned by this checkpoint (iteration {learned_iteration:,})"
     when = f"their iteration-{learned_iteration:,} values" if learned_iteration is not None else "their trained values"
     return f"{text}, {groups} held fixed at {when}"
 
@@ -261,17 +302,16 @@ def adaptation_points(model, loss: str, theta, batch, steps: int, adaptation, pl
 
 def task_arrows(run: RunPaths, plane: Plane, name: str, index: int, num_tasks: int = 5,
                 optimum_steps: int = 0, cancel: threading.Event | None = None) -> TaskArrows:
-    """The adaptation steps (the algorithm's own inner steps and test-time rule, its learned tensors at the run's
-    newest values: `RunPaths.adaptation`) of `num_tasks` fixed tasks from the checkpoint `index` of `name`'s path,
-    projected on `plane`; with optimum_steps, also a long fine-tuning by the same rule."""
+    """The adaptation steps (the algorithm's own inner steps and test-time rule, with its learned tensors as they were
+    at that checkpoint: `RunPaths.checkpoint_rule`) of `num_tasks` fixed tasks from the checkpoint `index` of
+    `name`'s path, projected on `plane`; with optimum_steps, also a long fine-tuning by the same rule."""
     model, like = build_model_and_like(run.model_spec)
     path = run.paths[name]
     flat = np.asarray(path.snapshots[index], np.float64)
     theta = unflatten(flat, like)
     start = plane.project(flat[None])[0]
-    adaptation = run.adaptation(name)
-    out = TaskArrows(start, [], [], None, int(path.iterations[index]), name,
-                     rule_text(adaptation, run.learned_iteration))
+    adaptation, rule = run.checkpoint_rule(name, index)
+    out = TaskArrows(start, [], [], None, int(path.iterations[index]), name, rule)
     if num_tasks < 1 or run.family is None:
         return out
     batch = sample_tasks(run.family, num_tasks, run.shots, run.queries, ARROW_SEED)

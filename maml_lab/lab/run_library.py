@@ -191,7 +191,10 @@ def list_summaries(root: Path, active: Path | None = None) -> list[RunSummary]:
 
 # -- opening a run -----------------------------------------------------------------------------------------
 def paths_from_checkpoint(tensors: dict, header: dict, config: ExperimentConfig, family=None):
-    """The parameter paths a checkpoint recorded, as the worker hands them to the views (None if it has none)."""
+    """The parameter paths a checkpoint recorded, as the worker hands them to the views (None if it has none), with
+    what each algorithm had learned besides theta at each snapshot (checkpoints written before those were kept: none,
+    and the views fall back to the newest learned tensors)."""
+    from ..core.training.checkpoint import path_learned
     from .inside import PathData, RunPaths
 
     paths = OrderedDict()
@@ -216,7 +219,12 @@ def paths_from_checkpoint(tensors: dict, header: dict, config: ExperimentConfig,
             if "iteration" in m:
                 m["iteration"] = int(m["iteration"])
             metrics.append(m)
-        paths[name] = PathData(np.asarray(its.tolist(), dtype=np.int64), rows, metrics)
+        layout, learned = path_learned(tensors, header.get("runs", {}).get(name) or {}, name, len(rows))
+        for vector in learned:
+            if vector is not None:
+                vector.flags.writeable = False
+        paths[name] = PathData(np.asarray(its.tolist(), dtype=np.int64), rows, metrics,
+                               learned if layout is not None else [], layout)
     if not paths:
         return None
     from ..core.tasks.registry import task_family

@@ -3,7 +3,8 @@
 The MAML paper's picture, drawn from a real run: the meta path bold in each algorithm's colour, and from a
 checkpoint the adaptation steps theta -> theta'_i of a few tasks as grey arrows, with (on request) each
 task's fine-tuned optimum (100 steps) dashed, both by the algorithm's own test-time rule (Meta-SGD's and MAML++'s
-learned rates at the run's newest values, whichever checkpoint is shown; the status says which). The slider
+learned rates as they were at the checkpoint shown; the newest ones for a path that kept none, such as an opened
+run's older checkpoint; the status says which). The slider
 scrubs through training: the markers move along the paths at once, the arrows are recomputed at that checkpoint
 off the GUI thread, and `checkpoint_selected` carries the checkpoint's parameters (the main window previews them
 in the playground). Hovering a path shows its iteration and losses; clicking it jumps there.
@@ -123,8 +124,8 @@ class PathsView(QWidget):
                                             "selected algorithm's final θ"),
             labelled("Tasks", self.tasks, "Tasks whose adaptation steps are drawn from the checkpoint (grey "
                                           "arrows): the algorithm's own inner steps and test-time rule; learned "
-                                          "rates (Meta-SGD, MAML++) are held at their newest trained values at "
-                                          "every checkpoint"),
+                                          "rates (Meta-SGD, MAML++) are those of the checkpoint (the newest ones "
+                                          "for a path that kept none; the line under the plot says which)"),
             labelled("Step scale", self.scale, "Magnify the task steps on screen (Auto: when they would be too "
                                                "small to see)"),
             self.optimum])
@@ -604,7 +605,7 @@ class PathsView(QWidget):
 
         params = unflatten(np.array(run.paths[name].snapshots[index]), like)  # a writable copy of its own
         self.checkpoint_selected.emit({"algorithm": name, "iteration": int(run.paths[name].iterations[index]),
-                                       "params": params, "adaptation": run.adaptation(name), "model": model,
+                                       "params": params, "adaptation": run.adaptation(name, index), "model": model,
                                        "model_spec": run.model_spec, "latest": self._follow})
 
     def _hit(self, scene_pos):

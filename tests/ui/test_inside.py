@@ -229,6 +229,12 @@ def rule_run():
     for tensors in run.learned.values():  # rates of 0.1-0.3 where the inner lr is 0.01: SGD would differ a lot
         for k in tensors:
             tensors[k] = torch.empty_like(tensors[k]).uniform_(0.1, 0.3, generator=g)
+    # each checkpoint of the Meta-SGD path has rates of its own (recorded beside theta): 0.05-0.1 here, neither the
+    # inner lr nor the newest rates above
+    path = run.paths["metasgd"]
+    assert len(path.learned) == len(path) and all(v is not None for v in path.learned)
+    rng = np.random.default_rng(2)
+    path.learned = [rng.uniform(0.05, 0.1, v.shape).astype(np.float32) for v in path.learned]
     return run
 
 
@@ -285,31 +291,49 @@ def test_anil_arrows_leave_the_body_where_it_was(rule_run):
     assert np.abs(ends[:, 1]).max() > 1e-6 and flatten(like).size == origin.size
 
 
-def test_paths_arrows_use_the_learned_rates_and_say_so(rule_run):
+def test_paths_arrows_use_the_learned_rates_of_their_checkpoint_and_say_so(rule_run):
     import torch
 
+    from maml_lab.core.algorithms.base import LearnedAdaptation
     from maml_lab.core.algorithms.config import test_trajectory
     from maml_lab.core.tasks.losses import loss_function
     from maml_lab.lab.inside import ARROW_SEED, build_model_and_like, sample_tasks, task_arrows
 
     name = "metasgd"
     projected = project_paths(rule_run, "init", name)
-    index = 2  # an earlier checkpoint: the rates are still the newest ones
+    index = 2  # an earlier checkpoint: its own rates, not the newest ones
+    path = rule_run.paths[name]
     arrows = task_arrows(rule_run, projected.plane, name, index, 3)
-    assert "lr.* held fixed at their iteration-8 values" in arrows.rule
+    assert f"lr.* as learned by this checkpoint (iteration {int(path.iterations[index])})" in arrows.rule
     model, like = build_model_and_like(rule_run.model_spec)
     from maml_lab.core.analysis.trajectory import unflatten
 
-    theta = unflatten(np.asarray(rule_run.paths[name].snapshots[index], np.float64), like)
+    theta = unflatten(np.asarray(path.snapshots[index], np.float64), like)
     batch = sample_tasks(rule_run.family, 3, rule_run.shots, rule_run.queries, ARROW_SEED)
-    steps = list(test_trajectory(rule_run.adaptation(name), model, loss_function(rule_run.loss), theta,
-                                 batch.x_support, batch.y_support, rule_run.inner_steps(name)))
-    flat = torch.cat([v.reshape(3, -1).double() for v in steps[-1].values()], 1).numpy()
-    np.testing.assert_allclose(np.stack([s[-1] for s in arrows.steps]), projected.plane.project(flat), atol=1e-5)
-    sgd = list(test_trajectory(rule_run.inner_lr(name), model, loss_function(rule_run.loss), theta,
-                               batch.x_support, batch.y_support, rule_run.inner_steps(name)))
-    flat_sgd = torch.cat([v.reshape(3, -1).double() for v in sgd[-1].values()], 1).numpy()
-    assert np.abs(projected.plane.project(flat_sgd) - projected.plane.project(flat)).max() > 1e-4
+
+    def end(adaptation):
+        steps = list(test_trajectory(adaptation, model, loss_function(rule_run.loss), theta, batch.x_support,
+                                     batch.y_support, rule_run.inner_steps(name)))
+        return projected.plane.project(torch.cat([v.reshape(3, -1).double() for v in steps[-1].values()], 1).numpy())
+
+    # the rates of checkpoint 2, read back from the path's vector by hand
+    vector, start, rates = path.learned[index], 0, {}
+    for k, v in like.items():
+        rates[f"lr.{k}"] = torch.as_tensor(vector[start:start + v.numel()].copy()).reshape(v.shape)
+        start += v.numel()
+    own = end(LearnedAdaptation(rule_run.adaptation(name).config, rates))
+    assert set(rule_run.adaptation(name, index).tensors) == set(rates)
+    np.testing.assert_allclose(np.stack([s[-1] for s in arrows.steps]), own, atol=1e-5)
+    assert np.abs(end(rule_run.adaptation(name)) - own).max() > 1e-4  # not the newest rates
+    assert np.abs(end(rule_run.inner_lr(name)) - own).max() > 1e-4  # nor plain SGD
+    # a path that kept no rates (an old checkpoint's) falls back to the newest ones, and says so
+    from dataclasses import replace
+
+    bare = replace(rule_run, paths=type(rule_run.paths)(rule_run.paths))
+    bare.paths[name] = replace(path, learned=[], learned_layout=None)
+    fallback = task_arrows(bare, projected.plane, name, index, 3)
+    assert "lr.* held fixed at their iteration-8 values (the newest" in fallback.rule
+    np.testing.assert_allclose(np.stack([s[-1] for s in fallback.steps]), end(rule_run.adaptation(name)), atol=1e-5)
 
 
 def test_reptile_landscape_rule_steps_on_the_whole_support_set():
@@ -334,6 +358,6 @@ def test_a_long_fine_tuning_is_drawn_up_to_where_it_diverges(rule_run):
     pts[4, 1] = np.inf
     np.testing.assert_array_equal(_until_diverged(pts), pts[:4])
     np.testing.assert_array_equal(_until_diverged(pts[:1], np.array([np.nan])), pts[:1])  # the start always stays
-    projected = project_paths(rule_run, "init", "metasgd")  # rates of 0.1-0.3 over 100 steps: they diverge
+    projected = project_paths(rule_run, "init", "metasgd")  # the checkpoint's rates of 0.05-0.1, 100 steps
     arrows = task_arrows(rule_run, projected.plane, "metasgd", len(rule_run.paths["metasgd"]) - 1, 3, 100)
     assert all(1 <= len(p) <= 101 and np.isfinite(p).all() for p in arrows.optimum)

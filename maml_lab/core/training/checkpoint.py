@@ -2,8 +2,9 @@
 
 One safetensors file per checkpoint holds the tensors (parameters, each algorithm's `state_dict()`: the outer
 optimizer state and any learned tensors, the task generator's state, the bounded metrics logs of
-metrics.MetricsLog, the recorded parameter paths) and a JSON header for the rest (iteration, config, model,
-task family, versions, the non-tensor parts of those states). Its size does not grow with the run's length:
+metrics.MetricsLog, the recorded parameter paths with what each algorithm learned besides theta at each of their
+snapshots) and a JSON header for the rest (iteration, config, model, task family, versions, the non-tensor parts
+of those states). Its size does not grow with the run's length:
 every row of the metrics lives in the run folder's metrics.csv, not here. No pickled code anywhere. Writes are atomic,
 so a kill at any moment leaves the previous checkpoint intact. On CPU a resumed run ends bit-identical to
 an uninterrupted one: the same tasks are drawn (generator state) and the same updates applied (Adam state).
@@ -27,7 +28,9 @@ METADATA_KEY = "maml_lab_checkpoint"
 # config fields a resumed run may change: where it runs, and how long (a longer run also stretches the
 # schedules that depend on the total, cosine meta-lr and Reptile's epsilon, from the checkpoint on)
 RESUMABLE_CHANGES = ("device", "iterations")
-MAX_PATHS_BYTES = 64 * 2**20  # parameter paths larger than this (big models) are left out of checkpoints
+# parameter paths larger than this (big models) are left out of checkpoints; when only their learned tensors
+# (runs/<name>/path/learned) push them over, the paths are kept without those
+MAX_PATHS_BYTES = 64 * 2**20
 
 
 class CheckpointError(ValueError):
@@ -120,6 +123,9 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
     tensors: dict[str, torch.Tensor] = {"generator": trainer.generator.get_state().clone()}
     runs = {}
     paths_bytes = sum(r.nbytes() for r in trainer.recorders.values())
+    with_learned = paths_bytes <= MAX_PATHS_BYTES
+    if not with_learned:
+        paths_bytes = sum(r.nbytes(learned=False) for r in trainer.recorders.values())
     for name, run in trainer.runs.items():
         prefix = f"runs/{name}/"
         for k, v in run.params.items():
@@ -140,6 +146,11 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
             for k, col in _columns(recorder.metrics).items():
                 tensors[f"{prefix}path/metrics/{k}"] = col
             entry["path"] = {"every": recorder.every, "capacity": recorder.capacity, "count": len(recorder)}
+            rows, learned_array = recorder.learned_rows()
+            if with_learned and len(rows):  # what the algorithm learned besides theta at each snapshot
+                tensors[prefix + "path/learned"] = torch.from_numpy(learned_array)
+                tensors[prefix + "path/learned_rows"] = torch.from_numpy(rows)
+                entry["path"]["learned"] = recorder.learned_layout.to_dict()
         runs[name] = entry
     header = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "iteration": trainer.iteration,
@@ -248,6 +259,32 @@ def check_compatible(trainer, header: dict, where: str = "the checkpoint") -> No
         raise CheckpointError(f"{where} is from a different experiment: {shown}")
 
 
+def path_learned(tensors: dict[str, torch.Tensor], entry: dict, name: str, count: int):
+    """The learned tensors a checkpoint keeps beside `name`'s path of `count` snapshots: (layout, one float32 vector
+    or None per snapshot), or (None, [None] * count) when it has none (checkpoints written before they were kept,
+    or paths whose learned tensors were too big); a damaged part is passed over the same way."""
+    from ..analysis.trajectory import TensorLayout
+
+    none = (None, [None] * count)
+    prefix = f"runs/{name}/path/"
+    spec = (entry.get("path") or {}).get("learned")
+    array, rows = tensors.get(prefix + "learned"), tensors.get(prefix + "learned_rows")
+    if spec is None or array is None or rows is None:
+        return none
+    try:
+        layout = TensorLayout.from_dict(spec)
+    except ValueError:
+        return none
+    rows = rows.tolist()
+    if array.ndim != 2 or array.shape[0] != len(rows) or array.shape[1] != layout.size or not all(
+            isinstance(i, int) and 0 <= i < count for i in rows):
+        return none
+    vectors = [None] * count
+    for i, row in zip(rows, array.numpy()):
+        vectors[i] = np.array(row, dtype=np.float32)
+    return layout, vectors
+
+
 def restore_checkpoint(trainer, tensors: dict[str, torch.Tensor], header: dict, where: str = "the checkpoint") -> None:
     """Put a checkpoint's state into a Trainer built from the same config (checked first)."""
     from ..analysis.trajectory import TrajectoryRecorder
@@ -286,8 +323,12 @@ def restore_checkpoint(trainer, tensors: dict[str, torch.Tensor], header: dict, 
                 fresh.iterations = [int(i) for i in tensors[prefix + "path/iterations"].tolist()]
                 cols = {k[len(prefix) + 13:]: v for k, v in tensors.items() if k.startswith(prefix + "path/metrics/")}
                 fresh.metrics = _rows(cols) or [{} for _ in fresh.snapshots]
+                fresh.learned_layout, fresh.learned = path_learned(tensors, entry, name, len(fresh.snapshots))
             else:  # the path was too big to checkpoint: it restarts here
-                fresh.record(int(header["iteration"]), run.params, force=True)
+                from .trainer import learned_tensors
+
+                fresh.record(int(header["iteration"]), run.params, force=True,
+                             learned=learned_tensors(run.algorithm))
             trainer.recorders[name] = fresh
     trainer.generator.set_state(tensors["generator"])
     trainer.iteration = int(header["iteration"])

@@ -16,7 +16,7 @@ from functools import partial
 
 import torch
 
-from ..algorithms.base import MetaAlgorithm
+from ..algorithms.base import LearnedAdaptation, MetaAlgorithm
 from ..algorithms.config import make_algorithm
 from ..analysis.evaluation import per_task_curve
 from ..analysis.trajectory import TrajectoryRecorder
@@ -43,6 +43,18 @@ def _training_shots(algorithm: MetaAlgorithm, shots: int) -> int:
     train_shots; the experiment's shots otherwise)."""
     rule = getattr(algorithm, "training_shots", None)
     return int(rule(algorithm.config, shots)) if rule is not None else int(shots)
+
+
+def learned_tensors(algorithm: MetaAlgorithm) -> "OrderedDict[str, torch.Tensor] | None":
+    """What `algorithm` learned besides theta now (Meta-SGD's `lr.*`, MAML++'s `lslr.*`/`bn_step.*`, Reptile's
+    carried `inner_adam.*`), as detached CPU copies for its parameter path; None when it learns nothing else."""
+    tensors = algorithm.export_tensors()
+    if tensors:
+        return OrderedDict((k, v.detach().to("cpu", copy=True)) for k, v in tensors.items())
+    adaptation = algorithm.adaptation()  # a rule that carries tensors without exporting them
+    if isinstance(adaptation, LearnedAdaptation) and adaptation.tensors:
+        return OrderedDict((k, torch.as_tensor(v).detach().to("cpu", copy=True)) for k, v in adaptation.tensors.items())
+    return None
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
@@ -115,13 +127,13 @@ class Trainer:
                 self.family.validate(self.sample_shots, config.queries)
             except ValueError as exc:
                 raise ValueError(f"training tasks of {self.sample_shots} shots ({wanting}): {exc}") from None
-        # parameter paths for the "looking inside" views: bounded memory however long the run
-        # (record_every=0: no recording)
+        # parameter paths for the "looking inside" views: bounded memory however long the run, each snapshot with
+        # what the algorithm learned besides theta at that iteration (record_every=0: no recording)
         self.recorders: dict[str, TrajectoryRecorder] = {}
         if record_every:
-            for name, run in self.runs.items():
+            for name in self.runs:
                 self.recorders[name] = TrajectoryRecorder(record_capacity, record_every)
-                self.recorders[name].record(0, run.params)
+                self._record(name, 0)
         self.iteration = 0
         self.state = "idle"
         self.stop_reason = ""
@@ -188,11 +200,19 @@ class Trainer:
                     f"(inner or meta learning rate too large?); the last finite parameters were kept")
             metrics["iteration"] = self.iteration + 1
             run.log.append(metrics)
-            if name in self.recorders:
-                self.recorders[name].record(self.iteration + 1, run.params, metrics)
+            self._record(name, self.iteration + 1, metrics)
             out[name] = metrics
         self.iteration += 1
         return out
+
+    def _record(self, name: str, iteration: int, metrics: dict | None = None, force: bool = False) -> None:
+        """A snapshot of `name`'s theta and learned tensors on its path, when its recorder keeps this iteration (the
+        learned tensors are copied only then)."""
+        recorder = self.recorders.get(name)
+        if recorder is None or not recorder.due(iteration, force):
+            return
+        run = self.runs[name]
+        recorder.record(iteration, run.params, metrics, force=force, learned=learned_tensors(run.algorithm))
 
     @property
     def validation_family(self):
@@ -297,8 +317,8 @@ class Trainer:
                 rate = (self.iteration - report_iter) * c.meta_batch_size / max(now - last_report, 1e-9)
                 last_report, report_iter = now, self.iteration
                 self._emit(callback, start_iteration, active, rate, target, metrics, val)
-        for name, recorder in self.recorders.items():  # paths end where the run ends
-            recorder.record(self.iteration, self.runs[name].params, self.runs[name].last_metrics, force=True)
+        for name in self.recorders:  # paths end where the run ends
+            self._record(name, self.iteration, self.runs[name].last_metrics, force=True)
         if self.iteration >= self.config.iterations:
             self.state = "finished"
         else:
