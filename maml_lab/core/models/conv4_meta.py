@@ -21,10 +21,14 @@ statistics and every reduction against them (in all three passes) are [K, F] pro
 covariance, accumulated in float64 (`_Patches`); only its ReLU output and the gradients at it are full size.
 Conv biases get exactly zero gradients: batch norm removes a per-channel shift, so no loss depends on them.
 
-Measured (process clock, before/after in one session): 1 thread 419-435 ms -> 266-284 ms per meta-step, 2.0x
-the per-task autograd loop and 2.1-2.2x `higher` (were 1.3x / 1.4x); 2 threads 542-557 -> 368-371 ms, 2.2x /
-2.5x (were 1.5x / 1.7x). Equals autograd to rounding error in
-float64 (tests/core/test_conv4_explicit.py; float32 within ~3e-6 of float64).
+Per-task weight gradients of the later convolutions stay per-task tensors (a tuple, summed while each is in cache):
+stacking 32 of them into one tensor, summing it in a permuted layout and unbinding it again cost ~20 ms of copies
+per step. Measured (process clock, before/after in one session): 1 thread 419-435 ms -> 266-284 ms per meta-step
+when this path replaced autograd; later (another day, same machine, a slower moment) 364 -> 334 ms from the copies
+above and ~2.5% more from splitting block 1's query backward; 1.9-2.0x the per-task autograd loop on one thread,
+2.3x on two (`benchmarks/bench_meta_step.py --model conv4`, docs/image_tasks.md "Time to accuracy"). The
+convolutions are ~75% of the step and run near this CPU's peak. Equals autograd to rounding error in float64
+(tests/core/test_conv4_explicit.py; float32 within ~3e-6 of float64).
 """
 
 from __future__ import annotations
