@@ -39,6 +39,7 @@ from ..core.algorithms.config import (
 from ..core.analysis.landscape import Surface, grid, surface
 from ..core.analysis.trajectory import Plane, TensorLayout, pca_plane, random_plane, task_plane, unflatten
 from ..core.tasks.losses import accuracy_per_task, is_classification, loss_function
+from ..core.training.trainer import learned_tensors
 from .jobs import for_each_request
 
 ARROW_SEED = 4242  # the tasks whose adaptation steps the Paths view draws: the same at every checkpoint
@@ -159,10 +160,10 @@ def collect_paths(trainer) -> RunPaths:
                                learned if len(learned) == len(rec.snapshots) else [], rec.learned_layout)
     c = trainer.config
     learned = {}
-    for name, run in trainer.runs.items():  # copies (CPU) of the newest learned tensors, never the live ones
-        adaptation = run.algorithm.adaptation()
-        if isinstance(adaptation, LearnedAdaptation) and adaptation.tensors:
-            learned[name] = dict(adaptation.tensors)
+    for name, run in trainer.runs.items():  # copies (CPU) of the newest learned tensors, as the path keeps them
+        tensors = learned_tensors(run.algorithm)
+        if tensors:
+            learned[name] = dict(tensors)
     return RunPaths(trainer.iteration, c.iterations, trainer.model.spec(), trainer.family.loss, c.task, c.shots,
                     c.queries, paths, {n: r.algorithm.config.to_dict() for n, r in trainer.runs.items()},
                     trainer.family, trainer.validation_family, learned, trainer.iteration)

@@ -504,18 +504,15 @@ class Conv4Meta:
 
 
 def adapted(theta, g, lr: float, done=None) -> "OrderedDict[str, torch.Tensor]":
-    """phi_i = theta - lr * g_i ([B, ...]), conv weights in the per-task channels-last layout of g (or of
-    `_cl_empty` where g holds a tuple of per-task channels-last gradients); `done`: those already computed."""
+    """phi_i = theta - lr * g_i ([B, ...]), conv weights in the per-task channels-last layout of g; `done`: those
+    already computed (`Conv4Meta.support(..., lr)` adapts the convolutions whose gradients it keeps per task)."""
     phi = OrderedDict()
     for k, t in theta.items():
         if done and k in done:
             phi[k] = done[k]
         elif isinstance(g[k], tuple):
-            out = _cl_empty(t, len(g[k]))
-            t_phys = t.permute(0, 2, 3, 1).contiguous()  # read 32 times: a strided read each costs 3x
-            for o, gi in zip(out.permute(0, 1, 3, 4, 2).unbind(0), g[k]):
-                torch.sub(t_phys, gi.permute(0, 2, 3, 1), alpha=lr, out=o)
-            phi[k] = out
+            raise ValueError(f"{k}: per-task gradients are adapted by Conv4Meta.support(..., lr), pass its "
+                             "adapted_convs as done")
         elif g[k].dim() == 5:  # in the physical [F, kh, kw, C] order of g's slices: a plain broadcast over tasks
             out = _cl_empty(t, g[k].shape[0])
             torch.sub(t.permute(0, 2, 3, 1).reshape(1, -1), g[k].permute(0, 1, 3, 4, 2).reshape(g[k].shape[0], -1),
