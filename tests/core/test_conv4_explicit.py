@@ -173,3 +173,70 @@ def test_maml_step_uses_explicit_path_and_support_logits():
     with torch.no_grad():
         pre = model.forward(theta, batch.x_support)
     assert metrics["pre_accuracy"] == pytest.approx(float(accuracy_per_task(pre, batch.y_support).mean()))
+
+
+@pytest.mark.parametrize("kw, b, shots, queries", CASES)
+def test_mean_loss_grad_equals_autograd_of_the_joint_loss(kw, b, shots, queries):
+    """The pretrained baseline's gradient on all tasks' data (per-task batch norm), without autograd."""
+    model = Conv4(**kw)
+    theta = _theta(model)
+    batch = _batch(model, b, shots, queries)
+    x, y = batch.joint()
+    params = OrderedDict((k, v.detach().clone().requires_grad_(True)) for k, v in theta.items())
+    losses = [F.cross_entropy(_forward(model, params, x[i]), y[i]) for i in range(b)]
+    expected = torch.autograd.grad(torch.stack(losses).mean(), list(params.values()))
+    loss, grads = model.mean_loss_grad(theta, x, y, cross_entropy_per_task)
+    assert float(loss) == pytest.approx(float(torch.stack(losses).mean().detach()), rel=1e-12)
+    for name, a, r in zip(theta, grads, expected):
+        assert a.shape == r.shape
+        _close(a, r, name)
+
+
+def test_mean_loss_grad_unsupported_cases_return_none():
+    model = Conv4(1, 14, 3, filters=4)
+    batch = _batch(model, 2, 1, 1)
+    x, y = batch.joint()
+    assert model.mean_loss_grad(_theta(model), x, y, mse_per_task) is None
+    pooled = Conv4(3, 16, 3, filters=4, downsample="maxpool")
+    x, y = _batch(pooled, 2, 1, 1).joint()
+    assert pooled.mean_loss_grad(_theta(pooled), x, y, cross_entropy_per_task) is None
+
+
+def test_pretrained_step_uses_the_explicit_joint_gradient():
+    """One outer step of the pretrained baseline equals the same step with autograd of the joint loss."""
+    model = Conv4(1, 14, 3, filters=4)
+    theta = _theta(model)
+    batch = _batch(model, 3, 2, 2)
+    config = AlgorithmConfig.defaults("pretrained", task="images")
+    results = []
+    for explicit in (True, False):
+        algo = make_algorithm(model, "cross_entropy", config)
+        params = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items())
+        algo.setup(params)
+        if not explicit:  # the generic path: autograd of the model's forward
+            algo.model = _NoExplicit(model)
+        calls = []
+        original = model.mean_loss_grad
+        model.mean_loss_grad = lambda *a, calls=calls, original=original, **k: calls.append(1) or original(*a, **k)
+        try:
+            metrics = algo.meta_step(params, batch)
+        finally:
+            del model.mean_loss_grad
+        assert bool(calls) == explicit
+        results.append((OrderedDict((k, v.detach().clone()) for k, v in params.items()), metrics))
+    (p_explicit, m_explicit), (p_autograd, m_autograd) = results
+    for name in theta:
+        _close(p_explicit[name], p_autograd[name], name, rtol=1e-9)
+    assert m_explicit["post_loss"] == pytest.approx(m_autograd["post_loss"], rel=1e-9)
+
+
+class _NoExplicit:
+    """A model that offers no explicit joint gradient (everything else delegated)."""
+
+    def __init__(self, model):
+        self._model = model
+
+    mean_loss_grad = None
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)

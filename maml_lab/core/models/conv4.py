@@ -403,6 +403,17 @@ class Conv4:
         return conv4_meta.meta_gradient(self, params, batch.x_support, batch.y_support, batch.x_query,
                                         batch.y_query, lr, first_order)
 
+    def mean_loss_grad(self, params, x: torch.Tensor, y: torch.Tensor, loss_fn):
+        """The mean over tasks of the per-task losses and its gradient (a list in params' order) at shared
+        parameters, without autograd (`conv4_meta.mean_loss_grad`): the pretrained baseline's step on all tasks'
+        data. None where unsupported (the caller then uses autograd): as `explicit_meta_gradient`."""
+        from . import conv4_meta
+
+        if (self.convention != "lab" or not conv4_meta.supports(self, loss_fn, x, 1)
+                or any(v.dim() != len(s) for v, s in zip(params.values(), self.param_shapes().values()))):
+            return None
+        return conv4_meta.mean_loss_grad(self, params, x, y)
+
     def _shared_loss_grad(self, params, x: torch.Tensor, y: torch.Tensor):
         b, n = x.shape[:2]
         s = self._stride
