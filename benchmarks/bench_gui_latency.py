@@ -1,6 +1,7 @@
 """GUI event-loop latency while training runs: how late a 10 ms timer fires, offscreen.
 
     QT_QPA_PLATFORM=offscreen python benchmarks/bench_gui_latency.py [--seconds 10] [--view playground]
+    QT_QPA_PLATFORM=offscreen python benchmarks/bench_gui_latency.py --task images [--data small1.zip] [--threads 2]
 
 Opens the main window (settings in a temporary file), puts a random task in the playground so it follows
 training live, starts MAML + the pretrained baseline and records the lateness of a precise 10 ms QTimer
@@ -66,6 +67,13 @@ def main(argv=None) -> int:
     parser.add_argument("--algorithms", nargs="+", default=["maml", "pretrained"])
     parser.add_argument("--switch-interval", type=float, default=None, help="sys.setswitchinterval, seconds")
     parser.add_argument("--plot-fps", type=float, default=None, help="maximum plot redraws per second")
+    parser.add_argument("--task", default="sinusoid", help="a registered task family (images: the conv-4 experiment)")
+    parser.add_argument("--data", help="image set for --task images (default: the embedded glyph set)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="seconds of training before measuring (the first snapshot and plot frames; the cost "
+                             "meter's one-time probe of more inner steps takes longer)")
+    parser.add_argument("--threads", type=int, help="torch threads, as the app's --threads (default: the app's choice "
+                                                    "per task family, lab/threads.py)")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -76,7 +84,7 @@ def main(argv=None) -> int:
     from maml_lab.ui.experiment_panel import default_config
     from maml_lab.ui.main_window import MainWindow
 
-    _limit_threads()
+    _limit_threads(args.threads)
     app = make_application()
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
@@ -84,7 +92,11 @@ def main(argv=None) -> int:
         settings = QSettings(str(Path(tmp) / "bench.ini"), QSettings.Format.IniFormat)
         window = MainWindow(settings=settings, persist=False, rng=np.random.default_rng(0))
         config = default_config()
-        config.algorithms = [AlgorithmConfig.defaults(a) for a in args.algorithms]
+        if args.task != config.task:
+            from maml_lab.core.training.config import ExperimentConfig
+
+            config = ExperimentConfig(task=args.task, data=args.data)
+        config.algorithms = [AlgorithmConfig.defaults(a, task=args.task) for a in args.algorithms]
         config.iterations = 10_000_000
         window.panel.set_config(config)
         if args.plot_fps:
@@ -92,26 +104,30 @@ def main(argv=None) -> int:
         window.resize(1440, 900)
         window.tabs.setCurrentWidget(window.views[args.view])
         window.show()
-        window.playground.random_task()
+        if args.task == "sinusoid":
+            window.playground.random_task()
         idle = measure(app, 2.0)
         window.start()
-        measure(app, 1.0)  # warm-up: the first snapshot, the first plot frames
-        start_progress = window.last_progress or {"iteration": 0}
+        measure(app, args.warmup)  # warm-up: the first snapshot, the first plot frames
+        start_iteration = window.last_progress.iteration if window.last_progress else 0
         t0 = time.perf_counter()
         training = measure(app, args.seconds)
         elapsed = time.perf_counter() - t0
-        end_progress = window.last_progress or {"iteration": 0}
+        end_iteration = window.last_progress.iteration if window.last_progress else 0
         window.stop()
         t_stop = time.perf_counter()
         window.wait_for_training(10)
         stop_s = time.perf_counter() - t_stop
-        iterations = end_progress["iteration"] - start_progress["iteration"]
+        iterations = end_iteration - start_iteration
         print(f"switch interval {sys.getswitchinterval() * 1000:g} ms; plot fps <= {1 / window.plots.min_interval:g}")
-        print(f"view: {args.view}; algorithms: {', '.join(args.algorithms)}; torch threads: "
-              f"{__import__('torch').get_num_threads()}; cores: {os.cpu_count()}")
+        from maml_lab.lab import threads as thread_policy
+
+        print(f"task: {args.task}; view: {args.view}; algorithms: {', '.join(args.algorithms)}; torch threads: "
+              f"training {thread_policy.training_threads(args.task)}, GUI {__import__('torch').get_num_threads()}; "
+              f"cores: {os.cpu_count()}")
         print(f"idle      {percentiles(idle)}")
         print(f"training  {percentiles(training)}")
-        print(f"training speed: {iterations / elapsed:,.0f} meta-iterations/s "
+        print(f"training speed: {iterations / elapsed:,.2f} meta-iterations/s "
               f"({iterations * config.meta_batch_size / elapsed:,.0f} tasks/s); "
               f"plot frames: {window.plots.draw_count}; stop took {stop_s * 1000:.0f} ms")
         window.close()

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="seed of the screenshot's playground task")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"),
                    help="where training runs (the experiment panel's Device; default: the experiment's, auto)")
+    p.add_argument("--threads", type=_positive_int,
+                   help="torch CPU threads for training and the GUI (default: per task family, see "
+                        "maml_lab/lab/threads.py: image tasks every core up to 4, the others one per two cores)")
     return p
 
 
@@ -66,13 +69,16 @@ def _set_device(window, device: str | None) -> None:
         window.panel.device.setCurrentIndex(window.panel.device.findData(device))
 
 
-def _limit_threads() -> None:
-    """Training and the GUI share the CPU: small per-op work runs fastest, and the UI stays fluid, with
-    few intra-op threads (the GUI thread needs a core of its own)."""
+def _limit_threads(threads: int | None = None) -> None:
+    """Training and the GUI share the CPU: the GUI's own work is small and runs fastest, with the UI fluid, on few
+    intra-op threads (one per two cores); each run's training thread then takes what its task family's ops
+    are worth (lab/threads.py). `threads` (--threads) fixes one number for both."""
     import torch
 
-    cores = os.cpu_count() or 2
-    torch.set_num_threads(max(1, min(4, cores // 2)))
+    from .lab import threads as thread_policy
+
+    thread_policy.fix(threads)
+    torch.set_num_threads(thread_policy.gui_threads())
 
 
 def make_application(argv: list[str] | None = None):
@@ -127,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"maml-lab: error: {exc}", file=sys.stderr)
             return 2
 
-    _limit_threads()
+    _limit_threads(args.threads)
     app = make_application()
     from .ui.main_window import MainWindow
 

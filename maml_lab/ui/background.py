@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from PySide6.QtCore import QCoreApplication, QEvent, QEventLoop, QObject, QThread, QTimer, Signal, Slot
 
 from ..lab.jobs import Cancelled  # noqa: F401  (re-exported for the views)
+from ..lab.threads import use_gui_threads
 
 
 @dataclass
@@ -65,6 +66,7 @@ class _Worker(QObject):
                 raise Cancelled()
 
         try:
+            use_gui_threads()  # not a training run's count (lab/threads.py)
             result = job.fn(progress, job.cancel)
         except Exception as exc:  # noqa: BLE001 - reported to the view, never raised into Qt
             from ..core.analysis.landscape import LandscapeCancelled

@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 from ..core.tasks.sinusoid import SinusoidFamily
 from ..lab.initializations import Initialization
 from ..lab.playground import MAX_STEPS, X_RANGE, Prediction, SupportTask, mlp_for_playground, predict
+from ..lab.threads import use_gui_threads
 from .colors import (
     POINT_COLOR,
     SELECTED_COLOR,
@@ -288,6 +289,7 @@ class PreviewWorker(QObject):
     def compute(self, job) -> None:
         generation, key, init, task = job
         try:
+            use_gui_threads()  # not a training run's count (lab/threads.py)
             self.done.emit((generation, key, predict(init, task, MAX_STEPS), ""))
         except Exception as exc:  # noqa: BLE001 - reported in the status bar, never raised into Qt
             self.done.emit((generation, key, None, str(exc)))

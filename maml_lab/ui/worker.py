@@ -5,6 +5,8 @@ Trainer calls back after every iteration; the worker batches those metrics and e
 `progress_hz` progress signals per second and a parameter snapshot every `snapshot_interval` seconds,
 so the GUI's work does not grow with the training speed. Every `paths_interval` seconds (and at the end)
 it also hands over copies of the recorded parameter paths (ui.inside.RunPaths) for the looking-inside views.
+Each run sets the worker thread's torch threads by its task family (lab/threads.py: image tasks take every
+core up to 4, small-op families one per two cores) and puts the app's default back when it ends.
 pause/resume/stop are thread-safe calls straight into the Trainer (the worker thread is busy inside
 `Trainer.run`, so a queued slot would only run after training ends); they take effect within one
 meta-iteration.
@@ -29,6 +31,7 @@ from PySide6.QtCore import QCoreApplication, QObject, QThread, Signal, Slot
 from ..core.tasks.imagesets import LoadCancelled as _LoadCancelled
 from ..core.training.metrics import TRAIN_FIELDS, VAL_FIELDS
 from ..core.training.runs import RunFolder
+from ..lab import threads as thread_policy
 from ..lab.messages import Loading, RunEnded, RunProgress, RunStarted, Snapshot
 from ..lab.session import CHECKPOINT_EVERY
 
@@ -119,6 +122,7 @@ class TrainingWorker(QObject):
                 session = TrainingSession(config, initial_params=options.get("initial_params"), loading=self._loading,
                                           cancel=self._cancelled)
             trainer = session.trainer
+            thread_policy.set_for_this_thread(thread_policy.training_threads(config.task))  # lab/threads.py
             trainer.val_budget = VAL_BUDGET
             for recorder in trainer.recorders.values():  # parameter paths: bounded memory for big models too
                 recorder.limit_bytes(PATHS_BUDGET_BYTES // max(len(trainer.recorders), 1))
@@ -160,6 +164,7 @@ class TrainingWorker(QObject):
             self.finished.emit(RunEnded("failed", message, trainer.iteration if trainer is not None else 0,
                                         getattr(config, "iterations", 0)))
         finally:
+            thread_policy.use_gui_threads()
             with self._lock:
                 self._trainer = None
                 self._stop_requested = False

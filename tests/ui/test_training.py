@@ -209,3 +209,44 @@ def test_keyboard_space_delete_and_undo(window, qtbot, small_config):
     assert window.state == "paused"
     with qtbot.waitSignal(window.controller.finished, timeout=5000):
         window.stop()
+
+
+def test_each_run_sets_the_training_threads_of_its_task_family(qtbot, small_config, monkeypatch, tmp_path):
+    """Image tasks train on every core (up to 4), small-op families on one per two (lab/threads.py); the worker
+    thread goes back to the app's default after the run."""
+    import threading
+
+    import torch
+
+    from maml_lab.core.algorithms.config import AlgorithmConfig
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.lab import threads
+
+    monkeypatch.setenv("MAML_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    seen = {}
+    original = Trainer.step
+
+    def step(self, *args, **kwargs):
+        seen.setdefault(self.config.task, (torch.get_num_threads(), threading.current_thread()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "step", step)
+    images = ExperimentConfig(task="images", image_size=14, iterations=2, meta_batch_size=2, val_every=0,
+                              algorithms=[AlgorithmConfig.defaults("maml", task="images")])
+    controller = TrainingController(progress_hz=1000, snapshot_interval=0.0)
+    try:
+        for config in (small_config(iterations=2), images):
+            with qtbot.waitSignal(controller.finished, timeout=60000) as blocker:
+                controller.start(config)
+            assert blocker.args[0].state == "finished", blocker.args[0].reason
+        assert seen["images"][0] == 4 and seen["sinusoid"][0] == 2
+        assert seen["images"][1] is not threading.current_thread()  # measured in the worker thread
+        qtbot.waitUntil(lambda: not controller.worker.busy, timeout=5000)
+        fresh = []  # a thread started after the image run takes the app's default, not that run's 4
+        t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))
+        t.start()
+        t.join(10)
+        assert fresh == [2]
+    finally:
+        assert controller.shutdown(2000)

@@ -95,6 +95,10 @@ class TaskFamilyKind:
     option_defaults: ClassVar[dict] = {}
     # True when `build` takes milliseconds (nothing to load): views and the run library rebuild it at will
     cheap_to_build: ClassVar[bool] = True
+    # True where a meta-step's ops are large enough (convolutions over batches of images) that torch's intra-op
+    # threads pay even beside a GUI thread; False: small ops (an MLP on a few points), where an extra thread
+    # costs more than it gives. The app sizes its training thread by it (lab/threads.py)
+    parallel_ops: ClassVar[bool] = False
     # how the Adaptation view and Training curves plot the loss: (label, sign) of a metric it stands for, e.g.
     # ("average return", -1) where the loss is a cost; None: the loss itself, as `loss_label`
     plot_metric: ClassVar[tuple[str, float] | None] = None
