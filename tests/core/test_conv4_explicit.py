@@ -192,6 +192,21 @@ def test_mean_loss_grad_equals_autograd_of_the_joint_loss(kw, b, shots, queries)
         _close(a, r, name)
 
 
+@pytest.mark.parametrize("kw, b, shots, queries", CASES)
+def test_adapted_logits_equal_a_per_task_autograd_step(kw, b, shots, queries):
+    """The pretrained baseline's post-adaptation metrics: support logits, support losses, query logits after one
+    inner step, without autograd."""
+    model = Conv4(**kw)
+    theta = _theta(model)
+    batch = _batch(model, b, shots, queries)
+    _, _, q_logits, s_losses, s_logits, _ = _reference(model, theta, batch, 0.3, True)
+    support_logits, losses, query_logits = model.adapted_logits(theta, batch, cross_entropy_per_task, 1, 0.3)
+    _close(support_logits, s_logits, "support logits")
+    _close(losses, s_losses, "support losses")
+    _close(query_logits, q_logits, "query logits")
+    assert model.adapted_logits(theta, batch, cross_entropy_per_task, 2, 0.3) is None  # one step only
+
+
 def test_mean_loss_grad_unsupported_cases_return_none():
     model = Conv4(1, 14, 3, filters=4)
     batch = _batch(model, 2, 1, 1)
@@ -237,6 +252,7 @@ class _NoExplicit:
         self._model = model
 
     mean_loss_grad = None
+    adapted_logits = None
 
     def __getattr__(self, name):
         return getattr(self._model, name)

@@ -38,13 +38,22 @@ class Pretrained(MetaAlgorithm):
             with torch.enable_grad():
                 loss = self.loss_fn(self.model.forward(params, x), y).mean()
                 grads = torch.autograd.grad(loss, list(params.values()))
+        steps = max(cfg.inner_steps, 1)
+        fast = getattr(self.model, "adapted_logits", None)  # without autograd (conv-4 on the CPU, one step)
+        fast = fast(params, batch, self.loss_fn, steps, cfg.inner_lr) if fast is not None else None
         with torch.no_grad():
-            pre_logits = self.model.forward(params, batch.x_support)
-            pre_loss = self.loss_fn(pre_logits, batch.y_support).mean()
-        res = adapt(self.model, self.loss_fn, detach_params(params), batch.x_support, batch.y_support,
-                    max(cfg.inner_steps, 1), cfg.inner_lr)
+            if fast is not None:
+                pre_logits, pre_losses, query_logits = fast
+                pre_loss = pre_losses.mean()
+            else:
+                pre_logits = self.model.forward(params, batch.x_support)
+                pre_loss = self.loss_fn(pre_logits, batch.y_support).mean()
+        if fast is None:
+            res = adapt(self.model, self.loss_fn, detach_params(params), batch.x_support, batch.y_support, steps,
+                        cfg.inner_lr)
+            with torch.no_grad():
+                query_logits = self.model.forward(res.params, batch.x_query)
         with torch.no_grad():
-            query_logits = self.model.forward(res.params, batch.x_query)
             post_loss = self.loss_fn(query_logits, batch.y_query).mean()
         self._apply(params, grads, iteration)
         return self._metrics(pre_loss, post_loss, pre_logits, batch, query_logits)

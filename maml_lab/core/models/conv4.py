@@ -414,6 +414,16 @@ class Conv4:
             return None
         return conv4_meta.mean_loss_grad(self, params, x, y)
 
+    def adapted_logits(self, params, batch, loss_fn, steps: int, lr: float):
+        """Support logits at params, support losses and query logits after `steps` inner SGD steps of size lr,
+        without autograd (`conv4_meta.adapted_logits`), or None where unsupported (as `explicit_meta_gradient`)."""
+        from . import conv4_meta
+
+        if (self.convention != "lab" or not conv4_meta.supports(self, loss_fn, batch.x_support, steps)
+                or any(v.dim() != len(s) for v, s in zip(params.values(), self.param_shapes().values()))):
+            return None
+        return conv4_meta.adapted_logits(self, params, batch.x_support, batch.y_support, batch.x_query, lr)
+
     def _shared_loss_grad(self, params, x: torch.Tensor, y: torch.Tensor):
         b, n = x.shape[:2]
         s = self._stride

@@ -390,6 +390,28 @@ class Conv4Meta:
                 sums[k] = t.sum(0)
         return logits_all, losses, OrderedDict((k, out[k]) for k in phi), OrderedDict((k, sums[k]) for k in phi)
 
+    def query_logits(self, phi, x: torch.Tensor) -> torch.Tensor:
+        """Per task: the forward pass alone with phi_i (logits [B, Q, ways]), for metrics of an adaptation."""
+        s, eps = self.s, self.eps
+        b, n = x.shape[:2]
+        pt = _Patches(self.model, x.reshape(b * n, *x.shape[2:]).contiguous(memory_format=_CL), b)
+        conv0, bn0 = self._conv_names(0)
+        wm = _patch_weight(phi[f"{conv0}.weight"])  # [B, K, F]
+        rstd0 = pt.stats(wm, eps)[1]
+        weff = pt.weights(wm * (phi[f"{bn0}.weight"].unsqueeze(1) * rstd0), phi[f"{bn0}.bias"].unsqueeze(1))
+        h_all = _nchw(torch.relu_(torch.bmm(pt.x1, weff)), b * n, *pt.shape)
+        names = [self._conv_names(k) for k in range(1, self.blocks)]
+        convs = [_parts(phi[f"{conv}.weight"]) for conv, _ in names]
+        w_head, b_head = phi[f"{self.head}.weight"], phi[f"{self.head}.bias"]
+        logits = x.new_empty(b, n, w_head.shape[1])
+        for i, h in enumerate(h_all.chunk(b)):
+            for j, (_, bn) in enumerate(names):
+                z = F.conv2d(h, convs[j][i], None, stride=s, padding=1)
+                h = torch.relu_(torch.native_batch_norm(z, phi[f"{bn}.weight"][i], phi[f"{bn}.bias"][i], None, None,
+                                                        True, 0.0, eps)[0])
+            torch.addmm(b_head[i], h.reshape(n, -1), w_head[i].t(), out=logits[i])
+        return logits
+
     # -- second order: sum_i H_i v_i at theta -----------------------------------------------------------------
 
     def hvp_sum(self, p, v):
@@ -540,6 +562,18 @@ def mean_loss_grad(model, params, x: torch.Tensor, y: torch.Tensor) -> tuple[tor
         losses, g = Conv4Meta(model, theta).support(theta, x, y, summed=True)
         grads = [(g[k] if g[k].dim() == theta[k].dim() else g[k].sum(0)).div_(b) for k in theta]
     return losses.mean(), grads
+
+
+def adapted_logits(model, params, x_support, y_support, x_query, lr: float):
+    """One inner SGD step of size `lr` from shared params on each support set, without autograd: the support
+    logits at params [B, K, ways], the support losses [B] and the query logits after the step [B, Q, ways]
+    (what the pretrained baseline's post-adaptation metrics need)."""
+    with torch.no_grad():
+        theta = OrderedDict((k, v.detach()) for k, v in params.items())
+        eng = Conv4Meta(model, theta)
+        losses, g = eng.support(theta, x_support, y_support, lr)
+        phi = adapted(theta, g, lr, eng.adapted_convs)
+        return eng.support_logits, losses, eng.query_logits(phi, x_query)
 
 
 def meta_gradient(model, params, x_support, y_support, x_query, y_query, lr: float,
