@@ -17,7 +17,7 @@ inner SGD steps by autograd on the conv-4 as plain PyTorch (`Conv4.torch_module(
 FOMAML), then torch.optim.Adam. It takes the engine's hyperparameters: inner lr, inner steps, the inner loss
 convention, meta-lr and its schedule, step-loss weights, meta-batch.
 
-    python benchmarks/time_to_accuracy.py [--target 0.95] [--check-every 50] [--seeds 0 1 2] [--threads 1]
+    python benchmarks/time_to_accuracy.py [--target 0.95] [--check-every 50] [--seeds 0 1 2] [--threads N]
     python benchmarks/time_to_accuracy.py --target 0.3 --max-iterations 20 --check-every 10 --eval-tasks 50
 """
 
@@ -285,7 +285,9 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", choices=("loop", "none"), default="loop")
     parser.add_argument("--order", choices=("interleaved", "sequential"), default="interleaved",
                         help="engine and reference take turns, a check at a time (default), or run back to back")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int,
+                        help="torch threads (default: what the app's training thread takes for image tasks, "
+                             "maml_lab/lab/threads.py: every core up to 4; 1 for the one-core figure)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     args = parser.parse_args(argv)
     if not args.data.exists():
@@ -297,6 +299,10 @@ def main(argv=None) -> int:
     if args.check_every < 1 or (args.max_iterations or 1) < 1 or args.eval_tasks < 1:
         print("need --check-every, --max-iterations and --eval-tasks >= 1", file=sys.stderr)
         return 2
+    if args.threads is None:
+        from maml_lab.lab.threads import training_threads
+
+        args.threads = training_threads("images")
     torch.set_num_threads(args.threads)
     from maml_lab.core.training.trainer import Trainer, make_family
 
