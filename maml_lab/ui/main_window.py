@@ -349,7 +349,15 @@ class MainWindow(QMainWindow):
                 text = f"{name} → {resolved}" if name == "auto" else resolved
             except ValueError:
                 text = f"{name} (unavailable)"
+        if text.endswith("cpu"):  # how many torch threads a run of the chosen family trains on (lab/threads.py)
+            from ..lab.threads import training_threads
+
+            config = self.run_config if self.running and self.run_config is not None else None
+            n = training_threads(config.task if config is not None else self.panel.task.currentData())
+            text += f" · {n} thread{'s' if n != 1 else ''}"
         self.device_label.setText(f"Device: {text}")
+        self.device_label.setToolTip("CPU training: image tasks use every core (up to 4), the others one thread per "
+                                     "two cores, so the window keeps one; python main.py --threads N fixes it")
 
     # -- commands (the slots of ui.actions; the work is the run controller's or the File actions') --------
     def toggle_run(self) -> None:

@@ -156,3 +156,21 @@ def test_the_panel_shows_the_image_defaults_and_the_outer_schedule(window):
     assert config.algorithm("maml").meta_lr_schedule == "cosine" and config.iterations == 800
     p.task.setCurrentIndex(p.task.findData("sinusoid"))
     assert "constant" in maml.meta_lr.toolTip() and p.config().algorithm("maml").meta_lr_schedule == "constant"
+
+
+def test_the_status_bar_says_how_many_threads_a_cpu_run_trains_on(window, monkeypatch):
+    from maml_lab.lab import threads
+
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    window.panel.device.setCurrentIndex(window.panel.device.findData("cpu"))
+    window.panel.task.setCurrentIndex(window.panel.task.findData("sinusoid"))
+    window._sync_device_label()
+    assert window.device_label.text() == "Device: cpu · 2 threads"
+    window.panel.task.setCurrentIndex(window.panel.task.findData("images"))  # the panel's change updates it
+    assert window.device_label.text() == "Device: cpu · 4 threads"
+    threads.fix(1)
+    try:
+        window._sync_device_label()
+        assert window.device_label.text() == "Device: cpu · 1 thread"
+    finally:
+        threads.fix(None)
