@@ -92,9 +92,11 @@ def test_meta_gradient_matches_an_independent_per_task_loop(kind, name, steps):
     first = next(iter(params))
     assert all(grad[k].abs().sum() > 0 for k in (first, *HEAD[kind]))
     # the held-out part of the inner loop stays at theta: ANIL's body, BOIL's head
+    # (conv-4's conv biases get exactly zero inner gradients on its explicit path: batch norm removes a shift)
+    conv_biases = {f"{model._names(i)[0]}.bias" for i in range(model.blocks)} if kind == "conv4" else set()
     for k in params:
         moved = not torch.equal(res.params[k][0].detach(), params[k].detach())
-        assert moved == (k in adapted), k
+        assert moved == (k in adapted) or (k in conv_biases and not moved), k
 
 
 @pytest.mark.parametrize("name", ["anil", "boil"])

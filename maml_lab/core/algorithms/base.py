@@ -10,6 +10,7 @@ entry point group (docs/extending.md).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -155,10 +156,13 @@ class MetaAlgorithm:
         if cfg.step_loss_weights:
             return self._multi_step_meta_gradient(params, batch, first_order)
         names = self.adapted_names(self.model, params)
-        # the explicit paths adapt every parameter: a subset (ANIL, BOIL) differentiates through `adapt`
-        explicit = getattr(self.model, "explicit_meta_gradient", None) if names is None else None
+        # a subset (ANIL, BOIL): models whose explicit path takes `names` (conv-4) compute it there too
+        explicit = getattr(self.model, "explicit_meta_gradient", None)
+        if explicit is not None and names is not None and "names" not in inspect.signature(explicit).parameters:
+            explicit = None
         if explicit is not None:
-            out = explicit(params, batch, self.loss_fn, cfg.inner_steps, cfg.inner_lr, first_order)
+            kwargs = {} if names is None else {"names": names}
+            out = explicit(params, batch, self.loss_fn, cfg.inner_steps, cfg.inner_lr, first_order, **kwargs)
             if out is not None:
                 res = AdaptResult(out.params, out.support_losses, support_pred=getattr(out, "support_pred", None))
                 return out.grads, out.meta_loss, res, out.query_pred

@@ -41,7 +41,8 @@ How a meta-batch of B tasks runs (measured on CPU with benchmarks/bench_meta_ste
   per-task pieces); explicit, a meta-step went from 419-435 to 266-284 ms at 1 thread and from 542-557 to
   368-371 ms at 2 threads (bench_meta_step.py --model conv4 --clock process, before/after in one session):
   2.0-2.2x the per-task autograd loop, 2.1-2.5x `higher`. Exact to rounding in float64
-  (tests/core/test_conv4_explicit.py).
+  (tests/core/test_conv4_explicit.py). ANIL and BOIL (an adapted subset) take it too, the held part copied
+  instead of stepped; the pretrained baseline takes its support pass (`mean_loss_grad`, `adapted_logits`).
   Other settings (several inner steps, max-pool, MSE, CUDA) use the paths below.
 * Per-task parameters ([B, ...] on every tensor, e.g. adapted weights on the query set): on CPU a loop over
   tasks of channels-last convolutions and native batch norm (each task's activations stay in cache; measured
@@ -391,17 +392,19 @@ class Conv4:
         losses, grads = self._shared_loss_grad(shared, x, y)
         return losses, [grads[k] for k in params]
 
-    def explicit_meta_gradient(self, params, batch, loss_fn, steps: int, lr: float, first_order: bool):
+    def explicit_meta_gradient(self, params, batch, loss_fn, steps: int, lr: float, first_order: bool,
+                               names=None):
         """MAML/FOMAML meta-gradient without autograd (`conv4_meta`), or None where unsupported (the
         algorithms then differentiate through `adapt`). Supported: one inner step, cross-entropy, strided
-        downsampling, CPU, shared theta."""
+        downsampling, CPU, shared theta. names: the inner step adapts only these (ANIL, BOIL; None: all)."""
         from . import conv4_meta
 
         if (self.convention != "lab" or not conv4_meta.supports(self, loss_fn, batch.x_support, steps)
                 or any(v.dim() != len(s) for v, s in zip(params.values(), self.param_shapes().values()))):
             return None
         return conv4_meta.meta_gradient(self, params, batch.x_support, batch.y_support, batch.x_query,
-                                        batch.y_query, lr, first_order)
+                                        batch.y_query, lr, first_order,
+                                        None if names is None else frozenset(names))
 
     def mean_loss_grad(self, params, x: torch.Tensor, y: torch.Tensor, loss_fn):
         """The mean over tasks of the per-task losses and its gradient (a list in params' order) at shared

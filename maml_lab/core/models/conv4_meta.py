@@ -14,7 +14,8 @@ stacks of per-task pieces and full-size batch-norm temporaries. Here, for one in
   statistics and convolutions. The weights are shared at theta, so R-forward and R-backward fold the tasks
   into one convolution where they meet theta; only the terms with the per-task directions v_i are per task
   (small 1-shot convolutions), and the weight products are summed over tasks inside single calls;
-* meta-gradient: sum_i v_i - alpha * sum_i H_i v_i (first order: sum_i v_i).
+* meta-gradient: sum_i v_i - alpha * sum_i H_i v_i (first order: sum_i v_i); where the inner step adapts a
+  subset (ANIL: the head; BOIL: the body), sum_i v_i - alpha * sum_i H_i (M v_i) with M the subset's 0/1 mask.
 
 The first layer sees K = 9 * channels patch columns, so it never materializes its pre-activations: batch-norm
 statistics and every reduction against them (in all three passes) are [K, F] products with the patches'
@@ -576,18 +577,43 @@ def adapted_logits(model, params, x_support, y_support, x_query, lr: float):
         return eng.support_logits, losses, eng.query_logits(phi, x_query)
 
 
+def _held(theta, g, phi, held) -> None:
+    """phi[k] = theta[k] for every task where k is held fixed by the inner step (a subset adapts)."""
+    for k in held:
+        if isinstance(g[k], tuple) or g[k].dim() == 5:  # per-task conv weights: the channels-last layout of g
+            out = _cl_empty(theta[k], g[k].shape[0] if not isinstance(g[k], tuple) else len(g[k]))
+            out.copy_(theta[k].unsqueeze(0).expand_as(out))
+            phi[k] = out
+        else:
+            phi[k] = theta[k].unsqueeze(0).expand_as(g[k]).contiguous()
+
+
+def _zero_held(v, held) -> None:
+    """The Hessian-vector products' directions M v: held parameters get none (M zeroes them)."""
+    for k in held:
+        v[k] = tuple(torch.zeros_like(t) for t in v[k]) if isinstance(v[k], tuple) else torch.zeros_like(v[k])
+
+
 def meta_gradient(model, params, x_support, y_support, x_query, y_query, lr: float,
-                  first_order: bool) -> ExplicitMetaGradient:
-    """MAML (or FOMAML) meta-gradient of the mean query loss after one inner SGD step of size `lr`."""
+                  first_order: bool, adapted_names=None) -> ExplicitMetaGradient:
+    """MAML (or FOMAML) meta-gradient of the mean query loss after one inner SGD step of size `lr`.
+
+    adapted_names: the inner step adapts only these (ANIL: the head, BOIL: the body; None: all). With M the 0/1
+    mask of adapted parameters, phi_i = theta - lr M g_i, so d phi_i / d theta = I - lr M H_i and the meta-gradient
+    is sum_i v_i - lr H_i (M v_i): the same passes, held parameters copied instead of stepped and left out of
+    the Hessian-vector products' directions."""
     names = list(params)
+    held = [k for k in names if adapted_names is not None and k not in adapted_names]
     b = x_support.shape[0]
     with torch.no_grad():
         theta = OrderedDict((k, v.detach()) for k, v in params.items())
         eng = Conv4Meta(model, theta)
         support_losses, g = eng.support(theta, x_support, y_support, lr)
         phi = adapted(theta, g, lr, eng.adapted_convs)
+        _held(theta, g, phi, held)
         logits, q_losses, v, grads = eng.query(phi, x_query, y_query, 1.0 / b)
         if not first_order:
+            _zero_held(v, held)
             hv = eng.hvp_sum(theta, v)
             for k in names:
                 grads[k].sub_(hv[k], alpha=lr)

@@ -166,15 +166,17 @@ class MLP:
                     delta = delta * (1 - h * h)
         return losses, [grads[k] for k in params]
 
-    def explicit_meta_gradient(self, params, batch, loss_fn, steps: int, lr: float, first_order: bool):
+    def explicit_meta_gradient(self, params, batch, loss_fn, steps: int, lr: float, first_order: bool,
+                               names=None):
         """MAML/FOMAML meta-gradient without autograd (`mlp_meta`), or None where unsupported.
 
-        Supported: ReLU/tanh with the MSE loss. The algorithms use it when it is not None: on the small
-        sinusoid networks it is about twice as fast as differentiating through `adapt` (no graph to build).
+        Supported: ReLU/tanh with the MSE loss, every parameter adapted (names None). The algorithms use it when
+        it is not None: on the small sinusoid networks it is about twice as fast as differentiating through `adapt`
+        (no graph to build).
         """
         from . import mlp_meta
 
-        if not mlp_meta.supports(self, loss_fn):
+        if names is not None or not mlp_meta.supports(self, loss_fn):
             return None
         return mlp_meta.meta_gradient(self, params, batch.x_support, batch.y_support, batch.x_query,
                                       batch.y_query, steps, lr, first_order)
