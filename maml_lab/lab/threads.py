@@ -1,11 +1,12 @@
 """How many torch intra-op threads the app's training thread uses: by what the task family's ops are like.
 
 Why: torch's threads pay only where each op is large. Measured in the app on a 2-core CPU
-(`benchmarks/bench_gui_latency.py`, offscreen, 20-30 s of training after warm-up): the sinusoid MLP ran 331
-meta-iterations/s on one thread and 293 on two, with the GUI's timer late by p99 12 ms and 23 ms; conv-4 on
-Omniglot 5-way 1-shot ran 1.66x faster on two threads than on one (3.38 against 2.03 iterations/s) with p99 3.3
-ms against 1.1 ms. So families whose ops are small (`TaskFamilyKind.parallel_ops` False) keep a core for the GUI
-(one thread per two cores, at most 4); families with large ops (True: image tasks) use every core, at most 4.
+(`benchmarks/bench_gui_latency.py`, offscreen, 20-30 s of training after 5-25 s of warm-up): the sinusoid MLP ran
+331 meta-iterations/s on one thread and 293 on two, with the GUI's timer late by p99 12 ms and 23 ms; MAML on
+Omniglot 5-way 1-shot (conv-4) ran 1.3-1.5x faster on two threads than on one depending on the view shown
+(Training 3.15 -> 4.15 iterations/s, Tasks 3.10 -> 4.05, Playground 3.35 -> 5.05), the timer under p99 5 ms.
+So families whose ops are small (`TaskFamilyKind.parallel_ops` False) keep a core for the GUI (one thread per
+two cores, at most 4); families with large ops (True: image tasks) use every core, at most 4.
 `python main.py --threads N` fixes the number for every run instead (`fix`). The CLI has no GUI: it takes torch's
 default or its own `--threads`.
 
@@ -36,10 +37,6 @@ def fix(threads: int | None) -> None:
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     _fixed = threads
-
-
-def fixed() -> int | None:
-    return _fixed
 
 
 def gui_threads(cores: int | None = None) -> int:

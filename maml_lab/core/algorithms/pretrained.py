@@ -27,33 +27,40 @@ class Pretrained(MetaAlgorithm):
             from ..rl.objective import pretrained_step
 
             return pretrained_step(self, params, batch, iteration)
-        cfg = self.config
-        x, y = batch.joint()
-        # models that compute it without autograd (conv-4 on the CPU: 2.6x faster, conv4_meta.mean_loss_grad)
-        explicit = getattr(self.model, "mean_loss_grad", None)
-        explicit = explicit(params, x, y, self.loss_fn) if explicit is not None else None
-        if explicit is not None:
-            grads = explicit[1]
-        else:
-            with torch.enable_grad():
-                loss = self.loss_fn(self.model.forward(params, x), y).mean()
-                grads = torch.autograd.grad(loss, list(params.values()))
-        steps = max(cfg.inner_steps, 1)
-        fast = getattr(self.model, "adapted_logits", None)  # without autograd (conv-4 on the CPU, one step)
-        fast = fast(params, batch, self.loss_fn, steps, cfg.inner_lr) if fast is not None else None
-        with torch.no_grad():
-            if fast is not None:
-                pre_logits, pre_losses, query_logits = fast
-                pre_loss = pre_losses.mean()
-            else:
-                pre_logits = self.model.forward(params, batch.x_support)
-                pre_loss = self.loss_fn(pre_logits, batch.y_support).mean()
-        if fast is None:
-            res = adapt(self.model, self.loss_fn, detach_params(params), batch.x_support, batch.y_support, steps,
-                        cfg.inner_lr)
-            with torch.no_grad():
-                query_logits = self.model.forward(res.params, batch.x_query)
+        grads = self._joint_gradient(params, batch)
+        pre_logits, pre_loss, query_logits = self._scored_adaptation(params, batch)
         with torch.no_grad():
             post_loss = self.loss_fn(query_logits, batch.y_query).mean()
         self._apply(params, grads, iteration)
         return self._metrics(pre_loss, post_loss, pre_logits, batch, query_logits)
+
+    def _joint_gradient(self, params, batch) -> list[torch.Tensor]:
+        """d(mean loss on every task's support and query data)/d(theta), per-task batch statistics: without autograd
+        where the model offers it (conv-4 on the CPU: conv4_meta.mean_loss_grad)."""
+        x, y = batch.joint()
+        explicit = getattr(self.model, "mean_loss_grad", None)
+        out = explicit(params, x, y, self.loss_fn) if explicit is not None else None
+        if out is not None:
+            return out[1]
+        with torch.enable_grad():
+            loss = self.loss_fn(self.model.forward(params, x), y).mean()
+            return list(torch.autograd.grad(loss, list(params.values())))
+
+    def _scored_adaptation(self, params, batch):
+        """What the post-adaptation metrics need, for comparison only (theta is not touched): support logits at
+        theta, their mean loss, and query logits after the test-time rule's inner steps from a detached copy;
+        without autograd where the model offers it (conv-4 on the CPU, one step: conv4_meta.adapted_logits)."""
+        cfg = self.config
+        steps = max(cfg.inner_steps, 1)
+        fast = getattr(self.model, "adapted_logits", None)
+        out = fast(params, batch, self.loss_fn, steps, cfg.inner_lr) if fast is not None else None
+        if out is not None:
+            pre_logits, pre_losses, query_logits = out
+            return pre_logits, pre_losses.mean(), query_logits
+        with torch.no_grad():
+            pre_logits = self.model.forward(params, batch.x_support)
+            pre_loss = self.loss_fn(pre_logits, batch.y_support).mean()
+        res = adapt(self.model, self.loss_fn, detach_params(params), batch.x_support, batch.y_support, steps,
+                    cfg.inner_lr)
+        with torch.no_grad():
+            return pre_logits, pre_loss, self.model.forward(res.params, batch.x_query)

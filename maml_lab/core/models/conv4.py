@@ -392,6 +392,14 @@ class Conv4:
         losses, grads = self._shared_loss_grad(shared, x, y)
         return losses, [grads[k] for k in params]
 
+    def _explicit_supported(self, params, loss_fn, x: torch.Tensor, steps: int) -> bool:
+        """Whether conv4_meta's autograd-free passes apply: the lab convention, `conv4_meta.supports` (one inner
+        step, cross-entropy, strided downsampling, CPU) and shared theta (no task dimension)."""
+        from . import conv4_meta
+
+        return (self.convention == "lab" and conv4_meta.supports(self, loss_fn, x, steps)
+                and all(v.dim() == len(s) for v, s in zip(params.values(), self.param_shapes().values())))
+
     def explicit_meta_gradient(self, params, batch, loss_fn, steps: int, lr: float, first_order: bool,
                                names=None):
         """MAML/FOMAML meta-gradient without autograd (`conv4_meta`), or None where unsupported (the
@@ -399,8 +407,7 @@ class Conv4:
         downsampling, CPU, shared theta. names: the inner step adapts only these (ANIL, BOIL; None: all)."""
         from . import conv4_meta
 
-        if (self.convention != "lab" or not conv4_meta.supports(self, loss_fn, batch.x_support, steps)
-                or any(v.dim() != len(s) for v, s in zip(params.values(), self.param_shapes().values()))):
+        if not self._explicit_supported(params, loss_fn, batch.x_support, steps):
             return None
         return conv4_meta.meta_gradient(self, params, batch.x_support, batch.y_support, batch.x_query,
                                         batch.y_query, lr, first_order,
@@ -412,8 +419,7 @@ class Conv4:
         data. None where unsupported (the caller then uses autograd): as `explicit_meta_gradient`."""
         from . import conv4_meta
 
-        if (self.convention != "lab" or not conv4_meta.supports(self, loss_fn, x, 1)
-                or any(v.dim() != len(s) for v, s in zip(params.values(), self.param_shapes().values()))):
+        if not self._explicit_supported(params, loss_fn, x, 1):
             return None
         return conv4_meta.mean_loss_grad(self, params, x, y)
 
@@ -422,8 +428,7 @@ class Conv4:
         without autograd (`conv4_meta.adapted_logits`), or None where unsupported (as `explicit_meta_gradient`)."""
         from . import conv4_meta
 
-        if (self.convention != "lab" or not conv4_meta.supports(self, loss_fn, batch.x_support, steps)
-                or any(v.dim() != len(s) for v, s in zip(params.values(), self.param_shapes().values()))):
+        if not self._explicit_supported(params, loss_fn, batch.x_support, steps):
             return None
         return conv4_meta.adapted_logits(self, params, batch.x_support, batch.y_support, batch.x_query, lr)
 

@@ -293,7 +293,7 @@ class ImageTasks(TaskFamilyKind):
         "algorithm": {"meta_lr": 1e-3, "meta_lr_schedule": "constant", "inner_lr": 0.4, "inner_steps": 1,
                       "test_inner_steps": 3}}}
     playground = "images"
-    parallel_ops = True  # conv-4 over 25-160 images per call: 1.66x faster on two threads than one (lab/threads.py)
+    parallel_ops = True  # conv-4 over 25-160 images a call: 1.3-1.5x faster in the app on 2 threads (lab/threads.py)
     cheap_to_build = False  # an image set loads (and may be decoded) first
     # convention: "lab" (per-task mean cross-entropy; batch norm with scale, eps 1e-5, all adapted; flattened
     # head) or "cbfinn" (cbfinn/maml: cross-entropy sum / K, batch norm without scale, eps 1e-3, beta not
