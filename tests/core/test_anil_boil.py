@@ -228,7 +228,7 @@ def test_the_readme_plain_pytorch_anil_step_matches_the_engine(tmp_path):
     x_support = torch.linspace(-4, 4, 5).reshape(5, 1)
     y_support = 2 * torch.sin(x_support - 1)
     inner_lr = 0.01
-    # the README's lines, as written there
+    # the lines of docs/algorithms.md, as written there
     head = ["4.weight", "4.bias"]                                            # the last linear layer; BOIL: all others
     loss = torch.nn.functional.mse_loss(model(x_support), y_support)
     params = dict(model.named_parameters())

@@ -45,7 +45,7 @@ def test_round_trip_is_bit_exact(trainer, tmp_path, suffix):
 def test_plain_pytorch_snippet_reproduces_engine_predictions(trainer, tmp_path):
     path = tmp_path / "init.safetensors"
     trainer.export("maml", path)
-    # the README's snippet, verbatim in spirit: no maml_lab import needed to use the file
+    # docs/exports.md's snippet, verbatim in spirit: no maml_lab import needed to use the file
     from torch import nn
     model = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
     model.load_state_dict(load_file(path))

@@ -230,7 +230,7 @@ def test_the_readme_plain_pytorch_mamlpp_steps_match_the_engine(tmp_path):
     model = engine_model.torch_module()
     x_support, y_support = batch.x_support[0].float(), batch.y_support[0]
     x_query, steps = batch.x_query[0].float(), 3
-    # the README's lines, as written there
+    # the lines of docs/exports.md, as written there
     tensors = load_file(path)
     with safe_open(str(path), "pt") as f:
         extra = json.loads(f.metadata()["maml_lab"])["extra_tensors"]

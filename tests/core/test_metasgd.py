@@ -98,7 +98,7 @@ def test_export_carries_the_rates_and_test_time_adaptation_uses_them(tmp_path):
     run = trainer.runs["metasgd"]
     for k, v in run.algorithm.lrs.items():
         assert torch.equal(extras[f"lr.{k}"], v.detach())
-    # plain PyTorch takes theta with the extras filtered out, exactly as the README shows
+    # plain PyTorch takes theta with the extras filtered out, exactly as docs/exports.md shows
     state = {k: v for k, v in load_file_dict(path).items() if k not in meta["extra_tensors"]}
     assert set(state) == set(params)
 
@@ -140,7 +140,7 @@ def test_the_readme_plain_pytorch_meta_sgd_step_matches_the_engine(tmp_path):
     model = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
     x_support = torch.linspace(-4, 4, 5).reshape(5, 1)
     y_support = 2 * torch.sin(x_support - 1)
-    # the README's lines, as written there
+    # the lines of docs/exports.md, as written there
     tensors = load_file(path)
     with safe_open(str(path), "pt") as f:
         extra = json.loads(f.metadata()["maml_lab"])["extra_tensors"]

@@ -30,7 +30,7 @@ What the reference code does beyond the paper's text, and what this file follows
 The sinusoid defaults follow the Reptile paper's sine demo: inner SGD of 0.02 on mini-batches of 10 of 50 points
 (5 steps: one epoch), one task per update, eps 0.1 annealed to 0, 32 full-batch steps on the K test points. What a
 task family or the experiment decides (the demo's 1-64-64-1 tanh MLP, its phase range U[0, 2 pi], its fixed grid of
-50 x values) stays the experiment's: see docs/image_tasks.md and README.
+50 x values) stays the experiment's: see docs/image_tasks.md and docs/sinusoid_runs.md.
 """
 
 from __future__ import annotations
