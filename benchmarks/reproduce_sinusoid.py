@@ -7,8 +7,8 @@ meta-batch 25), then fine-tunes each on K = 5 points of 600 held-out tasks and p
 
     python benchmarks/reproduce_sinusoid.py --iterations 70000 [--out-dir runs/sinusoid]
 
-The paper's settings alone leave MAML unstable when fine-tuned for 5-10 steps (see docs/sinusoid_runs.md); the table in the
-docs/sinusoid_runs.md comes from
+The paper's settings alone leave MAML unstable when fine-tuned for 5-10 steps (see docs/sinusoid_runs.md); the
+table at the top of docs/sinusoid_runs.md comes from
 
     python benchmarks/reproduce_sinusoid.py --iterations 140000 --meta-lr-schedule cosine --step-loss-weights 0.5 0.5
 

@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from ..core.algorithms.adaptation import adapted_subset, sgd_trajectory
-from ..core.algorithms.config import adaptation_config, adaptation_text, test_trajectory
+from ..core.algorithms.config import adaptation_config, test_trajectory
+from ..core.analysis.evaluation import mean_ci95
 from ..core.tasks.losses import loss_function
+from .inside import rule_text
 from .jobs import for_each_request
 
 RULES = ("own", "head", "body", "all")
@@ -77,10 +79,11 @@ def trajectory(rule: str, adaptation, model, loss_fn, params, x_support, y_suppo
                           names=adapted_subset(model, params, rule))
 
 
-def rule_text(rule: str, adaptation) -> str:
-    """How the inner loop ran, for titles and CSV files."""
+def layer_rule_text(rule: str, adaptation) -> str:
+    """How the inner loop ran, for titles and CSV files: the algorithm's own rule in the words every view uses
+    (inside.rule_text), or the SGD rule the user picked."""
     if rule == "own":
-        return adaptation_text(adaptation)
+        return rule_text(adaptation)
     config = adaptation_config(adaptation)
     lr = config.inner_lr if config is not None else float(adaptation)
     return f"SGD on {RULE_LABELS[rule]}, inner lr {lr:g}"
@@ -102,16 +105,6 @@ class LayerStats:
     @property
     def steps(self) -> int:
         return self.change.shape[1] - 1
-
-
-def _mean_ci(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and 95% interval over axis 0, ignoring NaN."""
-    n = np.sum(~np.isnan(values), 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.nanmean(values, 0) if values.size else np.full(values.shape[1:], np.nan)
-        std = np.nanstd(values, 0, ddof=1) if values.shape[0] > 1 else np.zeros(values.shape[1:])
-        ci = np.where(n > 1, 1.96 * std / np.sqrt(np.maximum(n, 1)), 0.0)
-    return mean, ci
 
 
 def layer_stats(model, loss: str, params, adaptation, x_support, y_support, x_query, steps: int,
@@ -136,9 +129,9 @@ def layer_stats(model, loss: str, params, adaptation, x_support, y_support, x_qu
             ckas.append(torch.stack([linear_cka(b, a) for b, a in zip(before, after)], 1))  # [B, L]
     change = torch.stack(changes, 2).cpu().numpy()  # [B, L, S+1]
     cka = torch.stack(ckas, 2).cpu().numpy()
-    change_mean, change_ci = _mean_ci(change)
-    cka_mean, cka_ci = _mean_ci(cka)
-    return LayerStats(list(groups), change_mean, change_ci, cka_mean, cka_ci, rule, rule_text(rule, adaptation),
+    change_mean, change_ci = mean_ci95(change, skip_nan=True)
+    cka_mean, cka_ci = mean_ci95(cka, skip_nan=True)
+    return LayerStats(list(groups), change_mean, change_ci, cka_mean, cka_ci, rule, layer_rule_text(rule, adaptation),
                       int(x_support.shape[0]))
 
 

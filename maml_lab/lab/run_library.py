@@ -70,9 +70,6 @@ class RunSummary:
     def loss_text(self) -> str:
         return _per_algorithm(self._ordered(self.post_loss), lambda v: f"{v:.3g}")
 
-    def accuracy_text(self) -> str:
-        return _per_algorithm(self._ordered(self.post_accuracy), lambda v: f"{100 * v:.1f}%")
-
     def result_text(self) -> str:
         """The last post-adaptation loss of each algorithm, with its accuracy on image tasks."""
         losses = self._ordered(self.post_loss)

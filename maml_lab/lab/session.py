@@ -9,9 +9,9 @@ Trainer -> run folder -> checkpoints -> resume -> exports.
     session.export({"maml": "init.safetensors"})
 
 What a running session tells its listener are typed messages (Progress, and the Started/Ended the app's worker
-adds); the metric names they carry are those of core.training.metrics. Stopping is thread-safe (`stop`,
-`pause`, `resume`), and `stop_on_signals` turns Ctrl+C and SIGTERM (what schedulers send before preemption) into a
-clean stop: finish the iteration, checkpoint, export, status "stopped".
+adds); the metric names they carry are those of core.training.metrics. Stopping is thread-safe (`stop`, and
+the Trainer's `pause`/`resume`), and `stop_on_signals` turns Ctrl+C and SIGTERM (what schedulers send before
+preemption) into a clean stop: finish the iteration, checkpoint, export, status "stopped".
 """
 
 from __future__ import annotations
@@ -106,12 +106,6 @@ class TrainingSession:
 
     def stop(self) -> None:
         self.trainer.stop()
-
-    def pause(self) -> None:
-        self.trainer.pause()
-
-    def resume_training(self) -> None:
-        self.trainer.resume()
 
     def end_without_training(self, reason: str = "stopped by the user") -> str:
         """A stop that came before training began: the run folder still ends "stopped", with its checkpoint."""

@@ -69,7 +69,8 @@ class AdaptationView(HeldOutView):
             spin.setMaximumWidth(78)
         bar = flow_bar([
             labelled("K (shots)", self.shots, "Support examples per held-out task (per class for images)"),
-            labelled("Steps", self.steps, "Inner SGD steps, each initialization with its own inner learning rate"),
+            labelled("Steps", self.steps, "Adaptation steps, each initialization by its own rule (SGD at its "
+                                           "inner lr, its learned rates, or its inner optimizer)"),
             labelled("Tasks", self.tasks, "Held-out tasks the mean and its 95% interval are over"),
             self.log_scale, self.compute_button, self.cancel_button, self.progress, self.export_image_button,
             self.export_data_button])

@@ -279,7 +279,8 @@ class TasksView(QWidget):
         self.steps = QSpinBox()
         self.steps.setRange(0, 100)
         self.steps.setValue(3)
-        self.steps.setToolTip("Inner SGD steps of adaptation (each initialization's own inner learning rate)")
+        self.steps.setToolTip("Adaptation steps: each initialization adapts by its own rule (SGD at its inner lr, "
+                              "its learned rates, or its inner optimizer)")
         self.steps.valueChanged.connect(lambda _v: self._inputs_changed(draw=True))
         self.queries = QSpinBox()
         self.queries.setRange(1, 19)

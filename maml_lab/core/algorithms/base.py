@@ -3,8 +3,8 @@
 An algorithm owns what makes it different: its defaults per task family, its meta-update (`meta_step`, which
 updates the shared initialization theta, a dict of leaf tensors, in place and returns the step's metrics), its
 test-time adaptation (`test_trajectory`: what evaluation, validation and every view call), its extra state
-(`state_dict`, `export_tensors`), its label and colour. The built-in ones live one per file (maml.py,
-reptile.py, pretrained.py) and are listed in registry.py; a plug-in adds one through the `maml_lab.algorithms`
+(`state_dict`, `export_tensors`), its label and colour. The built-in ones live one per file in this
+folder and are listed in registry.py (`maml-lab list` prints them); a plug-in adds one through the `maml_lab.algorithms`
 entry point group (docs/extending.md).
 """
 

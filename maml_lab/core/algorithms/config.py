@@ -23,7 +23,7 @@ class AlgorithmConfig:
     inner_lr: float = 0.01  # alpha: inner SGD step size, also used to fine-tune at test time
     inner_steps: int = 1  # inner steps during meta-training (Reptile's k)
     test_inner_steps: int = 10  # steps used when evaluating
-    meta_lr: float = 1e-3  # outer Adam learning rate (MAML, FOMAML, pretrained)
+    meta_lr: float = 1e-3  # outer Adam learning rate (every algorithm but Reptile, whose outer step is epsilon)
     inner_optimizer: str = "sgd"  # Reptile only: sgd or adam
     outer_lr_start: float = 1.0  # Reptile only: epsilon at the first iteration ...
     outer_lr_end: float = 0.0  # ... annealed linearly to this at the last

@@ -300,19 +300,6 @@ def _batch_norm_text(convention: str, transductive: bool | None, inner_loop: boo
     return f"{mode}; {form}"
 
 
-def card_for_initialization(meta: dict, model, adaptation, tasks: int, shots, steps, queries: int | None,
-                            notes: dict | None = None) -> EvaluationCard:
-    """A card for an evaluation of an exported or in-memory initialization: family, ways and loss from its
-    export metadata (`task`), its algorithm from `adaptation`."""
-    task = (meta or {}).get("task", {}) or {}
-    family = task.get("name", "sinusoid")
-    convention = task.get("convention", "lab")
-    loss = ("cross_entropy_sum" if convention == "cbfinn" else "cross_entropy") if family == "images" else "mse"
-    ways = task.get("ways") if family == "images" else None
-    return EvaluationCard.build(family, tasks, shots, steps, adaptation, queries=queries, ways=ways, loss=loss,
-                                model=model, algorithm=(meta or {}).get("algorithm"), notes=notes)
-
-
 def validation_cards(config) -> dict:
     """The protocol of a run's validation (the val_* metrics: `config.val_tasks` fresh tasks, held-out classes for
     image sets, each algorithm's training inner steps and test-time rule): {algorithm: EvaluationCard}."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,10 +34,24 @@ class AdaptationCurve:
         return out
 
 
-def mean_ci95(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    n = values.shape[axis]
-    std = values.std(axis=axis, ddof=1) if n > 1 else np.zeros_like(values.mean(axis=axis))
-    return values.mean(axis=axis), 1.96 * std / math.sqrt(max(n, 1))
+def mean_ci95(values: np.ndarray, axis: int = 0, skip_nan: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and 95% half-width (1.96 std / sqrt(n), as the MAML paper) along `axis`.
+
+    NaN propagates by default: a diverged task makes the evaluation's mean NaN, which the tables report as such.
+    skip_nan=True counts only the finite entries (the Per layer view: a layer's CKA is NaN where undefined); the
+    half-width is 0 where fewer than two remain."""
+    values = np.asarray(values, dtype=np.float64)
+    if not skip_nan:
+        n = values.shape[axis]
+        std = values.std(axis=axis, ddof=1) if n > 1 else np.zeros_like(values.mean(axis=axis))
+        return values.mean(axis=axis), 1.96 * std / math.sqrt(max(n, 1))
+    n = np.sum(~np.isnan(values), axis)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices: mean NaN, as intended
+        mean = np.nanmean(values, axis)
+        std = np.nanstd(values, axis, ddof=1) if values.shape[axis] > 1 else np.zeros_like(mean)
+        ci = np.where(n > 1, 1.96 * std / np.sqrt(np.maximum(n, 1)), 0.0)
+    return mean, ci
 
 
 def per_task_curve(model, loss_name: str, params, batch, max_steps: int, adaptation: AlgorithmConfig | float):

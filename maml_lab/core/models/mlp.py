@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,20 +25,6 @@ ACTIVATIONS = {
     "gelu": (F.gelu, nn.GELU),
     "silu": (F.silu, nn.SiLU),
 }
-
-
-class FunctionalModel(Protocol):
-    """What the engine needs of a model."""
-
-    def spec(self) -> dict: ...
-
-    def init_params(self, generator: torch.Generator, device=None, dtype=None) -> "OrderedDict[str, torch.Tensor]": ...
-
-    def forward(self, params, x: torch.Tensor) -> torch.Tensor:
-        """params: shared [shape] or per-task [B, shape]; x: [B, N, *input]; returns [B, N, out]."""
-        ...
-
-    def torch_module(self) -> nn.Module: ...
 
 
 class MLP:
@@ -199,6 +184,3 @@ def detach_params(params) -> "OrderedDict[str, torch.Tensor]":
     """The same values cut from the autograd graph (no copy)."""
     return OrderedDict((k, v.detach()) for k, v in params.items())
 
-
-def count_params(params) -> int:
-    return sum(v.numel() for v in params.values())

@@ -237,10 +237,6 @@ class ImageSet:
         lo, hi = self.class_range(c)
         return self.pixels[lo:hi].astype(np.float32) * np.float32(1 / 255)
 
-    def class_labels(self) -> np.ndarray:
-        """The class of every image, int64 [num_images]."""
-        return np.repeat(np.arange(self.num_classes), self.counts)
-
     def describe(self) -> dict:
         """For metadata: what was loaded and how it was preprocessed."""
         counts = self.counts
@@ -272,11 +268,6 @@ class ImageSet:
         offsets = np.concatenate([[0], np.cumsum(counts)])
         return ImageSet(name or self.name, [self.class_names[c] for c in classes], [self.groups[c] for c in classes],
                         self.pixels[rows], offsets, self.preprocessing, self.source, self.report, self.meta)
-
-    def without_small_classes(self, min_images: int) -> "ImageSet":
-        """Only the classes with at least `min_images` images."""
-        keep = np.flatnonzero(self.counts >= min_images)
-        return self.subset(keep)
 
     def split(self, parts: Mapping[str, float | int], seed: int = 0, by_group: bool = False) -> dict[str, "ImageSet"]:
         return split_classes(self, parts, seed=seed, by_group=by_group)
@@ -726,11 +717,3 @@ def image_grid(image_set: ImageSet, classes: Sequence[int] | None = None, per_cl
             out[y:y + h, x:x + w] = image_set.pixels[lo + j].transpose(1, 2, 0)
     return out[..., 0] if c == 1 else out
 
-
-def save_png(picture: np.ndarray, path: str | os.PathLike, scale: int = 1) -> None:
-    """Write a uint8 [H, W] or [H, W, 3] array as PNG, optionally enlarged by an integer factor."""
-    from PIL import Image
-
-    if scale > 1:
-        picture = np.repeat(np.repeat(picture, scale, 0), scale, 1)
-    Image.fromarray(np.ascontiguousarray(picture)).save(path, optimize=True)

@@ -153,12 +153,6 @@ class ExperimentConfig:
         return cls.from_dict(data)
 
 
-
-def preset_names(task: str) -> list[str]:
-    """The presets a task family offers (`maml-lab train --preset NAME`)."""
-    return sorted(task_family(task).presets)
-
-
 def apply_preset(data: dict, task: str, preset: str) -> dict:
     """`data` (ExperimentConfig fields with `algorithms` as name -> settings, as the CLI builds it before
     ExperimentConfig.from_dict) with a task family's preset filled in under every value already there: a preset is
