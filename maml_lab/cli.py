@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -96,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--activation", choices=("relu", "tanh", "gelu", "silu"))
     t.add_argument("--seed", type=_int_at_least(0))
     t.add_argument("--device", help="auto (default), cpu or cuda")
-    t.add_argument("--threads", type=_int_at_least(1), help="CPU threads for torch (default: torch's choice)")
+    t.add_argument("--threads", type=_int_at_least(1),
+                   help="CPU threads for torch (default: $OMP_NUM_THREADS, else the app's policy, lab/threads.py: "
+                        "image tasks every core up to 4, the others one per two cores)")
     t.add_argument("--dtype", choices=("float32", "float64"))
     t.add_argument("--val-every", type=_int_at_least(0), help="validation every N iterations (0: never)")
     t.add_argument("--data", type=Path, help="image set: Omniglot zip or folder, or class-per-folder set "
@@ -138,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--inner-lr", type=_positive_float, help="fine-tuning step size (default: as trained)")
     e.add_argument("--seed", type=_int_at_least(0), default=2017, help="seed of the held-out tasks")
     e.add_argument("--device", default="auto")
-    e.add_argument("--threads", type=_int_at_least(1), help="CPU threads for torch (default: torch's choice)")
+    e.add_argument("--threads", type=_int_at_least(1),
+                   help="CPU threads for torch (default: $OMP_NUM_THREADS, else the app's policy, lab/threads.py: "
+                        "image tasks every core up to 4, the others one per two cores)")
     e.add_argument("--data", type=Path, help="image set for image initializations (default: the one it was "
                                              "trained on); its held-out classes are used")
     e.add_argument("--ways", type=_int_at_least(2), help="must match the initialization's output layer")
@@ -344,6 +349,25 @@ def _start_session(args, world, main_rank: bool):
     return session, outs
 
 
+def use_threads(args, task: str, processes: int = 1) -> int:
+    """Set torch's threads for a run on task family `task` and return the number: --threads, else an explicit
+    $OMP_NUM_THREADS, else the app's policy (lab/threads.py), the cores shared among `processes` (torchrun ranks).
+    Torch's own default (every core) made small-op families such as 2-D navigation many times slower."""
+    from .lab import threads as policy
+
+    n = getattr(args, "threads", None)
+    if n is None and os.environ.get("OMP_NUM_THREADS", "").strip().isdigit():
+        n = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if n is None:
+        n = policy.training_threads(task, max(1, (os.cpu_count() or 2) // max(1, processes)))
+    policy.set_for_this_thread(n)
+    return n
+
+
+def _threads_text(n: int) -> str:
+    return f"{n} thread{'s' if n != 1 else ''}"
+
+
 def cmd_train(args) -> int:
     from .core.training.distributed import init_from_env
 
@@ -362,6 +386,7 @@ def cmd_train(args) -> int:
 def _train(args, world, main_rank: bool) -> int:
     session, outs = _start_session(args, world, main_rank)
     trainer, config = session.trainer, session.config
+    threads = use_threads(args, config.task, world.size if world is not None else 1)
     if world is not None and not args.quiet:
         share = world.local_count(config.meta_batch_size)
         print(f"distributed: {world.size} processes ({world.backend}), {config.meta_batch_size} tasks per "
@@ -371,8 +396,8 @@ def _train(args, world, main_rank: bool) -> int:
         from .core.tasks.registry import task_family
 
         what = task_family(config.task).tasks_text(config)
-        print(f"training {names} on {what} for {config.iterations} iterations on {trainer.device}; "
-              f"run folder {session.folder.path}", file=sys.stderr)
+        print(f"training {names} on {what} for {config.iterations} iterations on {trainer.device} "
+              f"({_threads_text(threads)}); run folder {session.folder.path}", file=sys.stderr)
     if world is not None:  # ranks must stop together: Ctrl+C ends the job, --resume continues it
         return _finish(args, session, session.run(_Progress(args.quiet)), outs)
     with session.stop_on_signals(announce=lambda text: print(f"\n{text}", file=sys.stderr)):
@@ -429,10 +454,11 @@ def cmd_eval(args) -> int:
         dtype = dtype_of(params)
         task = meta.get("task", {}).get("name", "sinusoid")
         kind = task_family(task)
+        threads = use_threads(args, task)
         shots_list = args.shots or [int(hyper.get("shots", 10))]
         params = {k: v.to(device) for k, v in params.items()}
         print(f"{path.name}: {meta.get('algorithm')} after {meta.get('iterations')} iterations, "
-              f"{model.spec().get('kind')} model")
+              f"{model.spec().get('kind')} model ({_threads_text(threads)})")
         if kind.metric == "return":  # reinforcement learning (2-D navigation): average return, oracle, random
             from .core.tasks.navigation import eval_navigation_initialization
 
@@ -574,12 +600,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return EXIT_USAGE
-        if getattr(args, "threads", None):
-            import torch
-
-            torch.set_num_threads(args.threads)
         handler = {"train": cmd_train, "eval": cmd_eval, "download": cmd_download, "list": cmd_list}[args.command]
-        return handler(args)
+        torch = sys.modules.get("torch")  # imported already: main() called in-process (tests, scripts)
+        threads = torch.get_num_threads() if torch is not None else None
+        try:
+            return handler(args)
+        finally:  # train and eval set their task family's threads (use_threads); an in-process caller keeps its own
+            if threads is not None:
+                torch.set_num_threads(threads)
     except UsageError as exc:
         print(f"maml-lab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

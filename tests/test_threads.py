@@ -67,3 +67,58 @@ def test_use_gui_threads_sets_the_calling_thread_only():
         assert seen == {"job": 1, "training": 2}
     finally:
         torch.set_num_threads(before)
+
+
+# -- the CLI follows the same policy ----------------------------------------------------------------------
+@pytest.mark.parametrize("cores, images, small", [(1, 1, 1), (2, 2, 1), (4, 4, 2), (8, 4, 4)])
+def test_cli_sets_each_family_s_threads_by_the_app_s_policy(monkeypatch, cores, images, small):
+    from maml_lab.cli import build_parser, use_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: cores)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    args = build_parser().parse_args(["train"])
+    before = torch.get_num_threads()
+    try:
+        for task, expect in [("images", images), ("sinusoid", small), ("navigation", small)]:
+            torch.set_num_threads(7)  # neither torch's default nor the policy's number
+            assert use_threads(args, task) == expect and torch.get_num_threads() == expect, task
+        torch.set_num_threads(7)
+        assert use_threads(args, "images", processes=2) == max(1, min(4, cores // 2))  # torchrun ranks share
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's explicit number
+        assert use_threads(args, "images") == 3 and torch.get_num_threads() == 3
+        args = build_parser().parse_args(["train", "--threads", "5"])  # --threads overrides both
+        assert use_threads(args, "sinusoid") == 5 and torch.get_num_threads() == 5
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_cli_trains_and_evaluates_navigation_on_the_policy_s_threads(monkeypatch, tmp_path, capsys):
+    """End to end, without --threads: a navigation run on 2 cores trains on one thread (torch's default would take
+    both), says so in its start line, and main() leaves the caller's number as it was."""
+    from maml_lab.cli import main
+    from maml_lab.core.training.trainer import Trainer
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+    step = Trainer.step
+
+    def counting_step(self, *a, **k):
+        seen.append(torch.get_num_threads())
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(Trainer, "step", counting_step)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        out = tmp_path / "nav.safetensors"
+        assert main(["train", "--task", "navigation", "--iterations", "2", "--meta-batch-size", "2", "--shots", "2",
+                     "--queries", "2", "--task-option", "horizon=5", "--val-every", "0", "--out", str(out),
+                     "--run-dir", str(tmp_path / "run")]) == 0
+        assert seen and set(seen) == {1}
+        assert "(1 thread); run folder" in capsys.readouterr().err
+        assert torch.get_num_threads() == 3
+        assert main(["eval", str(out), "--tasks", "2", "--steps", "1"]) == 0
+        assert "(1 thread)" in capsys.readouterr().out and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)

@@ -7,8 +7,10 @@ Omniglot 5-way 1-shot (conv-4) ran 1.3-1.5x faster on two threads than on one de
 (Training 3.15 -> 4.15 iterations/s, Tasks 3.10 -> 4.05, Playground 3.35 -> 5.05), the timer under p99 5 ms.
 So families whose ops are small (`TaskFamilyKind.parallel_ops` False) keep a core for the GUI (one thread per
 two cores, at most 4); families with large ops (True: image tasks) use every core, at most 4.
-`python main.py --threads N` fixes the number for every run instead (`fix`). The CLI has no GUI: it takes torch's
-default or its own `--threads`.
+`python main.py --threads N` fixes the number for every run instead (`fix`). The CLI (`maml_lab/cli.py`,
+`use_threads`) follows the same policy for each run's family (it keeps no core for a GUI it does not have, but small
+ops gain nothing from a second thread), unless `--threads` or $OMP_NUM_THREADS says otherwise: with torch's default
+(every core) a 2-D navigation run took 58 min of wall time on a shared 2-core machine, 2 min on one thread.
 
 Torch's OpenMP build keeps the number per thread, but a thread takes the process-wide number (the last one any
 thread set) the first time it asks for it or runs a parallel op, overwriting what it set itself before. So
