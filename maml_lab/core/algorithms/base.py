@@ -147,8 +147,16 @@ class MetaAlgorithm:
         loss, see mlp_meta.py) do so; every other model differentiates through `adapt`. With step_loss_weights it
         is the gradient of sum_s w_s * (mean query loss after inner step s), by autograd; the returned loss and
         logits are still those after the last step.
+
+        It is MAML's meta-gradient (SGD at inner_lr on the adapted parameters). An algorithm that adapts with
+        tensors it learns besides theta (`export_tensors`: Meta-SGD's rates, MAML++'s per-step rates and rows,
+        Reptile's carried inner Adam state) and does not override this method gets a TypeError, never plain MAML's
+        gradient in its name.
         """
         cfg = self.config
+        if type(self).export_tensors is not MetaAlgorithm.export_tensors:
+            raise TypeError(f"{self.label or self.name} adapts with tensors it learns besides theta, so MAML's "
+                            "meta-gradient is not its own; its meta_step computes the real one")
         if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL): rl/objective.py
             from ..rl.objective import objective_meta_gradient
 
