@@ -1,6 +1,7 @@
 """Headless command line on the same core as the app: `python -m maml_lab train|eval|download ...`.
 
-Invalid input gets one line on stderr and exit code 2, never a traceback.
+Invalid input gets one line on stderr and exit code 2, never a traceback; a failure (disk full, a plug-in's
+error) one line and 1; a run stopped by a signal 128 + its number once its checkpoint and exports are written.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import time
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_FAILED = 1
+EXIT_CODES = """exit status: 0 finished; 1 failed (disk full, read-only folder, a plug-in's error: one line, run.json
+"failed", the last good checkpoint and exports kept); 2 bad input or a refused resume (nothing changed); 128 +
+signal when stopped by one after its checkpoint and exports were written (SIGINT/Ctrl+C 130, SIGTERM 143)."""
 
 
 class UsageError(Exception):
@@ -63,10 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ALGORITHMS = algorithm_names()
 
-    parser = _Parser(prog="maml-lab", description="MAML Lab: meta-learning engine (no arguments opens the app).")
+    parser = _Parser(prog="maml-lab", description="MAML Lab: meta-learning engine (no arguments opens the app).",
+                     epilog=EXIT_CODES)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    t = sub.add_parser("train", help="meta-train and export initializations")
+    t = sub.add_parser("train", help="meta-train and export initializations", epilog=EXIT_CODES)
     t.add_argument("--config", type=Path, help="TOML experiment config; flags override it")
     t.add_argument("--preset", metavar="NAME",
                    help="a task family's named settings under the flags, e.g. --task images --preset paper (the "
@@ -126,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint-every", type=_int_at_least(0), default=1000,
                    help="write a checkpoint every N iterations, and always at the end (0: only at the end)")
     t.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                   help="continue the latest checkpoint in RUN_DIR with the run's own config")
+                   help="continue the newest good checkpoint in RUN_DIR with the run's own config (damaged ones "
+                        "are skipped and named; none good: refused, nothing changed)")
+    t.add_argument("--restart", action="store_true",
+                   help="with --resume: start the run over in its folder from iteration 0, discarding its "
+                        "checkpoints, metrics.csv rows and exports (for a run with no good checkpoint)")
     t.add_argument("--dist-timeout", type=_positive_float, default=120.0, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before the job ends (default 120)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
@@ -332,12 +342,16 @@ def _start_session(args, world, main_rank: bool):
     config = _config_from_args(args, base=folder.config().to_dict())
     if args.save_config and main_rank:
         config.save_toml(args.save_config)
+    if args.out is not None:
+        outs = _out_paths(args.out, [a.name for a in config.algorithms])
     session = TrainingSession.resume(folder.path, config, args.checkpoint_every, attach=main_rank,
+                                     restart=args.restart,
+                                     notice=lambda text: print(f"maml-lab: {text}", file=sys.stderr),
                                      family=_load_family(config, args.quiet), world=world, record_every=0)
     if not main_rank:
         return session, {}
+    folder = session.folder
     if args.out is not None:
-        outs = _out_paths(args.out, [a.name for a in config.algorithms])
         folder.write_status(outs={n: str(p) for n, p in outs.items()})
     else:
         outs = {n: Path(p) for n, p in (folder.status().get("outs") or {}).items()}
@@ -345,7 +359,7 @@ def _start_session(args, world, main_rank: bool):
         if session.resumed_at is not None:
             print(f"resuming {folder.path} at iteration {session.resumed_at} of {config.iterations}", file=sys.stderr)
         else:
-            print(f"{folder.path} has no checkpoint yet: starting the run over", file=sys.stderr)
+            print(f"{folder.path}: starting the run over (--restart)", file=sys.stderr)
     return session, outs
 
 
@@ -376,6 +390,8 @@ def cmd_train(args) -> int:
     main_rank = world is None or world.is_main
     if not main_rank:
         args.quiet = True
+    if args.restart and args.resume is None:
+        raise UsageError("--restart starts a run over in its folder: use it with --resume RUN_DIR")
     try:
         return _train(args, world, main_rank)
     finally:
@@ -398,14 +414,65 @@ def _train(args, world, main_rank: bool) -> int:
         what = task_family(config.task).tasks_text(config)
         print(f"training {names} on {what} for {config.iterations} iterations on {trainer.device} "
               f"({_threads_text(threads)}); run folder {session.folder.path}", file=sys.stderr)
-    if world is not None:  # ranks must stop together: Ctrl+C ends the job, --resume continues it
-        return _finish(args, session, session.run(_Progress(args.quiet)), outs)
-    with session.stop_on_signals(announce=lambda text: print(f"\n{text}", file=sys.stderr)):
-        state = session.run(_Progress(args.quiet))
-    return _finish(args, session, state, outs)
+    try:
+        if world is not None:  # ranks must stop together: Ctrl+C ends the job, --resume continues it
+            state = session.run(_Progress(args.quiet))
+        else:
+            with session.stop_on_signals(announce=lambda text: print(f"\n{text}", file=sys.stderr)):
+                state = session.run(_Progress(args.quiet))
+        return _finish(args, session, state, outs)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a failed run: one line, run.json "failed", exit 1
+        return _failed(session, exc)
+    finally:
+        session.close()
+
+
+def _failed(session, exc: BaseException) -> int:
+    """A run that failed while training or writing: one line naming the cause (and the plug-in, when its code
+    raised), run.json "failed" with the reason where it can still be written, exit 1."""
+    from .core.training.distributed import RankLostError
+    from .core.training.runs import failure_text
+
+    if isinstance(exc, RankLostError):
+        raise exc
+    reason = failure_text(exc)
+    plugin = _plugin_in(exc)
+    if plugin is not None:
+        reason = f"plug-in {plugin} failed: {reason}"
+    session.mark_failed(reason)  # failed outside Trainer.run (which tells the folder itself)
+    if session.folder is not None and session.trainer.state == "failed" and plugin is not None:
+        try:  # name the plug-in in run.json too
+            session.folder.write_status(status="failed", reason=reason)
+        except OSError:
+            pass
+    where = session.folder.path if session.folder is not None else "the run"
+    print(f"maml-lab: error: training failed at iteration {session.iteration} ({where}): {reason}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _plugin_in(exc: BaseException) -> str | None:
+    """"algorithm 'name' (from dist)" when a plug-in's code is on the exception's traceback, else None."""
+    from .core.algorithms.registry import ALGORITHMS
+    from .core.registry import BUILTIN
+    from .core.tasks.registry import TASKS
+
+    owners = {}
+    for registry in (ALGORITHMS, TASKS):
+        for e in registry.entries():
+            if e.source != BUILTIN:
+                owners[e.reference.partition(":")[0].split(".")[0]] = f"{registry.kind} {e.name!r} (from {e.source})"
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        module = str(tb.tb_frame.f_globals.get("__name__", ""))
+        owner = owners.get(module.split(".")[0])
+        if owner is not None:
+            found = owner
+        tb = tb.tb_next
+    return found
 
 
 def _finish(args, session, state, outs) -> int:
+    """Report, export to --out, and the exit status: 0 finished, 128 + the signal that stopped the run, 1 else."""
     trainer, folder = session.trainer, session.folder
     if state == "diverged":
         print(f"maml-lab: training stopped: {trainer.stop_reason}", file=sys.stderr)
@@ -426,7 +493,9 @@ def _finish(args, session, state, outs) -> int:
     if state == "stopped" and not args.quiet:
         print(f"stopped at iteration {trainer.iteration}; continue with: maml-lab train --resume {folder.path}",
               file=sys.stderr)
-    return 0 if state in ("finished", "stopped") else 1
+    if state == "stopped" and session.stopped_by is not None:
+        return 128 + int(session.stopped_by)
+    return 0 if state in ("finished", "stopped") else EXIT_FAILED
 
 
 def cmd_eval(args) -> int:
@@ -611,6 +680,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"maml-lab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # a second Ctrl+C: abort at once (the run folder keeps its last checkpoint)
+        print("\nmaml-lab: interrupted", file=sys.stderr)
+        return 128 + 2
     except RuntimeError as exc:  # under torchrun: another rank died or stopped answering
         from .core.training.distributed import RankLostError
 

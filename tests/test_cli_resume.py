@@ -88,7 +88,7 @@ def test_every_cli_run_leaves_a_run_folder(tmp_path, monkeypatch):
 @pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="SIGTERM is POSIX only")
 def test_sigterm_stops_like_ctrl_c_checkpoints_exports_and_resumes(tmp_path):
     """A scheduler's preemption (SIGTERM) loses nothing: the iteration finishes, a checkpoint and the exports are
-    written, run.json says "stopped", and --resume finishes the run."""
+    written, run.json says "stopped", the exit status is 143 (128 + SIGTERM), and --resume finishes the run."""
     run, out = tmp_path / "run", tmp_path / "init.safetensors"
     args = [*ARGS[:ARGS.index("--iterations") + 1], "100000", *ARGS[ARGS.index("--iterations") + 2:]]
     proc = subprocess.Popen(cli(*args, "--run-dir", str(run), "--out", str(out)), stdout=subprocess.PIPE,
@@ -101,7 +101,7 @@ def test_sigterm_stops_like_ctrl_c_checkpoints_exports_and_resumes(tmp_path):
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     stdout, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0
+    assert proc.returncode == 128 + signal.SIGTERM  # a scheduler tells a stop from a finished run
     status = folder.status()
     assert status["status"] == "stopped" and 200 <= status["iteration"] < 100000
     last, _ = folder.checkpoints()[-1]

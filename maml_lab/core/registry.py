@@ -2,8 +2,9 @@
 they ship with MAML Lab or come from an installed plug-in (entry points), the way pytest and napari take plug-ins.
 
 A registry loads lazily on first use: first its built-in references, then every entry point of its group. A
-plug-in that fails to import, or whose object is not what the registry takes, is reported in one line on
-stderr and skipped, so the lab still starts; `problems` keeps those lines for `maml-lab list`.
+plug-in that fails to import (any exception, `sys.exit()` included; only Ctrl+C goes through), or whose object is
+not what the registry takes, is reported in one line on stderr and skipped, so the lab still starts; `problems`
+keeps those lines for `maml-lab list`.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ class Registry(Generic[T]):
                 dist = getattr(getattr(ep, "dist", None), "name", None) or "a plug-in"
                 try:
                     self.register(ep.load(), source=dist, reference=ep.value)
-                except Exception as exc:  # noqa: BLE001 - a broken plug-in never stops the lab
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - a broken plug-in never stops the lab (sys.exit too)
                     line = (f"maml-lab: skipped {self.kind} plug-in {ep.name!r} from {dist} ({ep.value}): "
                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": "))
                     self.problems.append(line)

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..core.training.checkpoint import load_checkpoint
+from ..core.training.checkpoint import CheckpointError, read_checkpoint, restore_checkpoint
 from ..core.training.config import ExperimentConfig
-from ..core.training.runs import RunFolder, RunLogger, default_runs_root, new_run_name, unique_path
+from ..core.training.runs import RunFolder, RunFolderError, RunLogger, default_runs_root, new_run_name, unique_path
 from ..core.training.trainer import Trainer, make_family
 from .messages import Progress
 
@@ -48,6 +48,7 @@ class TrainingSession:
         self.folder: RunFolder | None = None
         self.logger: RunLogger | None = None
         self.resumed_at: int | None = None  # the checkpoint's iteration when this session continues a run
+        self.stopped_by: int | None = None  # the signal (SIGINT, SIGTERM) that stopped the run, if one did
 
     # -- making one ---------------------------------------------------------------------------------------
     @classmethod
@@ -55,7 +56,8 @@ class TrainingSession:
                checkpoint_every: int = CHECKPOINT_EVERY, source: str = "cli", outs: dict | None = None,
                **kwargs) -> "TrainingSession":
         """A new run training into `run_dir` (default: a new folder under `runs_root`, else $MAML_LAB_RUNS or
-        ./runs). The folder is created before the family loads, so a bad path fails fast."""
+        ./runs). The folder is created before the family loads, so a bad path fails fast; this session holds its
+        lock until `close()` or the process's end."""
         folder = cls.create_folder(config, run_dir, runs_root, source, outs)
         session = cls(config, **kwargs)
         session.attach_folder(folder, checkpoint_every)
@@ -71,24 +73,73 @@ class TrainingSession:
 
     @classmethod
     def resume(cls, run_dir: str | Path, config: ExperimentConfig | None = None,
-               checkpoint_every: int = CHECKPOINT_EVERY, attach: bool = True, **kwargs) -> "TrainingSession":
-        """Continue the run in `run_dir` from its latest checkpoint (with its own config, or `config` where the
+               checkpoint_every: int = CHECKPOINT_EVERY, attach: bool = True, restart: bool = False,
+               fresh_if_empty: bool = False, notice: Callable[[str], None] | None = None,
+               **kwargs) -> "TrainingSession":
+        """Continue the run in `run_dir` from its newest good checkpoint (with its own config, or `config` where the
         caller lengthened or moved it: another experiment's checkpoint is refused with the difference named).
-        A folder with no checkpoint yet starts over (`resumed_at` None). attach=False: restore only (ranks other
-        than 0 under torchrun)."""
+
+        The folder is locked first (a second writer is refused, naming the holder). Damaged checkpoints (checksum,
+        truncation) are skipped, each named through `notice`. Nothing in the folder is written until the resume is
+        known to be valid; a refusal (RunFolderError, CheckpointError, RunLockedError: all ValueErrors) leaves every
+        file as it was. No good checkpoint: refused, unless `restart` (start over in this folder, discarding its
+        checkpoints and metrics) or `fresh_if_empty` and the run never wrote one (`resumed_at` is then None).
+        attach=False: restore only, no lock and no writes (ranks other than 0 under torchrun)."""
+        say = notice or (lambda text: None)
         folder = RunFolder.open(run_dir)
-        saved = folder.config()
-        config = config or saved
-        if attach and config.iterations != saved.iterations:
-            config.save_toml(folder.config_path)  # the run now has a new length
-        session = cls(config, **kwargs)
-        checkpoint = folder.latest_checkpoint()
-        if checkpoint is not None:
-            session.resumed_at = int(load_checkpoint(session.trainer, checkpoint)["iteration"])
-        session.folder = folder
         if attach:
-            session.attach_folder(folder, checkpoint_every, resumed=checkpoint is not None)
+            stale = folder.acquire()
+            if stale:
+                say(f"{folder.path}: {stale}")
+        try:
+            saved = folder.config()
+            config = config or saved
+            found = [] if restart else folder.checkpoints()
+            good, damaged = None, []
+            for _, path in reversed(found):
+                try:
+                    good = (path, *read_checkpoint(path))
+                    break
+                except CheckpointError as exc:
+                    damaged.append(path)
+                    say(f"skipping damaged checkpoint {path.name}: {exc}")
+            if good is None and not restart and (found or not fresh_if_empty):
+                what = (f"no usable checkpoint ({len(damaged)} damaged: {', '.join(p.name for p in damaged[:3])}"
+                        f"{', ...' if len(damaged) > 3 else ''})" if damaged else "no checkpoint")
+                raise RunFolderError(f"{folder.path} has {what}: nothing was changed; `train --resume "
+                                     f"{folder.path} --restart` starts the run over in this folder")
+            session = cls(config, **kwargs)
+            if good is not None:
+                path, tensors, header = good
+                try:
+                    restore_checkpoint(session.trainer, tensors, header, where=path.name)
+                except CheckpointError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a header that reads but does not describe this run
+                    raise CheckpointError(f"{path.name} does not fit this run: {type(exc).__name__}: {exc}") from None
+                session.resumed_at = int(header["iteration"])
+            session.folder = folder
+            if attach:  # valid: only now is anything in the folder changed
+                session._prepare_folder(folder, saved, damaged, restart)
+                session.attach_folder(folder, checkpoint_every, resumed=good is not None)
+        except BaseException:
+            if attach:
+                folder.release(restore=True)
+            raise
         return session
+
+    def _prepare_folder(self, folder: RunFolder, saved: ExperimentConfig, damaged: list[Path], restart: bool) -> None:
+        """A resume known to be valid: damaged checkpoints set aside (renamed *.damaged, so a later prune keeps the
+        good ones), or every checkpoint dropped when the run starts over; temporary files of interrupted writes
+        removed; the config saved when the run's length changed."""
+        for path in damaged:
+            path.replace(path.with_name(path.name + ".damaged"))
+        if restart:
+            for _, path in folder.checkpoints():
+                path.unlink()
+        folder.clean_temporary()
+        if self.config.iterations != saved.iterations:
+            self.config.save_toml(folder.config_path)  # the run now has a new length
 
     def attach_folder(self, folder: RunFolder, checkpoint_every: int = CHECKPOINT_EVERY, resumed: bool = False) -> None:
         """Log metrics, checkpoints and the final status into `folder` (OSError if its first files cannot be
@@ -106,6 +157,11 @@ class TrainingSession:
 
     def stop(self) -> None:
         self.trainer.stop()
+
+    def close(self) -> None:
+        """Let go of the run folder's lock (the process's end does it too); the folder stays as it is."""
+        if self.folder is not None:
+            self.folder.release()
 
     def end_without_training(self, reason: str = "stopped by the user") -> str:
         """A stop that came before training began: the run folder still ends "stopped", with its checkpoint."""
@@ -137,6 +193,8 @@ class TrainingSession:
                          + (" (Ctrl+C again to abort)" if signum == signal.SIGINT else ""))
             if signum == signal.SIGINT:
                 signal.signal(signal.SIGINT, previous[signal.SIGINT])
+            if self.stopped_by is None:
+                self.stopped_by = signum
             self.trainer.stop()
 
         for sig in previous:

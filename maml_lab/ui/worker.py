@@ -112,7 +112,7 @@ class TrainingWorker(QObject):
                 try:  # anything wrong with the folder, its image set or its checkpoint: refused, nothing changed
                     config = RunFolder.open(resume).config()
                     session = TrainingSession.resume(resume, config, self.checkpoint_every, loading=self._loading,
-                                                     cancel=self._cancelled)
+                                                     cancel=self._cancelled, fresh_if_empty=True)
                 except _LoadCancelled:
                     raise
                 except Exception as exc:  # noqa: BLE001
@@ -164,6 +164,8 @@ class TrainingWorker(QObject):
             self.finished.emit(RunEnded("failed", message, trainer.iteration if trainer is not None else 0,
                                         getattr(config, "iterations", 0)))
         finally:
+            if session is not None:
+                session.close()  # the run folder's lock: another process may write it now
             thread_policy.use_gui_threads()
             with self._lock:
                 self._trainer = None

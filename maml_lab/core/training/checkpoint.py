@@ -6,12 +6,15 @@ metrics.MetricsLog, the recorded parameter paths with what each algorithm learne
 snapshots) and a JSON header for the rest (iteration, config, model, task family, versions, the non-tensor parts
 of those states). Its size does not grow with the run's length:
 every row of the metrics lives in the run folder's metrics.csv, not here. No pickled code anywhere. Writes are atomic,
-so a kill at any moment leaves the previous checkpoint intact. On CPU a resumed run ends bit-identical to
-an uninterrupted one: the same tasks are drawn (generator state) and the same updates applied (Adam state).
+so a kill at any moment leaves the previous checkpoint intact. A sha256 of the header and every tensor's bytes is
+stored beside the header and checked on load, so a file damaged on disk is refused instead of resumed. On CPU a
+resumed run ends bit-identical to an uninterrupted one: the same tasks are drawn (generator state) and the same
+updates applied (Adam state).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -25,6 +28,7 @@ import torch
 FORMAT = "maml-lab-checkpoint"
 FORMAT_VERSION = 2  # 2: algorithm state through MetaAlgorithm.state_dict, bounded metrics logs
 METADATA_KEY = "maml_lab_checkpoint"
+CHECKSUM_KEY = "maml_lab_checksum"  # "sha256:<hex>" of the header and the tensors (checksum() below)
 # config fields a resumed run may change: where it runs, and how long (a longer run also stretches the
 # schedules that depend on the total, cosine meta-lr and Reptile's epsilon, from the checkpoint on)
 RESUMABLE_CHANGES = ("device", "iterations")
@@ -161,6 +165,18 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, header
 
 
+def checksum(raw_header: str, tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the header text and each tensor's name, dtype, shape and bytes, in name order: any flipped byte
+    in the file's data or header changes it (damage on disk; a deliberate forger can recompute it)."""
+    digest = hashlib.sha256(raw_header.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return "sha256:" + digest.hexdigest()
+
+
 def write_state(tensors: dict[str, torch.Tensor], header: dict, path: str | Path) -> Path:
     """Write a state taken by `trainer_state` to `path` atomically (the previous file survives any interruption)."""
     from safetensors.torch import save_file
@@ -168,7 +184,8 @@ def write_state(tensors: dict[str, torch.Tensor], header: dict, path: str | Path
     from ..export import _atomic_write
 
     path = Path(path)
-    meta = {METADATA_KEY: json.dumps(header, sort_keys=True)}
+    raw = json.dumps(header, sort_keys=True)
+    meta = {METADATA_KEY: raw, CHECKSUM_KEY: checksum(raw, tensors)}
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     return path
 
@@ -193,6 +210,11 @@ class CheckpointWriter:
     @property
     def busy(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def failed(self) -> bool:
+        """The last write ended with an error that `wait()` has not raised yet."""
+        return self._error is not None
 
     def save(self, trainer, path: str | Path, then=None) -> Path:
         tensors, header = trainer_state(trainer)  # copies: the trainer may move on while the file is written
@@ -222,7 +244,8 @@ class CheckpointWriter:
 
 def read_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and header of a checkpoint file, validated; CheckpointError says what is wrong.
-    tensors=False checks the file and reads the header only (finding the latest good checkpoint)."""
+    tensors=False checks the file and reads the header only (finding the latest good checkpoint); with the tensors
+    the checksum is verified too (files written before checksums were kept have none and are taken as they are)."""
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
@@ -230,7 +253,8 @@ def read_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, t
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get(METADATA_KEY)
+            metadata = fh.metadata() or {}
+            raw = metadata.get(METADATA_KEY)
             values = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{path.name} is not a readable checkpoint (corrupt or truncated?): {exc}") from None
@@ -246,7 +270,16 @@ def read_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, t
     if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
         raise CheckpointError(f"{path.name} has checkpoint format version {version!r}; this MAML Lab reads "
                               f"versions 1 to {FORMAT_VERSION}")
+    if tensors:
+        _verify(path, metadata.get(CHECKSUM_KEY), raw, values)
     return values, header
+
+
+def _verify(path: Path, stored, raw: str, values: dict[str, torch.Tensor]) -> None:
+    if stored is None:
+        return  # written before checksums were kept
+    if stored != checksum(raw, values):
+        raise CheckpointError(f"{path.name} is damaged: its checksum does not match its contents")
 
 
 def check_compatible(trainer, header: dict, where: str = "the checkpoint") -> None:

@@ -6,8 +6,11 @@
     <run>/checkpoints/      iteration-<N>.safetensors, the latest few (see checkpoint.py)
     <run>/exports/          <algorithm>.safetensors, the final initializations
     <run>/tensorboard/      event files, when the `tensorboard` package is installed
+    <run>/run.lock          held (flock) by the one process writing the folder: its pid and host (run_lock.py)
 
-A RunLogger is a Trainer observer that keeps the folder up to date while training runs.
+A RunLogger is a Trainer observer that keeps the folder up to date while training runs. Whoever writes a folder
+holds its lock (`RunFolder.create` takes it, a resume takes it first); temporary files that interrupted atomic
+writes left behind are removed by the next writer (`clean_temporary`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import json
 import math
 import os
 import re
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -27,9 +32,22 @@ from ..export import atomic_write_bytes
 from .checkpoint import CheckpointError, CheckpointWriter, read_checkpoint, save_checkpoint
 from .config import ExperimentConfig
 from .metrics import CSV_HEADER, METRIC_FIELDS, TRAIN_FIELDS, VAL_FIELDS, MetricsLog, csv_row, held_rows, write_csv
+from .run_lock import RunLock, RunLockedError  # noqa: F401 - RunLockedError: what a second writer gets
 
 RUNS_ENV = "MAML_LAB_RUNS"  # where runs go when no folder is named (default ./runs, as TensorBoard's)
 _CHECKPOINT_NAME = re.compile(r"^iteration-(\d+)\.safetensors$")
+_TEMPORARY = ".*.tmp"  # what export._atomic_write names its temporary files: .<name>.<random>.tmp
+
+
+def failure_text(exc: BaseException) -> str:
+    """A write failure in one line: "No space left on device: runs/x/metrics.csv" rather than a repr."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    found = re.search(r'message: "([^"]+)"', text)  # safetensors wraps the OS error: IoError(Os { .. message: ".." })
+    if found:
+        return found.group(1)
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
 
 
 class RunFolderError(ValueError):
@@ -60,6 +78,32 @@ def tensorboard_available() -> bool:
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.lock: RunLock | None = None  # held while this process writes the folder
+
+    # -- the writer's lock ---------------------------------------------------------------------------
+    def acquire(self) -> str:
+        """Become the folder's one writer (RunLockedError names the live holder); returns "taking over a stale
+        lock from pid N on HOST" when a killed process left its lock, else ""."""
+        if self.lock is None or not self.lock.held:
+            self.lock = RunLock(self.path).acquire()
+        return self.lock.stale_text()
+
+    def release(self, restore: bool = False) -> None:
+        """Stop writing; restore=True leaves run.lock exactly as it was before `acquire` (a refused resume)."""
+        if self.lock is not None:
+            self.lock.release(restore=restore)
+
+    def clean_temporary(self) -> list[Path]:
+        """Remove the temporary files interrupted atomic writes left (a kill mid-checkpoint); the writer calls this
+        once it holds the lock, so no live write's file is touched. Returns what was removed."""
+        removed = []
+        for folder in (self.path, self.checkpoints_dir, self.exports_dir):
+            if folder.is_dir():
+                for p in folder.glob(_TEMPORARY):
+                    if p.is_file():
+                        p.unlink(missing_ok=True)
+                        removed.append(p)
+        return removed
 
     # -- layout --------------------------------------------------------------------------------------
     @property
@@ -93,20 +137,30 @@ class RunFolder:
     # -- creating and opening ------------------------------------------------------------------------
     @classmethod
     def create(cls, path: str | Path, config: ExperimentConfig, **status) -> "RunFolder":
-        """A new run folder for `config`; refuses a folder that already holds files."""
+        """A new run folder for `config`, locked by this process; refuses a folder that already holds files."""
         path = Path(path).expanduser()
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            if (path / "run.json").is_file():
-                raise RunFolderError(f"{path} already holds a run (resume it with --resume {path})")
-            raise RunFolderError(f"run folder {path} exists and is not empty")
+
+        def refuse_used() -> None:
+            if path.exists() and (not path.is_dir() or any(p.name != RunLock.NAME for p in path.iterdir())):
+                if (path / "run.json").is_file():
+                    raise RunFolderError(f"{path} already holds a run (resume it with --resume {path})")
+                raise RunFolderError(f"run folder {path} exists and is not empty")
+
+        refuse_used()
+        folder = cls(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            folder = cls(path)
+            folder.acquire()
+            refuse_used()  # another process may have made it in between
             folder.checkpoints_dir.mkdir(exist_ok=True)
             folder.exports_dir.mkdir(exist_ok=True)
             config.save_toml(folder.config_path)
         except OSError as exc:
+            folder.release()
             raise RunFolderError(f"cannot create run folder {path}: {exc.strerror or exc}") from None
+        except ValueError:
+            folder.release(restore=True)
+            raise
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         folder.write_status(created=now, status="created", iteration=0, total=config.iterations, task=config.task,
                             algorithms=[a.name for a in config.algorithms], **status)
@@ -137,9 +191,19 @@ class RunFolder:
             return {}
 
     def write_status(self, **updates) -> dict:
+        """Update run.json atomically. A failed run's last word still gets there when only the folder was made
+        read-only and run.json itself can be written (in place: the one write that may not be atomic)."""
         data = self.status()
         data.update(updates, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        atomic_write_bytes(self.status_path, json.dumps(data, indent=2, sort_keys=True).encode())
+        text = json.dumps(data, indent=2, sort_keys=True).encode()
+        try:
+            atomic_write_bytes(self.status_path, text)
+        except OSError:
+            if data.get("status") != "failed" or not self.status_path.is_file():
+                raise
+            with open(self.status_path, "r+b") as fh:
+                fh.write(text)
+                fh.truncate()
         return data
 
     # -- checkpoints and exports ---------------------------------------------------------------------
@@ -315,16 +379,16 @@ class RunLogger:
 
         _atomic_write(path, write)
         if self.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
             # purge_step: events a killed run wrote after its last checkpoint are dropped from the curves
-            self._writer = SummaryWriter(str(self.folder.tensorboard_dir),
-                                         purge_step=trainer.iteration + 1 if resumed else None)
+            self._writer = TensorBoardLog.open(self.folder.tensorboard_dir,
+                                               purge_step=trainer.iteration + 1 if resumed else None)
         self.folder.write_status(status="running", iteration=trainer.iteration, device=str(trainer.device),
                                  checkpoint_every=self.checkpoint_every, tensorboard=self.tensorboard,
                                  **({"resumed_at": trainer.iteration} if resumed else {}))
 
     def on_step(self, trainer, metrics: dict[str, dict], val: dict[str, dict]) -> None:
+        if self._checkpoints is not None and self._checkpoints.failed:
+            self._checkpoints.wait()  # a checkpoint write failed (disk full): the run ends now, not a checkpoint later
         it = trainer.iteration
         for name, m in metrics.items():
             self._rows.append(csv_row(it, name, {**m, **val.get(name, {})}))
@@ -385,27 +449,108 @@ class RunLogger:
             self._checkpoints.wait()
 
     def on_end(self, trainer) -> None:
-        exports = {}
+        """The last checkpoint, then the exports, then the status. A write that fails here (disk full, folder made
+        read-only) turns the run "failed" with the reason and is raised again; the previous checkpoint and exports
+        survive (atomic writes). A run that failed already only says so, as far as the folder can still be written."""
+        exports, error = {}, None
         if trainer.state != "failed":  # a failure mid-step may leave half-updated state: keep the last checkpoint
-            if trainer.iteration != self._checkpointed_at:
-                self.checkpoint(trainer)
-            for name in trainer.runs:
-                path = self.folder.export_path(name)
-                trainer.export(name, path)
-                exports[name] = str(path.relative_to(self.folder.path))
-        else:
-            self.flush()
-        if trainer.state != "failed":
-            self.wait_for_checkpoint()
-        else:
             try:
-                self.wait_for_checkpoint()
-            except Exception:  # noqa: BLE001 - the run's own failure is what gets reported
-                pass
+                if trainer.iteration != self._checkpointed_at:
+                    self.checkpoint(trainer)
+                self.wait_for_checkpoint()  # exports only once their checkpoint is on disk
+                for name in trainer.runs:
+                    path = self.folder.export_path(name)
+                    trainer.export(name, path)
+                    exports[name] = str(path.relative_to(self.folder.path))
+            except Exception as exc:  # noqa: BLE001 - reported as the run's failure, raised again below
+                error = exc
+                trainer.state, trainer.stop_reason = "failed", failure_text(exc)
+        if trainer.state == "failed":
+            for finish in (self.flush, self.wait_for_checkpoint):
+                try:
+                    finish()
+                except Exception:  # noqa: BLE001 - the run's own failure is what gets reported
+                    pass
         if self._writer is not None:
             if trainer.state != "failed":
                 self._write_window(trainer.iteration)
             self._writer.close()
             self._writer = None
-        self.folder.write_status(status=trainer.state, reason=trainer.stop_reason, iteration=trainer.iteration,
-                                 exports=exports, last_metrics={n: r.last_metrics for n, r in trainer.runs.items()})
+        try:
+            self.folder.write_status(status=trainer.state, reason=trainer.stop_reason, iteration=trainer.iteration,
+                                     exports=exports,
+                                     last_metrics={n: r.last_metrics for n, r in trainer.runs.items()})
+        except OSError as exc:
+            if trainer.state != "failed":
+                trainer.state, trainer.stop_reason = "failed", failure_text(exc)
+                error = error or exc
+        if error is not None:
+            raise error
+
+
+_hook_lock = threading.Lock()
+_hook_installed = False
+
+
+def _quiet_tensorboard_threads() -> None:
+    """TensorBoard's writer thread re-raises its write errors, so Python prints their traceback; the same error
+    reaches the training thread at the next write, where TensorBoardLog reports it in one line. Silence only
+    that thread's tracebacks (every other thread's go to the previous hook)."""
+    global _hook_installed
+    with _hook_lock:
+        if _hook_installed:
+            return
+        previous = threading.excepthook
+
+        def hook(args) -> None:
+            kind = type(args.thread)
+            if kind.__name__ == "_AsyncWriterThread" and kind.__module__.startswith("tensorboard"):
+                return
+            previous(args)
+
+        threading.excepthook = hook
+        _hook_installed = True
+
+
+class TensorBoardLog:
+    """A SummaryWriter that cannot end a run: its first failure (disk full, a folder made read-only) stops
+    TensorBoard logging with one line on stderr (metrics.csv stays the record) instead of a thread's traceback."""
+
+    def __init__(self, writer):
+        self._writer = writer
+        self.error = ""
+
+    @classmethod
+    def open(cls, logdir: Path, purge_step: int | None = None) -> "TensorBoardLog | None":
+        _quiet_tensorboard_threads()
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            return cls(SummaryWriter(str(logdir), purge_step=purge_step))
+        except Exception as exc:  # noqa: BLE001 - TensorBoard is optional: the run goes on without it
+            print(f"maml-lab: no TensorBoard events for this run: {failure_text(exc)}", file=sys.stderr)
+            return None
+
+    def _call(self, method: str, *args) -> None:
+        if self._writer is None:
+            return
+        try:
+            getattr(self._writer, method)(*args)
+        except Exception as exc:  # noqa: BLE001
+            self.error = failure_text(exc)
+            print(f"maml-lab: TensorBoard logging stopped: {self.error}", file=sys.stderr)
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - the same failure again
+                pass
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._call("add_scalar", tag, value, step)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        self._call("close")
+        self._writer = None
