@@ -96,6 +96,11 @@ def objective_meta_gradient(algorithm, params, batch: ObjectiveBatch, first_orde
     MetaAlgorithm.meta_gradient (no predictions). With step_loss_weights: sum_s w_s * surrogate after step s."""
     cfg, model = algorithm.config, algorithm.model
     weights = list(cfg.step_loss_weights) or [0.0] * (cfg.inner_steps - 1) + [1.0]
+    explicit = getattr(batch, "explicit_meta_gradient", None)  # one inner step without autograd's graph
+    if explicit is not None and weights == [1.0]:
+        out = explicit(model, params, cfg.inner_lr, first_order)
+        if out is not None:
+            return out
     fast = expand_params(params, batch.num_tasks)
     costs: list[torch.Tensor] = []
     objective = 0.0

@@ -27,11 +27,12 @@ randomly initialized policy.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 
-from ..rl import pg
+from ..rl import pg, policy_grad
 from ..rl.objective import ObjectiveBatch
 from .base import TaskBatch, TaskFamilyKind
 
@@ -50,11 +51,40 @@ class Trajectories:
     rewards: torch.Tensor  # [B, N, T]
     mask: torch.Tensor  # [B, N, T], 1 while the episode runs (float, the dtype of obs)
     end: torch.Tensor | None = None  # [B, N, 2]: where each trajectory ends (after its last valid step)
+    activations: "StepActivations | None" = None  # what the rollout computed (ReLU policy), for policy_grad
 
     @property
     def returns(self) -> torch.Tensor:
         """Undiscounted return of each trajectory [B, N]."""
         return (self.rewards * self.mask).sum(-1)
+
+
+@dataclass
+class StepActivations:
+    """What the rollout computed, step-major per task ([B, T, N, ...]: rows t * N + n once flattened), kept so that
+    the explicit policy gradient need not run the policy's forward pass again."""
+
+    obs: torch.Tensor  # [B, T, N, obs_dim]
+    actions: torch.Tensor  # [B, T, N, action_dim]
+    hidden: list[torch.Tensor]  # the hidden layers' outputs [B, T, N, width]
+    means: torch.Tensor  # [B, T, N, action_dim]
+    mask: torch.Tensor  # [B, T, N]
+
+    def flat(self, t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(t.shape[0], -1, t.shape[-1])
+
+
+def _collapse_shared(params: dict) -> dict:
+    """Per-task tensors that are expanded views of one tensor (stride 0 over tasks) back to that one tensor, so
+    the layers fold the tasks into the rows of one matmul."""
+    return {k: v[0] if v.dim() > 1 and v.stride(0) == 0 else v for k, v in params.items()}
+
+
+def _affine(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h [B, N, in] times w^T plus b; w shared [out, in] or per task [B, out, in]."""
+    if w.dim() == 3:
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+    return torch.addmm(b, h.reshape(-1, h.shape[-1]), w.t()).view(*h.shape[:-1], w.shape[0])
 
 
 @dataclass(frozen=True)
@@ -112,27 +142,60 @@ class NavigationFamily:
 
     def rollout(self, policy, params, goals: torch.Tensor, noise: torch.Tensor) -> Trajectories:
         """Roll out every task's policy from the origin: params per task [B, ...] (or shared), goals [B, 2],
-        noise [B, N, T, 2] (standard normal; the action is mean + exp(log_std) * noise). Not differentiated."""
+        noise [B, N, T, 2] (standard normal; the action is mean + exp(log_std) * noise). Not differentiated.
+
+        One loop over the time steps; each step is the policy's layers on all B x N positions (a matmul each,
+        tasks folded into the rows where the parameters are shared) and the environment's step, written into
+        preallocated buffers. The rewards and the mask are computed after the loop from the recorded positions
+        and terminations, and the loop stops early once every episode has ended (the remaining steps are masked:
+        position frozen, action and reward zero). For the ReLU policy the hidden activations and the means are
+        kept (`Trajectories.activations`): the explicit policy gradient (core/rl/policy_grad.py) reuses them."""
         b, n, horizon, _ = noise.shape
         with torch.no_grad():
-            params = {k: v.detach() for k, v in params.items()}
+            params = _collapse_shared({k: v.detach() for k, v in params.items()})
+            layers = [(params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]) for i in range(policy.num_layers)]
+            keep = policy_grad.supported(policy)
+            act = policy.mean_net._act
             std = torch.exp(policy.log_std(params, noise[:, :, 0]))
-            pos = noise.new_zeros(b, n, 2)
-            alive = torch.ones(b, n, dtype=torch.bool, device=noise.device)
             goal = goals.view(b, 1, 2).to(noise)
-            obs, actions, rewards, masks = [], [], [], []
+            steps = noise.new_zeros(b, horizon + 1, n, 2)  # positions before each step, then the end
+            actions = noise.new_zeros(b, horizon, n, 2)
+            done = torch.zeros(b, horizon, n, dtype=torch.bool, device=noise.device)
+            hidden = [noise.new_zeros(b, horizon, n, w.shape[-2]) for w, _ in layers[:-1]] if keep else []
+            means = noise.new_zeros(b, horizon, n, policy.action_dim) if keep else None
+            alive = torch.ones(b, n, 1, dtype=torch.bool, device=noise.device)
+            pos = steps[:, 0]
             for t in range(horizon):
-                action = policy.forward(params, pos) + std * noise[:, :, t]
-                new, reward, done = self.step(pos, action, goal)
-                obs.append(pos)
-                actions.append(action)
-                live = alive.to(noise.dtype)
-                rewards.append(reward * live)
-                masks.append(live)
-                pos = torch.where(alive.unsqueeze(-1), new, pos)
-                alive = alive & ~done
-            return Trajectories(torch.stack(obs, 2), torch.stack(actions, 2), torch.stack(rewards, 2),
-                                torch.stack(masks, 2), pos)
+                h = pos
+                for i, (w, bias) in enumerate(layers):
+                    h = _affine(h, w, bias)
+                    if i < len(layers) - 1:
+                        h = act(h)
+                        if keep:
+                            hidden[i][:, t] = h
+                if keep:
+                    means[:, t] = h
+                a = torch.addcmul(h, std, noise[:, :, t])
+                actions[:, t] = a
+                new = pos + a.mul_(self.max_speed).clamp_(-self.max_speed, self.max_speed)
+                ended = ((new - goal).abs() < self.goal_tolerance).all(-1, keepdim=True)
+                done[:, t] = ended.squeeze(-1)
+                pos = torch.where(alive, new, pos)
+                steps[:, t + 1] = pos
+                alive = alive & ~ended
+                if t % 10 == 9 and t + 1 < horizon and not bool(alive.any()):
+                    steps[:, t + 2:] = pos.unsqueeze(1)
+                    break
+            # alive before step t: no termination before it; rewards from the positions after each step
+            live = torch.ones_like(done)
+            live[:, 1:] = ~done[:, :-1]
+            live = live.cummin(1).values.to(noise.dtype)  # after an early stop every episode has ended: all 0
+            reward = -(steps[:, 1:] - goal.unsqueeze(1)).pow(2).sum(-1).sqrt() * live
+            out = Trajectories(steps[:, :-1].transpose(1, 2).contiguous(), actions.transpose(1, 2).contiguous(),
+                               reward.transpose(1, 2).contiguous(), live.transpose(1, 2).contiguous(), pos.clone())
+            if keep:
+                out.activations = StepActivations(steps[:, :-1], actions, hidden, means, live)
+            return out
 
     def noise(self, seed: int, task_ids: torch.Tensor, call: int, num: int, dtype=torch.float32,
               device="cpu") -> torch.Tensor:
@@ -227,6 +290,45 @@ class NavigationBatch(ObjectiveBatch):
         logp = policy.log_prob(params, traj.obs.reshape(b, n * t, 2), traj.actions.reshape(b, n * t, 2))
         surr = pg.surrogate(logp.view(b, n, t), adv, traj.mask)
         return surr, -traj.returns.mean(1).detach()
+
+    def step_weights(self, traj: Trajectories) -> torch.Tensor:
+        """c = advantage * mask / valid steps of the task, [B, N, T]: the surrogate is -sum c log pi (pg.surrogate)."""
+        adv = pg.advantages(traj.rewards, traj.obs, traj.mask, self.env.discount, reg=self.env.baseline_reg)
+        count = traj.mask.sum((1, 2), keepdim=True).clamp_min(1)
+        return adv * traj.mask / count
+
+    def _explicit_pass(self, explicit, params, traj: Trajectories, scale: float = 1.0, summed: bool = False):
+        """explicit.run on a rollout's samples, reusing its activations (rows step-major, as the rollout keeps them)."""
+        act = traj.activations
+        c = self.step_weights(traj).transpose(1, 2).reshape(self.num_tasks, -1)
+        if scale != 1.0:
+            c = c * scale
+        return explicit.run(params, act.flat(act.obs), act.flat(act.actions), c, summed=summed,
+                            forward=([act.flat(h) for h in act.hidden], act.flat(act.means)))
+
+    def explicit_meta_gradient(self, model, params, lr: float, first_order: bool):
+        """MAML's (first_order: FOMAML's) meta-gradient with one inner step, as objective_meta_gradient computes it
+        by autograd, by explicit backpropagation and an exact Hessian-vector product (core/rl/policy_grad.py):
+        sum_i v_i - lr * sum_i H_i v_i, v_i the gradient of task i's post-update surrogate / B at phi_i, H_i the
+        Hessian of its pre-update surrogate at theta. Returns what objective_meta_gradient returns, or None where
+        the explicit path does not apply (the caller takes autograd)."""
+        if not policy_grad.supported(model):
+            return None
+        from ..algorithms.adaptation import AdaptResult
+
+        explicit = policy_grad.PolicyGradient(model)
+        b = self.num_tasks
+        theta = OrderedDict((k, v.detach()) for k, v in params.items())
+        pre = self.trajectories(model, theta, 0, self.shots)
+        inner, at_theta = self._explicit_pass(explicit, theta, pre)
+        fast = OrderedDict((k, v - lr * g) for (k, v), g in zip(theta.items(), inner))
+        post = self.trajectories(model, fast, QUERY_CALL, self.queries)
+        v, _ = self._explicit_pass(explicit, fast, post, 1.0 / b, summed=first_order)
+        if not first_order:
+            hv = explicit.hvp(theta, at_theta, pre.activations.flat(pre.activations.actions), v)
+            v = [vi.sum(0) - lr * h for vi, h in zip(v, hv)]
+        post_cost = -post.returns.mean(1)
+        return v, post_cost.mean(), AdaptResult(fast, [-pre.returns.mean(1)]), None
 
     def support_loss(self, model, params, step: int = 0):
         return self.objective(model, params, self.trajectories(model, params, step, self.shots))

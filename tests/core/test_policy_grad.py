@@ -1,0 +1,155 @@
+"""The fast paths of 2-D navigation against the implementations they replaced, in float64 on the same noise: the
+rollout (one preallocated loop, early stop, kept activations) against the step-by-step rollout it replaced, and the
+explicit policy gradient, Hessian-vector product and MAML/FOMAML meta-gradient (core/rl/policy_grad.py) against
+autograd on the paper's 2-100-100-2 policy."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+
+from maml_lab.core.algorithms.adaptation import expand_params
+from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
+from maml_lab.core.rl.policy import GaussianMLPPolicy
+from maml_lab.core.rl.policy_grad import PolicyGradient, supported
+from maml_lab.core.tasks.navigation import NavigationBatch, NavigationFamily, Trajectories
+
+D = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def reference_rollout(env, policy, params, goals, noise) -> Trajectories:
+    """The rollout as it was before the fast path (a list per step, stacked at the end; no early stop)."""
+    b, n, horizon, _ = noise.shape
+    with torch.no_grad():
+        params = {k: v.detach() for k, v in params.items()}
+        std = torch.exp(policy.log_std(params, noise[:, :, 0]))
+        pos = noise.new_zeros(b, n, 2)
+        alive = torch.ones(b, n, dtype=torch.bool)
+        goal = goals.view(b, 1, 2).to(noise)
+        obs, actions, rewards, masks = [], [], [], []
+        for t in range(horizon):
+            action = policy.forward(params, pos) + std * noise[:, :, t]
+            new, reward, done = env.step(pos, action, goal)
+            obs.append(pos)
+            actions.append(action)
+            live = alive.to(noise.dtype)
+            rewards.append(reward * live)
+            masks.append(live)
+            pos = torch.where(alive.unsqueeze(-1), new, pos)
+            alive = alive & ~done
+        return Trajectories(torch.stack(obs, 2), torch.stack(actions, 2), torch.stack(rewards, 2),
+                            torch.stack(masks, 2), pos)
+
+
+def per_task(theta, b, gen):
+    return OrderedDict((k, v.expand(b, *v.shape) + 0.05 * torch.randn(b, *v.shape, generator=gen, dtype=D))
+                       for k, v in theta.items())
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_rollout_equals_the_step_by_step_rollout(activation, shared):
+    env = NavigationFamily()
+    policy = GaussianMLPPolicy(activation=activation)
+    gen = torch.Generator().manual_seed(4)
+    theta = policy.init_params(gen, dtype=D)
+    params = expand_params(theta, 5) if shared else per_task(theta, 5, gen)
+    goals = env.sample_goals(5, gen, D)
+    noise = env.noise(7, torch.arange(5), 0, 6, D)
+    fast, ref = env.rollout(policy, params, goals, noise), reference_rollout(env, policy, params, goals, noise)
+    for name in ("obs", "actions", "rewards", "mask", "end"):
+        assert torch.allclose(getattr(fast, name), getattr(ref, name), rtol=1e-12, atol=1e-13), name
+    assert (fast.activations is not None) == (activation == "relu")
+
+
+def test_rollout_stops_once_every_episode_ended_and_masks_the_rest():
+    """A policy that heads for the goal with negligible noise ends every episode within 10 steps: the rollout
+    stops there; positions, rewards and mask equal the full rollout's, actions on the valid steps too."""
+    env = NavigationFamily(horizon=40)
+    policy = GaussianMLPPolicy((2, 3, 2))
+    params = OrderedDict((k, torch.zeros_like(v)) for k, v in policy.init_params(torch.Generator(), dtype=D).items())
+    params["2.bias"] = torch.tensor([1.0, 1.0], dtype=D)
+    params["log_std"] = torch.full((2,), -30.0, dtype=D)
+    goals = torch.tensor([[0.3, 0.3], [0.5, 0.5], [0.6, 0.2]], dtype=D)  # 3, 5 steps; the third never ends
+    noise = torch.randn(3, 4, 40, 2, generator=torch.Generator().manual_seed(0), dtype=D)
+    for g, ends in ((goals[:2], True), (goals, False)):
+        p = expand_params(params, len(g))
+        fast, ref = env.rollout(policy, p, g, noise[:len(g)]), reference_rollout(env, policy, p, g, noise[:len(g)])
+        assert bool((ref.mask[..., 10:] == 0).all()) == ends
+        assert bool((fast.actions[:, :, 10:] == 0).all()) == ends  # stopped after step 10: nothing computed
+        for name in ("obs", "rewards", "mask", "end"):
+            assert torch.equal(getattr(fast, name), getattr(ref, name)), name
+        assert torch.equal(fast.actions * fast.mask.unsqueeze(-1), ref.actions * ref.mask.unsqueeze(-1))
+        assert torch.equal(fast.returns, ref.returns)
+
+
+def surrogates(policy, params, obs, actions, c):
+    return -(policy.log_prob(params, obs, actions) * c).sum(1)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_explicit_gradient_and_hessian_vector_product_equal_autograd(shared):
+    policy = GaussianMLPPolicy((2, 9, 7, 2))
+    gen = torch.Generator().manual_seed(1)
+    theta = policy.init_params(gen, dtype=D)
+    theta["log_std"] = torch.tensor([-0.4, 0.3], dtype=D)
+    b, m = 3, 13
+    params = theta if shared else per_task(theta, b, gen)
+    obs, actions = torch.randn(b, m, 2, generator=gen, dtype=D), torch.randn(b, m, 2, generator=gen, dtype=D)
+    c = torch.randn(b, m, generator=gen, dtype=D) * (torch.rand(b, m, generator=gen) > 0.3)
+    direction = [torch.randn(b, *shape, generator=gen, dtype=D) for shape in policy.param_shapes().values()]
+    explicit = PolicyGradient(policy)
+    leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in params.items())
+    taskwise = expand_params(leaves, b) if shared else leaves
+    grads = torch.autograd.grad(surrogates(policy, taskwise, obs, actions, c).sum(), list(leaves.values()),
+                                create_graph=True)
+    hv = torch.autograd.grad(sum((g * v).sum() for g, v in zip(
+        torch.autograd.grad(surrogates(policy, taskwise, obs, actions, c).sum(), list(taskwise.values()),
+                            create_graph=True), direction)), list(leaves.values()))
+    mine, p = explicit.run(params, obs, actions, c, summed=True)
+    for name, g, e in zip(params, grads, mine):
+        assert torch.allclose(g.sum(0) if not shared else g, e, rtol=1e-10, atol=1e-12), name
+    for name, h, e in zip(params, hv, explicit.hvp(params, p, actions, direction, summed=True)):
+        assert torch.allclose(h.sum(0) if not shared else h, e, rtol=1e-10, atol=1e-12), name
+    if not shared:  # per task, not summed
+        mine, p = explicit.run(params, obs, actions, c)
+        for name, g, e in zip(params, grads, mine):
+            assert torch.allclose(g, e, rtol=1e-10, atol=1e-12), name
+        for name, h, e in zip(params, hv, explicit.hvp(params, p, actions, direction, summed=False)):
+            assert torch.allclose(h, e, rtol=1e-10, atol=1e-12), name
+
+
+@pytest.mark.parametrize("name", ["maml", "fomaml"])
+def test_explicit_meta_gradient_equals_autograd_through_the_inner_step(name, monkeypatch):
+    """The paper's policy and sizes, shortened horizon: objective_meta_gradient by the explicit path and by
+    autograd (create_graph through the inner policy-gradient step), same batch and noise."""
+    env = NavigationFamily(horizon=30)
+    policy = GaussianMLPPolicy()
+    assert supported(policy) and not supported(GaussianMLPPolicy(activation="tanh"))
+    gen = torch.Generator().manual_seed(2)
+    theta = policy.init_params(gen, dtype=D)
+    theta["log_std"] = torch.tensor([-0.6, -0.2], dtype=D)
+    batch = env.sample(4, 5, 6, gen, dtype=D)
+    algo = make_algorithm(policy, "policy_gradient", AlgorithmConfig.defaults(name, task="navigation"))
+    results = []
+    for explicit in (True, False):
+        if not explicit:
+            monkeypatch.setattr(NavigationBatch, "explicit_meta_gradient", lambda *a, **k: None)
+        leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items())
+        results.append(algo.meta_gradient(leaves, batch, first_order=(name == "fomaml")))
+    (g1, cost1, res1, _), (g2, cost2, res2, _) = results
+    for k, a, e in zip(theta, g1, g2):
+        assert torch.allclose(a, e, rtol=1e-9, atol=1e-11), k
+    assert torch.allclose(cost1, cost2) and torch.allclose(res1.support_losses[0], res2.support_losses[0])
+    for k in theta:
+        assert torch.allclose(res1.params[k], res2.params[k], rtol=1e-10, atol=1e-12), k
