@@ -27,6 +27,16 @@ def test_heldout_family_is_the_run_s_or_sinusoids():
     assert heldout_family(SimpleNamespace(eval_family="nav", loss="policy_gradient", queries=None), 100) == ("nav", 100)
 
 
+def test_without_a_run_the_heldout_tasks_are_those_the_initializations_were_trained_on():
+    narrow = SimpleNamespace(metadata={"task": {"name": "sinusoid", "amplitude": [1.0, 2.0]}})
+    unknown = SimpleNamespace(metadata={"task": {"name": "custom"}})
+    images = SimpleNamespace(metadata={"task": {"name": "images"}})  # loads data: not built for a fallback
+    family, queries = heldout_family(None, 20, [unknown, images, SimpleNamespace(metadata={}), narrow])
+    assert isinstance(family, SinusoidFamily) and family.amplitude == (1.0, 2.0) and queries == 20
+    family, _ = heldout_family(None, 20, [unknown, images])
+    assert family == SinusoidFamily()
+
+
 def _init(key, source="trained", model=None):
     from maml_lab.lab.initializations import Initialization
 

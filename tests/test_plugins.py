@@ -179,3 +179,48 @@ def test_the_experiment_panel_shows_the_plugins(plugin_registries, qtbot):
     assert config.task == "line" and config.shots == 5  # the family's own defaults came with it
     mine = config.algorithm("fomaml_momentum")
     assert mine.meta_lr == 0.002 and mine.option("momentum") == 0.9
+
+
+def test_the_line_family_s_playground_shows_lines(plugin_registries, qtbot, tmp_path):
+    """Train the example's line family a few iterations in the app: the Playground is then the line's (its x
+    range, slope and intercept fields, the true line as ground truth), not the sinusoid's."""
+    pytest.importorskip("PySide6")
+    import numpy as np
+    from PySide6.QtCore import QSettings
+
+    from maml_lab.core.algorithms.config import AlgorithmConfig
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.ui.main_window import MainWindow
+
+    window = MainWindow(settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat), persist=False,
+                        rng=np.random.default_rng(0))
+    qtbot.addWidget(window)
+    window.resize(1366, 768)
+    window.show()
+    window.panel.set_config(ExperimentConfig(task="line", algorithms=[AlgorithmConfig.defaults("maml")],
+                                             iterations=5, meta_batch_size=2, hidden=[8, 8],
+                                             task_options={"slope": [-1.0, 1.0]}))
+    assert window.start()
+    assert window.wait_for_training(60) == "finished"
+    view = window.playground
+    qtbot.waitUntil(lambda: "maml" in view.inits, timeout=5000)
+    assert not view.reason and view.curve.noun == "line"
+    assert set(view.field_boxes) == {"slope", "intercept"} and "amplitude" not in view.field_boxes
+    assert (view.field("slope").minimum(), view.field("slope").maximum()) == (-1.0, 1.0)  # the run's option
+    view.random_task(slope=0.5, intercept=-1.0)
+    for x, y in view.state.points:
+        assert y == pytest.approx(0.5 * x - 1.0)
+    xs, ys = view.canvas.truth_item.getData()
+    assert np.allclose(ys, 0.5 * xs - 1.0) and xs[0] == -5.0 and xs[-1] == 5.0  # the true line on x's range
+    assert "true line" in view.mse_caption.text()
+    view.field("slope").setValue(-0.25)  # the fields edit the task
+    assert all(y == pytest.approx(-0.25 * x - 1.0) for x, y in view.state.points)
+    view.flush()
+    assert view.predictions["maml"].mse_kind == "query"
+    assert "line" in view.random_button.toolTip() and "y = a x + b" in view.random_button.toolTip()
+
+    window.panel.set_config(ExperimentConfig(task="navigation", algorithms=[AlgorithmConfig.defaults("maml")]))
+    assert "Arena" in view.reason and view.pages.currentWidget() is view.unavailable  # a family without one
+    window.panel.set_config(ExperimentConfig(task="sinusoid", algorithms=[AlgorithmConfig.defaults("maml")]))
+    assert not view.reason and set(view.field_boxes) == {"amplitude", "phase"} and view.state.truth is None
+    window.close()

@@ -81,16 +81,38 @@ def fits_family(model, family) -> bool:
     return kind not in ("mlp", "conv4")
 
 
-def heldout_family(run, queries: int):
+def heldout_family(run, queries: int, inits=()):
     """The held-out tasks a view evaluates on, and the queries per task: the run's (image sets: its held-out
-    classes, with the run's queries per class); sinusoids with `queries` points without a run."""
+    classes, with the run's queries per class). Without a run, the tasks the first of `inits` whose metadata names a
+    family that builds at once was trained on (an export records its task: sinusoids, the example plug-in's lines),
+    with `queries` points; sinusoids when none does."""
     from ..core.tasks.losses import is_classification
 
     if run is not None and run.eval_family is not None:
         return run.eval_family, run.queries if is_classification(run.loss) else queries
+    for init in inits:
+        family = described_family((getattr(init, "metadata", None) or {}).get("task"))
+        if family is not None:
+            return family, queries
     from ..core.tasks.sinusoid import SinusoidFamily
 
     return SinusoidFamily(), queries
+
+
+def described_family(description):
+    """The held-out tasks of an export's `task` description, when its family is registered and cheap to build (no
+    data to load); None otherwise."""
+    from ..core.tasks.registry import task_family
+
+    if not isinstance(description, dict):
+        return None
+    try:
+        kind = task_family(description.get("name"))
+        if not kind.cheap_to_build:
+            return None
+        return kind.heldout(kind.from_description(description))
+    except (NotImplementedError, TypeError, ValueError):
+        return None
 
 
 def compared(init: Initialization) -> bool:

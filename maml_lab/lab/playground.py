@@ -1,5 +1,6 @@
 """What the playground shows of an initialization: its prediction before and after each of k test-time steps
-on the user's support points, and the query error against the true (or drawn) curve. No Qt here.
+on the user's support points, and the query error against the true (or drawn) curve. No Qt here. The x range
+and the true functions are the task family's (its CurvePlayground, core/tasks/base.py).
 
 One task, one small MLP and 20 steps take a few milliseconds, so this runs on the GUI thread.
 """
@@ -16,18 +17,20 @@ import torch
 from ..core.tasks.losses import mse_per_task
 from .initializations import Initialization
 
-X_RANGE = (-5.0, 5.0)
+X_RANGE = (-5.0, 5.0)  # the sinusoid's, where a task names none
 MAX_STEPS = 20
 
 
 @dataclass
 class SupportTask:
-    """The user's task: support points and, when known, the true function on [lo, hi]."""
+    """The user's task: support points and, when known, the true function on [lo, hi]; predictions are drawn over
+    the family's `x_range`."""
 
     x: np.ndarray
     y: np.ndarray
     truth: Callable[[np.ndarray], np.ndarray] | None = None
     truth_range: tuple[float, float] = X_RANGE
+    x_range: tuple[float, float] = X_RANGE
 
 
 @dataclass
@@ -38,14 +41,14 @@ class Prediction:
     mse_kind: str  # "query", "support" or "none"
 
 
-def prediction_grid(points: int = 241) -> np.ndarray:
-    return np.linspace(X_RANGE[0], X_RANGE[1], points)
+def prediction_grid(points: int = 241, x_range: tuple[float, float] = X_RANGE) -> np.ndarray:
+    return np.linspace(x_range[0], x_range[1], points)
 
 
 def predict(init: Initialization, task: SupportTask, steps: int = MAX_STEPS, grid: np.ndarray | None = None,
             query_points: int = 200) -> Prediction:
     """Adapt `init` on the task's support points for `steps` steps (its own rule) and evaluate each step."""
-    grid = prediction_grid() if grid is None else grid
+    grid = prediction_grid(x_range=task.x_range) if grid is None else grid
     model = init.model
     params = OrderedDict((k, v.detach()) for k, v in init.params.items())
     dtype = next(iter(params.values())).dtype
@@ -79,12 +82,12 @@ def predict(init: Initialization, task: SupportTask, steps: int = MAX_STEPS, gri
 
 
 def mlp_for_playground(spec: dict) -> str | None:
-    """Why a model cannot be used on the sinusoid playground, or None when it can."""
+    """Why a model cannot be used on the playground (1-D regression curves), or None when it can."""
     if spec.get("kind") != "mlp":
-        return (f"it holds a {spec.get('kind')} model for image tasks; the sinusoid playground needs an MLP "
+        return (f"it holds a {spec.get('kind')} model, not a regression MLP; the playground needs an MLP "
                 "with one input and one output")
     sizes = list(spec.get("sizes", []))
     if len(sizes) < 2 or sizes[0] != 1 or sizes[-1] != 1:
-        return (f"its MLP has sizes {'-'.join(map(str, sizes))}; the sinusoid playground needs one input and "
+        return (f"its MLP has sizes {'-'.join(map(str, sizes))}; the playground needs one input and "
                 "one output")
     return None

@@ -99,7 +99,7 @@ ACTIONS: tuple[ActionSpec | SubmenuSpec, ...] = (
                "Remove the selected support point", menu="&Edit/points"),
     ActionSpec("clear", "Clear task", "playground.clear", "Ctrl+Shift+Backspace",
                "Remove every point and the true curve", menu="&Edit/points"),
-    ActionSpec("random", "Random task", "playground.random_task", "Ctrl+T", "A sinusoid from the task distribution",
+    ActionSpec("random", "Random task", "playground.random_task", "Ctrl+T", "A task from the family's distribution",
                menu="&Edit/task"),
     ActionSpec("draw", "Draw mode", "set_draw_mode", "Ctrl+D", "Draw the true curve freehand", menu="&Edit/task",
                checkable=True),

@@ -268,9 +268,9 @@ class HeldOutView(ComputedView):
 
     # -- computing -----------------------------------------------------------------------------------
     def family(self):
-        """Held-out tasks and queries per task: the run's (image sets: its held-out classes); sinusoids without a
-        run."""
-        return heldout_family(self.run, self.queries)
+        """Held-out tasks and queries per task: the run's (image sets: its held-out classes); without a run, those
+        the initializations were trained on (sinusoids when they name none)."""
+        return heldout_family(self.run, self.queries, self.inits.values())
 
     def fits(self, init: Initialization, family) -> bool:
         """Whether `init` takes part in a computation on `family`'s tasks."""

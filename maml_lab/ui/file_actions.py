@@ -350,7 +350,7 @@ class FileActions:
             self.w._error("Cannot open image set", "Stop training before choosing another image set.")
             return None
         config, _ = self.w.panel.try_config()
-        if config is not None and task_family(config.task).playground == "images":
+        if config is not None and getattr(task_family(config.task).playground, "kind", None) == "images":
             values = {"image_size": config.image_size, "image_mode": config.image_mode, "ways": config.ways,
                       "shots": config.shots, "queries": config.queries}
         else:

@@ -1,10 +1,14 @@
-"""The sinusoid playground: the user's few-shot task on x in [-5, 5] and every initialization adapting to it.
+"""The playground: the user's few-shot task of a 1-D regression family and every initialization adapting to it.
+
+What it shows is the task family's (its `playground`, a CurvePlayground in core/tasks/base.py): the x range, the
+true function of a random task and that task's fields (a sinusoid's amplitude and phase, a line's slope and
+intercept). A family without one (images, navigation) gets its reason here instead.
 
 Click to add a support point at the data coordinates under the mouse, drag it to move it, right-click or
-Delete removes it, Ctrl+Z undoes. "Random task" draws a sinusoid from the task distribution (its true
-curve shown, amplitude and phase editable); in draw mode a freehand stroke becomes the true curve and K
+Delete removes it, Ctrl+Z undoes. "Random task" draws a task from the family's distribution (its true
+curve shown, its fields editable); in draw mode a freehand stroke becomes the true curve and K
 support points are sampled from it. Each initialization shows its prediction before adaptation (dashed)
-and after k inner SGD steps (solid), with the query MSE against the true or drawn curve.
+and after k test-time steps (solid), with the query MSE against the true or drawn curve.
 """
 
 from __future__ import annotations
@@ -34,14 +38,16 @@ from PySide6.QtWidgets import (
     QSlider,
     QSpinBox,
     QSplitter,
+    QStackedWidget,
     QTableView,
     QVBoxLayout,
     QWidget,
 )
 
-from ..core.tasks.sinusoid import SinusoidFamily
+from ..core.tasks.base import CurvePlayground
+from ..core.tasks.sinusoid import sinusoid_playground
 from ..lab.initializations import Initialization
-from ..lab.playground import MAX_STEPS, X_RANGE, Prediction, SupportTask, mlp_for_playground, predict
+from ..lab.playground import MAX_STEPS, Prediction, SupportTask, mlp_for_playground, predict
 from ..lab.threads import use_gui_threads
 from .colors import (
     POINT_COLOR,
@@ -55,7 +61,6 @@ from .initializations_model import InitializationsModel
 from .slider_player import SliderPlayer
 from .theme import MUTED, style_plot
 
-Y_RANGE = (-6.0, 6.8)  # room above the largest sinusoid (A <= 5) for the legend
 HIT_RADIUS_PX = 10.0
 UNDO_LIMIT = 200
 
@@ -63,10 +68,11 @@ UNDO_LIMIT = 200
 # -- the task, as plain data ------------------------------------------------------------------------------
 @dataclass
 class PlaygroundState:
-    """Support points and the true function: None, a sinusoid, or a drawn curve (x ascending)."""
+    """Support points and the true function: None, a task of the family ({"kind": "task", field: value, ...}, its
+    curve the family's function of those values), or a drawn curve ({"kind": "drawn", "x", "y"}, x ascending)."""
 
     points: list[tuple[float, float]] = field(default_factory=list)
-    truth: dict | None = None  # {"kind": "sine", "amplitude", "phase"} | {"kind": "drawn", "x", "y"}
+    truth: dict | None = None
 
     def copy(self) -> "PlaygroundState":
         truth = None
@@ -74,28 +80,33 @@ class PlaygroundState:
             truth = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in self.truth.items()}
         return PlaygroundState(list(self.points), truth)
 
-    def truth_fn(self):
+    def task_values(self) -> dict[str, float] | None:
+        """The field values of a task of the family (None for no truth or a drawn curve)."""
+        if self.truth is None or self.truth["kind"] != "task":
+            return None
+        return {k: float(v) for k, v in self.truth.items() if k != "kind"}
+
+    def truth_fn(self, curve: CurvePlayground):
         t = self.truth
         if t is None:
             return None
-        if t["kind"] == "sine":
-            a, ph = float(t["amplitude"]), float(t["phase"])
-            return lambda x: a * np.sin(np.asarray(x, dtype=np.float64) - ph)
+        if t["kind"] == "task":
+            return curve.truth(self.task_values())
         gx, gy = t["x"], t["y"]
         return lambda x: np.interp(np.asarray(x, dtype=np.float64), gx, gy)
 
-    def truth_range(self) -> tuple[float, float]:
+    def truth_range(self, x_range: tuple[float, float]) -> tuple[float, float]:
         if self.truth is not None and self.truth["kind"] == "drawn":
             return float(self.truth["x"][0]), float(self.truth["x"][-1])
-        return X_RANGE
+        return x_range
 
-    def support_task(self) -> SupportTask:
+    def support_task(self, curve: CurvePlayground) -> SupportTask:
         xs = np.array([p[0] for p in self.points], dtype=np.float64)
         ys = np.array([p[1] for p in self.points], dtype=np.float64)
-        return SupportTask(xs, ys, self.truth_fn(), self.truth_range())
+        return SupportTask(xs, ys, self.truth_fn(curve), self.truth_range(curve.x_range), curve.x_range)
 
 
-def curve_from_stroke(xs, ys, x_range=X_RANGE, bins: int = 256):
+def curve_from_stroke(xs, ys, x_range=(-5.0, 5.0), bins: int = 256):
     """A function of x from a freehand stroke: the mean y of the stroke in each x bin, ends included.
 
     Returns (x ascending, y) or None when the stroke covers too little of the x axis.
@@ -133,6 +144,7 @@ class Canvas(pg.PlotWidget):
         super().__init__(parent)
         self.mode = "points"
         self.points = np.empty((0, 2))
+        self.x_range: tuple[float, float] = (-5.0, 5.0)
         self._drag: int | None = None
         self._stroke: list[tuple[float, float]] | None = None
         item = self.getPlotItem()
@@ -142,8 +154,6 @@ class Canvas(pg.PlotWidget):
         vb = item.getViewBox()
         vb.setMouseEnabled(False, False)
         vb.disableAutoRange()
-        item.setXRange(*X_RANGE, padding=0.02)
-        item.setYRange(*Y_RANGE, padding=0.0)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
         self.setMouseTracking(True)
         self.setMinimumSize(360, 300)
@@ -160,7 +170,6 @@ class Canvas(pg.PlotWidget):
         for it in (self.truth_item, self.stroke_item, self.scatter, self.selected_item):
             item.addItem(it)
         self.hint = pg.TextItem(anchor=(0.5, 0.5), color=MUTED)
-        self.hint.setPos(0.0, 0.0)
         self.hint.setZValue(1)
         item.addItem(self.hint, ignoreBounds=True)
         self.legend = pg.LegendItem(offset=(8, 4), labelTextColor=MUTED, labelTextSize="9pt", colCount=6,
@@ -168,6 +177,15 @@ class Canvas(pg.PlotWidget):
                                     brush=pg.mkBrush(255, 255, 255, 215), pen=pg.mkPen("#E1E4E8"))
         self.legend.setParentItem(vb)
         self.legend.setZValue(40)
+        self.set_ranges((-5.0, 5.0), (-6.0, 6.8))
+
+    def set_ranges(self, x_range: tuple[float, float], y_range: tuple[float, float]) -> None:
+        """The family's x range (points stay in it) and a y range that holds its tasks."""
+        self.x_range = (float(x_range[0]), float(x_range[1]))
+        item = self.getPlotItem()
+        item.setXRange(*self.x_range, padding=0.02)
+        item.setYRange(*y_range, padding=0.0)
+        self.hint.setPos(0.5 * sum(self.x_range), 0.5 * (y_range[0] + y_range[1]))
 
     # -- coordinates --------------------------------------------------------------------------------
     @property
@@ -188,7 +206,7 @@ class Canvas(pg.PlotWidget):
 
     def _clamp(self, x: float, y: float) -> tuple[float, float]:
         (x0, x1), (y0, y1) = self.viewbox.viewRange()
-        return (min(max(x, max(x0, X_RANGE[0])), min(x1, X_RANGE[1])), min(max(y, y0), y1))
+        return (min(max(x, max(x0, self.x_range[0])), min(x1, self.x_range[1])), min(max(y, y0), y1))
 
     def point_at(self, pos: QPointF) -> int | None:
         """Index of the support point within HIT_RADIUS_PX of a viewport position (the nearest), or None."""
@@ -297,7 +315,8 @@ class PreviewWorker(QObject):
 
 # -- the view -----------------------------------------------------------------------------------------------
 class PlaygroundView(QWidget):
-    """Canvas + side panel. `set_initialization` / `update_from_snapshot` feed it initializations."""
+    """Canvas + side panel. `set_initialization` / `initializations_changed` feed it initializations;
+    `set_experiment(config)` / `set_playground(declaration)` make it the task family's."""
 
     task_changed = Signal()
     message = Signal(str)  # short status-bar messages
@@ -306,7 +325,9 @@ class PlaygroundView(QWidget):
 
     def __init__(self, parent=None, rng: np.random.Generator | None = None, background: bool = True):
         super().__init__(parent)
-        self.family = SinusoidFamily()
+        self.curve: CurvePlayground = sinusoid_playground()  # the family's declaration (the last curve one)
+        self.reason = ""  # why the current family has no playground ("" while it has one)
+        self.field_boxes: dict[str, tuple[QLabel, QDoubleSpinBox]] = {}
         self.rng = rng or np.random.default_rng()
         self.state = PlaygroundState()
         self.undo_stack: list[PlaygroundState] = []
@@ -354,10 +375,20 @@ class PlaygroundView(QWidget):
         self.splitter.setStretchFactor(1, 0)
         self.splitter.setCollapsible(0, False)
         self.splitter.setSizes([900, 300])
+        self.unavailable = QLabel()  # a family without a playground: why, and where its tasks are shown
+        self.unavailable.setObjectName("PlaygroundUnavailable")
+        self.unavailable.setWordWrap(True)
+        self.unavailable.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.unavailable.setProperty("hint", True)
+        self.unavailable.setContentsMargins(40, 40, 40, 40)
+        self.pages = QStackedWidget()
+        self.pages.addWidget(self.splitter)
+        self.pages.addWidget(self.unavailable)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.splitter)
+        layout.addWidget(self.pages)
 
+        self._apply_curve()
         self._render_task()
         self._rebuild_legend()
 
@@ -389,7 +420,6 @@ class PlaygroundView(QWidget):
         grid.addWidget(self.points_mode, 0, 1)
         grid.addWidget(self.draw_mode, 0, 2)
         self.random_button = QPushButton("Random task")
-        self.random_button.setToolTip("A sinusoid from the task distribution with K support points (Ctrl+T)")
         self.random_button.clicked.connect(lambda: self.random_task())
         self.clear_button = QPushButton("Clear")
         self.clear_button.setToolTip("Remove every point and the true curve")
@@ -407,28 +437,10 @@ class PlaygroundView(QWidget):
         self.k.setRange(1, 100)
         self.k.setValue(10)
         self.k.setToolTip("K: support points a random task or a drawn curve gets")
-        self.amplitude = QDoubleSpinBox()
-        self.amplitude.setRange(*self.family.amplitude)
-        self.amplitude.setSingleStep(0.1)
-        self.amplitude.setDecimals(2)
-        self.amplitude.setToolTip("Amplitude A of y = A sin(x - phase)")
-        self.phase = QDoubleSpinBox()
-        self.phase.setRange(*self.family.phase)
-        self.phase.setSingleStep(0.05)
-        self.phase.setDecimals(2)
-        self.phase.setToolTip("Phase of y = A sin(x - phase), in radians")
-        for w in (self.k, self.amplitude, self.phase):
-            w.setAlignment(Qt.AlignmentFlag.AlignRight)
-        self.amplitude.valueChanged.connect(lambda _: self._on_sine_edit("amplitude"))
-        self.phase.valueChanged.connect(lambda _: self._on_sine_edit("phase"))
+        self.k.setAlignment(Qt.AlignmentFlag.AlignRight)
         grid.addWidget(QLabel("K"), 2, 0)
         grid.addWidget(self.k, 2, 1, 1, 2)
-        self.amplitude_label = QLabel("Amplitude")
-        self.phase_label = QLabel("Phase")
-        grid.addWidget(self.amplitude_label, 3, 0)
-        grid.addWidget(self.amplitude, 3, 1, 1, 2)
-        grid.addWidget(self.phase_label, 4, 0)
-        grid.addWidget(self.phase, 4, 1, 1, 2)
+        self.fields_grid = grid  # the family's task fields go in rows 3.. (_apply_curve)
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(2, 1)
         col.addWidget(task_box)
@@ -501,8 +513,69 @@ class PlaygroundView(QWidget):
         hint.setProperty("hint", True)
         col.addWidget(hint)
         self._on_steps(self.steps.value())
-        self._sync_sine_controls()
         return side
+
+    # -- the task family ------------------------------------------------------------------------------
+    def set_experiment(self, config) -> None:
+        """The form's experiment (the window calls this when it changes, not while training): show its family's
+        playground, or why it has none."""
+        from ..core.tasks.registry import task_family
+
+        try:
+            declaration = task_family(config.task).playground_for(config)
+        except (ValueError, TypeError):  # an unknown family or options the form has not accepted yet
+            return
+        self.set_playground(declaration)
+
+    def set_playground(self, declaration) -> None:
+        """Show a family's CurvePlayground (a new family clears the task), or the reason a family has none."""
+        if isinstance(declaration, CurvePlayground):
+            self.reason = ""
+            self.pages.setCurrentWidget(self.splitter)
+            if declaration != self.curve:
+                self.curve = declaration
+                self.state = PlaygroundState()
+                self.undo_stack.clear()
+                self.selected = None
+                self._last_edit = ""
+                self._apply_curve()
+                self._changed()
+            return
+        reason = getattr(declaration, "reason", "") or "This task family has no 1-D curve to click points onto."
+        self.reason = reason
+        self.unavailable.setText(reason)
+        self.pages.setCurrentWidget(self.unavailable)
+
+    def field(self, name: str) -> QDoubleSpinBox:
+        """The numeric field of one of the task's parameters (a sinusoid's "amplitude")."""
+        return self.field_boxes[name][1]
+
+    def _apply_curve(self) -> None:
+        """Ranges, the Random task tooltip and one numeric field per task parameter, from `self.curve`."""
+        curve = self.curve
+        self.canvas.set_ranges(curve.x_range, curve.y_range)
+        self.random_button.setToolTip(f"A {curve.noun} from the task distribution ({curve.formula}) with K support "
+                                      "points (Ctrl+T)")
+        for label, box in self.field_boxes.values():
+            self.fields_grid.removeWidget(label)
+            self.fields_grid.removeWidget(box)
+            label.deleteLater()
+            box.deleteLater()
+        self.field_boxes = {}
+        for row, spec in enumerate(curve.fields, start=3):
+            label = QLabel(spec.label)
+            box = QDoubleSpinBox()
+            box.setRange(spec.low, spec.high)
+            box.setSingleStep(spec.step)
+            box.setDecimals(spec.decimals)
+            box.setValue(spec.default)
+            box.setAlignment(Qt.AlignmentFlag.AlignRight)
+            box.setToolTip(spec.tip or f"{spec.label} of {curve.formula}")
+            box.valueChanged.connect(lambda _value, name=spec.name: self._on_field_edit(name))
+            self.fields_grid.addWidget(label, row, 0)
+            self.fields_grid.addWidget(box, row, 1, 1, 2)
+            self.field_boxes[spec.name] = (label, box)
+        self._sync_field_controls()
 
     # -- state changes -------------------------------------------------------------------------------
     def _record(self, action: str = "") -> None:
@@ -515,7 +588,7 @@ class PlaygroundView(QWidget):
 
     def _changed(self) -> None:
         self._render_task()
-        self._sync_sine_controls()
+        self._sync_field_controls()
         self._invalidate()
         self.task_changed.emit()
 
@@ -563,23 +636,29 @@ class PlaygroundView(QWidget):
         self._changed()
         return True
 
-    def random_task(self, amplitude: float | None = None, phase: float | None = None) -> None:
-        """A sinusoid from the task distribution and K support points on it."""
+    def random_task(self, **values: float) -> None:
+        """A task from the family's distribution (fields given in `values` fixed) and K support points on it."""
+        if self.reason:
+            self.message.emit(self.reason)
+            return
+        curve = self.curve
+        unknown = set(values) - {f.name for f in curve.fields}
+        if unknown:
+            raise ValueError(f"the {curve.noun} task has no field {', '.join(sorted(unknown))}")
+        drawn = curve.random_values(self.rng)
+        drawn.update({k: float(v) for k, v in values.items()})
         self._record()
-        lo, hi = self.family.amplitude
-        a = float(self.rng.uniform(lo, hi)) if amplitude is None else float(amplitude)
-        lo, hi = self.family.phase
-        ph = float(self.rng.uniform(lo, hi)) if phase is None else float(phase)
-        xs = self.rng.uniform(*self.family.x_range, self.k.value())
-        self.state = PlaygroundState([(float(x), float(a * math.sin(x - ph))) for x in xs],
-                                     {"kind": "sine", "amplitude": a, "phase": ph})
+        xs = self.rng.uniform(*curve.x_range, self.k.value())
+        ys = curve.truth(drawn)(xs)
+        self.state = PlaygroundState([(float(x), float(y)) for x, y in zip(xs, ys, strict=True)],
+                                     {"kind": "task", **drawn})
         self.selected = None
         self._last_edit = ""
         self._changed()
 
     def set_drawn_curve(self, xs, ys) -> bool:
         """Use a freehand stroke as the true curve and sample K support points from it."""
-        curve = curve_from_stroke(xs, ys)
+        curve = curve_from_stroke(xs, ys, self.curve.x_range)
         if curve is None:
             self.message.emit("Draw across more of the x axis to make a curve")
             return False
@@ -626,35 +705,35 @@ class PlaygroundView(QWidget):
             self.canvas.mode = "draw" if button is self.draw_mode else "points"
             self._render_task()
 
-    def _on_sine_edit(self, which: str) -> None:
-        t = self.state.truth
-        if self._syncing or t is None or t["kind"] != "sine":
+    def _on_field_edit(self, name: str) -> None:
+        old = self.state.task_values()
+        if self._syncing or old is None:
             return
-        a, ph = self.amplitude.value(), self.phase.value()
-        if abs(a - t["amplitude"]) < 1e-12 and abs(ph - t["phase"]) < 1e-12:
+        values = {key: box.value() for key, (_, box) in self.field_boxes.items()}
+        if all(abs(values[k] - old.get(k, values[k])) < 1e-12 for k in values):
             return
-        self._record(which)  # a run of edits of one spin box is one undo step
-        self.state.truth = {"kind": "sine", "amplitude": a, "phase": ph}
-        self.state.points = [(x, a * math.sin(x - ph)) for x, _ in self.state.points]
+        self._record(name)  # a run of edits of one field is one undo step
+        self.state.truth = {"kind": "task", **values}
+        truth = self.curve.truth(values)
+        self.state.points = [(x, float(truth(np.array([x]))[0])) for x, _ in self.state.points]
         self._changed()
 
     _syncing = False
 
-    def _sync_sine_controls(self) -> None:
-        t = self.state.truth
-        sine = t is not None and t["kind"] == "sine"
+    def _sync_field_controls(self) -> None:
+        values = self.state.task_values()
         self._syncing = True
         try:
-            for w in (self.amplitude, self.phase, self.amplitude_label, self.phase_label):
-                w.setEnabled(sine)
-                w.setVisible(sine)  # a sinusoid's parameters, shown while the task is one
-            if sine:
-                self.amplitude.setValue(t["amplitude"])
-                self.phase.setValue(t["phase"])
+            for name, (label, box) in self.field_boxes.items():
+                for w in (label, box):
+                    w.setEnabled(values is not None)
+                    w.setVisible(values is not None)  # the task's parameters, shown while the task is one
+                if values is not None and name in values:
+                    box.setValue(values[name])
         finally:
             self._syncing = False
         self.undo_button.setEnabled(bool(self.undo_stack))
-        self.clear_button.setEnabled(bool(self.state.points) or t is not None)
+        self.clear_button.setEnabled(bool(self.state.points) or self.state.truth is not None)
 
     # -- rendering of the task -----------------------------------------------------------------------
     def _render_task(self) -> None:
@@ -666,11 +745,11 @@ class PlaygroundView(QWidget):
         else:
             self.selected = None
             self.canvas.selected_item.setData([], [])
-        fn = self.state.truth_fn()
+        fn = self.state.truth_fn(self.curve)
         if fn is None:
             self.canvas.truth_item.setData([], [])
         else:
-            lo, hi = self.state.truth_range()
+            lo, hi = self.state.truth_range(self.curve.x_range)
             gx = np.linspace(lo, hi, 400)
             self.canvas.truth_item.setData(gx, fn(gx))
         if len(pts) == 0 and fn is None:
@@ -684,8 +763,9 @@ class PlaygroundView(QWidget):
         if truth is None:
             caption = ("Fit MSE on the support points (no true curve)" if len(pts)
                        else "Add points to see each initialization adapt")
-        elif truth["kind"] == "sine":
-            caption = "Query MSE against the true sinusoid on [-5, 5]"
+        elif truth["kind"] == "task":
+            lo, hi = self.curve.x_range
+            caption = f"Query MSE against the true {self.curve.noun} on [{lo:g}, {hi:g}]"
         else:
             caption = "Query MSE against the drawn curve"
         self.mse_caption.setText(caption)
@@ -793,7 +873,7 @@ class PlaygroundView(QWidget):
             if app is not None:
                 app.aboutToQuit.connect(self.shutdown)
         self._busy = True
-        self._request.emit((self._generation[key], key, init, self.state.support_task()))
+        self._request.emit((self._generation[key], key, init, self.state.support_task(self.curve)))
         return None
 
     def _on_result(self, result) -> None:
@@ -821,7 +901,7 @@ class PlaygroundView(QWidget):
             return
         generation = self._generation.get(key, 0)
         try:
-            prediction, error = predict(init, self.state.support_task(), MAX_STEPS), ""
+            prediction, error = predict(init, self.state.support_task(self.curve), MAX_STEPS), ""
         except (RuntimeError, ValueError) as exc:
             prediction, error = None, str(exc)
         self._store(key, generation, prediction, error)

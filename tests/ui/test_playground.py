@@ -1,4 +1,5 @@
-"""The sinusoid playground: clicks in data coordinates, drag, removal, undo, draw mode, random task, predictions."""
+"""The playground (the sinusoid's, its default): clicks in data coordinates, drag, removal, undo, draw mode,
+random task, predictions; a family's own playground and a family without one."""
 
 import math
 from collections import OrderedDict
@@ -107,7 +108,7 @@ def test_draw_mode_yields_k_points_on_the_drawn_curve(view):
         assert truth["x"][0] <= x <= truth["x"][-1]
         assert y == pytest.approx(float(np.interp(x, truth["x"], truth["y"])), abs=1e-9)  # on the drawn curve
         assert y == pytest.approx(2 * math.cos(x), abs=0.25)  # which follows the stroke
-    assert view.state.truth_range() == (pytest.approx(-4, abs=0.05), pytest.approx(3, abs=0.05))
+    assert view.state.truth_range(view.curve.x_range) == (pytest.approx(-4, abs=0.05), pytest.approx(3, abs=0.05))
     view.undo()
     assert view.state.truth is None and view.state.points == []
 
@@ -130,8 +131,8 @@ def test_random_task_amplitude_and_phase_are_editable(view):
     assert len(view.state.points) == 5
     for x, y in view.state.points:
         assert y == pytest.approx(2.0 * math.sin(x - 1.0))
-    view.amplitude.setValue(3.0)
-    view.phase.setValue(0.5)
+    view.field("amplitude").setValue(3.0)
+    view.field("phase").setValue(0.5)
     for x, y in view.state.points:
         assert y == pytest.approx(3.0 * math.sin(x - 0.5), abs=1e-9)
     assert view.canvas.truth_item.xData is not None and len(view.canvas.truth_item.xData) > 0
@@ -139,7 +140,7 @@ def test_random_task_amplitude_and_phase_are_editable(view):
     view.undo()  # ... and the amplitude edit come back one by one
     assert view.state.truth["amplitude"] == pytest.approx(2.0)
     view.clear()
-    assert not view.amplitude.isEnabled()
+    assert not view.field("amplitude").isEnabled()
 
 
 def test_predictions_follow_points_and_slider(view, qtbot):
@@ -244,3 +245,34 @@ def test_initializations_table_model(view, qtbot):
     assert model.rowCount() == 1 and "file:a.safetensors" not in view.inits
     assert not view.remove_button.isVisibleTo(view) and not view.remove_button.isEnabled()
     assert model.index(0, 0).data() == "■  MAML"
+
+
+def test_a_family_without_a_playground_says_why_and_a_new_family_starts_afresh(view, qtbot):
+    from maml_lab.core.tasks.base import CurvePlayground, NoPlayground, TaskField
+    from maml_lab.core.tasks.registry import task_family
+
+    view.random_task(amplitude=2.0, phase=1.0)
+    view.set_playground(task_family("navigation").playground)
+    assert "Arena" in view.reason and view.pages.currentWidget() is view.unavailable
+    assert view.unavailable.text() == view.reason
+    with qtbot.waitSignal(view.message) as said:
+        view.random_task()
+    assert said.args == [view.reason]
+    view.set_playground(task_family("images").playground)
+    assert "Tasks view" in view.reason
+    view.set_playground(task_family("sinusoid").playground)  # the same curve as before: the task is kept
+    assert not view.reason and view.pages.currentWidget() is view.splitter and view.state.truth["amplitude"] == 2.0
+
+    cubic = CurvePlayground("cubic", "y = c x^3", lambda x, c: c * x ** 3,
+                            (TaskField("c", "c", -1.0, 1.0, 0.5),), (-2.0, 2.0), (-9.0, 9.0))
+    view.set_playground(cubic)
+    assert view.state.points == [] and view.state.truth is None and not view.undo_stack  # another family: afresh
+    assert list(view.field_boxes) == ["c"] and view.field("c").value() == 0.5
+    assert view.canvas.getPlotItem().getViewBox().viewRange()[1] == pytest.approx([-9.0, 9.0])
+    view.random_task(c=0.5)
+    assert all(-2.0 <= x <= 2.0 and y == pytest.approx(0.5 * x ** 3) for x, y in view.state.points)
+    with pytest.raises(ValueError, match="no field amplitude"):
+        view.random_task(amplitude=1.0)
+    with pytest.raises(ValueError, match="outside"):
+        TaskField("c", "c", 0.0, 1.0, 2.0)
+    assert NoPlayground("why").kind == "none"

@@ -3,9 +3,12 @@ says how to build its sampler and model from a config, how to score it, and what
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 
@@ -65,6 +68,76 @@ class TaskBatch:
         return x, y
 
 
+@dataclass(frozen=True)
+class TaskField:
+    """One parameter of a playground's task (a sinusoid's amplitude): a random task draws it uniformly from
+    [low, high]; the Playground shows it as a numeric field within that range."""
+
+    name: str  # the keyword `CurvePlayground.function` takes
+    label: str  # the field's caption ("Amplitude")
+    low: float
+    high: float
+    default: float  # the field's value before a random task sets it
+    step: float = 0.1  # the field's arrow step
+    decimals: int = 2
+    tip: str = ""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.low) and math.isfinite(self.high) and self.low <= self.high):
+            raise ValueError(f"task field {self.name}: need finite low <= high, got {(self.low, self.high)}")
+        if not self.low <= self.default <= self.high:
+            raise ValueError(f"task field {self.name}: default {self.default} is outside [{self.low}, {self.high}]")
+
+
+@dataclass(frozen=True)
+class CurvePlayground:
+    """A Playground of 1-D regression: the user clicks support points onto x in `x_range` (or draws a curve, or
+    asks for a random task), and every one-input one-output initialization adapts to them. A random task draws
+    each of `fields` uniformly; its ground truth is `function(x, **values)` (numpy in, numpy out)."""
+
+    noun: str  # what a task is, in captions: "Query MSE against the true sinusoid"
+    formula: str  # the task's formula, for tooltips: "y = A sin(x - phase)"
+    function: Callable[..., np.ndarray]
+    fields: tuple[TaskField, ...]
+    x_range: tuple[float, float] = (-5.0, 5.0)
+    y_range: tuple[float, float] = (-6.0, 6.8)  # the canvas's y axis: every task of the family, and a legend above
+
+    kind: ClassVar[str] = "curve"
+
+    def __post_init__(self) -> None:
+        for label, (lo, hi) in (("x_range", self.x_range), ("y_range", self.y_range)):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"playground {label} must be finite with low < high, got {(lo, hi)}")
+        names = [f.name for f in self.fields]
+        if len(set(names)) != len(names):
+            raise ValueError(f"playground fields repeat a name: {names}")
+
+    def defaults(self) -> dict[str, float]:
+        return {f.name: float(f.default) for f in self.fields}
+
+    def random_values(self, rng: np.random.Generator) -> dict[str, float]:
+        """A task from the family's distribution: each field uniform in its range."""
+        return {f.name: float(rng.uniform(f.low, f.high)) for f in self.fields}
+
+    def truth(self, values: dict) -> Callable[[np.ndarray], np.ndarray]:
+        """The ground truth of the task with these field values: x -> y."""
+        values = {f.name: float(values.get(f.name, f.default)) for f in self.fields}
+        function = self.function
+        return lambda x: np.asarray(function(np.asarray(x, dtype=np.float64), **values), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class NoPlayground:
+    """A family whose tasks are no 1-D curve: the Playground says `reason` (where its tasks are shown) instead.
+    `kind` "images" marks image families (the panel's image-set rows, the conv-4 network, the Tasks view)."""
+
+    reason: str
+    kind: str = "none"
+
+
+Playground = CurvePlayground | NoPlayground
+
+
 class TaskFamilyKind:
     """A task family's registry entry: config, CLI, panel, run library, evaluation and views read it.
 
@@ -88,8 +161,9 @@ class TaskFamilyKind:
     # "experiment": {ExperimentConfig fields}, "algorithm": {AlgorithmConfig fields, for every algorithm}}; they sit
     # under anything set explicitly (see training.config.apply_preset)
     presets: ClassVar[dict] = {}
-    # what the playground shows: "curve" (click points on a 1-D function), "images" (the Tasks view), or None
-    playground: ClassVar[str | None] = None
+    # what the Playground shows: a CurvePlayground (click points onto a 1-D function, with the family's ground truth
+    # and random-task fields), or NoPlayground with the reason (kind "images": an image family, shown in Tasks)
+    playground: ClassVar[Playground] = NoPlayground("this task family has no 1-D curve to click points onto")
     # settings of this family beyond ExperimentConfig's fields, and their defaults: ExperimentConfig.task_options
     # (TOML [task_options], CLI --task-option KEY=VALUE), read with config.task_option(key)
     option_defaults: ClassVar[dict] = {}
@@ -110,6 +184,12 @@ class TaskFamilyKind:
         (adaptation_curve's seed): label -> core.analysis.evaluation.AdaptationCurve in the loss's units. None by
         default; 2-D navigation: a random initialization and the oracle (the MAML paper's Figure 5)."""
         return {}
+
+    @classmethod
+    def playground_for(cls, config) -> Playground:
+        """What the Playground shows for a run of `config` (default: `playground`; a family whose task ranges are
+        options narrows its fields to them)."""
+        return cls.playground
 
     @classmethod
     def tasks_text(cls, config) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import TaskBatch, TaskFamilyKind
+from .base import NoPlayground, TaskBatch, TaskFamilyKind
 from .imagesets import ImageSet, Preprocessing, validate_task_shape
 
 # Class split between meta-training and held-out evaluation (same rule in training and in `eval`):
@@ -292,7 +292,9 @@ class ImageTasks(TaskFamilyKind):
         "experiment": {"meta_batch_size": 32, "iterations": 60000},
         "algorithm": {"meta_lr": 1e-3, "meta_lr_schedule": "constant", "inner_lr": 0.4, "inner_steps": 1,
                       "test_inner_steps": 3}}}
-    playground = "images"
+    playground = NoPlayground("Image tasks have no curve to click points onto: the Tasks view draws N classes, "
+                              "lets you add your own drawings, and shows each initialization adapting to them.",
+                              "images")
     parallel_ops = True  # conv-4 over 25-160 images a call: 1.3-1.5x faster in the app on 2 threads (lab/threads.py)
     cheap_to_build = False  # an image set loads (and may be decoded) first
     # convention: "lab" (per-task mean cross-entropy; batch norm with scale, eps 1e-5, all adapted; flattened

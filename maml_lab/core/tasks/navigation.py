@@ -34,7 +34,7 @@ import torch
 
 from ..rl import pg, policy_grad
 from ..rl.objective import ObjectiveBatch
-from .base import TaskBatch, TaskFamilyKind
+from .base import NoPlayground, TaskBatch, TaskFamilyKind
 
 _MIX_TASK = 0x9E3779B97F4A7C15
 _MIX_CALL = 0xBF58476D1CE4E5B9
@@ -354,7 +354,8 @@ class NavigationTasks(TaskFamilyKind):
     experiment_defaults = {"meta_batch_size": 20, "shots": 20, "queries": 20, "iterations": 500, "hidden": [100, 100]}
     # one policy-gradient step of 0.1 in training, 3 at test; Adam on the post-update surrogate (not TRPO)
     algorithm_defaults = {"inner_lr": 0.1, "test_inner_steps": 3, "meta_lr": 0.01}
-    playground = None
+    playground = NoPlayground("A navigation task is a goal in the plane, not a curve: the Arena view places a goal "
+                              "and shows each policy's trajectories before and after adapting to it.")
     option_defaults = {"horizon": 100}
 
     @classmethod

@@ -6,9 +6,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .base import TaskBatch, TaskFamilyKind
+from .base import CurvePlayground, TaskBatch, TaskFamilyKind, TaskField
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,23 @@ class SinusoidFamily:
         return lambda x: amplitude * torch.sin(x - phase)
 
 
+def _sine(x: np.ndarray, amplitude: float, phase: float) -> np.ndarray:
+    return amplitude * np.sin(x - phase)
+
+
+def sinusoid_playground(family: SinusoidFamily | None = None) -> CurvePlayground:
+    """The Playground of sinusoids: amplitude and phase fields over the family's ranges, x over its x range."""
+    family = family or SinusoidFamily()
+    (a_lo, a_hi), (p_lo, p_hi) = family.amplitude, family.phase
+    top = max(abs(a_lo), abs(a_hi))
+    return CurvePlayground(
+        "sinusoid", "y = A sin(x - phase)", _sine,
+        (TaskField("amplitude", "Amplitude", a_lo, a_hi, min(max(1.0, a_lo), a_hi), 0.1, 2,
+                   "Amplitude A of y = A sin(x - phase)"),
+         TaskField("phase", "Phase", p_lo, p_hi, p_lo, 0.05, 2, "Phase of y = A sin(x - phase), in radians")),
+        family.x_range, (-1.2 * top, 1.36 * top))  # room above the largest sinusoid for the legend
+
+
 def user_task(x_support, y_support, truth: Callable[[torch.Tensor], torch.Tensor] | None = None,
               x_range: tuple[float, float] = (-5.0, 5.0), num_query: int = 200,
               dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> TaskBatch:
@@ -90,7 +108,7 @@ class SinusoidTasks(TaskFamilyKind):
     loss_label = "MSE"
     # the MAML paper's regression: meta-batch 25, K = 10, 70,000 iterations
     experiment_defaults = {"meta_batch_size": 25, "shots": 10, "queries": 10, "iterations": 70000}
-    playground = "curve"
+    playground = sinusoid_playground()
 
     @classmethod
     def build(cls, config, progress=None, cancel=None) -> SinusoidFamily:

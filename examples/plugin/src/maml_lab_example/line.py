@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from maml_lab.core.tasks.base import TaskBatch, TaskFamilyKind
+from maml_lab.core.tasks.base import CurvePlayground, TaskBatch, TaskFamilyKind, TaskField
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,24 @@ class LineFamily:
                          {"slope": a.view(-1), "intercept": b.view(-1)}).to(device)
 
 
+def _line(x: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    return slope * x + intercept
+
+
+def line_playground(family: LineFamily) -> CurvePlayground:
+    """What the app's Playground shows: lines over the family's x range, with slope and intercept fields (a random
+    task draws both from the family's ranges) and a y axis that holds every line of the family."""
+    (a_lo, a_hi), (b_lo, b_hi), (x_lo, x_hi) = family.slope, family.intercept, family.x_range
+    top = max(abs(a) * abs(x) for a in (a_lo, a_hi) for x in (x_lo, x_hi)) + max(abs(b_lo), abs(b_hi))
+    top = max(top, 1.0)
+    return CurvePlayground(
+        "line", "y = a x + b", _line,
+        (TaskField("slope", "Slope a", a_lo, a_hi, min(max(1.0, a_lo), a_hi), 0.1, 2, "Slope a of y = a x + b"),
+         TaskField("intercept", "Intercept b", b_lo, b_hi, min(max(0.0, b_lo), b_hi), 0.1, 2,
+                   "Intercept b of y = a x + b")),
+        family.x_range, (-1.1 * top, 1.3 * top))  # room above the steepest line for the legend
+
+
 class LineTasks(TaskFamilyKind):
     """The registry entry: an MLP (`hidden`, `activation`) regressing lines with the MSE loss."""
 
@@ -68,7 +87,9 @@ class LineTasks(TaskFamilyKind):
     loss_label = "MSE"
     # lines are easier than sinusoids: fewer points and iterations suffice
     experiment_defaults = {"meta_batch_size": 10, "shots": 5, "queries": 10, "iterations": 5000}
-    playground = "curve"  # the app's playground shows the initializations on 1-D inputs
+    # the app's Playground: click points onto lines (random tasks draw slope and intercept); playground_for follows
+    # the run's task options
+    playground = line_playground(LineFamily())
     # this family's own settings (TOML [task_options], CLI --task-option slope=[-1,1]), read with config.task_option
     option_defaults = {"slope": [-2.0, 2.0], "intercept": [-2.0, 2.0]}
 
@@ -80,6 +101,10 @@ class LineTasks(TaskFamilyKind):
                     and all(isinstance(v, (int, float)) for v in value)):
                 raise ValueError(f"task option {key} must be a range [low, high], got {value!r}")
             LineFamily(**{key: tuple(float(v) for v in value)})  # finite, low <= high, else a clear ValueError
+
+    @classmethod
+    def playground_for(cls, config) -> CurvePlayground:
+        return line_playground(cls.build(config))
 
     @classmethod
     def build(cls, config, progress=None, cancel=None) -> LineFamily:
