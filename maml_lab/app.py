@@ -84,6 +84,7 @@ def _limit_threads(threads: int | None = None) -> None:
 def make_application(argv: list[str] | None = None):
     from PySide6.QtWidgets import QApplication
 
+    from .ui.fields import guard_fields
     from .ui.theme import apply_theme
 
     app = QApplication.instance()
@@ -95,6 +96,7 @@ def make_application(argv: list[str] | None = None):
         app.setApplicationName(APPLICATION)
     app.setApplicationDisplayName(APPLICATION)
     apply_theme(app)
+    guard_fields(app)  # the wheel changes a field only when it has focus
     return app
 
 

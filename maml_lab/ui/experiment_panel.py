@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSizePolicy,
-    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -34,6 +33,7 @@ from ..core.tasks.registry import TASKS, task_family
 from ..core.training.config import ExperimentConfig
 from ..lab.resources import resource
 from .colors import algorithm_color, algorithm_label
+from .fields import IntField
 
 APP_DEFAULT_ITERATIONS = 20000
 # what choosing the image family sets: the image experiment's defaults (5-way 1-shot, meta-batch 32, the 800
@@ -61,7 +61,7 @@ def image_tasks_available() -> bool:
 def is_image_family(task: str | None) -> bool:
     """Whether a registered family draws image tasks (image set, N ways, conv-4): what its registry entry says."""
     try:
-        return task_family(task).playground == "images"
+        return getattr(task_family(task).playground, "kind", None) == "images"
     except ValueError:
         return False
 
@@ -78,8 +78,9 @@ class FormError(ValueError):
         self.widget = widget
 
 
-def _spin(low: int, high: int, step: int = 1, tip: str = "") -> QSpinBox:
-    box = QSpinBox()
+def _spin(what: str, low: int, high: int, step: int = 1, tip: str = "") -> IntField:
+    """A whole-number field named `what` in the form's messages (text it cannot read is refused, with the reason)."""
+    box = IntField(what)
     box.setRange(low, high)
     box.setSingleStep(step)
     box.setGroupSeparatorShown(True)
@@ -104,9 +105,9 @@ class AlgorithmColumn:
             f"QCheckBox::indicator {{ width: 13px; height: 13px; border: 1px solid #B8BFC7; border-radius: 3px;"
             f" background: white; }}")
         self.inner_lr = self._line("inner learning rate α: the SGD step size of adaptation")
-        self.inner_steps = _spin(algorithm_class(name).min_inner_steps, 1000,
+        self.inner_steps = _spin(f"{label} inner steps", algorithm_class(name).min_inner_steps, 1000,
                                  tip="inner steps during meta-training (Reptile's k)")
-        self.test_steps = _spin(0, 1000, tip="inner SGD steps at evaluation / test time")
+        self.test_steps = _spin(f"{label} test steps", 0, 1000, tip="inner SGD steps at evaluation / test time")
         self.algorithm = ALGORITHMS.get(name)
         # the outer-step field: which config field, its name and tooltip, as the algorithm declares them
         self.outer_field = self.algorithm.outer_lr_field
@@ -154,6 +155,7 @@ class AlgorithmColumn:
 
     def config(self) -> AlgorithmConfig:
         label = algorithm_label(self.name)
+        _check_whole(self.inner_steps, self.test_steps)
         inner_lr = _positive(self.inner_lr, f"{label} inner lr α")
         outer = _positive(self.meta_lr, f"{label} {self.algorithm.outer_lr_label}")
         values = dict(self._extra)
@@ -198,6 +200,14 @@ def _fmt_setting(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_fmt_setting(v) for v in value) + "]"
     return str(value)
+
+
+def _check_whole(*fields: IntField) -> None:
+    """Refuse a whole-number field whose text is not its value (unreadable, out of range), saying why."""
+    for field in fields:
+        problem = field.problem()
+        if problem:
+            raise FormError(problem, field)
 
 
 def _positive(edit: QLineEdit, what: str) -> float:
@@ -274,11 +284,11 @@ class ExperimentPanel(QWidget):
         row.addWidget(self.image_source, 1)
         row.addWidget(self.open_images)
         form.addRow("Image set", source_row)
-        self.ways = _spin(2, 100, tip="N: classes per task (N-way classification)")
+        self.ways = _spin("N (ways)", 2, 100, tip="N: classes per task (N-way classification)")
         form.addRow("N (ways)", self.ways)
-        self.shots = _spin(1, 1000, tip="K: support examples per task (per class for images)")
+        self.shots = _spin("K (shots)", 1, 1000, tip="K: support examples per task (per class for images)")
         form.addRow("K (shots)", self.shots)
-        self.meta_batch = _spin(1, 100000, tip="tasks per meta-iteration")
+        self.meta_batch = _spin("Meta-batch", 1, 100000, tip="tasks per meta-iteration")
         form.addRow("Meta-batch", self.meta_batch)
         self.task_form = form
         self.image_rows = (source_row, self.ways)
@@ -316,9 +326,9 @@ class ExperimentPanel(QWidget):
         # schedule ----------------------------------------------------------------------------------
         run_box = QGroupBox("Training")
         form = self._form(run_box)
-        self.iterations = _spin(1, 100_000_000, 1000, "meta-iterations to train")
+        self.iterations = _spin("Iterations", 1, 100_000_000, 1000, "meta-iterations to train")
         form.addRow("Iterations", self.iterations)
-        self.seed = _spin(0, 2**31 - 1, tip="seed of the task stream and of the initialization")
+        self.seed = _spin("Seed", 0, 2**31 - 1, tip="seed of the task stream and of the initialization")
         form.addRow("Seed", self.seed)
         self.device = QComboBox()
         self.device.addItem("auto", "auto")
@@ -385,18 +395,25 @@ class ExperimentPanel(QWidget):
         for w in (self.task, self.activation, self.device, self.image_source, self.convention):
             w.currentIndexChanged.connect(self._on_edit)
         for w in (self.shots, self.meta_batch, self.iterations, self.seed, self.ways):
-            w.valueChanged.connect(self._on_edit)
+            self._follow_whole(w)
         self.hidden.textChanged.connect(self._on_edit)
         for col in self.columns.values():
             col.enabled.toggled.connect(self._on_edit)
             col.inner_lr.textChanged.connect(self._on_edit)
             col.meta_lr.textChanged.connect(self._on_edit)
-            col.inner_steps.valueChanged.connect(self._on_edit)
-            col.test_steps.valueChanged.connect(self._on_edit)
+            self._follow_whole(col.inner_steps)
+            self._follow_whole(col.test_steps)
             col.settings.textChanged.connect(self._on_edit)
         self.set_config(self._base)
         # never clip the form horizontally: the panel is at least as wide as its content
         self.setMinimumWidth(body.minimumSizeHint().width() + self.scroll.verticalScrollBar().sizeHint().width() + 2)
+
+    def _follow_whole(self, field: IntField) -> None:
+        """Check the form when a whole-number field's value changes, and when its text does while the text cannot
+        be read or the form is invalid (an unreadable edit changes no value; fixing it may not either)."""
+        field.valueChanged.connect(self._on_edit)
+        field.lineEdit().textChanged.connect(
+            lambda _text: self._on_edit() if field.problem() or not self._valid else None)
 
     @staticmethod
     def _form(box: QGroupBox) -> QFormLayout:
@@ -538,6 +555,8 @@ class ExperimentPanel(QWidget):
 
     def config(self) -> ExperimentConfig:
         """The experiment the form describes; raises FormError (a ValueError) saying what is wrong."""
+        _check_whole(self.shots, self.meta_batch, self.iterations, self.seed,
+                     *((self.ways,) if is_image_family(self.task.currentData()) else ()))
         algorithms = [col.config() for col in self.columns.values() if col.enabled.isChecked()]
         if not algorithms:
             raise FormError("Choose at least one algorithm to train", self.columns["maml"].enabled)

@@ -35,11 +35,18 @@ BUSY_NOTE = "A run is training: stop it before opening or resuming another (one 
 
 
 def app_runs_folder() -> Path:
-    """The app's own runs folder: <application data>/runs."""
-    from PySide6.QtCore import QStandardPaths
+    """The app's own runs folder: <user data>/<application>/runs (Linux: ~/.local/share/MAML Lab/runs). Qt's
+    AppDataLocation is <organization>/<application>, "MAML Lab" twice; a runs folder left there by earlier versions
+    is still the one used while the new one does not exist, so no run is lost from Past runs."""
+    from PySide6.QtCore import QCoreApplication, QStandardPaths
 
-    base = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
-    return Path(base or Path.home() / ".maml-lab") / "runs"
+    data = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.GenericDataLocation)
+    folder = Path(data or Path.home() / ".maml-lab") / (QCoreApplication.applicationName() or "MAML Lab") / "runs"
+    old = QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation)
+    old_folder = Path(old) / "runs" if old else None
+    if old_folder is not None and old_folder != folder and old_folder.is_dir() and not folder.exists():
+        return old_folder
+    return folder
 
 
 class RunsModel(QAbstractTableModel):
