@@ -37,6 +37,7 @@ from . import actions
 from . import views as view_registry
 from .actions import icon
 from .colors import algorithm_label
+from .elided import ElidedLabel, ElidingStatusBar
 from .experiment_panel import ExperimentPanel
 from .file_actions import FileActions
 from .run_controller import RunController, RunState, _html
@@ -235,10 +236,14 @@ class MainWindow(QMainWindow):
 
     # -- construction --------------------------------------------------------------------------------
     def _build_toolbar_progress(self) -> None:
-        """The progress bar and its label, in the toolbar between the run and the file buttons."""
+        """The progress bar, its label (iterations, rate, ETA) and the cost meter, in the toolbar after the run and
+        the file buttons. The buttons keep their size; the progress area takes the rest of the row and its texts
+        elide (whole in their tooltips), so nothing is pushed off a small laptop's screen (1366x768)."""
         bar = self.toolbar
         bar.widgetForAction(self.act_start).setObjectName("StartButton")
         box = QWidget()
+        box.setObjectName("ProgressArea")
+        box.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         row = QHBoxLayout(box)
         row.setContentsMargins(8, 0, 8, 0)
         row.setSpacing(10)
@@ -246,23 +251,27 @@ class MainWindow(QMainWindow):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("%p%")
-        self.progress.setMinimumWidth(220)
+        self.progress.setMinimumWidth(80)
+        self.progress.setMaximumWidth(200)
         self.progress.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.progress_label = QLabel("Ready")
+        # elided in the middle: the iteration count at the start and the ETA at the end stay in view
+        self.progress_label = ElidedLabel("Ready", Qt.TextElideMode.ElideMiddle, min_chars=24)
         self.progress_label.setProperty("hint", True)
-        self.progress_label.setMinimumWidth(300)
+        self.progress_label.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         # the cost meter (core/training/cost.py): time and memory per meta-step; the tooltip has the expected cost of
         # more inner steps
-        self.cost_label = QLabel("")
+        self.cost_label = ElidedLabel("", min_chars=10)
         self.cost_label.setProperty("hint", True)
+        self.cost_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
         row.addWidget(self.progress, 1)
-        row.addWidget(self.progress_label)
-        row.addWidget(self.cost_label)
-        bar.insertWidget(self.act_import, box)
-        bar.insertSeparator(self.act_import)
+        row.addWidget(self.progress_label, 3)
+        row.addWidget(self.cost_label, 2)
+        bar.addSeparator()
+        bar.addWidget(box)
 
     def _build_status_bar(self) -> None:
-        status = self.statusBar()
+        status = ElidingStatusBar()  # a long message elides before the "Run folder:" link instead of overlapping it
+        self.setStatusBar(status)
         status.setSizeGripEnabled(False)
         self.state_label = QLabel()
         self.state_label.setTextFormat(Qt.TextFormat.RichText)

@@ -427,6 +427,8 @@ class PlaygroundView(QWidget):
         self.undo_button = QPushButton("Undo")
         self.undo_button.setToolTip("Undo the last change (Ctrl+Z)")
         self.undo_button.clicked.connect(self.undo)
+        # never narrower than its caption (the side panel's minimum width squeezed it to "andom tas")
+        self.random_button.setMinimumWidth(self.random_button.fontMetrics().horizontalAdvance("Random task") + 28)
         buttons = QHBoxLayout()
         buttons.setSpacing(6)
         buttons.addWidget(self.random_button, 2)
@@ -841,7 +843,8 @@ class PlaygroundView(QWidget):
         legend.addItem(pg.ScatterPlotItem(brush=pg.mkBrush(POINT_COLOR), pen=pg.mkPen("w"), size=9),
                        "support points")
         entries = len(self.inits) + (1 if self.inits else 0) + 2
-        legend.setColumnCount(entries if entries <= 5 else (entries + 1) // 2)  # one or two rows
+        # one row while it fits beside the plot's narrowest width, else two ("true function" was cut at 1366x768)
+        legend.setColumnCount(entries if entries <= 3 else (entries + 1) // 2)
 
     def _invalidate(self, keys=None) -> None:
         for key in list(self.inits if keys is None else keys):
