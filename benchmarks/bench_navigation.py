@@ -1,18 +1,30 @@
 """Time one MAML meta-step on 2-D navigation (20 goals x 20 trajectories x 100 steps, one inner policy-gradient
-step, second order) in the engine, vectorized over goals x trajectories, against the same meta-step written as a
-per-task, per-environment loop in the style of the public MAML-RL ports (one environment stepped at a time, one
-policy call per observation, each task's surrogate and inner step by autograd), and print the ratio.
+step, second order), in one process, three ways and against the arithmetic lower bound:
 
-Both compute the same meta-gradient from the same action noise; each round prints their largest relative
-difference. Engine and loop alternate round by round so machine noise hits both alike.
+* the engine: the rollout loop over time steps (tasks x trajectories at once), the explicit policy gradient and
+  Hessian-vector product on the rollout's activations (core/rl/policy_grad.py);
+* the engine's autograd route (what it took before the explicit path, and still takes for other policies):
+  log-probabilities recomputed and differentiated through the inner step by a double-backward graph;
+* a per-task, per-environment loop in the style of the public MAML-RL ports (one environment stepped at a time,
+  one policy call per observation, each task's surrogate and inner step by autograd);
+* the lower bound: the policy's multiply-adds over every step of the meta-iteration (the forward pass of both
+  samplings, the backward pass of both surrogates, the Hessian-vector product's R-forward and R-backward passes)
+  divided by this CPU's matmul throughput at those shapes, measured here (a rollout step's matmuls; the
+  surrogate's [rows, 100] x [100, 100] and [100, rows] x [rows, 100]).
 
-    python benchmarks/bench_navigation.py [--rounds 3] [--threads 1] [--goals 20] [--trajectories 20]
+All compute the same meta-gradient from the same action noise; each round prints their largest relative
+difference. The ways alternate round by round so machine noise hits them alike; the summary takes each one's
+fastest round (the least disturbed by other work on a shared machine). The CPU model is printed (lscpu).
+
+    python benchmarks/bench_navigation.py [--rounds 3] [--threads 1] [--goals 20] [--trajectories 20] [--no-loop]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import platform
+import subprocess
 import time
 from collections import OrderedDict
 
@@ -21,6 +33,7 @@ import torch
 
 from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
 from maml_lab.core.rl.policy import GaussianMLPPolicy
+from maml_lab.core.rl.policy_grad import PolicyGradient
 from maml_lab.core.tasks.navigation import QUERY_CALL, NavigationFamily
 
 
@@ -91,12 +104,80 @@ def loop_meta_gradient(env, batch, theta, lr):
     return total
 
 
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def best_time(fn, repeat: int = 7) -> float:
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def lower_bound(policy, goals: int, trajectories: int, horizon: int, dtype=torch.float32) -> dict:
+    """Multiply-adds of one second-order meta-step with one inner step, and the time they take at the throughput
+    this CPU reaches at the shapes involved (the rollout's step-by-step matmuls and the surrogates' full ones)."""
+    sizes = policy.sizes
+    fwd = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))  # one forward pass, per state
+    inner = sum(a * b for a, b in zip(sizes[1:-1], sizes[2:]))  # layers whose input gradient is needed
+    rows = goals * trajectories * horizon  # states per sampling
+    sampling = 2 * rows * fwd  # pre- and post-update rollouts
+    backward = 2 * rows * (fwd + inner)  # weight gradients and deltas of both surrogates
+    hvp = rows * ((fwd + inner) + (fwd + inner) + 2 * inner)  # R-forward, R-weight gradients, R-deltas
+    width = max(sizes[1:-1])
+    step_x = torch.randn(goals * trajectories, width, dtype=dtype)
+    big_x = torch.randn(rows, width, dtype=dtype)
+    w = torch.randn(width, width, dtype=dtype)
+    step_rate = goals * trajectories * width * width / best_time(lambda: step_x @ w, 50)
+    big_rate = rows * width * width / (0.5 * best_time(lambda: big_x @ w) + 0.5 * best_time(lambda: big_x.t() @ big_x))
+    seconds = sampling / step_rate + (backward + hvp) / big_rate
+    return {"macs": sampling + backward + hvp, "sampling": sampling, "surrogates": backward + hvp,
+            "step_gflops": 2 * step_rate / 1e9, "big_gflops": 2 * big_rate / 1e9, "seconds": seconds}
+
+
+def engine_parts(env, policy, theta, batch, lr: float) -> dict:
+    """The engine's meta-step in its parts, each at its fastest of a few runs (seconds)."""
+    explicit = PolicyGradient(policy)
+    b = batch.num_tasks
+    theta = OrderedDict((k, v.detach()) for k, v in theta.items())
+    pre_noise = env.noise(batch.seed, batch.task_ids, 0, batch.shots)
+    pre = env.rollout(policy, theta, batch.goals, pre_noise)
+    inner, at_theta = batch._explicit_pass(explicit, theta, pre)
+    fast = OrderedDict((k, v - lr * g) for (k, v), g in zip(theta.items(), inner))
+    post_noise = env.noise(batch.seed, batch.task_ids, QUERY_CALL, batch.queries)
+    post = env.rollout(policy, fast, batch.goals, post_noise)
+    v, _ = batch._explicit_pass(explicit, fast, post, 1.0 / b)
+    actions = pre.activations.flat(pre.activations.actions)
+    return {
+        "action noise (2 samplings)": 2 * best_time(lambda: env.noise(batch.seed, batch.task_ids, 0, batch.shots)),
+        "rollouts (theta shared, then phi per goal)": best_time(lambda: env.rollout(policy, theta, batch.goals,
+                                                                                    pre_noise))
+        + best_time(lambda: env.rollout(policy, fast, batch.goals, post_noise)),
+        "returns, baseline fits, advantages (2)": 2 * best_time(lambda: batch.step_weights(post)),
+        "surrogate gradients (2)": best_time(lambda: batch._explicit_pass(explicit, theta, pre))
+        + best_time(lambda: batch._explicit_pass(explicit, fast, post, 1.0 / b)),
+        "Hessian-vector product": best_time(lambda: explicit.hvp(theta, at_theta, actions, v)),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--goals", type=int, default=20)
     parser.add_argument("--trajectories", type=int, default=20)
+    parser.add_argument("--no-loop", action="store_true", help="leave out the (slow) per-environment loop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     env = NavigationFamily()
@@ -104,22 +185,45 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     theta = policy.init_params(gen)
     algo = make_algorithm(policy, "policy_gradient", AlgorithmConfig.defaults("maml", task="navigation"))
-    engine_s, loop_s = [], []
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {args.threads} thread(s)")
+    times: dict[str, list[float]] = {"engine": [], "autograd": [], "loop": []}
     for r in range(args.rounds):
         batch = env.sample(args.goals, args.trajectories, args.trajectories, gen)
-        leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items())
-        t0 = time.perf_counter()
-        grads = algo.meta_gradient(leaves, batch, first_order=False)[0]
-        engine_s.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        expect = loop_meta_gradient(env, batch, theta, algo.config.inner_lr)
-        loop_s.append(time.perf_counter() - t0)
-        worst = max(float((g - e).abs().max() / (e.abs().max() + 1e-12)) for g, e in zip(grads, expect))
-        print(f"round {r + 1}: engine {engine_s[-1]:.3f} s, per-task per-environment loop {loop_s[-1]:.3f} s, "
-              f"max relative difference of the meta-gradients {worst:.1e}")
-    e, lp = statistics.median(engine_s), statistics.median(loop_s)
+        results = {}
+        for way in ("engine", "autograd", "loop"):
+            if way == "loop" and args.no_loop:
+                continue
+            t0 = time.perf_counter()
+            if way == "loop":
+                results[way] = loop_meta_gradient(env, batch, theta, algo.config.inner_lr)
+            else:
+                if way == "autograd":  # the batch without its explicit path: objective_meta_gradient's autograd
+                    batch.explicit_meta_gradient = lambda *a, **k: None
+                leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items())
+                results[way] = algo.meta_gradient(leaves, batch, first_order=False)[0]
+                batch.__dict__.pop("explicit_meta_gradient", None)
+            times[way].append(time.perf_counter() - t0)
+        ref = results["engine"]
+        diffs = ", ".join(f"{way} {max(float((g - e).abs().max() / (e.abs().max() + 1e-12)) for g, e in zip(ref, got)):.1e}"
+                          for way, got in results.items() if way != "engine")
+        print(f"round {r + 1}: " + ", ".join(f"{way} {times[way][-1]:.3f} s" for way in results)
+              + f"; max relative difference of the meta-gradient from the engine's: {diffs}")
+    best = {way: min(ts) for way, ts in times.items() if ts}
+    bound = lower_bound(policy, args.goals, args.trajectories, env.horizon)
     print(f"one MAML meta-step, {args.goals} goals x {args.trajectories} trajectories x {env.horizon} steps, "
-          f"{args.threads} thread(s): engine {e:.3f} s, loop {lp:.3f} s, speed-up {lp / e:.1f}x")
+          f"second order, fastest of {args.rounds} round(s):")
+    print(f"  engine {best['engine']:.3f} s; autograd route {best['autograd']:.3f} s "
+          f"({best['autograd'] / best['engine']:.1f}x the engine)"
+          + (f"; per-environment loop {best['loop']:.3f} s ({best['loop'] / best['engine']:.1f}x)" if "loop" in best
+             else ""))
+    print(f"  lower bound: {bound['macs'] / 1e9:.2f} G multiply-adds ({bound['sampling'] / 1e9:.2f} G sampling at "
+          f"{bound['step_gflops']:.0f} GFLOP/s, {bound['surrogates'] / 1e9:.2f} G surrogate gradients and "
+          f"Hessian-vector product at {bound['big_gflops']:.0f} GFLOP/s) = {bound['seconds']:.3f} s; "
+          f"engine / bound = {best['engine'] / bound['seconds']:.2f}")
+    parts = engine_parts(env, policy, theta, env.sample(args.goals, args.trajectories, args.trajectories, gen),
+                         algo.config.inner_lr)
+    print("  the engine's parts (each at its fastest): " + "; ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
+          + f"; sum {sum(parts.values()) * 1e3:.0f} ms")
 
 
 if __name__ == "__main__":

@@ -145,54 +145,65 @@ class NavigationFamily:
         noise [B, N, T, 2] (standard normal; the action is mean + exp(log_std) * noise). Not differentiated.
 
         One loop over the time steps; each step is the policy's layers on all B x N positions (a matmul each,
-        tasks folded into the rows where the parameters are shared) and the environment's step, written into
-        preallocated buffers. The rewards and the mask are computed after the loop from the recorded positions
-        and terminations, and the loop stops early once every episode has ended (the remaining steps are masked:
-        position frozen, action and reward zero). For the ReLU policy the hidden activations and the means are
-        kept (`Trajectories.activations`): the explicit policy gradient (core/rl/policy_grad.py) reuses them."""
+        tasks folded into the rows where the parameters are shared) and the move, written into preallocated
+        buffers. Terminations, rewards, the mask and the frozen positions after an episode's end are computed
+        after the loop from the recorded positions, and the loop stops once every episode has ended. Steps after
+        an episode's end are masked, as before; their actions are the policy's at the unfrozen position (or zero
+        after the loop stopped). For the ReLU policy the hidden activations and the means are kept
+        (`Trajectories.activations`): the explicit policy gradient (core/rl/policy_grad.py) reuses them."""
         b, n, horizon, _ = noise.shape
         with torch.no_grad():
             params = _collapse_shared({k: v.detach() for k, v in params.items()})
             layers = [(params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]) for i in range(policy.num_layers)]
-            keep = policy_grad.supported(policy)
+            keep = policy_grad.supported(policy)  # ReLU: keep the activations for the explicit gradient
             act = policy.mean_net._act
             std = torch.exp(policy.log_std(params, noise[:, :, 0]))
             goal = goals.view(b, 1, 2).to(noise)
-            steps = noise.new_zeros(b, horizon + 1, n, 2)  # positions before each step, then the end
-            actions = noise.new_zeros(b, horizon, n, 2)
-            done = torch.zeros(b, horizon, n, dtype=torch.bool, device=noise.device)
-            hidden = [noise.new_zeros(b, horizon, n, w.shape[-2]) for w, _ in layers[:-1]] if keep else []
-            means = noise.new_zeros(b, horizon, n, policy.action_dim) if keep else None
-            alive = torch.ones(b, n, 1, dtype=torch.bool, device=noise.device)
-            pos = steps[:, 0]
+            # positions as if no episode ended (`raw`, frozen after the loop), actions, activations: filled step by
+            # step (torch.empty: no time spent zeroing what is written anyway)
+            raw = noise.new_empty(b, horizon + 1, n, 2)
+            raw[:, 0] = 0
+            actions = noise.new_empty(b, horizon, n, 2)
+            hidden = [noise.new_empty(b, horizon, n, w.shape[-2]) for w, _ in layers[:-1]] if keep else []
+            means = noise.new_empty(b, horizon, n, policy.action_dim) if keep else None
+            ever = torch.zeros(b, n, dtype=torch.bool, device=noise.device)  # reached the goal at some step
+            ran = horizon
+            pos = raw[:, 0]
             for t in range(horizon):
                 h = pos
                 for i, (w, bias) in enumerate(layers):
                     h = _affine(h, w, bias)
                     if i < len(layers) - 1:
-                        h = act(h)
+                        h = h.clamp_min_(0) if keep else act(h)
                         if keep:
                             hidden[i][:, t] = h
                 if keep:
                     means[:, t] = h
-                a = torch.addcmul(h, std, noise[:, :, t])
-                actions[:, t] = a
-                new = pos + a.mul_(self.max_speed).clamp_(-self.max_speed, self.max_speed)
-                ended = ((new - goal).abs() < self.goal_tolerance).all(-1, keepdim=True)
-                done[:, t] = ended.squeeze(-1)
-                pos = torch.where(alive, new, pos)
-                steps[:, t + 1] = pos
-                alive = alive & ~ended
-                if t % 10 == 9 and t + 1 < horizon and not bool(alive.any()):
-                    steps[:, t + 2:] = pos.unsqueeze(1)
-                    break
-            # alive before step t: no termination before it; rewards from the positions after each step
-            live = torch.ones_like(done)
-            live[:, 1:] = ~done[:, :-1]
-            live = live.cummin(1).values.to(noise.dtype)  # after an early stop every episode has ended: all 0
-            reward = -(steps[:, 1:] - goal.unsqueeze(1)).pow(2).sum(-1).sqrt() * live
+                a = torch.addcmul(h, std, noise[:, :, t], out=actions[:, t])
+                pos = torch.add(pos, (a * self.max_speed).clamp_(-self.max_speed, self.max_speed), out=raw[:, t + 1])
+                if t % 10 == 9 and t + 1 < horizon:  # stop once every episode has ended
+                    ever |= ((raw[:, t - 8:t + 2] - goal.unsqueeze(1)).abs() < self.goal_tolerance).all(-1).any(1)
+                    if bool(ever.all()):
+                        ran = t + 1
+                        break
+            # the episode ends after the first step that lands within the tolerance; later steps are masked and the
+            # position stays where it ended
+            offset = raw[:, 1:ran + 1] - goal.unsqueeze(1)
+            ended = (offset.abs() < self.goal_tolerance).all(-1)  # [B, ran, N]
+            live = torch.zeros(b, horizon, n, dtype=noise.dtype, device=noise.device)
+            live[:, 0] = 1
+            live[:, 1:ran] = (~ended[:, :ran - 1]).cummin(1).values.to(noise.dtype)
+            reward = torch.zeros_like(live)
+            reward[:, :ran] = -offset.pow(2).sum(-1).sqrt() * live[:, :ran]
+            index = torch.arange(horizon + 1, device=noise.device).view(1, -1, 1)
+            index = torch.minimum(index, live.sum(1, keepdim=True).long())  # step t's position: raw[min(t, length)]
+            steps = raw.gather(1, index.unsqueeze(-1).expand(b, horizon + 1, n, 2))
+            if ran < horizon:  # stopped early: nothing was computed after `ran`
+                for buffer in (actions, *hidden, *([means] if keep else [])):
+                    buffer[:, ran:] = 0
             out = Trajectories(steps[:, :-1].transpose(1, 2).contiguous(), actions.transpose(1, 2).contiguous(),
-                               reward.transpose(1, 2).contiguous(), live.transpose(1, 2).contiguous(), pos.clone())
+                               reward.transpose(1, 2).contiguous(), live.transpose(1, 2).contiguous(),
+                               steps[:, -1].clone())
             if keep:
                 out.activations = StepActivations(steps[:, :-1], actions, hidden, means, live)
             return out
