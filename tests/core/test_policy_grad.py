@@ -123,13 +123,13 @@ def test_explicit_gradient_and_hessian_vector_product_equal_autograd(shared):
     mine, p = explicit.run(params, obs, actions, c, summed=True)
     for name, g, e in zip(params, grads, mine):
         assert torch.allclose(g.sum(0) if not shared else g, e, rtol=1e-10, atol=1e-12), name
-    for name, h, e in zip(params, hv, explicit.hvp(params, p, actions, direction, summed=True)):
+    for name, h, e in zip(params, hv, explicit.hvp(params, p, direction, summed=True)):
         assert torch.allclose(h.sum(0) if not shared else h, e, rtol=1e-10, atol=1e-12), name
     if not shared:  # per task, not summed
         mine, p = explicit.run(params, obs, actions, c)
         for name, g, e in zip(params, grads, mine):
             assert torch.allclose(g, e, rtol=1e-10, atol=1e-12), name
-        for name, h, e in zip(params, hv, explicit.hvp(params, p, actions, direction, summed=False)):
+        for name, h, e in zip(params, hv, explicit.hvp(params, p, direction, summed=False)):
             assert torch.allclose(h, e, rtol=1e-10, atol=1e-12), name
 
 

@@ -308,14 +308,15 @@ class NavigationBatch(ObjectiveBatch):
         count = traj.mask.sum((1, 2), keepdim=True).clamp_min(1)
         return adv * traj.mask / count
 
-    def _explicit_pass(self, explicit, params, traj: Trajectories, scale: float = 1.0, summed: bool = False):
+    def _explicit_pass(self, explicit, params, traj: Trajectories, scale: float = 1.0, summed: bool = False,
+                       keep: bool = True):
         """explicit.run on a rollout's samples, reusing its activations (rows step-major, as the rollout keeps them)."""
         act = traj.activations
         c = self.step_weights(traj).transpose(1, 2).reshape(self.num_tasks, -1)
         if scale != 1.0:
             c = c * scale
         return explicit.run(params, act.flat(act.obs), act.flat(act.actions), c, summed=summed,
-                            forward=([act.flat(h) for h in act.hidden], act.flat(act.means)))
+                            forward=([act.flat(h) for h in act.hidden], act.flat(act.means)), keep=keep)
 
     def explicit_meta_gradient(self, model, params, lr: float, first_order: bool):
         """MAML's (first_order: FOMAML's) meta-gradient with one inner step, as objective_meta_gradient computes it
@@ -334,9 +335,9 @@ class NavigationBatch(ObjectiveBatch):
         inner, at_theta = self._explicit_pass(explicit, theta, pre)
         fast = OrderedDict((k, v - lr * g) for (k, v), g in zip(theta.items(), inner))
         post = self.trajectories(model, fast, QUERY_CALL, self.queries)
-        v, _ = self._explicit_pass(explicit, fast, post, 1.0 / b, summed=first_order)
+        v, _ = self._explicit_pass(explicit, fast, post, 1.0 / b, summed=first_order, keep=False)
         if not first_order:
-            hv = explicit.hvp(theta, at_theta, pre.activations.flat(pre.activations.actions), v)
+            hv = explicit.hvp(theta, at_theta, v)
             v = [vi.sum(0) - lr * h for vi, h in zip(v, hv)]
         post_cost = -post.returns.mean(1)
         return v, post_cost.mean(), AdaptResult(fast, [-pre.returns.mean(1)]), None
