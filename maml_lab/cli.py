@@ -451,22 +451,26 @@ def _failed(session, exc: BaseException) -> int:
 
 
 def _plugin_in(exc: BaseException) -> str | None:
-    """"algorithm 'name' (from dist)" when a plug-in's code is on the exception's traceback, else None."""
+    """"algorithm 'name' (from dist)" when a plug-in's code is on the exception's traceback (the entry whose class
+    the failing method belongs to, where one package holds several), else None."""
     from .core.algorithms.registry import ALGORITHMS
     from .core.registry import BUILTIN
     from .core.tasks.registry import TASKS
 
-    owners = {}
-    for registry in (ALGORITHMS, TASKS):
-        for e in registry.entries():
-            if e.source != BUILTIN:
-                owners[e.reference.partition(":")[0].split(".")[0]] = f"{registry.kind} {e.name!r} (from {e.source})"
+    plugins = [(registry.kind, e) for registry in (ALGORITHMS, TASKS) for e in registry.entries()
+               if e.source != BUILTIN]
     tb, found = exc.__traceback__, None
     while tb is not None:
-        module = str(tb.tb_frame.f_globals.get("__name__", ""))
-        owner = owners.get(module.split(".")[0])
-        if owner is not None:
-            found = owner
+        package = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
+        mine = [(kind, e) for kind, e in plugins if e.reference.partition(":")[0].split(".")[0] == package]
+        if mine:
+            this = tb.tb_frame.f_locals.get("self")
+            exact = [(kind, e) for kind, e in mine if this is not None and type(this) is e.obj]
+            if exact or len(mine) == 1:
+                kind, e = (exact or mine)[0]
+                found = f"{kind} {e.name!r} (from {e.source})"
+            elif found is None:
+                found = f"from {mine[0][1].source}"
         tb = tb.tb_next
     return found
 

@@ -42,7 +42,7 @@ _TEMPORARY = ".*.tmp"  # what export._atomic_write names its temporary files: .<
 def failure_text(exc: BaseException) -> str:
     """A write failure in one line: "No space left on device: runs/x/metrics.csv" rather than a repr."""
     if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+        return f"{exc.strerror}: {os.fsdecode(exc.filename)}" if exc.filename else exc.strerror
     text = str(exc).splitlines()[0] if str(exc) else ""
     found = re.search(r'message: "([^"]+)"', text)  # safetensors wraps the OS error: IoError(Os { .. message: ".." })
     if found:
