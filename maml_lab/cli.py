@@ -271,9 +271,12 @@ class _Progress:
     def __call__(self, p) -> None:  # a lab.session.Progress
         if self.quiet:
             return
+        if p.state == "starting":  # what runs before the first iteration, named while it runs
+            self.stage(p.stage)
+            return
         now = time.monotonic()
         final = p.final
-        if not final and now - self.last < self.interval:
+        if not final and now - self.last < self.interval and p.iteration != 1:
             return
         self.last = now
         losses = "  ".join(_metrics_text(n, m, p.val.get(n, {})) for n, m in p.metrics.items())
@@ -288,6 +291,13 @@ class _Progress:
             sys.stderr.write("\r" + line[:200].ljust(120) + ("\n" if final else ""))
         elif not final:
             sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def stage(self, what: str) -> None:
+        """A step before the first iteration ("building the model", "first meta-iteration"), as it starts."""
+        if self.quiet:
+            return
+        sys.stderr.write(f"\r{what}…".ljust(120) if self.tty else f"{what}…\n")
         sys.stderr.flush()
 
 
@@ -330,7 +340,8 @@ def _start_session(args, world, main_rank: bool):
         if not main_rank:
             return TrainingSession(config, world=world, record_every=0), {}
         folder = TrainingSession.create_folder(config, args.run_dir, outs=outs)
-        session = TrainingSession(config, family=_load_family(config, args.quiet), world=world, record_every=0)
+        session = TrainingSession(config, family=_load_family(config, args.quiet), world=world, record_every=0,
+                                  preparing=_Progress(args.quiet).stage)
         session.attach_folder(folder, args.checkpoint_every)
         return session, outs
     if args.config is not None or args.run_dir is not None or getattr(args, "preset", None):
@@ -347,7 +358,8 @@ def _start_session(args, world, main_rank: bool):
     session = TrainingSession.resume(folder.path, config, args.checkpoint_every, attach=main_rank,
                                      restart=args.restart,
                                      notice=lambda text: print(f"maml-lab: {text}", file=sys.stderr),
-                                     family=_load_family(config, args.quiet), world=world, record_every=0)
+                                     family=_load_family(config, args.quiet), world=world, record_every=0,
+                                     preparing=_Progress(args.quiet).stage)
     if not main_rank:
         return session, {}
     folder = session.folder
@@ -490,7 +502,7 @@ def _finish(args, session, state, outs) -> int:
             if name in trainer.cost.costs:
                 from .core.training.cost import cost_details
 
-                print(cost_details(f"{name} cost", trainer.cost.costs[name].as_dict()), file=sys.stderr)
+                print(cost_details(f"{name} cost", trainer.cost.costs[name].as_dict(), ended=True), file=sys.stderr)
         if name in outs:
             session.export({name: outs[name]})
             print(f"exported {name} to {outs[name]}")

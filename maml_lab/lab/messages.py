@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 class RunStatus:
     """Where a run stands: what every progress message says."""
 
-    state: str  # running, paused, finished, stopped, diverged, failed
+    state: str  # starting (before a run's first iteration ends), running, paused, finished, stopped, diverged, failed
     iteration: int
     total: int
     tasks_per_s: float
@@ -26,17 +26,20 @@ class Progress(RunStatus):
     metrics: dict = field(default_factory=dict)  # algorithm -> TRAIN_FIELDS (+ "iteration") of this iteration
     val: dict = field(default_factory=dict)  # algorithm -> VAL_FIELDS (+ "iteration"), when it validated
     # algorithm -> the cost meter's numbers (core.training.cost.AlgorithmCost.as_dict(): metrics.COST_FIELDS, the
-    # memory kind, the trained inner steps)
+    # memory kind, the trained inner steps, the forecast's state)
     cost: dict = field(default_factory=dict)
+    stage: str = ""  # state "starting": what runs now before the first iteration ("first meta-iteration")
 
     @classmethod
     def from_trainer(cls, p: dict) -> "Progress":
+        """From the Trainer's callback dict: rate, ETA and cost as the Trainer computed them (never again)."""
         return cls(p["state"], p["iteration"], p["total"], p["tasks_per_s"], p["eta_s"], p["elapsed_s"],
-                   p.get("reason", ""), p.get("metrics") or {}, p.get("val") or {}, p.get("cost") or {})
+                   p.get("reason", ""), p.get("metrics") or {}, p.get("val") or {}, p.get("cost") or {},
+                   p.get("stage", ""))
 
     @property
     def final(self) -> bool:
-        return self.state != "running"
+        return self.state not in ("running", "starting")
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,14 @@ class Loading:
 
     done: int
     total: int
+
+
+@dataclass(frozen=True)
+class Preparing:
+    """What runs before training's first iteration, named while it runs (after loading: "building the model", then
+    "first meta-iteration"), for the progress area."""
+
+    what: str
 
 
 @dataclass(frozen=True)

@@ -35,16 +35,21 @@ class TrainingSession:
     """One meta-training run: its Trainer, its run folder (optional) and its exports."""
 
     def __init__(self, config: ExperimentConfig, family=None, initial_params=None, world=None, record_every: int = 1,
-                 loading: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None):
+                 loading: Callable[[int, int], None] | None = None, cancel: Callable[[], bool] | None = None,
+                 preparing: Callable[[str], None] | None = None):
         """Build the task family (image sets load here: `loading(done, total)`, `cancel()` stops it) and the
-        Trainer. No files are written until a run folder is attached."""
+        Trainer (`preparing("building the model")` names that step while it runs). No files are written until a
+        run folder is attached."""
         config.validate()
         self.config = config
         if family is None:
             family = make_family(config, progress=loading, cancel=cancel)
+        if preparing is not None:
+            preparing("building the model")
         self.trainer = Trainer(config, family=family, initial_params=initial_params, record_every=record_every,
                                world=world)
-        self.trainer.cost.probe = True  # the CLI and the app show the expected cost of more inner steps
+        self.trainer.cost.probe = True  # the CLI and the app show the expected cost of more inner steps (off the
+        # critical path: measured between steps within a small share of the training time, cost.py)
         self.folder: RunFolder | None = None
         self.logger: RunLogger | None = None
         self.resumed_at: int | None = None  # the checkpoint's iteration when this session continues a run
@@ -151,7 +156,8 @@ class TrainingSession:
 
     # -- running ------------------------------------------------------------------------------------------
     def run(self, callback: Callable[[Progress], None] | None = None, iterations: int | None = None) -> str:
-        """Train to the end (or `iterations` more) unless stopped; returns the final state."""
+        """Train to the end (or `iterations` more) unless stopped; returns the final state. The callback hears
+        Progress after every iteration (first a "starting" one naming the first meta-iteration)."""
         report = (lambda p: callback(Progress.from_trainer(p))) if callback is not None else None
         return self.trainer.run(iterations, callback=report, report_every=1)
 

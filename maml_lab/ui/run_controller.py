@@ -16,7 +16,7 @@ from ..core.tasks.registry import TASKS, task_family
 from ..core.training.config import ExperimentConfig
 from ..core.training.cost import cost_brief, cost_details
 from ..core.training.runs import RunFolder, RunFolderError
-from ..lab.messages import Loading, RunEnded, RunProgress, RunStarted, Snapshot
+from ..lab.messages import Loading, Preparing, RunEnded, RunProgress, RunStarted, Snapshot
 from ..lab.run_library import open_run as read_run
 from .colors import algorithm_label
 
@@ -242,8 +242,14 @@ class RunController:
         if not self.w.act_export.isEnabled():
             self.w._sync_actions()
 
-    def _on_loading(self, info: Loading) -> None:
-        """The image set loads (off the GUI thread) before training starts."""
+    def _on_loading(self, info: Loading | Preparing) -> None:
+        """The image set loads (off the GUI thread) before training starts; then what else runs before the first
+        iteration is named (a busy bar)."""
+        if isinstance(info, Preparing):
+            if self.state is RunState.STARTING or self.running and self.last_progress is None:
+                self.w.progress.setRange(0, 0)
+                self.w.progress_label.setText(f"{info.what[:1].upper()}{info.what[1:]}…")
+            return
         if self.state is not RunState.STARTING:
             return
         total = max(info.total, 1)

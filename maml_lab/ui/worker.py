@@ -2,9 +2,11 @@
 
 Everything the worker says reaches the UI through queued signals; it never touches a widget. The
 Trainer calls back after every iteration; the worker batches those metrics and emits at most
-`progress_hz` progress signals per second and a parameter snapshot every `snapshot_interval` seconds,
-so the GUI's work does not grow with the training speed. Every `paths_interval` seconds (and at the end)
-it also hands over copies of the recorded parameter paths (ui.inside.RunPaths) for the looking-inside views.
+`progress_hz` progress signals per second (the first iteration's at once; rate, ETA and cost as the Trainer
+computed them) and a parameter snapshot every `snapshot_interval` seconds, so the GUI's work does not grow with
+the training speed. Before the first iteration it names what runs (lab.messages.Preparing on `loading`).
+Every `paths_interval` seconds (and at the end) it also hands over copies of the recorded parameter paths
+(ui.inside.RunPaths) for the looking-inside views.
 Each run sets the worker thread's torch threads by its task family (lab/threads.py: image tasks take every
 core up to 4, small-op families one per two cores) and puts the app's default back when it ends.
 pause/resume/stop are thread-safe calls straight into the Trainer (the worker thread is busy inside
@@ -32,7 +34,7 @@ from ..core.tasks.imagesets import LoadCancelled as _LoadCancelled
 from ..core.training.metrics import TRAIN_FIELDS, VAL_FIELDS
 from ..core.training.runs import RunFolder
 from ..lab import threads as thread_policy
-from ..lab.messages import Loading, RunEnded, RunProgress, RunStarted, Snapshot
+from ..lab.messages import Loading, Preparing, RunEnded, RunProgress, RunStarted, Snapshot
 from ..lab.session import CHECKPOINT_EVERY
 
 PATHS_BUDGET_BYTES = 512 * 2**20  # all recorded parameter paths of a run together (MLPs never come close)
@@ -49,7 +51,7 @@ class TrainingWorker(QObject):
     paths = Signal(object)  # lab.inside.RunPaths: copies of the recorded parameter paths (every paths_interval s)
     finished = Signal(object)  # RunEnded
     failed = Signal(str)  # an exception in the worker: one-line message
-    loading = Signal(object)  # Loading: the image set loading before training starts
+    loading = Signal(object)  # Loading (the image set loads), then Preparing (what runs before the first iteration)
     refused = Signal(str)  # a resume that could not start (broken folder, another experiment's checkpoint)
 
     def __init__(self, progress_hz: float = 30.0, snapshot_interval: float = 0.15, paths_interval: float = 1.0):
@@ -66,7 +68,7 @@ class TrainingWorker(QObject):
         self._pending: dict = {}
         self._pending_val: dict = {}
         self._latest: dict = {}
-        self._rate = 0.0
+        self._last: dict = {}  # the Trainer's latest progress (rate, ETA, cost: computed there, sent as they are)
         self._last_loading = 0.0
 
     # -- thread-safe control (called from the GUI thread) --------------------------------------------
@@ -112,7 +114,8 @@ class TrainingWorker(QObject):
                 try:  # anything wrong with the folder, its image set or its checkpoint: refused, nothing changed
                     config = RunFolder.open(resume).config()
                     session = TrainingSession.resume(resume, config, self.checkpoint_every, loading=self._loading,
-                                                     cancel=self._cancelled, fresh_if_empty=True)
+                                                     cancel=self._cancelled, fresh_if_empty=True,
+                                                     preparing=self._preparing)
                 except _LoadCancelled:
                     raise
                 except Exception as exc:  # noqa: BLE001
@@ -120,7 +123,7 @@ class TrainingWorker(QObject):
                     return
             else:
                 session = TrainingSession(config, initial_params=options.get("initial_params"), loading=self._loading,
-                                          cancel=self._cancelled)
+                                          cancel=self._cancelled, preparing=self._preparing)
             trainer = session.trainer
             thread_policy.set_for_this_thread(thread_policy.training_threads(config.task))  # lab/threads.py
             trainer.val_budget = VAL_BUDGET
@@ -217,6 +220,10 @@ class TrainingWorker(QObject):
             self._last_loading = now
             self.loading.emit(Loading(int(done), int(total)))
 
+    def _preparing(self, what: str) -> None:
+        """A step before the first iteration ("building the model", "first meta-iteration"), as it starts."""
+        self.loading.emit(Preparing(what))
+
     def _cancelled(self) -> bool:
         return self._stop_requested
 
@@ -224,20 +231,20 @@ class TrainingWorker(QObject):
         self._pending = {name: {k: [] for k in ("iteration", *TRAIN_FIELDS)} for name in trainer.runs}
         self._pending_val = {name: {k: [] for k in ("iteration", *VAL_FIELDS)} for name in trainer.runs}
         self._latest: dict = {}
+        self._last = {}
         now = time.perf_counter()
         self._last_progress = now
         self._last_snapshot = now
         self._last_paths = now
-        self._rate_t = now
-        self._rate_iter = trainer.iteration
-        self._rate = 0.0
 
     def _callback(self, trainer):
-        batch_size = trainer.config.meta_batch_size
-
         def on_progress(p: dict) -> None:
             if self._stop_requested:
                 trainer.stop()  # a stop() that came before Trainer.run had started
+            if p["state"] == "starting":
+                self._preparing(p["stage"])
+                return
+            self._last = p
             for name, m in p["metrics"].items():
                 cols = self._pending[name]
                 cols["iteration"].append(m["iteration"])
@@ -255,11 +262,7 @@ class TrainingWorker(QObject):
                 self._emit_snapshot(trainer)
                 self._emit_paths(trainer)
                 return
-            if now - self._rate_t >= 0.5:  # tasks/s over the last half second, smoothed
-                rate = (trainer.iteration - self._rate_iter) * batch_size / (now - self._rate_t)
-                self._rate = rate if self._rate == 0 else 0.6 * self._rate + 0.4 * rate
-                self._rate_t, self._rate_iter = now, trainer.iteration
-            if now - self._last_progress >= self.progress_interval:
+            if now - self._last_progress >= self.progress_interval or p["iteration"] == 1:
                 self._flush(trainer, "running", "", p)
             if now - self._last_snapshot >= self.snapshot_interval:
                 self._emit_snapshot(trainer)
@@ -278,16 +281,12 @@ class TrainingWorker(QObject):
                                     if "accuracy" not in k or any(math.isfinite(x) for x in v)}
                     for v in cols.values():
                         v.clear()
-        total = trainer.config.iterations
-        rate = self._rate if state == "running" else 0.0
-        elapsed = (p or {}).get("elapsed_s", 0.0)
-        if state == "running" and rate == 0.0 and elapsed > 0:  # before the first half-second window
-            rate = (trainer.iteration - self._rate_iter) * trainer.config.meta_batch_size / elapsed
-        per_task = trainer.config.meta_batch_size / rate if rate > 0 else 0.0
-        eta = (total - trainer.iteration) * per_task if rate > 0 else (p or {}).get("eta_s", 0.0)
+        p = p or self._last  # rate, ETA and cost as the Trainer computed them (a failure: its last progress)
+        rate = p.get("tasks_per_s", 0.0) if state == "running" else 0.0
         self._last_progress = time.perf_counter()
-        self.progress.emit(RunProgress(state, trainer.iteration, total, rate, eta, (p or {}).get("elapsed_s", 0.0),
-                                       reason, chunk, dict(self._latest), cost=trainer.cost.summary()))
+        self.progress.emit(RunProgress(state, trainer.iteration, trainer.config.iterations, rate, p.get("eta_s", 0.0),
+                                       p.get("elapsed_s", 0.0), reason, chunk, dict(self._latest),
+                                       cost=p.get("cost") or {}))
 
     def _emit_snapshot(self, trainer, only_if_finite: bool = False) -> None:
         self._last_snapshot = time.perf_counter()

@@ -62,6 +62,41 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors))).all())
 
 
+class Throughput:
+    """Tasks per second and the time left, for progress messages (computed here once; the CLI and the app show
+    them): the rate over windows of at least `window` seconds, smoothed (0.6 old, 0.4 new); before the first
+    window, the iterations so far over the active time."""
+
+    def __init__(self, tasks_per_iteration: int, iteration: int, window: float = 0.5, clock=time.perf_counter):
+        self.tasks = int(tasks_per_iteration)
+        self.window = window
+        self.clock = clock
+        self.rate = 0.0
+        self._start_iteration = iteration
+        self.restart(iteration)
+
+    def restart(self, iteration: int) -> None:
+        """A new window from here (after a pause: the paused time is no training)."""
+        self._t, self._iteration = self.clock(), iteration
+
+    def update(self, iteration: int, active: float) -> float:
+        now = self.clock()
+        if now - self._t >= self.window:
+            rate = (iteration - self._iteration) * self.tasks / (now - self._t)
+            self.rate = rate if self.rate == 0 else 0.6 * self.rate + 0.4 * rate
+            self._t, self._iteration = now, iteration
+        if self.rate == 0 and active > 0:
+            return (iteration - self._start_iteration) * self.tasks / active
+        return self.rate
+
+    def eta(self, iteration: int, target: int, rate: float, active: float) -> float:
+        """Seconds to `target`: at `rate`, else at the mean time per iteration so far."""
+        if rate > 0:
+            return (target - iteration) * self.tasks / rate
+        done = iteration - self._start_iteration
+        return active / done * (target - iteration) if done else 0.0
+
+
 @dataclass
 class Run:
     """One algorithm's state inside a Trainer. Its metrics are kept in bounded memory (metrics.MetricsLog: the
@@ -285,16 +320,15 @@ class Trainer:
         self.stop_reason = ""
         start_iteration = self.iteration
         active = 0.0
-        last_report = time.perf_counter()
-        report_iter = self.iteration
-        c = self.config
+        throughput = Throughput(self.config.meta_batch_size, self.iteration)
+        if callback is not None and self.iteration < target:  # named while it runs: the first step may take a while
+            self._emit(callback, throughput, active, 0.0, target, {}, stage="first meta-iteration")
         while self.iteration < target:
             if not self._running.is_set():
                 self.state = "paused"
-                self._emit(callback, start_iteration, active, 0.0, target, {})
+                self._emit(callback, throughput, active, 0.0, target, {})
                 self._running.wait()
-                last_report = time.perf_counter()
-                report_iter = self.iteration
+                throughput.restart(self.iteration)
                 self.state = "running"
             if self._stop.is_set():
                 break
@@ -304,38 +338,40 @@ class Trainer:
             except FloatingPointError as exc:
                 self.state = "diverged"
                 self.stop_reason = str(exc)
-                self._emit(callback, start_iteration, active, 0.0, target, {})
+                self._emit(callback, throughput, active, 0.0, target, {})
                 return self.state
             self.train_seconds += time.perf_counter() - t0
             val = self._scheduled_validation()
             for observer in self.observers:
                 observer.on_step(self, metrics, val)
-            active += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            active += took
+            self.cost.count_active(took)  # the cost meter's budget is a share of this
             done = self.iteration == target
+            rate = throughput.update(self.iteration, active)
             if callback is not None and (done or val or (self.iteration - start_iteration) % report_every == 0):
-                now = time.perf_counter()
-                rate = (self.iteration - report_iter) * c.meta_batch_size / max(now - last_report, 1e-9)
-                last_report, report_iter = now, self.iteration
-                self._emit(callback, start_iteration, active, rate, target, metrics, val)
+                self._emit(callback, throughput, active, rate, target, metrics, val)
         for name in self.recorders:  # paths end where the run ends
             self._record(name, self.iteration, self.runs[name].last_metrics, force=True)
         if self.iteration >= self.config.iterations:
             self.state = "finished"
+            self.cost.finish()  # the forecast a short run had no time for, when it is cheap
         else:
             self.state = "stopped"
             self.stop_reason = "stopped by the user" if self._stop.is_set() else ""
-        self._emit(callback, start_iteration, active, 0.0, target, {})
+        self._emit(callback, throughput, active, 0.0, target, {})
         return self.state
 
-    def _emit(self, callback, start_iteration, active, rate, target, metrics, val=None) -> None:
+    def _emit(self, callback, throughput, active, rate, target, metrics, val=None, stage: str = "") -> None:
+        """A progress message: rate, ETA and cost are computed here once (lab.messages.Progress carries them).
+        With `stage`: state "starting", what runs before the first iteration of this run() ends."""
         if callback is None:
             return
-        done = self.iteration - start_iteration
-        per_iter = active / done if done else 0.0
         callback({
-            "state": self.state, "iteration": self.iteration, "total": self.config.iterations,
-            "tasks_per_s": rate, "eta_s": per_iter * (target - self.iteration), "elapsed_s": active,
+            "state": "starting" if stage else self.state, "iteration": self.iteration, "total": self.config.iterations,
+            "tasks_per_s": rate, "eta_s": throughput.eta(self.iteration, target, rate, active), "elapsed_s": active,
             "metrics": metrics, "val": val or {}, "reason": self.stop_reason, "cost": self.cost.summary(),
+            "stage": stage,
         })
 
     # -- results --------------------------------------------------------------------------------------
