@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..core.training.checkpoint import CheckpointError, read_checkpoint, restore_checkpoint
 from ..core.training.config import ExperimentConfig
+from ..core.training.device import resolve_device
 from ..core.training.runs import RunFolder, RunFolderError, RunLogger, default_runs_root, new_run_name, unique_path
 from ..core.training.trainer import Trainer, make_family
 from .messages import Progress
@@ -45,6 +46,8 @@ class TrainingSession:
         if family is None:
             family = make_family(config, progress=loading, cancel=cancel)
         if preparing is not None:
+            if world is None:
+                resolve_device(config.device)  # a bad device name is bad input: its one line, before any progress
             preparing("building the model")
         self.trainer = Trainer(config, family=family, initial_params=initial_params, record_every=record_every,
                                world=world)
