@@ -16,6 +16,7 @@ preemption) into a clean stop: finish the iteration, checkpoint, export, status 
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,12 +65,32 @@ class TrainingSession:
                checkpoint_every: int = CHECKPOINT_EVERY, source: str = "cli", outs: dict | None = None,
                **kwargs) -> "TrainingSession":
         """A new run training into `run_dir` (default: a new folder under `runs_root`, else $MAML_LAB_RUNS or
-        ./runs). The folder is created before the family loads, so a bad path fails fast; this session holds its
+        ./runs). The path is checked before the family loads, so a bad path fails fast, but the folder is created
+        only once the family has loaded: a load that fails leaves nothing behind. This session holds the folder's
         lock until `close()` or the process's end."""
-        folder = cls.create_folder(config, run_dir, runs_root, source, outs)
+        cls.check_folder(run_dir, runs_root)
         session = cls(config, **kwargs)
+        folder = cls.create_folder(config, run_dir, runs_root, source, outs)
         session.attach_folder(folder, checkpoint_every)
         return session
+
+    @staticmethod
+    def check_folder(run_dir=None, runs_root=None) -> None:
+        """Raise RunFolderError if a run folder could not be created at `run_dir` (or under `runs_root`), without
+        creating anything: the path must be new or an empty folder, under a folder this process may write."""
+        path = Path(run_dir).expanduser() if run_dir is not None else (
+            Path(runs_root).expanduser() if runs_root is not None else default_runs_root())
+        if run_dir is not None and path.exists() and (not path.is_dir() or any(path.iterdir())):
+            if (path / "run.json").is_file():
+                raise RunFolderError(f"{path} already holds a run (resume it with --resume {path})")
+            raise RunFolderError(f"run folder {path} exists and is not empty")
+        existing = path.absolute()
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise RunFolderError(f"cannot create run folder {path}: {existing} is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise RunFolderError(f"cannot create run folder {path}: {existing} is not writable")
 
     @staticmethod
     def create_folder(config: ExperimentConfig, run_dir=None, runs_root=None, source: str = "cli",

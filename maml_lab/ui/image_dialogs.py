@@ -99,6 +99,11 @@ def report_html(image_set, problem: str = "", ways: int = 5) -> str:
                          + ", ".join(e(d) for d in r.dropped_classes[:REPORT_LIMIT]) + "</p>")
         for note in r.notes:
             parts.append(f"<p style='color:{MUTED}'>{e(note)}</p>")
+        if r.limits_text():
+            parts.append(f"<p style='color:{MUTED}'>Read as untrusted data, within these limits: "
+                         f"{e(r.limits_text())}. Files over them are skipped; for a set that truly is larger, "
+                         "train from the command line with --max-image-pixels, --max-file-bytes, --max-zip-ratio "
+                         "or --max-set-bytes.</p>")
     return "".join(parts)
 
 

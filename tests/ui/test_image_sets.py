@@ -5,6 +5,7 @@ local HTTP server (progress, checksum, no file left on failure, cancel)."""
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,7 @@ def test_open_folder_with_a_corrupt_file_shows_the_report(window, qtbot, tmp_pat
     empty = root / "Alphabet" / "character99"
     empty.mkdir()
     (empty / "only.png").write_bytes(b"\x89PNG truncated")
+    os.mkfifo(root / "Alphabet" / "character05" / "pipe.png")  # an untrusted set: never waited on, named
     window.panel.open_images.click()  # the panel's button opens the dialog too
     dialog = window.image_set_dialog
     assert dialog.isVisible()
@@ -57,7 +59,9 @@ def test_open_folder_with_a_corrupt_file_shows_the_report(window, qtbot, tmp_pat
     _wait(qtbot, dialog)
     text = dialog.report_text
     assert "12 classes, 72 images" in text
-    assert "Skipped files (2)" in text and "character03/broken.png" in text and "cannot decode" in text
+    assert "Skipped files (3)" in text and "character03/broken.png" in text and "cannot decode" in text
+    assert "character05/pipe.png" in text and "a FIFO (named pipe), not a regular file" in text
+    assert "within these limits: 25 M pixels an image" in text and "--max-set-bytes" in text
     assert "Dropped classes (1)" in text and "character99" in text
     assert "held out" in text and not dialog.error
     assert dialog.use_button.isEnabled()

@@ -133,8 +133,10 @@ def _resolve_data(data) -> Path | None:
 
 
 def load_images(data, image_size: int = 28, image_mode: str = "grayscale", progress=None, cancel=None,
-                invert: bool | None = None) -> ImageSet:
-    """The image set an experiment names: a zip or folder path, or None for the built-in glyph set."""
+                invert: bool | None = None, copies: float = 1.0) -> ImageSet:
+    """The image set an experiment names: a zip or folder path, or None for the built-in glyph set. A path is
+    read as untrusted, under the limits in effect (imagelimits.current_limits); `copies`: how many copies of the
+    decoded pixels the caller will hold, for the memory check made before decoding."""
     path = _resolve_data(data)
     if path is None:
         from .glyphs import GlyphConfig, load_glyphs
@@ -149,7 +151,31 @@ def load_images(data, image_size: int = 28, image_mode: str = "grayscale", progr
     if not path.exists():
         raise ValueError(f"image set not found: {path}")
     prep = Preprocessing(size=(int(image_size), int(image_size)), mode=image_mode, invert=invert)
-    return load_image_set(path, prep, progress=progress, cancel=cancel)
+    return load_image_set(path, prep, progress=progress, cancel=cancel, copies=copies)
+
+
+# copies of the decoded pixels while the families are built: the set, its train / held-out subsets, and with
+# rotations the three rotated blocks of the training classes and their concatenation (~0.7 of the set each)
+TRAINING_COPIES = {True: 7.0, False: 2.0}
+
+
+def check_training_memory(image_size: int, channels: int, ways: int, shots: int, queries: int,
+                          meta_batch_size: int, dtype: str = "float32") -> None:
+    """Refuse an image size whose training cannot fit in memory, before anything loads. A meta-batch's tasks
+    are differentiated together, so conv-4 keeps at least its first block's convolution, batch-norm and ReLU
+    outputs for every image of every task (64 filters at half the size, or for images of 64 pixels and more 32
+    filters at full size before the max-pool); later blocks, gradients and the inner-loop graph come on top."""
+    from .imagelimits import check_memory
+
+    size = int(image_size)
+    large = size >= 64
+    side = size if large else (size + 1) // 2
+    filters = 32 if large else 64
+    itemsize = 8 if "64" in str(dtype) else 4
+    images = int(meta_batch_size) * int(ways) * (int(shots) + int(queries))
+    needed = images * (filters * side * side * 3 + channels * size * size) * itemsize
+    check_memory(needed, f"image size {size}: training conv-4 on {meta_batch_size} tasks of "
+                         f"{images // meta_batch_size} {size}x{size} images each")
 
 
 def split_rule(num_classes: int, ways: int) -> tuple[int, str]:
@@ -218,8 +244,11 @@ def image_family_from_config(config, progress=None, cancel=None, split: str = "t
     """
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    image_set = load_images(config.data, config.image_size, getattr(config, "image_mode", "grayscale"),
-                            progress, cancel)
+    mode = getattr(config, "image_mode", "grayscale")
+    check_training_memory(config.image_size, 1 if mode == "grayscale" else 3, config.ways, config.shots,
+                          config.queries, config.meta_batch_size, config.dtype)
+    image_set = load_images(config.data, config.image_size, mode, progress, cancel,
+                            copies=TRAINING_COPIES[bool(config.rotations)])
     train, heldout = families_from_image_set(image_set, config.ways, config.rotations, config.data)
     train.convention = heldout.convention = config.task_option("convention")
     _check_shapes(train, "training", config.shots, config.queries)
@@ -316,10 +345,11 @@ class ImageTasks(TaskFamilyKind):
         what = Path(config.data).name if config.data else "the built-in glyph set"
         split = family.info.get("split", {})
         rot = family.info.get("rotations") or []
-        return (f"{what}: {split.get('train_classes')} training classes"
+        text = (f"{what}: {split.get('train_classes')} training classes"
                 f"{f' (x{len(rot) + 1} with rotations: {family.image_set.num_classes})' if rot else ''}, "
                 f"{split.get('heldout_classes')} held out for validation and eval; images "
                 f"{'x'.join(str(s) for s in family.input_shape)}")
+        return "\n".join([text, *skipped_report(family.image_set.report)])
 
     @classmethod
     def validate(cls, config) -> None:
@@ -393,6 +423,17 @@ def format_accuracy(ways: int, shots: int, mean: float, ci: float) -> str:
     return f"{ways}-way {shots}-shot: {100 * mean:.1f}% +- {100 * ci:.1f}%"
 
 
+def skipped_report(report, limit: int = 20) -> list[str]:
+    """The lines a command prints about what a load left out: every skipped file (the first `limit`) and why,
+    under the limits the files were checked against."""
+    if report is None or not report.skipped:
+        return []
+    limits = report.limits_text()
+    head = f"skipped {len(report.skipped):,} file{'s' if len(report.skipped) != 1 else ''}" + (
+        f" (limits: {limits})" if limits else "") + ":"
+    return [head, *(f"  {line}" for line in report.skipped_lines(limit))]
+
+
 class _LoadProgress:
     """Loading progress on stderr: rewritten in place on a terminal, a few lines otherwise."""
 
@@ -433,6 +474,8 @@ def eval_image_initialization(args, params, meta, model, shots_list, steps, adap
         steps = [int(hyper.get("test_inner_steps", 3))]
     label = f"loading {Path(data).name if data else (task.get('data') and Path(task['data']).name) or 'glyphs'}"
     family = heldout_family_from_metadata(task, data=data, progress=_LoadProgress(label))
+    for line in skipped_report(family.image_set.report):
+        print(line, file=sys.stderr)
     min_count = int(family.image_set.counts.min())
     queries = getattr(args, "queries", None)
     if queries is None:

@@ -6,7 +6,10 @@ resized and converted by a `Preprocessing` (default: 28x28 grayscale with stroke
 as in the MAML paper), stored as uint8 [num_images, C, H, W] grouped by class, and cached as an .npz under
 `~/.cache/maml_lab/imagesets` (never inside the user's folder), so a second load takes milliseconds.
 
-Unreadable files are skipped and listed in a `LoadReport`; a source without usable classes raises ValueError.
+A set is untrusted input (imagelimits.py): only regular files are read, each within size and pixel limits checked
+before decoding, and the decoded set's size is checked before it is allocated. Files that fail a check or do not
+decode are skipped and listed, with the reason, in a `LoadReport`; a source without usable classes, or over the
+set's limit, raises ValueError.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 import threading
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -27,7 +32,10 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from .imagelimits import RATIO_FLOOR_BYTES, LoadLimits, check_memory, current_limits, format_bytes
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+PIL_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF")  # the decoders an untrusted file may reach (not Pillow's ~40)
 MODES = ("grayscale", "rgb")
 RESAMPLING = ("lanczos", "bilinear", "bicubic", "box", "nearest")
 NORMALIZATIONS = ("unit",)
@@ -133,6 +141,21 @@ class LoadReport:
     cache_file: str | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    limits: dict = field(default_factory=dict)  # the LoadLimits the files were checked against
+
+    def limits_text(self) -> str:
+        """The limits in one line, '' when none applied (the built-in glyphs)."""
+        try:
+            return LoadLimits(**self.limits).text() if self.limits else ""
+        except (TypeError, ValueError):
+            return ""
+
+    def skipped_lines(self, limit: int = 20) -> list[str]:
+        """'name: why' per skipped file, the first `limit` and then 'and N more'."""
+        lines = [f"{name}: {why}" for name, why in self.skipped[:limit]]
+        if len(self.skipped) > limit:
+            lines.append(f"and {len(self.skipped) - limit:,} more")
+        return lines
 
     def summary(self) -> str:
         parts = [f"{self.num_classes} classes, {self.num_images} images"]
@@ -403,18 +426,56 @@ def _hidden(parts: Sequence[str]) -> bool:
     return any(p.startswith(".") or p == "__MACOSX" or p == "Thumbs.db" for p in parts)
 
 
-class _Source:
-    """A zip or a folder listed as POSIX relative paths; reads file bytes."""
+class FileSkipped(ValueError):
+    """A file the loader will not use, with the reason (for the load report)."""
 
-    def __init__(self, path: Path):
+
+def _utf8(name: str) -> bool:
+    """Whether a name from the file system is valid UTF-8 (undecodable bytes arrive as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _shown(name: str) -> str:
+    """A file-system name people can read and any terminal can print: undecodable bytes as \\xNN."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace") if not _utf8(name) else name
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+               (stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a symbolic link"))
+
+
+def _not_regular(mode: int) -> str:
+    """Why a file of this st_mode is not read: '' for a regular file."""
+    if stat.S_ISREG(mode):
+        return ""
+    kind = next((text for test, text in _FILE_KINDS if test(mode)), "a special file")
+    return f"{kind}, not a regular file"
+
+
+class _Source:
+    """A zip or a folder listed as POSIX relative paths; reads file bytes. The set is untrusted: only regular
+    files are listed (in a folder, links only where they resolve to a regular file inside it; in a zip, entries
+    that are regular files, within the size and inflation limits), and every read is bounded. What is left out
+    is in `rejected` as (name, reason)."""
+
+    def __init__(self, path: Path, limits: LoadLimits):
         self.path = path
+        self.limits = limits
         self.is_zip = path.is_file()
         self._zip: zipfile.ZipFile | None = None
+        self._entries: dict[tuple[str, ...], zipfile.ZipInfo] = {}
+        self._root = os.path.realpath(path)
         files, dirs = [], set()
+        self.rejected: list[tuple[str, str]] = []
         if self.is_zip:
             try:
                 self._zip = zipfile.ZipFile(path)
-            except (zipfile.BadZipFile, OSError) as e:
+            except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
                 raise ValueError(f"cannot open {path} as a zip archive ({e})") from None
             for info in self._zip.infolist():
                 parts = PurePosixPath(info.filename).parts
@@ -422,26 +483,92 @@ class _Source:
                     continue
                 if info.is_dir():
                     dirs.add(parts)
-                else:
-                    files.append((parts, info.file_size, info.date_time))
-                    for i in range(1, len(parts)):
-                        dirs.add(parts[:i])
+                    continue
+                for i in range(1, len(parts)):
+                    dirs.add(parts[:i])
+                why = self._zip_entry_problem(info)
+                if why:
+                    self.rejected.append(("/".join(parts), why))
+                    continue
+                self._entries[parts] = info
+                files.append((parts, info.file_size, info.date_time))
         else:
             for root, dnames, fnames in os.walk(path):
                 rel = Path(root).relative_to(path).parts
-                dnames[:] = sorted(d for d in dnames if not _hidden((d,)))
+                kept = []
+                for d in sorted(dnames):
+                    if _hidden((d,)):
+                        continue
+                    if not _utf8(d):
+                        self.rejected.append((_shown("/".join(rel + (d,))) + "/",
+                                              "folder name is not valid UTF-8 (skipped with everything in it)"))
+                        continue
+                    if os.path.islink(os.path.join(root, d)):
+                        self.rejected.append(("/".join(rel + (d,)) + "/", "a link to a folder (not followed)"))
+                        continue
+                    kept.append(d)
+                dnames[:] = kept
                 if rel:
                     dirs.add(rel)
                 for f in sorted(fnames):
                     if _hidden((f,)):
                         continue
-                    try:
-                        st = os.stat(os.path.join(root, f))
-                        files.append((rel + (f,), st.st_size, st.st_mtime_ns))
-                    except OSError:
-                        files.append((rel + (f,), -1, 0))
+                    parts = rel + (f,)
+                    if not _utf8(f):
+                        self.rejected.append((_shown("/".join(parts)), "name is not valid UTF-8"))
+                        continue
+                    why, st = self._file_problem(os.path.join(root, f))
+                    if why:
+                        self.rejected.append(("/".join(parts), why))
+                        continue
+                    files.append((parts, st.st_size, st.st_mtime_ns))
         self.files = sorted(files)
         self.dirs = dirs
+
+    def _zip_entry_problem(self, info: zipfile.ZipInfo) -> str:
+        """Why a zip entry is not read ('' when it may be), from its header alone."""
+        mode = info.external_attr >> 16
+        if info.create_system == 3 and stat.S_IFMT(mode) and not stat.S_ISREG(mode):
+            return f"{_not_regular(mode).split(',')[0]} inside the zip, not a regular file"
+        if info.flag_bits & 0x1:
+            return "encrypted"
+        limits = self.limits
+        if info.file_size > limits.max_file_bytes:
+            return (f"inflates to {format_bytes(info.file_size)}, over the limit of "
+                    f"{format_bytes(limits.max_file_bytes)} a file (--max-file-bytes)")
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size > RATIO_FLOOR_BYTES and ratio > limits.max_zip_ratio:
+            return (f"inflates {ratio:.0f}x ({format_bytes(info.compress_size)} to {format_bytes(info.file_size)}), "
+                    f"over the limit of {limits.max_zip_ratio:g}x (--max-zip-ratio)")
+        return ""
+
+    def _file_problem(self, full: str) -> tuple[str, os.stat_result | None]:
+        """Why a file in the folder is not read ('' when it may be), and its stat."""
+        try:
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):
+                if not self._inside(full):
+                    return "a link to outside the image set", None
+                try:
+                    st = os.stat(full)
+                except OSError:
+                    return "a broken link", None
+                why = _not_regular(st.st_mode)
+                if why:
+                    return f"a link to {why.split(',')[0]}, not to a regular file", None
+        except OSError as e:
+            return f"cannot read: {e.strerror or e}", None
+        why = _not_regular(st.st_mode)
+        if why:
+            return why, None
+        if st.st_size > self.limits.max_file_bytes:
+            return (f"{format_bytes(st.st_size)}, over the limit of {format_bytes(self.limits.max_file_bytes)} "
+                    f"a file (--max-file-bytes)"), None
+        return "", st
+
+    def _inside(self, full: str) -> bool:
+        real = os.path.realpath(full)
+        return real == self._root or real.startswith(self._root.rstrip(os.sep) + os.sep)
 
     def identity(self) -> dict:
         """What the cache key depends on: the path and the size and time of the archive or of every file."""
@@ -452,13 +579,30 @@ class _Source:
         h = hashlib.sha256()
         for parts, size, mtime in self.files:
             h.update(f"{'/'.join(parts)}\0{size}\0{mtime}\n".encode())
+        for name, why in self.rejected:
+            h.update(f"{name}\0{why}\n".encode("utf-8", "surrogateescape"))
         return {"kind": "folder", "path": resolved, "listing": h.hexdigest(), "files": len(self.files)}
 
     def read(self, parts: tuple[str, ...]) -> bytes:
+        """The file's bytes, never more than the file limit (zip headers and file sizes can lie or change)."""
+        limit = self.limits.max_file_bytes
         if self._zip is not None:
-            return self._zip.read("/".join(parts))
-        with open(self.path.joinpath(*parts), "rb") as f:
-            return f.read()
+            with self._zip.open(self._entries[parts]) as f:
+                data = f.read(limit + 1)
+        else:
+            full = os.path.join(self.path, *parts)
+            if not self._inside(full):
+                raise FileSkipped("a link to outside the image set")
+            # O_NONBLOCK: a file swapped for a FIFO since the listing opens at once instead of waiting for a writer
+            fd = os.open(full, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+            with open(fd, "rb", closefd=True) as f:
+                why = _not_regular(os.fstat(fd).st_mode)
+                if why:
+                    raise FileSkipped(why)
+                data = f.read(limit + 1)
+        if len(data) > limit:
+            raise FileSkipped(f"more than {format_bytes(limit)}, the limit a file (--max-file-bytes)")
+        return data
 
     def close(self) -> None:
         if self._zip is not None:
@@ -469,21 +613,36 @@ _RESAMPLE_PIL = {"lanczos": "LANCZOS", "bilinear": "BILINEAR", "bicubic": "BICUB
                  "nearest": "NEAREST"}
 
 
-def decode_image(data: bytes, preprocessing: Preprocessing) -> np.ndarray:
-    """One encoded image -> uint8 [C, H, W], resized and converted (not yet inverted). Raises on bad data."""
+def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int | None = None) -> np.ndarray:
+    """One encoded image -> uint8 [C, H, W], resized and converted (not yet inverted). Raises on bad data, and
+    FileSkipped when the header declares more than `max_pixels` pixels (default: the limits in effect), before
+    anything is decoded."""
     from PIL import Image, UnidentifiedImageError
 
+    max_pixels = current_limits().max_image_pixels if max_pixels is None else int(max_pixels)
     try:
-        opened = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():  # the size is checked below, against our own (lower) limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
     except UnidentifiedImageError:
         raise ValueError("not an image format Pillow can read") from None
+    except Image.DecompressionBombError:
+        raise FileSkipped("declares more pixels than Pillow ever decodes (a decompression bomb)") from None
     with opened as im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise FileSkipped(f"declares {w}x{h} pixels ({w * h / 1e6:.1f} M), over the limit of "
+                              f"{max_pixels / 1e6:g} M (--max-image-pixels)")
         im.seek(0)
         im.load()
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            rgba = im.convert("RGBA")
-            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, rgba)
+            # flattened onto white, the decoded original released first (RGBA peak: ~9 bytes a pixel, not 16)
+            rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+            if rgba is not im:
+                im.close()
+            flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+            rgba.close()
+            im = flat
         im = im.convert("L" if preprocessing.mode == "grayscale" else "RGB")
         h, w = preprocessing.size
         if im.size != (w, h):
@@ -606,23 +765,29 @@ def _inside(child: Path, parent: Path) -> bool:
 
 def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None = None, *,
                    cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
-                   progress: ProgressFn | None = None, cancel=None, name: str | None = None) -> ImageSet:
-    """Load a zip or folder of class folders (Omniglot: `<alphabet>/<character>/*.png`).
+                   progress: ProgressFn | None = None, cancel=None, name: str | None = None,
+                   limits: LoadLimits | None = None, copies: float = 1.0) -> ImageSet:
+    """Load a zip or folder of class folders (Omniglot: `<alphabet>/<character>/*.png`) as untrusted data.
 
+    Every file is checked against `limits` (default: those in effect, `current_limits()`) before it is read or
+    decoded; what fails is skipped and named in the report, with the reason. The decoded set's size is checked
+    before its pixels are allocated: over `limits.max_set_bytes`, or with `copies` of it (what the caller will
+    make: splits, rotations) over the machine's memory, the load is refused (ValueError, one line).
     progress(done, total) is called while decoding; returning False from it cancels, as does setting
     `cancel` (a threading.Event, or a callable returning True): both raise LoadCancelled.
     The result is cached under `cache_dir` (default: `default_cache_dir()`), keyed by the source's path,
-    size and modification times and by the preprocessing; `use_cache=False` neither reads nor writes it.
+    size and modification times, the preprocessing and the limits; `use_cache=False` neither reads nor writes it.
     """
     t0 = time.perf_counter()
     prep = preprocessing or Preprocessing()
+    limits = limits or current_limits()
     src_path = Path(path).expanduser()
     if not src_path.exists():
         raise ValueError(f"image set not found: {src_path}")
     if not (src_path.is_dir() or src_path.is_file()):
         raise ValueError(f"image set must be a folder or a zip file: {src_path}")
     set_name = name or (src_path.stem if src_path.is_file() else src_path.name) or "images"
-    source = _Source(src_path)
+    source = _Source(src_path, limits)
     try:
         cache_file = None
         report_notes = []
@@ -631,7 +796,8 @@ def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None 
             if not src_path.is_file() and _inside(cdir, src_path):
                 report_notes.append("cache folder lies inside the image folder; not caching")
             else:
-                cache_file = cdir / f"{_slug(set_name)}-{cache_key(source.identity(), prep)}.npz"
+                key = cache_key(source.identity(), prep, {"limits": limits.to_dict()})
+                cache_file = cdir / f"{_slug(set_name)}-{key}.npz"
                 cached = load_cache(cache_file)
                 if cached is not None:
                     if progress is not None:
@@ -642,22 +808,37 @@ def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None 
                         cached.report.seconds = time.perf_counter() - t0
                     return cached
 
-        report = LoadReport(source=str(src_path), notes=report_notes)
+        report = LoadReport(source=str(src_path), notes=report_notes, limits=limits.to_dict())
+        report.skipped.extend(source.rejected)
         prefix, classes = _layout(source, report)
         total = sum(len(v) for v in classes.values())
+        c, (h, w) = prep.channels, prep.size
+        need = total * c * h * w
+        if need > limits.max_set_bytes:
+            raise ValueError(f"{src_path.name}: {total:,} images decoded at {c}x{h}x{w} would take "
+                             f"{format_bytes(need)}, over the limit of {format_bytes(limits.max_set_bytes)} "
+                             f"(raise it with --max-set-bytes if the set truly is that large)")
+        check_memory(int(need * max(copies, 1.0)),
+                     f"{total:,} images at {h}x{w} ({format_bytes(need)} decoded"
+                     + (f", about {copies:g} copies for the class split and rotations)" if copies > 1 else ")"))
+        pixels = np.empty((total, c, h, w), dtype=np.uint8)  # only the rows decoded below are ever touched
         step = max(1, total // 200)
-        done = 0
-        blocks: list[np.ndarray] = []
+        done = n = 0
         names: list[str] = []
         groups: list[str] = []
         counts: list[int] = []
         for key in sorted(classes):
-            decoded = []
+            first = n
             for parts in classes[key]:
                 if _cancel_requested(cancel):
                     raise LoadCancelled(f"loading {src_path} was cancelled")
                 try:
-                    decoded.append(decode_image(source.read(parts), prep))
+                    pixels[n] = decode_image(source.read(parts), prep, limits.max_image_pixels)
+                    n += 1
+                except FileSkipped as e:
+                    report.skipped.append(("/".join(parts), str(e)))
+                except MemoryError:
+                    report.skipped.append(("/".join(parts), "not enough memory to decode it"))
                 except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
                     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                     report.skipped.append(("/".join(parts), f"cannot decode: {msg[:200]}"))
@@ -666,19 +847,20 @@ def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None 
                     if progress(done, total) is False:
                         raise LoadCancelled(f"loading {src_path} was cancelled")
             label = "/".join(key)
-            if not decoded:
+            if n == first:
                 report.dropped_classes.append(label)
                 continue
-            blocks.append(np.stack(decoded))
             names.append(label)
             groups.append("/".join(key[:-1]))
-            counts.append(len(decoded))
-        if not blocks:
+            counts.append(n - first)
+        report.skipped.sort()
+        if not names:
             n_img = sum(1 for f in source.files if f[0][-1].lower().endswith(IMAGE_EXTENSIONS))
+            first_skip = f" (first: {report.skipped[0][0]}: {report.skipped[0][1]})" if report.skipped else ""
             raise ValueError(f"no usable classes in {src_path}: expected class folders of images "
                              f"({', '.join(IMAGE_EXTENSIONS)}); found {n_img} image files, "
-                             f"{len(report.skipped)} skipped")
-        pixels = np.concatenate(blocks)
+                             f"{len(report.skipped)} skipped{first_skip}")
+        pixels = pixels[:n]
         inverted = bool(prep.invert) if prep.invert is not None else (
             prep.mode == "grayscale" and float(pixels.mean()) > 127.5)
         if inverted:
@@ -686,7 +868,6 @@ def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None 
         offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         report.layout = "alphabet/character" if all(g for g in groups) else "class folders"
         report.num_classes, report.num_images, report.inverted = len(names), int(len(pixels)), inverted
-        report.skipped.sort()
         image_set = ImageSet(set_name, names, groups, pixels, offsets, replace(prep, invert=inverted),
                              str(src_path), report, {"stripped_prefix": "/".join(prefix)})
         if cache_file is not None:
