@@ -35,7 +35,7 @@ import numpy as np
 from .imagelimits import RATIO_FLOOR_BYTES, LoadLimits, check_memory, current_limits, format_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-PIL_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "GIF")  # the decoders an untrusted file may reach (not Pillow's ~40)
+PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # the decoders an untrusted file may reach (not Pillow's ~40)
 MODES = ("grayscale", "rgb")
 RESAMPLING = ("lanczos", "bilinear", "bicubic", "box", "nearest")
 NORMALIZATIONS = ("unit",)
