@@ -58,7 +58,7 @@ def test_train_and_eval_exactly_as_documented(tmp_path, cache):
             break
     out, err = train.communicate(timeout=120)
     err = "".join(lines) + err
-    assert train.returncode == 0, err
+    assert train.returncode == 130, err  # stopped by Ctrl+C: 128 + SIGINT, after its exports
     assert "loading images_background_small1.zip" in err and "95 training classes" in err
     assert "training maml on 5-way 1-shot images for 800 iterations" in err
     assert re.search(r"\[1/800\].*maml acc \d+\.\d%->\d+\.\d%", err), err
