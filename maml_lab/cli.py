@@ -543,8 +543,9 @@ def _plugin_in(exc: BaseException) -> str | None:
         package = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
         mine = [(kind, e) for kind, e in plugins if e.reference.partition(":")[0].split(".")[0] == package]
         if mine:
-            this = tb.tb_frame.f_locals.get("self")
-            exact = [(kind, e) for kind, e in mine if this is not None and type(this) is e.obj]
+            local = tb.tb_frame.f_locals
+            exact = [(kind, e) for kind, e in mine
+                     if ("self" in local and type(local["self"]) is e.obj) or local.get("cls") is e.obj]
             if exact or len(mine) == 1:
                 kind, e = (exact or mine)[0]
                 found = f"{kind} {e.name!r} (from {e.source})"
@@ -767,17 +768,22 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl+C: abort at once (the run folder keeps its last checkpoint)
         print("\nmaml-lab: interrupted", file=sys.stderr)
         return 128 + 2
-    except RuntimeError as exc:  # under torchrun: another rank died or stopped answering
-        from .core.training.distributed import RankLostError
-
-        if not isinstance(exc, RankLostError):
-            raise
-        print(f"maml-lab: error: {exc}", file=sys.stderr)
-        return 1
     except (ValueError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
         print(f"maml-lab: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    except (Exception, SystemExit) as exc:
+        from .core.training.distributed import RankLostError
+        from .core.training.runs import failure_text
+
+        if isinstance(exc, RankLostError):  # under torchrun: another rank died or stopped answering
+            print(f"maml-lab: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        plugin = _plugin_in(exc)  # a plug-in's hook (a family's loading_label...) failed: one line
+        if plugin is None:
+            raise
+        print(f"maml-lab: error: plug-in {plugin} failed: {failure_text(exc)}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -290,14 +290,15 @@ def test_a_run_folder_made_read_only_mid_run_fails_in_one_line(tmp_path):
 
 
 # -- class 6: plug-ins -------------------------------------------------------------------------------------------
-def _plugin(tmp_path: Path, module: str, source: str, entry_points: dict[str, str]) -> Path:
+def _plugin(tmp_path: Path, module: str, source: str, entry_points: dict[str, str],
+            group: str = "maml_lab.algorithms") -> Path:
     site = tmp_path / "site"
     (site / f"{module}.py").parent.mkdir(parents=True, exist_ok=True)
     (site / f"{module}.py").write_text(source, encoding="utf-8")
     info = site / f"{module}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text("[maml_lab.algorithms]\n" + "".join(
+    (info / "entry_points.txt").write_text(f"[{group}]\n" + "".join(
         f"{k} = {v}\n" for k, v in entry_points.items()), encoding="utf-8")
     return site
 
@@ -352,3 +353,40 @@ def test_a_plugin_whose_step_fails_ends_the_run_in_one_line_naming_it(tmp_path):
         assert out.stderr.strip().count("\n") == 0, out.stderr
         status = RunFolder(run).status()
         assert status["status"] == "failed" and f"'{name}'" in status["reason"]
+
+
+HOOKS = '''
+import sys
+
+from maml_lab_example.line import LineTasks
+
+
+class RaisingFamily(LineTasks):
+    name = "raising_line"
+
+    @classmethod
+    def loading_label(cls, config):
+        raise RuntimeError("its loading label is broken")
+
+
+class ExitingFamily(LineTasks):
+    name = "exiting_line"
+
+    @classmethod
+    def loading_label(cls, config):
+        sys.exit(5)
+'''
+
+
+def test_a_plugin_hook_that_fails_outside_training_is_one_line_naming_it(tmp_path):
+    site = _plugin(tmp_path, "hooks_plugin", HOOKS, {"raising_line": "hooks_plugin:RaisingFamily",
+                                                     "exiting_line": "hooks_plugin:ExitingFamily"},
+                   group="maml_lab.tasks")
+    example = ROOT / "examples" / "plugin" / "src"
+    for name, cause in (("raising_line", "its loading label is broken"), ("exiting_line", "SystemExit")):
+        out = cli("train", "--task", name, "--iterations", "2", "--threads", "1", "--quiet",
+                  "--run-dir", tmp_path / name, paths=[site, example])
+        assert out.returncode == 1, out.stderr
+        no_traceback(out.stderr)
+        (line,) = error_lines(out.stderr)
+        assert f"plug-in task family '{name}' (from hooks_plugin) failed" in line and cause in line, line
