@@ -35,6 +35,7 @@ from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
 from maml_lab.core.rl.policy import GaussianMLPPolicy
 from maml_lab.core.rl.policy_grad import PolicyGradient
 from maml_lab.core.tasks.navigation import QUERY_CALL, NavigationFamily
+from maml_lab.lab.memory import keep_freed_memory
 
 
 def loop_rollout(env, weights, log_std, goal, noise):
@@ -179,12 +180,14 @@ def main() -> None:
     parser.add_argument("--no-loop", action="store_true", help="leave out the (slow) per-environment loop")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    kept = keep_freed_memory()  # as the CLI runs (lab/memory.py)
     env = NavigationFamily()
     policy = GaussianMLPPolicy()
     gen = torch.Generator().manual_seed(0)
     theta = policy.init_params(gen)
     algo = make_algorithm(policy, "policy_gradient", AlgorithmConfig.defaults("maml", task="navigation"))
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {args.threads} thread(s)")
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}, {args.threads} thread(s); "
+          f"freed memory kept in the process: {'yes' if kept else 'no'}; times are process CPU time")
     times: dict[str, list[float]] = {"engine": [], "autograd": [], "loop": []}
     for r in range(args.rounds):
         batch = env.sample(args.goals, args.trajectories, args.trajectories, gen)

@@ -754,6 +754,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return EXIT_USAGE
         handler = {"train": cmd_train, "eval": cmd_eval, "download": cmd_download, "list": cmd_list}[args.command]
+        if args.command in ("train", "eval"):
+            from .lab.memory import keep_freed_memory
+
+            keep_freed_memory()  # the same large buffers every iteration, without fresh pages (lab/memory.py)
         torch = sys.modules.get("torch")  # imported already: main() called in-process (tests, scripts)
         threads = torch.get_num_threads() if torch is not None else None
         try:
