@@ -23,7 +23,7 @@ LOG_2PI = math.log(2 * math.pi)
 
 class GaussianMLPPolicy:
     """pi(a | s) = N(mean_theta(s), diag(exp(log_std))^2): the MAML paper's 2-100-100-2 ReLU policy (Sec. 5.3) and
-    rllab's GaussianMLPPolicy (learned, state-independent log std, initial std 1)."""
+    rllab's GaussianMLPPolicy (learned, state-independent log std, initial std 1; Xavier weights, zero biases)."""
 
     def __init__(self, sizes=(2, 100, 100, 2), activation: str = "relu", init_log_std: float = 0.0):
         sizes = tuple(int(s) for s in sizes)
@@ -61,8 +61,16 @@ class GaussianMLPPolicy:
         return shapes
 
     def init_params(self, generator: torch.Generator, device=None, dtype=None) -> "OrderedDict[str, torch.Tensor]":
-        """nn.Linear's default initialization for the mean network (drawn from `generator`), log std constant."""
-        params = self.mean_net.init_params(generator, device=device, dtype=dtype)
+        """The reference's initialization (cbfinn/maml_rl's policies: Xavier-uniform weights, zero biases), drawn
+        from `generator`; log std constant."""
+        params = OrderedDict()
+        for name, shape in self.mean_net.param_shapes().items():
+            if name.endswith(".bias"):
+                params[name] = torch.zeros(shape, dtype=dtype or torch.float32, device=device)
+            else:  # Glorot uniform: U(-b, b), b = sqrt(6 / (fan_in + fan_out))
+                bound = math.sqrt(6.0 / (shape[0] + shape[1]))
+                t = (torch.rand(shape, generator=generator, dtype=dtype or torch.float32) * 2 - 1) * bound
+                params[name] = t.to(device)
         params["log_std"] = torch.full((self.action_dim,), self.init_log_std, dtype=dtype or torch.float32,
                                        device=device)
         return params
