@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--meta-lr", type=_positive_float, help="outer Adam learning rate (default 1e-3)")
     t.add_argument("--meta-lr-schedule", choices=("constant", "cosine"),
                    help="outer learning rate over the run: constant (the MAML paper) or cosine to 0 (MAML++)")
+    t.add_argument("--outer-optimizer", choices=("adam", "trpo"),
+                   help="outer step on RL tasks: trpo (cbfinn/maml_rl's, max KL 0.01; navigation's default for "
+                        "MAML and FOMAML) or adam at --meta-lr")
     t.add_argument("--step-loss-weights", type=_nonneg_float, nargs="+", metavar="W",
                    help="MAML/FOMAML: weight of the query loss after each inner step, one per step (MAML++'s "
                         "multi-step loss; default: only after the last step)")
@@ -267,7 +270,7 @@ def _config_from_args(args, base: dict | None = None):
         base["task_options"] = task_options
     overrides = {k: getattr(args, k) for k in ("inner_lr", "inner_steps", "test_inner_steps", "meta_lr",
                                                "inner_optimizer", "outer_lr_start", "outer_lr_end",
-                                               "meta_lr_schedule", "step_loss_weights")}
+                                               "meta_lr_schedule", "step_loss_weights", "outer_optimizer")}
     from_file = base.get("algorithms", {}) if isinstance(base.get("algorithms"), dict) else {}
     options: dict[str, dict] = {}
     for key, value in _key_values(args.option, "--option").items():

@@ -28,6 +28,9 @@ class AlgorithmConfig:
     outer_lr_start: float = 1.0  # Reptile only: epsilon at the first iteration ...
     outer_lr_end: float = 0.0  # ... annealed linearly to this at the last
     meta_lr_schedule: str = "constant"  # or "cosine": meta-lr annealed to 0 over the run (MAML++)
+    # the outer step on sampled (RL) tasks: "adam" (Adam at meta_lr on the surrogate) or "trpo" (cbfinn/maml_rl's
+    # TRPO, max KL 0.01: rl/trpo.py); supervised families take adam
+    outer_optimizer: str = "adam"
     # MAML/FOMAML: meta-loss = sum_s w_s * query loss after inner step s, one weight per inner step (MAML++'s
     # multi-step loss); empty: the query loss after the last step only (the MAML paper)
     step_loss_weights: list[float] = field(default_factory=list)
@@ -54,6 +57,8 @@ class AlgorithmConfig:
             raise ValueError(f"test-inner-steps must be >= 0, got {self.test_inner_steps}")
         if self.meta_lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"meta-lr-schedule must be constant or cosine, got {self.meta_lr_schedule!r}")
+        if self.outer_optimizer not in ("adam", "trpo"):
+            raise ValueError(f"outer-optimizer must be adam or trpo, got {self.outer_optimizer!r}")
         if self.inner_optimizer not in ("sgd", "adam"):
             raise ValueError(f"inner-optimizer must be sgd or adam, got {self.inner_optimizer!r}")
         self.step_loss_weights = [float(w) for w in self.step_loss_weights]

@@ -23,6 +23,12 @@ class MAML(MetaAlgorithm):
     task_defaults = {"images": {"meta_lr": 3e-3, "meta_lr_schedule": "cosine"}}
 
     def meta_step(self, params, batch, iteration: int = 0) -> dict:
+        if self.config.outer_optimizer == "trpo":  # cbfinn/maml_rl's MAMLTRPO (FOMAML: its stop_grad policy)
+            if not getattr(batch, "sampled", False):
+                raise ValueError("outer-optimizer trpo applies to tasks sampled from the policy (RL), e.g. navigation")
+            from ..rl.objective import objective_trpo_step
+
+            return objective_trpo_step(self, params, batch, self.first_order)
         grads, meta_loss, res, query_logits = self.meta_gradient(params, batch, self.first_order)
         pre_loss = res.support_losses[0].mean()
         pre_logits = res.support_pred

@@ -21,12 +21,19 @@ class Pretrained(MetaAlgorithm):
     description = "the MAML paper's baseline: one network trained on all tasks' data, fine-tuned at test time"
     min_inner_steps = 0  # inner steps only score it (post-adaptation metrics), training never adapts
     sampled_tasks = True  # sampled (RL) batches: rl/objective.py pretrained_step
+    # navigation: cbfinn/maml_rl's pretrained policy (MAMLTRPO with use_maml=False) takes one Adam step of 1e-3 per
+    # iteration on the pre-update surrogate (FirstOrderOptimizer, max_epochs 1, the whole batch), not TRPO
+    task_defaults = {"navigation": {"outer_optimizer": "adam", "meta_lr": 1e-3}}
 
     def meta_step(self, params, batch, iteration: int = 0) -> dict:
         if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL)
-            from ..rl.objective import pretrained_step
+            from ..rl.objective import objective_trpo_step, pretrained_step
 
+            if self.config.outer_optimizer == "trpo":  # TRPO on the pre-update surrogate, on request
+                return objective_trpo_step(self, params, batch, inner=False)
             return pretrained_step(self, params, batch, iteration)
+        if self.config.outer_optimizer == "trpo":
+            raise ValueError("outer-optimizer trpo applies to tasks sampled from the policy (RL), e.g. navigation")
         grads = self._joint_gradient(params, batch)
         pre_logits, pre_loss, query_logits = self._scored_adaptation(params, batch)
         with torch.no_grad():

@@ -39,6 +39,8 @@ import torch
 
 from ..algorithms.adaptation import AdaptResult, expand_params
 from ..tasks.base import TaskBatch
+from . import pg
+from .policy import LOG_2PI
 
 
 @dataclass
@@ -55,9 +57,29 @@ class ObjectiveBatch(TaskBatch):
     def query_loss(self, model, params) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def samples(self, model, params, step: int | None) -> "PolicySamples":
+        """The data of support step `step` (None: the query sampling), sampled once with `params` and kept, so an
+        objective can be evaluated on them at other parameters (TRPO's surrogate, KL and line search)."""
+        raise NotImplementedError
+
     def joint(self):
         raise TypeError("this needs fixed task data; it does not apply to tasks whose data are sampled from the "
                         "policy (reinforcement learning, e.g. 2-D navigation)")
+
+
+@dataclass
+class PolicySamples:
+    """Sampled steps of B tasks, flattened per task (M = trajectories x time steps), with their fixed advantages."""
+
+    obs: torch.Tensor  # [B, M, obs_dim]
+    actions: torch.Tensor  # [B, M, action_dim]
+    advantages: torch.Tensor  # [B, M] (constant)
+    mask: torch.Tensor  # [B, M]: 1 on steps of a running episode
+    cost: torch.Tensor  # [B]: minus the average return of the trajectories
+
+    def surrogate(self, model, params) -> torch.Tensor:
+        """The REINFORCE surrogate of each task at `params` on these samples [B] (pg.surrogate)."""
+        return pg.surrogate(model.log_prob(params, self.obs, self.actions), self.advantages, self.mask)
 
 
 def _leaves(params) -> "OrderedDict[str, torch.Tensor]":
@@ -174,3 +196,173 @@ def objective_curve(model, batch: ObjectiveBatch, params, max_steps: int, lr: fl
     """The cost of every task after 0..max_steps test-time steps: [max_steps + 1, B] (float64)."""
     return np.stack([cost.double().cpu().numpy()
                      for _, cost in objective_trajectory(model, batch, params, max_steps, lr)])
+
+
+def _inner_steps(model, fast, support: list[PolicySamples], lr: float, create_graph: bool):
+    """Policy-gradient steps on fixed samples, one per entry of `support` ([B, ...] parameters in and out)."""
+    for smp in support:
+        grads = torch.autograd.grad(smp.surrogate(model, fast).sum(), list(fast.values()), create_graph=create_graph)
+        fast = OrderedDict((k, v - lr * (g if create_graph else g.detach())) for (k, v), g in zip(fast.items(), grads))
+    return fast
+
+
+def _gaussian(model, params, obs, actions):
+    """(mean, log std, log-likelihood of `actions`) of a Gaussian policy: one forward pass for all three."""
+    mean = model.forward(params, obs)
+    log_std = model.log_std(params, mean).expand_as(mean)
+    z = (actions - mean) * torch.exp(-log_std)
+    return mean, log_std, (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+
+
+def kl_hessian_product(model, theta, support: list[PolicySamples], query: PolicySamples, old_log_std: torch.Tensor,
+                       lr: float, first_order: bool):
+    """v -> (d^2 D / d theta^2) v at theta = theta_old, exact, for D the mean KL of the post-update steps (see
+    trpo_objective). At theta_old the KL's gradient with respect to the policy's outputs is zero, so its Hessian is
+    J^T M J there (the Gauss-Newton form is exact): J = J_out(phi_i) (I - lr H_i,S) ... (I - lr H_i,1) the Jacobian
+    of the post-update policy's outputs (action means on the post-update steps, log std) through the inner steps,
+    H_i,s the Hessian of task i's inner surrogate at step s (FOMAML: J = J_out), M the KL's Hessian in the outputs
+    (1 / var per mean coordinate, 2 per log std coordinate, each step weighted 1 / valid steps). One product costs
+    two inner Hessian-vector products per inner step and a forward and a backward product of the policy, instead of
+    the third-order double backward through the inner step that autograd of autograd of D takes (trpo.kl_hvp, what
+    the tests compare it with)."""
+    from .trpo import flatten, unflatten
+
+    names = list(theta.keys())
+    b = query.obs.shape[0]
+    through_inner = bool(support) and not first_order
+    steps = []  # per inner step: (its starting parameters as leaves, the inner gradient's graph)
+    with torch.enable_grad():
+        phi = OrderedDict((k, v.detach().unsqueeze(0).expand(b, *v.shape).clone().requires_grad_(True))
+                          for k, v in theta.items())
+        for smp in support:
+            grads = torch.autograd.grad(smp.surrogate(model, phi).sum(), list(phi.values()), create_graph=through_inner)
+            steps.append((phi, grads))
+            phi = OrderedDict((k, (v - lr * g).detach().requires_grad_(True)) for (k, v), g in zip(phi.items(), grads))
+        mean = model.forward(phi, query.obs)
+    weight = query.mask / query.mask.sum().clamp_min(1)  # [B, M]
+    mean_weight = weight.unsqueeze(-1) * torch.exp(-2 * old_log_std)  # [B, M, act]
+    std_weight = 2 * weight.sum(1, keepdim=True)  # [B, 1]
+    ls = names.index("log_std")
+
+    def inner_step_jacobian(step, vs):  # (I - lr H_i,s) v per task: symmetric, so also its transpose
+        start, grads = step
+        hv = torch.autograd.grad(grads, list(start.values()), grad_outputs=vs, retain_graph=True)
+        return [v - lr * h for v, h in zip(vs, hv)]
+
+    def inner_jacobian(vs, transpose: bool = False):
+        if through_inner:
+            for step in (reversed(steps) if transpose else steps):
+                vs = inner_step_jacobian(step, vs)
+        return vs
+
+    # J_out w by the double-backward trick: J_out^T u is linear in a dummy u, so its gradient in u along w is J_out w
+    # (autograd only: forward-mode AD's tensors do not pass the cost meter's dispatch mode)
+    with torch.enable_grad():
+        dummy = torch.zeros_like(mean, requires_grad=True)
+        transposed = torch.autograd.grad(mean, list(phi.values()), grad_outputs=dummy, create_graph=True,
+                                         allow_unused=True)
+
+    def mean_tangent(ws):
+        with torch.enable_grad():
+            dot = sum((t * w).sum() for t, w in zip(transposed, ws) if t is not None)
+            return torch.autograd.grad(dot, dummy, retain_graph=True)[0]
+
+    def hvp(v: torch.Tensor) -> torch.Tensor:
+        vs = [x.unsqueeze(0).expand(b, *x.shape) for x in unflatten(v, list(theta.values()))]
+        ws = inner_jacobian(vs)
+        d_mean = mean_tangent(ws)
+        with torch.enable_grad():
+            us = torch.autograd.grad(mean, list(phi.values()), grad_outputs=d_mean * mean_weight, retain_graph=True,
+                                     allow_unused=True)
+        us = [torch.zeros_like(p) if u is None else u for u, p in zip(us, phi.values())]
+        us[ls] = us[ls] + std_weight * ws[ls]
+        return flatten([u.sum(0) for u in inner_jacobian(us, transpose=True)]).detach()
+
+    return hvp
+
+
+@dataclass
+class TRPOObjective:
+    """What one TRPO outer step works on: the samples (fixed), evaluate(tensors, differentiable) -> (surrogate, mean
+    KL) and the KL's exact Hessian-vector product at theta_old (None: trpo_step's double backward)."""
+
+    support: list[PolicySamples]
+    query: PolicySamples
+    evaluate: object
+    hvp: object
+
+
+def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_steps: int,
+                   first_order: bool = False) -> TRPOObjective:
+    """The surrogate and KL of cbfinn/maml_rl's MAMLTRPO on a batch of sampled tasks, at theta = `params`.
+
+    With inner_steps >= 1 (MAML, FOMAML): the pre-update trajectories are sampled with theta_old and the post-update
+    ones with the adapted policies phi_i(theta_old); both are then fixed. The surrogate is the mean over tasks of
+    -mean over valid steps of pi_phi_i(theta)(a|s) / pi_phi_i(theta_old)(a|s) x A on the post-update trajectories,
+    where phi_i(theta) takes the inner policy-gradient step(s) from theta on the pre-update samples (with its graph
+    for MAML, so the gradient and the KL's Hessian are exact second order through it; FOMAML: the inner gradient is a
+    constant, the reference's stop_grad). The KL is the mean over every task's post-update steps of
+    KL(pi_phi_i(theta_old) || pi_phi_i(theta)) (the reference's kl_constrain_step -1). With inner_steps 0 (a policy
+    trained on every goal at once): the same on the pre-update trajectories at theta."""
+    from .trpo import gaussian_kl
+
+    names = list(params.keys())
+    b = batch.num_tasks
+    support: list[PolicySamples] = []
+    with torch.no_grad():
+        fast = expand_params(OrderedDict((k, v.detach()) for k, v in params.items()), b)
+    for s in range(inner_steps):
+        smp = batch.samples(model, fast, s)
+        support.append(smp)
+        with torch.enable_grad():
+            fast = _inner_steps(model, _leaves(fast), [smp], inner_lr, create_graph=False)
+        fast = OrderedDict((k, v.detach()) for k, v in fast.items())
+    query = batch.samples(model, fast, None if inner_steps else 0)
+    with torch.no_grad():
+        old_mean, old_log_std, old_logp = _gaussian(model, fast, query.obs, query.actions)
+    count = query.mask.sum(1).clamp_min(1)
+    total = query.mask.sum().clamp_min(1)
+
+    def evaluate(tensors, differentiable: bool):
+        with torch.enable_grad():
+            theta = OrderedDict(zip(names, tensors if differentiable else
+                                    [t.detach().requires_grad_(True) for t in tensors]))
+            new = _inner_steps(model, expand_params(theta, b), support, inner_lr,
+                               create_graph=differentiable and not first_order)
+            if not differentiable:
+                new = OrderedDict((k, v.detach()) for k, v in new.items())
+        with torch.set_grad_enabled(differentiable):
+            mean, log_std, logp = _gaussian(model, new, query.obs, query.actions)
+            ratio = torch.exp(logp - old_logp)
+            surr = -((ratio * query.advantages * query.mask).sum(1) / count).mean()
+            kl = (gaussian_kl(old_mean, old_log_std, mean, log_std) * query.mask).sum() / total
+        return surr, kl
+
+    hvp = kl_hessian_product(model, OrderedDict((k, v.detach()) for k, v in params.items()), support, query,
+                             old_log_std, inner_lr, first_order)
+    return TRPOObjective(support, query, evaluate, hvp)
+
+
+def objective_trpo_step(algorithm, params, batch: ObjectiveBatch, first_order: bool = False, inner: bool = True,
+                        settings=None) -> dict:
+    """A TRPO outer step (rl/trpo.py) on `trpo_objective`: MAML's and FOMAML's (`inner`), or the surrogate at theta
+    (the pretrained baseline, when asked for TRPO). Returns the step's metrics, with its mean KL and whether the line
+    search accepted it."""
+    from .trpo import TRPOSettings, trpo_step
+
+    cfg, model = algorithm.config, algorithm.model
+    if cfg.step_loss_weights:
+        raise ValueError("outer-optimizer trpo takes the surrogate after the last inner step: drop step-loss-weights")
+    if algorithm.sync is not None:
+        raise ValueError("outer-optimizer trpo runs in one process (its line search needs every task's samples)")
+    obj = trpo_objective(model, params, batch, cfg.inner_lr, cfg.inner_steps if inner else 0, first_order)
+    res = trpo_step(list(params.values()), obj.evaluate, settings or TRPOSettings(), obj.hvp)
+    pre_cost = obj.support[0].cost.mean() if obj.support else obj.query.cost.mean()
+    if inner:
+        post_cost = obj.query.cost.mean()
+    else:  # the pretrained policy's post-update cost: a detached copy fine-tuned by the test-time rule, for comparison
+        scored = adapt_objective(model, batch, OrderedDict((k, v.detach()) for k, v in params.items()),
+                                 max(cfg.inner_steps, 1), cfg.inner_lr)
+        with torch.no_grad():
+            post_cost = batch.query_loss(model, scored.params)[1].mean()
+    return algorithm._metrics(pre_cost, post_cost) | {"mean_kl": res.kl, "trpo_accepted": float(res.accepted)}

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..rl import pg, policy_grad
-from ..rl.objective import ObjectiveBatch
+from ..rl.objective import ObjectiveBatch, PolicySamples
 from .base import NoPlayground, TaskBatch, TaskFamilyKind
 
 _MIX_TASK = 0x9E3779B97F4A7C15
@@ -348,6 +348,15 @@ class NavigationBatch(ObjectiveBatch):
     def query_loss(self, model, params):
         return self.objective(model, params, self.trajectories(model, params, QUERY_CALL, self.queries))
 
+    def samples(self, model, params, step: int | None) -> PolicySamples:
+        """Support step `step`'s trajectories (None: the query sampling) as fixed samples for TRPO."""
+        num, call = (self.queries, QUERY_CALL) if step is None else (self.shots, step)
+        traj = self.trajectories(model, params, call, num)
+        adv = pg.advantages(traj.rewards, traj.obs, traj.mask, self.env.discount, reg=self.env.baseline_reg)
+        b, n, t, d = traj.obs.shape
+        return PolicySamples(traj.obs.reshape(b, n * t, d), traj.actions.reshape(b, n * t, -1),
+                             adv.reshape(b, n * t), traj.mask.reshape(b, n * t), -traj.returns.mean(1))
+
 
 class NavigationTasks(TaskFamilyKind):
     """The registry entry of 2-D navigation: a Gaussian MLP policy trained by policy gradients."""
@@ -363,9 +372,11 @@ class NavigationTasks(TaskFamilyKind):
     plot_metric = ("average return", -1.0)  # the Adaptation view plots return = -cost
     # the MAML paper's 2-D navigation: meta-batch 20 goals, 20 trajectories per inner step (and per outer sampling)
     # and the paper's policy, 100-100 hidden units (the panel's and the CLI's hidden widths change it)
-    experiment_defaults = {"meta_batch_size": 20, "shots": 20, "queries": 20, "iterations": 500, "hidden": [100, 100]}
-    # one policy-gradient step of 0.1 in training, 3 at test; Adam on the post-update surrogate (not TRPO)
-    algorithm_defaults = {"inner_lr": 0.1, "test_inner_steps": 3, "meta_lr": 0.01}
+    # 100 TRPO iterations, as the reference's maml_trpo_point.py
+    experiment_defaults = {"meta_batch_size": 20, "shots": 20, "queries": 20, "iterations": 100, "hidden": [100, 100]}
+    # cbfinn/maml_rl's maml_trpo_point.py: one policy-gradient step of 0.5 in training (3 at test), TRPO (max KL
+    # 0.01) as the outer step; meta_lr is the outer Adam's (outer_optimizer adam; the pretrained baseline's 1e-3)
+    algorithm_defaults = {"inner_lr": 0.5, "test_inner_steps": 3, "meta_lr": 0.01, "outer_optimizer": "trpo"}
     playground = NoPlayground("A navigation task is a goal in the plane, not a curve: the Arena view places a goal "
                               "and shows each policy's trajectories before and after adapting to it.")
     option_defaults = {"horizon": 100}

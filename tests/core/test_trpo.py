@@ -1,0 +1,192 @@
+"""TRPO's outer step (core/rl/trpo.py, rl/objective.py's trpo_objective) in float64 against dense computations: the
+KL's Hessian-vector products against autograd's dense Hessian of the KL through the inner step, the conjugate
+gradient against a dense solve, the meta-gradient against a per-task loop, and the line search's guarantees."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+from maml_lab.core.algorithms.adaptation import expand_params
+from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
+from maml_lab.core.rl import trpo
+from maml_lab.core.rl.objective import trpo_objective
+from maml_lab.core.rl.policy import GaussianMLPPolicy
+from maml_lab.core.tasks.navigation import NavigationFamily
+
+D = torch.float64
+LR = 0.3
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def setup(seed=4, tasks=3, sizes=(2, 5, 4, 2)):
+    """A tiny policy on short episodes (some end early, so the masks matter), float64."""
+    env = NavigationFamily(goal_range=(-0.15, 0.15), horizon=10, goal_tolerance=0.06)
+    policy = GaussianMLPPolicy(sizes)
+    gen = torch.Generator().manual_seed(seed)
+    theta = policy.init_params(gen, dtype=D)
+    theta = OrderedDict((k, v + 0.1 * torch.randn(v.shape, generator=gen, dtype=D)) for k, v in theta.items())
+    theta["log_std"] = torch.tensor([-0.6, -0.3], dtype=D)
+    batch = env.sample(tasks, 4, 5, gen, dtype=D)
+    return policy, theta, batch
+
+
+def flat_function(theta, fn):
+    """fn on a flat vector of theta's tensors (for dense Hessians)."""
+    shapes = [v.shape for v in theta.values()]
+    names = list(theta)
+
+    def f(x):
+        parts, start = [], 0
+        for shape in shapes:
+            n = int(np.prod(shape))
+            parts.append(x[start:start + n].view(shape))
+            start += n
+        return fn(OrderedDict(zip(names, parts)))
+
+    return f, torch.cat([v.reshape(-1) for v in theta.values()])
+
+
+@pytest.mark.parametrize("inner_steps,first_order", [(1, False), (1, True), (0, False), (2, False)])
+def test_kl_hessian_vector_product_matches_the_dense_hessian(inner_steps, first_order):
+    policy, theta, batch = setup()
+    obj = trpo_objective(policy, theta, batch, LR, inner_steps, first_order)
+    f, x0 = flat_function(theta, lambda p: obj.evaluate(list(p.values()), True)[1])
+    assert abs(float(f(x0.clone().requires_grad_(True)))) < 1e-12  # KL(old || old) = 0
+    dense = torch.autograd.functional.hessian(f, x0)
+    gen = torch.Generator().manual_seed(1)
+    leaves = [v.clone().requires_grad_(True) for v in theta.values()]
+    with torch.enable_grad():
+        generic = trpo.kl_hvp(obj.evaluate(leaves, True)[1], leaves)  # double backward through the inner step
+    for _ in range(3):
+        v = torch.randn(x0.numel(), generator=gen, dtype=D)
+        expect = dense @ v
+        assert torch.allclose(generic(v), expect, rtol=1e-8, atol=1e-10)
+        assert torch.allclose(obj.hvp(v), expect, rtol=1e-6, atol=1e-9)  # the Gauss-Newton form training uses
+
+
+def test_conjugate_gradient_matches_a_dense_solve():
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=gen, dtype=D))
+    a = q @ torch.diag(torch.logspace(-1, 1, 12, dtype=D)) @ q.T
+    b = torch.randn(12, generator=gen, dtype=D)
+    x = trpo.conjugate_gradient(lambda v: a @ v, b, iters=40, residual_tol=1e-24)
+    assert torch.allclose(x, torch.linalg.solve(a, b), rtol=1e-9, atol=1e-11)
+    # on the damped KL Hessian of a tiny policy, with the residual that gives x^T A x
+    policy, theta, batch = setup()
+    obj = trpo_objective(policy, theta, batch, LR, 1)
+    f, x0 = flat_function(theta, lambda p: obj.evaluate(list(p.values()), True)[1])
+    dense = torch.autograd.functional.hessian(f, x0) + 1e-2 * torch.eye(x0.numel(), dtype=D)
+    g = torch.randn(x0.numel(), generator=gen, dtype=D)
+    x, r = trpo.conjugate_gradient(lambda v: obj.hvp(v) + 1e-2 * v, g, iters=400, residual_tol=1e-26,
+                                   with_residual=True)
+    assert torch.allclose(x, torch.linalg.solve(dense, g), rtol=1e-5, atol=1e-5 * float(x.abs().max()))
+    assert torch.allclose(x.dot(g - r), x.dot(dense @ x), rtol=1e-8)
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_meta_gradient_matches_a_per_task_loop(first_order):
+    """The surrogate's gradient at theta_old, through the inner policy-gradient step, against each task on its own
+    with nn.Sequential (functional_call) and plain autograd; it is also MAML's REINFORCE meta-gradient."""
+    policy, theta, batch = setup()
+    obj = trpo_objective(policy, theta, batch, LR, 1, first_order)
+    leaves = [v.clone().requires_grad_(True) for v in theta.values()]
+    grads = torch.autograd.grad(obj.evaluate(leaves, True)[0], leaves)
+    names = list(theta)
+    module = policy.torch_module().double()
+    expect = [torch.zeros_like(v) for v in theta.values()]
+    for b in range(batch.num_tasks):
+        th = [v.clone().requires_grad_(True) for v in theta.values()]
+
+        def log_prob(values, obs, actions):
+            params = dict(zip(names, values))
+            mean = torch.func.functional_call(module, {k: v for k, v in params.items() if k != "log_std"}, (obs,))
+            z = (actions - mean) / torch.exp(params["log_std"])
+            return (-0.5 * z ** 2 - params["log_std"] - 0.5 * np.log(2 * np.pi)).sum(-1)
+
+        pre, post = obj.support[0], obj.query
+        valid = pre.mask[b] > 0
+        inner = -(log_prob(th, pre.obs[b][valid], pre.actions[b][valid]) * pre.advantages[b][valid]).mean()
+        g_in = torch.autograd.grad(inner, th, create_graph=not first_order)
+        if first_order:
+            g_in = [g.detach() for g in g_in]
+        phi = [t - LR * g for t, g in zip(th, g_in)]
+        valid = post.mask[b] > 0
+        old = log_prob([p.detach() for p in phi], post.obs[b][valid], post.actions[b][valid])
+        ratio = torch.exp(log_prob(phi, post.obs[b][valid], post.actions[b][valid]) - old)
+        surr = -(ratio * post.advantages[b][valid]).mean()
+        for e, g in zip(expect, torch.autograd.grad(surr, th)):
+            e += g / batch.num_tasks
+    for k, g, e in zip(names, grads, expect):
+        assert torch.allclose(g, e, rtol=1e-8, atol=1e-11), k
+    # the same as the meta-gradient MAML's Adam path takes (REINFORCE through the inner step)
+    config = AlgorithmConfig.defaults("fomaml" if first_order else "maml", task="navigation", inner_lr=LR)
+    algo = make_algorithm(policy, "policy_gradient", config)
+    adam_grads = algo.meta_gradient(OrderedDict(zip(names, [v.clone().requires_grad_(True) for v in theta.values()])),
+                                    batch, first_order)[0]
+    for k, g, e in zip(names, adam_grads, expect):
+        assert torch.allclose(g, e, rtol=1e-8, atol=1e-11), k
+
+
+def test_trpo_step_keeps_the_kl_bound_and_improves_the_surrogate():
+    policy, theta, batch = setup()
+    config = AlgorithmConfig.defaults("maml", task="navigation", inner_lr=LR)
+    assert config.outer_optimizer == "trpo"
+    algo = make_algorithm(policy, "policy_gradient", config)
+    params = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items())
+    algo.setup(params)
+    obj = trpo_objective(policy, params, batch, LR, 1)
+    res = trpo.trpo_step(list(params.values()), obj.evaluate, trpo.TRPOSettings(max_kl=0.01), obj.hvp)
+    assert res.accepted and res.loss_after < res.loss_before and 0 < res.kl <= 0.01
+    loss, kl = obj.evaluate([p.detach() for p in params.values()], False)
+    assert float(loss) == pytest.approx(res.loss_after) and float(kl) == pytest.approx(res.kl)
+    # a step that cannot improve (a zero surrogate gradient: zero advantages) is rejected and theta stays
+    before = [p.detach().clone() for p in params.values()]
+
+    def flat(tensors, differentiable):
+        return sum((t * 0).sum() for t in tensors), obj.evaluate(tensors, differentiable)[1]
+
+    res = trpo.trpo_step(list(params.values()), flat, trpo.TRPOSettings(), obj.hvp)
+    assert not res.accepted and all(torch.equal(a, b) for a, b in zip(before, params.values()))
+
+
+def test_meta_step_records_the_kl_and_moves_theta():
+    policy, theta, batch = setup()
+    for name in ("maml", "fomaml", "pretrained"):
+        over = {"outer_optimizer": "trpo"} if name == "pretrained" else {}
+        config = AlgorithmConfig.defaults(name, task="navigation", inner_lr=LR, **over)
+        algo = make_algorithm(policy, "policy_gradient", config)
+        params = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items())
+        algo.setup(params)
+        m = algo.meta_step(params, batch, 0)
+        assert m["trpo_accepted"] == 1.0 and 0 < m["mean_kl"] <= 0.01, name
+        assert any(not torch.equal(p, theta[k]) for k, p in params.items()), name
+
+
+def test_defaults_on_navigation():
+    maml = AlgorithmConfig.defaults("maml", task="navigation")
+    pre = AlgorithmConfig.defaults("pretrained", task="navigation")
+    assert (maml.outer_optimizer, maml.inner_lr) == ("trpo", 0.5)
+    assert (pre.outer_optimizer, pre.meta_lr) == ("adam", 1e-3)  # the reference's pretrained policy
+    assert AlgorithmConfig.defaults("maml").outer_optimizer == "adam"  # supervised families
+    with pytest.raises(ValueError, match="outer-optimizer"):
+        AlgorithmConfig(outer_optimizer="lbfgs")
+    policy, theta, _ = setup()
+    algo = make_algorithm(policy, "policy_gradient", maml)
+    with pytest.raises(ValueError, match="sampled"):
+        from maml_lab.core.tasks.base import TaskBatch
+
+        x = torch.zeros(1, 2, 2, dtype=D)
+        algo.meta_step(OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items()),
+                       TaskBatch(x, x, x, x), 0)
+    assert expand_params(theta, 2)["log_std"].shape == (2, 2)
