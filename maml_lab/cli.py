@@ -214,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shots", type=_int_at_least(1), nargs="+", help="K (several allowed); default: as trained")
     e.add_argument("--steps", type=_int_at_least(0), nargs="+",
                    help="step counts to report (default 1 5 10; images: the trained test steps, 3)")
-    e.add_argument("--tasks", type=_int_at_least(1), default=600, help="held-out tasks (default 600)")
+    e.add_argument("--tasks", type=_int_at_least(1), help="held-out tasks (default 600; navigation 40)")
+    e.add_argument("--protocol", choices=("lab", "paper"), default="lab",
+                   help="navigation: the lab's protocol (default) or the MAML paper's (cbfinn/maml_rl's test: its 40 "
+                        "goals, 40 trajectories per step, steps 0.5 then 0.25); docs/navigation.md")
     e.add_argument("--queries", type=_int_at_least(1), help="query points per task (default 100; images: 15)")
     e.add_argument("--inner-lr", type=_positive_float, help="fine-tuning step size (default: as trained)")
     e.add_argument("--seed", type=_int_at_least(0), default=2017, help="seed of the held-out tasks")
@@ -601,7 +604,9 @@ def cmd_eval(args) -> int:
     if json_path is not None and not json_path.expanduser().parent.is_dir():
         raise UsageError(f"--json: folder not found: {json_path.parent}")
     evaluations = []
+    tasks_given = args.tasks
     for path in args.paths:
+        args.tasks = tasks_given
         params, extras, meta, model = load_initialization(path, with_extras=True)
         hyper = meta.get("hyperparameters", {})
         # fine-tune as the algorithm was trained to (Reptile with Adam: Adam; Meta-SGD: its learned rates), at the
@@ -616,12 +621,13 @@ def cmd_eval(args) -> int:
         print(f"{path.name}: {meta.get('algorithm')} after {meta.get('iterations')} iterations, "
               f"{model.spec().get('kind')} model ({_threads_text(threads)})")
         if kind.metric == "return":  # reinforcement learning (2-D navigation): average return, oracle, random
-            from .core.tasks.navigation import eval_navigation_initialization
+            from .core.rl.protocol import eval_navigation
 
-            out = eval_navigation_initialization(args, params, meta, model, args.steps, adaptation, device, dtype)
+            out = eval_navigation(args, params, meta, model, adaptation, device, dtype)
             evaluations.append({"path": str(path), "algorithm": meta.get("algorithm"),
                                 "iterations": meta.get("iterations"), **out})
             continue
+        args.tasks = args.tasks or 600
         if kind.metric == "accuracy":
             from .core.tasks.images import eval_image_initialization
 

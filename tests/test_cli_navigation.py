@@ -46,7 +46,7 @@ def test_the_export_describes_the_environment_and_rolls_out_in_plain_pytorch(exp
     task, hyper = meta["task"], meta["hyperparameters"]
     assert task["name"] == "navigation" and task["horizon"] == 10 and task["max_speed"] == 0.1
     assert "distance" in task["reward"] and task["baseline"]["kind"] == "linear_feature"
-    assert hyper["inner_lr"] == 0.1 and hyper["shots"] == 2 and meta["model"]["kind"] == "gaussian_mlp_policy"
+    assert hyper["inner_lr"] == 0.5 and hyper["shots"] == 2 and meta["model"]["kind"] == "gaussian_mlp_policy"
 
     # plain PyTorch: the mean network is an nn.Sequential, the log std one more tensor
     assert meta["model"]["sizes"] == [2, 100, 100, 2] and meta["model"]["activation"] == "relu"  # the paper's
@@ -105,6 +105,34 @@ def test_eval_prints_returns_after_each_step_with_the_references(exported, capsy
     assert "average return" in out and "oracle" in out and "random init" in out
     rows = [line.split() for line in out.splitlines() if "+-" in line and line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["0", "1"] and all(float(r[1]) < 0 for r in rows)
+
+
+def test_the_defaults_train_maml_by_trpo_and_the_pretrained_policy_by_adam(tmp_path, capsys):
+    """The defaults, shortened only in episodes and batch (--iterations 2 of the default 50)."""
+    from maml_lab.core.training.config import ExperimentConfig
+
+    assert ExperimentConfig(task="navigation").iterations == 50
+    out = tmp_path / "nav.safetensors"
+    args = ["train", "--task", "navigation", "--algorithm", "maml", "pretrained", "--iterations", "2", "--out",
+            str(out), "--run-dir", str(tmp_path / "run"), "--save-config", str(tmp_path / "c.toml"), *TINY]
+    assert main(args) == 0
+    config = ExperimentConfig.load_toml(tmp_path / "c.toml")
+    maml, pretrained = config.algorithms
+    assert (maml.outer_optimizer, maml.inner_lr) == ("trpo", 0.5)
+    assert (pretrained.outer_optimizer, pretrained.meta_lr) == ("adam", 1e-3)
+    capsys.readouterr()
+    paths = [str(tmp_path / "nav-maml.safetensors"), str(tmp_path / "nav-pretrained.safetensors")]
+    assert main(["eval", *paths, "--protocol", "paper", "--steps", "0", "1", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "protocol paper" in text and "np.random.seed(1)" in text and "SGD 0.5 then 0.25" in text
+    assert "pretrained: judged at its best first step size" in text
+    rows = [line.split() for line in text.splitlines() if "+-" in line and line.split()[0].isdigit()]
+    assert [r[0] for r in rows] == ["0", "1", "0", "1"]
+    # Adam on the surrogate stays one flag away
+    args = ["train", "--task", "navigation", "--outer-optimizer", "adam", "--iterations", "1", "--run-dir",
+            str(tmp_path / "run2"), "--save-config", str(tmp_path / "a.toml"), *TINY]
+    assert main(args) == 0
+    assert ExperimentConfig.load_toml(tmp_path / "a.toml").algorithms[0].outer_optimizer == "adam"
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -173,11 +173,22 @@ def reptile_step(algorithm, params, batch: ObjectiveBatch, iteration: int = 0) -
     return algorithm._metrics(res.support_losses[0].mean(), post_cost.mean()) | {"epsilon": eps}
 
 
-def objective_trajectory(model, batch: ObjectiveBatch, params, steps: int, lr: float, batched: bool = False):
+def step_sizes(lr, steps: int) -> list[float]:
+    """The step size of each of `steps` steps: a number for all, or a schedule (its last entry repeats; the
+    reference's test: 0.5 then 0.25)."""
+    if isinstance(lr, (int, float)):
+        return [float(lr)] * steps
+    lr = [float(x) for x in lr]
+    return [lr[min(k, len(lr) - 1)] for k in range(steps)]
+
+
+def objective_trajectory(model, batch: ObjectiveBatch, params, steps: int, lr, batched: bool = False):
     """Test-time adaptation on sampled tasks, one step at a time: yields (each task's detached parameters [B, ...]
-    after k steps, the cost [B] of the trajectories sampled with them) for k = 0..steps."""
+    after k steps, the cost [B] of the trajectories sampled with them) for k = 0..steps. `lr`: a step size, or one
+    per step (step_sizes)."""
     if steps < 0:
         raise ValueError(f"adaptation steps must be >= 0, got {steps}")
+    lrs = step_sizes(lr, steps)
     fast = OrderedDict((k, v.detach()) for k, v in params.items())
     if not batched:
         fast = expand_params(fast, batch.num_tasks)
@@ -189,10 +200,10 @@ def objective_trajectory(model, batch: ObjectiveBatch, params, steps: int, lr: f
                 grads = torch.autograd.grad(surr.sum(), list(inputs.values()))
         yield fast, cost.detach()
         if k < steps:
-            fast = OrderedDict((name, (v - lr * g).detach()) for (name, v), g in zip(inputs.items(), grads))
+            fast = OrderedDict((name, (v - lrs[k] * g).detach()) for (name, v), g in zip(inputs.items(), grads))
 
 
-def objective_curve(model, batch: ObjectiveBatch, params, max_steps: int, lr: float) -> np.ndarray:
+def objective_curve(model, batch: ObjectiveBatch, params, max_steps: int, lr) -> np.ndarray:
     """The cost of every task after 0..max_steps test-time steps: [max_steps + 1, B] (float64)."""
     return np.stack([cost.double().cpu().numpy()
                      for _, cost in objective_trajectory(model, batch, params, max_steps, lr)])

@@ -96,7 +96,10 @@ def kl_hvp(kl: torch.Tensor, params: list[torch.Tensor], reg_coeff: float = 0.0)
     return hvp
 
 
-def trpo_step(params: list[torch.Tensor], evaluate: Callable[[list[torch.Tensor], bool], tuple[torch.Tensor, torch.Tensor]],
+Evaluate = Callable[[list[torch.Tensor], bool], tuple[torch.Tensor, torch.Tensor]]
+
+
+def trpo_step(params: list[torch.Tensor], evaluate: Evaluate,
               settings: TRPOSettings = TRPOSettings(),
               hvp: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TRPOResult:
     """One TRPO step on the leaf tensors `params` (updated in place when the line search accepts).
