@@ -160,17 +160,22 @@ def test_trpo_step_keeps_the_kl_bound_and_improves_the_surrogate():
     assert not res.accepted and all(torch.equal(a, b) for a, b in zip(before, params.values()))
 
 
-def test_meta_step_records_the_kl_and_moves_theta():
-    policy, theta, batch = setup()
+@pytest.mark.parametrize("fraction", [1.0])
+def test_meta_step_records_the_kl_and_moves_theta(fraction):
+    from maml_lab.core.rl.objective import objective_trpo_step
+
+    policy, theta, batch = setup(tasks=8)
     for name in ("maml", "fomaml", "pretrained"):
         over = {"outer_optimizer": "trpo"} if name == "pretrained" else {}
         config = AlgorithmConfig.defaults(name, task="navigation", inner_lr=LR, **over)
         algo = make_algorithm(policy, "policy_gradient", config)
         params = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items())
         algo.setup(params)
-        m = algo.meta_step(params, batch, 0)
+        m = objective_trpo_step(algo, params, batch, name == "fomaml", name != "pretrained",
+                                trpo.TRPOSettings(hvp_fraction=fraction))
         assert m["trpo_accepted"] == 1.0 and 0 < m["mean_kl"] <= 0.01, name
         assert any(not torch.equal(p, theta[k]) for k, p in params.items()), name
+        assert set(algo.meta_step(params, batch, 1)) >= {"pre_loss", "post_loss", "mean_kl", "trpo_accepted"}
 
 
 def test_defaults_on_navigation():

@@ -35,7 +35,8 @@ def test_click_and_drag_place_the_goal_and_the_paths_follow(qtbot):
     assert abs(view.goal[0] - 0.2) < 0.02 and abs(view.goal[1] + 0.3) < 0.02
     view.compute()
     res = view.results["maml"]
-    expect = goal_paths(view.inits["maml"].model, view.inits["maml"].params, view.goal, 3, 0.1, 3, view.seed,
+    lr = view.inits["maml"].inner_lr  # the family's default inner step (0.5, as cbfinn/maml_rl)
+    expect = goal_paths(view.inits["maml"].model, view.inits["maml"].params, view.goal, 3, lr, 3, view.seed,
                         view.family)
     assert res.returns == expect.returns and len(res.paths) == 4
     assert view.table.rowCount() == 1 and view.table.item(0, 1).text() == f"{res.returns[0]:.2f}"

@@ -77,6 +77,10 @@ class PolicySamples:
     mask: torch.Tensor  # [B, M]: 1 on steps of a running episode
     cost: torch.Tensor  # [B]: minus the average return of the trajectories
 
+    def head(self, n: int) -> "PolicySamples":
+        """The samples of the first n tasks."""
+        return PolicySamples(self.obs[:n], self.actions[:n], self.advantages[:n], self.mask[:n], self.cost[:n])
+
     def surrogate(self, model, params) -> torch.Tensor:
         """The REINFORCE surrogate of each task at `params` on these samples [B] (pg.surrogate)."""
         return pg.surrogate(model.log_prob(params, self.obs, self.actions), self.advantages, self.mask)
@@ -304,7 +308,7 @@ class TRPOObjective:
 
 
 def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_steps: int,
-                   first_order: bool = False) -> TRPOObjective:
+                   first_order: bool = False, hvp_fraction: float = 1.0) -> TRPOObjective:
     """The surrogate and KL of cbfinn/maml_rl's MAMLTRPO on a batch of sampled tasks, at theta = `params`.
 
     With inner_steps >= 1 (MAML, FOMAML): the pre-update trajectories are sampled with theta_old and the post-update
@@ -314,7 +318,11 @@ def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_
     for MAML, so the gradient and the KL's Hessian are exact second order through it; FOMAML: the inner gradient is a
     constant, the reference's stop_grad). The KL is the mean over every task's post-update steps of
     KL(pi_phi_i(theta_old) || pi_phi_i(theta)) (the reference's kl_constrain_step -1). With inner_steps 0 (a policy
-    trained on every goal at once): the same on the pre-update trajectories at theta."""
+    trained on every goal at once): the same on the pre-update trajectories at theta. `hvp_fraction` < 1: the KL's
+    Hessian-vector products on the first ceil(fraction x B) tasks only (the goals are independent draws), as the
+    reference optimizer's subsample_factor (it used 1); the line search's KL is always every task's."""
+    import math
+
     from .trpo import gaussian_kl
 
     names = list(params.keys())
@@ -349,8 +357,9 @@ def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_
             kl = (gaussian_kl(old_mean, old_log_std, mean, log_std) * query.mask).sum() / total
         return surr, kl
 
-    hvp = kl_hessian_product(model, OrderedDict((k, v.detach()) for k, v in params.items()), support, query,
-                             old_log_std, inner_lr, first_order)
+    n = max(1, math.ceil(hvp_fraction * b))
+    hvp = kl_hessian_product(model, OrderedDict((k, v.detach()) for k, v in params.items()),
+                             [smp.head(n) for smp in support], query.head(n), old_log_std[:n], inner_lr, first_order)
     return TRPOObjective(support, query, evaluate, hvp)
 
 
@@ -366,8 +375,10 @@ def objective_trpo_step(algorithm, params, batch: ObjectiveBatch, first_order: b
         raise ValueError("outer-optimizer trpo takes the surrogate after the last inner step: drop step-loss-weights")
     if algorithm.sync is not None:
         raise ValueError("outer-optimizer trpo runs in one process (its line search needs every task's samples)")
-    obj = trpo_objective(model, params, batch, cfg.inner_lr, cfg.inner_steps if inner else 0, first_order)
-    res = trpo_step(list(params.values()), obj.evaluate, settings or TRPOSettings(), obj.hvp)
+    settings = settings or TRPOSettings()
+    obj = trpo_objective(model, params, batch, cfg.inner_lr, cfg.inner_steps if inner else 0, first_order,
+                         settings.hvp_fraction)
+    res = trpo_step(list(params.values()), obj.evaluate, settings, obj.hvp)
     pre_cost = obj.support[0].cost.mean() if obj.support else obj.query.cost.mean()
     if inner:
         post_cost = obj.query.cost.mean()
