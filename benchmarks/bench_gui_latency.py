@@ -100,12 +100,12 @@ def main(argv=None) -> int:
         config.iterations = 10_000_000
         window.panel.set_config(config)
         if args.plot_fps:
-            window.plots.min_interval = 1.0 / args.plot_fps
+            window.views["training"].min_interval = 1.0 / args.plot_fps
         window.resize(1440, 900)
         window.tabs.setCurrentWidget(window.views[args.view])
         window.show()
         if args.task == "sinusoid":
-            window.playground.random_task()
+            window.views["playground"].random_task()
         idle = measure(app, 2.0)
         window.start()
         measure(app, args.warmup)  # warm-up: the first snapshot, the first plot frames
@@ -119,7 +119,8 @@ def main(argv=None) -> int:
         window.wait_for_training(10)
         stop_s = time.perf_counter() - t_stop
         iterations = end_iteration - start_iteration
-        print(f"switch interval {sys.getswitchinterval() * 1000:g} ms; plot fps <= {1 / window.plots.min_interval:g}")
+        plots = window.views["training"]
+        print(f"switch interval {sys.getswitchinterval() * 1000:g} ms; plot fps <= {1 / plots.min_interval:g}")
         from maml_lab.lab import threads as thread_policy
 
         print(f"task: {args.task}; view: {args.view}; algorithms: {', '.join(args.algorithms)}; torch threads: "
@@ -129,7 +130,7 @@ def main(argv=None) -> int:
         print(f"training  {percentiles(training)}")
         print(f"training speed: {iterations / elapsed:,.2f} meta-iterations/s "
               f"({iterations * config.meta_batch_size / elapsed:,.0f} tasks/s); "
-              f"plot frames: {window.plots.draw_count}; stop took {stop_s * 1000:.0f} ms")
+              f"plot frames: {plots.draw_count}; stop took {stop_s * 1000:.0f} ms")
         window.close()
     return 0
 

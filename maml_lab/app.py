@@ -180,7 +180,7 @@ def screenshot(app, args, config, size: tuple[int, int]) -> int:
     window.resize(*size)
     window.tabs.setCurrentWidget(window.views[args.view])
     window.show()
-    window.playground.random_task()
+    window.views["playground"].random_task()
     app.processEvents()
     if not window.start():
         print(f"maml-lab: error: {window.panel.message or 'could not start training'}", file=sys.stderr)
@@ -189,8 +189,8 @@ def screenshot(app, args, config, size: tuple[int, int]) -> int:
     state = window.wait_for_training()
     for _ in range(5):
         app.processEvents()
-    window.playground.flush()
-    window.plots.redraw()
+    window.views["playground"].flush()
+    window.views["training"].redraw()
     view = window.views[args.view]
     if hasattr(view, "wait_until_idle"):  # views computing in the background (landscape, paths, adaptation)
         if not view.wait_until_idle(600.0):

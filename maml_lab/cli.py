@@ -719,6 +719,8 @@ def _views_registry():
     """The views registry when the Qt layer imports here (it may not be installed, or not exist); else None."""
     try:  # views are widgets: listed only where Qt imports (the headless CLI never needs it otherwise)
         from .ui import views
+
+        views.VIEWS.names()  # loads the view modules, which import Qt
     except ImportError:
         return None
     return getattr(views, "VIEWS", None)

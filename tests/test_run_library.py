@@ -48,3 +48,21 @@ def test_an_opened_run_adapts_with_the_learned_tensors_of_its_checkpoint(tmp_pat
     first = paths.adaptation("metasgd", 0).tensors
     assert all(torch.equal(v, torch.full_like(v, cfg.algorithm("metasgd").inner_lr)) for v in first.values())
     assert not paths.paths["maml"].learned and paths.adaptation("maml", 0) == paths.adaptation("maml")
+
+
+def test_a_run_summary_names_its_familys_metric():
+    """Past runs read a navigation run as an average return (higher is better), not as a loss."""
+    from pathlib import Path
+
+    from maml_lab.lab.run_library import RunSummary
+
+    nav = RunSummary(Path("n"), "n", task="navigation", algorithms=["maml", "pretrained"],
+                     post_loss={"maml": 15.7, "pretrained": 40.1})
+    assert nav.result_text() == "average return MAML -15.7 · Pretrained -40.1"
+    assert "higher is better" in nav.result_tip()
+    sine = RunSummary(Path("s"), "s", task="sinusoid", algorithms=["maml"], post_loss={"maml": 0.25})
+    assert sine.result_text() == "MSE 0.25" and "lower is better" in sine.result_tip()
+    images = RunSummary(Path("i"), "i", task="images", algorithms=["maml"], post_loss={"maml": 0.5},
+                        post_accuracy={"maml": 0.9})
+    assert images.result_text().endswith("0.5 (90.0%)")
+    assert RunSummary(Path("e"), "e", task="sinusoid").result_text() == ""

@@ -67,19 +67,41 @@ class RunSummary:
     def progress_text(self) -> str:
         return f"{self.iteration:,} / {self.total:,}" if self.total else f"{self.iteration:,}"
 
+    def metric(self) -> tuple[str, float, bool]:
+        """What `result_text` reports, as (name, sign applied to the loss, higher is better): the family's
+        plot_metric where it has one (2-D navigation: the average return, -cost), else its loss."""
+        from ..core.tasks.registry import TASKS
+
+        kind = TASKS.get(self.task) if self.task in TASKS else None
+        if kind is not None and kind.plot_metric is not None:
+            label, sign = kind.plot_metric
+            return label, float(sign), sign < 0
+        return (kind.loss_label if kind is not None else "loss"), 1.0, False
+
     def loss_text(self) -> str:
-        return _per_algorithm(self._ordered(self.post_loss), lambda v: f"{v:.3g}")
+        _, sign, _ = self.metric()
+        return _per_algorithm(self._ordered(self.post_loss), lambda v: f"{sign * v:.3g}")
 
     def result_text(self) -> str:
-        """The last post-adaptation loss of each algorithm, with its accuracy on image tasks."""
+        """Each algorithm's last post-adaptation result in the family's metric, named (2-D navigation: 'average
+        return MAML -15.7 · Pretrained -40.1'), with its accuracy on image tasks."""
+        name, sign, _ = self.metric()
         losses = self._ordered(self.post_loss)
+        if not any(isinstance(v, (int, float)) and math.isfinite(v) for v in losses.values()):
+            return ""
         if not self.post_accuracy:
-            return self.loss_text()
-        parts = {n: f"{v:.3g}" + (f" ({100 * self.post_accuracy[n]:.1f}%)" if n in self.post_accuracy else "")
+            return f"{name} {self.loss_text()}"
+        parts = {n: f"{sign * v:.3g}" + (f" ({100 * self.post_accuracy[n]:.1f}%)" if n in self.post_accuracy else "")
                  for n, v in losses.items() if math.isfinite(v)}
         if len(parts) == 1:
-            return next(iter(parts.values()))
-        return " · ".join(f"{algorithm_label(n)} {t}" for n, t in parts.items())
+            return f"{name} {next(iter(parts.values()))}"
+        return f"{name} " + " · ".join(f"{algorithm_label(n)} {t}" for n, t in parts.items())
+
+    def result_tip(self) -> str:
+        """How to read `result_text`: which way is better."""
+        name, _, higher = self.metric()
+        return (f"{name} after adaptation, on the query sets of the last meta-iteration: "
+                f"{'higher' if higher else 'lower'} is better")
 
     def _ordered(self, values: dict) -> dict:
         """The run's algorithm order (run.json stores its metrics sorted by name)."""

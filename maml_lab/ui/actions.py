@@ -93,13 +93,14 @@ ACTIONS: tuple[ActionSpec | SubmenuSpec, ...] = (
                enabled=lambda w: bool(w.history.algorithms)),
     ActionSpec("quit", "Quit", "close", Std.Quit, "Quit MAML Lab", menu="&File/quit"),
     # Edit: the playground's task
-    ActionSpec("undo", "Undo", "playground.undo", Std.Undo, "Undo the last change to the playground task",
+    ActionSpec("undo", "Undo", "views.playground.undo", Std.Undo, "Undo the last change to the playground task",
                menu="&Edit/points"),
-    ActionSpec("delete", "Delete point", "playground.remove_selected", Key.Key_Delete,
+    ActionSpec("delete", "Delete point", "views.playground.remove_selected", Key.Key_Delete,
                "Remove the selected support point", menu="&Edit/points"),
-    ActionSpec("clear", "Clear task", "playground.clear", "Ctrl+Shift+Backspace",
+    ActionSpec("clear", "Clear task", "views.playground.clear", "Ctrl+Shift+Backspace",
                "Remove every point and the true curve", menu="&Edit/points"),
-    ActionSpec("random", "Random task", "playground.random_task", "Ctrl+T", "A task from the family's distribution",
+    ActionSpec("random", "Random task", "views.playground.random_task", "Ctrl+T",
+               "A task from the family's distribution",
                menu="&Edit/task"),
     ActionSpec("draw", "Draw mode", "set_draw_mode", "Ctrl+D", "Draw the true curve freehand", menu="&Edit/task",
                checkable=True),
@@ -116,7 +117,7 @@ ACTIONS: tuple[ActionSpec | SubmenuSpec, ...] = (
     ActionSpec("reset", "Reset", "reset", "Ctrl+R", "Discard the trained parameters and curves", "reset",
                "&Run/run", "run", enabled=lambda w: w.state not in (RunState.STARTING, RunState.STOPPING)),
     # View (the views' own entries come from the view registry: view_actions)
-    ActionSpec("log", "Log scale", "plots.set_log", "Ctrl+L", "Logarithmic loss axis", menu="&View/options",
+    ActionSpec("log", "Log scale", "views.training.set_log", "Ctrl+L", "Logarithmic loss axis", menu="&View/options",
                checkable=True),
     # Help
     ActionSpec("shortcuts", "Keyboard shortcuts", "show_shortcuts", Std.HelpContents, menu="&Help/help"),
@@ -138,9 +139,10 @@ def all_specs(views) -> tuple[ActionSpec | SubmenuSpec, ...]:
 
 
 def _resolve(window, path: str):
+    """The object `path` names from the window: attributes, and entries of dicts ("views.playground.undo")."""
     obj = window
     for part in path.split("."):
-        obj = getattr(obj, part)
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
     return obj
 
 

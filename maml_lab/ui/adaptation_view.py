@@ -27,6 +27,7 @@ from .colors import algorithm_color, curve_pen, qcolor
 from .computed_view import HeldOutView, plain_plot, set_quietly
 from .inside_plots import flow_bar, labelled, readout_label
 from .theme import MUTED, TEXT, style_plot
+from .views import ViewSpec
 
 BAND_ALPHA = 45
 
@@ -36,6 +37,8 @@ class AdaptationView(HeldOutView):
     progress_width = 140
     queries = 100
     request_type = CurveRequest
+    result_type = CurveSet
+    what = "compare how fast each initialization adapts"
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -64,7 +67,6 @@ class AdaptationView(HeldOutView):
         self.data_button("Export data…", "Save the curves with their evaluation cards as CSV or JSON",
                          self.export_data)
         self.cards: OrderedDict[str, EvaluationCard] = OrderedDict()
-        self._computing: tuple | None = None  # (family, queries, requests) of the computation under way
         for spin in (self.shots, self.steps, self.tasks):
             spin.setMaximumWidth(78)
         bar = flow_bar([
@@ -79,7 +81,7 @@ class AdaptationView(HeldOutView):
         self.acc_plot = plain_plot(pg.PlotItem())
         style_plot(self.loss_plot, "Loss on held-out tasks after fine-tuning", "gradient steps", "MSE")
         style_plot(self.acc_plot, "Accuracy on held-out tasks", "gradient steps", "accuracy")
-        self.decorate(self.loss_plot, (-10, 8), "Train, or import an initialization, to compare how fast each adapts")
+        self.decorate(self.loss_plot, (-10, 8))
         self.summary = readout_label(one_line=False)
         self.card_label = QLabel(" ")  # the evaluation protocol in one line; the full cards in its tooltip
         self.card_label.setProperty("hint", True)
@@ -96,15 +98,24 @@ class AdaptationView(HeldOutView):
         if self.inits.pop(key, None) is not None:
             self._inputs_changed()
 
-    def clear_trained(self) -> None:
+    def clear_run(self) -> None:
         self._shots_from_run = True
-        super().clear_trained()
+        super().clear_run()
 
-    def set_run(self, run: RunPaths) -> None:
-        """The run's task families (held-out ones for evaluation) and K."""
-        first = self.run is None
-        self.run = run
-        if first and self._shots_from_run:
+    def clear_result(self) -> None:
+        """No curves, cards, summary or title of an earlier result (Export data… goes with them)."""
+        super().clear_result()
+        self.cards = OrderedDict()
+        self._show_cards()
+        self.summary.setText(" ")
+        self.loss_label = self.plot_metric = None
+        self._show_accuracy(False)
+        style_plot(self.loss_plot, "Loss on held-out tasks after fine-tuning", "gradient steps", "")
+        self.loss_plot.setLabel("left", "")
+
+    def defaults_from(self, run: RunPaths) -> None:
+        """The run's K and test steps (fewer tasks for models that cost more)."""
+        if self._shots_from_run:
             set_quietly(self.shots, run.shots)
             set_quietly(self.steps, max(run.test_steps(n) for n in run.names) if run.names else 10)
             if run.model_spec.get("kind") != "mlp":
@@ -115,16 +126,13 @@ class AdaptationView(HeldOutView):
         self._inputs_changed()
 
     # -- computing -----------------------------------------------------------------------------------
-    def compute(self) -> bool:
-        reqs = self.requests()
-        self.recompute.stale = False
-        if not reqs:
-            return False
-        family, queries = self.family()
+    def job(self, requests: list, family, queries: int):
         shots, steps, tasks = self.shots.value(), self.steps.value(), self.tasks.value()
-        self._computing = (family, queries, reqs)
-        return self.start(lambda progress, cancel: compute_curves(reqs, family, shots, steps, tasks, queries,
-                                                                  progress, cancel), "curves", len(reqs))
+        return lambda progress, cancel: compute_curves(requests, family, shots, steps, tasks, queries, progress,
+                                                       cancel)
+
+    def drawn(self) -> bool:
+        return self.result is not None and bool(self.result.curves)
 
     def can_export(self) -> bool:
         return self.result is not None and bool(self.result.curves)
@@ -334,3 +342,6 @@ def _signed(curve, sign: float):
     if sign == 1.0:
         return curve
     return dataclasses.replace(curve, loss_mean=sign * curve.loss_mean)
+
+
+VIEW = ViewSpec("adaptation", "Adaptation", lambda window: AdaptationView())

@@ -11,11 +11,15 @@ that subclasses it writes only what is its own:
 - `compute()`: read the controls, build a job `fn(progress, cancel)` from the application layer (maml_lab/lab) and
   `return self.start(fn, tag, total)`; call `self._inputs_changed()` when an input changes;
 - `result_text(result)` for the status line and `show_result(result)` (by default `self._draw()`);
-- `can_compute()` / `can_export()`, and its data export: `self.data_button(text, tip, export)` and `ask_path`.
+- `can_compute()` / `can_export()`, and its data export: `self.data_button(text, tip, export)` and `ask_path`;
+- `clear_result()`: draw nothing (the base's `clear_run` drops the result when it belongs to another run or
+  family, and `set_applicable(reason)` shows why the view does not apply, with no Compute).
 
 `HeldOutView` (the Adaptation and Per layer views) adds what the views comparing every initialization on the same
-held-out tasks share: the initializations they keep (lab.initializations.compared), the requests for those that fit
-the held-out family, one legend with the curves or bars drawn on it, and the hint shown before anything is computed.
+held-out tasks share: the initializations they keep (lab.initializations.compared), the run (`set_run`, then the
+subclass's `defaults_from(run)` once), the requests (`request_type`) for those that fit the held-out family,
+`compute()` (the subclass's `job(requests, family, queries)` on the worker thread, its result a `result_type`),
+one legend with the curves or bars drawn on it, and the hint that says what Compute will do or why it cannot.
 """
 
 from __future__ import annotations
@@ -74,6 +78,7 @@ class ComputedView(QWidget):
         self.run = None  # the run's RunPaths (set_run)
         self.result = None  # the last result: kept, and drawn, until a newer one arrives
         self.training = False
+        self.not_applicable: str | None = None  # why the view does not apply to the family shown (set_applicable)
         self.runner = BackgroundRunner(self.title, self)
         self.runner.finished.connect(self._on_result)
         self.runner.failed.connect(self._on_failed)
@@ -137,6 +142,43 @@ class ComputedView(QWidget):
         self.recompute.mark_stale()
         self._sync_buttons()
 
+    def set_applicable(self, reason: str | None) -> None:
+        """`reason`: why this view does not apply to the family shown (None: it does). Not applying, it drops its
+        result, says why in place of its plots and offers no Compute."""
+        if reason == self.not_applicable:
+            return
+        self.not_applicable = reason
+        if reason:
+            self.clear_run()
+        self.show_hint(reason or self.idle_hint())
+        self.status.setText(reason or "")
+        self._sync_buttons()
+
+    def clear_run(self) -> None:
+        """The results shown belong to another run or family (a new run, an opened one, another family, Reset):
+        cancel the computation, drop the result and draw nothing."""
+        self.runner.cancel()
+        self.run = None
+        self.result = None
+        self.recompute.clear()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.status.setText(self.not_applicable or "")
+        self.status.setToolTip("")
+        self.clear_result()
+        self.show_hint(self.not_applicable or self.idle_hint())
+        self._sync_buttons()
+
+    def clear_result(self) -> None:
+        """Remove what was drawn of the result."""
+
+    def idle_hint(self) -> str:
+        """The hint in place of a result: what to do to get one."""
+        return ""
+
+    def show_hint(self, text: str) -> None:
+        """Show `text` in place of the plots (empty: hide the hint)."""
+
     # -- computing -----------------------------------------------------------------------------------
     def compute(self) -> bool:
         """Start computing the current inputs (`start`); False when there is nothing to compute."""
@@ -144,8 +186,10 @@ class ComputedView(QWidget):
 
     def start(self, fn: Callable, tag: str, total: int = 1) -> bool:
         """Run the job `fn(progress, cancel)` on the worker thread (cancelling the one before): the result is no
-        longer stale, the progress bar restarts at 0 of `total`."""
+        longer stale, the progress bar restarts at 0 of `total`. Nothing starts where the view does not apply."""
         self.recompute.stale = False
+        if self.not_applicable:
+            return False
         self.progress.setRange(0, total)
         self.progress.setValue(0)
         self.status.setText("Computing…")
@@ -165,10 +209,11 @@ class ComputedView(QWidget):
 
     def _sync_buttons(self) -> None:
         busy = self.runner.busy
-        self.compute_button.setEnabled(self.can_compute() and not busy)
+        self.compute_button.setEnabled(not self.not_applicable and self.can_compute() and not busy)
+        self.compute_button.setToolTip(self.not_applicable or "")
         self.cancel_button.setEnabled(busy)
         if self.export_data_button is not None:
-            self.export_data_button.setEnabled(self.can_export())
+            self.export_data_button.setEnabled(self.result is not None and self.can_export())
 
     def _on_progress(self, _tag: str, done: int, total: int) -> None:
         self.progress.setRange(0, max(total, 1))
@@ -229,10 +274,13 @@ class ComputedView(QWidget):
 class HeldOutView(ComputedView):
     """A ComputedView comparing every initialization it keeps (trained ones, imported MLPs) on the same held-out
     tasks: `request_type(key, label, algorithm, model, params, adaptation)` for each one that fits the held-out
-    family goes to the job; its plot `legend` names them, `items` are what was drawn for the last result."""
+    family goes to the subclass's `job(requests, family, queries)`, whose result is a `result_type`; its plot
+    `legend` names them, `items` are what was drawn for the last result."""
 
     queries = 100  # query points per held-out sinusoid task (image tasks: the run's queries per class)
     request_type = None  # lab.inside.CurveRequest, lab.per_layer.LayerRequest, ...
+    result_type = None  # lab.inside.CurveSet, lab.per_layer.PerLayerSet, ...
+    what = "compare them"  # the hint's end: "Press Compute to <what>"
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -240,15 +288,36 @@ class HeldOutView(ComputedView):
         self.items: list = []  # (plot, item) drawn for the result: removed before the next drawing
         self.legend: pg.LegendItem | None = None
         self.hint: pg.TextItem | None = None
+        self._computing: tuple | None = None  # (family, queries, requests) of the computation under way
 
-    def decorate(self, plot: pg.PlotItem, legend_offset: tuple[int, int], hint: str) -> None:
+    def decorate(self, plot: pg.PlotItem, legend_offset: tuple[int, int], hint: str = "") -> None:
         """The legend (at `legend_offset` from a corner) and the centred hint before any result, on `plot`."""
         self.legend = pg.LegendItem(offset=legend_offset, labelTextColor=TEXT, labelTextSize="9pt",
                                     brush=pg.mkBrush(255, 255, 255, 225), pen=pg.mkPen("#E1E4E8"))
         self.legend.setParentItem(plot.getViewBox())
         self.legend.setZValue(60)
-        self.hint = hint_text(plot, hint)
+        self.hint = hint_text(plot, hint or self.idle_hint())
         plot.getViewBox().sigResized.connect(lambda *_: place_center(plot, self.hint))
+
+    def show_hint(self, text: str) -> None:
+        if self.hint is not None:
+            self.hint.setText(text)
+            self.hint.setVisible(bool(text) and (self.result is None or not self.drawn()))
+
+    def drawn(self) -> bool:
+        """Whether the result drew anything (curves, bars)."""
+        return bool(self.items)
+
+    def idle_hint(self) -> str:
+        """What Compute will do, or why there is nothing to compute: no initialization, or none that fits."""
+        if not self.inits:
+            return f"Train, or import an initialization, to {self.what}"
+        family, _ = self.family()
+        fitting = len(self.requests(family))
+        if not fitting:
+            return (f"None of the {len(self.inits)} initializations can adapt to these held-out tasks "
+                    f"({getattr(family, 'name', 'tasks')})")
+        return f"Press Compute to {self.what} ({fitting} initialization{'s' if fitting != 1 else ''})"
 
     # -- data in -------------------------------------------------------------------------------------
     def keeps(self, init: Initialization) -> bool:
@@ -258,13 +327,32 @@ class HeldOutView(ComputedView):
         """The lab's InitializationStore changed: the view follows the initializations it `keeps`."""
         if follow_store(self.inits, changed, removed, self.keeps):
             self._inputs_changed()
+            if self.result is None:
+                self.show_hint(self.not_applicable or self.idle_hint())
 
-    def clear_trained(self) -> None:
-        """The trained models are discarded (Reset, a new run): imported ones stay."""
+    def set_run(self, run) -> None:
+        """The run's paths: its held-out tasks; the first time, the subclass's `defaults_from(run)`."""
+        first = self.run is None
+        self.run = run
+        if first:
+            self.defaults_from(run)
+        if self.result is None:
+            self.show_hint(self.not_applicable or self.idle_hint())
+        self._sync_buttons()
+
+    def defaults_from(self, run) -> None:
+        """Take the run's K, steps, tasks into the controls (once per run)."""
+
+    def clear_run(self) -> None:
+        """Another run or family: the trained models and the result go (imported ones stay in `inits`)."""
         for key in [k for k, v in self.inits.items() if v.source == "trained"]:
             del self.inits[key]
-        self.run = None
-        self._inputs_changed()
+        self._computing = None
+        super().clear_run()
+
+    def clear_result(self) -> None:
+        if self.legend is not None:
+            self.clear_items()
 
     # -- computing -----------------------------------------------------------------------------------
     def family(self):
@@ -276,13 +364,32 @@ class HeldOutView(ComputedView):
         """Whether `init` takes part in a computation on `family`'s tasks."""
         return fits_family(init.model, family)
 
-    def requests(self) -> list:
-        family, _ = self.family()
+    def requests(self, family=None) -> list:
+        family = family if family is not None else self.family()[0]
         return [self.request_type(key, init.label, init.algorithm, init.model, init.params, init.adaptation)
                 for key, init in self.inits.items() if self.fits(init, family)]
 
     def can_compute(self) -> bool:
-        return bool(self.inits)
+        return bool(self.inits) and bool(self.requests())
+
+    def compute(self) -> bool:
+        """Compare the initializations that fit on the held-out tasks (`job`); False when none does (the hint
+        says why)."""
+        self.recompute.stale = False
+        reqs = self.requests() if not self.not_applicable else []
+        if not reqs:
+            self.show_hint(self.not_applicable or self.idle_hint())
+            return False
+        family, queries = self.family()
+        self._computing = (family, queries, reqs)
+        return self.start(self.job(reqs, family, queries), self.title, len(reqs))
+
+    def job(self, requests: list, family, queries: int) -> Callable:
+        """The computation: a function (progress, cancel) -> result_type, run on the worker thread."""
+        raise NotImplementedError
+
+    def can_export(self) -> bool:
+        return self.result is not None and self.drawn()
 
     # -- drawing -------------------------------------------------------------------------------------
     def clear_items(self) -> None:

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import QFileDialog, QInputDialog
 
 from ..core.algorithms.registry import ALGORITHMS
 from ..core.export import InitializationError, atomic_write_bytes, export_initialization, load_initialization
-from ..core.tasks.registry import task_family
+from ..core.tasks.registry import TASKS, task_family
 from ..core.training.config import ExperimentConfig
 from ..core.training.runs import RunFolder
 from ..lab.initializations import Initialization, adaptation_from_metadata
@@ -45,6 +45,10 @@ class FileActions:
     def w(self):
         return self._window()
 
+    def error(self, title: str, text: str) -> None:
+        """Say what went wrong (the run's model shows it in a dialog)."""
+        self.w.run_model.error(title, text)
+
     def last_dir(self) -> str:
         d = str(self.w.settings.value("paths/last_dir", "") or "")
         return d if d and Path(d).is_dir() else str(Path.home())
@@ -54,7 +58,7 @@ class FileActions:
 
     def write_error(self, path, exc: OSError) -> None:
         reason = exc.strerror or str(exc)
-        self.w._error("Could not write file", f"Could not write {path}:\n{reason}.\n\nNothing was changed: the "
+        self.error("Could not write file", f"Could not write {path}:\n{reason}.\n\nNothing was changed: the "
                     "previous file, if there was one, is kept.")
 
     def ask_open_path(self, title: str, file_filter: str) -> Path | None:
@@ -87,7 +91,7 @@ class FileActions:
         """Export one algorithm's initialization (all of them with `name='*'`); returns the files written."""
         names = self.exportable()
         if not names:
-            self.w._error("Nothing to export", "There is no trained initialization yet: press Start first.")
+            self.error("Nothing to export", "There is no trained initialization yet: press Start first.")
             return []
         if not name:
             if len(names) == 1:
@@ -117,13 +121,13 @@ class FileActions:
                 self.write_error(target, exc)
                 return written
             except (InitializationError, ValueError) as exc:
-                self.w._error("Cannot export", str(exc))
+                self.error("Cannot export", str(exc))
                 return written
             written.append(target)
         self.remember_dir(path)
         for target in written:
             self.add_recent(target)
-        self.w.statusBar().showMessage(f"Exported {', '.join(str(t) for t in written)}", 6000)
+        self.w.run_model.status(f"Exported {', '.join(str(t) for t in written)}", 6000)
         return written
 
     def import_initialization(self, path: str | None = None) -> Initialization | None:
@@ -133,24 +137,38 @@ class FileActions:
             return None
         init, why = self.read_initialization(path)
         if init is None:
-            self.w._error("Cannot import initialization", f"{path.name} was not imported{why}")
+            self.error("Cannot import initialization", f"{path.name} was not imported{why}")
             return None
+        self._follow_family(init)
         where = self.place_initialization(init)
         if where == "tasks":
-            self.w.tasks.show_heldout_of(init)  # the classes it was not trained on, unless the panel's tasks fit
+            # the classes it was not trained on, unless the panel's tasks fit
+            self.w.views["tasks"].show_heldout_of(init)
         self.remember_dir(path)
         self.add_recent(path)
         if where == "tasks":  # the Tasks view uses it on image tasks with the same N ways and image size
-            self.w.tabs.setCurrentWidget(self.w.tasks)
+            self.w.show_view("tasks")
             spec = init.model.spec()
-            self.w.statusBar().showMessage(
+            self.w.run_model.status(
                 f"Imported {path.name}: a {spec.get('ways')}-way conv-4 for {spec.get('image_size')}x"
                 f"{spec.get('image_size')} images, shown in Tasks on image tasks of that shape", 8000)
             return init
-        self.w.tabs.setCurrentWidget(self.w.views.get(where, self.w.playground))
-        self.w.statusBar().showMessage(f"Imported {path.name} ({algorithm_label(init.algorithm)}, "
+        self.w.show_view(where if where in self.w.views else "playground")
+        self.w.run_model.status(f"Imported {path.name} ({algorithm_label(init.algorithm)}, "
                                      f"{init.metadata.get('iterations', 0)} iterations)", 6000)
         return init
+
+    def _follow_family(self, init: Initialization) -> None:
+        """An initialization of another task family (registered) makes it the form's family: what is shown of the
+        earlier family goes (not while a run trains)."""
+        task = (init.metadata.get("task") or {}).get("name")
+        panel = self.w.panel
+        if not task or task not in TASKS or self.w.running or task == panel.task.currentData():
+            return
+        index = panel.task.findData(task)
+        item = panel.task.model().item(index) if index >= 0 else None
+        if item is not None and item.isEnabled():
+            panel.task.setCurrentIndex(index)
 
     def read_initialization(self, path: Path, label: str | None = None) -> tuple[Initialization | None, str]:
         """(the initialization in `path`, "") or (None, why not: the text that follows "<name> was not imported")."""
@@ -199,7 +217,7 @@ class FileActions:
     def export_plot(self, path: str | None = None) -> Path | None:
         view = self.current_view()
         if not hasattr(view, "export_item"):
-            self.w._error("Cannot export plot", "This view has no plot to export.")
+            self.error("Cannot export plot", "This view has no plot to export.")
             return None
         path = Path(path) if path else self.ask_save_path("Export plot", f"maml-lab-{view.view_title()}.png",
                                                             PLOT_FILTERS)
@@ -215,12 +233,12 @@ class FileActions:
             self.write_error(path, exc)
             return None
         self.remember_dir(path)
-        self.w.statusBar().showMessage(f"Saved {path}", 5000)
+        self.w.run_model.status(f"Saved {path}", 5000)
         return path
 
     def export_metrics(self, path: str | None = None) -> Path | None:
         if not self.w.history.algorithms:
-            self.w._error("Nothing to export", "There are no training metrics yet: press Start first.")
+            self.error("Nothing to export", "There are no training metrics yet: press Start first.")
             return None
         path = Path(path) if path else self.ask_save_path("Export metrics", "maml-lab-metrics.csv",
                                                             [("CSV", ".csv"), ("JSON with evaluation cards", ".json")])
@@ -237,7 +255,7 @@ class FileActions:
         try:
             config = self.w.panel.config()
         except FormError as exc:
-            self.w._error("Cannot save experiment", f"The experiment has an invalid value:\n{exc}")
+            self.error("Cannot save experiment", f"The experiment has an invalid value:\n{exc}")
             return None
         path = Path(path) if path else self.ask_save_path("Save experiment", "experiment.toml", [("TOML", ".toml")])
         if path is None:
@@ -249,12 +267,12 @@ class FileActions:
             return None
         self.remember_dir(path)
         self.add_recent(path)
-        self.w.statusBar().showMessage(f"Saved {path}", 5000)
+        self.w.run_model.status(f"Saved {path}", 5000)
         return path
 
     def open_config(self, path: str | None = None) -> ExperimentConfig | None:
         if self.w.running:
-            self.w._error("Cannot open experiment", "Stop training before opening another experiment.")
+            self.error("Cannot open experiment", "Stop training before opening another experiment.")
             return None
         path = Path(path) if path else self.ask_open_path("Open experiment", "TOML (*.toml)")
         if path is None:
@@ -262,12 +280,12 @@ class FileActions:
         try:
             config = ExperimentConfig.load_toml(path)
         except (ValueError, OSError) as exc:
-            self.w._error("Cannot open experiment", f"{path.name} was not opened:\n{exc}")
+            self.error("Cannot open experiment", f"{path.name} was not opened:\n{exc}")
             return None
         self.w.panel.set_config(config)
         self.remember_dir(path)
         self.add_recent(path)
-        self.w.statusBar().showMessage(f"Opened {path}", 5000)
+        self.w.run_model.status(f"Opened {path}", 5000)
         return config
 
     def recent_files(self) -> list[str]:
@@ -306,7 +324,7 @@ class FileActions:
 
     def set_runs_root(self, path: str) -> None:
         self.w.settings.setValue(RUNS_ROOT_KEY, str(path))
-        self.w.statusBar().showMessage(f"New runs go to {path}", 5000)
+        self.w.run_model.status(f"New runs go to {path}", 5000)
 
     def show_past_runs(self):
         """File ▸ Past runs: the run folders under the runs root, newest first (non-modal)."""
@@ -347,7 +365,7 @@ class FileActions:
         """File ▸ Open image set: a dialog loads the set off the GUI thread and shows its report; "Use image set"
         makes it the experiment's (image tasks). With `path` it starts loading that path at once."""
         if self.w.running:
-            self.w._error("Cannot open image set", "Stop training before choosing another image set.")
+            self.error("Cannot open image set", "Stop training before choosing another image set.")
             return None
         config, _ = self.w.panel.try_config()
         if config is not None and getattr(task_family(config.task).playground, "kind", None) == "images":
@@ -369,8 +387,8 @@ class FileActions:
             return
         self.w.panel.set_image_data(path)
         self.remember_dir(path)
-        self.w.tabs.setCurrentWidget(self.w.tasks)
-        self.w.statusBar().showMessage(f"Image tasks from {Path(path).name}: {image_set.num_classes:,} classes, "
+        self.w.show_view("tasks")
+        self.w.run_model.status(f"Image tasks from {Path(path).name}: {image_set.num_classes:,} classes, "
                                      f"{image_set.num_images:,} images", 6000)
 
     def download_omniglot(self, folder: str | None = None, **options) -> DownloadDialog:

@@ -61,6 +61,7 @@ from .inside_plots import (
 )
 from .slider_player import SliderPlayer
 from .theme import MUTED, TEXT, style_plot
+from .views import ViewSpec, family_label, sampled_from_policy
 
 COLORMAP = "CET-L17"  # white (low loss) to purple: light where paths end, so colours and arrows read well
 MODES = (("compare", "Before vs after adaptation"), ("task", "One task and its adaptation"))
@@ -267,7 +268,7 @@ class LandscapeView(ComputedView):
 
         self.readout = readout_label()
         self._player = SliderPlayer(self.animate, self.step_slider, 350, parent=self)
-        self._set_hint("Train first: the landscape is drawn around a trained θ")
+        self._set_hint(self.idle_hint())
         self.lay_out([controls, self.task_row], [[self.status, self.readout]])
 
     # -- layout --------------------------------------------------------------------------------------
@@ -315,21 +316,30 @@ class LandscapeView(ComputedView):
             set_quietly(self.tasks, default_tasks(run.model_spec))
         self.recompute.mark_stale()
         if self.result is None:
-            self._set_hint("Press Compute" if self.training else "")
+            self._set_hint(self.not_applicable or ("Press Compute" if self.training else ""))
         self._sync_buttons()
 
-    def clear(self) -> None:
-        self.runner.cancel()
-        self.run = None
-        self.result = None
-        self.recompute.clear()
+    def idle_hint(self) -> str:
+        return "Train first: the landscape is drawn around a trained θ"
+
+    def show_hint(self, text: str) -> None:
+        self._set_hint(text)
+
+    def clear_result(self) -> None:
+        """No surfaces, axes, prediction or readout of an earlier run (its θ, its family's axes)."""
         self.center.clear()
         for panel in self.panels.values():
             panel.clear()
-        self._set_hint("Train first: the landscape is drawn around a trained θ")
+            panel.plot.setLabel("bottom", "")
+            panel.plot.setLabel("left", "")
+            if panel.legend is not None:
+                panel.legend.clear()
+        self.pred_legend.clear()
+        for item in (self.pred_truth, self.pred_before, self.pred_after, self.pred_points, self.pred_marker):
+            item.setData([], [])
+        self.prediction.setTitle(None)
+        self.colorbar.getAxis("left").setLabel("")
         self.readout.setText(" ")
-        self.status.setText("")
-        self._sync_buttons()
 
     def _on_center(self, _index: int, recompute: bool = True) -> None:
         name = self.center.currentData()
@@ -646,3 +656,13 @@ class LandscapeView(ComputedView):
         self.status.setText("Saved " + ", ".join(p.name for p in written))
         return written
 
+
+
+def _applies(kind, algorithms) -> str | None:
+    if sampled_from_policy(kind):
+        return (f"The Landscape evaluates the loss on fixed support and query sets; {family_label(kind)} sample "
+                "their data from the policy, so there is no fixed loss surface to draw")
+    return None
+
+
+VIEW = ViewSpec("landscape", "Landscape", lambda window: LandscapeView(), applies_to=_applies)

@@ -1,7 +1,9 @@
 """The main window: the experiment panel, the run toolbar, the registered views in tabs, the status bar.
 
 It only assembles and shows: the commands are declared in ui.actions, a run's state machine lives in
-ui.run_controller, the File menu's work in ui.file_actions, and the views come from ui.views (plug-ins too).
+ui.run_controller, which writes the run to a Qt-free model (lab.run_state.RunModel) that the toolbar, the status
+bar and the views subscribe to, the File menu's work is in ui.file_actions, and the views come from ui.views
+(plug-ins too), each declaring the task families it applies to.
 Every run trains into a run folder under the runs root (lab.run_library.runs_root); File ▸ Past runs lists
 them and File ▸ Resume run continues one from its latest checkpoint.
 """
@@ -31,8 +33,8 @@ from PySide6.QtWidgets import (
 
 from ..core.training.config import ExperimentConfig
 from ..lab.initializations import Initialization, InitializationStore
-from ..lab.metrics_history import MetricsHistory
 from ..lab.playground import mlp_for_playground
+from ..lab.run_state import RunModel, RunState
 from . import actions
 from . import views as view_registry
 from .actions import icon
@@ -40,7 +42,7 @@ from .colors import algorithm_label
 from .elided import ElidedLabel, ElidingStatusBar
 from .experiment_panel import ExperimentPanel
 from .file_actions import FileActions
-from .run_controller import RunController, RunState, _html
+from .run_controller import RunController, _html
 from .theme import STATE_STYLE
 from .worker import TrainingController
 
@@ -120,11 +122,11 @@ class MainWindow(QMainWindow):
         self.rng = rng
         self.setWindowTitle("MAML Lab")
         self.setWindowIcon(icon("app"))
-        self.history = MetricsHistory()
+        # the run: its state, progress, snapshots, paths and messages; the toolbar, status bar and views subscribe
+        self.run_model = RunModel()
         # every initialization (trained, imported, a checkpoint preview): the views subscribe to it
         self.inits = InitializationStore()
         self.controller = TrainingController(self, progress_hz=30.0, snapshot_interval=0.25)
-        self.run_control = RunController(self, self.controller)
         self.files = FileActions(self)
         self.past_runs_dialog = None
         self.image_set_dialog = None
@@ -132,10 +134,12 @@ class MainWindow(QMainWindow):
         self._closed = False
 
         self.panel = ExperimentPanel()
+        self.run_control = RunController(self.run_model, self.controller, self.panel, self.files, self.inits)
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(False)
         self.message_bar = MessageBar()
         self.views: dict[str, QWidget] = {}
+        self._view_hooks: dict[str, view_registry.ViewHooks] = {}
         self.view_specs = view_registry.VIEWS.entries()
         for entry in self.view_specs:
             self._add_view(entry.obj)
@@ -160,13 +164,18 @@ class MainWindow(QMainWindow):
         actions.build(self, self.action_specs)
         self._build_toolbar_progress()
         self._build_status_bar()
-        self.playground.mode_group.buttonToggled.connect(
-            lambda *_: self.act_draw.setChecked(self.playground.draw_mode.isChecked()))
-        self.act_log.setChecked(self.plots.log_scale.isChecked())
-        self.plots.log_scale.toggled.connect(self.act_log.setChecked)
+        playground, plots = self.views.get("playground"), self.views.get("training")
+        if playground is not None:
+            playground.mode_group.buttonToggled.connect(
+                lambda *_: self.act_draw.setChecked(playground.draw_mode.isChecked()))
+        if plots is not None:
+            self.act_log.setChecked(plots.log_scale.isChecked())
+            plots.log_scale.toggled.connect(self.act_log.setChecked)
+        self._subscribe(self.run_model)
         self.panel.validity_changed.connect(lambda *_: self._sync_actions())
         self.panel.changed.connect(self._sync_device_label)
         self.panel.changed.connect(self._sync_experiment)
+        self.run_control.reset(self.panel.task.currentData())  # nothing trained: the views of the form's family
         self._sync_experiment()
         screen = self.screen() or QGuiApplication.primaryScreen()
         self.resize(first_size(screen.availableGeometry().size()) if screen is not None else PREFERRED_SIZE)
@@ -182,8 +191,7 @@ class MainWindow(QMainWindow):
         widget = spec.factory(self)
         self.tabs.addTab(widget, spec.title)
         self.views[spec.name] = widget
-        if spec.attr:
-            setattr(self, spec.attr, widget)
+        self._view_hooks[spec.name] = view_registry.ViewHooks(widget, spec, self.run_model)
         if hasattr(widget, "initializations_changed"):
             self.inits.subscribe(widget.initializations_changed)
         if hasattr(widget, "export_plot_requested"):
@@ -206,16 +214,111 @@ class MainWindow(QMainWindow):
         return self.tabs.currentWidget()
 
     def set_draw_mode(self, on: bool) -> None:
-        self.playground.set_mode("draw" if on else "points")
+        if "playground" in self.views:
+            self.views["playground"].set_mode("draw" if on else "points")
 
     def _sync_experiment(self) -> None:
-        if not self.running:
-            config, _ = self.panel.try_config()
-            if config is not None:
-                self.views_call("set_experiment", config)
+        """The form changed: another family discards what is shown of the earlier one (not while training)."""
+        if self.running:
+            return
+        task = self.panel.task.currentData()
+        if task != self.run_model.task:
+            self.run_control.reset(task)
+        config, _ = self.panel.try_config()
+        if config is not None:
+            self.views_call("set_experiment", config)
+        self._sync_applicability()
 
-    def _on_paths(self, run) -> None:
-        self.views_call("set_run", run)
+    def applicability(self) -> dict[str, str | None]:
+        """Each view's reason not to apply to the current family and algorithms (None: it applies)."""
+        from ..core.tasks.registry import TASKS
+
+        task = self.run_model.task
+        kind = TASKS.get(task) if task in TASKS else None
+        algorithms = self.run_model.algorithms if self.run_model.scope.source != "none" else tuple(
+            name for name, column in self.panel.columns.items() if column.enabled.isChecked())
+        return {entry.name: entry.obj.reason(kind, algorithms) for entry in self.view_specs}
+
+    def _sync_applicability(self) -> None:
+        """A view that does not apply: its tab disabled with the reason as tooltip, the reason in the view."""
+        for name, reason in self.applicability().items():
+            widget = self.views[name]
+            index = self.tabs.indexOf(widget)
+            self.tabs.setTabEnabled(index, reason is None)
+            self.tabs.setTabToolTip(index, reason or "")
+            fn = getattr(widget, "set_applicable", None)
+            if callable(fn):
+                fn(reason)
+            action = getattr(self, f"act_view_{name}", None)
+            if action is not None:
+                action.setEnabled(reason is None)
+                action.setToolTip(reason or "")
+        if not self.tabs.isTabEnabled(self.tabs.currentIndex()):
+            first = next((i for i in range(self.tabs.count()) if self.tabs.isTabEnabled(i)), None)
+            if first is not None:
+                self.tabs.setCurrentIndex(first)
+
+    # -- the run's model: what the window shows of it ---------------------------------------------------
+    def _subscribe(self, model: RunModel) -> None:
+        events = model.events
+        events.scope.connect(self._on_scope)
+        events.state.connect(self._on_state)
+        events.line.connect(self._on_line)
+        events.progress.connect(self._on_progress)
+        events.snapshot.connect(self._on_snapshot)
+        events.folder.connect(self._on_folder)
+        events.device.connect(self._on_device)
+        events.message.connect(self._on_message)
+
+    def _on_scope(self, event) -> None:
+        if hasattr(self, "state_label"):  # (built)
+            self._sync_applicability()
+            if event.scope.opened and "training" in self.views:
+                self.tabs.setCurrentWidget(self.views["training"])
+            self._sync_actions()
+
+    def _on_state(self, event) -> None:
+        self.show_state(event.state)
+        self._sync_device_label()
+
+    def _on_line(self, event) -> None:
+        line = event.line
+        self.progress.setRange(0, max(line.total, 0))
+        self.progress.setValue(min(line.value, line.total) if line.total else 0)
+        self.progress_label.setText(line.text)
+
+    def _on_progress(self, event) -> None:
+        self._show_cost(event.cost)
+        if not self.act_export_metrics.isEnabled() and self.history.algorithms:
+            self._sync_actions()
+
+    def _show_cost(self, cost: dict) -> None:
+        """The cost meter in the toolbar: each algorithm's time and memory per meta-step; the tooltip adds what it
+        measures and the expected cost of more inner steps. Empty when the run has no cost (yet)."""
+        from ..core.training.cost import cost_brief, cost_details
+
+        self.cost_label.setText(" · ".join(f"{algorithm_label(n)} {cost_brief(c)}" for n, c in cost.items()))
+        self.cost_label.setToolTip("\n".join(cost_details(algorithm_label(n), c) for n, c in cost.items()))
+
+    def _on_snapshot(self, _event) -> None:
+        if self.act_export.isEnabled() != (self.latest_snapshot is not None):
+            self._sync_actions()
+
+    def _on_folder(self, event) -> None:
+        self._show_folder(event.folder)
+
+    def _on_device(self, _event) -> None:
+        self._sync_device_label()
+
+    def _on_message(self, event) -> None:
+        if event.kind == "dialog":
+            QMessageBox.warning(self, event.title, event.text)
+        elif event.kind == "status":
+            self.statusBar().showMessage(event.text, event.ms)
+        elif event.kind == "clear":
+            self.message_bar.clear()
+        else:
+            self.message_bar.show_message(event.kind, event.text)
 
     def preview_checkpoint(self, info: dict) -> None:
         """The Paths view's slider: preview that checkpoint in the playground (the newest one: nothing extra)."""
@@ -226,13 +329,6 @@ class MainWindow(QMainWindow):
         label = f"{algorithm_label(name)} @ {info['iteration']:,}"
         self.inits.put(Initialization("checkpoint", name, label, info["model"], info["params"], info["adaptation"],
                                       "checkpoint"))
-
-    def _clear_inside_views(self) -> None:
-        self.inits.remove("checkpoint")
-        self.inits.clear("trained")
-        for entry in self.view_specs:
-            if entry.obj.clear_run:
-                getattr(self.views[entry.name], entry.obj.clear_run)()
 
     # -- construction --------------------------------------------------------------------------------
     def _build_toolbar_progress(self) -> None:
@@ -297,10 +393,14 @@ class MainWindow(QMainWindow):
         self.folder_label.setToolTip(f"{folder}\n(click to open it)")
         self.folder_label.setVisible(True)
 
-    # -- state (read from the run controller) ---------------------------------------------------------
+    # -- state (read from the run's model) ------------------------------------------------------------
+    @property
+    def history(self):  # lab.metrics_history.MetricsHistory of the run shown
+        return self.run_model.history
+
     @property
     def state(self) -> RunState:
-        return self.run_control.state
+        return self.run_model.state
 
     @property
     def running(self) -> bool:
@@ -349,8 +449,8 @@ class MainWindow(QMainWindow):
     def _sync_device_label(self) -> None:
         from ..core.training.device import resolve_device
 
-        if self.running and self.run_config is not None and self.run_control.device:
-            text = self.run_control.device
+        if self.running and self.run_config is not None and self.run_model.device:
+            text = self.run_model.device
         else:
             name = self.panel.device.currentData() or "auto"
             try:
@@ -433,9 +533,6 @@ class MainWindow(QMainWindow):
     def download_omniglot(self, folder: str | None = None, **options):
         return self.files.download_omniglot(folder, **options)
 
-    def _error(self, title: str, text: str) -> None:
-        QMessageBox.warning(self, title, text)
-
     # -- settings ------------------------------------------------------------------------------------
     def _restore_settings(self) -> None:
         s = self.settings
@@ -446,7 +543,9 @@ class MainWindow(QMainWindow):
         state = s.value("window/state")
         if isinstance(state, QByteArray) and not state.isEmpty():
             self.restoreState(state)
-        for key, splitter in (("window/splitter", self.splitter), ("playground/splitter", self.playground.splitter)):
+        for key, splitter in (("window/splitter", self.splitter), ("playground/splitter", self._playground_splitter())):
+            if splitter is None:
+                continue
             value = s.value(key)
             if isinstance(value, QByteArray) and not value.isEmpty():
                 splitter.restoreState(value)
@@ -455,8 +554,8 @@ class MainWindow(QMainWindow):
         except (TypeError, ValueError):
             pass
         log = s.value("plots/log_scale")
-        if log is not None:
-            self.plots.set_log(str(log).lower() in ("true", "1"))
+        if log is not None and "training" in self.views:
+            self.views["training"].set_log(str(log).lower() in ("true", "1"))
         text = s.value("experiment/last_config")
         if text:
             import tomllib
@@ -465,6 +564,9 @@ class MainWindow(QMainWindow):
                 self.panel.set_config(ExperimentConfig.from_dict(tomllib.loads(str(text))))
             except (ValueError, tomllib.TOMLDecodeError):
                 pass  # an old or broken saved config: keep the defaults
+
+    def _playground_splitter(self):
+        return getattr(self.views.get("playground"), "splitter", None)
 
     def _clamp_to_screen(self) -> None:
         """A restored geometry fits the screen it lands on (a smaller or a missing monitor since it was saved)."""
@@ -481,9 +583,11 @@ class MainWindow(QMainWindow):
         s.setValue("window/geometry", self.saveGeometry())
         s.setValue("window/state", self.saveState())
         s.setValue("window/splitter", self.splitter.saveState())
-        s.setValue("playground/splitter", self.playground.splitter.saveState())
+        if self._playground_splitter() is not None:
+            s.setValue("playground/splitter", self._playground_splitter().saveState())
         s.setValue("window/tab", self.tabs.currentIndex())
-        s.setValue("plots/log_scale", self.plots.log_scale.isChecked())
+        if "training" in self.views:
+            s.setValue("plots/log_scale", self.views["training"].log_scale.isChecked())
         config, _ = self.panel.try_config()
         if config is not None:
             s.setValue("experiment/last_config", tomli_w.dumps(config.to_dict()))

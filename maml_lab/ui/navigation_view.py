@@ -33,6 +33,7 @@ from ..lab.initializations import Initialization
 from .colors import algorithm_color, qcolor
 from .slider_player import SliderPlayer
 from .theme import style_plot
+from .views import ViewSpec, family_label
 
 POLICY_KIND = "gaussian_mlp_policy"
 ARENA = 0.6  # the view shows [-ARENA, ARENA]^2; goals are drawn from [-0.5, 0.5]^2
@@ -112,6 +113,10 @@ class ArenaPlot(pg.PlotWidget):
         ev.accept()
 
 
+HINT = ("Click or drag in the arena to place the goal; dashed: before adaptation, solid: after k policy-gradient "
+        "steps, bold: the mean path.")
+
+
 class NavigationView(QWidget):
     """The arena playground for navigation initializations."""
 
@@ -149,8 +154,8 @@ class NavigationView(QWidget):
         self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.setMaximumHeight(150)
-        self.hint = QLabel("Click or drag in the arena to place the goal; dashed: before adaptation, solid: after k "
-                           "policy-gradient steps, bold: the mean path.")
+        self.not_applicable: str | None = None  # why the arena does not apply to the family shown
+        self.hint = QLabel(HINT)
         self.hint.setWordWrap(True)
         self.oracle_label = QLabel()
         self.oracle_label.setWordWrap(True)  # a long status line must not widen the whole window
@@ -200,11 +205,19 @@ class NavigationView(QWidget):
             wait_s = self._last_compute_s * (1 - LIVE_SHARE) / LIVE_SHARE
             self._recompute.start(max(DEBOUNCE_MS, int(1000 * wait_s)))
 
-    def clear_trained(self) -> None:
+    def clear_run(self) -> None:
+        """Another run or family: the trained policies and their paths go (imported ones stay)."""
         for key in [k for k, v in self.inits.items() if v.source == "trained"]:
             del self.inits[key]
             self.results.pop(key, None)
         self._draw()
+
+    def set_applicable(self, reason: str | None) -> None:
+        """Not 2-D navigation: the arena says so in place of its hint, and samples nothing."""
+        self.not_applicable = reason
+        self.hint.setText(reason or HINT)
+        for w in (self.random_button, self.steps, self.max_steps, self.play):
+            w.setEnabled(not reason)
 
     def export_item(self):
         return self.plot.getPlotItem()
@@ -245,6 +258,8 @@ class NavigationView(QWidget):
         """Sample every initialization's trajectories for the goal (one goal: tens of milliseconds per policy).
         A hidden view only notes that it is stale (it computes when shown), unless `force`."""
         self._recompute.stop()
+        if self.not_applicable:
+            return
         if not force and not self.isVisible():
             self._stale = True
             return
@@ -296,3 +311,12 @@ class NavigationView(QWidget):
         self.oracle_label.setText(f"goal ({self.goal[0]:.2f}, {self.goal[1]:.2f}) · oracle return {oracle:.2f} "
                                   f"(heads straight for the goal) · {self.trajectories} trajectories per step"
                                   + ("" if self.inits else " · train or import a navigation policy to see it"))
+
+
+def _applies(kind, algorithms) -> str | None:
+    if kind is None or kind.name == NavigationTasks.name:
+        return None
+    return f"The Arena shows 2-D navigation policies; {family_label(kind)} have no arena"
+
+
+VIEW = ViewSpec("arena", "Arena", lambda window: NavigationView(), applies_to=_applies)

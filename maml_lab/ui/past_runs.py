@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
 from ..lab.run_library import RunSummary, list_summaries, root_from_env
 from .theme import ERROR, MUTED
 
-COLUMNS = ("Run", "Task", "Algorithms", "Status", "Iterations", "Post-adaptation loss (accuracy)", "Created")
+COLUMNS = ("Run", "Task", "Algorithms", "Status", "Iterations", "After adaptation", "Created")
 STATUS_COLORS = {"running": "#009E73", "finished": "#0072B2", "stopped": MUTED, "created": MUTED,
                  "interrupted": "#B26B00", "diverged": "#D55E00", "failed": "#D55E00", "damaged": ERROR}
 NAME_WIDTH = 330  # px at most for the Run column (names elide in the middle beyond)
@@ -72,8 +72,10 @@ class RunsModel(QAbstractTableModel):
         return (s.name, s.task_text(), s.algorithms_text(), s.status_text(), s.progress_text(), s.result_text(),
                 s.created)[column]
 
-    def tooltip(self, row: int) -> str:
+    def tooltip(self, row: int, column: int = 0) -> str:
         s = self.summaries[row]
+        if column == 5 and s.result_text():
+            return s.result_tip()
         return str(s.path) + ("\n" + "\n".join(s.problems) if s.problems else "")
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
@@ -83,7 +85,7 @@ class RunsModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.DisplayRole:
             return self.text(row, col)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return self.tooltip(row)
+            return self.tooltip(row, col)
         if role == Qt.ItemDataRole.ForegroundRole and col == 3:
             return QColor(STATUS_COLORS.get(self.summaries[row].status_text(), MUTED))
         if role == Qt.ItemDataRole.TextAlignmentRole and col == 4:

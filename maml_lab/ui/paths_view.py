@@ -59,6 +59,7 @@ from .inside_plots import (
 )
 from .slider_player import SliderPlayer
 from .theme import MUTED, TEXT, style_plot
+from .views import ViewSpec
 
 OPTIMUM_STEPS = 100
 AUTO_INTERVAL = 2.0  # seconds between re-projections while training adds to the paths
@@ -242,6 +243,10 @@ class PathsView(QWidget):
         # while training, new paths arrive every second: re-project at most every AUTO_INTERVAL seconds
         wait = AUTO_INTERVAL - (time.perf_counter() - self._last_auto)
         self.recompute(max(wait, 0.0) if self.projected is not None else 0.0)
+
+    def clear_run(self) -> None:
+        """Another run or family: no paths of the earlier one."""
+        self.clear()
 
     def clear(self) -> None:
         self.runner.cancel()
@@ -658,3 +663,12 @@ class PathsView(QWidget):
 
     def view_title(self) -> str:
         return "paths"
+
+
+def _make_view(window) -> PathsView:
+    view = PathsView()
+    view.checkpoint_selected.connect(window.preview_checkpoint)
+    return view
+
+
+VIEW = ViewSpec("paths", "Paths", _make_view)

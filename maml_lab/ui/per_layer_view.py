@@ -24,6 +24,7 @@ from .colors import algorithm_color, qcolor
 from .computed_view import HeldOutView, plain_plot, set_quietly
 from .inside_plots import compact, flow_bar, labelled, readout_label
 from .theme import MUTED, TEXT, style_plot
+from .views import ViewSpec, family_label, sampled_from_policy
 
 GROUP_WIDTH = 0.8  # of one layer's slot, shared by the initializations' bars
 
@@ -34,6 +35,8 @@ class PerLayerView(HeldOutView):
     title = "per-layer"
     queries = 50
     request_type = LayerRequest
+    result_type = PerLayerSet
+    what = "see how each layer adapts"
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -83,25 +86,25 @@ class PerLayerView(HeldOutView):
         style_plot(self.change_plot, "How far each layer moves", "layer", "‖θ_l(s) − θ_l(0)‖ / ‖θ_l(0)‖, %")
         self.change_plot.getAxis("left").enableAutoSIPrefix(False)
         style_plot(self.cka_plot, "How much each layer's representation stays", "layer", "CKA before vs after")
-        self.decorate(self.change_plot, (10, 8), "Train, or import an initialization, to see how each layer adapts")
+        self.decorate(self.change_plot, (10, 8))
         self.summary = readout_label(one_line=False)
         self.lay_out([bar], [[self.summary], [self.status]])
 
     # -- data in -------------------------------------------------------------------------------------
-    def clear_trained(self) -> None:
-        self.result = None
+    def clear_result(self) -> None:
+        """No bars, layer names, titles or summary of an earlier result (the export goes with them)."""
         self._draw()
-        super().clear_trained()
+        for plot in (self.change_plot, self.cka_plot):
+            plot.getAxis("bottom").setTicks(None)
+        style_plot(self.change_plot, "How far each layer moves", "layer", "‖θ_l(s) − θ_l(0)‖ / ‖θ_l(0)‖, %")
+        style_plot(self.cka_plot, "How much each layer's representation stays", "layer", "CKA before vs after")
 
-    def set_run(self, run: RunPaths) -> None:
-        """The run's held-out tasks and K; its test steps (images: fewer tasks, they cost more)."""
-        first = self.run is None
-        self.run = run
-        if first:
-            set_quietly(self.shots, run.shots)
-            set_quietly(self.steps, max(run.test_steps(n) for n in run.names) if run.names else 5)
-            set_quietly(self.tasks, 50 if run.model_spec.get("kind") == "mlp" else 20)
-            self.shown_step.setValue(self.steps.value())
+    def defaults_from(self, run: RunPaths) -> None:
+        """The run's K; its test steps (images: fewer tasks, they cost more)."""
+        set_quietly(self.shots, run.shots)
+        set_quietly(self.steps, max(run.test_steps(n) for n in run.names) if run.names else 5)
+        set_quietly(self.tasks, 50 if run.model_spec.get("kind") == "mlp" else 20)
+        self.shown_step.setValue(self.steps.value())
 
     def _inputs_changed(self) -> None:
         self.shown_step.setMaximum(self.steps.value())
@@ -112,15 +115,13 @@ class PerLayerView(HeldOutView):
         """Initializations that fit the held-out tasks and name their layers (layer_activations)."""
         return super().fits(init, family) and hasattr(init.model, "layer_activations")
 
-    def compute(self) -> bool:
-        reqs = self.requests()
-        self.recompute.stale = False
-        if not reqs:
-            return False
-        family, queries = self.family()
+    def job(self, requests: list, family, queries: int):
         rule, shots, steps, tasks = self.rule.currentData(), self.shots.value(), self.steps.value(), self.tasks.value()
-        return self.start(lambda progress, cancel: compute_per_layer(reqs, family, shots, steps, tasks, queries,
-                                                                     rule, progress, cancel), "per-layer", len(reqs))
+        return lambda progress, cancel: compute_per_layer(requests, family, shots, steps, tasks, queries, rule,
+                                                          progress, cancel)
+
+    def drawn(self) -> bool:
+        return self.result is not None and bool(self.result.stats)
 
     def can_export(self) -> bool:
         return self.result is not None and bool(self.result.stats)
@@ -140,6 +141,7 @@ class PerLayerView(HeldOutView):
         r = self.result
         self.hint.setVisible(r is None or not r.stats)
         if r is None or not r.stats:
+            self.show_hint(self.not_applicable or self.idle_hint())
             self.summary.setText(" ")
             return
         layers: list[str] = []
@@ -212,3 +214,13 @@ class PerLayerView(HeldOutView):
             return None
         self.message.emit(f"Saved {path}")
         return path
+
+
+def _applies(kind, algorithms) -> str | None:
+    if sampled_from_policy(kind):
+        return (f"Per layer compares each layer's activations on fixed support and query sets; {family_label(kind)} "
+                "sample their data from the policy")
+    return None
+
+
+VIEW = ViewSpec("per_layer", "Per layer", lambda window: PerLayerView(), applies_to=_applies)

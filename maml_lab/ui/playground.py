@@ -60,6 +60,7 @@ from .colors import (
 from .initializations_model import InitializationsModel
 from .slider_player import SliderPlayer
 from .theme import MUTED, style_plot
+from .views import ViewSpec
 
 HIT_RADIUS_PX = 10.0
 UNDO_LIMIT = 200
@@ -986,3 +987,20 @@ class PlaygroundView(QWidget):
     def view_title(self) -> str:
         return "playground"
 
+
+
+def _make_view(window) -> PlaygroundView:
+    view = PlaygroundView(rng=window.rng)
+    view.k.setValue(window.panel.shots.value())
+    window.panel.shots.valueChanged.connect(view.k.setValue)
+    return view
+
+
+def _applies(kind, algorithms) -> str | None:
+    """The family's own declaration: a curve to click points onto, or the reason it has none."""
+    if kind is None or isinstance(kind.playground, CurvePlayground):
+        return None
+    return kind.playground.reason
+
+
+VIEW = ViewSpec("playground", "Playground", _make_view, applies_to=_applies, message_ms=4000)

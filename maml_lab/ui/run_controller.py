@@ -1,100 +1,90 @@
 """The run state machine: start / pause / resume / stop / reset, resuming and opening run folders, and the
 handlers of the TrainingController's signals.
 
-Its own module so the state of a run (an enum, not loose strings) has one owner: the window only reads
-`RunController.state` and shows it; menus, toolbar and form are enabled from it.
+It writes what happens to the run's model (lab.run_state.RunModel): its state, progress, snapshots, paths, folder
+and messages. It never touches a widget: the toolbar, the status bar and the views subscribe to the model. What
+it needs from the window is named in its constructor: the experiment form, the File actions (folders, reading
+exported initializations) and the initialization store.
 """
 
 from __future__ import annotations
 
-import enum
 import math
-import weakref
 from pathlib import Path
 
-from ..core.tasks.registry import TASKS, task_family
+from ..core.tasks.registry import TASKS
 from ..core.training.config import ExperimentConfig
-from ..core.training.cost import cost_brief, cost_details
 from ..core.training.runs import RunFolder, RunFolderError
+<<<<<<< HEAD
 from ..lab.messages import Loading, Preparing, RunEnded, RunProgress, RunStarted, Snapshot
+=======
+from ..lab.messages import Loading, RunEnded, RunProgress, RunStarted
+>>>>>>> 11d10c1 (The run's state as a Qt-free evented model (lab/run_state.py): RunController writes state, progress, snapshots, paths, folder and messages to it and no longer reaches into the window; the toolbar, status bar and views subscribe. Each view declares itself in its own module (VIEW, with applies_to): a view that does not apply to the family is disabled with its reason, never an error after Compute; a new run, another family, an opened run or an imported initialization of another family clear every result of the earlier one. HeldOutView owns the held-out views' glue. Past runs name the family's metric (navigation: average return).)
 from ..lab.run_library import open_run as read_run
+from ..lab.run_state import BUSY, ENDED, RunModel, RunState, Scope
 from .colors import algorithm_label
 
-
-class RunState(enum.StrEnum):
-    """What the run is doing. A str enum: `state == "running"` and f-strings read as before."""
-
-    IDLE = "idle"
-    STARTING = "starting"
-    RUNNING = "running"
-    PAUSED = "paused"
-    STOPPING = "stopping"
-    FINISHED = "finished"
-    STOPPED = "stopped"
-    DIVERGED = "diverged"
-    FAILED = "failed"
-    REFUSED = "refused"
-
-    @classmethod
-    def of(cls, value) -> RunState:
-        """The state named `value` (a worker's "state" string); an unknown name is a failure."""
-        try:
-            return cls(value)
-        except ValueError:
-            return cls.FAILED
-
-    @property
-    def busy(self) -> bool:
-        """A run is on its way (a new run, another opened or resumed, must wait)."""
-        return self in BUSY
-
-
-BUSY = frozenset({RunState.STARTING, RunState.RUNNING, RunState.PAUSED, RunState.STOPPING})
-ENDED = frozenset({RunState.FINISHED, RunState.STOPPED, RunState.DIVERGED, RunState.FAILED})
+__all__ = ["BUSY", "ENDED", "RunController", "RunState", "format_duration"]
 
 
 class RunController:
-    """Drives `controller` (a worker.TrainingController) for `window` and keeps what the current run left."""
+    """Drives `controller` (a worker.TrainingController) and writes the run to `model`. `panel` gives the experiment
+    (try_config, set_config), `files` the run folders and exported initializations (runs_root, ask_directory,
+    read_initialization, place_initialization, refresh_past_runs), `inits` is the initialization store."""
 
-    def __init__(self, window, controller):
-        # a weak reference: the window owns this object, and a cycle would leave the window (and its Qt objects)
-        # to Python's cyclic garbage collector, which then deletes them at some later moment, in the middle of
-        # whatever Qt is doing (a segfault, seen in the UI tests)
-        self._window = weakref.ref(window)
+    def __init__(self, model: RunModel, controller, panel, files, inits):
+        self.model = model
         self.controller = controller
-        self.state = RunState.IDLE
-        self.run_folder: Path | None = None  # the folder the current (or last) run trains into
-        self.opened_run: Path | None = None  # the past run whose curves the views show (File ▸ Past runs ▸ Open)
+        self.panel = panel
+        self.files = files
+        self.inits = inits
         self._resuming: dict | None = None  # a resume request not started yet: what to restore if it is refused
         self._opened_keys: list[str] = []  # the playground / Tasks entries of the opened run's exports
-        self.run_config: ExperimentConfig | None = None
-        self.latest_snapshot: Snapshot | None = None
-        self.last_progress: RunProgress | None = None
         self._failure = ""
         self._reset_after_stop = False
-        self._device: str | None = None
         for signal, slot in ((controller.started, self._on_started), (controller.progress, self._on_progress),
-                             (controller.snapshot, self._on_snapshot), (controller.paths, self.w._on_paths),
+                             (controller.snapshot, self.model.set_snapshot), (controller.paths, self.model.set_paths),
                              (controller.finished, self._on_finished), (controller.failed, self._on_failed),
                              (controller.loading, self._on_loading), (controller.refused, self._on_refused)):
             signal.connect(slot)
+        self.model.events.snapshot.connect(self._on_snapshot)
 
+    # -- reading -------------------------------------------------------------------------------------
     @property
-    def w(self):
-        return self._window()
+    def state(self) -> RunState:
+        return self.model.state
 
     @property
     def running(self) -> bool:
-        return self.state.busy
+        return self.model.running
 
     @property
     def device(self) -> str | None:
-        return self._device
+        return self.model.device
 
+    @property
+    def run_config(self) -> ExperimentConfig | None:
+        return self.model.scope.config
+
+    @property
+    def run_folder(self) -> Path | None:
+        return self.model.folder
+
+    @property
+    def opened_run(self) -> Path | None:
+        return self.model.opened
+
+    @property
+    def latest_snapshot(self):
+        return self.model.snapshot
+
+    @property
+    def last_progress(self):
+        return self.model.progress
+
+    # -- commands ------------------------------------------------------------------------------------
     def toggle_run(self) -> None:
-        if self.state is RunState.RUNNING:
-            self.pause_or_resume()
-        elif self.state is RunState.PAUSED:
+        if self.state in (RunState.RUNNING, RunState.PAUSED):
             self.pause_or_resume()
         elif not self.running:
             self.start()
@@ -102,295 +92,242 @@ class RunController:
     def start(self) -> bool:
         if self.running or self.controller.running:
             return False
-        config, message = self.w.panel.try_config()
+        config, message = self.panel.try_config()
         if config is None:
-            self.w.message_bar.show_message("error", f"Cannot start: {message}")
+            self.model.say("error", f"Cannot start: {message}")
             return False
-        self.w.message_bar.clear()
+        self.model.say("clear")
         self._failure = ""
-        self._begin_run_views(config)
-        self.w.progress_label.setText(f"0 / {config.iterations:,} iterations · starting…")
-        if hasattr(self.w, "cost_label"):
-            self.w.cost_label.setText("")
-            self.w.cost_label.setToolTip("")
-        self._set_state(RunState.STARTING)
-        self.controller.start(config, runs_root=self.w.files.runs_root())
+        self._begin_run(config)
+        self.model.set_line(0, config.iterations, f"0 / {config.iterations:,} iterations · starting…")
+        self.model.set_state(RunState.STARTING)
+        self.controller.start(config, runs_root=self.files.runs_root())
         return True
 
-    def _begin_run_views(self, config: ExperimentConfig) -> None:
-        """Empty curves, paths and trained models for a run of `config` (a new one, or a resumed one)."""
-        self.run_config = config
-        self._device = None
-        self.run_folder = None
-        self.opened_run = None
-        self.w._show_folder(None)
-        self.w.history.clear()
-        kind = task_family(config.task)
-        self.w.plots.reset([a.name for a in config.algorithms], config.iterations, kind.loss_label,
-                           accuracy=kind.metric == "accuracy", metric=kind.plot_metric, val_every=config.val_every)
-        self.w._clear_inside_views()
-        self.w.views_call("set_training", True)
-        self.w.views_call("set_experiment", config)
-        self.latest_snapshot = None
-        self.last_progress = None
-        self.w.progress.setRange(0, config.iterations)
-        self.w.progress.setValue(0)
+    def _begin_run(self, config: ExperimentConfig) -> None:
+        """Results from now on are those of a run of `config` (a new one, or a resumed one): the earlier run's
+        curves, paths, trained models and costs are dropped."""
+        self._drop_trained()
+        self.model.begin(Scope(config.task, tuple(a.name for a in config.algorithms), "live", None, config,
+                               config.iterations))
+
+    def _drop_trained(self) -> None:
+        self.inits.remove("checkpoint")
+        self.inits.clear("trained")
+        self._remove_opened_exports()
 
     def pause_or_resume(self) -> None:
         if self.state is RunState.RUNNING:
             self.controller.pause()
-            self._set_state(RunState.PAUSED)
-            self.w.statusBar().showMessage("Paused: training waits after this meta-iteration", 3000)
+            self.model.set_state(RunState.PAUSED)
+            self.model.status("Paused: training waits after this meta-iteration", 3000)
         elif self.state is RunState.PAUSED:
             self.controller.resume()
-            self._set_state(RunState.RUNNING)
+            self.model.set_state(RunState.RUNNING)
 
     def stop(self) -> None:
         if self.state in (RunState.STARTING, RunState.RUNNING, RunState.PAUSED):
             self.controller.stop()
-            self._set_state(RunState.STOPPING)
+            self.model.set_state(RunState.STOPPING)
 
-    def reset(self) -> None:
+    def reset(self, task: str | None = None) -> None:
+        """Discard the run: nothing trained is shown; `task` (default: the form's family) is what views show."""
         if self.running:
             self._reset_after_stop = True
             self.stop()
             return
         self._reset_after_stop = False
-        self.w.history.clear()
-        self.w.plots.reset([])
-        self.w._clear_inside_views()
-        self.latest_snapshot = None
-        self.last_progress = None
-        self.run_config = None
-        self.run_folder = None
-        self.opened_run = None
-        self.w._show_folder(None)
-        self._remove_opened_exports()
-        self.w.message_bar.clear()
-        self.w.progress.setRange(0, 1)
-        self.w.progress.setValue(0)
-        self.w.progress_label.setText("Ready")
-        self._set_state(RunState.IDLE)
+        self._drop_trained()
+        if task is None:
+            config, _ = self.panel.try_config()
+            task = config.task if config is not None else self.model.task
+        self.model.begin(Scope(task))
+        self.model.say("clear")
+        self.model.set_line(0, 1, "Ready")
+        self.model.set_state(RunState.IDLE)
 
+    # -- the worker's signals ------------------------------------------------------------------------
     def _on_started(self, info: RunStarted) -> None:
         if info.config is not None:  # a resumed run: its views start from the restored history
-            self._begin_resumed_views(info)
-        self._device = info.device
-        folder = info.run_folder
-        self.run_folder = Path(folder) if folder else None
-        self.w._show_folder(self.run_folder)
+            self._begin_resumed(info)
+        folder = Path(info.run_folder) if info.run_folder else None
+        self.model.set_folder(folder)
         if folder and info.config is None:  # (a resumed run says where it resumes instead)
-            self.w.statusBar().showMessage(f"Run folder: {folder}", 8000)
+            self.model.status(f"Run folder: {folder}", 8000)
         elif info.run_folder_error:
-            self.w.message_bar.show_message(
+            self.model.say(
                 "warning", f"<b>No run folder</b>: {_html(info.run_folder_error)}. Training goes on, but this run "
                 "leaves no metrics, checkpoints or exports on disk and cannot be resumed. Choose another runs folder "
                 "in File ▸ Past runs ▸ Change….")
-        self.w._sync_device_label()
+        self.model.set_device(info.device)
         if self.state is RunState.STARTING:
-            self._set_state(RunState.RUNNING)
+            self.model.set_state(RunState.RUNNING)
 
-    def _begin_resumed_views(self, info: RunStarted) -> None:
+    def _begin_resumed(self, info: RunStarted) -> None:
         config = info.config
         self._resuming = None
-        self.w.message_bar.clear()
+        self.model.say("clear")
         self._failure = ""
-        self._begin_run_views(config)
-        self.w.panel.set_config(config)  # the form shows the run's experiment (locked while it trains)
-        self.w.history.add_chunk(info.history or {})
-        self.w.plots.mark_dirty()
+        self._begin_run(config)
+        self.panel.set_config(config)  # the form shows the run's experiment (locked while it trains)
+        self.model.add_chunk(info.history or {})
         name = Path(info.run_folder).name if info.run_folder else "the run"
         at = info.resumed_at
-        self.w.progress.setValue(int(at or 0))
-        self.w.progress_label.setText(f"{int(at or 0):,} / {config.iterations:,} iterations · resuming…")
+        self.model.set_line(int(at or 0), config.iterations,
+                            f"{int(at or 0):,} / {config.iterations:,} iterations · resuming…")
         if at is None:
-            self.w.message_bar.show_message("info", f"{_html(name)} had no checkpoint yet: training it again from the "
-                                          "start, with its config.")
+            self.model.say("info", f"{_html(name)} had no checkpoint yet: training it again from the start, with its "
+                           "config.")
         else:
-            self.w.statusBar().showMessage(f"Resuming {name} at iteration {int(at):,} of {config.iterations:,}", 8000)
+            self.model.status(f"Resuming {name} at iteration {int(at):,} of {config.iterations:,}", 8000)
 
     def _on_progress(self, p: RunProgress) -> None:
-        self.last_progress = p
-        self.w.history.add_chunk(p.chunk)
-        self.w.plots.mark_dirty()
+        self.model.add_progress(p)
         total = max(int(p.total), 1)
-        self.w.progress.setRange(0, total)
-        self.w.progress.setValue(int(p.iteration))
         if p.state == "running":
             rate = p.tasks_per_s
             rate_text = f"{rate:,.0f} tasks/s" if rate > 0 else "measuring…"
-            self.w.progress_label.setText(f"{p.iteration:,} / {total:,} iterations · {rate_text} · "
-                                        f"ETA {format_duration(p.eta_s)}")
-            self._show_cost(p.cost)
+            self.model.set_line(p.iteration, total, f"{p.iteration:,} / {total:,} iterations · {rate_text} · "
+                                f"ETA {format_duration(p.eta_s)}")
         elif p.state == "paused":
-            self.w.progress_label.setText(f"{p.iteration:,} / {total:,} iterations · paused")
-        if not self.w.act_export_metrics.isEnabled() and self.w.history.algorithms:
-            self.w._sync_actions()
+            self.model.set_line(p.iteration, total, f"{p.iteration:,} / {total:,} iterations · paused")
+        else:
+            self.model.set_line(p.iteration, total, self.model.line.text)
 
-    def _show_cost(self, cost: dict) -> None:
-        """The cost meter in the status area: each algorithm's time and memory per meta-step; the tooltip adds what
-        it measures and the expected cost of more inner steps."""
-        label = getattr(self.w, "cost_label", None)
-        if label is None or not cost:
-            return
-        label.setText(" · ".join(f"{algorithm_label(n)} {cost_brief(c)}" for n, c in cost.items()))
-        label.setToolTip("\n".join(cost_details(algorithm_label(n), c) for n, c in cost.items()))
-
-    def _on_snapshot(self, snap: Snapshot) -> None:
-        self.latest_snapshot = snap
-        self.w.inits.update_from_snapshot(snap)
-        if not self.w.act_export.isEnabled():
-            self.w._sync_actions()
+    def _on_snapshot(self, event) -> None:
+        if event.snapshot is not None:
+            self.inits.update_from_snapshot(event.snapshot)
 
     def _on_loading(self, info: Loading | Preparing) -> None:
         """The image set loads (off the GUI thread) before training starts; then what else runs before the first
         iteration is named (a busy bar)."""
         if isinstance(info, Preparing):
             if self.state is RunState.STARTING or self.running and self.last_progress is None:
-                self.w.progress.setRange(0, 0)
-                self.w.progress_label.setText(f"{info.what[:1].upper()}{info.what[1:]}…")
+                self.model.set_line(0, 0, f"{info.what[:1].upper()}{info.what[1:]}…")
             return
         if self.state is not RunState.STARTING:
             return
         total = max(info.total, 1)
-        self.w.progress.setRange(0, total)
-        self.w.progress.setValue(info.done)
-        self.w.progress_label.setText(f"Loading the image set… {info.done:,} / {total:,}")
+        self.model.set_line(info.done, total, f"Loading the image set… {info.done:,} / {total:,}")
 
     def _on_failed(self, message: str) -> None:
         self._failure = message
-        kept = " The last good parameters are kept: File ▸ Export initialization." if self.latest_snapshot else ""
-        self.w.message_bar.show_message("error", f"<b>Training failed</b>: {_html(message)}.{kept}")
+        kept = " The last good parameters are kept: File ▸ Export initialization." if self.model.snapshot else ""
+        self.model.say("error", f"<b>Training failed</b>: {_html(message)}.{kept}")
 
     def _on_refused(self, message: str) -> None:
-        self.w._error("Cannot resume run", f"The run was not resumed:\n{message}\n\nNothing was changed: the run "
-                    "folder is as it was.")
+        self.model.error("Cannot resume run", f"The run was not resumed:\n{message}\n\nNothing was changed: the "
+                         "run folder is as it was.")
 
     def _on_finished(self, info: RunEnded) -> None:
         if self._resuming is not None:  # a resume that never started (refused, or cancelled while loading)
             before, self._resuming = self._resuming, None
-            self.w.progress.setRange(*before["range"])
-            self.w.progress.setValue(before["value"])
-            self.w.progress_label.setText(before["label"])
-            self._set_state(before["state"])
-            self.w._sync_device_label()
+            self.model.set_line(*before["line"])
+            self.model.set_state(before["state"])
+            self.model.set_device(None)
             if self._reset_after_stop:
                 self.reset()
             return
         state = RunState.of(info.state)
-        self._set_state(state)
-        self.w.plots.mark_dirty()
-        self.w.views_call("set_training", False)
+        self.model.set_device(None)
+        self.model.set_state(state)
         it, total, reason = info.iteration, info.total, info.reason
-        elapsed = format_duration(self.last_progress.elapsed_s if self.last_progress is not None else 0.0)
+        progress = self.model.progress
+        elapsed = format_duration(progress.elapsed_s if progress is not None else 0.0)
+        value = min(it, max(total, 1))
         if state is RunState.FINISHED:
-            self.w.progress_label.setText(f"{it:,} / {total:,} iterations · finished in {elapsed}")
-            self.w.statusBar().showMessage(f"Finished {it:,} meta-iterations", 5000)
+            self.model.set_line(value, total, f"{it:,} / {total:,} iterations · finished in {elapsed}")
+            self.model.status(f"Finished {it:,} meta-iterations", 5000)
         elif state is RunState.STOPPED:
-            self.w.progress_label.setText(f"{it:,} / {total:,} iterations · stopped")
-            if self.run_folder is not None:
-                self.w.statusBar().showMessage(f"Stopped; its checkpoint is in {self.run_folder} "
-                                             "(File ▸ Resume run continues it)", 8000)
+            self.model.set_line(value, total, f"{it:,} / {total:,} iterations · stopped")
+            if self.model.folder is not None:
+                self.model.status(f"Stopped; its checkpoint is in {self.model.folder} (File ▸ Resume run continues "
+                                  "it)", 8000)
         elif state is RunState.DIVERGED:
-            self.w.progress_label.setText(f"{it:,} / {total:,} iterations · diverged")
+            self.model.set_line(value, total, f"{it:,} / {total:,} iterations · diverged")
             kept = "" if "kept" in reason else " The last good parameters are kept."
-            self.w.message_bar.show_message(
+            self.model.say(
                 "error", f"<b>Training stopped</b>: {_html(reason)}.{kept} Export them (Ctrl+E), or lower the "
                 "inner or meta learning rate and press Start to try again.")
         elif state is RunState.FAILED:
-            self.w.progress_label.setText(f"{it:,} / {total:,} iterations · failed")
-        self.w._sync_device_label()
-        self.w.files.refresh_past_runs()
+            self.model.set_line(value, total, f"{it:,} / {total:,} iterations · failed")
+        self.files.refresh_past_runs()
         if self._reset_after_stop:
             self.reset()
 
+    # -- run folders ---------------------------------------------------------------------------------
     def open_run(self, path: str | None = None) -> bool:
         """Show a past run: its curves (metrics.csv) in Training curves, its parameter path (latest checkpoint)
         in the looking-inside views, its exported initializations in the playground or Tasks view, its config in
         the form. A damaged folder shows what it can and says what is missing."""
         if self.running or self.controller.running:
-            self.w._error("Cannot open run", "A run is training: stop it before opening another (one run at a time).")
+            self.model.error("Cannot open run", "A run is training: stop it before opening another (one run at a "
+                             "time).")
             return False
-        path = Path(path) if path else self.w.files.ask_directory("Open run folder", self.w.files.runs_root())
+        path = Path(path) if path else self.files.ask_directory("Open run folder", self.files.runs_root())
         if path is None:
             return False
         try:
             run = read_run(path)
         except (RunFolderError, OSError) as exc:
-            self.w._error("Cannot open run", f"{path} was not opened:\n{exc}")
+            self.model.error("Cannot open run", f"{path} was not opened:\n{exc}")
             return False
         config, summary = run.config, run.summary
         task = config.task if config is not None else summary.task
         names = list(dict.fromkeys([*(run.chunk.get("train") or {}), *(run.chunk.get("val") or {})]))
         names = names or ([a.name for a in config.algorithms] if config is not None else summary.algorithms)
         total = summary.total or (config.iterations if config is not None else 0)
-        self.w.message_bar.clear()
+        self.model.say("clear")
         self._failure = ""
-        self.w.history.clear()
-        kind = task_family(task) if task in TASKS else None
-        self.w.plots.reset(names, total or None, kind.loss_label if kind else "loss",
-                           accuracy=kind is not None and kind.metric == "accuracy",
-                           metric=kind.plot_metric if kind else None,
-                           val_every=config.val_every if config is not None else None)
-        self.w.history.add_chunk(run.chunk)
-        self.w.plots.mark_dirty()
-        self.w._clear_inside_views()
-        self._remove_opened_exports()  # those of the run opened before
-        self.latest_snapshot = None
-        self.last_progress = None
-        self.run_config = config
+        self._drop_trained()  # (and the exports of the run opened before)
         if config is not None:
-            self.w.panel.set_config(config)
+            self.panel.set_config(config)  # (before the scope: a family change in the form clears nothing of it)
+        self.model.begin(Scope(task if task in TASKS else None, tuple(names), "opened", run.folder.path, config,
+                               total or None))
+        self.model.add_chunk(run.chunk)
         if run.paths is not None:
-            self.w._on_paths(run.paths)
+            self.model.set_paths(run.paths)
         problems = list(run.problems)
         for export in run.exports:
             algo = export.stem
-            init, why = self.w.files.read_initialization(export, f"{algorithm_label(algo)} · run")
+            init, why = self.files.read_initialization(export, f"{algorithm_label(algo)} · run")
             if init is None:
                 problems.append(f"exports/{export.name} was not loaded{why.rstrip('.')}")
                 continue
-            self.w.files.place_initialization(init)
+            self.files.place_initialization(init)
             self._opened_keys.append(init.key)
-        self.opened_run = run.folder.path
-        self.run_folder = run.folder.path
-        self.w._show_folder(run.folder.path)
-        it = summary.iteration or self.w.history.last_iteration()
-        self.w.progress.setRange(0, max(total, 1))
-        self.w.progress.setValue(min(it, max(total, 1)))
+        it = summary.iteration or self.model.history.last_iteration()
         status = summary.status_text()
-        self.w.progress_label.setText(f"{it:,} / {total:,} iterations · {status} (opened)")
-        self._set_state(RunState(status) if status in ENDED else RunState.IDLE)
-        self.w.tabs.setCurrentWidget(self.w.plots)
+        self.model.set_line(min(it, max(total, 1)), max(total, 1),
+                            f"{it:,} / {total:,} iterations · {status} (opened)")
+        self.model.set_state(RunState(status) if status in ENDED else RunState.IDLE)
         loaded = f"{len(self._opened_keys)} exported initialization{'s' if len(self._opened_keys) != 1 else ''}"
         if problems:
-            self.w.message_bar.show_message(
-                "warning", f"<b>Opened {_html(summary.name)}</b>, showing what could be read: "
-                + _html("; ".join(problems)) + ".")
+            self.model.say("warning", f"<b>Opened {_html(summary.name)}</b>, showing what could be read: "
+                           + _html("; ".join(problems)) + ".")
         else:
-            self.w.statusBar().showMessage(f"Opened {summary.name}: {it:,} iterations, {loaded}", 8000)
-        self.w._sync_actions()
+            self.model.status(f"Opened {summary.name}: {it:,} iterations, {loaded}", 8000)
         return True
 
     def _remove_opened_exports(self) -> None:
-        self.w.inits.remove(*self._opened_keys)
+        self.inits.remove(*self._opened_keys)
         self._opened_keys = []
 
     def resume_run(self, path: str | None = None) -> bool:
         """File ▸ Resume run: continue a run folder from its latest checkpoint with its own config (a finished
         run is opened instead; a folder without a checkpoint trains again from the start)."""
         if self.running or self.controller.running:
-            self.w._error("Cannot resume run", "A run is training: stop it before resuming another (one run at a "
-                        "time).")
+            self.model.error("Cannot resume run", "A run is training: stop it before resuming another (one run at a "
+                             "time).")
             return False
-        path = Path(path) if path else self.w.files.ask_directory("Resume run folder", self.w.files.runs_root())
+        path = Path(path) if path else self.files.ask_directory("Resume run folder", self.files.runs_root())
         if path is None:
             return False
         try:
             folder = RunFolder.open(path)
             config = folder.config()
         except (RunFolderError, OSError) as exc:
-            self.w._error("Cannot resume run", f"The run was not resumed:\n{exc}\n\nNothing was changed.")
+            self.model.error("Cannot resume run", f"The run was not resumed:\n{exc}\n\nNothing was changed.")
             return False
         status = folder.status()
         try:
@@ -399,20 +336,15 @@ class RunController:
             done = False
         if done:
             if self.open_run(folder.path):
-                self.w.statusBar().showMessage(f"{folder.name} is finished: opened it (nothing left to train)", 8000)
+                self.model.status(f"{folder.name} is finished: opened it (nothing left to train)", 8000)
                 return True
             return False
-        self._resuming = {"state": self.state, "range": (self.w.progress.minimum(), self.w.progress.maximum()),
-                          "value": self.w.progress.value(), "label": self.w.progress_label.text()}
-        self.w.progress.setRange(0, 0)  # busy until the checkpoint is restored
-        self.w.progress_label.setText(f"Resuming {folder.name}…")
-        self._set_state(RunState.STARTING)
+        line = self.model.line
+        self._resuming = {"state": self.state, "line": (line.value, line.total, line.text)}
+        self.model.set_line(0, 0, f"Resuming {folder.name}…")  # busy until the checkpoint is restored
+        self.model.set_state(RunState.STARTING)
         self.controller.resume_run(folder.path)
         return True
-
-    def _set_state(self, state) -> None:
-        self.state = RunState.of(state)
-        self.w.show_state(self.state)
 
     def wait_for_training(self, timeout_s: float = 600.0) -> str:
         """Process events until the current run ends (for --screenshot and tests); returns the final state."""

@@ -47,6 +47,7 @@ from .background import BackgroundRunner
 from .colors import algorithm_color, qcolor
 from .image_widgets import DrawCell, PredictionGrid, PredictionRow, ThumbGrid, ThumbRow, qimage_from_array
 from .theme import ACCENT, MUTED, TEXT, style_plot
+from .views import ViewSpec, family_label
 
 SUPPORT_FRAME = ACCENT
 QUERY_BADGE = "#8A939C"
@@ -56,6 +57,12 @@ TRAINING_INTERVAL_S = 2.0  # at most one prediction update this often while trai
 
 # ----------------------------------------------------------------------------------------------------------------
 # The task and the computations (no Qt)
+
+
+PLACEHOLDER = ("<p style='font-size:12pt'><b>Few-shot image tasks</b></p>"
+               "<p>Choose <b>Family ▸ Images</b> in the experiment panel (the built-in glyphs, or File ▸ Open image "
+               "set… for Omniglot or any folder of class folders) and press <b>Start</b>.<br>Here you will see tasks "
+               "from the classes training never saw, and what each trained initialization makes of them.</p>")
 
 
 @dataclass
@@ -321,11 +328,8 @@ class TasksView(QWidget):
         self.placeholder.setAlignment(Qt.AlignmentFlag.AlignCenter)
         self.placeholder.setWordWrap(True)
         self.placeholder.setProperty("hint", True)
-        self.placeholder.setText(
-            "<p style='font-size:12pt'><b>Few-shot image tasks</b></p>"
-            "<p>Choose <b>Family ▸ Images</b> in the experiment panel (the built-in glyphs, or File ▸ Open image "
-            "set… for Omniglot or any folder of class folders) and press <b>Start</b>.<br>Here you will see tasks "
-            "from the classes training never saw, and what each trained initialization makes of them.</p>")
+        self.not_applicable: str | None = None  # why the view does not apply to the family shown
+        self.placeholder.setText(PLACEHOLDER)
         self.stack.addWidget(self.placeholder)
         self.stack.setCurrentWidget(self.placeholder)
 
@@ -571,13 +575,22 @@ class TasksView(QWidget):
         self._render_task()
         self._render_drawing()
 
-    def clear_trained(self) -> None:
+    def clear_run(self) -> None:
+        """Another run or family: the trained models and their predictions go (imported ones stay), and the header
+        counts again."""
         for key in [k for k, v in self.inits.items() if v.source == "trained"]:
             del self.inits[key]
         self.predictions = {k: v for k, v in self.predictions.items() if k in self.inits}
         self.draw_probs = {k: v for k, v in self.draw_probs.items() if k in self.inits}
         self._render_task()
         self._render_drawing()
+        self._sync_header()
+
+    def set_applicable(self, reason: str | None) -> None:
+        """Not image tasks: the reason in place of the tasks (the header empty)."""
+        self.not_applicable = reason
+        self.placeholder.setText(f"<p style='font-size:12pt'>{reason}</p>" if reason else PLACEHOLDER)
+        self._sync_header()
 
     def set_training(self, on: bool) -> None:
         self.training = on
@@ -895,9 +908,11 @@ class TasksView(QWidget):
             self._draw_timer.start(0)
 
     def _sync_header(self) -> None:
-        images = self.config is not None
+        images = self.config is not None and not self.not_applicable
         if not images:
             self.stack.setCurrentWidget(self.placeholder)
+            if not self.loader.busy:
+                self._set_status("")
         else:
             self.stack.setCurrentIndex(1 if self.draw_mode.isChecked() else 0)
         for w in (self.task_mode, self.draw_mode, self.steps, self.queries, self.show_before):
@@ -974,3 +989,18 @@ class TasksView(QWidget):
     # -- for File ▸ Export plot ------------------------------------------------------------------------------
     def view_title(self) -> str:
         return "tasks"
+
+
+def _make_view(window) -> TasksView:
+    view = TasksView()
+    window.panel.open_image_set_requested.connect(lambda: window.open_image_set())
+    return view
+
+
+def _applies(kind, algorithms) -> str | None:
+    if kind is None or getattr(kind.playground, "kind", None) == "images":
+        return None
+    return f"Tasks shows image classification tasks; {family_label(kind)} are not images"
+
+
+VIEW = ViewSpec("tasks", "Tasks", _make_view, applies_to=_applies)

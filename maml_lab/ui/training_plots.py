@@ -23,6 +23,7 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSizePolicy, QSlid
 from ..lab.metrics_history import MetricsHistory
 from .colors import algorithm_color, algorithm_label, curve_pen
 from .theme import MUTED, TEXT, style_plot
+from .views import ViewSpec
 
 RAW_ALPHA = 55
 
@@ -304,6 +305,29 @@ class TrainingPlotsView(QWidget):
         self._y_ranges[plot] = new
         plot.setYRange(*new, padding=0)
 
+    def follow(self, model) -> None:
+        """Subscribe to the run's model (lab.run_state.RunModel): a new scope empties the plots for its run, new
+        metrics redraw them."""
+        model.events.scope.connect(self._on_scope)
+        model.events.progress.connect(self._on_progress)
+
+    def _on_scope(self, event) -> None:
+        scope = event.scope
+        if scope.source == "none":
+            self.reset([])
+            return
+        from ..core.tasks.registry import TASKS
+
+        kind = TASKS.get(scope.task) if scope.task in TASKS else None
+        config = scope.config
+        self.reset(list(scope.algorithms), scope.total or None, kind.loss_label if kind else "loss",
+                   accuracy=kind is not None and kind.metric == "accuracy",
+                   metric=kind.plot_metric if kind else None,
+                   val_every=config.val_every if config is not None else None)
+
+    def _on_progress(self, _event) -> None:
+        self.mark_dirty()
+
     def mark_dirty(self) -> None:
         """New data arrived: redraw soon, at most max_fps times a second."""
         self._dirty = True
@@ -452,3 +476,12 @@ class TrainingPlotsView(QWidget):
 
     def view_title(self) -> str:
         return "training"
+
+
+def _make_view(window) -> TrainingPlotsView:
+    view = TrainingPlotsView(window.run_model.history, max_fps=12.0)
+    view.follow(window.run_model)
+    return view
+
+
+VIEW = ViewSpec("training", "Training curves", _make_view)

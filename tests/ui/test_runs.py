@@ -87,7 +87,7 @@ def test_past_runs_lists_a_run_and_open_shows_its_curves_path_and_exports(window
     train(window, qtbot, small_config(iterations=20))
     folder = list_runs(root)[0]
     window.reset()
-    assert not window.history.algorithms and window.paths.run is None
+    assert not window.history.algorithms and window.views["paths"].run is None
     window.act_past_runs.trigger()
     dialog = window.past_runs_dialog
     assert dialog.isVisible() and dialog.model.rowCount() == 1
@@ -98,27 +98,28 @@ def test_past_runs_lists_a_run_and_open_shows_its_curves_path_and_exports(window
     assert dialog.open_button.isEnabled() and not dialog.resume_button.isEnabled()  # finished: nothing to resume
     assert dialog.show_selected() and dialogs.opened_urls[0].toLocalFile() == str(folder.path)
 
-    window.tabs.setCurrentWidget(window.paths)
+    window.tabs.setCurrentWidget(window.views["paths"])
     dialog.open_button.click()
     assert window.opened_run == folder.path and not dialog.isVisible()
     assert maml_iterations(window) == list(range(1, 21))
     assert len(window.history.series("pretrained", "val_post_loss")[0]) == 2  # every 10 iterations
-    assert window.tabs.currentWidget() is window.plots
-    window.plots.redraw()
-    assert window.plots.curves[("maml", "post_loss", "smooth")].xData[-1] == 20
+    assert window.tabs.currentWidget() is window.views["training"]
+    window.views["training"].redraw()
+    assert window.views["training"].curves[("maml", "post_loss", "smooth")].xData[-1] == 20
     assert window.state == "finished" and "20 / 20" in window.progress_label.text()
-    run = window.paths.run
+    run = window.views["paths"].run
     assert run is not None and run.names == ["maml", "pretrained"]
     assert run.paths["maml"].iterations[-1] == 20 and len(run.paths["maml"]) > 2
-    window.tabs.setCurrentWidget(window.paths)
-    assert window.paths.wait_until_idle(60)
-    assert window.paths.projected is not None and set(window.paths.projected.coords) == {"maml", "pretrained"}
-    imported = [i for i in window.playground.inits.values() if i.source == "imported"]
+    window.tabs.setCurrentWidget(window.views["paths"])
+    assert window.views["paths"].wait_until_idle(60)
+    projected = window.views["paths"].projected
+    assert projected is not None and set(projected.coords) == {"maml", "pretrained"}
+    imported = [i for i in window.views["playground"].inits.values() if i.source == "imported"]
     assert sorted(i.algorithm for i in imported) == ["maml", "pretrained"]
     assert all(i.key.startswith(f"file:{folder.path.resolve()}") and i.label.endswith("· run") for i in imported)
     assert not window.message_bar.isVisible()
     window.reset()  # the opened run's exports go with it
-    assert not [i for i in window.playground.inits.values() if i.source == "imported"]
+    assert not [i for i in window.views["playground"].inits.values() if i.source == "imported"]
     assert not window.folder_label.isVisible()
 
 
@@ -161,8 +162,9 @@ def test_resume_continues_a_stopped_run_to_the_end(window, qtbot, small_config, 
     assert window.run_folder == folder.path
     config = window.panel.config()  # the form shows the run's own experiment
     assert config.iterations == 40 and [a.name for a in config.algorithms] == ["maml", "pretrained"]
-    qtbot.waitUntil(lambda: window.paths.run is not None and window.paths.run.iteration == 40, timeout=5000)
-    assert window.paths.run.paths["maml"].iterations[0] == 0  # the path from the start, not from the checkpoint
+    qtbot.waitUntil(lambda: window.views["paths"].run is not None and window.views["paths"].run.iteration == 40,
+                    timeout=5000)
+    assert window.views["paths"].run.paths["maml"].iterations[0] == 0  # from the start, not from the checkpoint
 
 
 def test_resuming_a_finished_run_opens_it(window, qtbot, small_config, root, dialogs):
@@ -274,10 +276,10 @@ def test_damaged_folders_are_listed_opened_as_far_as_possible_and_refused_cleanl
     assert window.open_run(str(truncated.path))
     its = maml_iterations(window)
     assert 0 < len(its) < 20 and its == list(range(1, len(its) + 1))
-    assert window.paths.run is None
+    assert window.views["paths"].run is None
     assert window.message_bar.kind == "warning" and "no readable checkpoint" in window.message_bar.text
     assert window.open_run(str(no_json.path))
-    assert maml_iterations(window) == list(range(1, 21)) and window.paths.run is not None
+    assert maml_iterations(window) == list(range(1, 21)) and window.views["paths"].run is not None
     assert window.open_run(str(bad_config.path))  # the checkpoint knows the experiment
     assert maml_iterations(window) == list(range(1, 21)) and "config.toml" in window.message_bar.text
     assert not dialogs.warnings

@@ -29,11 +29,11 @@ def trained(qapp, tmp_path_factory):
         p.meta_batch.setValue(2)
         for name, col in p.columns.items():
             col.enabled.setChecked(name in ("maml", "pretrained"))
-        w.tabs.setCurrentWidget(w.tasks)
+        w.tabs.setCurrentWidget(w.views["tasks"])
         w.show()
         assert w.start()
         assert w.wait_for_training(120) == "finished"
-        assert w.tasks.wait_until_idle(60)
+        assert w.views["tasks"].wait_until_idle(60)
         yield w
         w.close()
 
@@ -48,7 +48,7 @@ def _distinct_colors(image: QImage, step: int = 7) -> int:
 
 
 def test_tasks_view_shows_support_queries_and_predictions(trained):
-    view = trained.tasks
+    view = trained.views["tasks"]
     assert trained.views["tasks"] is view and view.family is not None and view.family.ways == 5
     task = view.task
     assert task is not None and task.ways == 5 and all(len(s) == 1 for s in task.support)
@@ -63,14 +63,14 @@ def test_tasks_view_shows_support_queries_and_predictions(trained):
     assert "MAML" in view.accuracy_label.text() and "→" in view.accuracy_label.text()
     assert view.family.info["split"]["part"] == "heldout"  # classes training never saw
     # the accuracy reached the training plots
-    assert trained.history.has_accuracy() and trained.plots.accuracy
-    assert ("maml", "post_accuracy", "smooth") in trained.plots.curves
+    assert trained.history.has_accuracy() and trained.views["training"].accuracy
+    assert ("maml", "post_accuracy", "smooth") in trained.views["training"].curves
     picture = view.grab().toImage()
     assert picture.width() > 600 and _distinct_colors(picture) > 40  # not blank
 
 
 def test_new_task_samples_other_heldout_classes(trained):
-    view = trained.tasks
+    view = trained.views["tasks"]
     first = list(view.task.classes)
     view.new_button.click()
     assert view.task.classes != first
@@ -78,7 +78,7 @@ def test_new_task_samples_other_heldout_classes(trained):
 
 
 def test_clicking_an_image_makes_it_a_shot(trained, qtbot):
-    view = trained.tasks
+    view = trained.views["tasks"]
     task = view.task
     rows = view._class_rows(0)
     col = next(c for c, r in enumerate(rows) if r not in task.support[0] and r in task.queries[0])
@@ -113,7 +113,7 @@ def _stroke(widget, points) -> None:
 
 
 def test_drawn_shots_and_query_give_class_probabilities(trained):
-    view = trained.tasks
+    view = trained.views["tasks"]
     view.draw_mode.click()
     assert view.stack.currentIndex() == 1 and len(view.draw_cells) == 5
     view.clear_drawings()

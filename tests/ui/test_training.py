@@ -82,10 +82,10 @@ def test_run_to_the_end_then_reset(window, qtbot, small_config):
     with qtbot.waitSignal(window.controller.finished, timeout=20000):
         window.start()
     assert window.state == "finished" and window.progress.value() == 25
-    qtbot.waitUntil(lambda: "maml" in window.playground.inits, timeout=2000)
+    qtbot.waitUntil(lambda: "maml" in window.views["playground"].inits, timeout=2000)
     window.act_reset.trigger()
     assert window.state == "idle" and window.latest_snapshot is None
-    assert "maml" not in window.playground.inits and not window.history.algorithms
+    assert "maml" not in window.views["playground"].inits and not window.history.algorithms
 
 
 def test_closing_while_training_stops_the_worker(qtbot, settings, small_config):
@@ -146,18 +146,19 @@ def test_training_plots_receive_curves(window, qtbot, small_config, monkeypatch)
     # the app skips validations that would take more than its time budget: on a loaded machine that depends on the
     # clock, so this test, which counts the validation points, runs without the budget
     monkeypatch.setattr(worker, "VAL_BUDGET", None)
-    window.tabs.setCurrentWidget(window.plots)
+    window.tabs.setCurrentWidget(window.views["training"])
     window.panel.set_config(small_config(iterations=40))
     with qtbot.waitSignal(window.controller.finished, timeout=20000):
         window.start()
-    window.plots.redraw()
-    qtbot.waitUntil(lambda: window.plots.curves[("maml", "post_loss", "smooth")].xData is not None, timeout=3000)
-    item = window.plots.curves[("maml", "post_loss", "smooth")]
+    window.views["training"].redraw()
+    plots = window.views["training"]
+    qtbot.waitUntil(lambda: plots.curves[("maml", "post_loss", "smooth")].xData is not None, timeout=3000)
+    item = window.views["training"].curves[("maml", "post_loss", "smooth")]
     assert len(item.xData) > 0 and item.xData[-1] == 40
-    assert len(window.plots.curves[("pretrained", "val_post_loss", "raw")].xData) == 4  # every 10 iterations
-    window.plots.set_log(False)
+    assert len(plots.curves[("pretrained", "val_post_loss", "raw")].xData) == 4  # every 10 iterations
+    window.views["training"].set_log(False)
     assert not window.act_log.isChecked()
-    assert "MAML" in window.plots.readout_text(20) and "iteration 20" in window.plots.readout_text(20)
+    assert "MAML" in plots.readout_text(20) and "iteration 20" in plots.readout_text(20)
 
 
 def test_form_refuses_invalid_values_with_a_reason(window):
@@ -194,14 +195,14 @@ def test_keyboard_space_delete_and_undo(window, qtbot, small_config):
 
     window.activateWindow()
     qtbot.waitUntil(lambda: window.isActiveWindow(), timeout=3000)
-    canvas = window.playground.canvas
+    canvas = window.views["playground"].canvas
     click(canvas, 1.0, 1.0)
     click(canvas, -2.0, 2.0)
     assert canvas.hasFocus()
     QTest.keyClick(canvas, Qt.Key.Key_Delete)
-    assert len(window.playground.state.points) == 1
+    assert len(window.views["playground"].state.points) == 1
     QTest.keyClick(canvas, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
-    assert len(window.playground.state.points) == 2
+    assert len(window.views["playground"].state.points) == 2
     window.panel.set_config(small_config(iterations=1_000_000))
     QTest.keyClick(canvas, Qt.Key.Key_Space)
     qtbot.waitUntil(lambda: window.state == "running", timeout=20000)
