@@ -74,6 +74,10 @@ class HelloView:
         label.initializations_changed = lambda changed, removed: HelloView.seen.append((changed, removed))
         return label
 
+    @staticmethod
+    def applies_to(kind, algorithms):
+        return "Hello greets regression tasks only" if kind is not None and kind.loss != "mse" else None
+
 
 @pytest.fixture
 def plugin_views(monkeypatch):
@@ -102,6 +106,11 @@ def test_a_plugin_view_gets_a_tab_a_menu_entry_and_a_screenshot_name(qtbot, sett
     w.act_view_hello.trigger()
     assert w.current_view() is w.views["hello"]
     w.inits.remove("nothing")  # the store tells its subscribers, the plug-in among them
+    hello = w.tabs.indexOf(w.views["hello"])
+    assert w.tabs.isTabEnabled(hello) and w.tabs.tabToolTip(hello) == ""
+    w.panel.task.setCurrentIndex(w.panel.task.findData("navigation"))  # where it declares it does not apply
+    assert not w.tabs.isTabEnabled(hello) and w.tabs.tabToolTip(hello) == "Hello greets regression tasks only"
+    assert not w.act_view_hello.isEnabled()
     assert app.build_parser().parse_args(["--view", "hello"]).view == "hello"
 
 
