@@ -15,11 +15,7 @@ from pathlib import Path
 from ..core.tasks.registry import TASKS
 from ..core.training.config import ExperimentConfig
 from ..core.training.runs import RunFolder, RunFolderError
-<<<<<<< HEAD
-from ..lab.messages import Loading, Preparing, RunEnded, RunProgress, RunStarted, Snapshot
-=======
-from ..lab.messages import Loading, RunEnded, RunProgress, RunStarted
->>>>>>> 11d10c1 (The run's state as a Qt-free evented model (lab/run_state.py): RunController writes state, progress, snapshots, paths, folder and messages to it and no longer reaches into the window; the toolbar, status bar and views subscribe. Each view declares itself in its own module (VIEW, with applies_to): a view that does not apply to the family is disabled with its reason, never an error after Compute; a new run, another family, an opened run or an imported initialization of another family clear every result of the earlier one. HeldOutView owns the held-out views' glue. Past runs name the family's metric (navigation: average return).)
+from ..lab.messages import Loading, Preparing, RunEnded, RunProgress, RunStarted
 from ..lab.run_library import open_run as read_run
 from ..lab.run_state import BUSY, ENDED, RunModel, RunState, Scope
 from .colors import algorithm_label
@@ -191,7 +187,7 @@ class RunController:
                                 f"ETA {format_duration(p.eta_s)}")
         elif p.state == "paused":
             self.model.set_line(p.iteration, total, f"{p.iteration:,} / {total:,} iterations · paused")
-        else:
+        elif p.state != "starting":  # (starting: the line names what runs before the first iteration)
             self.model.set_line(p.iteration, total, self.model.line.text)
 
     def _on_snapshot(self, event) -> None:
