@@ -164,7 +164,9 @@ def check_training_memory(image_size: int, channels: int, ways: int, shots: int,
     """Refuse an image size whose training cannot fit in memory, before anything loads. A meta-batch's tasks
     are differentiated together, so conv-4 keeps at least its first block's convolution, batch-norm and ReLU
     outputs for every image of every task (64 filters at half the size, or for images of 64 pixels and more 32
-    filters at full size before the max-pool); later blocks, gradients and the inner-loop graph come on top."""
+    filters at full size before the max-pool); later blocks, gradients and the inner-loop graph come on top.
+    A lower bound, so it refuses only what surely cannot fit: measured, peak RSS grows 2.5 MB a task at 2-way 28x28
+    (estimated 0.6) and 27 MB at 2-way 84x84 RGB (estimated 11)."""
     from .imagelimits import check_memory
 
     size = int(image_size)
