@@ -2,7 +2,8 @@
 
 Conv-4 on 28x28 grayscale, 5-way 1-shot with 5 queries per class, meta-batch 32 (the Omniglot benchmark's
 setting), random images (cost does not depend on the pixels). For each algorithm and number of inner steps S it
-runs `--steps` meta-steps through a CostMeter that measures memory on the first and the last and times the others,
+runs `--steps` meta-steps through a CostMeter (no budget: it measures memory after the second step, on slices of
+the batch extrapolated to it, and again after the last when --steps allows; it times every step),
 and prints seconds and bytes per meta-step; for S = 1 it also prints what the meter's probe (S+1 and S+2) expects
 at every other S, so the extrapolation can be checked against the direct measurements.
 
@@ -51,8 +52,9 @@ def main() -> None:
             params = OrderedDict((k, v.requires_grad_(True)) for k, v in model.init_params(g).items())
             algo = make_algorithm(model, "cross_entropy", config, 1000)
             algo.setup(params)
+            # budget None: memory (on one- and two-task slices) and the probe right after the second step
             meter = CostMeter(every=max(args.steps - 1, 1), probe=steps == min(args.inner_steps),
-                              clock=time.process_time if args.clock == "process" else time.perf_counter)
+                              clock=time.process_time if args.clock == "process" else time.perf_counter, budget=None)
             t0 = time.perf_counter()
             for i in range(args.steps):
                 meter.meta_step(name, algo, params, batch, i)

@@ -54,6 +54,8 @@ class TrainingSession:
                                world=world)
         self.trainer.cost.probe = True  # the CLI and the app show the expected cost of more inner steps (off the
         # critical path: measured between steps within a small share of the training time, cost.py)
+        if world is not None and not world.is_main:
+            self.trainer.cost.enabled = False  # only rank 0 reports: the others would measure out of step with it
         self.folder: RunFolder | None = None
         self.logger: RunLogger | None = None
         self.resumed_at: int | None = None  # the checkpoint's iteration when this session continues a run

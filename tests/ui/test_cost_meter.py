@@ -20,3 +20,17 @@ def test_the_status_area_shows_the_cost_meter(window, qtbot, small_config):
     assert window.cost_label.text() == "" and window.cost_label.toolTip() == ""
     with qtbot.waitSignal(window.controller.finished, timeout=20000):
         window.act_stop.trigger()
+
+
+def test_what_runs_before_the_first_iteration_is_named_in_the_progress_area(window, qtbot, small_config):
+    from maml_lab.lab.messages import Preparing
+
+    named = []  # (what the worker said, the toolbar's progress text once the window handled it)
+    window.controller.loading.connect(lambda info: named.append((info, window.progress_label.text())))
+    window.panel.set_config(small_config(iterations=5))
+    with qtbot.waitSignal(window.controller.finished, timeout=30000):
+        window.act_start.trigger()
+    stages = [(info.what, text) for info, text in named if isinstance(info, Preparing)]
+    assert stages == [("building the model", "Building the model…"),
+                      ("first meta-iteration", "First meta-iteration…")]
+    assert window.progress_label.text().startswith("5 / 5 iterations")

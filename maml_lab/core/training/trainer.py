@@ -176,8 +176,8 @@ class Trainer:
         self._running = threading.Event()
         self._running.set()
         self._val_batch = None
-        # time and memory per meta-step of each algorithm (cost.py); sessions (CLI, app) also probe the expected cost
-        # of more inner steps (cost.probe), a few extra meta-steps once per run
+        # time and memory per meta-step of each algorithm (cost.py); sessions (CLI, app) also forecast the cost of
+        # more inner steps (cost.probe): measured between steps on task slices, within a few percent of the time
         self.cost = CostMeter(probe=False)
         # validation may take at most this fraction of the training time (None: every val_every iterations, as
         # configured): a due validation is skipped while the time spent validating exceeds the budget, so runs
