@@ -369,7 +369,7 @@ class _Progress:
         """A step before the first iteration ("building the model", "first meta-iteration"), as it starts."""
         if self.quiet:
             return
-        sys.stderr.write(f"\r{what}…".ljust(120) if self.tty else f"{what}…\n")
+        sys.stderr.write(f"{what}…\n")  # a line of its own: other lines (the start line) may follow
         sys.stderr.flush()
 
 
