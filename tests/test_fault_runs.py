@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from maml_lab.core.training.checkpoint import read_checkpoint
 from maml_lab.core.training.runs import RunFolder
@@ -118,6 +120,15 @@ def test_a_run_whose_checkpoints_are_all_damaged_is_refused_and_left_byte_identi
     assert out.returncode == 2 and "different experiment" in out.stderr, out.stderr
     no_traceback(out.stderr)
     assert folder_hashes(other) == before
+
+    # a crafted checkpoint whose header is not an object: passed over like a damaged one
+    crafted = folder.checkpoint_path(40)
+    save_file({"generator": torch.zeros(3)}, str(crafted), metadata={"maml_lab_checkpoint": "[1, 2]"})
+    before = folder_hashes(run)
+    out = cli("train", "--resume", run)
+    assert out.returncode == 2 and f"skipping damaged checkpoint {crafted.name}" in out.stderr, out.stderr
+    no_traceback(out.stderr)
+    assert folder_hashes(run) == before
 
     # starting over is explicit
     out = cli("train", "--resume", run, "--restart", "--checkpoint-every", "10", "--threads", "1")

@@ -131,9 +131,10 @@ class TrainingSession:
                 try:
                     good = (path, *read_checkpoint(path))
                     break
-                except CheckpointError as exc:
+                except Exception as exc:  # noqa: BLE001 - damaged or crafted: passed over by name, never resumed
                     damaged.append(path)
-                    say(f"skipping damaged checkpoint {path.name}: {exc}")
+                    why = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
+                    say(f"skipping damaged checkpoint {path.name}: {why}")
             if good is None and not restart and (found or not fresh_if_empty):
                 what = (f"no usable checkpoint ({len(damaged)} damaged: {', '.join(p.name for p in damaged[:3])}"
                         f"{', ...' if len(damaged) > 3 else ''})" if damaged else "no checkpoint")
