@@ -578,7 +578,14 @@ def _finish(args, session, state, outs) -> int:
 
                 print(cost_details(f"{name} cost", trainer.cost.costs[name].as_dict(), ended=True), file=sys.stderr)
         if name in outs:
-            session.export({name: outs[name]})
+            try:
+                session.export({name: outs[name]})
+            except OSError as exc:  # the run folder has its exports; only this copy is missing
+                from .core.training.runs import failure_text
+
+                print(f"maml-lab: error: could not export {name} to {outs[name]} ({failure_text(exc)}); the run "
+                      f"folder's exports/ has it", file=sys.stderr)
+                return EXIT_FAILED
             print(f"exported {name} to {outs[name]}")
     if state == "stopped" and not args.quiet:
         print(f"stopped at iteration {trainer.iteration}; continue with: maml-lab train --resume {folder.path}",

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..export import atomic_write_bytes
-from .checkpoint import CheckpointError, CheckpointWriter, read_checkpoint, save_checkpoint
+from .checkpoint import CheckpointWriter, read_checkpoint, save_checkpoint
 from .config import ExperimentConfig
 from .metrics import CSV_HEADER, METRIC_FIELDS, TRAIN_FIELDS, VAL_FIELDS, MetricsLog, csv_row, held_rows, write_csv
 from .run_lock import RunLock, RunLockedError  # noqa: F401 - RunLockedError: what a second writer gets
@@ -226,7 +226,7 @@ class RunFolder:
         for _, path in reversed(self.checkpoints()):
             try:
                 read_checkpoint(path, tensors=False)  # a truncated file fails here already
-            except CheckpointError:
+            except Exception:  # noqa: BLE001 - damaged or crafted (a header of another shape)
                 continue
             return path
         return None
