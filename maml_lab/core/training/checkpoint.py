@@ -173,7 +173,7 @@ def checksum(raw_header: str, tensors: dict[str, torch.Tensor]) -> str:
         t = tensors[name].detach().to("cpu").contiguous()
         digest.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         if t.numel():
-            digest.update(t.reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(t.reshape(-1).contiguous().view(torch.uint8).numpy())  # the buffer itself, no copy
     return "sha256:" + digest.hexdigest()
 
 
