@@ -108,9 +108,12 @@ def loop_meta_gradient(env, batch, theta, lr):
 def cpu_model() -> str:
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
+        fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        fields = {k.strip(): v.strip() for k, v in fields.items()}
+        if "Model name" in fields:
+            extra = [f"{k.lower()} {fields[k]}" for k in ("CPU family", "Model") if k in fields]
+            extra += [f"{k} {fields[k].split(' (')[0]}" for k in ("L2 cache", "L3 cache") if k in fields]
+            return f"{fields['Model name']} ({', '.join(extra)})"
     except (OSError, subprocess.SubprocessError):
         pass
     return platform.processor() or "unknown CPU"

@@ -1,0 +1,23 @@
+"""benchmarks/bench_navigation.py runs end to end at a tiny size: the engine, its autograd route and the
+per-environment loop agree on the meta-gradient, and it prints the CPU, the ratios and the lower bound."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_navigation_prints_ratios_to_the_loop_and_the_lower_bound():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_navigation.py"), "--rounds", "1",
+                          "--goals", "2", "--trajectories", "3"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("CPU: ") and "thread(s)" in text
+    diffs = re.search(r"autograd ([0-9.e+-]+), loop ([0-9.e+-]+)$", text, re.M)
+    assert diffs and float(diffs.group(1)) < 1e-4 and float(diffs.group(2)) < 1e-4  # the same meta-gradient
+    assert re.search(r"per-environment loop [0-9.]+ s \([0-9.]+x\)", text)
+    assert re.search(r"engine / bound = [0-9.]+", text) and "Hessian-vector product" in text
