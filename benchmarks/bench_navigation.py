@@ -32,8 +32,10 @@ import numpy as np
 import torch
 
 from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
+from maml_lab.core.rl.objective import trpo_objective
 from maml_lab.core.rl.policy import GaussianMLPPolicy
 from maml_lab.core.rl.policy_grad import PolicyGradient
+from maml_lab.core.rl.trpo import TRPOSettings, trpo_step
 from maml_lab.core.tasks.navigation import QUERY_CALL, NavigationFamily
 from maml_lab.lab.memory import keep_freed_memory
 
@@ -131,23 +133,37 @@ def best_time(fn, repeat: int = 7) -> float:
 
 def lower_bound(policy, goals: int, trajectories: int, horizon: int, dtype=torch.float32) -> dict:
     """Multiply-adds of one second-order meta-step with one inner step, and the time they take at the throughput
-    this CPU reaches at the shapes involved (the rollout's step-by-step matmuls and the surrogates' full ones)."""
+    this CPU reaches at the shapes involved (the rollout's step-by-step matmuls and the surrogates' full ones).
+    Per state: F the forward pass, G a backward pass (weight gradients and deltas), Hv = 2 G + 2 x the deltas' part
+    (R-forward, R-weight gradients, R-deltas). The meta-gradient: 2 F sampling, 2 G surrogates, one Hv."""
     sizes = policy.sizes
-    fwd = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))  # one forward pass, per state
+    fwd = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))  # F, per state
     inner = sum(a * b for a, b in zip(sizes[1:-1], sizes[2:]))  # layers whose input gradient is needed
     rows = goals * trajectories * horizon  # states per sampling
+    per_state = {"F": fwd, "G": fwd + inner, "Hv": 2 * (fwd + inner) + 2 * inner}
     sampling = 2 * rows * fwd  # pre- and post-update rollouts
-    backward = 2 * rows * (fwd + inner)  # weight gradients and deltas of both surrogates
-    hvp = rows * ((fwd + inner) + (fwd + inner) + 2 * inner)  # R-forward, R-weight gradients, R-deltas
+    surrogates = rows * (2 * per_state["G"] + per_state["Hv"])
     width = max(sizes[1:-1])
     step_x = torch.randn(goals * trajectories, width, dtype=dtype)
     big_x = torch.randn(rows, width, dtype=dtype)
     w = torch.randn(width, width, dtype=dtype)
     step_rate = goals * trajectories * width * width / best_time(lambda: step_x @ w, 50)
     big_rate = rows * width * width / (0.5 * best_time(lambda: big_x @ w) + 0.5 * best_time(lambda: big_x.t() @ big_x))
-    seconds = sampling / step_rate + (backward + hvp) / big_rate
-    return {"macs": sampling + backward + hvp, "sampling": sampling, "surrogates": backward + hvp,
-            "step_gflops": 2 * step_rate / 1e9, "big_gflops": 2 * big_rate / 1e9, "seconds": seconds}
+    return {"macs": sampling + surrogates, "sampling": sampling, "surrogates": surrogates, "rows": rows,
+            "per_state": per_state, "step_rate": step_rate, "big_rate": big_rate,
+            "step_gflops": 2 * step_rate / 1e9, "big_gflops": 2 * big_rate / 1e9,
+            "seconds": sampling / step_rate + surrogates / big_rate}
+
+
+def trpo_lower_bound(bound: dict, cg_iters: int, hvp_fraction: float, evaluations: int) -> dict:
+    """The TRPO step's multiply-adds beyond the meta-gradient's (its gradient g is the same): each conjugate-gradient
+    iteration multiplies by the KL's Hessian J^T M J on a fraction of the goals (two inner Hv, a forward product of
+    the post-update means and a backward pass), each line-search candidate takes the inner step again (F + G on the
+    pre-update states) and evaluates the post-update policy (F)."""
+    f, g, hv = (bound["per_state"][k] for k in ("F", "G", "Hv"))
+    cg = cg_iters * hvp_fraction * bound["rows"] * (2 * hv + g + g)
+    search = evaluations * bound["rows"] * (f + g + f)
+    return {"macs": cg + search, "cg": cg, "search": search, "seconds": (cg + search) / bound["big_rate"]}
 
 
 def engine_parts(env, policy, theta, batch, lr: float) -> dict:
@@ -215,6 +231,18 @@ def main() -> None:
               + f"; max relative difference of the meta-gradient from the engine's: {diffs}")
     best = {way: min(ts) for way, ts in times.items() if ts}
     bound = lower_bound(policy, args.goals, args.trajectories, env.horizon)
+    settings = TRPOSettings()
+    trpo_s, evaluations = [], []
+    for _ in range(args.rounds):  # the default outer step: the same meta-gradient, then CG and the line search
+        batch = env.sample(args.goals, args.trajectories, args.trajectories, gen)
+        leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items())
+        t0 = time.process_time()
+        obj = trpo_objective(policy, leaves, batch, algo.config.inner_lr, 1, False, settings.hvp_fraction)
+        res = trpo_step(list(leaves.values()), obj.evaluate, settings, obj.hvp)
+        trpo_s.append(time.process_time() - t0)
+        evaluations.append(res.backtracks + 1)
+    k = trpo_s.index(min(trpo_s))
+    trpo_bound = trpo_lower_bound(bound, settings.cg_iters, settings.hvp_fraction, evaluations[k])
     print(f"one MAML meta-step, {args.goals} goals x {args.trajectories} trajectories x {env.horizon} steps, "
           f"second order, fastest of {args.rounds} round(s):")
     print(f"  engine {best['engine']:.3f} s; autograd route {best['autograd']:.3f} s "
@@ -225,6 +253,11 @@ def main() -> None:
           f"{bound['step_gflops']:.0f} GFLOP/s, {bound['surrogates'] / 1e9:.2f} G surrogate gradients and "
           f"Hessian-vector product at {bound['big_gflops']:.0f} GFLOP/s) = {bound['seconds']:.3f} s; "
           f"engine / bound = {best['engine'] / bound['seconds']:.2f}")
+    full = bound["seconds"] + trpo_bound["seconds"]
+    print(f"  the TRPO step (meta-gradient by autograd, {settings.cg_iters} conjugate-gradient iterations on "
+          f"{settings.hvp_fraction:g} of the goals, {evaluations[k]} line-search evaluation(s)): {min(trpo_s):.3f} s; "
+          f"lower bound {(bound['macs'] + trpo_bound['macs']) / 1e9:.1f} G multiply-adds = {full:.3f} s; "
+          f"TRPO step / bound = {min(trpo_s) / full:.2f}")
     parts = engine_parts(env, policy, theta, env.sample(args.goals, args.trajectories, args.trajectories, gen),
                          algo.config.inner_lr)
     print("  the engine's parts (each at its fastest): " + "; ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
