@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from .permissions import follow_umask
+
 FORMAT = "maml-lab-initialization"
 FORMAT_VERSION = 1
 METADATA_KEY = "maml_lab"
@@ -44,6 +46,7 @@ def _atomic_write(path: Path, write) -> None:
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        follow_umask(tmp)  # mkstemp made it 0600: the file gets the mode any new file would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -25,6 +25,8 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from ..permissions import follow_umask
+
 OMNIGLOT_BASE_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
 OMNIGLOT_FILES = ("images_background.zip", "images_evaluation.zip")
 # sha256 of the official files; None: not verified here (see the module docstring)
@@ -148,6 +150,7 @@ def download_file(url: str, dest: str | os.PathLike, sha256: str | None = None, 
             if expected is not None and got != expected:
                 raise DownloadError(f"checksum mismatch for {name}: expected {kind} {expected}, got {got}; "
                                     f"the download was discarded{kept}")
+        follow_umask(tmp)
         os.replace(tmp, dest)
         return dest
     finally:

@@ -32,6 +32,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from ..permissions import follow_umask
 from .imagelimits import RATIO_FLOOR_BYTES, LoadLimits, check_memory, current_limits, format_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -728,6 +729,7 @@ def save_cache(path: Path, image_set: ImageSet) -> bool:
                              "preprocessing": image_set.preprocessing.to_dict(),
                              "report": image_set.report.to_dict() if image_set.report else None,
                              "meta": image_set.meta})))
+            follow_umask(tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
