@@ -43,7 +43,11 @@ ensure_venv() {
 ensure_qt_libs() {
   # Debian's libraries that Qt's xcb (window) platform needs; installed only when missing and possible.
   [ -n "${DISPLAY:-}" ] || return 0
-  ldconfig -p 2>/dev/null | grep -q libxcb-cursor.so.0 && return 0
+  # the library list as a whole first: `ldconfig -p | grep -q` under pipefail fails now and then (grep -q exits at
+  # the first match, ldconfig then dies of SIGPIPE and the pipeline reports it) and installed the libraries again
+  local libs
+  libs="$(ldconfig -p 2>/dev/null || true)"
+  case "$libs" in *libxcb-cursor.so.0*) return 0 ;; esac
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     log "installing Qt's X11 libraries"
     apt-get update -qq && apt-get install -y -qq libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 \
