@@ -57,6 +57,7 @@ from .inside_plots import (
     readout_label,
     set_halo,
 )
+from .plot_export import hide_in_exports
 from .slider_player import SliderPlayer
 from .theme import MUTED, TEXT, style_plot
 from .views import ViewSpec
@@ -163,7 +164,7 @@ class PathsView(QWidget):
         self.plot.addItem(self.markers)
         self.hover_item = pg.ScatterPlotItem(size=13, brush=pg.mkBrush(None), pen=pg.mkPen("#1F2328", width=1.5))
         self.hover_item.setZValue(45)
-        self.plot.addItem(self.hover_item)
+        self.plot.addItem(hide_in_exports(self.hover_item))  # the ring under the mouse
         self.hint = hint_text(self.plot, "Train to see the parameter paths (Start, or Space)")
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.graphics.scene().sigMouseClicked.connect(self._on_click)

@@ -12,12 +12,19 @@ from PySide6.QtWidgets import QApplication
 PLOT_FILTERS = [("PNG image", ".png"), ("SVG vector image", ".svg")]
 
 
+def hide_in_exports(item):
+    """Mark a graphics item that follows the mouse (a crosshair) so that exports leave it out; returns it."""
+    item.hidden_in_exports = True
+    return item
+
+
 def render_plot(item, suffix: str) -> bytes:
     """PNG (at twice the screen resolution) or SVG bytes of a pyqtgraph item (a plot, or a layout of plots).
 
     Items cached as pixmaps on screen (the axes) are drawn uncached, so an export is vector (SVG) or sharp
-    (PNG). SVG is drawn with Qt's own SVG generator: pyqtgraph 0.14's SVG exporter cannot parse the path
-    data Qt 6.12 writes (closed paths end in a bare 'Z').
+    (PNG); items marked by `hide_in_exports` (a crosshair) are left out. SVG is drawn with Qt's own SVG
+    generator: pyqtgraph 0.14's SVG exporter cannot parse the path data Qt 6.12 writes (closed paths end in a
+    bare 'Z').
     """
     from PySide6.QtWidgets import QGraphicsItem
 
@@ -26,11 +33,16 @@ def render_plot(item, suffix: str) -> bytes:
     modes = [i.cacheMode() for i in cached]
     for i in cached:
         i.setCacheMode(QGraphicsItem.CacheMode.NoCache)
+    hidden = [i for i in scene.items() if getattr(i, "hidden_in_exports", False) and i.isVisible()]
+    for i in hidden:  # the crosshair where the mouse happened to be
+        i.setVisible(False)
     try:
         return _render_svg(item) if suffix == ".svg" else _render_png(item)
     finally:
         for i, mode in zip(cached, modes, strict=True):
             i.setCacheMode(mode)
+        for i in hidden:
+            i.setVisible(True)
 
 
 def _render_svg(item) -> bytes:

@@ -22,6 +22,7 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSizePolicy, QSlid
 
 from ..lab.metrics_history import MetricsHistory
 from .colors import algorithm_color, algorithm_label, curve_pen
+from .plot_export import hide_in_exports
 from .theme import MUTED, TEXT, style_plot
 from .views import ViewSpec
 
@@ -130,7 +131,7 @@ class TrainingPlotsView(QWidget):
                                                                         style=Qt.PenStyle.DashLine))
             line.setVisible(False)
             line.setZValue(50)
-            plot.addItem(line, ignoreBounds=True)
+            plot.addItem(hide_in_exports(line), ignoreBounds=True)
             self.crosshair[plot] = line
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.graphics.scene().sigMouseClicked.connect(self._on_click)

@@ -149,6 +149,24 @@ def test_export_plot_png_and_svg_and_metrics_csv(trained, dialogs, tmp_path):
     assert not dialogs.warnings
 
 
+def test_an_exported_plot_leaves_the_crosshair_out(trained, dialogs, tmp_path, monkeypatch):
+    from maml_lab.ui import plot_export
+
+    plots = trained.plots
+    trained.tabs.setCurrentWidget(plots)
+    plot = plots.train_plot
+    plots._on_mouse_moved(plot.getViewBox().sceneBoundingRect().center())  # the mouse over the curves
+    line = plots.crosshair[plot]
+    assert line.isVisible()
+    seen = []
+    real = plot_export._render_png
+    monkeypatch.setattr(plot_export, "_render_png", lambda item: (seen.append(line.isVisible()), real(item))[1])
+    dialogs.save.append(tmp_path / "curves.png")
+    trained.act_export_plot.trigger()
+    assert seen == [False] and (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert line.isVisible()  # back on screen after the export
+
+
 def test_save_and_open_experiment_config(window, dialogs, tmp_path):
     path = tmp_path / "exp"
     window.panel.seed.setValue(42)
