@@ -25,7 +25,7 @@ from ..lab.inside import CurveRequest, CurveSet, RunPaths, compute_curves
 from ..lab.jobs import errors_note
 from .colors import algorithm_color, curve_pen, qcolor
 from .computed_view import HeldOutView, plain_plot, set_quietly
-from .inside_plots import flow_bar, labelled, readout_label
+from .inside_plots import flow_bar, labelled, readable_log_ticks, readout_label
 from .theme import MUTED, TEXT, style_plot
 from .views import ViewSpec
 
@@ -78,6 +78,7 @@ class AdaptationView(HeldOutView):
             self.export_data_button])
 
         self.loss_plot = plain_plot(self.graphics.addPlot(row=0, col=0))
+        readable_log_ticks(self.loss_plot.getAxis("left"))  # its log scale
         self.acc_plot = plain_plot(pg.PlotItem())
         style_plot(self.loss_plot, "Loss on held-out tasks after fine-tuning", "gradient steps", "MSE")
         style_plot(self.acc_plot, "Accuracy on held-out tasks", "gradient steps", "accuracy")

@@ -3,9 +3,9 @@ whole text as a tooltip, instead of cutting it off or drawing it over their neig
 
 from __future__ import annotations
 
-from PySide6.QtCore import QEvent, QSize, Qt
+from PySide6.QtCore import QEvent, QRect, QSize, Qt
 from PySide6.QtGui import QPainter
-from PySide6.QtWidgets import QLabel, QStatusBar, QStyle, QStyleOption, QToolTip
+from PySide6.QtWidgets import QLabel, QSizeGrip, QStatusBar, QStyle, QStyleOption, QToolTip, QWidget
 
 
 class ElidedLabel(QLabel):
@@ -49,23 +49,31 @@ class ElidingStatusBar(QStatusBar):
     """A status bar whose temporary message is elided before the first permanent widget (QStatusBar draws a long
     message over them: over the "Run folder:" link); the whole message is its tooltip while shown."""
 
-    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
-        message = self.currentMessage()
-        painter = QPainter(self)
-        option = QStyleOption()
-        option.initFrom(self)
-        self.style().drawPrimitive(QStyle.PrimitiveElement.PE_PanelStatusBar, option, painter, self)
-        if not message:
-            return
+    def message_rect(self) -> QRect:
+        """Where the message goes: from the left edge to just before the first visible permanent widget."""
         right = self.width() - 12
-        permanent = [w for w in self.findChildren(QLabel) if w.parent() is self and w.isVisible()]
+        permanent = [w for w in self.findChildren(QWidget)
+                     if w.parent() is self and w.isVisible() and not isinstance(w, QSizeGrip)]
         if permanent:
             right = min(right, min(w.x() for w in permanent) - 8)
         rect = self.rect().adjusted(6, 0, 0, 0)
         rect.setRight(max(rect.left(), right))
-        painter.setPen(self.palette().windowText().color())
-        painter.drawText(rect, int(Qt.AlignmentFlag.AlignLeading | Qt.AlignmentFlag.AlignVCenter),
-                         self.fontMetrics().elidedText(message, Qt.TextElideMode.ElideRight, rect.width()))
+        return rect
+
+    def shown_message(self) -> str:
+        """The message as drawn: elided to `message_rect`."""
+        return self.fontMetrics().elidedText(self.currentMessage(), Qt.TextElideMode.ElideRight,
+                                             self.message_rect().width())
+
+    def paintEvent(self, event) -> None:  # noqa: N802 - Qt's name
+        painter = QPainter(self)
+        option = QStyleOption()
+        option.initFrom(self)
+        self.style().drawPrimitive(QStyle.PrimitiveElement.PE_PanelStatusBar, option, painter, self)
+        if self.currentMessage():
+            painter.setPen(self.palette().windowText().color())
+            painter.drawText(self.message_rect(), int(Qt.AlignmentFlag.AlignLeading | Qt.AlignmentFlag.AlignVCenter),
+                             self.shown_message())
 
     def event(self, event) -> bool:
         if event.type() == QEvent.Type.ToolTip and self.currentMessage():

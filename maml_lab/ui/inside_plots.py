@@ -174,6 +174,18 @@ def log_ticks(lo: float, hi: float, count: int = 6) -> list[tuple[float, str]]:
     return [(float(np.log10(v)), f"{v:.4g}") for v in values if v > 0]
 
 
+def readable_log_ticks(axis, pixels_per_tick: int = 40):
+    """Label a pyqtgraph axis in log mode with `log_ticks` (decades, 1-2-5 or 1..9 mantissas, as many as its length
+    holds) instead of pyqtgraph's every 1..9 of a decade, whose labels collide near the decade's top; returns it."""
+    def values(lo, hi, size, _standard):
+        lo, hi = min(lo, hi), max(lo, hi)
+        return [(None, [v for v, _ in log_ticks(lo, hi, max(2, int(size // pixels_per_tick)))])]
+
+    axis.logTickValues = values
+    axis.logTickStrings = lambda vals, scale, spacing: [f"{10.0 ** v * scale:.3g}" for v in vals]
+    return axis
+
+
 def nearest_point(vb, x: float, y: float, candidates: dict) -> tuple[str, int, float] | None:
     """The candidate point nearest (x, y) on screen: (key, index, distance in pixels); candidates: key -> [N, 2]."""
     pw, ph = vb.viewPixelSize()

@@ -22,7 +22,7 @@ from ..lab.jobs import errors_note
 from ..lab.per_layer import RULE_LABELS, RULES, LayerRequest, PerLayerSet, compute_per_layer, to_csv
 from .colors import algorithm_color, qcolor
 from .computed_view import HeldOutView, plain_plot, set_quietly
-from .inside_plots import compact, flow_bar, labelled, readout_label
+from .inside_plots import compact, flow_bar, labelled, readable_log_ticks, readout_label
 from .theme import MUTED, TEXT, style_plot
 from .views import ViewSpec, family_label, sampled_from_policy
 
@@ -82,6 +82,7 @@ class PerLayerView(HeldOutView):
             self.export_image_button])
 
         self.change_plot = plain_plot(self.graphics.addPlot(row=0, col=0))
+        readable_log_ticks(self.change_plot.getAxis("left"))  # its log scale
         self.cka_plot = plain_plot(self.graphics.addPlot(row=0, col=1))
         style_plot(self.change_plot, "How far each layer moves", "layer", "‖θ_l(s) − θ_l(0)‖ / ‖θ_l(0)‖, %")
         self.change_plot.getAxis("left").enableAutoSIPrefix(False)

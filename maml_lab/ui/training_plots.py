@@ -22,6 +22,7 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QSizePolicy, QSlid
 
 from ..lab.metrics_history import MetricsHistory
 from .colors import algorithm_color, algorithm_label, curve_pen
+from .inside_plots import readable_log_ticks
 from .plot_export import hide_in_exports
 from .theme import MUTED, TEXT, style_plot
 from .views import ViewSpec
@@ -121,7 +122,7 @@ class TrainingPlotsView(QWidget):
             plot.hideButtons()
             plot.setLogMode(y=plot is not self.acc_plot)
             plot.getViewBox().setMouseEnabled(x=True, y=False)
-            plot.getAxis("left").setWidth(56)
+            readable_log_ticks(plot.getAxis("left")).setWidth(56)
         self.acc_plot.setYRange(-0.04, 1.06, padding=0)
         self.acc_plot.getAxis("left").setTicks([[(v / 5, f"{v * 20}%") for v in range(6)]])
         self.accuracy = False

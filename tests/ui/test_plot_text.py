@@ -1,0 +1,56 @@
+"""Text that fits (issue 21's small visible defects): log axes label ticks that do not collide, labels and the
+status bar elide what does not fit instead of cutting it or drawing it over their neighbours."""
+
+import math
+
+import pyqtgraph as pg
+from PySide6.QtWidgets import QLabel
+
+from maml_lab.ui.elided import ElidedLabel, ElidingStatusBar
+from maml_lab.ui.inside_plots import readable_log_ticks
+
+
+def test_a_log_axis_labels_as_many_ticks_as_its_length_holds():
+    axis = readable_log_ticks(pg.AxisItem("left"))
+    axis.setLogMode(True)
+    within_a_decade = axis.tickValues(math.log10(2), math.log10(9), 100)  # pyqtgraph: all of 2..9, colliding
+    values = [v for _, level in within_a_decade for v in level]
+    assert 2 <= len(values) <= 4
+    assert axis.tickStrings(values, 1.0, None) == ["2", "6"]
+    many = [v for _, level in axis.tickValues(-3, 1, 400) for v in level]
+    labels = axis.tickStrings(many, 1.0, None)
+    assert labels[0] == "0.001" and "1" in labels and len(labels) <= 10
+    linear = pg.AxisItem("left")  # an axis not in log mode is untouched
+    readable_log_ticks(linear)
+    assert linear.tickStrings([1.0, 2.0], 1.0, 1.0) == ["1", "2"]
+
+
+def test_an_elided_label_keeps_its_whole_text(qtbot):
+    label = ElidedLabel("1,234 / 100,000 iterations · 754 tasks/s · ETA 36:51")
+    qtbot.addWidget(label)
+    label.resize(label.sizeHint())
+    label.show()
+    assert not label.elided() and label.shown_text() == label.text()
+    assert label.minimumSizeHint().width() < label.sizeHint().width()  # a toolbar may squeeze it
+    label.resize(120, label.height())
+    assert label.elided() and label.shown_text().endswith("…") and label.text().endswith("ETA 36:51")
+
+
+def test_the_status_message_stops_before_the_permanent_widgets(qtbot):
+    bar = ElidingStatusBar()
+    qtbot.addWidget(bar)
+    folder = QLabel("Run folder: 20261206-054826-sinusoid-maml+pretrained")
+    bar.addPermanentWidget(folder)
+    bar.resize(900, 30)
+    bar.show()
+    qtbot.waitExposed(bar)
+    bar.showMessage("a long message " * 20)
+    qtbot.waitUntil(lambda: folder.x() > 0, timeout=2000)  # laid out
+    bar.repaint()
+    assert folder.isVisible() and bar.currentMessage() == "a long message " * 20
+    rect = bar.message_rect()
+    assert 0 < rect.right() < folder.x()  # the message stops before the folder link...
+    shown = bar.shown_message()
+    assert shown.endswith("…") and bar.fontMetrics().horizontalAdvance(shown) <= rect.width()  # ...elided to fit
+    bar.showMessage("short")
+    assert bar.shown_message() == "short"
