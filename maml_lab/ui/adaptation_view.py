@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections import OrderedDict
 from pathlib import Path
 
@@ -279,15 +280,38 @@ class AdaptationView(HeldOutView):
             self.legend.addItem(line, label)
             summary.append(f"<b>{label}</b> {loss} {curve.loss_mean[0]:.3g} → {curve.loss_mean[-1]:.3g}")
         self.summary.setText(" &nbsp;·&nbsp; ".join(summary) if summary else " ")
+        stride = max(1, math.ceil(r.steps / 10))  # whole steps only: no 0.5 ticks
         for plot in (self.loss_plot, self.acc_plot):
             plot.enableAutoRange()
             plot.setXRange(-0.3, r.steps + 0.3, padding=0)
+            plot.getAxis("bottom").setTicks([[(s, str(s)) for s in range(0, r.steps + 1, stride)]])
         if not log and sign > 0:  # losses and accuracies start at zero: the axis does too, so gaps are not exaggerated
             tops = [float(np.nanmax(c.loss_mean + c.loss_ci95)) for c in r.curves.values()]
             if tops:
                 self.loss_plot.setYRange(0, max(tops) * 1.05, padding=0)
         if r.classification:
             self.acc_plot.setYRange(0, 1.0, padding=0.02)
+        self._room_for_legend(from_zero=not log and sign > 0)
+
+    def _room_for_legend(self, from_zero: bool) -> None:
+        """Room above the curves for the legend (two columns, top right), so that it covers none of them: every
+        corner holds some curve when returns rise from the bottom left (it covered MAML's)."""
+        lines = self.legend_lines()
+        self.legend.setColumnCount(2 if len(lines) > 2 else 1)
+        drawn = [i for plot, i in self.items if plot is self.loss_plot and isinstance(i, pg.PlotDataItem)]  # bands too
+        ys = np.concatenate([np.asarray(i.yData, np.float64) for i in drawn if i.yData is not None] or [np.empty(0)])
+        ys = ys[np.isfinite(ys)]
+        vb = self.loss_plot.getViewBox()
+        if not ys.size or vb.height() < 80:
+            return
+        lo, hi = (0.0 if from_zero else float(ys.min())), float(ys.max())
+        span = hi - lo or 1.0
+        frac = min((self.legend.boundingRect().height() + 14) / vb.height(), 0.45)  # of the plot's height
+        self.loss_plot.setYRange(lo - 0.02 * span, hi + 0.02 * span + span * frac / (1 - frac), padding=0)
+
+    def legend_lines(self) -> list:
+        """The curves the legend names (their data: where the legend should not go)."""
+        return [sample.item for sample, _label in self.legend.items if isinstance(sample.item, pg.PlotDataItem)]
 
 
 def curves_data(result: CurveSet, cards: dict, suffix: str) -> bytes:

@@ -54,3 +54,41 @@ def test_the_status_message_stops_before_the_permanent_widgets(qtbot):
     assert shown.endswith("…") and bar.fontMetrics().horizontalAdvance(shown) <= rect.width()  # ...elided to fit
     bar.showMessage("short")
     assert bar.shown_message() == "short"
+
+
+def test_the_adaptation_legend_leaves_the_curves_free_and_steps_are_whole(qtbot):
+    """2-D navigation's returns rise from the bottom left; the legend went top left, over MAML's curve, and the
+    x axis had 0.5 ticks for 3 whole steps."""
+    from collections import OrderedDict
+
+    import numpy as np
+    from PySide6.QtCore import QPointF
+
+    from maml_lab.core.analysis.evaluation import AdaptationCurve
+    from maml_lab.lab.inside import CurveSet
+    from maml_lab.ui.adaptation_view import AdaptationView
+
+    def curve(*costs):
+        costs = np.array(costs, dtype=np.float64)
+        return AdaptationCurve(np.arange(len(costs)), costs, np.full(len(costs), 1.5), num_tasks=100)
+
+    view = AdaptationView()
+    qtbot.addWidget(view)
+    view.resize(950, 520)
+    view.show()
+    qtbot.waitExposed(view)
+    view.plot_metric = ("average return", -1.0)
+    view.result = CurveSet(OrderedDict(maml=curve(42, 16, 19, 20), pretrained=curve(42, 38, 34.5, 31)),
+                           {"maml": "MAML", "pretrained": "Pretrained"}, {"maml": "maml", "pretrained": "pretrained"},
+                           steps=3, shots=20, num_tasks=100,
+                           references={"Random initialization": curve(73.6, 67, 62, 60.7),
+                                       "Oracle (knows the goal)": curve(0.6, 0.6, 0.6, 0.6)})
+    view._draw()
+    qtbot.wait(50)
+    ticks = view.loss_plot.getAxis("bottom")._tickLevels
+    assert [v for v, _ in ticks[0]] == [0, 1, 2, 3]
+    vb = view.loss_plot.getViewBox()
+    box = view.legend.sceneBoundingRect()
+    for line in view.legend_lines():
+        for x, y in zip(line.xData, line.yData, strict=True):
+            assert not box.contains(vb.mapViewToScene(QPointF(float(x), float(y)))), (line, x, y)
