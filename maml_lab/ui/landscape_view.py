@@ -128,8 +128,11 @@ class SurfacePlot:
         for item in self.labels:
             self.plot.removeItem(item)
         self.labels = []
+        (x0, x1), _ = self.plot.getViewBox().viewRange()
         for x, y, text, color in items:
-            t = pg.TextItem(text, color=color, anchor=(-0.12, 1.05))
+            # right of its marker, or left of it in the right third (where "θ Pretrained" ran off the plot)
+            right_side = x > x0 + 0.65 * (x1 - x0)
+            t = pg.TextItem(text, color=color, anchor=(1.12, 1.05) if right_side else (-0.12, 1.05))
             t.setZValue(31)
             t.setPos(x, y)
             self.plot.addItem(t, ignoreBounds=True)

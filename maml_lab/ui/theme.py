@@ -196,9 +196,44 @@ def style_plot(plot, title: str | None = None, x_label: str | None = None, y_lab
         # axes and their grid lines are re-rendered only when the range changes, not with every curve update
         axis.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
     plot.showGrid(x=True, y=True, alpha=GRID_ALPHA)
+    wrap_title(plot)
     if title:
         plot.setTitle(f"<span style='color:{TEXT}; font-weight:600'>{title}</span>", size=f"{font.pointSizeF():.0f}pt")
     if x_label:
         plot.setLabel("bottom", f"<span style='color:{MUTED}'>{x_label}</span>")
     if y_label:
         plot.setLabel("left", f"<span style='color:{MUTED}'>{y_label}</span>")
+
+
+def wrap_title(plot) -> None:
+    """Let a plot's title wrap onto more lines when the plot is narrower than it. pyqtgraph makes a title's width
+    the plot's minimum width, so a long title (Per layer's, the Landscape's) pushed the plots past the window's
+    edge, where they and the colour bar's label were cut off."""
+    from PySide6.QtCore import Qt as QtNS
+    from PySide6.QtGui import QTextOption
+
+    label = plot.titleLabel
+    if getattr(label, "wraps", False):
+        return
+    label.wraps = True
+    label.item.document().setDefaultTextOption(QTextOption(QtNS.AlignmentFlag.AlignHCenter))
+
+    def update_min() -> None:
+        item = label.item
+        width = label.size().width()
+        item.setTextWidth(-1)
+        natural = item.boundingRect().width()
+        if 0 < width < natural:
+            item.setTextWidth(width)
+        height = item.boundingRect().height()
+        label.setMinimumWidth(0)
+        label.setMinimumHeight(height)
+        label._sizeHint = {QtNS.SizeHint.MinimumSize: (0, height), QtNS.SizeHint.PreferredSize: (natural, height),
+                           QtNS.SizeHint.MaximumSize: (-1, -1), QtNS.SizeHint.MinimumDescent: (0, 0)}
+        if label.isVisible() and label.maximumHeight() > 0:  # setTitle fixes the title row at 30 px: room for lines
+            label.setMaximumHeight(max(30, height))
+            plot.layout.setRowFixedHeight(0, max(30, height))
+        label.updateGeometry()
+
+    label.updateMin = update_min
+    update_min()

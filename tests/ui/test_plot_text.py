@@ -92,3 +92,17 @@ def test_the_adaptation_legend_leaves_the_curves_free_and_steps_are_whole(qtbot)
     for line in view.legend_lines():
         for x, y in zip(line.xData, line.yData, strict=True):
             assert not box.contains(vb.mapViewToScene(QPointF(float(x), float(y)))), (line, x, y)
+
+
+def test_a_long_image_set_name_is_shortened_and_its_path_is_the_tooltip(qtbot, tmp_path):
+    from maml_lab.ui.experiment_panel import ExperimentPanel
+
+    panel = ExperimentPanel()
+    qtbot.addWidget(panel)
+    path = str(tmp_path / "images_background_small1.zip")
+    panel.set_image_data(path)
+    text = panel.image_source.currentText()
+    assert len(text) <= 22 and text.startswith("images_ba") and text.endswith("small1.zip") and "…" in text
+    assert panel.image_source.toolTip().startswith(path) and panel.image_data == path
+    panel.set_image_data(None)
+    assert panel.image_source.currentText() == "Built-in glyphs" and not panel.image_source.toolTip().startswith("/")
