@@ -89,7 +89,8 @@ class IntField(QSpinBox):
             raw = raw[len(self.prefix()):]
         if self.suffix() and raw.endswith(self.suffix()):
             raw = raw[: -len(self.suffix())]
-        digits = raw.strip().replace(self.locale().groupSeparator(), "").replace(",", "").replace("_", "")
+        # the locale's thousands separator (as the field shows numbers: "1,000") and spaces go; nothing else
+        digits = raw.strip().replace(self.locale().groupSeparator(), "")
         digits = digits.replace(" ", "").replace("\u00a0", "").replace("\u202f", "")
         lo, hi = self.minimum(), self.maximum()
         if not digits:
