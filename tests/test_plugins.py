@@ -202,7 +202,7 @@ def test_the_line_family_s_playground_shows_lines(plugin_registries, qtbot, tmp_
                                              task_options={"slope": [-1.0, 1.0]}))
     assert window.start()
     assert window.wait_for_training(60) == "finished"
-    view = window.playground
+    view = window.views["playground"]
     qtbot.waitUntil(lambda: "maml" in view.inits, timeout=5000)
     assert not view.reason and view.curve.noun == "line"
     assert set(view.field_boxes) == {"slope", "intercept"} and "amplitude" not in view.field_boxes

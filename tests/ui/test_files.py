@@ -152,7 +152,7 @@ def test_export_plot_png_and_svg_and_metrics_csv(trained, dialogs, tmp_path):
 def test_an_exported_plot_leaves_the_crosshair_out(trained, dialogs, tmp_path, monkeypatch):
     from maml_lab.ui import plot_export
 
-    plots = trained.plots
+    plots = trained.views["training"]
     trained.tabs.setCurrentWidget(plots)
     plot = plots.train_plot
     plots._on_mouse_moved(plot.getViewBox().sceneBoundingRect().center())  # the mouse over the curves
