@@ -160,6 +160,30 @@ def _nothing_of_a_run(w) -> None:
     assert "held-out classes" not in tasks.status.text() and not tasks.predictions
 
 
+def _open_other(w, qapp, folder, task: str) -> None:
+    """Opening a past run of `task` (File ▸ Past runs ▸ Open): its curves, and nothing of the run shown before (no
+    results, cards, costs or Tasks header); the views apply as for its family."""
+    from maml_lab.core.tasks.registry import TASKS
+    from maml_lab.ui import views as view_registry
+
+    assert w.open_run(str(folder))
+    qapp.processEvents()
+    assert w.run_model.scope.opened and w.run_model.task == task and w.panel.task.currentData() == task
+    assert w.views["training"].algorithms == list(ALGORITHMS) and w.history.last_iteration() == 4
+    assert w.cost_label.text() == "" and w.latest_snapshot is None
+    for name in ("landscape", "adaptation", "per_layer"):
+        view = w.views[name]
+        assert view.result is None and view.status.text() in ("", view.not_applicable or ""), name
+        if view.export_data_button is not None:
+            assert not view.export_data_button.isEnabled(), name
+    assert not w.views["adaptation"].cards and not w.views["per_layer"].items
+    tasks = w.views["tasks"]
+    assert "held-out classes" not in tasks.status.text() and not tasks.predictions
+    assert not w.views["arena"].results
+    kind = TASKS.get(task)
+    assert w.applicability() == {e.name: e.obj.reason(kind, ALGORITHMS) for e in view_registry.VIEWS.entries()}
+
+
 def test_every_family_through_every_view(window, qapp, families):
     from maml_lab.core.tasks.registry import TASKS
     from maml_lab.ui import views as view_registry
@@ -169,7 +193,7 @@ def test_every_family_through_every_view(window, qapp, families):
     specs = {e.name: e.obj for e in view_registry.VIEWS.entries()}
     assert set(specs) == set(w.views)
     order = [t for t in families if t != "images"] + ["images"]  # (images last: its set loads the longest)
-    seen = {}
+    seen, folders = {}, {}
     for task in order:
         _train(w, qapp, task)
         kind = TASKS.get(task)
@@ -183,8 +207,13 @@ def test_every_family_through_every_view(window, qapp, families):
                 seen[task].append(name)
             else:
                 _reason_shown(w, name, reason)
-        following = order[(order.index(task) + 1) % len(order)]
-        w.panel.task.setCurrentIndex(w.panel.task.findData(following))  # another family in the form
+        folders[task] = w.run_folder
+        if task == order[-1]:  # last: a past run of another family opened over this one
+            _open_other(w, qapp, folders[order[0]], order[0])
+            w.reset()
+        else:
+            following = order[order.index(task) + 1]
+            w.panel.task.setCurrentIndex(w.panel.task.findData(following))  # another family in the form
         qapp.processEvents()
         _nothing_of_a_run(w)
     # the views that do not apply where they cannot compute, and everywhere else they do
