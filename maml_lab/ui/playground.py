@@ -496,7 +496,9 @@ class PlaygroundView(QWidget):
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(2, QHeaderView.ResizeMode.ResizeToContents)
         header.setHighlightSections(False)
-        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        # vertical Ignored: the table takes the height left (at least its minimum) instead of asking for its row
+        # count's, which made the side panel taller than a 1366x768 window and cut its caption off below
+        self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
         self.table.setMinimumHeight(84)
         self.table.selectionModel().selectionChanged.connect(self._sync_remove_button)
         v.addWidget(self.table, 1)
