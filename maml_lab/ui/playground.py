@@ -499,7 +499,10 @@ class PlaygroundView(QWidget):
         # vertical Ignored: the table takes the height left (at least its minimum) instead of asking for its row
         # count's, which made the side panel taller than a 1366x768 window and cut its caption off below
         self.table.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Ignored)
-        self.table.setMinimumHeight(84)
+        # at least the header and two rows, whole (84 px left the second row under a scroll bar)
+        self.table.setMinimumHeight(self.table.horizontalHeader().sizeHint().height()
+                                    + 2 * self.table.verticalHeader().defaultSectionSize()
+                                    + 2 * self.table.frameWidth() + 2)
         self.table.selectionModel().selectionChanged.connect(self._sync_remove_button)
         v.addWidget(self.table, 1)
         self.mse_caption = QLabel()
@@ -770,7 +773,7 @@ class PlaygroundView(QWidget):
                        else "Add points to see each initialization adapt")
         elif truth["kind"] == "task":
             lo, hi = self.curve.x_range
-            caption = f"Query MSE against the true {self.curve.noun} on [{lo:g}, {hi:g}]"
+            caption = f"Query MSE against the true {self.curve.noun} on [{lo:g},\u00a0{hi:g}]"  # the range on one line
         else:
             caption = "Query MSE against the drawn curve"
         self.mse_caption.setText(caption)
