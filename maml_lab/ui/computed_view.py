@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -104,6 +104,14 @@ class ComputedView(QWidget):
         self.export_image_button.clicked.connect(self.export_plot_requested)
         self.export_data_button: QPushButton | None = None  # data_button()
         self.graphics = pg.GraphicsLayoutWidget()
+        # where the view does not apply: the reason in place of the plots (set_applicable)
+        self.reason_label = QLabel("")
+        self.reason_label.setObjectName("NotApplicable")
+        self.reason_label.setWordWrap(True)
+        self.reason_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.reason_label.setProperty("hint", True)
+        self.reason_label.setContentsMargins(60, 40, 60, 40)
+        self.reason_label.setVisible(False)
         self.graphics.ci.setContentsMargins(6, 4, 10, 4)
         self.graphics.ci.setSpacing(12)
         self.recompute = StaleRecompute(self, self.compute)
@@ -124,6 +132,7 @@ class ComputedView(QWidget):
         for bar in bars:
             layout.addWidget(bar)
         layout.addWidget(self.graphics, 1)
+        layout.addWidget(self.reason_label, 1)
         for widgets in rows:
             row = QHBoxLayout()
             row.setContentsMargins(12, 0, 12, 0)
@@ -150,8 +159,10 @@ class ComputedView(QWidget):
         self.not_applicable = reason
         if reason:
             self.clear_run()
-        self.show_hint(reason or self.idle_hint())
-        self.status.setText(reason or "")
+        self.reason_label.setText(f"<p style='font-size:12pt'>{reason}</p>" if reason else "")
+        self.reason_label.setVisible(bool(reason))
+        self.graphics.setVisible(not reason)
+        self.show_hint(self.hint_now())
         self._sync_buttons()
 
     def clear_run(self) -> None:
@@ -163,10 +174,10 @@ class ComputedView(QWidget):
         self.recompute.clear()
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
-        self.status.setText(self.not_applicable or "")
+        self.status.setText("")
         self.status.setToolTip("")
         self.clear_result()
-        self.show_hint(self.not_applicable or self.idle_hint())
+        self.show_hint(self.hint_now())
         self._sync_buttons()
 
     def clear_result(self) -> None:
@@ -175,6 +186,10 @@ class ComputedView(QWidget):
     def idle_hint(self) -> str:
         """The hint in place of a result: what to do to get one."""
         return ""
+
+    def hint_now(self) -> str:
+        """The hint to show without a result: none where the view does not apply (the reason replaces the plots)."""
+        return "" if self.not_applicable else self.idle_hint()
 
     def show_hint(self, text: str) -> None:
         """Show `text` in place of the plots (empty: hide the hint)."""
@@ -328,7 +343,7 @@ class HeldOutView(ComputedView):
         if follow_store(self.inits, changed, removed, self.keeps):
             self._inputs_changed()
             if self.result is None:
-                self.show_hint(self.not_applicable or self.idle_hint())
+                self.show_hint(self.hint_now())
 
     def set_run(self, run) -> None:
         """The run's paths: its held-out tasks; the first time, the subclass's `defaults_from(run)`."""
@@ -337,7 +352,7 @@ class HeldOutView(ComputedView):
         if first:
             self.defaults_from(run)
         if self.result is None:
-            self.show_hint(self.not_applicable or self.idle_hint())
+            self.show_hint(self.hint_now())
         self._sync_buttons()
 
     def defaults_from(self, run) -> None:
@@ -378,7 +393,7 @@ class HeldOutView(ComputedView):
         self.recompute.stale = False
         reqs = self.requests() if not self.not_applicable else []
         if not reqs:
-            self.show_hint(self.not_applicable or self.idle_hint())
+            self.show_hint(self.hint_now())
             return False
         family, queries = self.family()
         self._computing = (family, queries, reqs)

@@ -319,7 +319,7 @@ class LandscapeView(ComputedView):
             set_quietly(self.tasks, default_tasks(run.model_spec))
         self.recompute.mark_stale()
         if self.result is None:
-            self._set_hint(self.not_applicable or ("Press Compute" if self.training else ""))
+            self._set_hint("" if self.not_applicable else "Press Compute" if self.training else "")
         self._sync_buttons()
 
     def idle_hint(self) -> str:

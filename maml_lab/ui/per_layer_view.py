@@ -142,7 +142,7 @@ class PerLayerView(HeldOutView):
         r = self.result
         self.hint.setVisible(r is None or not r.stats)
         if r is None or not r.stats:
-            self.show_hint(self.not_applicable or self.idle_hint())
+            self.show_hint(self.hint_now())
             self.summary.setText(" ")
             return
         layers: list[str] = []

@@ -93,6 +93,7 @@ QTabBar::tab {{
 }}
 QTabBar::tab:selected {{ color: {TEXT}; border-bottom: 2px solid {ACCENT}; font-weight: 600; }}
 QTabBar::tab:hover:!selected {{ color: {TEXT}; }}
+QTabBar::tab:disabled {{ color: #B8BEC5; }}
 
 QProgressBar {{
     background: #E9ECF0; border: none; border-radius: 5px; text-align: center; color: {TEXT};

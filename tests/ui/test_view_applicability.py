@@ -130,6 +130,10 @@ def _reason_shown(w, name: str, reason: str) -> None:
     assert not w.tabs.isTabEnabled(index) and w.tabs.tabToolTip(index) == reason, name
     if hasattr(view, "not_applicable"):
         assert view.not_applicable == reason, name
+    # the view says why, in words on screen (the built-in views; the Playground in the family's own words)
+    from PySide6.QtWidgets import QLabel
+
+    assert any(reason in label.text() for label in view.findChildren(QLabel)), name
     button = getattr(view, "compute_button", None)
     if button is not None:
         assert not button.isEnabled(), name
