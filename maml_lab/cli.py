@@ -526,9 +526,10 @@ def _failed(session, exc: BaseException) -> int:
         reason = f"plug-in {plugin} failed: {reason}"
     session.mark_failed(reason)  # failed outside Trainer.run (which tells the folder itself)
     if session.folder is not None and session.trainer.state == "failed" and plugin is not None:
-        try:  # name the plug-in in run.json too
+        try:  # name the plug-in in run.json too (the run's end let go of the folder: take it again for this)
+            session.folder.acquire()
             session.folder.write_status(status="failed", reason=reason)
-        except OSError:
+        except (OSError, ValueError):
             pass
     where = session.folder.path if session.folder is not None else "the run"
     print(f"maml-lab: error: training failed at iteration {session.iteration} ({where}): {reason}", file=sys.stderr)

@@ -68,8 +68,8 @@ class TrainingSession:
                **kwargs) -> "TrainingSession":
         """A new run training into `run_dir` (default: a new folder under `runs_root`, else $MAML_LAB_RUNS or
         ./runs). The path is checked before the family loads, so a bad path fails fast, but the folder is created
-        only once the family has loaded: a load that fails leaves nothing behind. This session holds the folder's
-        lock until `close()` or the process's end."""
+        only once the family has loaded: a load that fails leaves nothing behind. This process holds the folder's
+        lock from here to the end of the run (and again while a later `run()` trains), or until `close()`."""
         cls.check_folder(run_dir, runs_root)
         session = cls(config, **kwargs)
         folder = cls.create_folder(config, run_dir, runs_root, source, outs)
@@ -192,7 +192,8 @@ class TrainingSession:
         self.trainer.stop()
 
     def close(self) -> None:
-        """Let go of the run folder's lock (the process's end does it too); the folder stays as it is."""
+        """Let go of the run folder's lock (the end of a run and the process's end do it too; a session closed
+        before it trained, or after a failure outside Trainer.run, needs this)."""
         if self.folder is not None:
             self.folder.release()
 

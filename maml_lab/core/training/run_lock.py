@@ -65,6 +65,9 @@ class RunLock:
                 holder = _holder(fh.read().decode("utf-8", "replace"))
                 fh.close()
                 who = f"pid {holder.get('pid', '?')} on {holder.get('host', 'an unknown host')}"
+                if holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname():
+                    raise RunLockedError(f"{self.path.parent} is in use by another training session of this "
+                                         f"process ({who}); close that session first") from None
                 raise RunLockedError(f"{self.path.parent} is in use by another MAML Lab process ({who}); "
                                      "wait for it to end or stop it") from None
             except OSError:  # a file system without flock: go on unlocked

@@ -387,6 +387,7 @@ class RunLogger:
                                  **({"resumed_at": trainer.iteration} if resumed else {}))
 
     def on_step(self, trainer, metrics: dict[str, dict], val: dict[str, dict]) -> None:
+        self._hold()
         if self._checkpoints is not None and self._checkpoints.failed:
             self._checkpoints.wait()  # a checkpoint write failed (disk full): the run ends now, not a checkpoint later
         it = trainer.iteration
@@ -408,6 +409,12 @@ class RunLogger:
             self.checkpoint(trainer)
         elif time.monotonic() - self._last_flush > self.flush_interval:
             self.flush()
+
+    def _hold(self) -> None:
+        """Take the folder's lock again when a session runs again after its last run ended (and let go of it);
+        RunLockedError when another process writes the folder now."""
+        if self.folder.lock is not None and not self.folder.lock.held:
+            self.folder.acquire()
 
     def _write_window(self, iteration: int) -> None:
         for name, window in self._window.items():
@@ -452,6 +459,7 @@ class RunLogger:
         """The last checkpoint, then the exports, then the status. A write that fails here (disk full, folder made
         read-only) turns the run "failed" with the reason and is raised again; the previous checkpoint and exports
         survive (atomic writes). A run that failed already only says so, as far as the folder can still be written."""
+        self._hold()
         exports, error = {}, None
         if trainer.state != "failed":  # a failure mid-step may leave half-updated state: keep the last checkpoint
             try:
@@ -484,6 +492,8 @@ class RunLogger:
             if trainer.state != "failed":
                 trainer.state, trainer.stop_reason = "failed", failure_text(exc)
                 error = error or exc
+        finally:
+            self.folder.release()  # the run has ended: another process may continue it (this one re-takes it)
         if error is not None:
             raise error
 
