@@ -401,3 +401,25 @@ def test_a_plugin_hook_that_fails_outside_training_is_one_line_naming_it(tmp_pat
         no_traceback(out.stderr)
         (line,) = error_lines(out.stderr)
         assert f"plug-in task family '{name}' (from hooks_plugin) failed" in line and cause in line, line
+
+
+# -- the lock in one process (a notebook) ------------------------------------------------------------------------
+def test_a_session_holds_its_folder_while_it_trains_and_lets_go_when_its_run_ends(tmp_path):
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.core.training.run_lock import RunLockedError
+    from maml_lab.lab.session import TrainingSession
+
+    run = tmp_path / "run"
+    first = TrainingSession.create(ExperimentConfig(iterations=6, meta_batch_size=2), run_dir=run, checkpoint_every=3)
+    assert json.loads((run / "run.lock").read_text())["pid"] == os.getpid()
+    with pytest.raises(RunLockedError, match="another training session of this process"):
+        TrainingSession.resume(run)
+    assert first.run() == "finished"
+    assert (run / "run.lock").read_text() == ""  # a clean end leaves no holder
+    config = RunFolder(run).config()
+    config.iterations = 9
+    second = TrainingSession.resume(run, config)
+    assert second.resumed_at == 6
+    with pytest.raises(RunLockedError):
+        first.run()  # the first session may not write the folder while the second does
+    assert second.run() == "finished" and RunFolder(run).status()["iteration"] == 9
