@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "are skipped and named; none good: refused, nothing changed)")
     t.add_argument("--restart", action="store_true",
                    help="with --resume: start the run over in its folder from iteration 0, discarding its "
-                        "checkpoints, metrics.csv rows and exports (for a run with no good checkpoint)")
+                        "checkpoints, metrics.csv rows, exports and TensorBoard events (for a run with no good "
+                        "checkpoint)")
     t.add_argument("--dist-timeout", type=_positive_float, default=120.0, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before the job ends (default 120)")
     t.add_argument("--quiet", action="store_true", help="no progress output")

@@ -137,6 +137,7 @@ def test_a_run_whose_checkpoints_are_all_damaged_is_refused_and_left_byte_identi
     assert folder.status()["status"] == "finished" and folder.status()["iteration"] == 30
     assert folder.read_metrics()["maml"]["iteration"].tolist() == list(range(1, 31))
     assert [it for it, _ in folder.checkpoints()] == [20, 30]
+    assert not list(folder.checkpoints_dir.glob("*.damaged"))  # the discarded run's files are gone
     read_checkpoint(folder.checkpoint_path(30))  # the new one verifies
     assert cli("train", "--restart", "--iterations", "3").returncode == 2  # only with --resume
 

@@ -17,7 +17,9 @@ preemption) into a clean stop: finish the iteration, checkpoint, export, status 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -162,13 +164,17 @@ class TrainingSession:
 
     def _prepare_folder(self, folder: RunFolder, saved: ExperimentConfig, damaged: list[Path], restart: bool) -> None:
         """A resume known to be valid: damaged checkpoints set aside (renamed *.damaged, so a later prune keeps the
-        good ones), or every checkpoint dropped when the run starts over; temporary files of interrupted writes
-        removed; the config saved when the run's length changed."""
+        good ones), or, when the run starts over, what the discarded run left (checkpoints, exports, TensorBoard
+        events; metrics.csv is rewritten by attach_folder); temporary files of interrupted writes removed; the
+        config saved when the run's length changed."""
         for path in damaged:
             path.replace(path.with_name(path.name + ".damaged"))
         if restart:
-            for _, path in folder.checkpoints():
+            for path in [p for _, p in folder.checkpoints()] + folder.exports():
                 path.unlink()
+            if folder.tensorboard_dir.is_dir():
+                shutil.rmtree(folder.tensorboard_dir)
+            folder.write_status(exports={}, restarted=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         folder.clean_temporary()
         if self.config.iterations != saved.iterations:
             self.config.save_toml(folder.config_path)  # the run now has a new length
