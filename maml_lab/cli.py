@@ -175,8 +175,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "image tasks every core up to 4, the others one per two cores)")
     t.add_argument("--dtype", choices=("float32", "float64"))
     t.add_argument("--val-every", type=_int_at_least(0), help="validation every N iterations (0: never)")
-    t.add_argument("--data", type=Path, help="image set: Omniglot zip or folder, or class-per-folder set "
-                                             "(default with --task images: the built-in glyph set)")
+    t.add_argument("--data", type=Path, action="append",
+                   help="image set: Omniglot zip or folder, class-per-folder set, learn2learn mini-ImageNet .pkl or "
+                        "torchmeta .hdf5 (default with --task images: the built-in glyph set); repeat it to train "
+                        "on several sets as one")
+    t.add_argument("--eval-data", type=Path, metavar="PATH",
+                   help="a separate held-out image set: every class of --data meta-trains, validation and eval use "
+                        "this set's classes (Lake's background / evaluation protocol)")
+    t.add_argument("--split", choices=("lab", "paper"),
+                   help="image tasks: how --data's classes split into training and held-out, the lab's rule "
+                        "(default) or the MAML paper's Omniglot split (cbfinn/maml: both Omniglot zips, 1,100 "
+                        "train, 100 validate, 423 test); the task option `split`")
     t.add_argument("--ways", type=_int_at_least(2), help="N classes per image task (default 5)")
     t.add_argument("--image-size", type=_int_at_least(8), help="images are resized to SIZE x SIZE (default 28)")
     t.add_argument("--image-mode", choices=("grayscale", "rgb"), help="image channels (default grayscale)")
@@ -226,8 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=_int_at_least(1),
                    help="CPU threads for torch (default: $OMP_NUM_THREADS, else the app's policy, lab/threads.py: "
                         "image tasks every core up to 4, the others one per two cores)")
-    e.add_argument("--data", type=Path, help="image set for image initializations (default: the one it was "
-                                             "trained on); its held-out classes are used")
+    e.add_argument("--data", type=Path, action="append",
+                   help="image set for image initializations (default: the one it was trained on): its held-out "
+                        "classes are used, or, for one trained with --eval-data, all of its classes; repeat it for "
+                        "several sets")
     e.add_argument("--ways", type=_int_at_least(2), help="must match the initialization's output layer")
     e.add_argument("--json", type=Path, metavar="PATH",
                    help="also write each initialization's evaluation card and results as JSON")
@@ -261,8 +272,10 @@ def _config_from_args(args, base: dict | None = None):
         value = getattr(args, key)
         if value is not None:
             base[key] = value
-    if args.data is not None:
-        base["data"] = str(args.data)
+    if args.data:
+        base["data"] = str(args.data[0]) if len(args.data) == 1 else [str(p) for p in args.data]
+    if getattr(args, "eval_data", None) is not None:
+        base["eval_data"] = str(args.eval_data)
     names = list(args.algorithm) if args.algorithm else list(base.get("algorithms", {}) or ["maml"])
     if args.first_order:
         names = ["fomaml" if n == "maml" else n for n in names]
@@ -270,6 +283,8 @@ def _config_from_args(args, base: dict | None = None):
     task_options.update(_key_values(args.task_option, "--task-option"))
     if getattr(args, "convention", None):
         task_options["convention"] = args.convention
+    if getattr(args, "split", None):
+        task_options["split"] = args.split
     if task_options:
         base["task_options"] = task_options
     overrides = {k: getattr(args, k) for k in ("inner_lr", "inner_steps", "test_inner_steps", "meta_lr",
@@ -607,8 +622,9 @@ def cmd_eval(args) -> int:
 
     device = resolve_device(args.device)
     steps = sorted(set(args.steps or [1, 5, 10]))
-    if args.data is not None and not args.data.expanduser().exists():
-        raise UsageError(f"image set not found: {args.data}")
+    for data in args.data or []:
+        if not data.expanduser().exists():
+            raise UsageError(f"image set not found: {data}")
     json_path = getattr(args, "json", None)
     if json_path is not None and not json_path.expanduser().parent.is_dir():
         raise UsageError(f"--json: folder not found: {json_path.parent}")

@@ -23,6 +23,11 @@ PAPER_TRAIN_CLASSES = 1200  # MAML paper, Omniglot: 1200 characters train, the o
 PAPER_MIN_CLASSES = 1500  # ... used when a set has at least this many classes (full Omniglot, 1623)
 HELDOUT_FRACTION = 0.3  # otherwise 30% of the classes (at least `ways`) are held out
 ROTATIONS = (90, 180, 270)
+# Splits (task option `split`, CLI --split): "lab" the rule above; "paper" cbfinn/maml's data_generator.py on the
+# full Omniglot: all characters sorted, shuffled by Python's random.Random(1), the first 1,100 meta-train, the next
+# 100 validate, the rest (423 of 1,623) are the test classes. A separate held-out set (--eval-data) replaces both.
+SPLITS = ("lab", "paper")
+CBFINN_SEED, CBFINN_TRAIN, CBFINN_VAL = 1, 1100, 100
 
 
 class ImageTaskFamily:
@@ -132,13 +137,28 @@ def _resolve_data(data) -> Path | None:
     return Path(data).expanduser().resolve()
 
 
+def data_paths(data) -> list[str]:
+    """An experiment's `data` as a list of paths: [] for the built-in glyphs, one path, or several."""
+    if data is None or (isinstance(data, str) and data == ""):
+        return []
+    return [str(d) for d in data] if isinstance(data, (list, tuple)) else [str(data)]
+
+
+def data_label(data) -> str:
+    """What people call the set(s): file names joined by " + ", or the built-in glyph set."""
+    paths = data_paths(data)
+    return " + ".join(Path(p).name for p in paths) if paths else "the built-in glyph set"
+
+
 def load_images(data, image_size: int = 28, image_mode: str = "grayscale", progress=None, cancel=None,
-                invert: bool | None = None, copies: float = 1.0) -> ImageSet:
-    """The image set an experiment names: a zip or folder path, or None for the built-in glyph set. A path is
-    read as untrusted, under the limits in effect (imagelimits.current_limits); `copies`: how many copies of the
-    decoded pixels the caller will hold, for the memory check made before decoding."""
-    path = _resolve_data(data)
-    if path is None:
+                invert: bool | None = None, copies: float = 1.0, budget: int | None = None) -> ImageSet:
+    """The image set an experiment names: a zip, folder or mini-ImageNet file path, a list of them (trained as one
+    set, imagesets.concat_image_sets), or None for the built-in glyph set. A path is read as untrusted, under the
+    limits in effect (imagelimits.current_limits), all the paths together within its decoded-set limit (`budget`
+    when less is left); `copies`: how many copies of the decoded pixels the caller will hold, for the memory
+    check made before decoding."""
+    paths = data_paths(data)
+    if not paths:
         from .glyphs import GlyphConfig, load_glyphs
 
         if image_mode != "grayscale":
@@ -146,12 +166,20 @@ def load_images(data, image_size: int = 28, image_mode: str = "grayscale", progr
         if not 8 <= int(image_size) <= 256:
             raise ValueError(f"the built-in glyph set needs an image size between 8 and 256, got {image_size}")
         return load_glyphs(GlyphConfig(size=int(image_size)), progress=progress, cancel=cancel)
-    from .imagesets import load_image_set
+    from .imagelimits import current_limits
+    from .imagesets import concat_image_sets, load_image_set
 
-    if not path.exists():
-        raise ValueError(f"image set not found: {path}")
+    resolved = [_resolve_data(p) for p in paths]
+    for path in resolved:
+        if not path.exists():
+            raise ValueError(f"image set not found: {path}")
     prep = Preprocessing(size=(int(image_size), int(image_size)), mode=image_mode, invert=invert)
-    return load_image_set(path, prep, progress=progress, cancel=cancel, copies=copies)
+    left = current_limits().max_set_bytes if budget is None else int(budget)
+    sets = []
+    for path in resolved:
+        sets.append(load_image_set(path, prep, progress=progress, cancel=cancel, copies=copies, budget=left))
+        left -= sets[-1].pixels.nbytes
+    return concat_image_sets(sets)
 
 
 # copies of the decoded pixels while the families are built: the set, its train / held-out subsets, and with
@@ -203,31 +231,85 @@ def split_train_heldout(image_set: ImageSet, ways: int, seed: int = SPLIT_SEED) 
     return train, heldout, info
 
 
-def _source_info(image_set: ImageSet, data) -> dict:
-    path = _resolve_data(data)
+def cbfinn_split(image_set: ImageSet, ways: int) -> tuple[ImageSet, ImageSet, ImageSet, dict]:
+    """The MAML paper's Omniglot split, as cbfinn/maml's data_generator.py makes it: every character pooled (both
+    zips), in sorted alphabet/character order (cbfinn lists folders in the file system's order, which differs
+    between machines), shuffled by random.Random(1); 1,100 meta-train, 100 validate, the rest are the test classes.
+    Returns (train, validation, test, info)."""
+    import random
+
+    n = image_set.num_classes
+    if n < CBFINN_TRAIN + CBFINN_VAL + ways:
+        raise ValueError(f"the paper split needs the full Omniglot (1,623 characters: --data images_background.zip "
+                         f"--data images_evaluation.zip); {image_set.name} has {n} classes")
+    keys = ["/".join(name.split("/")[-2:]) for name in image_set.class_names]  # alphabet/character, zip dropped
+    order = sorted(range(n), key=lambda i: (keys[i], i))
+    random.Random(CBFINN_SEED).shuffle(order)
+    train = image_set.subset(order[:CBFINN_TRAIN], name=f"{image_set.name}:train")
+    val = image_set.subset(order[CBFINN_TRAIN:CBFINN_TRAIN + CBFINN_VAL], name=f"{image_set.name}:validation")
+    test = image_set.subset(order[CBFINN_TRAIN + CBFINN_VAL:], name=f"{image_set.name}:test")
+    info = {"name": "paper", "seed": CBFINN_SEED, "by": "class",
+            "rule": f"MAML paper (cbfinn/maml): {CBFINN_TRAIN} characters meta-train, {CBFINN_VAL} validate, the "
+                    f"other {test.num_classes} are held out for eval",
+            "train_classes": train.num_classes, "validation_classes": val.num_classes,
+            "heldout_classes": test.num_classes}
+    if n != 1623:
+        info["note"] = f"the full Omniglot has 1,623 characters; this set has {n}"
+    return train, val, test, info
+
+
+def _source_info(image_set: ImageSet, data, eval_data=None) -> dict:
+    paths = [str(_resolve_data(p)) for p in data_paths(data)]
     prep = image_set.preprocessing
-    info = {"data": str(path) if path is not None else None,
-            "source": "glyphs" if path is None else "path",
+    info = {"data": (paths if len(paths) > 1 else paths[0]) if paths else None,
+            "source": "glyphs" if not paths else "path",
             "preprocessing_request": {"size": list(prep.size), "mode": prep.mode, "invert": "auto",
                                       "normalization": prep.normalization}}
-    if path is None and "glyph_config" in image_set.meta:
+    if eval_data:
+        info["eval_data"] = str(_resolve_data(eval_data))
+    if not paths and "glyph_config" in image_set.meta:
         info["glyph_config"] = dict(image_set.meta["glyph_config"])
     return info
 
 
 def families_from_image_set(image_set: ImageSet, ways: int, rotations: bool = True, data=None,
-                            seed: int = SPLIT_SEED) -> tuple[ImageTaskFamily, ImageTaskFamily]:
-    """(train family, held-out family) over a loaded set; the train family's validation_family is the other."""
-    train_set, heldout_set, split = split_train_heldout(image_set, ways, seed)
-    source = _source_info(image_set, data)
+                            seed: int = SPLIT_SEED, split: str = "lab", eval_set: ImageSet | None = None,
+                            eval_data=None) -> tuple[ImageTaskFamily, ImageTaskFamily]:
+    """(train family, held-out family) over a loaded set. The held-out family is `eval_set` whole when given (every
+    class of `image_set` then meta-trains), else the split's held-out classes ("lab": the lab's rule, "paper":
+    cbfinn's). The train family's validation_family is the held-out family, or the paper split's 100 validation
+    characters."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (one of {', '.join(SPLITS)})")
+    val_set = None
+    if eval_set is not None:
+        if split == "paper":
+            raise ValueError("the paper split makes its own held-out classes; --eval-data is for the lab split")
+        if eval_set.image_shape != image_set.image_shape:
+            raise ValueError(f"the held-out set loads as {list(eval_set.image_shape)} images, the training set as "
+                             f"{list(image_set.image_shape)}")
+        train_set, heldout_set = image_set, eval_set
+        info = {"name": "held-out set", "seed": int(seed), "by": "set",
+                "rule": "a separate held-out set: every training class meta-trains, the held-out set's classes "
+                        "validate and evaluate",
+                "train_classes": image_set.num_classes, "heldout_classes": eval_set.num_classes}
+    elif split == "paper":
+        train_set, val_set, heldout_set, info = cbfinn_split(image_set, ways)
+    else:
+        train_set, heldout_set, info = split_train_heldout(image_set, ways, seed)
+        info = {"name": "lab", **info}
+    source = _source_info(image_set, data, eval_data)
     angles = list(ROTATIONS) if rotations else []
     if angles:
         train_set = train_set.with_rotations(angles)
-    train = ImageTaskFamily(train_set, ways, info={**source, "split": {**split, "part": "train"},
+    train = ImageTaskFamily(train_set, ways, info={**source, "split": {**info, "part": "train"},
                                                    "rotations": angles})
-    heldout = ImageTaskFamily(heldout_set, ways, info={**source, "split": {**split, "part": "heldout"},
+    heldout = ImageTaskFamily(heldout_set, ways, info={**source, "split": {**info, "part": "heldout"},
                                                        "rotations": []})
     train.validation_family = heldout
+    if val_set is not None:
+        train.validation_family = ImageTaskFamily(val_set, ways, info={**source, "split": {**info,
+                                                  "part": "validation"}, "rotations": []})
     return train, heldout
 
 
@@ -251,8 +333,20 @@ def image_family_from_config(config, progress=None, cancel=None, split: str = "t
                           config.queries, config.meta_batch_size, config.dtype)
     image_set = load_images(config.data, config.image_size, mode, progress, cancel,
                             copies=TRAINING_COPIES[bool(config.rotations)])
-    train, heldout = families_from_image_set(image_set, config.ways, config.rotations, config.data)
+    eval_data = getattr(config, "eval_data", None)
+    eval_set = None
+    if eval_data:
+        from .imagelimits import current_limits
+
+        eval_set = load_images(eval_data, config.image_size, mode, progress, cancel,
+                               budget=current_limits().max_set_bytes - image_set.pixels.nbytes)
+    train, heldout = families_from_image_set(image_set, config.ways, config.rotations, config.data,
+                                             split=config.task_option("split"), eval_set=eval_set,
+                                             eval_data=eval_data)
     train.convention = heldout.convention = config.task_option("convention")
+    if train.validation_family is not heldout:
+        train.validation_family.convention = train.convention
+        _check_shapes(train.validation_family, "validation", config.shots, config.queries)
     _check_shapes(train, "training", config.shots, config.queries)
     _check_shapes(heldout, "held-out", config.shots, config.queries)
     return train if split == "train" else heldout
@@ -261,7 +355,9 @@ def image_family_from_config(config, progress=None, cancel=None, split: str = "t
 def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=None,
                                  hint: str = "pass --data PATH") -> ImageTaskFamily:
     """Rebuild the held-out classes an initialization was *not* trained on, from its export metadata
-    (`task` is the training family's describe()); `data` overrides the recorded path. `hint` ends the message
+    (`task` is the training family's describe()): the separate held-out set it recorded (`eval_data`), or the
+    held-out part of its split of the set(s) it was trained on. `data` (a path or a list) overrides the recorded
+    path(s): the held-out set itself when training had one, else the set(s) to split. `hint` ends the message
     when the image set cannot be found (what the user can do about it, in their interface)."""
     if task.get("name") != "images":
         raise ValueError(f"not an image-task initialization (task {task.get('name')!r})")
@@ -270,15 +366,22 @@ def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=No
     recorded = task.get("preprocessing") or {}
     size = request.get("size") or recorded.get("size") or [28, 28]
     mode = request.get("mode") or recorded.get("mode") or "grayscale"
-    if data is None:
-        data = task.get("data")
-        if data is not None and not Path(data).exists():
-            raise ValueError(f"the image set this initialization was trained on is not at {data}; {hint}")
-    elif not Path(data).expanduser().exists():
-        raise ValueError(f"image set not found: {data}")
-    if data is None and task.get("source") != "glyphs":
+    split_info = task.get("split") or {}
+    split = split_info.get("name") or ("held-out set" if task.get("eval_data") else "lab")
+    held_out_set = split == "held-out set"
+    if data is None or data_paths(data) == []:
+        data = task.get("eval_data") if held_out_set else task.get("data")
+        missing = [p for p in data_paths(data) if not Path(p).exists()]
+        if missing:
+            raise ValueError(f"the image set this initialization was {'evaluated' if held_out_set else 'trained'} "
+                             f"on is not at {missing[0]}; {hint}")
+    else:
+        for p in data_paths(data):
+            if not Path(p).expanduser().exists():
+                raise ValueError(f"image set not found: {p}")
+    if not data_paths(data) and (task.get("source") != "glyphs" or held_out_set):
         raise ValueError(f"the metadata does not say which image set was used; {hint}")
-    if data is None:
+    if not data_paths(data):
         glyph = task.get("glyph_config") or {}
         from .glyphs import GlyphConfig, load_glyphs
 
@@ -287,13 +390,18 @@ def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=No
                                 progress=progress, cancel=cancel)
     else:
         image_set = load_images(data, int(size[0]), mode, progress, cancel)
-    seed = int((task.get("split") or {}).get("seed", SPLIT_SEED))
-    _, heldout = families_from_image_set(image_set, ways, rotations=False, data=data, seed=seed)
+    seed = int(split_info.get("seed", SPLIT_SEED))
+    if held_out_set:
+        info = {**_source_info(image_set, task.get("data")), "eval_data": str(data_paths(data)[0]) if len(
+            data_paths(data)) == 1 else data_paths(data), "split": {**split_info, "part": "heldout"}, "rotations": []}
+        heldout = ImageTaskFamily(image_set, ways, info=info)
+    else:
+        _, heldout = families_from_image_set(image_set, ways, rotations=False, data=data, seed=seed, split=split)
     heldout.convention = str(task.get("convention", "lab"))  # exports from before conventions: the lab's
     shape = task.get("input_shape")
     if shape is not None and list(heldout.input_shape) != list(shape):
-        raise ValueError(f"images of {data or 'the glyph set'} load as {list(heldout.input_shape)}, but the model "
-                         f"was trained on {list(shape)}")
+        raise ValueError(f"images of {data_label(data) if data_paths(data) else 'the glyph set'} load as "
+                         f"{list(heldout.input_shape)}, but the model was trained on {list(shape)}")
     polarity = recorded.get("invert")
     if isinstance(polarity, bool) and polarity != heldout.image_set.preprocessing.invert:
         heldout.info["note"] = (f"stroke polarity differs from training (inverted in training: {polarity}, now: "
@@ -332,7 +440,9 @@ class ImageTasks(TaskFamilyKind):
     # head) or "cbfinn" (cbfinn/maml: cross-entropy sum / K, batch norm without scale, eps 1e-3, beta not
     # adapted in the inner loop, Omniglot head on the mean of the final map); TOML [task_options], CLI
     # --convention or --task-option convention=...
-    option_defaults = {"convention": "lab"}
+    # split: "lab" (the classes split by the lab's rule) or "paper" (cbfinn/maml's Omniglot split: the full Omniglot
+    # given as both zips); CLI --split, TOML [task_options] split = "paper"
+    option_defaults = {"convention": "lab", "split": "lab"}
 
     @classmethod
     def tasks_text(cls, config) -> str:
@@ -340,17 +450,22 @@ class ImageTasks(TaskFamilyKind):
 
     @classmethod
     def loading_label(cls, config) -> str | None:
-        return f"loading {Path(config.data).name if config.data else 'the built-in glyph set'}"
+        extra = f" and {data_label(config.eval_data)}" if getattr(config, "eval_data", None) else ""
+        return f"loading {data_label(config.data)}{extra}"
 
     @classmethod
     def build_report(cls, config, family) -> str | None:
-        what = Path(config.data).name if config.data else "the built-in glyph set"
+        what = data_label(config.data)
         split = family.info.get("split", {})
         rot = family.info.get("rotations") or []
+        held = (f"{split.get('heldout_classes')} of {data_label(config.eval_data)} held out for validation and eval"
+                if getattr(config, "eval_data", None) else
+                f"{split.get('validation_classes')} for validation, {split.get('heldout_classes')} held out for eval "
+                f"(the MAML paper's split)" if split.get("name") == "paper" else
+                f"{split.get('heldout_classes')} held out for validation and eval")
         text = (f"{what}: {split.get('train_classes')} training classes"
                 f"{f' (x{len(rot) + 1} with rotations: {family.image_set.num_classes})' if rot else ''}, "
-                f"{split.get('heldout_classes')} held out for validation and eval; images "
-                f"{'x'.join(str(s) for s in family.input_shape)}")
+                f"{held}; images {'x'.join(str(s) for s in family.input_shape)}")
         return "\n".join([text, *skipped_report(family.image_set.report)])
 
     @classmethod
@@ -362,6 +477,10 @@ class ImageTasks(TaskFamilyKind):
         if config.task_option("convention") not in CONVENTIONS:
             raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}, got "
                              f"{config.task_option('convention')!r}")
+        if config.task_option("split") not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {config.task_option('split')!r}")
+        if config.task_option("split") == "paper" and getattr(config, "eval_data", None):
+            raise ValueError("the paper split makes its own held-out classes; --eval-data is for the lab split")
 
     @classmethod
     def build(cls, config, progress=None, cancel=None):
@@ -474,7 +593,9 @@ def eval_image_initialization(args, params, meta, model, shots_list, steps, adap
     hyper = meta.get("hyperparameters", {}) or {}
     if not steps:
         steps = [int(hyper.get("test_inner_steps", 3))]
-    label = f"loading {Path(data).name if data else (task.get('data') and Path(task['data']).name) or 'glyphs'}"
+    split_name = (task.get("split") or {}).get("name") or ("held-out set" if task.get("eval_data") else "lab")
+    shown = data or (task.get("eval_data") if split_name == "held-out set" else task.get("data"))
+    label = f"loading {data_label(shown) if data_paths(shown) else 'glyphs'}"
     family = heldout_family_from_metadata(task, data=data, progress=_LoadProgress(label))
     for line in skipped_report(family.image_set.report):
         print(line, file=sys.stderr)
@@ -488,9 +609,11 @@ def eval_image_initialization(args, params, meta, model, shots_list, steps, adap
     for shots in shots_list:
         family.validate(shots, queries)
     split = task.get("split", {}) or {}
-    where = task.get("data") if data is None else str(data)
+    where = " + ".join(data_paths(shown)) or None
+    how = ("a separate held-out set" if split_name == "held-out set" else
+           "the MAML paper's split" if split_name == "paper" else f"split seed {split.get('seed', SPLIT_SEED)}")
     print(f"held-out: {family.image_set.num_classes} classes of {where or 'the built-in glyph set'} never seen in "
-          f"training (split seed {split.get('seed', SPLIT_SEED)}), {args.tasks} tasks, {queries} queries per class")
+          f"training ({how}), {args.tasks} tasks, {queries} queries per class")
     if family.info.get("note"):
         print(f"note: {family.info['note']}")
     from ..algorithms.config import adaptation_text

@@ -401,6 +401,49 @@ def rotate_classes(image_set: ImageSet, angles: Sequence[int] = (90, 180, 270),
                     image_set.preprocessing, image_set.source, image_set.report, meta)
 
 
+def concat_image_sets(sets: Sequence[ImageSet], name: str | None = None) -> ImageSet:
+    """Several sets as one (`--data A --data B`): every class of each, named "<set>/<class>" so classes of two
+    sets never merge (two sets of the same name get "#2", "#3"). `meta["parts"]` records each set's name, source
+    and class count, in order; the images must have one shape."""
+    sets = list(sets)
+    if not sets:
+        raise ValueError("no image sets to combine")
+    if len(sets) == 1:
+        return sets[0]
+    shape = sets[0].image_shape
+    for s in sets[1:]:
+        if s.image_shape != shape:
+            raise ValueError(f"{s.name} loads as {list(s.image_shape)} images, {sets[0].name} as {list(shape)}")
+    labels, seen = [], {}
+    for s in sets:
+        seen[s.name] = seen.get(s.name, 0) + 1
+        labels.append(s.name if seen[s.name] == 1 else f"{s.name}#{seen[s.name]}")
+    names = [f"{label}/{c}" for label, s in zip(labels, sets) for c in s.class_names]
+    groups = [f"{label}/{g}" if g else label for label, s in zip(labels, sets) for g in s.groups]
+    counts = np.concatenate([s.counts for s in sets])
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    reports = [s.report for s in sets if s.report is not None]
+    report = LoadReport(source=" + ".join(s.source or s.name for s in sets),
+                        layout=", ".join(dict.fromkeys(r.layout for r in reports)),
+                        num_classes=len(names), num_images=int(offsets[-1]),
+                        skipped=[(f"{label}/{f}", why) for label, s in zip(labels, sets) if s.report
+                                 for f, why in s.report.skipped],
+                        dropped_classes=[f"{label}/{c}" for label, s in zip(labels, sets) if s.report
+                                         for c in s.report.dropped_classes],
+                        inverted=any(r.inverted for r in reports), from_cache=all(r.from_cache for r in reports),
+                        seconds=sum(r.seconds for r in reports),
+                        notes=[f"{label}: {n}" for label, s in zip(labels, sets) if s.report for n in s.report.notes],
+                        limits=reports[0].limits if reports else {})
+    inverts = {s.preprocessing.invert for s in sets}
+    if len(inverts) > 1:
+        report.notes.append("the sets' stroke polarity differs: " + ", ".join(
+            f"{label} {'inverted' if s.preprocessing.invert else 'as stored'}" for label, s in zip(labels, sets)))
+    meta = {"parts": [{"name": label, "source": s.source, "classes": s.num_classes, "images": s.num_images}
+                      for label, s in zip(labels, sets)]}
+    return ImageSet(name or " + ".join(labels), names, groups, np.concatenate([s.pixels for s in sets]), offsets,
+                    sets[0].preprocessing, report.source, report, meta)
+
+
 def validate_task_shape(image_set: ImageSet, ways: int, shots: int, queries: int) -> None:
     """Refuse task shapes the set cannot supply: fewer classes than ways, or classes too small for
     shots + queries distinct images each. The message names the numbers."""
@@ -652,6 +695,30 @@ def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int | No
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
+def decode_array_images(block: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """uint8 images [n, H, W] or [n, H, W, 1 or 3] (already decoded: a pickle's or an HDF5 file's) -> [n, C, h, w],
+    resized and converted as `decode_image` does files (not yet inverted)."""
+    from PIL import Image
+
+    block = np.asarray(block, dtype=np.uint8)
+    if block.ndim == 3:
+        block = block[..., None]
+    h, w = preprocessing.size
+    c = preprocessing.channels
+    if block.shape[1:3] == (h, w) and block.shape[3] == c:
+        return np.ascontiguousarray(block.transpose(0, 3, 1, 2))
+    out = np.empty((len(block), c, h, w), dtype=np.uint8)
+    resample = getattr(Image.Resampling, _RESAMPLE_PIL[preprocessing.resample])
+    for i, a in enumerate(block):
+        im = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+        im = im.convert("L" if c == 1 else "RGB")
+        if im.size != (w, h):
+            im = im.resize((w, h), resample=resample)
+        arr = np.asarray(im, dtype=np.uint8)
+        out[i] = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return out
+
+
 def _cancel_requested(cancel) -> bool:
     if cancel is None:
         return False
@@ -739,10 +806,29 @@ def save_cache(path: Path, image_set: ImageSet) -> bool:
         return False
 
 
-def load_cache(path: Path) -> ImageSet | None:
-    """The cached set, or None when the file is missing or unreadable."""
+def _cached_pixel_bytes(path: Path) -> int:
+    """The bytes the cached pixels declare, read from the .npy header inside the .npz (nothing loaded)."""
+    with zipfile.ZipFile(path) as z, z.open("pixels.npy") as f:
+        version = np.lib.format.read_magic(f)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = reader(f)
+    return int(np.prod(shape, dtype=object)) * np.dtype(dtype).itemsize
+
+
+def load_cache(path: Path, max_pixel_bytes: int | None = None) -> ImageSet | None:
+    """The cached set, or None when the file is missing or unreadable. Over `max_pixel_bytes` (the budget left when
+    several sets load together): ValueError, before the pixels are read."""
     if not path.is_file():
         return None
+    if max_pixel_bytes is not None:
+        try:
+            size = _cached_pixel_bytes(path)
+        except Exception:  # noqa: BLE001 - a damaged cache file is rebuilt, never fatal
+            return None
+        if size > max_pixel_bytes:
+            raise ValueError(f"{path.name}: the cached set takes {format_bytes(size)}, over the "
+                             f"{format_bytes(max_pixel_bytes)} left of the limit for all the sets together "
+                             f"(raise it with --max-set-bytes)")
     try:
         with np.load(path, allow_pickle=False) as z:
             header = json.loads(str(z["header"]))
@@ -768,7 +854,7 @@ def _inside(child: Path, parent: Path) -> bool:
 def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None = None, *,
                    cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
                    progress: ProgressFn | None = None, cancel=None, name: str | None = None,
-                   limits: LoadLimits | None = None, copies: float = 1.0) -> ImageSet:
+                   limits: LoadLimits | None = None, copies: float = 1.0, budget: int | None = None) -> ImageSet:
     """Load a zip or folder of class folders (Omniglot: `<alphabet>/<character>/*.png`) as untrusted data.
 
     Every file is checked against `limits` (default: those in effect, `current_limits()`) before it is read or
@@ -776,7 +862,9 @@ def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None 
     before its pixels are allocated: over `limits.max_set_bytes`, or with `copies` of it (what the caller will
     make: splits, rotations) over the machine's memory, the load is refused (ValueError, one line).
     progress(done, total) is called while decoding; returning False from it cancels, as does setting
-    `cancel` (a threading.Event, or a callable returning True): both raise LoadCancelled.
+    `cancel` (a threading.Event, or a callable returning True): both raise LoadCancelled. `budget`: the decoded
+    bytes this set may take (default `limits.max_set_bytes`; less when it is one of several sets loaded together).
+    A learn2learn mini-ImageNet pickle or a torchmeta HDF5 file (miniimagenet.py) is read by its own reader.
     The result is cached under `cache_dir` (default: `default_cache_dir()`), keyed by the source's path,
     size and modification times, the preprocessing and the limits; `use_cache=False` neither reads nor writes it.
     """
@@ -789,6 +877,11 @@ def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None 
     if not (src_path.is_dir() or src_path.is_file()):
         raise ValueError(f"image set must be a folder or a zip file: {src_path}")
     set_name = name or (src_path.stem if src_path.is_file() else src_path.name) or "images"
+    budget = limits.max_set_bytes if budget is None else int(budget)
+    from .miniimagenet import is_array_file, load_array_set
+
+    if src_path.is_file() and is_array_file(src_path):
+        return load_array_set(src_path, prep, limits, budget, progress, cancel, name=set_name, copies=copies)
     source = _Source(src_path, limits)
     try:
         cache_file = None
@@ -800,7 +893,7 @@ def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None 
             else:
                 key = cache_key(source.identity(), prep, {"limits": limits.to_dict()})
                 cache_file = cdir / f"{_slug(set_name)}-{key}.npz"
-                cached = load_cache(cache_file)
+                cached = load_cache(cache_file, max_pixel_bytes=budget)
                 if cached is not None:
                     if progress is not None:
                         progress(cached.num_images, cached.num_images)
@@ -816,10 +909,13 @@ def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None 
         total = sum(len(v) for v in classes.values())
         c, (h, w) = prep.channels, prep.size
         need = total * c * h * w
-        if need > limits.max_set_bytes:
+        if need > budget:
+            over = (f"the limit of {format_bytes(limits.max_set_bytes)}" if budget >= limits.max_set_bytes else
+                    f"the {format_bytes(budget)} left of the limit of {format_bytes(limits.max_set_bytes)} for all "
+                    f"the sets together")
             raise ValueError(f"{src_path.name}: {total:,} images decoded at {c}x{h}x{w} would take "
-                             f"{format_bytes(need)}, over the limit of {format_bytes(limits.max_set_bytes)} "
-                             f"(raise it with --max-set-bytes if the set truly is that large)")
+                             f"{format_bytes(need)}, over {over} (raise it with --max-set-bytes if the set truly "
+                             f"is that large)")
         check_memory(int(need * max(copies, 1.0)),
                      f"{total:,} images at {h}x{w} ({format_bytes(need)} decoded"
                      + (f", about {copies:g} copies for the class split and rotations)" if copies > 1 else ")"))

@@ -37,7 +37,9 @@ class ExperimentConfig:
     val_every: int = 500  # validation loss every N iterations (0: never)
     val_tasks: int = 100
     # image tasks
-    data: str | None = None  # image set path (zip or folder); None: the built-in glyph set
+    data: str | list[str] | None = None  # image set path (zip, folder, mini-ImageNet file) or several trained as one;
+    # None: the built-in glyph set
+    eval_data: str | None = None  # a separate held-out image set: validation and eval use its classes only
     ways: int = 5
     image_size: int = 28
     image_mode: str = "grayscale"  # or "rgb"
@@ -83,6 +85,13 @@ class ExperimentConfig:
             raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r} (one of {', '.join(DTYPES)})")
+        if self.data is not None and not isinstance(self.data, str) and not (
+                isinstance(self.data, (list, tuple)) and self.data and all(isinstance(d, str) and d for d in self.data)):
+            raise ValueError(f"data must be a path or a list of paths, got {self.data!r}")
+        if isinstance(self.data, tuple):
+            self.data = list(self.data)
+        if self.eval_data is not None and not (isinstance(self.eval_data, str) and self.eval_data):
+            raise ValueError(f"eval_data must be a path, got {self.eval_data!r}")
         if self.image_mode not in IMAGE_MODES:
             raise ValueError(f"unknown image mode {self.image_mode!r} (one of {', '.join(IMAGE_MODES)})")
         unknown = sorted(set(self.task_options) - set(kind.option_defaults))
@@ -104,8 +113,9 @@ class ExperimentConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["algorithms"] = {a["name"]: {k: v for k, v in a.items() if k != "name"} for a in data["algorithms"]}
-        if data["data"] is None:
-            del data["data"]
+        for key in ("data", "eval_data"):
+            if data[key] is None:
+                del data[key]
         options = {**task_family(self.task).option_defaults, **data.pop("task_options")}
         if options:  # the built-in families take none: their TOML stays as it was
             data["task_options"] = options
