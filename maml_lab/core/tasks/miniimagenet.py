@@ -43,17 +43,23 @@ class UnsafeFile(ValueError):
 
 
 class _BoundedReader:
-    """The file, read so that no single read asks for more than is left in it (a pickle's declared lengths can lie:
-    the reader would otherwise allocate what they say before finding the file shorter)."""
+    """The file, read so that no single read asks for more than is left in it, or than the largest array may take
+    (a pickle's declared lengths can lie: the reader would otherwise allocate what they say before finding the file
+    shorter)."""
 
-    def __init__(self, f, size: int):
+    def __init__(self, f, size: int, max_read: int):
         self._f = f
         self.remaining = size
+        self.max_read = max_read
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0 or n > self.remaining:
-            raise UnsafeFile(f"declares {format_bytes(n) if n and n > 0 else 'unbounded'} data where only "
-                             f"{format_bytes(self.remaining)} remain in the file")
+            raise UnsafeFile(f"it is cut short: it declares {format_bytes(n) if n and n > 0 else 'unbounded'} data "
+                             f"where only {format_bytes(self.remaining)} remain in the file (truncated, or not a "
+                             f"pickle)")
+        if n > self.max_read:
+            raise UnsafeFile(f"declares a block of {format_bytes(n)}, over the limit of {format_bytes(self.max_read)} "
+                             f"(--max-set-bytes)")
         data = self._f.read(n)
         self.remaining -= len(data)
         return data
@@ -84,7 +90,7 @@ class SafeUnpickler(pickle._Unpickler):
     an array's declared shape x itemsize is checked against the data it comes with and the limit."""
 
     def __init__(self, file, size: int, max_array_bytes: int):
-        self._reader = _BoundedReader(file, size)
+        self._reader = _BoundedReader(file, size, max_array_bytes + 4096)
         super().__init__(self._reader, encoding="latin1")  # latin1: numpy arrays pickled by Python 2
         self.max_array_bytes = int(max_array_bytes)
         self._reconstruct = _reconstruct_function()

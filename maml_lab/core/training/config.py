@@ -85,8 +85,8 @@ class ExperimentConfig:
             raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
         if self.dtype not in DTYPES:
             raise ValueError(f"unknown dtype {self.dtype!r} (one of {', '.join(DTYPES)})")
-        if self.data is not None and not isinstance(self.data, str) and not (
-                isinstance(self.data, (list, tuple)) and self.data and all(isinstance(d, str) and d for d in self.data)):
+        paths = isinstance(self.data, (list, tuple)) and self.data and all(isinstance(d, str) and d for d in self.data)
+        if self.data is not None and not isinstance(self.data, str) and not paths:
             raise ValueError(f"data must be a path or a list of paths, got {self.data!r}")
         if isinstance(self.data, tuple):
             self.data = list(self.data)
