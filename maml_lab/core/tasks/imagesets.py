@@ -34,6 +34,7 @@ import numpy as np
 
 from ..permissions import follow_umask
 from .imagelimits import RATIO_FLOOR_BYTES, LoadLimits, check_memory, current_limits, format_bytes
+from .miniimagenet import ArrayFile, is_array_file
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "GIF")  # the decoders an untrusted file may reach (not Pillow's ~40)
@@ -878,10 +879,8 @@ def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None 
         raise ValueError(f"image set must be a folder or a zip file: {src_path}")
     set_name = name or (src_path.stem if src_path.is_file() else src_path.name) or "images"
     budget = limits.max_set_bytes if budget is None else int(budget)
-    from .miniimagenet import is_array_file, load_array_set
-
     if src_path.is_file() and is_array_file(src_path):
-        return load_array_set(src_path, prep, limits, budget, progress, cancel, name=set_name, copies=copies)
+        return _load_array_file(src_path, prep, limits, budget, progress, cancel, set_name, copies)
     source = _Source(src_path, limits)
     try:
         cache_file = None
@@ -976,6 +975,50 @@ def load_image_set(path: str | os.PathLike, preprocessing: Preprocessing | None 
         return image_set
     finally:
         source.close()
+
+
+def _load_array_file(path: Path, prep: Preprocessing, limits: LoadLimits, budget: int, progress, cancel,
+                     name: str, copies: float) -> ImageSet:
+    """A learn2learn mini-ImageNet pickle or a torchmeta HDF5 file (miniimagenet.py) as an ImageSet: every class's
+    images converted as files would be; the decoded size checked against `budget` before it is allocated."""
+    t0 = time.perf_counter()
+    report = LoadReport(source=str(path), limits=limits.to_dict())
+    c, (h, w) = prep.channels, prep.size
+    with ArrayFile(path, limits, budget) as source:
+        report.layout = source.layout
+        report.notes.extend(source.notes)
+        total = sum(n for _, n in source.classes)
+        need = total * c * h * w
+        if need > budget:
+            raise ValueError(f"{path.name}: {total:,} images at {c}x{h}x{w} would take {format_bytes(need)}, over "
+                             f"{format_bytes(budget)}, the limit (raise it with --max-set-bytes if the set truly is "
+                             f"that large)")
+        check_memory(int(need * max(copies, 1.0)), f"{total:,} images at {h}x{w} ({format_bytes(need)})")
+        pixels = np.empty((total, c, h, w), dtype=np.uint8)
+        names, counts, n = [], [], 0
+        for i, (cname, count) in enumerate(source.classes):
+            if _cancel_requested(cancel):
+                raise LoadCancelled(f"loading {path} was cancelled")
+            if count == 0:
+                report.dropped_classes.append(cname)
+                continue
+            pixels[n:n + count] = decode_array_images(source.images(i), prep)
+            n += count
+            names.append(cname)
+            counts.append(count)
+            if progress is not None and progress(i + 1, len(source.classes)) is False:
+                raise LoadCancelled(f"loading {path} was cancelled")
+    if not names:
+        raise ValueError(f"no usable classes in {path}: every class is empty")
+    inverted = bool(prep.invert) if prep.invert is not None else (prep.mode == "grayscale"
+                                                                  and float(pixels.mean()) > 127.5)
+    if inverted:
+        np.subtract(255, pixels, out=pixels)
+    report.num_classes, report.num_images, report.inverted = len(names), n, inverted
+    report.seconds = time.perf_counter() - t0
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return ImageSet(name, names, None, pixels, offsets, replace(prep, invert=inverted), str(path), report,
+                    {"format": report.layout})
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ torchmeta's `{split}_data.hdf5` (group "datasets", one uint8 [n, 84, 84, 3] data
 `{split}_labels.json` (the class names) beside it: read with h5py (`pip install h5py`, the extra `maml-lab[hdf5]`),
 following no links to other files; every dataset's declared shape and type are checked before anything is read.
 
-Both become an ImageSet (imagesets.py) under the same `Preprocessing` as image files (resized, converted to
-grayscale when asked), without the .npz cache: the arrays are read about as fast as the cache would be.
+imagesets.load_image_set makes either an ImageSet under the same `Preprocessing` as image files (resized,
+converted to grayscale when asked), without the .npz cache: the arrays are read about as fast as the cache would be.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import time
+import stat
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
-from .imagelimits import MIB, LoadLimits, check_memory, format_bytes
-from .imagesets import ImageSet, LoadReport, Preprocessing, _not_regular, decode_array_images
+from .imagelimits import MIB, LoadLimits, format_bytes
 
 PICKLE_SUFFIXES = (".pkl", ".pickle")
 HDF5_SUFFIXES = (".hdf5", ".h5")
@@ -195,9 +194,8 @@ def _open_checked(path: Path, max_bytes: int, flag: str) -> tuple[object, int]:
         st = os.stat(path)
     except OSError as e:
         raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-    why = _not_regular(st.st_mode)
-    if why:
-        raise ValueError(f"{path.name}: {why}")
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{path.name}: not a regular file")
     if st.st_size > max_bytes:
         raise ValueError(f"{path.name}: {format_bytes(st.st_size)}, over the limit of {format_bytes(max_bytes)} "
                          f"({flag}, if the set truly is that large)")
@@ -325,7 +323,7 @@ def _hdf5_classes(path: Path, limits: LoadLimits, budget: int, notes: list[str])
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Either file as an ImageSet
+# Either file, as classes of images
 
 
 def is_array_file(path: Path) -> bool:
@@ -333,71 +331,40 @@ def is_array_file(path: Path) -> bool:
     return path.suffix.lower() in PICKLE_SUFFIXES + HDF5_SUFFIXES
 
 
-def load_array_set(path: Path, preprocessing: Preprocessing, limits: LoadLimits, budget: int | None = None,
-                   progress=None, cancel=None, name: str | None = None, copies: float = 1.0) -> ImageSet:
-    """A learn2learn pickle or a torchmeta HDF5 file as an ImageSet, classes sorted by name (pickle) or in the
-    labels file's order (HDF5). `budget`: bytes the decoded set may take (default: the limit)."""
-    t0 = time.perf_counter()
-    budget = limits.max_set_bytes if budget is None else int(budget)
-    suffix = path.suffix.lower()
-    report = LoadReport(source=str(path), limits=limits.to_dict())
-    c, (h, w) = preprocessing.channels, preprocessing.size
-    if suffix in PICKLE_SUFFIXES:
-        report.layout = "learn2learn mini-ImageNet pickle"
-        try:
-            obj = read_pickle(path, budget)
-        except UnsafeFile as e:
-            raise ValueError(f"{path.name}: refused: {e}") from None
-        images, classes = _classes_from_pickle(obj, path)
-        del obj
-        fetch = {name: (lambda rows=rows: images[rows]) for name, rows in classes}
-        counts = [len(rows) for _, rows in classes]
-    else:
-        report.layout = "torchmeta HDF5"
-        h5, datasets = _hdf5_classes(path, limits, budget, report.notes)
-        fetch = {name: (lambda ds=ds: ds[()]) for name, ds in datasets}
-        counts = [int(ds.shape[0]) for _, ds in datasets]
-    try:
-        total = sum(counts)
-        need = total * c * h * w
-        if need > budget:
-            raise ValueError(f"{path.name}: {total:,} images at {c}x{h}x{w} would take {format_bytes(need)}, over "
-                             f"the limit of {format_bytes(budget)} (raise it with --max-set-bytes if the set truly "
-                             f"is that large)")
-        check_memory(int(need * max(copies, 1.0)), f"{total:,} images at {h}x{w} ({format_bytes(need)})")
-        pixels = np.empty((total, c, h, w), dtype=np.uint8)
-        names, kept, n = [], [], 0
-        for i, (cname, count) in enumerate(zip(fetch, counts)):
-            if cancel is not None and (cancel.is_set() if hasattr(cancel, "is_set") else cancel()):
-                from .imagesets import LoadCancelled
+class ArrayFile:
+    """An opened learn2learn pickle or torchmeta HDF5 file, its declared sizes checked: `classes` lists (name, image
+    count), classes sorted by name (pickle) or in the labels file's order (HDF5); `images(i)` reads class i as uint8
+    [n, H, W] or [n, H, W, C]. imagesets.load_image_set makes it an ImageSet. Use as a context manager."""
 
-                raise LoadCancelled(f"loading {path} was cancelled")
-            if count == 0:
-                report.dropped_classes.append(cname)
-                continue
-            block = fetch[cname]()
-            pixels[n:n + count] = decode_array_images(block, preprocessing)
-            n += count
-            names.append(cname)
-            kept.append(count)
-            if progress is not None and progress(i + 1, len(counts)) is False:
-                from .imagesets import LoadCancelled
+    def __init__(self, path: Path, limits: LoadLimits, budget: int):
+        self.path = path
+        self.notes: list[str] = []
+        self._h5 = None
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            self.layout = "learn2learn mini-ImageNet pickle"
+            try:
+                obj = read_pickle(path, budget)
+            except UnsafeFile as e:
+                raise ValueError(f"{path.name}: refused: {e}") from None
+            array, classes = _classes_from_pickle(obj, path)
+            self._fetch = [lambda rows=rows: array[rows] for _, rows in classes]
+            self.classes = [(name, len(rows)) for name, rows in classes]
+        else:
+            self.layout = "torchmeta HDF5"
+            self._h5, datasets = _hdf5_classes(path, limits, budget, self.notes)
+            self._fetch = [lambda ds=ds: ds[()] for _, ds in datasets]
+            self.classes = [(name, int(ds.shape[0])) for name, ds in datasets]
 
-                raise LoadCancelled(f"loading {path} was cancelled")
-    finally:
-        if suffix not in PICKLE_SUFFIXES:
-            h5.close()
-    if not names:
-        raise ValueError(f"no usable classes in {path}: every class is empty")
-    pixels = pixels[:n]
-    inverted = bool(preprocessing.invert) if preprocessing.invert is not None else (
-        preprocessing.mode == "grayscale" and float(pixels.mean()) > 127.5)
-    if inverted:
-        np.subtract(255, pixels, out=pixels)
-    from dataclasses import replace
+    def images(self, i: int) -> np.ndarray:
+        return self._fetch[i]()
 
-    report.num_classes, report.num_images, report.inverted = len(names), n, inverted
-    report.seconds = time.perf_counter() - t0
-    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
-    return ImageSet(name or path.stem, names, None, pixels, offsets, replace(preprocessing, invert=inverted),
-                    str(path), report, {"format": report.layout})
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __enter__(self) -> "ArrayFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
