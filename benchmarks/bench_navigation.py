@@ -172,17 +172,17 @@ def engine_parts(env, policy, theta, batch, lr: float) -> dict:
     b = batch.num_tasks
     theta = OrderedDict((k, v.detach()) for k, v in theta.items())
     pre_noise = env.noise(batch.seed, batch.task_ids, 0, batch.shots)
-    pre = env.rollout(policy, theta, batch.goals, pre_noise)
+    pre = env.rollout(policy, theta, batch.goals, pre_noise, keep_activations=True)
     inner, at_theta = batch._explicit_pass(explicit, theta, pre)
     fast = OrderedDict((k, v - lr * g) for (k, v), g in zip(theta.items(), inner))
     post_noise = env.noise(batch.seed, batch.task_ids, QUERY_CALL, batch.queries)
-    post = env.rollout(policy, fast, batch.goals, post_noise)
+    post = env.rollout(policy, fast, batch.goals, post_noise, keep_activations=True)
     v, _ = batch._explicit_pass(explicit, fast, post, 1.0 / b, keep=False)
     return {
         "action noise (2 samplings)": 2 * best_time(lambda: env.noise(batch.seed, batch.task_ids, 0, batch.shots)),
         "rollouts (theta shared, then phi per goal)": best_time(lambda: env.rollout(policy, theta, batch.goals,
-                                                                                    pre_noise))
-        + best_time(lambda: env.rollout(policy, fast, batch.goals, post_noise)),
+                                                                                    pre_noise, True))
+        + best_time(lambda: env.rollout(policy, fast, batch.goals, post_noise, True)),
         "returns, baseline fits, advantages (2)": 2 * best_time(lambda: batch.step_weights(post)),
         "surrogate gradients (2)": best_time(lambda: batch._explicit_pass(explicit, theta, pre))
         + best_time(lambda: batch._explicit_pass(explicit, fast, post, 1.0 / b, keep=False)),

@@ -66,14 +66,19 @@ def test_rollout_equals_the_step_by_step_rollout(activation, shared):
     params = expand_params(theta, 5) if shared else per_task(theta, 5, gen)
     goals = env.sample_goals(5, gen, D)
     noise = env.noise(7, torch.arange(5), 0, 6, D)
-    fast, ref = env.rollout(policy, params, goals, noise), reference_rollout(env, policy, params, goals, noise)
+    fast, ref = env.rollout(policy, params, goals, noise, True), reference_rollout(env, policy, params, goals, noise)
     assert 0 < float(ref.mask.mean()) < 1
     for name in ("obs", "rewards", "mask", "end"):
         assert torch.allclose(getattr(fast, name), getattr(ref, name), rtol=1e-12, atol=1e-13), name
     # actions after an episode's end (masked everywhere) are taken at the unfrozen position now
     m = ref.mask.unsqueeze(-1)
     assert torch.allclose(fast.actions * m, ref.actions * m, rtol=1e-12, atol=1e-13)
-    assert (fast.activations is not None) == (activation == "relu")
+    assert (fast.activations is not None) == (activation == "relu")  # asked for, the ReLU policy's only
+    assert env.rollout(policy, params, goals, noise).activations is None
+    if fast.activations is not None:  # the kept means are the actions' means
+        std = torch.exp(params["log_std"]).view(-1, 1, 1, 2)
+        assert torch.allclose(fast.activations.means.transpose(1, 2) + std * noise, fast.actions, rtol=1e-12,
+                              atol=1e-13)
 
 
 def test_rollout_stops_once_every_episode_ended_and_masks_the_rest():

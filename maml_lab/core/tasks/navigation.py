@@ -140,7 +140,8 @@ class NavigationFamily:
         done = (offset.abs() < self.goal_tolerance).all(-1)
         return new, reward, done
 
-    def rollout(self, policy, params, goals: torch.Tensor, noise: torch.Tensor) -> Trajectories:
+    def rollout(self, policy, params, goals: torch.Tensor, noise: torch.Tensor,
+                keep_activations: bool = False) -> Trajectories:
         """Roll out every task's policy from the origin: params per task [B, ...] (or shared), goals [B, 2],
         noise [B, N, T, 2] (standard normal; the action is mean + exp(log_std) * noise). Not differentiated.
 
@@ -149,13 +150,13 @@ class NavigationFamily:
         buffers. Terminations, rewards, the mask and the frozen positions after an episode's end are computed
         after the loop from the recorded positions, and the loop stops once every episode has ended. Steps after
         an episode's end are masked, as before; their actions are the policy's at the unfrozen position (or zero
-        after the loop stopped). For the ReLU policy the hidden activations and the means are kept
-        (`Trajectories.activations`): the explicit policy gradient (core/rl/policy_grad.py) reuses them."""
+        after the loop stopped). With `keep_activations` (the ReLU policy only) the hidden activations and the means
+        are kept (`Trajectories.activations`): the explicit policy gradient (core/rl/policy_grad.py) reuses them."""
         b, n, horizon, _ = noise.shape
         with torch.no_grad():
             params = _collapse_shared({k: v.detach() for k, v in params.items()})
             layers = [(params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]) for i in range(policy.num_layers)]
-            keep = policy_grad.supported(policy)  # ReLU: keep the activations for the explicit gradient
+            keep = keep_activations and policy_grad.supported(policy)  # for the explicit gradient
             act = policy.mean_net._act
             std = torch.exp(policy.log_std(params, noise[:, :, 0]))
             goal = goals.view(b, 1, 2).to(noise)
@@ -288,11 +289,11 @@ class NavigationBatch(ObjectiveBatch):
                                env=self.env, shots=self.shots, queries=self.queries, seed=self.seed,
                                task_ids=self._ids()[sl].clone())
 
-    def trajectories(self, policy, params, call: int, num: int) -> Trajectories:
+    def trajectories(self, policy, params, call: int, num: int, keep_activations: bool = False) -> Trajectories:
         """`num` trajectories per task with each task's parameters; `call` keys the noise (support step s: s)."""
         ref = next(iter(params.values()))
         noise = self.env.noise(self.seed, self._ids(), call, num, ref.dtype, ref.device)
-        return self.env.rollout(policy, params, self.goals.to(ref), noise)
+        return self.env.rollout(policy, params, self.goals.to(ref), noise, keep_activations)
 
     def objective(self, policy, params, traj: Trajectories) -> tuple[torch.Tensor, torch.Tensor]:
         """(REINFORCE surrogate [B], differentiable in params; cost = minus the average return [B]) on `traj`."""
@@ -331,10 +332,10 @@ class NavigationBatch(ObjectiveBatch):
         explicit = policy_grad.PolicyGradient(model)
         b = self.num_tasks
         theta = OrderedDict((k, v.detach()) for k, v in params.items())
-        pre = self.trajectories(model, theta, 0, self.shots)
+        pre = self.trajectories(model, theta, 0, self.shots, keep_activations=True)
         inner, at_theta = self._explicit_pass(explicit, theta, pre)
         fast = OrderedDict((k, v - lr * g) for (k, v), g in zip(theta.items(), inner))
-        post = self.trajectories(model, fast, QUERY_CALL, self.queries)
+        post = self.trajectories(model, fast, QUERY_CALL, self.queries, keep_activations=True)
         v, _ = self._explicit_pass(explicit, fast, post, 1.0 / b, summed=first_order, keep=False)
         if not first_order:
             hv = explicit.hvp(theta, at_theta, v)
