@@ -469,21 +469,24 @@ class ExperimentPanel(QWidget):
     # -- the task family -----------------------------------------------------------------------------
     def _select_image_source(self, data) -> None:
         """Select (adding it when new) the image set at path `data`; None: the built-in glyphs."""
-        if data is None or str(data) == "":
+        if data is None or str(data) == "" or (isinstance(data, (list, tuple)) and not data):
             self.image_source.setCurrentIndex(0)
             return
-        data = str(data)
+        if isinstance(data, (list, tuple)):  # several sets trained as one (a config's `data = [...]`)
+            data = [str(d) for d in data] if len(data) > 1 else str(data[0])
+        paths = data if isinstance(data, list) else [str(data)]
         i = self.image_source.findData(data)
         if i < 0:
-            self.image_source.addItem(_short_name(Path(data).name or data), data)
+            self.image_source.addItem(" + ".join(_short_name(Path(p).name or p) for p in paths), data)
             i = self.image_source.count() - 1
-            self.image_source.setItemData(i, data, Qt.ItemDataRole.ToolTipRole)
+            self.image_source.setItemData(i, "\n".join(paths), Qt.ItemDataRole.ToolTipRole)
         self.image_source.setCurrentIndex(i)
 
     def _sync_image_source_tip(self, *_args) -> None:
         """The field's tooltip names the whole path of the chosen set (its text may be shortened)."""
         data = self.image_source.currentData()
-        self.image_source.setToolTip(f"{data}\n\n{IMAGE_SOURCE_TIP}" if data else IMAGE_SOURCE_TIP)
+        shown = "\n".join(data) if isinstance(data, list) else data
+        self.image_source.setToolTip(f"{shown}\n\n{IMAGE_SOURCE_TIP}" if data else IMAGE_SOURCE_TIP)
 
     def set_image_data(self, data) -> None:
         """Use the image set at `data` (a zip or folder path; None: the built-in glyphs) for image tasks."""

@@ -187,8 +187,11 @@ class ImageSetDialog(QDialog):
 
     # -- choosing and loading ------------------------------------------------------------------------------
     def _browse_zip(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Open image set (zip)", self.start_dir,
-                                              "Zip archives (*.zip);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(self, "Open image set (zip, or a mini-ImageNet .pkl or .hdf5)",
+                                              self.start_dir,
+                                              "Image sets (*.zip *.pkl *.hdf5 *.h5);;Zip archives (*.zip);;"
+                                              "mini-ImageNet: learn2learn (*.pkl), torchmeta (*.hdf5 *.h5);;"
+                                              "All files (*)")
         if path:
             self.load(path)
 
