@@ -5,6 +5,7 @@ nothing of the earlier run on screen: no curves, evaluation cards, headers, cost
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -141,8 +142,9 @@ def _reason_shown(w, name: str, reason: str) -> None:
         assert view.result is None and not view.runner.busy, name
 
 
-def _nothing_of_a_run(w) -> None:
-    """After a family switch: no curves, results, cards, headers or costs of the earlier run."""
+def _nothing_of_a_run(w, imported: bool = False) -> None:
+    """After a family switch: no curves, results, cards, headers or costs of the earlier run (`imported`: after an
+    import, whose own held-out classes the Tasks header may count)."""
     assert w.history.algorithms == [] and w.views["training"].algorithms == []
     assert w.views["training"].curves == {}
     assert w.cost_label.text() == "" and w.cost_label.toolTip() == ""
@@ -161,7 +163,8 @@ def _nothing_of_a_run(w) -> None:
     assert w.views["paths"].projected is None and w.views["paths"].run is None
     assert not w.views["arena"].results
     tasks = w.views["tasks"]
-    assert "held-out classes" not in tasks.status.text() and not tasks.predictions
+    assert imported or not re.search(r"\d held-out classes", tasks.status.text())
+    assert not [k for k in tasks.predictions if k in ALGORITHMS]
 
 
 def _open_other(w, qapp, folder, task: str) -> None:
@@ -182,10 +185,25 @@ def _open_other(w, qapp, folder, task: str) -> None:
             assert not view.export_data_button.isEnabled(), name
     assert not w.views["adaptation"].cards and not w.views["per_layer"].items
     tasks = w.views["tasks"]
-    assert "held-out classes" not in tasks.status.text() and not tasks.predictions
+    assert not re.search(r"\d held-out classes", tasks.status.text()) and not tasks.predictions
     assert not w.views["arena"].results
     kind = TASKS.get(task)
     assert w.applicability() == {e.name: e.obj.reason(kind, ALGORITHMS) for e in view_registry.VIEWS.entries()}
+
+
+def _import_other(w, qapp, folder, task: str) -> None:
+    """Importing an initialization trained on `task` while a run of another family is shown: the form takes its
+    family, and nothing of that run stays; the initialization is where its family's views show it."""
+    export = sorted((folder / "exports").glob("maml*.safetensors"))[0]
+    init = w.import_initialization(str(export))
+    qapp.processEvents()
+    assert init is not None and init.source == "imported"
+    assert w.panel.task.currentData() == task and w.run_model.task == task and not w.run_model.scope.opened
+    assert w.applicability()["tasks" if task == "images" else "training"] is None
+    if task == "images":  # the Tasks view takes it, on the held-out classes it was not trained on
+        tasks = w.views["tasks"]
+        assert init.key in tasks.inits and w.current_view() is tasks
+        assert tasks.wait_until_idle(120) and tasks.family is not None
 
 
 def test_every_family_through_every_view(window, qapp, families):
@@ -202,6 +220,10 @@ def test_every_family_through_every_view(window, qapp, families):
         _train(w, qapp, task)
         kind = TASKS.get(task)
         seen[task] = []
+        for name in ("adaptation", "per_layer"):  # before Compute, the hint says what it will compare
+            view = w.views[name]
+            if specs[name].reason(kind, ALGORITHMS) is None:
+                assert view.hint.toPlainText() == f"Press Compute to {view.what} (2 initializations)", name
         for name, spec in specs.items():
             reason = spec.reason(kind, ALGORITHMS)
             assert w.applicability()[name] == reason
@@ -212,14 +234,14 @@ def test_every_family_through_every_view(window, qapp, families):
             else:
                 _reason_shown(w, name, reason)
         folders[task] = w.run_folder
-        if task == order[-1]:  # last: a past run of another family opened over this one
+        if task == order[-1]:  # last: a past run of another family opened over this one, then an import of this
             _open_other(w, qapp, folders[order[0]], order[0])
-            w.reset()
+            _import_other(w, qapp, folders[task], task)
         else:
             following = order[order.index(task) + 1]
             w.panel.task.setCurrentIndex(w.panel.task.findData(following))  # another family in the form
         qapp.processEvents()
-        _nothing_of_a_run(w)
+        _nothing_of_a_run(w, imported=task == order[-1])
     # the views that do not apply where they cannot compute, and everywhere else they do
     assert set(seen["sinusoid"]) == set(specs) - {"tasks", "arena"}
     assert set(seen["line"]) == set(specs) - {"tasks", "arena"}
