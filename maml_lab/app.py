@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     _limit_threads(args.threads)
+    from .lab.memory import keep_freed_memory
+
+    keep_freed_memory()  # training reuses the same large buffers every iteration: no fresh pages (lab/memory.py)
     app = make_application()
     from .ui.main_window import MainWindow
 
