@@ -87,6 +87,10 @@ def test_a_pickle_that_would_run_code_fails_in_one_line_and_runs_nothing(tmp_pat
     r = _cli(tmp_path, "train", "--task", "images", "--data", "evil.pkl", "--split", "paper", "--eval-data",
              "evil.pkl", *QUICK)
     _one_line_failure(r, "the paper split makes its own held-out classes; --eval-data is for the lab split")
+    write_pickle(tmp_path / "fine.pkl", miniimagenet_dict(classes=2, per_class=2, size=8))
+    r = _cli(tmp_path, "train", "--task", "images", "--data", "fine.pkl", "--eval-data", "missing.pkl",
+             "--image-size", "8", "--image-mode", "rgb", "--ways", "2", *QUICK)
+    _one_line_failure(r, "image set not found: ", "missing.pkl")
 
 
 def test_torchmeta_hdf5_trains_with_its_test_split_held_out(tmp_path):

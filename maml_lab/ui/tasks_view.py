@@ -461,7 +461,8 @@ class TasksView(QWidget):
     # -- inputs --------------------------------------------------------------------------------------------
     @staticmethod
     def _key(config) -> tuple:
-        return (config.data, int(config.image_size), getattr(config, "image_mode", "grayscale"), int(config.ways),
+        return (config.data, getattr(config, "eval_data", None), (config.task_options or {}).get("split"),
+                int(config.image_size), getattr(config, "image_mode", "grayscale"), int(config.ways),
                 int(config.shots), int(config.queries))
 
     def set_experiment(self, config) -> None:
@@ -820,7 +821,7 @@ class TasksView(QWidget):
         self.browser.set_rows(browser_rows)
         k = [len(s) for s in task.support]
         shots_text = f"{k[0]}-shot" if len(set(k)) == 1 else f"{min(k)}–{max(k)} shots per class"
-        where = family.info.get("data") or "built-in glyphs"
+        where = family.info.get("eval_data") or family.info.get("data") or "built-in glyphs"
         self.support_hint.setText(f"{task.ways}-way {shots_text} · held-out classes of "
                                   f"{where if isinstance(where, str) else 'the set'}")
         self.support_hint.setToolTip(str(where))

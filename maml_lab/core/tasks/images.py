@@ -211,8 +211,9 @@ def check_training_memory(image_size: int, channels: int, ways: int, shots: int,
 def split_rule(num_classes: int, ways: int) -> tuple[int, str]:
     """How many classes meta-train (the rest are held out) and the rule, in words."""
     if num_classes >= PAPER_MIN_CLASSES:
-        return PAPER_TRAIN_CLASSES, (f"MAML paper: {PAPER_TRAIN_CLASSES} classes train, the rest held out "
-                                     f"(sets of {PAPER_MIN_CLASSES}+ classes)")
+        return PAPER_TRAIN_CLASSES, (f"the MAML paper's sizes: {PAPER_TRAIN_CLASSES} classes train, the rest held "
+                                     f"out (sets of {PAPER_MIN_CLASSES}+ classes, the lab's permutation; --split "
+                                     f"paper makes cbfinn/maml's own)")
     heldout = max(int(ways), int(round(HELDOUT_FRACTION * num_classes)))
     if num_classes - heldout < ways:
         raise ValueError(f"{ways}-way tasks need {ways} training and {ways} held-out classes, but the set has "
