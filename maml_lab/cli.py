@@ -320,7 +320,7 @@ def _config_from_args(args, base: dict | None = None):
 
 def _key_values(items: list[str], flag: str) -> dict:
     """KEY=VALUE pairs; VALUE read as a TOML value (0.8, true, [-1, 1], "text"), else kept as text."""
-    import tomllib
+    from .core.validation import InputError, TooDeepError, parse_toml
 
     out = {}
     for item in items:
@@ -328,8 +328,10 @@ def _key_values(items: list[str], flag: str) -> dict:
         if not sep or not key.strip():
             raise UsageError(f"{flag} takes KEY=VALUE, got {item!r}")
         try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
+            value = parse_toml(f"v = {text}", flag)["v"]
+        except TooDeepError as exc:
+            raise UsageError(f"{key.strip()}: {exc}") from None
+        except InputError:
             value = text
         out[key.strip()] = value
     return out
@@ -663,6 +665,7 @@ def cmd_eval(args) -> int:
             continue
         family = kind.from_description(meta.get("task", {}), data=args.data)
         queries = args.queries or 100
+        _check_eval_memory(path, params, model, args.tasks, max(shots_list) + queries, max(steps))
         from .core.analysis.card import EvaluationCard
 
         card = EvaluationCard.build(task, args.tasks, shots_list, steps, adaptation, queries=queries,
@@ -691,6 +694,19 @@ def cmd_eval(args) -> int:
         atomic_write_bytes(json_path.expanduser(), json.dumps({"evaluations": evaluations}, indent=2).encode())
         print(f"wrote {json_path}")
     return 0
+
+
+def _check_eval_memory(path, params, model, tasks: int, points: int, steps: int) -> None:
+    """Refuse an evaluation that cannot fit in memory: adaptation_curve adapts up to 600 tasks at once, each with its
+    own parameters and its points' activations (an MLP's widths) for the step being taken."""
+    from .core.validation import check_memory
+
+    count = sum(v.numel() for v in params.values())
+    width = sum(model.spec().get("sizes", [])) or 1
+    itemsize = max(v.element_size() for v in params.values())
+    chunk = min(tasks, 600)
+    check_memory(itemsize * chunk * 3 * (count + 2 * points * width),
+                 f"evaluating {path.name} on {tasks} tasks of {points} points")
 
 
 def cmd_download(args) -> int:

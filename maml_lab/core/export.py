@@ -14,11 +14,13 @@ import platform
 import tempfile
 import time
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .permissions import follow_umask
+from .validation import INT64_MAX, Rule, check_field, check_memory, check_table, check_value, rule, shapes_numel
 
 FORMAT = "maml-lab-initialization"
 FORMAT_VERSION = 1
@@ -28,6 +30,46 @@ SUFFIXES = (".safetensors", ".pt")
 
 class InitializationError(ValueError):
     """A file that cannot be imported as an initialization; the message says why."""
+
+
+@dataclass
+class MetadataSchema:
+    """The keys of an export's metadata the lab reads, and their types (core.validation); other keys pass as they
+    are. A file is untrusted input: each is checked before anything is built from it."""
+
+    format: str
+    format_version: int
+    model: dict
+    algorithm: str = "unknown"
+    task: dict = field(default_factory=lambda: {"name": "sinusoid"})
+    hyperparameters: dict = field(default_factory=dict)
+    iterations: int = rule(0, min=0, max=INT64_MAX)
+    metrics: dict = field(default_factory=dict)
+    extra_tensors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecordedExperiment:
+    """The experiment settings an export records beside its algorithm's (Trainer.metadata's hyperparameters), with
+    ExperimentConfig's rules."""
+
+    meta_batch_size: int = rule(1, min=1)
+    shots: int = rule(1, min=1)
+    queries: int = rule(1, min=1)
+    seed: int = rule(0, min=0, max=INT64_MAX)
+    dtype: str = rule("float32", choices=("float32", "float64"))
+
+
+# what each model kind's spec holds: key -> (type, rule, required); checked before the model is built
+_SIZES = (list[int], Rule(min=1, min_items=2), True)
+MODEL_SPEC_FIELDS = {
+    "mlp": {"sizes": _SIZES, "activation": (str, Rule(), False)},
+    "gaussian_mlp_policy": {"sizes": _SIZES, "activation": (str, Rule(), False),
+                            "init_log_std": (float, Rule(), False)},
+    "conv4": {"in_channels": (int, Rule(min=1), False), "ways": (int, Rule(min=1), False),
+              "filters": (int | None, Rule(min=1), False), "downsample": (str | None, Rule(), False),
+              "convention": (str, Rule(), False)},
+}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -171,7 +213,6 @@ def load_initialization(path: str | Path, expected_model: dict | None = None, wi
     extras) with the right shapes, and that they are finite. `expected_model` (a spec) refuses files for another
     model.
     """
-    from .models.build import build_model
 
     path = Path(path)
     if not path.exists():
@@ -183,27 +224,16 @@ def load_initialization(path: str | Path, expected_model: dict | None = None, wi
         meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "algorithm": "unknown",
                 "model": infer_mlp_spec(tensors), "task": {"name": "sinusoid"}, "hyperparameters": {},
                 "iterations": 0, "metrics": {}}
-    if meta.get("format") != FORMAT:
-        raise InitializationError(f"{path.name} is not a MAML Lab initialization (format {meta.get('format')!r})")
-    version = meta.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise InitializationError(f"{path.name} has format version {version!r}; this MAML Lab reads "
-                                  f"versions 1 to {FORMAT_VERSION} (upgrade MAML Lab?)")
-    spec = meta.get("model")
-    if not isinstance(spec, dict):
-        raise InitializationError(f"{path.name} has no model description in its metadata")
     try:
-        model = build_model(spec)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InitializationError(f"{path.name} describes a model this lab cannot build: {exc}") from None
+        model, expected = _model_of(meta, path.name)
+    except InitializationError:
+        raise
+    except ValueError as exc:  # core.validation's one line, with the file's name in front
+        raise InitializationError(f"{path.name}: {exc}") from None
     if expected_model is not None and expected_model != model.spec():
         raise InitializationError(f"{path.name} holds a {_describe(model.spec())}, but the lab expects a "
                                   f"{_describe(expected_model)}")
-    expected = OrderedDict((k, tuple(v.shape)) for k, v in
-                           model.init_params(torch.Generator().manual_seed(0)).items())
     listed = meta.get("extra_tensors") or []
-    if not (isinstance(listed, list) and all(isinstance(k, str) for k in listed)):
-        raise InitializationError(f"{path.name}: metadata 'extra_tensors' must be a list of tensor names")
     extras = OrderedDict((k, tensors[k]) for k in listed if k in tensors)
     missing = [k for k in [*expected, *listed] if k not in tensors]
     extra = [k for k in tensors if k not in expected and k not in extras]
@@ -223,6 +253,102 @@ def load_initialization(path: str | Path, expected_model: dict | None = None, wi
             raise InitializationError(f"{path.name}: extra tensor {k} must be finite floating point")
     params = OrderedDict((k, tensors[k]) for k in expected)
     return (params, extras, meta, model) if with_extras else (params, meta, model)
+
+
+def _model_of(meta, name: str):
+    """(model, {tensor name: shape}) that validated metadata describes, built without allocating its parameters.
+
+    Checks, in order: the metadata's structure and types (MetadataSchema), its format and version, the model spec's
+    fields, that the model fits the task family it names, that the hyperparameters the lab reads are well typed,
+    and that the model's parameters fit in this machine's memory."""
+    from .models.build import build_model
+
+    where = "metadata"
+    check_table(where, "(the whole metadata)", meta)
+    if meta.get("format") != FORMAT:
+        raise InitializationError(f"{name} is not a MAML Lab initialization (format {show_short(meta.get('format'))})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION or version < 1:
+        raise InitializationError(f"{name} has format version {show_short(version)}; this MAML Lab reads "
+                                  f"versions 1 to {FORMAT_VERSION} (upgrade MAML Lab?)")
+    if not isinstance(meta.get("model"), dict):
+        raise InitializationError(f"{name} has no model description in its metadata")
+    for key in ("algorithm", "task", "hyperparameters", "iterations", "metrics", "extra_tensors"):
+        if key in meta and not (key == "extra_tensors" and meta[key] is None):
+            check_field(MetadataSchema, where, key, meta[key])
+    spec = meta["model"]
+    kind = check_value(where, "model.kind", spec.get("kind"), str)
+    for key, (hint, r, required) in MODEL_SPEC_FIELDS.get(kind, {}).items():
+        if required or key in spec:
+            check_value(where, f"model.{key}", spec.get(key), hint, r)
+    if kind == "conv4" and "image_size" in spec:
+        size = spec["image_size"]
+        check_value(where, "model.image_size", size, list[int] if isinstance(size, list) else int, Rule(min=1))
+    task = meta.get("task") or {"name": "sinusoid"}
+    _check_hyperparameters(meta.get("hyperparameters") or {})
+    try:
+        model = build_model(spec)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise InitializationError(f"{name} describes a model this lab cannot build: {exc}") from None
+    _check_model_fits_task(model, task, name)
+    shapes = getattr(model, "param_shapes", None)
+    if shapes is None:  # a model kind without a shape description: its parameters, built once
+        expected = OrderedDict((k, tuple(v.shape)) for k, v in
+                               model.init_params(torch.Generator().manual_seed(0)).items())
+    else:
+        expected = OrderedDict((k, tuple(int(d) for d in v)) for k, v in shapes().items())
+    check_memory(4 * shapes_numel(expected), f"its model, a {_describe(model.spec())} of "
+                                             f"{shapes_numel(expected):,} parameters")
+    return model, expected
+
+
+def show_short(value) -> str:
+    from .validation import show
+
+    return show(value, 40)
+
+
+def _check_hyperparameters(hyper: dict) -> None:
+    """The recorded settings the lab reads back (eval's shots, the algorithm's fine-tuning rule), by the schemas
+    of AlgorithmConfig and RecordedExperiment."""
+    from .algorithms.config import AlgorithmConfig
+
+    for key, value in hyper.items():
+        for cls in (AlgorithmConfig, RecordedExperiment):
+            if key in cls.__dataclass_fields__ and key not in ("name", "options"):
+                check_field(cls, "metadata", key, value, f"hyperparameters.{key}")
+                break
+
+
+def _check_model_fits_task(model, task: dict, name: str) -> None:
+    """Refuse a model of another kind than its task family trains (a navigation policy named as a sinusoid
+    export, a conv-4 with other ways or image size than its task records)."""
+    from .tasks.registry import TASKS
+
+    family = check_value("metadata", "task.name", task.get("name", "sinusoid"), str)
+    spec = model.spec()
+    entry = TASKS.get(family) if family in TASKS else None  # a plug-in family not installed: not checked here
+    kind = getattr(entry, "model_kind", None)
+    if kind is not None and spec.get("kind") != kind:
+        raise InitializationError(f"{name} holds a {_describe(spec)}, but its task family {family!r} trains "
+                                  f"{kind} models: the file does not fit its own metadata")
+    if spec.get("kind") == "conv4":
+        ways = task.get("ways")
+        if ways is not None and ways != spec.get("ways"):
+            raise InitializationError(f"{name}: its task has {show_short(ways)} ways but its model a "
+                                      f"{spec.get('ways')}-way output layer")
+        size = spec.get("image_size")
+        hw = [size, size] if isinstance(size, int) else list(size)
+        shape = task.get("input_shape")
+        if shape is not None and shape != [spec.get("in_channels", 1), *hw]:
+            raise InitializationError(f"{name}: its task's images are {show_short(shape)} but its model takes "
+                                      f"{[spec.get('in_channels', 1), *hw]}")
+        for key in ("preprocessing_request", "preprocessing"):
+            recorded = check_table("metadata", f"task.{key}", task.get(key) or {})
+            size = recorded.get("size")
+            if size is not None and size != hw:
+                raise InitializationError(f"{name}: task.{key}.size = {show_short(size)} does not match the "
+                                          f"model's images of {hw[0]}x{hw[1]}")
 
 
 def _describe(spec: dict) -> str:

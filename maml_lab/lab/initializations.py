@@ -50,7 +50,8 @@ def adaptation_from_metadata(meta: dict, inner_lr: float | None = None, tensors:
     """How an exported initialization fine-tunes: its algorithm's config from the recorded hyperparameters, with
     the learned `tensors` exported beside theta (a LearnedAdaptation); an unknown algorithm or unreadable settings:
     plain SGD with the recorded step size. `inner_lr` overrides the step size."""
-    hyper = dict(meta.get("hyperparameters") or {})
+    hyper = meta.get("hyperparameters")
+    hyper = dict(hyper) if isinstance(hyper, dict) else {}  # load_initialization has checked it; others may not
     name = meta.get("algorithm")
     if inner_lr is not None:
         hyper["inner_lr"] = inner_lr

@@ -93,7 +93,7 @@ def test_config_toml_round_trip_and_validation(tmp_path):
     back = ExperimentConfig.load_toml(tmp_path / "c.toml")
     assert back == cfg
     (tmp_path / "bad.toml").write_text("iterations = -1\n")
-    with pytest.raises(ValueError, match="iterations must be >= 1"):
+    with pytest.raises(ValueError, match=r"iterations = -1: expected an integer >= 1"):
         ExperimentConfig.load_toml(tmp_path / "bad.toml")
     (tmp_path / "broken.toml").write_text("iterations = [\n")
     with pytest.raises(ValueError, match="not valid TOML"):

@@ -3,13 +3,13 @@ an initialization the way that algorithm does at test time."""
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
+from ..validation import check_field, check_fields, check_like, check_table, fail, rule
 from .adaptation import sgd_trajectory
 from .base import LearnedAdaptation, MetaAlgorithm
 from .registry import ALGORITHMS, algorithm_class
@@ -20,20 +20,21 @@ class AlgorithmConfig:
     """Hyperparameters of one algorithm. Names follow cbfinn/maml and supervised-reptile."""
 
     name: str = "maml"
-    inner_lr: float = 0.01  # alpha: inner SGD step size, also used to fine-tune at test time
-    inner_steps: int = 1  # inner steps during meta-training (Reptile's k)
-    test_inner_steps: int = 10  # steps used when evaluating
-    meta_lr: float = 1e-3  # outer Adam learning rate (every algorithm but Reptile, whose outer step is epsilon)
-    inner_optimizer: str = "sgd"  # Reptile only: sgd or adam
-    outer_lr_start: float = 1.0  # Reptile only: epsilon at the first iteration ...
-    outer_lr_end: float = 0.0  # ... annealed linearly to this at the last
-    meta_lr_schedule: str = "constant"  # or "cosine": meta-lr annealed to 0 over the run (MAML++)
+    inner_lr: float = rule(0.01, above=0)  # alpha: inner SGD step size, also used to fine-tune at test time
+    inner_steps: int = rule(1, min=0)  # inner steps during meta-training (Reptile's k)
+    test_inner_steps: int = rule(10, min=0)  # steps used when evaluating
+    meta_lr: float = rule(1e-3, above=0)  # outer Adam learning rate (every algorithm but Reptile: epsilon)
+    inner_optimizer: str = rule("sgd", choices=("sgd", "adam"))  # Reptile only: sgd or adam
+    outer_lr_start: float = rule(1.0, min=0)  # Reptile only: epsilon at the first iteration ...
+    outer_lr_end: float = rule(0.0, min=0)  # ... annealed linearly to this at the last
+    # or "cosine": meta-lr annealed to 0 over the run (MAML++)
+    meta_lr_schedule: str = rule("constant", choices=("constant", "cosine"))
     # the outer step on sampled (RL) tasks: "adam" (Adam at meta_lr on the surrogate) or "trpo" (cbfinn/maml_rl's
     # TRPO, max KL 0.01: rl/trpo.py); supervised families take adam
-    outer_optimizer: str = "adam"
+    outer_optimizer: str = rule("adam", choices=("adam", "trpo"))
     # MAML/FOMAML: meta-loss = sum_s w_s * query loss after inner step s, one weight per inner step (MAML++'s
     # multi-step loss); empty: the query loss after the last step only (the MAML paper)
-    step_loss_weights: list[float] = field(default_factory=list)
+    step_loss_weights: list[float] = rule(default_factory=list, min=0)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -41,27 +42,15 @@ class AlgorithmConfig:
     # algorithm-specific settings a registered algorithm declares in `option_defaults` (plug-ins); TOML keys
     options: dict = field(default_factory=dict)
 
-    def validate(self) -> None:
+    def validate(self, where: str = "config") -> None:
+        """Types and ranges (core.validation's schema: the field hints and rules above), then what the algorithm
+        itself requires; `where` starts each message ("config", "metadata")."""
+        check_field(AlgorithmConfig, where, "name", self.name, "algorithm name")
         cls = algorithm_class(self.name)  # unknown names: "unknown algorithm 'x' (one of ...)"
-        for key in ("inner_lr", "meta_lr"):
-            value = getattr(self, key)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{key.replace('_', '-')} must be a positive number, got {value}")
-        for key in ("outer_lr_start", "outer_lr_end"):
-            value = getattr(self, key)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{key.replace('_', '-')} must be >= 0, got {value}")
+        prefix = f"algorithms.{self.name}."
+        check_fields(self, where, prefix)
         if self.inner_steps < cls.min_inner_steps:
-            raise ValueError(f"inner-steps must be >= {cls.min_inner_steps}, got {self.inner_steps}")
-        if self.test_inner_steps < 0:
-            raise ValueError(f"test-inner-steps must be >= 0, got {self.test_inner_steps}")
-        if self.meta_lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"meta-lr-schedule must be constant or cosine, got {self.meta_lr_schedule!r}")
-        if self.outer_optimizer not in ("adam", "trpo"):
-            raise ValueError(f"outer-optimizer must be adam or trpo, got {self.outer_optimizer!r}")
-        if self.inner_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"inner-optimizer must be sgd or adam, got {self.inner_optimizer!r}")
-        self.step_loss_weights = [float(w) for w in self.step_loss_weights]
+            raise fail(where, prefix + "inner_steps", self.inner_steps, f"an integer >= {cls.min_inner_steps}")
         unknown = sorted(set(self.options) - set(cls.option_defaults))
         if unknown:
             raise ValueError(f"{self.name} has no option(s) {', '.join(unknown)}"
@@ -73,9 +62,11 @@ class AlgorithmConfig:
             if len(weights) != self.inner_steps:
                 raise ValueError(f"step-loss-weights needs one weight per inner step ({self.inner_steps}), "
                                  f"got {len(weights)}")
-            if not (all(math.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0):
-                raise ValueError(f"step-loss-weights must be >= 0 with a positive sum, got {weights}")
-        cls.check_config(self)
+            if not sum(weights) > 0:
+                raise fail(where, prefix + "step_loss_weights", weights, "weights >= 0 with a positive sum")
+        cls.check_config(self)  # the algorithm's own words for its options first, then their declared types
+        for key, value in self.options.items():
+            self.options[key] = check_like(where, prefix + key, value, cls.option_defaults[key])
 
     def option(self, key: str):
         """An algorithm-specific setting: the config's value, else the algorithm's declared default."""
@@ -95,7 +86,7 @@ class AlgorithmConfig:
         base.update(algo.task_defaults.get("*", {}))
         base.update(algo.task_defaults.get(task, {}))
         # an override's nested `options` (TOML written from asdict) count as overrides too, above the defaults
-        nested = overrides.pop("options", None) or {}
+        nested = check_table("config", f"algorithms.{name}.options", overrides.pop("options", None) or {})
         base.update({k: v for k, v in {**overrides, **nested}.items() if v is not None})
         return cls.from_dict(base, strict=True)
 
@@ -111,11 +102,12 @@ class AlgorithmConfig:
     def from_dict(cls, data: dict, strict: bool = False) -> "AlgorithmConfig":
         """Known fields as such, an algorithm's declared options into `options`; other keys are dropped (or
         refused, when `strict`: a typo in a TOML file should not pass silently)."""
+        check_table("config", "algorithms[]", data)
         known = {f.name for f in fields(cls)}
-        name = data.get("name", "maml")
+        name = check_field(cls, "config", "name", data.get("name", "maml"), "algorithm name")
         declared = algorithm_class(name).option_defaults
         values = {k: v for k, v in data.items() if k in known}
-        options = dict(values.pop("options", None) or {})
+        options = dict(check_table("config", f"algorithms.{name}.options", values.pop("options", None) or {}))
         options.update({k: v for k, v in data.items() if k in declared})
         extra = sorted(set(data) - known - set(declared))
         if strict and extra:

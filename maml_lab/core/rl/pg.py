@@ -47,8 +47,13 @@ def linear_baseline(obs: torch.Tensor, mask: torch.Tensor, returns: torch.Tensor
     gram = f.transpose(1, 2) @ f
     rhs = f.transpose(1, 2) @ y
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    coeffs = torch.zeros_like(rhs)
-    todo = torch.ones(b, dtype=torch.bool, device=gram.device)
+    # a task whose rollouts went non-finite (a diverged policy) is not fitted (LAPACK asserts on NaN): its baseline
+    # is NaN, so its cost is too and the trainer stops the run as diverged
+    finite = torch.isfinite(gram).all(dim=(1, 2)) & torch.isfinite(rhs).all(dim=(1, 2))
+    gram = torch.where(finite.view(-1, 1, 1), gram, eye)
+    rhs = torch.where(finite.view(-1, 1, 1), rhs, torch.zeros_like(rhs))
+    coeffs = torch.where(finite.view(-1, 1, 1), torch.zeros_like(rhs), torch.full_like(rhs, float("nan")))
+    todo = finite.clone()
     for _ in range(tries):
         sol = torch.linalg.lstsq(gram + reg * eye, rhs).solution
         ok = torch.isfinite(sol).all(dim=(1, 2)) & todo

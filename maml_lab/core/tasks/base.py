@@ -173,6 +173,9 @@ class TaskFamilyKind:
     # threads pay even beside a GUI thread; False: small ops (an MLP on a few points), where an extra thread
     # costs more than it gives. The app sizes its training thread by it (lab/threads.py)
     parallel_ops: ClassVar[bool] = False
+    # the model kind (spec "kind") this family trains: an export of another kind is refused for it (its metadata
+    # cannot name this family); None: not checked (plug-in families)
+    model_kind: ClassVar[str | None] = None
     # how the Adaptation view and Training curves plot the loss: (label, sign) of a metric it stands for, e.g.
     # ("average return", -1) where the loss is a cost; None: the loss itself, as `loss_label`
     plot_metric: ClassVar[tuple[str, float] | None] = None

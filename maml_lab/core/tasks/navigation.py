@@ -34,6 +34,7 @@ import torch
 
 from ..rl import pg, policy_grad
 from ..rl.objective import ObjectiveBatch, PolicySamples
+from ..validation import Rule
 from .base import NoPlayground, TaskBatch, TaskFamilyKind
 
 _MIX_TASK = 0x9E3779B97F4A7C15
@@ -381,6 +382,7 @@ class NavigationTasks(TaskFamilyKind):
     playground = NoPlayground("A navigation task is a goal in the plane, not a curve: the Arena view places a goal "
                               "and shows each policy's trajectories before and after adapting to it.")
     option_defaults = {"horizon": 100}
+    model_kind = "gaussian_mlp_policy"
 
     @classmethod
     def reference_curves(cls, family, model, shots, max_steps, adaptation, num_tasks, queries, dtype=torch.float32):
@@ -412,10 +414,9 @@ class NavigationTasks(TaskFamilyKind):
     @classmethod
     def validate(cls, config) -> None:
         from ..algorithms.registry import algorithm_class
+        from ..validation import check_training_memory, check_value, mlp_parameters
 
-        horizon = config.task_option("horizon")
-        if not (isinstance(horizon, int) and horizon >= 1):
-            raise ValueError(f"navigation horizon must be an integer >= 1, got {horizon!r}")
+        horizon = check_value("config", "task_options.horizon", config.task_option("horizon"), int, Rule(min=1))
         for a in config.algorithms:
             if not getattr(algorithm_class(a.name), "sampled_tasks", False):
                 raise ValueError(f"{a.name} does not train on sampled (RL) tasks such as navigation")
@@ -426,6 +427,12 @@ class NavigationTasks(TaskFamilyKind):
         if config.activation not in ACTIVATIONS:
             raise ValueError(f"navigation policy activation must be one of {', '.join(ACTIVATIONS)}, "
                              f"got {config.activation!r}")
+        sizes = [2, *config.hidden, 2]
+        trajectories = config.shots + config.queries
+        per_task = trajectories * horizon * (2 * sum(sizes) + 32)  # rollouts, the policy's activations, baselines
+        check_training_memory(config, mlp_parameters(sizes), per_task, per_task,
+                              f"{config.meta_batch_size} goals x {trajectories} trajectories x {horizon} steps "
+                              f"with a {'-'.join(map(str, sizes))} policy")
 
     @classmethod
     def build(cls, config, progress=None, cancel=None) -> NavigationFamily:
@@ -439,16 +446,21 @@ class NavigationTasks(TaskFamilyKind):
 
     @classmethod
     def from_description(cls, description: dict, data=None, progress=None, cancel=None, hint: str = ""):
+        from ..validation import check_table, check_value, fail
+
         d = NavigationFamily()
-        try:
-            return NavigationFamily(tuple(description.get("goal_range", d.goal_range)),
-                                    int(description.get("horizon", d.horizon)),
-                                    float(description.get("max_speed", d.max_speed)),
-                                    float(description.get("goal_tolerance", d.goal_tolerance)),
-                                    float(description.get("discount", d.discount)),
-                                    float(description.get("baseline", {}).get("reg", d.baseline_reg)))
-        except (TypeError, AttributeError) as exc:
-            raise ValueError(f"navigation task description is malformed: {exc}") from None
+        goal_range = check_value("metadata", "task.goal_range", description.get("goal_range", list(d.goal_range)),
+                                 list[float])
+        if len(goal_range) != 2:
+            raise fail("metadata", "task.goal_range", goal_range, "[low, high]")
+        baseline = check_table("metadata", "task.baseline", description.get("baseline", {}))
+        values = {key: check_value("metadata", f"task.{key}", description.get(key, getattr(d, key)), hint, r)
+                  for key, hint, r in (("horizon", int, Rule(min=1)), ("max_speed", float, Rule(above=0)),
+                                       ("goal_tolerance", float, Rule(above=0)),
+                                       ("discount", float, Rule(above=0, max=1)))}
+        reg = check_value("metadata", "task.baseline.reg", baseline.get("reg", d.baseline_reg), float, Rule(min=0))
+        return NavigationFamily(tuple(goal_range), values["horizon"], values["max_speed"], values["goal_tolerance"],
+                                values["discount"], reg)
 
 
 def evaluate_returns(model, family: NavigationFamily, params, steps: int, adaptation, num_tasks: int = 40,
@@ -474,10 +486,18 @@ def eval_navigation_initialization(args, params, meta, model, steps_list, adapta
     policy-gradient steps, with a random initialization and the oracle for reference."""
     from ..algorithms.config import adaptation_text
     from ..analysis.evaluation import mean_ci95
+    from ..validation import check_memory, check_value, mlp_parameters
 
     family = NavigationTasks.from_description(meta.get("task", {}))
     steps_list = sorted(set(steps_list or [0, 1, 2, 3]))
-    trajectories = (args.shots or [int(meta.get("hyperparameters", {}).get("shots", 20))])[0]
+    recorded = check_value("metadata", "hyperparameters.shots", meta.get("hyperparameters", {}).get("shots", 20),
+                           int, Rule(min=1))
+    trajectories = (args.shots or [recorded])[0]
+    sizes = model.spec().get("sizes", [2, 100, 100, 2])
+    # every goal's trajectories at once, for the initialization and a random one, and the per-task parameters
+    per_goal = trajectories * family.horizon * (2 * sum(sizes) + 32) + 2 * mlp_parameters(sizes)
+    check_memory(2 * 4 * args.tasks * per_goal, f"evaluating {args.tasks} goals x {trajectories} trajectories x "
+                                                 f"{family.horizon} steps")
     res = evaluate_returns(model, family, params, max(steps_list), adaptation, args.tasks, trajectories, args.seed,
                            device, dtype)
     print(f"  {args.tasks} held-out goals, {trajectories} trajectories per step, {adaptation_text(adaptation)}: "

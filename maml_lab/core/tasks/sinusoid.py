@@ -110,6 +110,18 @@ class SinusoidTasks(TaskFamilyKind):
     experiment_defaults = {"meta_batch_size": 25, "shots": 10, "queries": 10, "iterations": 70000}
     playground = sinusoid_playground()
 
+    model_kind = "mlp"
+
+    @classmethod
+    def validate(cls, config) -> None:
+        from ..validation import check_training_memory, mlp_parameters
+
+        sizes = [1, *config.hidden, 1]
+        per_task = (config.shots + config.queries) * 2 * sum(sizes)  # pre- and post-activation of every point
+        check_training_memory(config, mlp_parameters(sizes), per_task, per_task,
+                              f"an MLP {'-'.join(map(str, sizes))} on meta-batches of {config.meta_batch_size} x "
+                              f"{config.shots + config.queries} points")
+
     @classmethod
     def build(cls, config, progress=None, cancel=None) -> SinusoidFamily:
         return SinusoidFamily()
@@ -117,9 +129,16 @@ class SinusoidTasks(TaskFamilyKind):
     @classmethod
     def from_description(cls, description: dict, data=None, progress=None, cancel=None, hint: str = ""):
         """The tasks an initialization was trained on, from its metadata's task description."""
+        from ..validation import check_value, fail
+
         d = SinusoidFamily()
-        return SinusoidFamily(*(tuple(description.get(key, getattr(d, key)))
-                                for key in ("amplitude", "phase", "x_range")))
+        ranges = []
+        for key in ("amplitude", "phase", "x_range"):
+            pair = check_value("metadata", f"task.{key}", description.get(key, list(getattr(d, key))), list[float])
+            if len(pair) != 2 or pair[0] > pair[1]:
+                raise fail("metadata", f"task.{key}", pair, "[low, high] with low <= high")
+            ranges.append(tuple(pair))
+        return SinusoidFamily(*ranges)
 
     @classmethod
     def model(cls, config, family):

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..validation import check_checkpoint_header
+
 FORMAT = "maml-lab-checkpoint"
 FORMAT_VERSION = 2  # 2: algorithm state through MetaAlgorithm.state_dict, bounded metrics logs
 METADATA_KEY = "maml_lab_checkpoint"
@@ -264,6 +266,10 @@ def read_checkpoint(path: str | Path, tensors: bool = True) -> tuple[dict[str, t
         header = json.loads(raw)
     except json.JSONDecodeError:
         raise CheckpointError(f"{path.name} has a corrupt checkpoint header (not JSON)") from None
+    try:
+        check_checkpoint_header(header)  # core.validation: its keys' types, before anything reads them
+    except ValueError as exc:
+        raise CheckpointError(f"{path.name}: {exc}") from None
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is not a MAML Lab checkpoint (format {header.get('format')!r})")
     version = header.get("format_version")

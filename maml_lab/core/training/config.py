@@ -6,11 +6,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import tomli_w
-import tomllib
 
 from ..algorithms.config import AlgorithmConfig
 from ..algorithms.registry import algorithm_names
+from ..models.mlp import ACTIVATIONS
 from ..tasks.registry import task_family
+from ..validation import INT64_MAX, check_field, check_fields, check_like, check_table, fail, parse_toml, rule
 from .device import DTYPES
 
 IMAGE_MODES = ("grayscale", "rgb")
@@ -25,29 +26,32 @@ class ExperimentConfig:
 
     task: str = "sinusoid"
     algorithms: list[AlgorithmConfig] | None = None  # None: MAML with the task's defaults
-    hidden: list[int] | None = None  # hidden widths of the MLP (or policy): the family's default, else DEFAULT_HIDDEN
-    activation: str = "relu"
-    meta_batch_size: int | None = None
-    shots: int | None = None  # K support points (per class for images)
-    queries: int | None = None  # query points per task (per class for images)
-    iterations: int | None = None
-    seed: int = 0
+    # hidden widths of the MLP (or policy): the family's default, else DEFAULT_HIDDEN
+    hidden: list[int] | None = rule(None, min=1, min_items=1)
+    activation: str = rule("relu", choices=tuple(ACTIVATIONS))
+    meta_batch_size: int | None = rule(None, min=1)
+    shots: int | None = rule(None, min=1)  # K support points (per class for images)
+    queries: int | None = rule(None, min=1)  # query points per task (per class for images)
+    iterations: int | None = rule(None, min=1, max=INT64_MAX)
+    seed: int = rule(0, min=0, max=INT64_MAX)
     device: str = "auto"
-    dtype: str = "float32"
-    val_every: int = 500  # validation loss every N iterations (0: never)
-    val_tasks: int = 100
+    dtype: str = rule("float32", choices=tuple(DTYPES))
+    val_every: int = rule(500, min=0)  # validation loss every N iterations (0: never)
+    val_tasks: int = rule(100, min=0)
     # image tasks
-    data: str | list[str] | None = None  # image set path (zip, folder, mini-ImageNet file) or several trained as one;
-    # None: the built-in glyph set
+    data: str | list[str] | None = rule(None, min_items=1)  # image set path (zip, folder, mini-ImageNet file) or
+    # several trained as one; None: the built-in glyph set
     eval_data: str | None = None  # a separate held-out image set: validation and eval use its classes only
-    ways: int = 5
-    image_size: int = 28
-    image_mode: str = "grayscale"  # or "rgb"
+    ways: int = rule(5, min=1)
+    image_size: int = rule(28, min=1)
+    image_mode: str = rule("grayscale", choices=IMAGE_MODES)  # or "rgb"
     rotations: bool = True  # training classes also appear rotated by 90, 180 and 270 degrees, as new classes
     # settings a task family declares in its `option_defaults` (plug-in families); TOML table [task_options]
     task_options: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_field(ExperimentConfig, "config", "task", self.task)
+        check_fields(self, "config", skip=("algorithms",))  # before the family's defaults fill what is unset
         for key, value in self.task_defaults(self.task).items():
             if getattr(self, key) is None:
                 setattr(self, key, list(value) if isinstance(value, list) else value)
@@ -65,39 +69,30 @@ class ExperimentConfig:
         return dict(task_family(task).experiment_defaults)  # unknown: "unknown task family 'x' (one of ...)"
 
     def validate(self) -> None:
-        kind = task_family(self.task)
-        if not self.algorithms:
+        """Types and ranges of every field (core.validation's schema: the hints and rules above), the algorithms'
+        own, the task family's options against their declared defaults, then what the family requires (its
+        `validate`, where it also estimates the memory a run needs)."""
+        kind = task_family(check_field(ExperimentConfig, "config", "task", self.task))
+        check_fields(self, "config", skip=("algorithms",))
+        for key in ("meta_batch_size", "shots", "queries", "iterations", "hidden"):
+            if getattr(self, key) is None:
+                raise ValueError(f"config: {key} is not set, and task family {self.task} gives no default")
+        if not isinstance(self.algorithms, list) or not self.algorithms:
             raise ValueError("choose at least one algorithm")
         names = [a.name for a in self.algorithms]
         if len(set(names)) != len(names):
             raise ValueError(f"each algorithm can appear once, got {names}")
         for a in self.algorithms:
             a.validate()
-        for key in ("meta_batch_size", "shots", "iterations", "ways", "image_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"{key.replace('_', '-')} must be >= 1, got {getattr(self, key)}")
-        for key in ("queries", "val_every", "val_tasks", "seed"):
-            if int(getattr(self, key)) < 0:
-                raise ValueError(f"{key.replace('_', '-')} must be >= 0, got {getattr(self, key)}")
-        if self.queries < 1:
-            raise ValueError(f"queries must be >= 1, got {self.queries}")
-        if not self.hidden or any(int(h) < 1 for h in self.hidden):
-            raise ValueError(f"hidden widths must be positive integers, got {self.hidden}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r} (one of {', '.join(DTYPES)})")
-        paths = isinstance(self.data, (list, tuple)) and self.data and all(isinstance(d, str) and d for d in self.data)
-        if self.data is not None and not isinstance(self.data, str) and not paths:
-            raise ValueError(f"data must be a path or a list of paths, got {self.data!r}")
-        if isinstance(self.data, tuple):
-            self.data = list(self.data)
-        if self.eval_data is not None and not (isinstance(self.eval_data, str) and self.eval_data):
-            raise ValueError(f"eval_data must be a path, got {self.eval_data!r}")
-        if self.image_mode not in IMAGE_MODES:
-            raise ValueError(f"unknown image mode {self.image_mode!r} (one of {', '.join(IMAGE_MODES)})")
+        for key, value in (("data", self.data), ("eval_data", self.eval_data)):
+            if value == "" or (isinstance(value, list) and "" in value):
+                raise fail("config", key, value, "a path or a list of paths")
         unknown = sorted(set(self.task_options) - set(kind.option_defaults))
         if unknown:
             raise ValueError(f"task family {self.task} has no option(s) {', '.join(unknown)}"
                              + (f" (it takes {', '.join(kind.option_defaults)})" if kind.option_defaults else ""))
+        for key, value in self.task_options.items():
+            self.task_options[key] = check_like("config", f"task_options.{key}", value, kind.option_defaults[key])
         kind.validate(self)
 
     def task_option(self, key: str):
@@ -123,24 +118,33 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ExperimentConfig":
-        data = dict(data)
+        data = dict(check_table("config", "(the whole config)", data))
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown config key(s): {', '.join(unknown)}")
         algos = data.pop("algorithms", None)
-        task = data.get("task", "sinusoid")
+        task = check_field(cls, "config", "task", data.get("task", "sinusoid"))
         task_family(task)  # unknown: refused with the registered names
         if isinstance(algos, dict):
             bad = sorted(set(algos) - set(algorithm_names()))
             if bad:
                 raise ValueError(f"unknown algorithm(s) in config: {', '.join(bad)} "
                                  f"(one of {', '.join(algorithm_names())})")
-            data["algorithms"] = [AlgorithmConfig.defaults(name, task=task, **(opts or {}))
-                                  for name, opts in algos.items()]
+            data["algorithms"] = [AlgorithmConfig.defaults(name, task=task, **check_table(
+                "config", f"algorithms.{name}", opts if opts is not None else {})) for name, opts in algos.items()]
         elif isinstance(algos, list):
+            for i, a in enumerate(algos):
+                if not isinstance(a, (str, dict, AlgorithmConfig)):
+                    raise fail("config", f"algorithms[{i}]", a, f"an algorithm name ({', '.join(algorithm_names())})")
             data["algorithms"] = [AlgorithmConfig.defaults(a, task=task) if isinstance(a, str)
-                                  else AlgorithmConfig.from_dict(a) for a in algos]
+                                  else a if isinstance(a, AlgorithmConfig) else AlgorithmConfig.from_dict(a)
+                                  for a in algos]
+        elif isinstance(algos, str):
+            raise fail("config", "algorithms", algos, f'a list of names, e.g. algorithms = ["{algos}"], or a '
+                                                       f"table per algorithm, e.g. [algorithms.{algos}]")
+        elif algos is not None:
+            raise fail("config", "algorithms", algos, "a list of algorithm names or a table per algorithm")
         try:
             return cls(**data)
         except TypeError as exc:
@@ -157,9 +161,10 @@ class ExperimentConfig:
         if not path.is_file():
             raise ValueError(f"config file not found: {path}")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{path} is not valid TOML: {exc}") from None
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not valid TOML: not UTF-8 text") from None
+        data = parse_toml(text, str(path))
         return cls.from_dict(data)
 
 
