@@ -21,7 +21,6 @@ import functools
 import json
 import math
 import operator
-import os
 import types
 import typing
 from dataclasses import dataclass
@@ -283,16 +282,18 @@ def parse_toml(text: str, source: str) -> dict:
 
 # -- memory ---------------------------------------------------------------------------------------------------------
 def total_memory() -> int | None:
-    """The machine's physical memory in bytes (None where the system does not say)."""
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    """The memory this process may use at most: the machine's physical memory (os.sysconf), or a smaller container
+    limit; None where the system does not say. One definition with the image-set loader's limits."""
+    from .tasks.imagelimits import machine_memory
+
+    return machine_memory()
 
 
 def gigabytes(n: float) -> str:
-    gb = n / 1e9
-    return f"{gb:,.0f} GB" if gb >= 10 else f"{gb:.1f} GB" if gb >= 0.1 else f"{max(n / 1e6, 0.1):.1f} MB"
+    """A size for people, in the units every memory message of the lab uses."""
+    from .tasks.imagelimits import format_bytes
+
+    return format_bytes(n)
 
 
 def check_memory(needed: float, what: str, available: int | None = None) -> None:

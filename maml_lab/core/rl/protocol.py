@@ -126,7 +126,7 @@ def eval_navigation(args, params, meta, model, adaptation, device, dtype) -> dic
     number of policy-gradient steps, a random initialization and the oracle beside it, and the card."""
     from ..algorithms.config import adaptation_config
     from ..analysis.evaluation import mean_ci95
-    from ..tasks.navigation import NavigationTasks
+    from ..tasks.navigation import NavigationTasks, check_eval_memory
 
     family = NavigationTasks.from_description(meta.get("task", {}))
     steps_list = sorted(set(args.steps or [0, 1, 2, 3]))
@@ -134,6 +134,7 @@ def eval_navigation(args, params, meta, model, adaptation, device, dtype) -> dic
     trained_lr = config.inner_lr if config is not None else float(adaptation)
     trajectories = (args.shots or [int(meta.get("hyperparameters", {}).get("shots", 20))])[0]
     protocol = getattr(args, "protocol", None) or "lab"
+    check_eval_memory(model, family, max(args.tasks or 40, 40), trajectories)  # core.validation, before sampling
     res = evaluate(model, family, params, protocol, max(steps_list), trained_lr, meta.get("algorithm"),
                    args.tasks, trajectories, args.seed, getattr(args, "inner_lr", None), device, dtype)
     card = res["card"]

@@ -481,23 +481,26 @@ def evaluate_returns(model, family: NavigationFamily, params, steps: int, adapta
     return out
 
 
+def check_eval_memory(model, family: NavigationFamily, goals: int, trajectories: int) -> None:
+    """Refuse an evaluation that cannot fit in memory (every goal's trajectories rolled out at once, for the
+    initialization and a random one, with the per-goal parameters), before anything is sampled."""
+    from ..validation import check_memory, mlp_parameters
+
+    sizes = model.spec().get("sizes", [2, 100, 100, 2])
+    per_goal = trajectories * family.horizon * (2 * sum(sizes) + 32) + 2 * mlp_parameters(sizes)
+    check_memory(2 * 4 * goals * per_goal, f"evaluating {goals} goals x {trajectories} trajectories x "
+                                           f"{family.horizon} steps")
+
+
 def eval_navigation_initialization(args, params, meta, model, steps_list, adaptation, device, dtype) -> dict:
     """`maml-lab eval` for a navigation policy: average return (95% CI over goals) after each number of
     policy-gradient steps, with a random initialization and the oracle for reference."""
     from ..algorithms.config import adaptation_text
     from ..analysis.evaluation import mean_ci95
-    from ..validation import check_memory, check_value, mlp_parameters
 
     family = NavigationTasks.from_description(meta.get("task", {}))
     steps_list = sorted(set(steps_list or [0, 1, 2, 3]))
-    recorded = check_value("metadata", "hyperparameters.shots", meta.get("hyperparameters", {}).get("shots", 20),
-                           int, Rule(min=1))
-    trajectories = (args.shots or [recorded])[0]
-    sizes = model.spec().get("sizes", [2, 100, 100, 2])
-    # every goal's trajectories at once, for the initialization and a random one, and the per-task parameters
-    per_goal = trajectories * family.horizon * (2 * sum(sizes) + 32) + 2 * mlp_parameters(sizes)
-    check_memory(2 * 4 * args.tasks * per_goal, f"evaluating {args.tasks} goals x {trajectories} trajectories x "
-                                                 f"{family.horizon} steps")
+    trajectories = (args.shots or [int(meta.get("hyperparameters", {}).get("shots", 20))])[0]
     res = evaluate_returns(model, family, params, max(steps_list), adaptation, args.tasks, trajectories, args.seed,
                            device, dtype)
     print(f"  {args.tasks} held-out goals, {trajectories} trajectories per step, {adaptation_text(adaptation)}: "
