@@ -76,7 +76,7 @@ def test_task_aware_defaults_follow_the_maml_paper_tuned_for_time_to_accuracy():
     assert again.to_dict() == c.to_dict()
     with pytest.raises(ValueError, match="unknown task"):
         ExperimentConfig.from_dict({"task": "audio"})
-    with pytest.raises(ValueError, match="image mode"):
+    with pytest.raises(ValueError, match="image_mode"):
         ExperimentConfig(task="images", image_mode="cmyk")
 
 
