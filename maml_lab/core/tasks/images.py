@@ -28,8 +28,8 @@ ROTATIONS = (90, 180, 270)
 # 100 validate, the rest (423 of 1,623) are the test classes. A separate held-out set (--eval-data) replaces both.
 SPLITS = ("lab", "paper")
 CBFINN_SEED, CBFINN_TRAIN, CBFINN_VAL = 1, 1100, 100
-# elements conv-4 keeps per input pixel of an image in a meta-step (activations of its four blocks, for the memory
-# estimate): about 60 measured on Omniglot 5-way 1-shot, with a margin
+# elements conv-4 (64 filters) keeps per input pixel of an image in a meta-step (activations of its four blocks, for
+# the memory estimate): about 60 measured on Omniglot 5-way 1-shot, with a margin; proportional to the filters
 IMAGE_ACTIVATIONS = 100
 
 
@@ -490,9 +490,11 @@ class ImageTasks(TaskFamilyKind):
         from ..validation import check_training_memory, shapes_numel
 
         channels = 3 if config.image_mode == "rgb" else 1
-        params = shapes_numel(Conv4(in_channels=channels, image_size=config.image_size, ways=config.ways,
-                                    convention=config.task_option("convention")).param_shapes())
-        per_task = config.ways * (config.shots + config.queries) * IMAGE_ACTIVATIONS * config.image_size ** 2
+        model = Conv4(in_channels=channels, image_size=config.image_size, ways=config.ways,
+                      convention=config.task_option("convention"))
+        per_pixel = IMAGE_ACTIVATIONS * model.filters / 64  # 84x84 inputs: 32 filters
+        per_task = config.ways * (config.shots + config.queries) * per_pixel * config.image_size ** 2
+        params = shapes_numel(model.param_shapes())
         check_training_memory(config, params, per_task, per_task,
                               f"image size {config.image_size}: {config.meta_batch_size} tasks of {config.ways} ways "
                               f"x {config.shots + config.queries} images of {config.image_size}x{config.image_size}")
