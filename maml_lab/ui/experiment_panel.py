@@ -296,6 +296,17 @@ class ExperimentPanel(QWidget):
         row.addWidget(self.image_source, 1)
         row.addWidget(self.open_images)
         form.addRow("Image set", source_row)
+        self.heldout = QComboBox()  # image tasks: the classes validation and eval use (docs/image_tasks.md)
+        self.heldout.addItem("Split from the image set", "lab")
+        self.heldout.addItem("The MAML paper's split", "paper")
+        self.heldout.setItemData(0, "The lab's rule: 30% of the classes held out (1,200 train in sets of 1,500+)",
+                                 Qt.ItemDataRole.ToolTipRole)
+        self.heldout.setItemData(1, "cbfinn/maml's Omniglot split: the full Omniglot (both zips in a config's "
+                                    "data list), 1,100 characters train, 100 validate, 423 held out",
+                                 Qt.ItemDataRole.ToolTipRole)
+        self.heldout.setToolTip("The classes validation and evaluation use: a split of the image set, or another "
+                                "set (Open image set ▸ Use as held-out set)")
+        form.addRow("Held out", self.heldout)
         self.ways = _spin("N (ways)", 2, 100, tip="N: classes per task (N-way classification)")
         form.addRow("N (ways)", self.ways)
         self.shots = _spin("K (shots)", 1, 1000, tip="K: support examples per task (per class for images)")
@@ -405,7 +416,7 @@ class ExperimentPanel(QWidget):
 
         self.task.currentIndexChanged.connect(self._on_task_changed)
         self.image_source.currentIndexChanged.connect(self._sync_image_source_tip)
-        for w in (self.task, self.activation, self.device, self.image_source, self.convention):
+        for w in (self.task, self.activation, self.device, self.image_source, self.convention, self.heldout):
             w.currentIndexChanged.connect(self._on_edit)
         for w in (self.shots, self.meta_batch, self.iterations, self.seed, self.ways):
             self._follow_whole(w)
@@ -445,6 +456,7 @@ class ExperimentPanel(QWidget):
             self._base = config
             self._set_combo(self.task, config.task)
             self._select_image_source(config.data)
+            self._select_heldout(getattr(config, "eval_data", None), (config.task_options or {}).get("split"))
             self.ways.setValue(config.ways)
             self.shots.setValue(config.shots)
             self.meta_batch.setValue(config.meta_batch_size)
@@ -482,6 +494,21 @@ class ExperimentPanel(QWidget):
             self.image_source.setItemData(i, "\n".join(paths), Qt.ItemDataRole.ToolTipRole)
         self.image_source.setCurrentIndex(i)
 
+    def _select_heldout(self, eval_data, split) -> None:
+        """Select the held-out choice: a separate set at path `eval_data` (added when new), else the split."""
+        if eval_data:
+            key = f"set:{eval_data}"
+            if self.heldout.findData(key) < 0:
+                self.heldout.addItem(f"{_short_name(Path(eval_data).name or eval_data)} (held-out set)", key)
+                self.heldout.setItemData(self.heldout.count() - 1, str(eval_data), Qt.ItemDataRole.ToolTipRole)
+        else:
+            key = split or "lab"
+        self._set_combo(self.heldout, key)
+
+    def set_heldout_data(self, path) -> None:
+        """Validate and evaluate on the image set at `path` (every class of the image set then meta-trains)."""
+        self._select_heldout(str(path), None)
+
     def _sync_image_source_tip(self, *_args) -> None:
         """The field's tooltip names the whole path of the chosen set (its text may be shortened)."""
         data = self.image_source.currentData()
@@ -507,6 +534,7 @@ class ExperimentPanel(QWidget):
         self.model_form.setRowVisible(self.activation, not images)
         self.model_form.setRowVisible(self.network, images)
         self.model_form.setRowVisible(self.convention, self.task.currentData() == "images")
+        self.task_form.setRowVisible(self.heldout, self.task.currentData() == "images")
 
     @staticmethod
     def _default_convention() -> str:
@@ -590,13 +618,17 @@ class ExperimentPanel(QWidget):
         if is_image_family(task):
             data.update(data=self.image_source.currentData(), ways=self.ways.value())
         if task == "images":
-            data["task_options"] = {**(data.get("task_options") or {}), "convention": self.convention.currentData()}
+            held = self.heldout.currentData() or "lab"
+            data["task_options"] = {**(data.get("task_options") or {}), "convention": self.convention.currentData(),
+                                    "split": "lab" if held.startswith("set:") else held}
+            data["eval_data"] = held[len("set:"):] if held.startswith("set:") else None
         data.update(task=task, shots=self.shots.value(), meta_batch_size=self.meta_batch.value(),
                     hidden=self._hidden_widths(), activation=self.activation.currentData(),
                     iterations=self.iterations.value(), seed=self.seed.value(), device=self.device.currentData())
         data["algorithms"] = [a.to_dict() for a in algorithms]
-        if data.get("data") is None:
-            data.pop("data", None)
+        for key in ("data", "eval_data"):
+            if data.get(key) is None:
+                data.pop(key, None)
         try:
             config = ExperimentConfig.from_dict(data)
         except ValueError as exc:

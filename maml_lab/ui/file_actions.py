@@ -375,15 +375,22 @@ class FileActions:
             values = {"ways": self.w.panel.ways.value()}
         dialog = ImageSetDialog(self.w, self.last_dir(), **values)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        dialog.accepted.connect(lambda: self._use_image_set(dialog.path, dialog.image_set))
+        dialog.accepted.connect(lambda: self._use_image_set(dialog.path, dialog.image_set,
+                                                            getattr(dialog, "use_as", "data")))
         self.w.image_set_dialog = dialog
         dialog.open()
         if path:
             dialog.load(path)
         return dialog
 
-    def _use_image_set(self, path: str | None, image_set) -> None:
+    def _use_image_set(self, path: str | None, image_set, use_as: str = "data") -> None:
         if not path or image_set is None or self.w.running:
+            return
+        if use_as == "heldout":  # validation and eval on this set's classes (--eval-data)
+            self.w.panel.set_heldout_data(path)
+            self.remember_dir(path)
+            self.w.run_model.status(f"Held-out classes from {Path(path).name}: {image_set.num_classes:,} classes",
+                                    6000)
             return
         self.w.panel.set_image_data(path)
         self.remember_dir(path)

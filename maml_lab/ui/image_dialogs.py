@@ -167,12 +167,19 @@ class ImageSetDialog(QDialog):
         self.use_button = QPushButton("Use image set")
         self.use_button.setProperty("primary", True)
         self.use_button.setEnabled(False)
-        self.use_button.clicked.connect(self.accept)
+        self.use_button.clicked.connect(self._use_for_training)
+        self.use_as = "data"  # or "heldout": the set the experiment's validation and eval use (--eval-data)
+        self.heldout_button = QPushButton("Use as held-out set")
+        self.heldout_button.setToolTip("Validation and evaluation use this set's classes; every class of the "
+                                       "experiment's image set meta-trains (Lake's background / evaluation split)")
+        self.heldout_button.setEnabled(False)
+        self.heldout_button.clicked.connect(self._use_as_heldout)
         self.close_button = QPushButton("Close")
         self.close_button.clicked.connect(self.reject)
         buttons = QHBoxLayout()
         buttons.addStretch(1)
         buttons.addWidget(self.close_button)
+        buttons.addWidget(self.heldout_button)
         buttons.addWidget(self.use_button)
 
         layout = QVBoxLayout(self)
@@ -184,6 +191,14 @@ class ImageSetDialog(QDialog):
         layout.addWidget(self.message)
         layout.addWidget(self.report_view, 1)
         layout.addLayout(buttons)
+
+    def _use_for_training(self) -> None:
+        self.use_as = "data"
+        self.accept()
+
+    def _use_as_heldout(self) -> None:
+        self.use_as = "heldout"
+        self.accept()
 
     # -- choosing and loading ------------------------------------------------------------------------------
     def _browse_zip(self) -> None:
@@ -268,6 +283,7 @@ class ImageSetDialog(QDialog):
         for w in (self.path_edit, self.zip_button, self.folder_button, self.load_button):
             w.setEnabled(not busy)
         self.use_button.setEnabled(not busy and self.image_set is not None)
+        self.heldout_button.setEnabled(not busy and self.image_set is not None)
 
     @property
     def report_text(self) -> str:

@@ -22,3 +22,20 @@ def test_a_list_of_sets_and_a_held_out_set_survive_the_form(qtbot, qapp):
     assert panel.image_source.count() == count and panel.config().data == ["/sets/a.zip", "/sets/b.zip"]
     panel.set_config(ExperimentConfig(task="images", data="/sets/a.zip", task_options={"split": "paper"}))
     assert panel.config().task_option("split") == "paper"
+
+
+def test_open_image_set_as_the_held_out_set(window, qtbot, tmp_path, monkeypatch):
+    from tests.ui.test_image_sets import _write_set
+
+    monkeypatch.setenv("MAML_LAB_CACHE", str(tmp_path / "cache"))
+    train, held = _write_set(tmp_path / "train", classes=12), _write_set(tmp_path / "held", classes=10)
+    for path, button in ((train, "use_button"), (held, "heldout_button")):
+        dialog = window.open_image_set(str(path))
+        qtbot.waitUntil(lambda d=dialog: not d.runner.busy, timeout=30000)
+        assert dialog.image_set is not None, dialog.report_text
+        getattr(dialog, button).click()
+    config = window.panel.config()
+    assert config.data == str(train.resolve()) and config.eval_data == str(held.resolve())
+    assert window.panel.heldout.currentText() == "held (held-out set)"
+    window.panel.heldout.setCurrentIndex(window.panel.heldout.findData("lab"))  # back to a split of the set
+    assert window.panel.config().eval_data is None
