@@ -53,6 +53,21 @@ def test_learn2learn_pickle_loads_every_class_with_its_own_images(tmp_path, prot
     assert s.report.layout == "learn2learn mini-ImageNet pickle"
 
 
+def test_python2_pickles_of_arrays_load_as_numpy_reads_them(tmp_path):
+    # Python 2 wrote an array's data as a str; unpickled with encoding latin1 it arrives as text (numpy re-encodes it)
+    d = miniimagenet_dict(classes=2, per_class=2, size=8)
+    reconstruct, args, state = d["image_data"].__reduce__()
+
+    class Py2Array:
+        def __reduce__(self):
+            return reconstruct, args, (1, state[1], state[2], 0, state[4].decode("latin1"))
+
+    path = write_pickle(tmp_path / "py2.pkl", {"image_data": Py2Array(), "class_dict": d["class_dict"]}, 2)
+    s = load_image_set(path, Preprocessing(size=(8, 8), mode="rgb"))
+    first = d["image_data"][d["class_dict"][s.class_names[0]]]
+    np.testing.assert_array_equal(s.pixels[:2], first.transpose(0, 3, 1, 2))
+
+
 def test_pickle_resized_and_grayscale_as_files_would_be(tmp_path):
     d = miniimagenet_dict(classes=2, per_class=2)
     path = write_pickle(tmp_path / "mini.pkl", d)

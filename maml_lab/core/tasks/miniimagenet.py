@@ -172,7 +172,10 @@ class SafeUnpickler(pickle._Unpickler):
                 raise UnsafeFile("an array state that is not numpy's")
             _, shape, dtype, fortran, raw = state
             n = self._checked_size(shape, _safe_dtype(dtype))
-            if not isinstance(fortran, bool) or not isinstance(raw, (bytes, bytearray)) or len(raw) != n:
+            if isinstance(raw, str):  # Python 2's str, decoded as latin1 (numpy itself reads it back so)
+                raw = raw.encode("latin1")
+                state = (1, shape, dtype, fortran, raw)
+            if not isinstance(fortran, (bool, int)) or not isinstance(raw, (bytes, bytearray)) or len(raw) != n:
                 raise UnsafeFile(f"an array whose data ({len(raw) if isinstance(raw, (bytes, bytearray)) else '?'}"
                                  f" bytes) does not match its declared shape {shape} of {dtype}")
             inst.__setstate__(state)
