@@ -213,6 +213,8 @@ def test_several_sets_train_as_one_with_their_names_kept_apart(tmp_path):
     np.testing.assert_array_equal(s.pixels[:12], load_images(str(a), 28).pixels)
     twice = concat_image_sets([load_images(str(a), 28), load_images(str(a), 28)])
     assert twice.class_names[4] == "a#2/character01"
+    with pytest.raises(ValueError, match=r"the image set .*a\.zip is given twice"):
+        load_images([str(a), str(tmp_path / "." / "a.zip")], 28)
 
 
 def test_several_sets_share_one_decoded_size_limit(tmp_path):
@@ -239,6 +241,12 @@ def test_a_separate_held_out_set_is_evaluated_whole_and_rebuilt_from_metadata(tm
     np.testing.assert_array_equal(rebuilt.image_set.pixels, heldout.image_set.pixels)
     other = heldout_family_from_metadata(task, data=[str(a)])  # eval --data: another held-out set, whole
     assert other.image_set.num_classes == 4
+    from maml_lab.core.tasks.images import image_family_from_config
+    from maml_lab.core.training.config import ExperimentConfig
+
+    leak = ExperimentConfig(task="images", data=[str(a), str(b)], eval_data=str(tmp_path / "." / "b.zip"), ways=3)
+    with pytest.raises(ValueError, match=r"the held-out set .*b\.zip is also a training set \(--data\)"):
+        image_family_from_config(leak)
     c.unlink()
     with pytest.raises(ValueError, match=r"was evaluated on is not at .*c\.zip; pass --data PATH"):
         heldout_family_from_metadata(task)

@@ -176,6 +176,9 @@ def load_images(data, image_size: int = 28, image_mode: str = "grayscale", progr
     for path in resolved:
         if not path.exists():
             raise ValueError(f"image set not found: {path}")
+    twice = next((p for i, p in enumerate(resolved) if p in resolved[:i]), None)
+    if twice is not None:
+        raise ValueError(f"the image set {twice} is given twice")
     prep = Preprocessing(size=(int(image_size), int(image_size)), mode=image_mode, invert=invert)
     left = current_limits().max_set_bytes if budget is None else int(budget)
     sets = []
@@ -339,6 +342,9 @@ def image_family_from_config(config, progress=None, cancel=None, split: str = "t
                             copies=TRAINING_COPIES[bool(config.rotations)])
     eval_data = getattr(config, "eval_data", None)
     eval_set = None
+    if eval_data and _resolve_data(eval_data) in [_resolve_data(p) for p in data_paths(config.data)]:
+        raise ValueError(f"the held-out set {eval_data} is also a training set (--data): its classes would not be "
+                         f"held out")
     if eval_data:
         from .imagelimits import current_limits
 
