@@ -17,10 +17,10 @@ from ..core.training.config import ExperimentConfig
 from ..core.training.runs import RunFolder, RunFolderError
 from ..lab.messages import Loading, Preparing, RunEnded, RunProgress, RunStarted
 from ..lab.run_library import open_run as read_run
-from ..lab.run_state import BUSY, ENDED, RunModel, RunState, Scope
+from ..lab.run_state import ENDED, RunModel, RunState, Scope
 from .colors import algorithm_label
 
-__all__ = ["BUSY", "ENDED", "RunController", "RunState", "format_duration"]
+__all__ = ["RunController", "RunState", "format_duration"]  # RunState: lab.run_state's, read here by the window
 
 
 class RunController:
@@ -36,7 +36,6 @@ class RunController:
         self.inits = inits
         self._resuming: dict | None = None  # a resume request not started yet: what to restore if it is refused
         self._opened_keys: list[str] = []  # the playground / Tasks entries of the opened run's exports
-        self._failure = ""
         self._reset_after_stop = False
         for signal, slot in ((controller.started, self._on_started), (controller.progress, self._on_progress),
                              (controller.snapshot, self.model.set_snapshot), (controller.paths, self.model.set_paths),
@@ -93,7 +92,6 @@ class RunController:
             self.model.say("error", f"Cannot start: {message}")
             return False
         self.model.say("clear")
-        self._failure = ""
         self._begin_run(config)
         self.model.set_line(0, config.iterations, f"0 / {config.iterations:,} iterations · starting…")
         self.model.set_state(RunState.STARTING)
@@ -163,7 +161,6 @@ class RunController:
         config = info.config
         self._resuming = None
         self.model.say("clear")
-        self._failure = ""
         self._begin_run(config)
         self.panel.set_config(config)  # the form shows the run's experiment (locked while it trains)
         self.model.add_chunk(info.history or {})
@@ -207,7 +204,6 @@ class RunController:
         self.model.set_line(info.done, total, f"Loading the image set… {info.done:,} / {total:,}")
 
     def _on_failed(self, message: str) -> None:
-        self._failure = message
         kept = " The last good parameters are kept: File ▸ Export initialization." if self.model.snapshot else ""
         self.model.say("error", f"<b>Training failed</b>: {_html(message)}.{kept}")
 
@@ -274,7 +270,6 @@ class RunController:
         names = names or ([a.name for a in config.algorithms] if config is not None else summary.algorithms)
         total = summary.total or (config.iterations if config is not None else 0)
         self.model.say("clear")
-        self._failure = ""
         self._drop_trained()  # (and the exports of the run opened before)
         if config is not None:
             self.panel.set_config(config)  # (before the scope: a family change in the form clears nothing of it)
