@@ -18,6 +18,9 @@ Paper protocols (GUIDE.md section 1, and the reference code where the paper is s
 * Reptile paper (Nichol et al. 2018), sine demo: K = 10 points, 32 SGD steps of 0.02 (MLP 1-64-64-1).
 * Reptile paper (Nichol et al. 2018), Omniglot 5-way: 50 test-time Adam iterations (beta1 0, lr 1e-3),
   transductive batch norm for the reported numbers, 10,000 tasks (supervised-reptile's evaluate()).
+* MAML paper, 2-D navigation (Figure 5; cbfinn/maml_rl's test_maml_point.py): 40 goals from np.random.seed(1),
+  about 40 trajectories per step, SGD 0.5 then 0.25. Navigation's card is printed by core/rl/protocol.py
+  (`eval --protocol lab|paper`: goals, trajectories per step, step sizes, the pretrained baseline's tuned step).
 """
 
 from __future__ import annotations
