@@ -57,10 +57,11 @@ def flat_function(theta, fn):
     return f, torch.cat([v.reshape(-1) for v in theta.values()])
 
 
-@pytest.mark.parametrize("inner_steps,first_order", [(1, False), (1, True), (0, False), (2, False)])
-def test_kl_hessian_vector_product_matches_the_dense_hessian(inner_steps, first_order):
+@pytest.mark.parametrize("inner_steps,first_order,pre_kl", [(1, False, False), (1, True, False), (0, False, False),
+                                                             (2, False, False), (1, False, True)])
+def test_kl_hessian_vector_product_matches_the_dense_hessian(inner_steps, first_order, pre_kl):
     policy, theta, batch = setup()
-    obj = trpo_objective(policy, theta, batch, LR, inner_steps, first_order)
+    obj = trpo_objective(policy, theta, batch, LR, inner_steps, first_order, pre_update_kl=pre_kl)
     f, x0 = flat_function(theta, lambda p: obj.evaluate(list(p.values()), True)[1])
     assert abs(float(f(x0.clone().requires_grad_(True)))) < 1e-12  # KL(old || old) = 0
     dense = torch.autograd.functional.hessian(f, x0)

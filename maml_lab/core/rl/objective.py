@@ -308,7 +308,7 @@ class TRPOObjective:
 
 
 def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_steps: int,
-                   first_order: bool = False, hvp_fraction: float = 1.0) -> TRPOObjective:
+                   first_order: bool = False, hvp_fraction: float = 1.0, pre_update_kl: bool = False) -> TRPOObjective:
     """The surrogate and KL of cbfinn/maml_rl's MAMLTRPO on a batch of sampled tasks, at theta = `params`.
 
     With inner_steps >= 1 (MAML, FOMAML): the pre-update trajectories are sampled with theta_old and the post-update
@@ -320,7 +320,9 @@ def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_
     KL(pi_phi_i(theta_old) || pi_phi_i(theta)) (the reference's kl_constrain_step -1). With inner_steps 0 (a policy
     trained on every goal at once): the same on the pre-update trajectories at theta. `hvp_fraction` < 1: the KL's
     Hessian-vector products on the first ceil(fraction x B) tasks only (the goals are independent draws), as the
-    reference optimizer's subsample_factor (it used 1); the line search's KL is always every task's."""
+    reference optimizer's subsample_factor (it used 1); the line search's KL is always every task's.
+    `pre_update_kl`: the KL also counts the pre-update policies' change, mean KL(pi_theta_old || pi_theta) over the
+    pre-update steps, added to the post-update one (the reference constrains one of the two: kl_constrain_step)."""
     import math
 
     from .trpo import gaussian_kl
@@ -341,6 +343,12 @@ def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_
         old_mean, old_log_std, old_logp = _gaussian(model, fast, query.obs, query.actions)
     count = query.mask.sum(1).clamp_min(1)
     total = query.mask.sum().clamp_min(1)
+    pre = support[0] if (pre_update_kl and support) else None
+    if pre is not None:
+        with torch.no_grad():
+            theta_old = expand_params(OrderedDict((k, v.detach()) for k, v in params.items()), b)
+            pre_mean, pre_log_std, _ = _gaussian(model, theta_old, pre.obs, pre.actions)
+        pre_total = pre.mask.sum().clamp_min(1)
 
     def evaluate(tensors, differentiable: bool):
         with torch.enable_grad():
@@ -355,11 +363,21 @@ def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_
             ratio = torch.exp(logp - old_logp)
             surr = -((ratio * query.advantages * query.mask).sum(1) / count).mean()
             kl = (gaussian_kl(old_mean, old_log_std, mean, log_std) * query.mask).sum() / total
+            if pre is not None:
+                mean0, log_std0, _ = _gaussian(model, expand_params(theta, b), pre.obs, pre.actions)
+                kl = kl + (gaussian_kl(pre_mean, pre_log_std, mean0, log_std0) * pre.mask).sum() / pre_total
         return surr, kl
 
     n = max(1, math.ceil(hvp_fraction * b))
-    hvp = kl_hessian_product(model, OrderedDict((k, v.detach()) for k, v in params.items()),
-                             [smp.head(n) for smp in support], query.head(n), old_log_std[:n], inner_lr, first_order)
+    theta_d = OrderedDict((k, v.detach()) for k, v in params.items())
+    hvp = kl_hessian_product(model, theta_d, [smp.head(n) for smp in support], query.head(n), old_log_std[:n],
+                             inner_lr, first_order)
+    if pre is not None:
+        post_hvp = hvp
+        pre_hvp = kl_hessian_product(model, theta_d, [], pre.head(n), pre_log_std[:n], inner_lr, first_order)
+
+        def hvp(v):
+            return post_hvp(v) + pre_hvp(v)
     return TRPOObjective(support, query, evaluate, hvp)
 
 
@@ -377,7 +395,7 @@ def objective_trpo_step(algorithm, params, batch: ObjectiveBatch, first_order: b
         raise ValueError("outer-optimizer trpo runs in one process (its line search needs every task's samples)")
     settings = settings or TRPOSettings()
     obj = trpo_objective(model, params, batch, cfg.inner_lr, cfg.inner_steps if inner else 0, first_order,
-                         settings.hvp_fraction)
+                         settings.hvp_fraction, settings.pre_update_kl)
     res = trpo_step(list(params.values()), obj.evaluate, settings, obj.hvp)
     pre_cost = obj.support[0].cost.mean() if obj.support else obj.query.cost.mean()
     if inner:

@@ -35,6 +35,9 @@ class TRPOSettings:
     # A quarter (5 of 20 goals, 10,000 post-update steps) makes the step about 2.5x cheaper on a CPU; the line
     # search still checks every task's KL and surrogate
     hvp_fraction: float = 0.25
+    # also bound the pre-update policies' KL (added to the post-update one): the reference bounds the post-update
+    # policies only (kl_constrain_step -1), which leaves theta free along directions the inner step cancels
+    pre_update_kl: bool = False
 
 
 @dataclass
