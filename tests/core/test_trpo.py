@@ -185,7 +185,7 @@ def test_defaults_on_navigation():
     assert (maml.outer_optimizer, maml.inner_lr) == ("trpo", 0.5)
     assert (pre.outer_optimizer, pre.meta_lr) == ("adam", 1e-3)  # the reference's pretrained policy
     assert AlgorithmConfig.defaults("maml").outer_optimizer == "adam"  # supervised families
-    with pytest.raises(ValueError, match="outer-optimizer"):
+    with pytest.raises(ValueError, match="outer.optimizer"):
         AlgorithmConfig(outer_optimizer="lbfgs")
     policy, theta, _ = setup()
     algo = make_algorithm(policy, "policy_gradient", maml)
