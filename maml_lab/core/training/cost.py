@@ -16,7 +16,8 @@ and the app's status area show it, metrics.COST_FIELDS name its numbers).
   algorithm (theta cloned, its own optimizer, no shared tensors or random state) takes meta-steps on the first
   one and the first two tasks of the current batch, and the step's bytes are extrapolated to the whole batch
   (affine in the number of tasks: exact whether tasks are stepped one at a time, then the two agree, or folded
-  into one batch, then the second task's bytes repeat for every task). Measured once, then every `every` steps.
+  into one batch, then the second task's bytes repeat for every task). Measured once, then every `every` steps
+  within a quarter of the budget.
   torch.profiler's memory events and the process's peak RSS were tried: the profiler costs more than the
   dispatch mode on conv-4 (8 s and 19 s of event processing against 17 s for a MAML++ step), and RSS does not
   fall when tensors are freed (glibc keeps the pages), so a step after the first shows almost nothing.
@@ -150,7 +151,8 @@ def measure(fn, device: torch.device | str, memory: bool = True, clock=time.perf
 
 ESTIMATING = "estimating…"
 BUDGET = 0.04  # the meter's own measurements may take this fraction of the training time
-FINISH_SECONDS = 1.0  # a run that ends before its forecast completes it when that takes less
+REPEAT_SHARE = 0.25  # a memory measurement repeated every `every` steps waits until the meter is under this share
+FINISH_SECONDS = 3.0  # a run that ends before its forecast completes it when that is predicted to take less
 
 
 @dataclass
@@ -245,6 +247,7 @@ class _Plan:
     iteration: int = 0
     tasks: int = 1
     queue: list = dataclasses.field(default_factory=list)
+    repeats: set = dataclasses.field(default_factory=set)  # queued pieces that repeat a measurement
     results: dict = dataclasses.field(default_factory=dict)
     # predicted seconds of a piece = factor * (tasks / batch tasks) * step time * (inner steps / trained), learnt
     factors: dict = dataclasses.field(default_factory=lambda: {"time": 2.5, "memory": 3.0})
@@ -306,8 +309,12 @@ class CostMeter:
             cost.step_bytes, cost.measured_at = used, iteration + 1
             self._log(name, cost, iteration + 1)
         elif kind == "cpu" and (count == 0 or count % self.every == 0 and not self.pending()):
-            # measured once, then again every `every` steps when nothing else waits (a forecast comes first)
-            self._queue(plan, [("memory", cost.inner_steps, n) for n in self._slices(plan)])
+            # measured once, then again every `every` steps when nothing else waits (a forecast comes first), within
+            # a quarter of the budget (memory per step hardly changes: the steady cost stays about 1%)
+            pieces = [("memory", cost.inner_steps, n) for n in self._slices(plan)]
+            self._queue(plan, pieces)
+            if count:
+                plan.repeats.update(pieces)
         if count == 0 and self.probe and getattr(algorithm, "min_inner_steps", 1) > 0:
             cost.forecast = "estimating"
             s = cost.inner_steps
@@ -359,9 +366,11 @@ class CostMeter:
         plan, cost = self._plans[name], self.costs[name]
         while plan.queue:
             piece = plan.queue[0]
-            if budget is not None and self.spent + self._predict(plan, cost, piece) > budget * self.training_seconds:
+            share = None if budget is None else budget * (REPEAT_SHARE if piece in plan.repeats else 1.0)
+            if share is not None and self.spent + self._predict(plan, cost, piece) > share * self.training_seconds:
                 return
             plan.queue.pop(0)
+            plan.repeats.discard(piece)
             t0 = self.clock()
             try:
                 plan.results[piece] = self._run_piece(plan, cost, piece)
