@@ -129,7 +129,8 @@ def main() -> None:
     for task, name, w, wo in rows:
         beyond = w["first_s"] - wo["step_s"]
         beyond_cpu = w["first_cpu"] - wo["step_cpu"]
-        ready = "yes" if all(v != "estimating" for v in w["forecast"].values()) else "no"
+        states = set(w["forecast"].values())
+        ready = "no" if "estimating" in states else "yes" if "ready" in states else "-"  # -: no inner steps
         print(f"| {task} | {name} | {wo['step_s']:.3g} s | {w['first_s']:.2f} s | {w['session_s']:.2f} s | "
               f"{beyond:.2f} s | {beyond_cpu:.2f} s | "
               f"{w['wall_rate'] / wo['wall_rate']:.3f} | {w['cpu_rate'] / wo['cpu_rate']:.3f} | "
