@@ -281,11 +281,13 @@ class Trainer:
         return out
 
     def _scheduled_validation(self) -> dict[str, dict]:
-        """validate() when due: every config.val_every iterations, within val_budget when one is set."""
+        """validate() when due: every config.val_every iterations, within val_budget when one is set; a due
+        validation at the run's last iteration always runs (it is the one a run's result is read from)."""
         every = self.config.val_every
         if not every or self.iteration % every:
             return {}
-        if self.val_budget is not None and self.val_seconds > self.val_budget * self.train_seconds:
+        last = self.iteration >= self.config.iterations
+        if not last and self.val_budget is not None and self.val_seconds > self.val_budget * self.train_seconds:
             return {}
         t0 = time.perf_counter()
         out = self.validate()
