@@ -185,7 +185,7 @@ def test_task_option_trains_exports_and_reloads(tmp_path):
         ExperimentConfig(task="images", image_size=14, task_options={"convention": "tf"})
     config = ExperimentConfig(task="images", image_size=14, meta_batch_size=2, iterations=2, val_every=0,
                               task_options={"convention": "cbfinn"})
-    assert config.to_dict()["task_options"] == {"convention": "cbfinn"}
+    assert config.to_dict()["task_options"] == {"convention": "cbfinn", "split": "lab"}  # defaults recorded
     assert ExperimentConfig.from_dict(config.to_dict()).task_option("convention") == "cbfinn"
     family = make_family(config)
     model = make_model(config, family)

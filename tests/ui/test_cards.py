@@ -138,7 +138,7 @@ def test_panel_offers_the_conventions_for_image_tasks(qtbot):
     assert panel.config().task_option("convention") == "lab"
     panel.convention.setCurrentIndex(panel.convention.findData("cbfinn"))
     config = panel.config()
-    assert config.task == "images" and config.task_options == {"convention": "cbfinn"}
+    assert config.task == "images" and config.task_options == {"convention": "cbfinn", "split": "lab"}
     panel.set_config(ExperimentConfig(task="images", task_options={"convention": "lab"}))
     assert panel.convention.currentData() == "lab"
     panel.set_config(config)
