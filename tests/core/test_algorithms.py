@@ -188,7 +188,7 @@ def test_cosine_meta_lr_schedule_anneals_to_zero():
     assert algo.meta_lr(50) == pytest.approx(5e-4)
     assert algo.meta_lr(100) == pytest.approx(0.0, abs=1e-12)
     assert make_algorithm(model, "mse", AlgorithmConfig("maml"), 100).meta_lr(70) == 1e-3
-    with pytest.raises(ValueError, match="meta-lr-schedule"):
+    with pytest.raises(ValueError, match="meta.lr.schedule"):
         AlgorithmConfig("maml", meta_lr_schedule="step")
 
 
@@ -220,7 +220,7 @@ def test_step_loss_weights_weight_the_query_loss_after_each_inner_step(first_ord
                                  {"step_loss_weights": [0.0, 0.0]}, {"step_loss_weights": [1.0, float("inf")]},
                                  {"name": "reptile", "step_loss_weights": [0.5, 0.5]}])
 def test_invalid_step_loss_weights_are_refused(bad):
-    with pytest.raises(ValueError, match="step-loss-weights"):
+    with pytest.raises(ValueError, match="step.loss.weights"):
         AlgorithmConfig(**{"name": "maml", "inner_steps": 2, **bad})
 
 
