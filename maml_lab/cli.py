@@ -539,7 +539,9 @@ def _failed(session, exc: BaseException) -> int:
     if isinstance(exc, RankLostError):
         raise exc
     reason = failure_text(exc)
-    plugin = _plugin_in(exc)
+    from .lab.plugin_blame import plugin_in
+
+    plugin = plugin_in(exc)
     if plugin is not None:
         reason = f"plug-in {plugin} failed: {reason}"
     session.mark_failed(reason)  # failed outside Trainer.run (which tells the folder itself)
@@ -552,32 +554,6 @@ def _failed(session, exc: BaseException) -> int:
     where = session.folder.path if session.folder is not None else "the run"
     print(f"maml-lab: error: training failed at iteration {session.iteration} ({where}): {reason}", file=sys.stderr)
     return EXIT_FAILED
-
-
-def _plugin_in(exc: BaseException) -> str | None:
-    """"algorithm 'name' (from dist)" when a plug-in's code is on the exception's traceback (the entry whose class
-    the failing method belongs to, where one package holds several), else None."""
-    from .core.algorithms.registry import ALGORITHMS
-    from .core.registry import BUILTIN
-    from .core.tasks.registry import TASKS
-
-    plugins = [(registry.kind, e) for registry in (ALGORITHMS, TASKS) for e in registry.entries()
-               if e.source != BUILTIN]
-    tb, found = exc.__traceback__, None
-    while tb is not None:
-        package = str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0]
-        mine = [(kind, e) for kind, e in plugins if e.reference.partition(":")[0].split(".")[0] == package]
-        if mine:
-            local = tb.tb_frame.f_locals
-            exact = [(kind, e) for kind, e in mine
-                     if ("self" in local and type(local["self"]) is e.obj) or local.get("cls") is e.obj]
-            if exact or len(mine) == 1:
-                kind, e = (exact or mine)[0]
-                found = f"{kind} {e.name!r} (from {e.source})"
-            elif found is None:
-                found = f"from {mine[0][1].source}"
-        tb = tb.tb_next
-    return found
 
 
 def _finish(args, session, state, outs) -> int:
@@ -835,7 +811,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, RankLostError):  # under torchrun: another rank died or stopped answering
             print(f"maml-lab: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        plugin = _plugin_in(exc)  # a plug-in's hook (a family's loading_label...) failed: one line
+        from .lab.plugin_blame import plugin_in
+
+        plugin = plugin_in(exc)  # a plug-in's hook (a family's loading_label...) failed: one line
         if plugin is None:
             raise
         print(f"maml-lab: error: plug-in {plugin} failed: {failure_text(exc)}", file=sys.stderr)

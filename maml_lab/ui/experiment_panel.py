@@ -31,6 +31,7 @@ from ..core.models.mlp import ACTIVATIONS
 from ..core.registry import BUILTIN
 from ..core.tasks.registry import TASKS, task_family
 from ..core.training.config import ExperimentConfig
+from ..core.validation import parse_toml
 from ..lab.resources import resource
 from .colors import algorithm_color, algorithm_label
 from .fields import IntField
@@ -186,7 +187,6 @@ class AlgorithmColumn:
         """key=value pairs of the settings field (values read as TOML: 10, 0.5, true, [1, 2]; else text)."""
         import re
 
-        import tomllib
 
         out = {}
         text = self.settings.text().strip()
@@ -198,8 +198,8 @@ class AlgorithmColumn:
                 raise FormError(f"{label} has no setting '{key}' (it takes {', '.join(self.setting_keys)})",
                                 self.settings)
             try:
-                out[key] = tomllib.loads(f"v = {value}")["v"]
-            except tomllib.TOMLDecodeError:
+                out[key] = parse_toml(f"v = {value}", f"{label}'s setting {key}")["v"]
+            except ValueError:  # not TOML (or nested absurdly deep): taken as text, the option's type check follows
                 out[key] = value
         return out
 

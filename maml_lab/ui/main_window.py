@@ -558,11 +558,11 @@ class MainWindow(QMainWindow):
             self.views["training"].set_log(str(log).lower() in ("true", "1"))
         text = s.value("experiment/last_config")
         if text:
-            import tomllib
+            from ..core.validation import parse_toml
 
             try:
-                self.panel.set_config(ExperimentConfig.from_dict(tomllib.loads(str(text))))
-            except (ValueError, tomllib.TOMLDecodeError):
+                self.panel.set_config(ExperimentConfig.from_dict(parse_toml(str(text), "the saved experiment")))
+            except ValueError:
                 pass  # an old or broken saved config: keep the defaults
 
     def _playground_splitter(self):

@@ -146,9 +146,7 @@ class RunController:
             self._begin_resumed(info)
         folder = Path(info.run_folder) if info.run_folder else None
         self.model.set_folder(folder)
-        if folder and info.config is None:  # (a resumed run says where it resumes instead)
-            self.model.status(f"Run folder: {folder}", 8000)
-        elif info.run_folder_error:
+        if info.run_folder_error:  # (the folder itself is the status bar's permanent "Run folder:" link)
             self.model.say(
                 "warning", f"<b>No run folder</b>: {_html(info.run_folder_error)}. Training goes on, but this run "
                 "leaves no metrics, checkpoints or exports on disk and cannot be resumed. Choose another runs folder "

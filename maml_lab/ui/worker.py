@@ -157,8 +157,14 @@ class TrainingWorker(QObject):
             self.finished.emit(RunEnded("stopped", "stopped by the user", 0, getattr(config, "iterations", 0),
                                         cancelled=True))
         except Exception as exc:  # noqa: BLE001 - any failure in the worker is reported, never raised into Qt
-            traceback.print_exc()
+            from ..lab.plugin_blame import plugin_in
+
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")
+            plugin = plugin_in(exc)
+            if plugin is None:
+                traceback.print_exc()  # the lab's own failure: the traceback is for whoever fixes it
+            else:  # someone else's code: one line naming it, as the CLI says it
+                message = f"plug-in {plugin} failed: {message}"
             if trainer is not None:
                 self._flush(trainer, "failed", message)
                 self._emit_snapshot(trainer, only_if_finite=True)

@@ -32,3 +32,15 @@ def test_reptile_settings_show_edit_and_refuse(qtbot):
     assert not panel.columns["maml"].settings.isEnabled() or not panel.columns["maml"].setting_keys
     col.set_config(AlgorithmConfig.defaults("reptile", task="images"))
     assert "inner_optimizer=adam" in col.settings.text() and "eval_batch=5" in col.settings.text()
+
+
+def test_a_setting_nested_absurdly_deep_is_refused_not_a_crash(qtbot):
+    """The settings field reads values as TOML through the validation layer's parser: a value nested 3,000 deep
+    is refused in the form (it would make tomllib recurse until RecursionError)."""
+    panel = ExperimentPanel()
+    qtbot.addWidget(panel)
+    panel.set_config(ExperimentConfig(task="sinusoid", algorithms=[AlgorithmConfig.defaults("reptile")]))
+    col = panel.columns["reptile"]
+    col.settings.setText("train_shots=" + "[" * 3000 + "]" * 3000)
+    with pytest.raises(FormError, match="train_shots"):
+        col.config()
