@@ -492,33 +492,6 @@ def check_eval_memory(model, family: NavigationFamily, goals: int, trajectories:
                                            f"{family.horizon} steps")
 
 
-def eval_navigation_initialization(args, params, meta, model, steps_list, adaptation, device, dtype) -> dict:
-    """`maml-lab eval` for a navigation policy: average return (95% CI over goals) after each number of
-    policy-gradient steps, with a random initialization and the oracle for reference."""
-    from ..algorithms.config import adaptation_text
-    from ..analysis.evaluation import mean_ci95
-
-    family = NavigationTasks.from_description(meta.get("task", {}))
-    steps_list = sorted(set(steps_list or [0, 1, 2, 3]))
-    trajectories = (args.shots or [int(meta.get("hyperparameters", {}).get("shots", 20))])[0]
-    res = evaluate_returns(model, family, params, max(steps_list), adaptation, args.tasks, trajectories, args.seed,
-                           device, dtype)
-    print(f"  {args.tasks} held-out goals, {trajectories} trajectories per step, {adaptation_text(adaptation)}: "
-          f"average return (sum of -distance over {family.horizon} steps) after policy-gradient steps")
-    print(f"  {'steps':>5}  {'return':>9}  95% CI      {'random init':>11}  95% CI")
-    rows = []
-    for s in steps_list:
-        mean, ci = (float(v) for v in mean_ci95(res["returns"][s]))
-        rmean, rci = (float(v) for v in mean_ci95(res["random"][s]))
-        print(f"  {s:>5}  {mean:9.2f}  +- {ci:6.2f}  {rmean:11.2f}  +- {rci:6.2f}")
-        rows.append({"steps": s, "metric": "return", "mean": mean, "ci95": ci, "random_mean": rmean,
-                     "random_ci95": rci})
-    omean, oci = (float(v) for v in mean_ci95(res["oracle"]))
-    print(f"  oracle (knows the goal, heads straight for it): {omean:.2f} +- {oci:.2f}")
-    return {"results": rows, "oracle": {"mean": omean, "ci95": oci}, "tasks": args.tasks,
-            "trajectories": trajectories}
-
-
 @dataclass
 class GoalPaths:
     """What a policy does for one goal after 0..steps policy-gradient steps (the arena's picture)."""
