@@ -174,7 +174,7 @@ class AdaptationView(HeldOutView):
         first = next(iter(self.cards.values()))
         optimizers = sorted({c.inner_optimizer for c in self.cards.values()})
         paper = ("matches the " + first.paper if first.matches_paper else
-                 f"differs from the {first.paper} in {', '.join(d.split(' (')[0] for d in first.differences)}"
+                 f"differs from the {first.paper}: {'; '.join(first.differences)}"
                  if first.paper else
                  "no paper protocol for this setting")
         self.card_label.setText(f"Evaluation card: {first.what()}; {first.convention} conventions; "
