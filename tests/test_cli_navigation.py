@@ -12,14 +12,7 @@ from torch import nn
 from maml_lab.cli import main
 from maml_lab.core.tasks.navigation import NavigationFamily
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Rollouts are many small ops: one thread (what training uses, --threads 1), restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 TINY = ["--meta-batch-size", "2", "--shots", "2", "--queries", "2", "--task-option", "horizon=10", "--quiet",

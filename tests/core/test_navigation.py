@@ -22,13 +22,7 @@ from maml_lab.core.training.trainer import Trainer
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Rollouts are many small ops: one thread (what training uses, --threads 1), restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def constant_policy(bias, log_std=-30.0):

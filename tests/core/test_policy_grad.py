@@ -19,12 +19,7 @@ from maml_lab.core.tasks.navigation import NavigationBatch, NavigationFamily, Tr
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def reference_rollout(env, policy, params, goals, noise) -> Trajectories:

@@ -21,12 +21,7 @@ D = torch.float64
 LR = 0.3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def setup(seed=4, tasks=3, sizes=(2, 5, 4, 2)):
