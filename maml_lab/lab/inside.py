@@ -296,7 +296,7 @@ def adaptation_points(model, loss: str, theta, batch, steps: int, adaptation, pl
             losses.append(cost.double().numpy())
             continue
         with torch.no_grad():
-            pred = predict(adaptation, model, p, batch.x_support, batch.x_query)
+            pred = predict(adaptation, model, p, batch.x_support, batch.y_support, batch.x_query)
             losses.append(loss_fn(pred, batch.y_query).double().numpy())
     return np.stack(points, 1), np.stack(losses, 1)
 
@@ -515,7 +515,7 @@ def _accuracies(model, run: RunPaths, theta, task, steps: int, rule) -> np.ndarr
     out = []
     for p in test_trajectory(rule, model, loss_function(run.loss), theta, task.x_support, task.y_support, steps):
         with torch.no_grad():
-            pred = predict(rule, model, p, task.x_support, task.x_query)
+            pred = predict(rule, model, p, task.x_support, task.y_support, task.x_query)
             out.append(float(accuracy_per_task(pred, task.y_query)[0]))
     return np.asarray(out)
 

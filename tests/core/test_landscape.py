@@ -236,7 +236,8 @@ def _direct(adaptation, model, loss, theta, batch, steps):
     fn = loss_function(loss)
     adapted = test_adapt(adaptation, model, fn, theta, batch.x_support, batch.y_support, steps)
     with torch.no_grad():
-        return fn(predict(adaptation, model, adapted, batch.x_support, batch.x_query), batch.y_query).mean().item()
+        pred = predict(adaptation, model, adapted, batch.x_support, batch.y_support, batch.x_query)
+        return fn(pred, batch.y_query).mean().item()
 
 
 @pytest.mark.parametrize("steps", [1, 2])

@@ -199,12 +199,12 @@ def test_non_transductive_prediction_puts_each_query_with_the_support_set():
 
     cfg = AlgorithmConfig("reptile", options={"transductive": False})
     xs, xq = torch.randn(2, 3, 1, dtype=DT), torch.randn(2, 4, 1, dtype=DT)
-    out = predict(cfg, BatchStat(), {}, xs, xq)
+    out = predict(cfg, BatchStat(), {}, xs, None, xq)
     for j in range(4):
         joint = torch.cat([xs, xq[:, j:j + 1]], 1)
         torch.testing.assert_close(out[:, j], (joint - joint.mean(1, keepdim=True))[:, -1])
     cfg.options["transductive"] = True
-    torch.testing.assert_close(predict(cfg, BatchStat(), {}, xs, xq), xq - xq.mean(1, keepdim=True))
+    torch.testing.assert_close(predict(cfg, BatchStat(), {}, xs, None, xq), xq - xq.mean(1, keepdim=True))
 
 
 def test_trainer_draws_train_shots_for_reptile_and_the_experiment_shots_for_the_others():

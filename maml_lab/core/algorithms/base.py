@@ -58,6 +58,9 @@ class MetaAlgorithm:
     # whether the inner loop steps batch norm's scale and shift (evaluation cards state it): None follows `adapts`
     # (adapted unless only the head is); MAML++ sets False (its per-step rows are learned in the outer loop only)
     adapts_batch_norm: ClassVar[bool | None] = None
+    # how test-time adaptation works, for the views that draw it: "gradient" (steps on the support loss), or a rule
+    # that is not gradient steps on theta ("prototypes": ProtoNets; "head_fit": Baseline's head on frozen features)
+    adaptation_kind: ClassVar[str] = "gradient"
     # the panel's outer-step field: which config field, and its name there
     outer_lr_field: ClassVar[str] = "meta_lr"
     outer_lr_label: ClassVar[str] = "meta lr β"

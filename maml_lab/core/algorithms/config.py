@@ -135,15 +135,16 @@ def test_trajectory(adaptation, model, loss_fn, params, x_support, y_support, st
                                                         batched, tensors=tensors)
 
 
-def predict(adaptation, model, params, x_support, x_query) -> torch.Tensor:
+def predict(adaptation, model, params, x_support, y_support, x_query) -> torch.Tensor:
     """Query outputs [B, Q, ...] of adapted `params`, as the algorithm predicts: its `predict(config, model, params,
-    x_support, x_query)` when it has one (Reptile without transduction: each query in a batch with the support
-    set), else one forward pass of the query set (batch norm on the query batch: transductive)."""
+    x_support, y_support, x_query)` when it has one (Reptile without transduction: each query in a batch with the
+    support set; a prototype classifier: the support labels), else one forward pass of the query set (batch norm
+    on the query batch: transductive)."""
     config = adaptation_config(adaptation)
     rule = getattr(algorithm_class(config.name), "predict", None) if config is not None else None
     if rule is None:
         return model.forward(params, x_query)
-    return rule(config, model, params, x_support, x_query)
+    return rule(config, model, params, x_support, y_support, x_query)
 
 
 def adaptation_config(adaptation) -> AlgorithmConfig | None:

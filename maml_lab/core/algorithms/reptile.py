@@ -207,7 +207,7 @@ class Reptile(MetaAlgorithm):
         return second, int(step.reshape(-1)[0])
 
     @classmethod
-    def predict(cls, config, model, params, x_support, x_query) -> torch.Tensor:
+    def predict(cls, config, model, params, x_support, y_support, x_query) -> torch.Tensor:
         """Query predictions [B, Q, ...] with the adapted `params`: transductive, all queries in one batch;
         otherwise each query in a batch with the support set (batch norm sees the support set and that query)."""
         if config.option("transductive"):

@@ -70,7 +70,7 @@ def per_task_curve(model, loss_name: str, params, batch, max_steps: int, adaptat
     losses, accs = [], []
     for fast in test_trajectory(adaptation, model, loss_fn, params, batch.x_support, batch.y_support, max_steps):
         with torch.no_grad():
-            logits = predict(adaptation, model, fast, batch.x_support, batch.x_query)
+            logits = predict(adaptation, model, fast, batch.x_support, batch.y_support, batch.x_query)
             losses.append(loss_fn(logits, batch.y_query).double().cpu().numpy())
             if classification:
                 accs.append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())

@@ -197,7 +197,8 @@ def surface(model, loss: str, like, plane: Plane, batch, alphas, betas, kind: st
                 xs = _tile(batch.x_support, n)
                 adapted = test_adapt(rule, model, loss_fn, params, xs, _tile(batch.y_support, n), inner_steps,
                                      batched=True)
-                task_losses = loss_fn(predict(rule, model, adapted, xs, _tile(batch.x_query, n)),
+                task_losses = loss_fn(predict(rule, model, adapted, xs, _tile(batch.y_support, n),
+                                              _tile(batch.x_query, n)),
                                       _tile(batch.y_query, n))
             elif kind == "post":
                 xs, ys = _tile(batch.x_support, n), _tile(batch.y_support, n)

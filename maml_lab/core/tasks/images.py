@@ -552,7 +552,7 @@ def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, ste
         for step, fast in enumerate(trajectory):
             if step in accs:
                 with torch.no_grad():
-                    logits = predict(adaptation, model, fast, batch.x_support, batch.x_query)
+                    logits = predict(adaptation, model, fast, batch.x_support, batch.y_support, batch.x_query)
                     accs[step].append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())
         done += n
     out = {}
