@@ -61,6 +61,9 @@ class MetaAlgorithm:
     # how test-time adaptation works, for the views that draw it: "gradient" (steps on the support loss), or a rule
     # that is not gradient steps on theta ("prototypes": ProtoNets; "head_fit": Baseline's head on frozen features)
     adaptation_kind: ClassVar[str] = "gradient"
+    # classifies only (ProtoNets' prototypes, Baseline's class head): families that regress or act (sinusoids,
+    # navigation) refuse it, and the panel says why
+    classification_only: ClassVar[bool] = False
     # the panel's outer-step field: which config field, and its name there
     outer_lr_field: ClassVar[str] = "meta_lr"
     outer_lr_label: ClassVar[str] = "meta lr β"
