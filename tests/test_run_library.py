@@ -66,3 +66,31 @@ def test_a_run_summary_names_its_familys_metric():
                         post_accuracy={"maml": 0.9})
     assert images.result_text().endswith("0.5 (90.0%)")
     assert RunSummary(Path("e"), "e", task="sinusoid").result_text() == ""
+
+
+def test_a_finished_run_whose_newest_checkpoint_is_damaged_is_listed_as_damaged(tmp_path):
+    """Past runs does not call a run "finished" when its last checkpoint fails its checksum (resume would fall
+    back to an older one): the status says damaged, the problems say which checkpoint, and mending it clears it."""
+    from maml_lab.lab.run_library import summarize
+    from tests.test_fault_runs import flip_parameter_byte
+
+    cfg = ExperimentConfig(iterations=4, meta_batch_size=2, val_every=0, hidden=[8, 8],
+                           algorithms=[AlgorithmConfig.defaults("maml")])
+    folder = RunFolder.create(tmp_path / "run", cfg)
+    trainer = Trainer(cfg, record_every=1)
+    logger = RunLogger(folder, checkpoint_every=2)
+    logger.start(trainer)
+    trainer.observers.append(logger)
+    trainer.run()
+
+    good = summarize(folder)
+    assert good.status_text() == "finished" and not good.problems, good.problems
+    newest = folder.checkpoints()[-1][1]
+    original = newest.read_bytes()
+    flip_parameter_byte(newest)
+    bad = summarize(folder)
+    assert bad.status_text() == "damaged" and bad.damaged_checkpoint
+    said = [p for p in bad.problems if "newest checkpoint (iteration 4) is damaged" in p and "checksum" in p]
+    assert said, bad.problems
+    newest.write_bytes(original)
+    assert summarize(folder).status_text() == "finished"

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.algorithms.registry import algorithm_label
+from ..core.training.checkpoint import read_checkpoint
 from ..core.training.config import ExperimentConfig
 from ..core.training.metrics import chunk_from_logs
 from ..core.training.runs import RUNS_ENV, RunFolder, RunFolderError
@@ -54,6 +55,7 @@ class RunSummary:
     post_accuracy: dict[str, float] = field(default_factory=dict)
     created: str = ""
     problems: list[str] = field(default_factory=list)  # what could not be read
+    damaged_checkpoint: bool = False  # the newest checkpoint fails its checksum: resume falls back to an older one
     has_checkpoint: bool = False
     exports: int = 0
 
@@ -62,7 +64,9 @@ class RunSummary:
         return self.status == "finished" and self.iteration >= self.total > 0
 
     def status_text(self) -> str:
-        return "damaged" if self.problems and self.status == "unknown" else self.status
+        if self.damaged_checkpoint or (self.problems and self.status == "unknown"):
+            return "damaged"
+        return self.status
 
     def progress_text(self) -> str:
         return f"{self.iteration:,} / {self.total:,}" if self.total else f"{self.iteration:,}"
@@ -189,6 +193,10 @@ def summarize(folder: RunFolder, active: Path | None = None, now: float | None =
                 out.post_accuracy[name] = float(m["post_accuracy"])
     out.created = _created(status, folder.path)
     out.has_checkpoint = bool(folder.checkpoints())
+    problem = newest_checkpoint_problem(folder)
+    if problem:
+        out.damaged_checkpoint = True
+        out.problems.append(problem)
     out.exports = len(folder.exports())
     if out.status == "running":
         if active is not None and Path(active).resolve() == folder.path.resolve():
@@ -196,6 +204,35 @@ def summarize(folder: RunFolder, active: Path | None = None, now: float | None =
         elif (now if now is not None else time.time()) - _last_write(folder) > STALE_S:
             out.status = "interrupted"
     return out
+
+
+_VERIFIED: dict[tuple[str, int, int], str | None] = {}  # (path, mtime_ns, size) -> problem, so a list refresh
+# re-reads only checkpoints that changed
+
+
+def newest_checkpoint_problem(folder: RunFolder) -> str | None:
+    """Why the folder's newest checkpoint does not read back (a flipped byte fails its checksum, a cut file its
+    header), or None. A run whose last checkpoint is damaged is not shown as "finished": resuming or opening it falls
+    back to an older checkpoint, and the list says so."""
+    found = folder.checkpoints()
+    if not found:
+        return None
+    iteration, path = found[-1]
+    try:
+        st = path.stat()
+    except OSError as exc:
+        return f"the newest checkpoint (iteration {iteration:,}) cannot be read: {exc}"
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _VERIFIED:
+        if len(_VERIFIED) > 4096:
+            _VERIFIED.clear()
+        try:
+            read_checkpoint(path)
+            _VERIFIED[key] = None
+        except Exception as exc:  # noqa: BLE001 - damaged or crafted files of any kind
+            _VERIFIED[key] = (f"the newest checkpoint (iteration {iteration:,}) is damaged ({exc}): resuming and "
+                              "opening fall back to the newest one that reads")
+    return _VERIFIED[key]
 
 
 def list_summaries(root: Path, active: Path | None = None) -> list[RunSummary]:
