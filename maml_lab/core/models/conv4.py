@@ -299,20 +299,38 @@ class Conv4:
             raise ValueError(f"conv4 expects x of shape [tasks, images, C, H, W], got {tuple(x.shape)}")
         # Stride-0 task views that autograd differentiates must keep their per-task gradient (adapt() takes the
         # gradient of the summed task losses with respect to them), so they take the per-task path.
+        return self.apply_head(params, self.features(params, x))
+
+    def features(self, params, x: torch.Tensor) -> torch.Tensor:
+        """The body's output, the head's input [B, N, feature_dim]: the forward pass without the linear head
+        (ProtoNets' embedding, Baseline's frozen features, a linear probe). params as `forward`; the head's
+        entries are not read, so a dict without them works too. Batch norm as `forward`: per task."""
+        if x.dim() != 5:
+            raise ValueError(f"conv4 expects x of shape [tasks, images, C, H, W], got {tuple(x.shape)}")
+        shapes = self.param_shapes()
+        head = set(self.head_names())
+        params = OrderedDict((k, v) for k, v in params.items() if k not in head)
         shared = self.shared_params(params, views=not (torch.is_grad_enabled()
                                                        and any(v.requires_grad for v in params.values())))
         if shared is not None:
-            return self._forward_shared(shared, x)
-        shapes = self.param_shapes()
+            return self._features_shared(shared, x)
         b = x.shape[0]
         params = OrderedDict((k, v if v.dim() == len(shapes[k]) + 1 else v.unsqueeze(0).expand(b, *v.shape))
                              for k, v in params.items())
         strategy = self.per_task_strategy(x.device)
         if strategy == "vmap":
-            return self._forward_vmap(params, x)
+            return self._features_vmap(params, x)
         if strategy == "loop":
-            return self._forward_loop(params, x)
-        return self._forward_grouped(params, x)
+            return self._features_loop(params, x)
+        return self._features_grouped(params, x)
+
+    def apply_head(self, params, feats: torch.Tensor) -> torch.Tensor:
+        """The linear head on features [B, N, feature_dim] -> logits [B, N, ways]; its parameters shared or
+        per task ([B, ...])."""
+        weight, bias = (params[k] for k in self.head_names())
+        if weight.dim() == 3:
+            return torch.baddbmm(bias.unsqueeze(1), feats, weight.transpose(1, 2))
+        return F.linear(feats, weight, bias)
 
     def per_task_strategy(self, device: torch.device | str) -> str:
         """How per-task parameters run: a loop of per-task convolutions on CPU, one grouped convolution elsewhere."""
@@ -366,13 +384,12 @@ class Conv4:
             h = F.max_pool2d(h, 2)
         return h, cache
 
-    def _forward_shared(self, params, x: torch.Tensor) -> torch.Tensor:
+    def _features_shared(self, params, x: torch.Tensor) -> torch.Tensor:
         b, n = x.shape[:2]
         h = x.reshape(b * n, *x.shape[2:]).contiguous(memory_format=torch.channels_last)
         for k in range(self.blocks):
             h, _ = self._block_shared(k, params, h, b, keep=False)
-        head = self._head
-        return F.linear(self._head_input(h).reshape(b, n, -1), params[f"{head}.weight"], params[f"{head}.bias"])
+        return self._head_input(h).reshape(b, n, -1)
 
     def batched_loss_grad(self, params, x: torch.Tensor, y: torch.Tensor, loss_fn):
         """Per-task cross-entropy losses [B] and gradients [B, ...] at *shared* parameters, by explicit
@@ -510,7 +527,7 @@ class Conv4:
         return torch.cat([padded[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
                           for i in range(3) for j in range(3)], dim=-1)
 
-    def _forward_loop(self, params, x: torch.Tensor) -> torch.Tensor:
+    def _features_loop(self, params, x: torch.Tensor) -> torch.Tensor:
         """Per-task parameters, one task at a time (channels-last on CPU); one autograd graph for all.
 
         The first convolution (few input channels, the images need no gradient) is one batched matmul of
@@ -554,12 +571,13 @@ class Conv4:
                 if self.downsample == "maxpool":
                     h = F.max_pool2d(h, 2)
             feats.append(self._head_input(h))
-        head = self._head
-        return torch.baddbmm(params[f"{head}.bias"].unsqueeze(1), torch.stack(feats),
-                             params[f"{head}.weight"].transpose(1, 2))
+        return torch.stack(feats)
 
     def _forward_folded(self, params, x: torch.Tensor) -> torch.Tensor:
         """Shared parameters, tasks folded into the batch; batch-norm statistics per task (reference path)."""
+        return self.apply_head(params, self._features_folded(params, x))
+
+    def _features_folded(self, params, x: torch.Tensor) -> torch.Tensor:
         b, n = x.shape[:2]
         h = x.reshape(b * n, *x.shape[2:])
         for k in range(self.blocks):
@@ -574,11 +592,9 @@ class Conv4:
             h = F.relu(h5.view_as(h))
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
-        feats = self._head_input(h).reshape(b, n, -1)
-        head = self._head
-        return F.linear(feats, params[f"{head}.weight"], params[f"{head}.bias"])
+        return self._head_input(h).reshape(b, n, -1)
 
-    def _forward_grouped(self, params, x: torch.Tensor) -> torch.Tensor:
+    def _features_grouped(self, params, x: torch.Tensor) -> torch.Tensor:
         """Per-task parameters: tasks are channel groups of one [N, B*C, H, W] batch."""
         b, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, b * x.shape[2], *x.shape[3:])
@@ -594,14 +610,12 @@ class Conv4:
             h = F.relu(h)
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
-        feats = self._head_input(h).reshape(n, b, -1).transpose(0, 1)  # [B, N, F*h*w] (or [B, N, F])
-        head = self._head
-        return torch.baddbmm(params[f"{head}.bias"].unsqueeze(1), feats, params[f"{head}.weight"].transpose(1, 2))
+        return self._head_input(h).reshape(n, b, -1).transpose(0, 1)  # [B, N, F*h*w] (or [B, N, F])
 
-    def _forward_vmap(self, params, x: torch.Tensor) -> torch.Tensor:
+    def _features_vmap(self, params, x: torch.Tensor) -> torch.Tensor:
         """Per-task parameters with torch.func.vmap over the task dimension (kept for comparison)."""
 
         def one(p, xi):
-            return self._forward_folded(p, xi.unsqueeze(0)).squeeze(0)
+            return self._features_folded(p, xi.unsqueeze(0)).squeeze(0)
 
         return torch.func.vmap(one)(dict(params), x)

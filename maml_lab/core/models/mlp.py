@@ -67,9 +67,13 @@ class MLP:
         return params
 
     def forward(self, params, x: torch.Tensor) -> torch.Tensor:
+        return self._layers(params, x, 0, self.num_layers)
+
+    def _layers(self, params, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Layers start..stop-1 on x (the input of layer `start`); params shared or per-task ([B, ...])."""
         h = x
         last = self.num_layers - 1
-        for i in range(self.num_layers):
+        for i in range(start, stop):
             w = params[f"{2 * i}.weight"]
             b = params[f"{2 * i}.bias"]
             if w.dim() == 3:  # per-task weights [B, out, in]
@@ -79,6 +83,15 @@ class MLP:
             if i != last:
                 h = self._act(h)
         return h
+
+    def features(self, params, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer's output, the head's input [..., sizes[-2]] (the input itself without hidden
+        layers): a linear probe's or a prototype classifier's features. The head's entries are not read."""
+        return self._layers(params, x, 0, self.num_layers - 1)
+
+    def apply_head(self, params, feats: torch.Tensor) -> torch.Tensor:
+        """The last linear layer on `features` (shared or per-task [B, ...] head)."""
+        return self._layers(params, feats, self.num_layers - 1, self.num_layers)
 
     def head_names(self, params=None) -> tuple[str, ...]:
         """The head: the last linear layer (what ANIL adapts and BOIL holds fixed in the inner loop)."""
