@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train --iterations offscreen, save a picture of the window to PATH and exit")
     p.add_argument("--iterations", type=_positive_int, help="meta-iterations (with --screenshot: default 2000)")
     p.add_argument("--view", choices=view_names(), default="playground", help="the view a screenshot shows")
+    p.add_argument("--wait", type=_positive_int, metavar="SECONDS",
+                   help="with --screenshot: stop training after this many seconds and picture the stopped run "
+                        "(default: wait until all --iterations are trained)")
     from .core.tasks.registry import task_names  # no Qt: the registries live in the core
 
     p.add_argument("--task", choices=task_names(),
@@ -189,7 +192,13 @@ def screenshot(app, args, config, size: tuple[int, int]) -> int:
         print(f"maml-lab: error: {window.panel.message or 'could not start training'}", file=sys.stderr)
         window.close()
         return 2
-    state = window.wait_for_training()
+    print(f"training {window.panel.iterations.value():,} iterations for the screenshot"
+          + (f" (at most {args.wait:,} s)" if args.wait else "") + "...", file=sys.stderr, flush=True)
+    state = window.wait_for_training(float(args.wait) if args.wait else None)
+    stopped_by_wait = state in ("starting", "running", "paused", "stopping")
+    if stopped_by_wait:  # --wait ran out: stop the run and picture what it reached, never a run still moving
+        window.stop()
+        state = window.wait_for_training(60.0)
     for _ in range(5):
         app.processEvents()
     window.views["playground"].flush()
@@ -210,5 +219,6 @@ def screenshot(app, args, config, size: tuple[int, int]) -> int:
         print(f"maml-lab: error: could not save the screenshot to {path}", file=sys.stderr)
         return 1
     print(f"saved {path} ({image.width()}x{image.height()}, training {state} after "
-          f"{window.history.last_iteration():,} iterations)")
+          f"{window.history.last_iteration():,} iterations"
+          + (f": stopped when --wait {args.wait:,} s ran out" if stopped_by_wait else "") + ")")
     return 0 if state in ("finished", "stopped") else 1

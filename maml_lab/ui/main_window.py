@@ -490,8 +490,9 @@ class MainWindow(QMainWindow):
     def resume_run(self, path: str | None = None) -> bool:
         return self.run_control.resume_run(path)
 
-    def wait_for_training(self, timeout_s: float = 600.0) -> str:
-        """Process events until the current run ends (for --screenshot and tests); returns the final state."""
+    def wait_for_training(self, timeout_s: float | None = 600.0) -> str:
+        """Process events until the current run ends or `timeout_s` passes (None: no limit; for --screenshot and
+        tests); returns the state then."""
         return self.run_control.wait_for_training(timeout_s)
 
     def export_initialization(self, name: str | None = None) -> list[Path]:

@@ -335,8 +335,9 @@ class RunController:
         self.controller.resume_run(folder.path)
         return True
 
-    def wait_for_training(self, timeout_s: float = 600.0) -> str:
-        """Process events until the current run ends (for --screenshot and tests); returns the final state."""
+    def wait_for_training(self, timeout_s: float | None = 600.0) -> str:
+        """Process events until the current run ends or `timeout_s` passes (None: no limit; for --screenshot and
+        tests); returns the state then."""
         from PySide6.QtCore import QEventLoop, QTimer
 
         if not self.running:
@@ -346,7 +347,8 @@ class RunController:
         timer = QTimer()
         timer.setSingleShot(True)
         timer.timeout.connect(loop.quit)
-        timer.start(int(timeout_s * 1000))
+        if timeout_s is not None:
+            timer.start(int(timeout_s * 1000))
         loop.exec()
         self.controller.finished.disconnect(loop.quit)
         return self.state

@@ -43,6 +43,16 @@ def test_screenshot_trains_and_saves_a_picture_that_is_not_blank(tmp_path, capsy
     assert found  # MAML's curve is on it
 
 
+def test_screenshot_with_wait_stops_the_run_and_pictures_the_stopped_run(tmp_path, capsys):
+    """--wait bounds a screenshot's training: the run is stopped (never pictured while it moves) and says so."""
+    path = tmp_path / "shot.png"
+    assert app.main(["--screenshot", str(path), "--iterations", "1000000", "--wait", "3", "--size", "1366x768"]) == 0
+    out = capsys.readouterr()
+    assert "training stopped after" in out.out and "stopped when --wait 3 s ran out" in out.out
+    assert "training 1,000,000 iterations for the screenshot (at most 3 s)" in out.err
+    assert QImage(str(path)).width() == 1366
+
+
 def test_screenshot_to_a_missing_folder_fails_cleanly(tmp_path, capsys):
     assert app.main(["--screenshot", str(tmp_path / "no" / "shot.png"), "--iterations", "2"]) == 1
     assert "could not save" in capsys.readouterr().err
