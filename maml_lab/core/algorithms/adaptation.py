@@ -37,7 +37,7 @@ def _detached_leaves(params) -> "OrderedDict[str, torch.Tensor]":
 
 def adapt(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tensor, steps: int, lr: float,
           create_graph: bool = False, keep_path: bool = False, batched: bool = False,
-          final_loss: bool = False, names=None) -> AdaptResult:
+          final_loss: bool = False, names=None, inner_loss=None, start=None) -> AdaptResult:
     """`steps` SGD steps with step size `lr` on each task's support set, from `params`.
 
     params: shared (theta, no task dim) unless `batched`. With create_graph=False the result is cut from
@@ -46,6 +46,10 @@ def adapt(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tens
     final_loss: also compute the support loss after the last step (one extra forward pass).
     names: adapt only these parameters (ANIL: the head, BOIL: the body; `adapted_subset`); the others keep their
     values and no inner gradient is taken for them. None: all of them.
+    inner_loss: the objective the steps descend, `inner_loss(params, start, x_support, y_support) -> [B]` per task
+    (an algorithm's `MetaAlgorithm.inner_objective`: iMAML's proximal term, a context, a regularizer); None: the
+    support loss, where models' explicit gradient paths (`batched_loss_grad`) apply. start: the per-task parameters
+    [B, ...] adaptation began from, which inner_loss sees (default: `params` as given, expanded).
     """
     if steps < 0:
         raise ValueError(f"adaptation steps must be >= 0, got {steps}")
@@ -53,15 +57,23 @@ def adapt(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tens
     fast = OrderedDict(params) if batched else expand_params(params, num_tasks)
     subset = _without_frozen(model, _check_subset(names, fast), fast)
     tracks_theta = any(v.requires_grad for v in fast.values()) and torch.is_grad_enabled()
-    explicit_grad = getattr(model, "batched_loss_grad", None)
+    # an algorithm's own objective is differentiated by autograd: models' explicit paths know the support loss only
+    explicit_grad = getattr(model, "batched_loss_grad", None) if inner_loss is None else None
+    if inner_loss is not None and start is None:
+        start = fast if tracks_theta else OrderedDict((k, v.detach()) for k, v in fast.items())
+
+    def objective(p):
+        if inner_loss is None:
+            return loss_fn(model.forward(p, x_support), y_support)
+        return inner_loss(p, start, x_support, y_support)
+
     losses: list[torch.Tensor] = []
     path = [OrderedDict((k, v.detach().clone()) for k, v in fast.items())] if keep_path else []
     with torch.enable_grad():
         for _ in range(steps):
             inputs = fast if tracks_theta else _detached_leaves(fast)
             if subset is not None:
-                fast = _subset_step(model, loss_fn, inputs, subset, x_support, y_support, lr, create_graph,
-                                    tracks_theta, losses)
+                fast = _subset_step(objective, inputs, subset, lr, create_graph, tracks_theta, losses)
                 if keep_path:
                     path.append(OrderedDict((k, v.detach().clone()) for k, v in fast.items()))
                 continue
@@ -72,7 +84,7 @@ def adapt(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tens
             if explicit is not None:
                 task_losses, grads = explicit
             else:
-                task_losses = loss_fn(model.forward(inputs, x_support), y_support)
+                task_losses = objective(inputs)
                 grads = torch.autograd.grad(task_losses.sum(), list(inputs.values()), create_graph=create_graph)
             losses.append(task_losses.detach())
             values = list(inputs.values())
@@ -86,7 +98,7 @@ def adapt(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tens
                 path.append(OrderedDict((k, v.detach().clone()) for k, v in fast.items()))
     if final_loss or steps == 0:
         with torch.no_grad():
-            losses.append(loss_fn(model.forward(fast, x_support), y_support))
+            losses.append(objective(fast))
     return AdaptResult(fast, losses, path)
 
 
@@ -118,15 +130,16 @@ def zero_frozen(model, names, grads) -> list:
     return [torch.zeros_like(g) if k in frozen else g for k, g in zip(names, grads)]
 
 
-def _subset_step(model, loss_fn, inputs, subset, x_support, y_support, lr, create_graph, tracks_theta, losses):
-    """One SGD step on the parameters in `subset` only (autograd, gradients of the others never taken)."""
+def _subset_step(objective, inputs, subset, lr, create_graph, tracks_theta, losses):
+    """One SGD step on the parameters in `subset` only (autograd, gradients of the others never taken);
+    objective(params) -> per-task losses [B]."""
     if not subset:  # nothing to adapt (BOIL on a model that is all head): the loss, no step
         with torch.no_grad():
-            losses.append(loss_fn(model.forward(inputs, x_support), y_support))
+            losses.append(objective(inputs))
         return inputs
     if not tracks_theta:  # evaluation: only the adapted tensors need to be leaves
         inputs = OrderedDict((k, v.detach().requires_grad_(k in subset)) for k, v in inputs.items())
-    task_losses = loss_fn(model.forward(inputs, x_support), y_support)
+    task_losses = objective(inputs)
     grads = torch.autograd.grad(task_losses.sum(), [inputs[k] for k in subset], create_graph=create_graph)
     losses.append(task_losses.detach())
     grads = dict(zip(subset, grads))
@@ -188,17 +201,20 @@ def adapt_adam(model, loss_fn, params, x_support: torch.Tensor, y_support: torch
 
 
 def sgd_trajectory(model, loss_fn, params, x_support: torch.Tensor, y_support: torch.Tensor, steps: int, lr: float,
-                   batched: bool = False, names=None):
+                   batched: bool = False, names=None, inner_loss=None):
     """Test-time SGD, one step at a time: yields each task's detached parameters [B, ...] after 0..steps steps.
-    names: adapt only these (see `adapt`)."""
+    names: adapt only these; inner_loss: the objective descended, seeing the parameters the trajectory started
+    from (see `adapt`)."""
     if steps < 0:
         raise ValueError(f"adaptation steps must be >= 0, got {steps}")
     fast = OrderedDict((k, v.detach()) for k, v in params.items())
     if not batched:
         fast = expand_params(fast, x_support.shape[0])
+    start = fast
     yield fast
     for _ in range(steps):
-        fast = adapt(model, loss_fn, fast, x_support, y_support, 1, lr, batched=True, names=names).params
+        fast = adapt(model, loss_fn, fast, x_support, y_support, 1, lr, batched=True, names=names,
+                     inner_loss=inner_loss, start=start).params
         fast = OrderedDict((k, v.detach()) for k, v in fast.items())
         yield fast
 

@@ -10,6 +10,7 @@ entry point group (docs/extending.md).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections import OrderedDict
@@ -90,14 +91,43 @@ class MetaAlgorithm:
         (torchrun) would not give one process's result: tasks that depend on the ones before them."""
 
     @classmethod
+    def inner_loss(cls, config, model, loss_fn, params, start, x_support, y_support,
+                   tensors: dict | None = None) -> torch.Tensor:
+        """Each task's inner-loop objective [B] at its parameters `params` ([B, ...]), adapting from `start` (the
+        parameters adaptation began from, theta per task [B, ...]); `tensors`: what it learned besides theta
+        (`export_tensors`). The default inner loop, MAML's meta-gradient and test-time adaptation all descend it, so
+        an objective of its own (iMAML's proximal term, a context, a regularizer) is this one method. Default: the
+        support loss, which models may differentiate without autograd (explicit paths: used only for it)."""
+        return loss_fn(model.forward(params, x_support), y_support)
+
+    @classmethod
+    def own_inner_loss(cls) -> bool:
+        """Whether `inner_loss` is not the support loss (explicit paths, which know only that one, then stand aside)."""
+        return getattr(cls.inner_loss, "__func__", None) is not MetaAlgorithm.inner_loss.__func__
+
+    @classmethod
+    def inner_objective(cls, config, model, loss_fn, tensors: dict | None = None):
+        """`inner_loss` bound to a config, a model, a loss and learned tensors: the `inner_loss(params, start,
+        x_support, y_support)` callable `adapt` and `sgd_trajectory` take; None for the plain support loss."""
+        if not cls.own_inner_loss():
+            return None
+        return functools.partial(cls.inner_loss, config, model, loss_fn, tensors=tensors)
+
+    def training_objective(self):
+        """`inner_objective` with this run's config, model, loss and live learned tensors (None: the support loss)."""
+        return type(self).inner_objective(self.config, self.model, self.loss_fn, dict(self.export_tensors()))
+
+    @classmethod
     def test_trajectory(cls, config, model, loss_fn, params, x_support, y_support, steps: int,
                         batched: bool = False, tensors: dict | None = None
                         ) -> Iterator["OrderedDict[str, torch.Tensor]"]:
         """Test-time adaptation as this algorithm was trained to adapt: yields each task's parameters [B, ...]
         after 0, 1, ..., `steps` steps, detached. `tensors`: what it learned besides theta (`export_tensors`).
-        The default is plain SGD with step size inner_lr (MAML paper), on the parameters `adapts` names."""
+        The default is plain SGD with step size inner_lr (MAML paper) on `inner_loss`, on the parameters `adapts`
+        names."""
         return sgd_trajectory(model, loss_fn, params, x_support, y_support, steps, config.inner_lr, batched,
-                              names=cls.adapted_names(model, params))
+                              names=cls.adapted_names(model, params),
+                              inner_loss=cls.inner_objective(config, model, loss_fn, tensors or {}))
 
     @classmethod
     def adapted_names(cls, model, params) -> "tuple[str, ...] | None":
@@ -150,7 +180,8 @@ class MetaAlgorithm:
         """Gradient of the mean post-adaptation query loss with respect to theta (no update).
 
         Models that can compute it without autograd (`explicit_meta_gradient`: ReLU/tanh MLPs with the MSE
-        loss, see mlp_meta.py) do so; every other model differentiates through `adapt`. With step_loss_weights it
+        loss, see mlp_meta.py) do so, unless the algorithm has an `inner_loss` of its own (those paths know the
+        support loss only); every other model and objective differentiates through `adapt`. With step_loss_weights it
         is the gradient of sum_s w_s * (mean query loss after inner step s), by autograd; the returned loss and
         logits are still those after the last step.
 
@@ -164,14 +195,19 @@ class MetaAlgorithm:
             raise TypeError(f"{self.label or self.name} adapts with tensors it learns besides theta, so MAML's "
                             "meta-gradient is not its own; its meta_step computes the real one")
         if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL): rl/objective.py
+            if self.own_inner_loss():
+                raise TypeError(f"{self.label or self.name} has an inner loss of its own, which the sampled tasks' "
+                                "surrogate objective does not take")
             from ..rl.objective import objective_meta_gradient
 
             return objective_meta_gradient(self, params, batch, first_order)
         if cfg.step_loss_weights:
             return self._multi_step_meta_gradient(params, batch, first_order)
         names = self.adapted_names(self.model, params)
-        # a subset (ANIL, BOIL): models whose explicit path takes `names` (conv-4) compute it there too
-        explicit = getattr(self.model, "explicit_meta_gradient", None)
+        objective = self.training_objective()
+        # a subset (ANIL, BOIL): models whose explicit path takes `names` (conv-4) compute it there too; an inner
+        # loss of the algorithm's own is differentiated by autograd (the explicit paths know the support loss only)
+        explicit = getattr(self.model, "explicit_meta_gradient", None) if objective is None else None
         if explicit is not None and names is not None and "names" not in inspect.signature(explicit).parameters:
             explicit = None
         if explicit is not None:
@@ -181,7 +217,7 @@ class MetaAlgorithm:
                 res = AdaptResult(out.params, out.support_losses, support_pred=getattr(out, "support_pred", None))
                 return out.grads, out.meta_loss, res, out.query_pred
         res = adapt(self.model, self.loss_fn, params, batch.x_support, batch.y_support, cfg.inner_steps,
-                    cfg.inner_lr, create_graph=not first_order, names=names)
+                    cfg.inner_lr, create_graph=not first_order, names=names, inner_loss=objective)
         query_logits = self.model.forward(res.params, batch.x_query)
         meta_loss = self.loss_fn(query_logits, batch.y_query).mean()
         grads = torch.autograd.grad(meta_loss, list(params.values()))
@@ -189,12 +225,14 @@ class MetaAlgorithm:
 
     def _multi_step_meta_gradient(self, params, batch, first_order: bool):
         cfg = self.config
-        fast = expand_params(params, batch.num_tasks)
+        fast = start = expand_params(params, batch.num_tasks)
         names = self.adapted_names(self.model, params)
+        inner_loss = self.training_objective()
         support_losses, objective = [], 0.0
         for weight in cfg.step_loss_weights:
             res = adapt(self.model, self.loss_fn, fast, batch.x_support, batch.y_support, 1, cfg.inner_lr,
-                        create_graph=not first_order, batched=True, names=names)
+                        create_graph=not first_order, batched=True, names=names, inner_loss=inner_loss,
+                        start=start)
             fast = res.params
             support_losses += res.support_losses
             query_logits = self.model.forward(fast, batch.x_query)

@@ -84,13 +84,14 @@ def _point_params(plane: Plane, like, coords: np.ndarray, device, dtype, repeat:
 def sgd_rule(adaptation, model, params) -> "tuple[float, tuple[str, ...] | None] | None":
     """(step size, adapted names or None for all) when `adaptation` fine-tunes by plain SGD at one step size and
     predicts with one forward pass (a number; an algorithm that keeps MetaAlgorithm's test_trajectory and has no
-    `predict` of its own), else None: the rule is the algorithm's own (learned rates, another optimizer...)."""
+    `predict` or `inner_loss` of its own), else None: the rule is the algorithm's own (learned rates, another
+    optimizer, another inner objective...)."""
     config = adaptation_config(adaptation)
     if config is None:
         return float(adaptation), None
     cls = algorithm_class(config.name)
     own = getattr(cls.test_trajectory, "__func__", None) is not MetaAlgorithm.test_trajectory.__func__
-    if own or getattr(cls, "predict", None) is not None:
+    if own or getattr(cls, "predict", None) is not None or cls.own_inner_loss():
         return None
     return float(config.inner_lr), cls.adapted_names(model, params)
 
