@@ -30,7 +30,11 @@ from .theme import ERROR, MUTED
 COLUMNS = ("Run", "Task", "Algorithms", "Status", "Iterations", "After adaptation", "Created")
 STATUS_COLORS = {"running": "#009E73", "finished": "#0072B2", "stopped": MUTED, "created": MUTED,
                  "interrupted": "#B26B00", "diverged": "#D55E00", "failed": "#D55E00", "damaged": ERROR}
-NAME_WIDTH = 330  # px at most for the Run column (names elide in the middle beyond)
+NAME_WIDTH = 300  # px at most for the Run column (names elide in the middle beyond)
+RESULT_COLUMN = 5
+# px at most for the columns whose text grows with the run (name, algorithms, results): beyond, they elide and the
+# tooltip has the whole text, so Created stays in view at the dialog's default size
+CAPPED_WIDTHS = {0: NAME_WIDTH, 2: 200, RESULT_COLUMN: 320}
 BUSY_NOTE = "A run is training: stop it before opening or resuming another (one run at a time)."
 
 
@@ -74,8 +78,10 @@ class RunsModel(QAbstractTableModel):
 
     def tooltip(self, row: int, column: int = 0) -> str:
         s = self.summaries[row]
-        if column == 5 and s.result_text():
-            return s.result_tip()
+        if column == RESULT_COLUMN and s.result_text():
+            return f"{s.result_text()}\n{s.result_tip()}"
+        if column == 2:
+            return s.algorithms_text()
         return str(s.path) + ("\n" + "\n".join(s.problems) if s.problems else "")
 
     def data(self, index, role=Qt.ItemDataRole.DisplayRole):
@@ -134,7 +140,8 @@ class PastRunsDialog(QDialog):
         header.setHighlightSections(False)
         header.setDefaultAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)  # fitted to the names, up to a cap
+        for capped in CAPPED_WIDTHS:  # fitted to their contents, up to a cap, so Created stays in view
+            header.setSectionResizeMode(capped, QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
         self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # long run names keep date and algorithms
         self.table.selectionModel().selectionChanged.connect(lambda *_: self._sync())
@@ -199,8 +206,9 @@ class PastRunsDialog(QDialog):
         self.change_button.setEnabled(not root_from_env())
         self.change_button.setToolTip("$MAML_LAB_RUNS sets the runs folder" if root_from_env()
                                       else "Where new runs go, and which are listed here")
-        self.table.resizeColumnToContents(0)
-        self.table.setColumnWidth(0, min(self.table.columnWidth(0), NAME_WIDTH))
+        for column, cap in CAPPED_WIDTHS.items():
+            self.table.resizeColumnToContents(column)
+            self.table.setColumnWidth(column, min(self.table.columnWidth(column), cap))
         paths = [s.path for s in self.summaries]
         row = paths.index(selected) if selected in paths else (0 if paths else -1)
         if row >= 0:

@@ -333,3 +333,33 @@ def test_past_runs_double_click_opens_and_change_sets_the_root(window, qtbot, sm
         event(dialog.table.viewport(), Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, rect.center())
     assert window.opened_run == window.run_folder
     assert maml_iterations(window) == list(range(1, 11))
+
+
+def test_past_runs_keeps_the_created_column_in_view_beside_a_long_result(qtbot, tmp_path):
+    """Several algorithms' results make a long "After adaptation" text: it is capped (full text in its tooltip), so
+    the Created column stays in the dialog at its default size."""
+    from maml_lab.core.algorithms.config import AlgorithmConfig
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.core.training.runs import RunLogger
+    from maml_lab.ui.past_runs import RESULT_COLUMN, PastRunsDialog
+
+    names = ("maml", "fomaml", "reptile", "pretrained", "metasgd", "mamlpp")
+    cfg = ExperimentConfig(iterations=2, meta_batch_size=2, val_every=0, hidden=[8, 8],
+                           algorithms=[AlgorithmConfig.defaults(n, inner_steps=2) for n in names])
+    folder = RunFolder.create(tmp_path / "runs" / "a-run-with-six-algorithms", cfg)
+    trainer = Trainer(cfg, record_every=1)
+    logger = RunLogger(folder, checkpoint_every=2)
+    logger.start(trainer)
+    trainer.observers.append(logger)
+    trainer.run()
+
+    dialog = PastRunsDialog(None, tmp_path / "runs")
+    qtbot.addWidget(dialog)
+    dialog.show()
+    qtbot.waitExposed(dialog)
+    table, last = dialog.table, 6  # Created
+    assert dialog.model.text(0, RESULT_COLUMN).count("·") == len(names) - 1  # every algorithm's result
+    needed = table.fontMetrics().horizontalAdvance(dialog.model.text(0, last)) + 12  # the cell's margins
+    assert table.columnViewportPosition(last) + table.columnWidth(last) <= table.viewport().width()
+    assert table.columnWidth(last) >= needed, (table.columnWidth(last), needed)  # not elided
+    assert dialog.model.text(0, RESULT_COLUMN) in dialog.model.tooltip(0, RESULT_COLUMN)
