@@ -128,6 +128,7 @@ def _image_limits(args):
 
 def build_parser() -> argparse.ArgumentParser:
     from .core.algorithms.registry import algorithm_names
+    from .core.models.batch_norm import BATCH_NORM_MODES
     from .core.tasks.registry import task_names
 
     ALGORITHMS = algorithm_names()
@@ -240,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "classes are used, or, for one trained with --eval-data, all of its classes; repeat it for "
                         "several sets")
     e.add_argument("--ways", type=_int_at_least(2), help="must match the initialization's output layer")
+    e.add_argument("--bn", nargs="+", choices=BATCH_NORM_MODES, metavar="MODE",
+                   help="batch norm of the predictions (image initializations): transductive (a task's queries "
+                        "together, cbfinn/maml), support (the support set's statistics: queries one at a time), "
+                        "support+query (each query with the support set, supervised-reptile), running (population "
+                        "statistics of training tasks); several for one table; default: the algorithm's own")
     e.add_argument("--json", type=Path, metavar="PATH",
                    help="also write each initialization's evaluation card and results as JSON")
     _add_image_limits(e)
@@ -623,6 +629,8 @@ def cmd_eval(args) -> int:
         params = {k: v.to(device) for k, v in params.items()}
         print(f"{path.name}: {meta.get('algorithm')} after {meta.get('iterations')} iterations, "
               f"{model.spec().get('kind')} model ({_threads_text(threads)})")
+        if getattr(args, "bn", None) and not hasattr(model, "batch_norm_names"):
+            raise UsageError(f"--bn: {path.name} is a {model.spec().get('kind')} model without batch norm")
         if kind.metric == "return":  # reinforcement learning (2-D navigation): average return, oracle, random
             from .core.rl.protocol import eval_navigation
 

@@ -89,6 +89,38 @@ def test_builtin_glyphs_without_rotations_and_default_test_steps(tmp_path, capsy
     assert [line for line in stdout.splitlines() if ACCURACY.fullmatch(line)][0].startswith("5-way 1-shot: ")
 
 
+def test_eval_batch_norm_modes_side_by_side_with_their_cards(tmp_path, capsys):
+    out = tmp_path / "glyphs.pt"
+    assert main(["train", "--task", "images", "--iterations", "1", "--meta-batch-size", "2", "--image-size", "14",
+                 "--algorithm", "maml", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    json_path = tmp_path / "eval.json"
+    assert main(["eval", str(out), "--tasks", "3", "--queries", "2", "--steps", "1", "--bn", "transductive", "support",
+                 "running", "--json", str(json_path)]) == 0
+    stdout = capsys.readouterr().out
+    assert "  batch norm: transductive" in stdout and "  batch norm: support-set statistics" in stdout
+    assert "  batch norm: running statistics" in stdout
+    rows = [line for line in stdout.splitlines() if line.startswith("5-way 1-shot: ")]
+    assert [r.rsplit("(", 1)[1] for r in rows] == ["batch norm transductive)", "batch norm support)",
+                                                    "batch norm running)"]
+    import json
+
+    ev = json.loads(json_path.read_text())["evaluations"][0]
+    assert set(ev["cards"]) == {"transductive", "support", "running"}
+    assert [r["batch_norm"] for r in ev["results"]] == ["transductive", "support", "running"]
+    assert "training classes" in ev["cards"]["running"]["notes"]["running_statistics"]
+
+
+def test_eval_refuses_a_batch_norm_mode_for_a_model_without_batch_norm(tmp_path, capsys):
+    out = tmp_path / "sine.pt"
+    assert main(["train", "--task", "sinusoid", "--iterations", "1", "--meta-batch-size", "2", "--hidden", "4",
+                 "--algorithm", "maml", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--tasks", "2", "--bn", "support"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--bn: sine.pt is a mlp model without batch norm" in err and len(err.splitlines()) == 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["train", "--task", "images", "--data", "missing.zip"], "image set not found"),
     (["train", "--task", "images", "--image-mode", "rgb"], "glyph set is grayscale"),

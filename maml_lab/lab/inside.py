@@ -548,20 +548,24 @@ class CurveSet:
     num_tasks: int = 0
     classification: bool = False
     references: dict = field(default_factory=dict)  # label -> AdaptationCurve (the family's reference_curves)
+    batch_norm: str | None = None  # the predictions' batch-norm mode (None: each algorithm's own)
 
 
 def compute_curves(requests: list[CurveRequest], family, shots: int, steps: int, num_tasks: int, queries: int,
-                   progress=None, cancel: threading.Event | None = None) -> CurveSet:
-    """core.evaluation.adaptation_curve for each initialization on the same held-out tasks (same seed)."""
+                   progress=None, cancel: threading.Event | None = None, batch_norm: str | None = None) -> CurveSet:
+    """core.evaluation.adaptation_curve for each initialization on the same held-out tasks (same seed); batch_norm:
+    the predictions' batch-norm mode for models with batch norm (core/models/batch_norm.py; None: each one's own)."""
     from ..core.analysis.evaluation import adaptation_curve
+    from ..core.models.batch_norm import has_batch_norm
 
     out = CurveSet(shots=shots, steps=steps, num_tasks=num_tasks,
-                   classification=is_classification(family.loss))
+                   classification=is_classification(family.loss), batch_norm=batch_norm)
 
     def compute(r):
         dtype = next(iter(r.params.values())).dtype
         return adaptation_curve(r.model, family, r.params, shots, steps, r.adaptation, num_tasks, queries=queries,
-                                dtype=dtype, chunk=min(num_tasks, 200))
+                                dtype=dtype, chunk=min(num_tasks, 200),
+                                batch_norm=batch_norm if has_batch_norm(r.model) else None)
 
     for_each_request(requests, compute, out, out.curves, progress, cancel)
     kind = _family_kind(family)

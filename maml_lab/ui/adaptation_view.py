@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QCheckBox, QLabel, QSpinBox
+from PySide6.QtWidgets import QCheckBox, QComboBox, QLabel, QSpinBox
 
 from ..core.analysis.card import EvaluationCard
 from ..core.export import atomic_write_bytes
@@ -62,6 +62,13 @@ class AdaptationView(HeldOutView):
         self.tasks.setSingleStep(50)
         self.tasks.setValue(300)
         self.tasks.valueChanged.connect(lambda _: self._inputs_changed())
+        # the predictions' batch-norm mode (core/models/batch_norm.py); "running" needs the training classes,
+        # which `eval --bn running` rebuilds, so the view offers the three that need only the held-out task
+        self.batch_norm = QComboBox()
+        self.batch_norm.addItem("own rule", None)
+        for mode in ("transductive", "support", "support+query"):
+            self.batch_norm.addItem(mode, mode)
+        self.batch_norm.currentIndexChanged.connect(lambda _: self._inputs_changed())
         self.log_scale = QCheckBox("Log scale")
         self.log_scale.setChecked(False)
         self.log_scale.toggled.connect(self._on_log)
@@ -75,6 +82,12 @@ class AdaptationView(HeldOutView):
             labelled("Steps", self.steps, "Adaptation steps, each initialization by its own rule (SGD at its "
                                            "inner lr, its learned rates, or its inner optimizer)"),
             labelled("Tasks", self.tasks, "Held-out tasks the mean and its 95% interval are over"),
+            labelled("Batch norm", self.batch_norm,
+                     "How batch norm normalizes a task's queries (conv-4): each algorithm's own rule (transductive, "
+                     "or Reptile's option); transductive: the queries together, with their own statistics (cbfinn/"
+                     "maml); support: the support set's statistics only, so queries could come one at a time; "
+                     "support+query: each query in one batch with the support set (supervised-reptile). Adaptation "
+                     "is the same in every mode"),
             self.log_scale, self.compute_button, self.cancel_button, self.progress, self.export_image_button,
             self.export_data_button])
 
@@ -130,8 +143,9 @@ class AdaptationView(HeldOutView):
     # -- computing -----------------------------------------------------------------------------------
     def job(self, requests: list, family, queries: int):
         shots, steps, tasks = self.shots.value(), self.steps.value(), self.tasks.value()
+        batch_norm = self.batch_norm.currentData()
         return lambda progress, cancel: compute_curves(requests, family, shots, steps, tasks, queries, progress,
-                                                       cancel)
+                                                       cancel, batch_norm=batch_norm)
 
     def drawn(self) -> bool:
         return self.result is not None and bool(self.result.curves)
@@ -163,7 +177,7 @@ class AdaptationView(HeldOutView):
             cards[r.key] = EvaluationCard.build(
                 getattr(family, "name", "sinusoid"), result.num_tasks, [result.shots], list(range(result.steps + 1)),
                 r.adaptation, queries=queries, ways=getattr(family, "ways", None), loss=family.loss, model=r.model,
-                algorithm=r.algorithm, notes={"initialization": r.label})
+                algorithm=r.algorithm, batch_norm=result.batch_norm, notes={"initialization": r.label})
         return cards
 
     def _show_cards(self) -> None:
@@ -177,7 +191,9 @@ class AdaptationView(HeldOutView):
                  f"differs from the {first.paper}: {'; '.join(first.differences)}"
                  if first.paper else
                  "no paper protocol for this setting")
-        self.card_label.setText(f"Evaluation card: {first.what()}; {first.convention} conventions; "
+        modes = sorted({c.batch_norm_mode for c in self.cards.values() if c.batch_norm_mode})
+        bn = f"batch norm {' / '.join(modes)}; " if modes else ""
+        self.card_label.setText(f"Evaluation card: {first.what()}; {first.convention} conventions; {bn}"
                                 f"{first.ci}; {' / '.join(optimizers)}; {paper} · hover for the full cards")
         self.card_label.setToolTip("\n\n".join(f"{self.result.labels.get(k, k)}\n{c.text()}"
                                                 for k, c in self.cards.items()))

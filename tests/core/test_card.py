@@ -50,11 +50,13 @@ def test_card_states_the_protocol_and_matches_the_maml_paper():
     assert card.effective_step_size == pytest.approx(2.0) and card.transductive is True
     text = card.text()
     lines = text.splitlines()
-    assert 4 <= len(lines) <= 6
+    assert 5 <= len(lines) <= 7
     assert lines[0] == "evaluation card: 5-way 1-shot images, 600 held-out tasks, 1 query per class; maml"
     assert lines[1] == "  adaptation: 3 steps of SGD, inner lr 0.4"
-    assert "cbfinn" in lines[2] and "sum" in lines[2] and "no scale, eps 1e-3" in lines[2]
-    assert lines[3] == f"  {CI_FORMULA}" and "matches the protocol of the MAML paper" in lines[4]
+    assert "cbfinn" in lines[2] and "sum" in lines[2]
+    assert lines[3].startswith("  batch norm: transductive") and "no scale, eps 1e-3" in lines[3]
+    assert lines[4] == f"  {CI_FORMULA}" and "matches the protocol of the MAML paper" in lines[5]
+    assert card.batch_norm_mode == "transductive"
     d = card.to_dict()
     assert d["tasks"] == 600 and d["ways"] == 5 and d["shots"] == [1] and d["steps"] == [3] and d["queries"] == 1
     assert d["convention"] == "cbfinn" and d["matches_paper"] is True and d["text"] == text
@@ -186,3 +188,21 @@ def test_head_or_body_only_adaptation_is_not_the_papers_protocol(name, subset):
     else:
         assert card.adapts == subset and not card.matches_paper
         assert f"adapts the {subset} only" in card.text() and card.to_dict()["adapts"] == subset
+
+
+@pytest.mark.parametrize("mode, words", [("support", "support-set statistics"),
+                                         ("support+query", "each query with the support set"),
+                                         ("running", "running statistics")])
+def test_the_card_states_the_batch_norm_mode_and_a_non_transductive_one_differs_from_the_paper(mode, words):
+    card = _images_card(shots=[1], batch_norm=mode)
+    assert card.batch_norm_mode == mode and card.transductive is False
+    assert f"  batch norm: {words}" in card.text()
+    assert not card.matches_paper and any(d.startswith(f"batch norm {mode} (paper: transductive)")
+                                          for d in card.differences)
+    # Reptile's own option picks its default mode; an evaluation's choice wins
+    reptile = AlgorithmConfig.defaults("reptile", task="images", options={"transductive": False})
+    own = EvaluationCard.build("images", 600, [1], [50], reptile, loss="cross_entropy", model=Conv4())
+    assert own.batch_norm_mode == "support+query"
+    chosen = EvaluationCard.build("images", 600, [1], [50], reptile, loss="cross_entropy", model=Conv4(),
+                                  batch_norm="transductive")
+    assert chosen.batch_norm_mode == "transductive" and chosen.transductive

@@ -106,6 +106,30 @@ def test_adaptation_view_card_states_cbfinn_conventions(qtbot, glyph_heldout, tm
     assert "tasks 10 (paper: 600)" in data["curves"][0]["card"]["differences"]
 
 
+def test_adaptation_view_batch_norm_setting_reaches_the_curves_and_cards(qtbot, glyph_heldout):
+    from maml_lab.lab.inside import RunPaths
+    from maml_lab.ui.adaptation_view import AdaptationView
+
+    view = AdaptationView()
+    qtbot.addWidget(view, before_close_func=lambda v: v.shutdown())
+    view.set_run(RunPaths(1, 1, {"kind": "conv4"}, glyph_heldout.loss, "images", 1, 2, OrderedDict(), {},
+                          eval_family=glyph_heldout))
+    view.set_initialization(_conv_init("lab"))
+    view.tasks.setValue(10)
+    view.steps.setValue(1)
+    view.shots.setValue(1)
+    curves = {}
+    for mode in ("transductive", "support"):
+        view.batch_norm.setCurrentIndex(view.batch_norm.findData(mode))
+        with qtbot.waitSignal(view.computed, timeout=60000):
+            assert view.compute()
+        card = view.cards["maml"]
+        assert card.batch_norm_mode == mode and f"batch norm {mode};" in view.card_label.text()
+        curves[mode] = view.result.curves["maml"].loss_mean
+    assert "support-set statistics" in view.cards["maml"].batch_norm
+    assert not (curves["support"] == curves["transductive"]).all()  # the mode changes the query predictions
+
+
 def test_tasks_view_card_under_the_predictions(qtbot, glyph_heldout):
     from maml_lab.ui.tasks_view import TasksView
 

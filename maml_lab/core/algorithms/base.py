@@ -130,6 +130,14 @@ class MetaAlgorithm:
                               inner_loss=cls.inner_objective(config, model, loss_fn, tensors or {}))
 
     @classmethod
+    def batch_norm_mode(cls, config) -> str:
+        """How batch norm treats a task's queries when this algorithm predicts, unless an evaluation chooses
+        (models/batch_norm.py: "transductive", "support", "support+query", "running"): transductive, as cbfinn/maml.
+        An algorithm's `predict(config, model, ...)` hook gets the chosen mode through `model`, whose `forward` and
+        `features` apply it."""
+        return "transductive"
+
+    @classmethod
     def adapted_names(cls, model, params) -> "tuple[str, ...] | None":
         """The parameters this algorithm's inner loop adapts (`adapts`); None: all of them."""
         return adapted_subset(model, params, cls.adapts)

@@ -135,16 +135,32 @@ def test_trajectory(adaptation, model, loss_fn, params, x_support, y_support, st
                                                         batched, tensors=tensors)
 
 
-def predict(adaptation, model, params, x_support, y_support, x_query) -> torch.Tensor:
-    """Query outputs [B, Q, ...] of adapted `params`, as the algorithm predicts: its `predict(config, model, params,
-    x_support, y_support, x_query)` when it has one (Reptile without transduction: each query in a batch with the
-    support set; a prototype classifier: the support labels), else one forward pass of the query set (batch norm
-    on the query batch: transductive)."""
+def predict(adaptation, model, params, x_support, y_support, x_query, batch_norm=None) -> torch.Tensor:
+    """Query outputs [B, Q, ...] of adapted `params`, as the algorithm predicts (its `predict(config, model, params,
+    x_support, y_support, x_query)` when it has one: a prototype classifier sees the support labels; else one forward
+    pass of the query set), with batch norm in the mode `batch_norm` (models/batch_norm.py: "transductive",
+    "support", "support+query", or running statistics; None: the algorithm's own, `batch_norm_mode`). The mode
+    reaches the algorithm's hook through the model it is handed, so every algorithm and view predicts under it."""
+    from ..models.batch_norm import NormalizedModel
+
     config = adaptation_config(adaptation)
+    if batch_norm is None:
+        batch_norm = default_batch_norm(adaptation)
+    if not isinstance(batch_norm, str) or batch_norm != "transductive":
+        model = NormalizedModel(model, batch_norm, x_support)
     rule = getattr(algorithm_class(config.name), "predict", None) if config is not None else None
     if rule is None:
         return model.forward(params, x_query)
     return rule(config, model, params, x_support, y_support, x_query)
+
+
+def default_batch_norm(adaptation) -> str:
+    """The batch-norm mode an algorithm predicts in unless told otherwise (`batch_norm_mode`; plain SGD step sizes
+    and most algorithms: "transductive", as cbfinn/maml)."""
+    config = adaptation_config(adaptation)
+    if config is None:
+        return "transductive"
+    return algorithm_class(config.name).batch_norm_mode(config)
 
 
 def adaptation_config(adaptation) -> AlgorithmConfig | None:

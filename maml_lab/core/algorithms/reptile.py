@@ -25,7 +25,8 @@ What the reference code does beyond the paper's text, and what this file follows
   cbfinn's convention) get no inner step; supervised-reptile's own model has none.
 * Batch norm uses the statistics of the batch it sees. `transductive` (the reference's `--transductive`, used for
   its reported numbers): the query examples are classified together, in one batch; otherwise each query example is
-  classified in a batch with the support set, as the reference does without the flag.
+  classified in a batch with the support set, as the reference does without the flag (`batch_norm_mode`: the
+  batch-norm mode "support+query" of models/batch_norm.py, which every algorithm's evaluation can choose).
 
 The sinusoid defaults follow the Reptile paper's sine demo: inner SGD of 0.02 on mini-batches of 10 of 50 points
 (5 steps: one epoch), one task per update, eps 0.1 annealed to 0, 32 full-batch steps on the K test points. What a
@@ -207,26 +208,20 @@ class Reptile(MetaAlgorithm):
         return second, int(step.reshape(-1)[0])
 
     @classmethod
-    def predict(cls, config, model, params, x_support, y_support, x_query) -> torch.Tensor:
-        """Query predictions [B, Q, ...] with the adapted `params`: transductive, all queries in one batch;
-        otherwise each query in a batch with the support set (batch norm sees the support set and that query)."""
-        if config.option("transductive"):
-            return model.forward(params, x_query)
-        outs = [model.forward(params, torch.cat([x_support, x_query[:, j:j + 1]], dim=1))[:, -1:]
-                for j in range(x_query.shape[1])]
-        return torch.cat(outs, dim=1)
+    def batch_norm_mode(cls, config) -> str:
+        """supervised-reptile's `--transductive`: the queries together; without it, each query in one batch with the
+        support set (models/batch_norm.py's "support+query", which config.predict applies)."""
+        return "transductive" if config.option("transductive") else "support+query"
 
     @classmethod
     def test_adaptation_text(cls, config) -> str:
         batch = int(config.option("eval_batch"))
         batches = f"mini-batches of {batch}" if batch else "the full support set"
-        # the batch-norm mode only where it departs from the rest of the lab (queries classified together)
-        mode = "" if config.option("transductive") else ", each query classified with the support set"
         if config.inner_optimizer == "adam":
             state = ("moments carried from training" if config.option("adam_state") == "carry"
                      else "fresh moments per task")
-            return f"Adam (beta1 0, {state}), inner lr {config.inner_lr:g}, {batches}{mode}"
-        return f"SGD, inner lr {config.inner_lr:g}, {batches}{mode}"
+            return f"Adam (beta1 0, {state}), inner lr {config.inner_lr:g}, {batches}"
+        return f"SGD, inner lr {config.inner_lr:g}, {batches}"
 
     # -- training -------------------------------------------------------------------------------------------------
     def __init__(self, model, loss, config, total_iterations=1):

@@ -1,8 +1,9 @@
 """Evaluation cards: the protocol of an evaluation stated next to its numbers (Qt-free).
 
 A card says what an accuracy or MSE was measured under: the task family, how many held-out tasks, ways, shots
-and queries, how many test-time steps of which inner optimizer and step size, how batch norm treats a task
-(transductive: the statistics of the images it is applied to), the loss convention (the lab's per-task mean or
+and queries, how many test-time steps of which inner optimizer and step size, how batch norm treats a task's
+queries (the batch-norm mode: transductive, the support set's statistics, each query with the support set, or
+running statistics; core/models/batch_norm.py), the loss convention (the lab's per-task mean or
 cbfinn/maml's sum / K), the confidence-interval formula, and whether all of this is the protocol of a named
 paper (which fields differ, and how). CLI `eval`, the Adaptation and Tasks views, the benchmark scripts and their
 CSV/JSON exports print or embed one (`text()`, `to_dict()`).
@@ -123,6 +124,9 @@ class EvaluationCard:
     loss: str = ""  # the loss convention in words
     batch_norm: str = "none (no batch norm)"
     transductive: bool | None = None  # None: no batch norm
+    # the batch-norm mode of the predictions (core/models/batch_norm.py): transductive, support, support+query,
+    # running; None: no batch norm
+    batch_norm_mode: str | None = None
     adapts: str = "all"  # which parameters the inner loop moves: all, head (ANIL) or body (BOIL)
     ci: str = CI_FORMULA
     paper: str | None = None  # the named protocol's title (None: no paper states one for this setting)
@@ -136,11 +140,13 @@ class EvaluationCard:
     @classmethod
     def build(cls, task_family: str, tasks: int, shots, steps, adaptation, *, queries: int | None = None,
               ways: int | None = None, loss: str | None = None, model=None, algorithm: str | None = None,
-              transductive: bool | None = None, notes: dict | None = None) -> "EvaluationCard":
+              transductive: bool | None = None, batch_norm=None, notes: dict | None = None) -> "EvaluationCard":
         """A card for `tasks` held-out tasks of `task_family` fine-tuned `steps` steps by `adaptation` (an
         AlgorithmConfig, LearnedAdaptation or an SGD step size), with `model` (its batch norm and convention) and
-        the loss name the adaptation minimizes (tasks.losses)."""
-        from ..algorithms.config import adaptation_config, adaptation_text
+        the loss name the adaptation minimizes (tasks.losses). `batch_norm`: the predictions' batch-norm mode (a
+        mode name or PopulationStatistics; None: the algorithm's own, `default_batch_norm`)."""
+        from ..algorithms.config import adaptation_config, adaptation_text, default_batch_norm
+        from ..models.batch_norm import PopulationStatistics, mode_name
         from ..tasks.losses import loss_text
 
         config = adaptation_config(adaptation)
@@ -154,20 +160,22 @@ class EvaluationCard:
         spec = model.spec() if hasattr(model, "spec") else dict(model or {})
         convention = spec.get("convention", "lab") if spec.get("kind") == "conv4" else (
             "cbfinn" if loss == "cross_entropy_sum" else "lab")
-        if transductive is None and spec.get("kind") == "conv4":
-            transductive = True  # the engine's batch norm: the statistics of the batch it sees
-            if config is not None:
-                try:
-                    transductive = bool(config.option("transductive"))  # Reptile's supervised-reptile option
-                except KeyError:
-                    pass
+        mode = None
+        if spec.get("kind") == "conv4":
+            if batch_norm is None and transductive is not None:
+                batch_norm = "transductive" if transductive else "support+query"
+            mode = mode_name(batch_norm if batch_norm is not None else default_batch_norm(adaptation))
+            transductive = mode == "transductive"
         card = cls(task_family=task_family, tasks=int(tasks), shots=sorted({int(s) for s in _list(shots)}),
                    steps=sorted({int(s) for s in _list(steps)}), queries=None if queries is None else int(queries),
                    ways=None if ways is None else int(ways), algorithm=algorithm,
                    inner_optimizer=text, step_size=step_size, convention=convention,
-                   loss=loss_text(loss) if loss else "", transductive=transductive, notes=dict(notes or {}))
+                   loss=loss_text(loss) if loss else "", transductive=transductive, batch_norm_mode=mode,
+                   notes=dict(notes or {}))
         if spec.get("kind") == "conv4":
-            card.batch_norm = _batch_norm_text(convention, transductive, _inner_loop_steps_batch_norm(algorithm))
+            card.batch_norm = _batch_norm_text(convention, mode, _inner_loop_steps_batch_norm(algorithm))
+            if isinstance(batch_norm, PopulationStatistics) and batch_norm.source:
+                card.notes.setdefault("running_statistics", batch_norm.source)
         card.adapts = _adapted_subset(algorithm)
         card.compare(paper_protocol(task_family, algorithm, card.ways))
         return card
@@ -204,7 +212,7 @@ class EvaluationCard:
             d.append(f"{self.convention} loss and batch-norm conventions (paper's code: {protocol.convention})")
         if protocol.transductive is not None and self.transductive is not None \
                 and self.transductive != protocol.transductive:
-            d.append(f"batch norm {'transductive' if self.transductive else 'not transductive'} (paper: "
+            d.append(f"batch norm {self.batch_norm_mode if not self.transductive else 'transductive'} (paper: "
                      f"{'transductive' if protocol.transductive else 'not transductive'})")
         if self.adapts != "all":
             d.append(f"the inner loop adapts the {self.adapts} only (paper: every parameter)")
@@ -235,7 +243,8 @@ class EvaluationCard:
         steps = _steps_text(self.steps)
         lines = [f"evaluation card: {self.what()}" + (f"; {self.algorithm}" if self.algorithm else ""),
                  f"  adaptation: {steps} step{'s' if self.steps != [1] else ''} of {self.inner_optimizer}",
-                 f"  conventions: {self.convention}; loss {self.loss or 'n/a'}; batch norm {self.batch_norm}",
+                 f"  conventions: {self.convention}; loss {self.loss or 'n/a'}",
+                 f"  batch norm: {self.batch_norm}",
                  f"  {self.ci}"]
         if self.paper is None:
             lines.append("  paper protocol: none stated for this setting")
@@ -292,10 +301,12 @@ def _inner_loop_steps_batch_norm(algorithm: str | None) -> bool:
     return cls.adapts != "head"
 
 
-def _batch_norm_text(convention: str, transductive: bool | None, inner_loop: bool = True) -> str:
-    mode = ("transductive (batch statistics of the support set while adapting, of a task's queries together "
-            "when predicting)") if transductive is not False else (
-        "not transductive (each query predicted in one batch with the support set, supervised-reptile)")
+def _batch_norm_text(convention: str, mode: str, inner_loop: bool = True) -> str:
+    """The predictions' batch-norm mode in words (adaptation always normalizes the support set with its own batch
+    statistics), then batch norm's form under the convention."""
+    from ..models.batch_norm import MODE_TEXT
+
+    mode = MODE_TEXT[mode]
     if convention == "cbfinn":
         form = "no scale, eps 1e-3, shift not adapted in the inner loop"
     else:

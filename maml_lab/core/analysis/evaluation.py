@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from ..algorithms.config import AlgorithmConfig, predict, test_trajectory
+from ..models.batch_norm import PopulationStatistics, at_step
 from ..tasks.losses import accuracy_per_task, is_classification, loss_function, model_loss
 
 
@@ -54,11 +55,13 @@ def mean_ci95(values: np.ndarray, axis: int = 0, skip_nan: bool = False) -> tupl
     return mean, ci
 
 
-def per_task_curve(model, loss_name: str, params, batch, max_steps: int, adaptation: AlgorithmConfig | float):
+def per_task_curve(model, loss_name: str, params, batch, max_steps: int, adaptation: AlgorithmConfig | float,
+                   batch_norm=None):
     """Query loss (and accuracy) of every task after 0..max_steps test-time steps: arrays [steps + 1, B].
 
     `adaptation`: the algorithm's config (it fine-tunes as it was trained to, e.g. Reptile with Adam), or a step
-    size for plain SGD."""
+    size for plain SGD. `batch_norm`: the predictions' batch-norm mode (models/batch_norm.py; None: the
+    algorithm's own)."""
     if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL): SGD at the inner lr
         from ..algorithms.config import adaptation_config
         from ..rl.objective import objective_curve
@@ -68,9 +71,11 @@ def per_task_curve(model, loss_name: str, params, batch, max_steps: int, adaptat
     loss_fn = loss_function(model_loss(loss_name, model))  # a conv-4 adapts with its own loss convention
     classification = is_classification(loss_name)
     losses, accs = [], []
-    for fast in test_trajectory(adaptation, model, loss_fn, params, batch.x_support, batch.y_support, max_steps):
+    for step, fast in enumerate(test_trajectory(adaptation, model, loss_fn, params, batch.x_support, batch.y_support,
+                                                max_steps)):
         with torch.no_grad():
-            logits = predict(adaptation, model, fast, batch.x_support, batch.y_support, batch.x_query)
+            logits = predict(adaptation, model, fast, batch.x_support, batch.y_support, batch.x_query,
+                             batch_norm=at_step(batch_norm, step))
             losses.append(loss_fn(logits, batch.y_query).double().cpu().numpy())
             if classification:
                 accs.append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())
@@ -79,8 +84,9 @@ def per_task_curve(model, loss_name: str, params, batch, max_steps: int, adaptat
 
 def adaptation_curve(model, family, params, shots: int, max_steps: int, adaptation: AlgorithmConfig | float,
                      num_tasks: int = 600, queries: int = 100, seed: int = 2017, device="cpu", dtype=torch.float32,
-                     chunk: int = 600) -> AdaptationCurve:
-    """Fine-tune `params` on `num_tasks` held-out tasks (seeded, independent of training) and score each step."""
+                     chunk: int = 600, batch_norm=None) -> AdaptationCurve:
+    """Fine-tune `params` on `num_tasks` held-out tasks (seeded, independent of training) and score each step
+    (batch_norm: the predictions' batch-norm mode, per_task_curve)."""
     if num_tasks < 1:
         raise ValueError(f"need at least one evaluation task, got {num_tasks}")
     generator = torch.Generator().manual_seed(seed)
@@ -89,7 +95,7 @@ def adaptation_curve(model, family, params, shots: int, max_steps: int, adaptati
     while remaining > 0:
         n = min(chunk, remaining)
         batch = family.sample(n, shots, queries, generator, device=device, dtype=dtype)
-        losses, accs = per_task_curve(model, family.loss, params, batch, max_steps, adaptation)
+        losses, accs = per_task_curve(model, family.loss, params, batch, max_steps, adaptation, batch_norm)
         all_losses.append(losses)
         if accs is not None:
             all_accs.append(accs)
@@ -100,3 +106,46 @@ def adaptation_curve(model, family, params, shots: int, max_steps: int, adaptati
     if all_accs:
         curve.accuracy_mean, curve.accuracy_ci95 = mean_ci95(np.concatenate(all_accs, axis=1), axis=1)
     return curve
+
+
+def population_statistics(model, family, params, adaptation, steps, num_tasks: int = 100, shots: int = 1,
+                          queries: int = 15, seed: int = 0, device="cpu", dtype=torch.float32,
+                          chunk: int = 25) -> PopulationStatistics:
+    """Batch-norm statistics of the whole population of tasks, for the "running" mode: `num_tasks` tasks of
+    `family` (the *training* classes: no held-out image enters them), each adapted by the algorithm's own rule, and
+    every batch-norm layer's per-channel mean and variance over the task's support and query images at the
+    parameters after each of `steps` test-time steps, pooled over tasks (mean of the means; variance = mean of
+    (var + mean^2) - mean^2, every task the same size). Per step count, as HowToTrainYourMAML keeps a running mean
+    and variance per inner step (which its code accumulates but never normalizes with: its F.batch_norm runs with
+    training=True); here they are collected after training from the final parameters, not by momentum during it."""
+    wanted = sorted({int(s) for s in steps})
+    if num_tasks < 1 or not wanted:
+        raise ValueError("running statistics need at least one task and one step count")
+    loss_fn = loss_function(model_loss(family.loss, model))
+    generator = torch.Generator().manual_seed(seed)
+    theta = {k: v.detach().to(device, dtype) for k, v in params.items()}
+    sums: dict[int, list] = {}
+    done = 0
+    while done < num_tasks:
+        n = min(chunk, num_tasks - done)
+        batch = family.sample(n, shots, queries, generator, device=device, dtype=dtype)
+        images = torch.cat([batch.x_support, batch.x_query], dim=1)
+        for step, fast in enumerate(test_trajectory(adaptation, model, loss_fn, theta, batch.x_support,
+                                                    batch.y_support, wanted[-1])):
+            if step not in wanted:
+                continue
+            with torch.no_grad():
+                stats = model.batch_norm_stats(fast, images)
+            block_sums = [(m.double().sum(0), (v.double() + m.double() ** 2).sum(0)) for m, v in stats]
+            if step in sums:
+                sums[step] = [(a + c, b + d) for (a, b), (c, d) in zip(sums[step], block_sums)]
+            else:
+                sums[step] = block_sums
+        done += n
+    by_step = {}
+    for step, blocks in sums.items():
+        by_step[step] = [((m / num_tasks).to(dtype), (sq / num_tasks - (m / num_tasks) ** 2).clamp_min(0).to(dtype))
+                         for m, sq in blocks]
+    return PopulationStatistics(by_step, tasks=num_tasks,
+                                source=f"{num_tasks} training tasks ({shots}-shot, {queries} queries per class, seed "
+                                       f"{seed}), after each test-time step count")

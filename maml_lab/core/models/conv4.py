@@ -2,8 +2,10 @@
 
 Four blocks of [3x3 conv (64 filters; 32 for 84x84 inputs) -> batch norm -> ReLU -> downsample], where the
 downsampling is a stride-2 convolution (Omniglot) or a 2x2 max-pool (MiniImagenet); then flatten and a
-linear N-way head. Batch norm always uses the statistics of the batch it sees (no running statistics), as
-in MAML, and a "batch" is one task: statistics never mix tasks.
+linear N-way head. Batch norm uses the statistics of the batch it sees (no running statistics), as in MAML,
+and a "batch" is one task: statistics never mix tasks. An evaluation may predict with other statistics instead
+(`forward(..., norm=...)`: the support set's, or fixed population statistics; the batch-norm modes of
+models/batch_norm.py).
 
 Parameter names are those of the equivalent `torch.nn.Sequential` (`torch_module()`), e.g. "0.weight" for
 the first conv, "1.weight" / "1.bias" for its batch norm, so an exported state_dict loads into plain PyTorch
@@ -290,13 +292,19 @@ class Conv4:
     # ---------------------------------------------------------------------------------------------------------
     # forward
 
-    def forward(self, params, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, params, x: torch.Tensor, norm=None) -> torch.Tensor:
         """params: shared (shapes as param_shapes) or per-task ([B, ...]); x [B, N, C, H, W] -> logits [B, N, ways].
 
-        Batch-norm statistics are computed per task (over that task's N images) in both cases.
+        Batch-norm statistics are computed per task (over that task's N images) in both cases. `norm` (a batch-norm
+        mode's statistics, models/batch_norm.py): None, the batch's own; an int S, those of each task's first S
+        images (the support set's, the others normalized with them); or per-block (mean, var) pairs (fixed).
         """
         if x.dim() != 5:
             raise ValueError(f"conv4 expects x of shape [tasks, images, C, H, W], got {tuple(x.shape)}")
+        if norm is not None:
+            feats = self._trunk(params, x, norm)
+            head = self._head
+            return self._linear(params, feats, head)
         # Stride-0 task views that autograd differentiates must keep their per-task gradient (adapt() takes the
         # gradient of the summed task losses with respect to them), so they take the per-task path.
         return self.apply_head(params, self.features(params, x))
@@ -331,6 +339,63 @@ class Conv4:
         if weight.dim() == 3:
             return torch.baddbmm(bias.unsqueeze(1), feats, weight.transpose(1, 2))
         return F.linear(feats, weight, bias)
+
+    def features(self, params, x: torch.Tensor, norm=None) -> torch.Tensor:
+        """What the head sees, [B, N, feature_dim] (the flattened, or for cbfinn's Omniglot head averaged, final
+        feature map), batch norm per task with statistics as `forward`'s `norm` says. A reference loop over tasks,
+        differentiable, for shared or per-task params."""
+        if x.dim() != 5:
+            raise ValueError(f"conv4 expects x of shape [tasks, images, C, H, W], got {tuple(x.shape)}")
+        return self._trunk(params, x, norm)
+
+    def batch_norm_stats(self, params, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each batch-norm layer's per-task, per-channel batch statistics on x: [(mean [B, F], biased var [B, F]),
+        ...] in block order (what the "running" mode pools over training tasks)."""
+        stats: list = []
+        self._trunk(params, x, None, collect=stats)
+        return [(torch.stack([m for m, _ in block]), torch.stack([v for _, v in block])) for block in stats]
+
+    def _linear(self, params, feats: torch.Tensor, head: str) -> torch.Tensor:
+        w, b = params[f"{head}.weight"], params[f"{head}.bias"]
+        if w.dim() == 3:  # per task
+            return torch.baddbmm(b.unsqueeze(1), feats, w.transpose(1, 2))
+        return F.linear(feats, w, b)
+
+    def _trunk(self, params, x: torch.Tensor, norm=None, collect: list | None = None) -> torch.Tensor:
+        """The four blocks, one task at a time, then the head's input [B, N, feature_dim]; batch norm per task with
+        the statistics `norm` names (forward). collect: a list that receives, per block, each task's (mean, var)."""
+        shapes = self.param_shapes()
+        b = x.shape[0]
+        if isinstance(norm, int) and not 0 < norm <= x.shape[1]:
+            raise ValueError(f"support statistics from the first {norm} of {x.shape[1]} images per task")
+        if collect is not None:
+            collect.extend([] for _ in range(self.blocks))
+        feats = []
+        for i in range(b):
+            p = {k: (v[i] if v.dim() == len(shapes[k]) + 1 else v) for k, v in params.items()}
+            h = x[i]
+            for k in range(self.blocks):
+                conv, bn = self._names(k)
+                h = F.conv2d(h, p[f"{conv}.weight"], p[f"{conv}.bias"], stride=self._stride, padding=1)
+                if norm is None or isinstance(norm, int):
+                    ref = h if norm is None else h[:norm]
+                    var, mean = torch.var_mean(ref, dim=(0, 2, 3), correction=0)
+                else:
+                    mean, var = norm[k]
+                    if mean.dim() == 2:
+                        mean, var = mean[i], var[i]
+                if collect is not None:
+                    collect[k].append((mean, var))
+                scale = torch.rsqrt(var + self.eps)
+                gamma = p.get(f"{bn}.weight")
+                if gamma is not None:
+                    scale = gamma * scale
+                shift = p[f"{bn}.bias"] - mean * scale
+                h = F.relu(torch.addcmul(shift.view(1, -1, 1, 1), h, scale.view(1, -1, 1, 1)))
+                if self.downsample == "maxpool":
+                    h = F.max_pool2d(h, 2)
+            feats.append(self._head_input(h))
+        return torch.stack(feats)
 
     def per_task_strategy(self, device: torch.device | str) -> str:
         """How per-task parameters run: a loop of per-task convolutions on CPU, one grouped convolution elsewhere."""

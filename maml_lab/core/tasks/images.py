@@ -419,6 +419,45 @@ def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=No
     return heldout
 
 
+def training_family_from_metadata(task: dict, progress=None, cancel=None,
+                                  hint: str = "pass --data PATH") -> ImageTaskFamily:
+    """Rebuild the classes an initialization meta-trained on (with the rotations it recorded), from its export
+    metadata: what the "running" batch-norm mode pools its population statistics over (no held-out image)."""
+    if task.get("name") != "images":
+        raise ValueError(f"not an image-task initialization (task {task.get('name')!r})")
+    ways = int(task.get("ways", 5))
+    request = task.get("preprocessing_request") or {}
+    recorded = task.get("preprocessing") or {}
+    size = request.get("size") or recorded.get("size") or [28, 28]
+    mode = request.get("mode") or recorded.get("mode") or "grayscale"
+    split_info = task.get("split") or {}
+    split = split_info.get("name") or ("held-out set" if task.get("eval_data") else "lab")
+    data = task.get("data")
+    missing = [p for p in data_paths(data) if not Path(p).exists()]
+    if missing:
+        raise ValueError(f"the image set this initialization was trained on is not at {missing[0]}; {hint}")
+    if not data_paths(data):
+        if task.get("source") != "glyphs":
+            raise ValueError(f"the metadata does not say which image set was used; {hint}")
+        glyph = task.get("glyph_config") or {}
+        from .glyphs import GlyphConfig, load_glyphs
+
+        known = {k: v for k, v in glyph.items() if k in GlyphConfig.__dataclass_fields__}
+        image_set = load_glyphs(GlyphConfig(**known) if known else GlyphConfig(size=int(size[0])),
+                                progress=progress, cancel=cancel)
+    else:
+        image_set = load_images(data, int(size[0]), mode, progress, cancel)
+    rotations = bool(task.get("rotations"))
+    if split == "held-out set":
+        train = ImageTaskFamily(image_set.with_rotations(list(ROTATIONS)) if rotations else image_set, ways,
+                                info={"split": {**split_info, "part": "train"}})
+    else:
+        train, _ = families_from_image_set(image_set, ways, rotations=rotations, data=data,
+                                           seed=int(split_info.get("seed", SPLIT_SEED)), split=split)
+    train.convention = str(task.get("convention", "lab"))
+    return train
+
+
 class ImageTasks(TaskFamilyKind):
     """The registry entry of N-way K-shot image classification: conv-4 trained with cross-entropy."""
 
@@ -526,12 +565,24 @@ class ImageTasks(TaskFamilyKind):
 
 def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, steps: list[int], adaptation,
                          num_tasks: int = 600, queries: int = 15, seed: int = 2017, device="cpu",
-                         dtype=torch.float32, chunk: int = 50, cancel: Callable[[], bool] | None = None
-                         ) -> dict[int, tuple[float, float]]:
+                         dtype=torch.float32, chunk: int = 50, cancel: Callable[[], bool] | None = None,
+                         batch_norm=None) -> dict[int, tuple[float, float]]:
     """Query accuracy of `num_tasks` seeded tasks after each of `steps` test-time steps: {steps: (mean, 95% CI)}.
-    `adaptation`: the algorithm's AlgorithmConfig (fine-tunes as it trained) or an SGD step size."""
+    `adaptation`: the algorithm's AlgorithmConfig (fine-tunes as it trained) or an SGD step size; `batch_norm`: the
+    predictions' batch-norm mode (models/batch_norm.py; None: the algorithm's own)."""
+    return accuracy_by_batch_norm(model, family, params, shots, steps, adaptation, [batch_norm], num_tasks, queries,
+                                  seed, device, dtype, chunk, cancel)[0]
+
+
+def accuracy_by_batch_norm(model, family: ImageTaskFamily, params, shots: int, steps: list[int], adaptation,
+                           batch_norms: list, num_tasks: int = 600, queries: int = 15, seed: int = 2017, device="cpu",
+                           dtype=torch.float32, chunk: int = 50, cancel: Callable[[], bool] | None = None
+                           ) -> list[dict[int, tuple[float, float]]]:
+    """accuracy_after_steps under each of several batch-norm modes, the tasks adapted once (adaptation does not
+    depend on the mode): one {steps: (mean, 95% CI)} per entry of `batch_norms`."""
     from ..algorithms.config import predict, test_trajectory
     from ..analysis.evaluation import mean_ci95
+    from ..models.batch_norm import at_step
     from .losses import accuracy_per_task, loss_function, model_loss
 
     if num_tasks < 1:
@@ -540,7 +591,7 @@ def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, ste
     wanted = sorted({int(s) for s in steps})
     generator = torch.Generator().manual_seed(seed)
     theta = {k: v.detach().to(device, dtype) for k, v in params.items()}
-    accs: dict[int, list[np.ndarray]] = {s: [] for s in wanted}
+    accs: list[dict[int, list[np.ndarray]]] = [{s: [] for s in wanted} for _ in batch_norms]
     done = 0
     while done < num_tasks:
         if cancel is not None and cancel():
@@ -550,15 +601,21 @@ def accuracy_after_steps(model, family: ImageTaskFamily, params, shots: int, ste
         trajectory = test_trajectory(adaptation, model, loss_function(model_loss(family.loss, model)), theta,
                                      batch.x_support, batch.y_support, wanted[-1])
         for step, fast in enumerate(trajectory):
-            if step in accs:
+            if step not in wanted:
+                continue
+            for mode, acc in zip(batch_norms, accs):
                 with torch.no_grad():
-                    logits = predict(adaptation, model, fast, batch.x_support, batch.y_support, batch.x_query)
-                    accs[step].append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())
+                    logits = predict(adaptation, model, fast, batch.x_support, batch.y_support, batch.x_query,
+                                     batch_norm=at_step(mode, step))
+                    acc[step].append(accuracy_per_task(logits, batch.y_query).double().cpu().numpy())
         done += n
-    out = {}
-    for s in wanted:
-        mean, ci = mean_ci95(np.concatenate(accs[s]))
-        out[s] = (float(mean), float(ci))
+    out = []
+    for acc in accs:
+        result = {}
+        for s in wanted:
+            mean, ci = mean_ci95(np.concatenate(acc[s]))
+            result[s] = (float(mean), float(ci))
+        out.append(result)
     return out
 
 
@@ -646,16 +703,45 @@ def eval_image_initialization(args, params, meta, model, shots_list, steps, adap
                                 loss=family.loss, model=model, algorithm=meta.get("algorithm"),
                                 notes={"data": where or "glyphs", "heldout_classes": family.image_set.num_classes,
                                        "split_seed": split.get("seed", SPLIT_SEED), "task_seed": args.seed})
-    print(card.text())
-    results = {shots: accuracy_after_steps(model, family, params, shots, steps, adaptation, args.tasks, queries,
-                                           args.seed, device, dtype)
-               for shots in shots_list}
+    modes = list(getattr(args, "bn", None) or [None])
+    running_note = {"running_statistics": "pooled over 100 seeded tasks of the training classes, adapted by the "
+                                          "algorithm's rule, per shots and step count"} if "running" in modes else {}
+    cards = [card if mode is None else EvaluationCard.build(
+        "images", args.tasks, shots_list, steps, adaptation, queries=queries, ways=ways, loss=family.loss, model=model,
+        algorithm=meta.get("algorithm"), batch_norm=mode, notes={**card.notes, **(running_note if mode == "running"
+                                                                                 else {})}) for mode in modes]
+    for c in cards:
+        print(c.text())
+    results = {}
+    for shots in shots_list:
+        batch_norms = [running_statistics(task, model, params, adaptation, steps, shots, queries, device, dtype)
+                       if mode == "running" else mode for mode in modes]
+        results[shots] = accuracy_by_batch_norm(model, family, params, shots, steps, adaptation, batch_norms,
+                                                args.tasks, queries, args.seed, device, dtype)
     rows = []
     for s in sorted(set(steps)):
         print(f"after {s} fine-tuning step{'s' if s != 1 else ''} ({adaptation_text(adaptation)}):")
-        for shots in shots_list:
-            mean, ci = results[shots][s]
-            print(format_accuracy(ways, shots, mean, ci))
-            rows.append({"ways": ways, "shots": shots, "steps": s, "metric": "accuracy", "mean": mean, "ci95": ci})
-    return {"card": card.to_dict(), "results": rows}
+        for i, c in enumerate(cards):
+            for shots in shots_list:
+                mean, ci = results[shots][i][s]
+                print(format_accuracy(ways, shots, mean, ci) + (f"  (batch norm {c.batch_norm_mode})"
+                                                                if len(cards) > 1 else ""))
+                rows.append({"ways": ways, "shots": shots, "steps": s, "metric": "accuracy", "mean": mean, "ci95": ci,
+                             "batch_norm": c.batch_norm_mode})
+    out = {"card": cards[0].to_dict(), "results": rows}
+    if len(cards) > 1:
+        out["cards"] = {c.batch_norm_mode: c.to_dict() for c in cards}
+    return out
+
+
+def running_statistics(task: dict, model, params, adaptation, steps, shots: int, queries: int, device, dtype,
+                       num_tasks: int = 100):
+    """The "running" batch-norm mode's population statistics for `eval`: `num_tasks` tasks of the training classes
+    (rebuilt from the metadata), seeded, adapted by the algorithm's rule, per step count (analysis/evaluation.py)."""
+    from ..analysis.evaluation import population_statistics
+
+    train = training_family_from_metadata(task, progress=_LoadProgress("loading the training set (running "
+                                                                       "statistics)"))
+    return population_statistics(model, train, params, adaptation, steps, num_tasks, shots, queries, seed=0,
+                                 device=device, dtype=dtype)
 
