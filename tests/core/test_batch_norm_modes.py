@@ -90,7 +90,8 @@ def test_trunk_with_batch_statistics_is_the_forward_pass(kw):
     for p in (theta, params):
         expected = model.forward(p, xq)
         feats = model.features(p, xq)
-        torch.testing.assert_close(model._linear(p, feats, model._head), expected)
+        torch.testing.assert_close(model.apply_head(p, model._trunk(p, xq)), expected)
+        torch.testing.assert_close(feats, model._trunk(p, xq))
         # support statistics of the whole batch are its own statistics
         torch.testing.assert_close(model.forward(p, xq, norm=xq.shape[1]), expected)
 

@@ -301,20 +301,19 @@ class Conv4:
         """
         if x.dim() != 5:
             raise ValueError(f"conv4 expects x of shape [tasks, images, C, H, W], got {tuple(x.shape)}")
-        if norm is not None:
-            feats = self._trunk(params, x, norm)
-            head = self._head
-            return self._linear(params, feats, head)
         # Stride-0 task views that autograd differentiates must keep their per-task gradient (adapt() takes the
         # gradient of the summed task losses with respect to them), so they take the per-task path.
-        return self.apply_head(params, self.features(params, x))
+        return self.apply_head(params, self.features(params, x, norm))
 
-    def features(self, params, x: torch.Tensor) -> torch.Tensor:
+    def features(self, params, x: torch.Tensor, norm=None) -> torch.Tensor:
         """The body's output, the head's input [B, N, feature_dim]: the forward pass without the linear head
         (ProtoNets' embedding, Baseline's frozen features, a linear probe). params as `forward`; the head's
-        entries are not read, so a dict without them works too. Batch norm as `forward`: per task."""
+        entries are not read, so a dict without them works too. Batch norm as `forward`: per task, with the
+        statistics `norm` names (then by `_trunk`, a reference loop over tasks)."""
         if x.dim() != 5:
             raise ValueError(f"conv4 expects x of shape [tasks, images, C, H, W], got {tuple(x.shape)}")
+        if norm is not None:
+            return self._trunk(params, x, norm)
         shapes = self.param_shapes()
         head = set(self.head_names())
         params = OrderedDict((k, v) for k, v in params.items() if k not in head)
@@ -340,26 +339,12 @@ class Conv4:
             return torch.baddbmm(bias.unsqueeze(1), feats, weight.transpose(1, 2))
         return F.linear(feats, weight, bias)
 
-    def features(self, params, x: torch.Tensor, norm=None) -> torch.Tensor:
-        """What the head sees, [B, N, feature_dim] (the flattened, or for cbfinn's Omniglot head averaged, final
-        feature map), batch norm per task with statistics as `forward`'s `norm` says. A reference loop over tasks,
-        differentiable, for shared or per-task params."""
-        if x.dim() != 5:
-            raise ValueError(f"conv4 expects x of shape [tasks, images, C, H, W], got {tuple(x.shape)}")
-        return self._trunk(params, x, norm)
-
     def batch_norm_stats(self, params, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each batch-norm layer's per-task, per-channel batch statistics on x: [(mean [B, F], biased var [B, F]),
         ...] in block order (what the "running" mode pools over training tasks)."""
         stats: list = []
         self._trunk(params, x, None, collect=stats)
         return [(torch.stack([m for m, _ in block]), torch.stack([v for _, v in block])) for block in stats]
-
-    def _linear(self, params, feats: torch.Tensor, head: str) -> torch.Tensor:
-        w, b = params[f"{head}.weight"], params[f"{head}.bias"]
-        if w.dim() == 3:  # per task
-            return torch.baddbmm(b.unsqueeze(1), feats, w.transpose(1, 2))
-        return F.linear(feats, w, b)
 
     def _trunk(self, params, x: torch.Tensor, norm=None, collect: list | None = None) -> torch.Tensor:
         """The four blocks, one task at a time, then the head's input [B, N, feature_dim]; batch norm per task with
