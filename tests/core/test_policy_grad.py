@@ -133,6 +133,39 @@ def test_explicit_gradient_and_hessian_vector_product_equal_autograd(shared):
             assert torch.allclose(h, e, rtol=1e-10, atol=1e-12), name
 
 
+@pytest.mark.parametrize("shared", [True, False])
+def test_gauss_newton_product_equals_autograd(shared):
+    """J^T M J V (TRPO's KL Hessian at the old policy, core/rl/explicit_trpo.py) against torch.func's jvp and vjp of
+    the policy's means, and the log std's identity Jacobian."""
+    policy = GaussianMLPPolicy((2, 9, 7, 2))
+    gen = torch.Generator().manual_seed(5)
+    theta = policy.init_params(gen, dtype=D)
+    b, m = 3, 11
+    params = theta if shared else per_task(theta, b, gen)
+    obs = torch.randn(b, m, 2, generator=gen, dtype=D)
+    mean_weight = torch.rand(b, m, 2, generator=gen, dtype=D) * (torch.rand(b, m, 1, generator=gen) > 0.2)
+    std_weight = torch.rand(b, 1, generator=gen, dtype=D)
+    direction = [torch.randn(*(() if shared else (b,)), *shape, generator=gen, dtype=D)
+                 for shape in policy.param_shapes().values()]
+    names = list(params)
+    taskwise = expand_params(params, b) if shared else params
+
+    def means(*values):
+        return policy.forward(dict(zip(names, values)), obs)
+
+    values = tuple(params.values())
+    tangent = torch.func.jvp(means, values, tuple(direction))[1]
+    expect = list(torch.func.vjp(means, *values)[1](tangent * mean_weight))
+    ls = names.index("log_std")
+    extra = std_weight * (direction[ls] if not shared else direction[ls].expand(b, 2))
+    expect[ls] = expect[ls] + (extra.sum(0) if shared else extra)
+    explicit = PolicyGradient(policy)
+    hidden, _ = explicit.forward(taskwise if not shared else params, obs)
+    got = explicit.gauss_newton(params, [obs, *hidden], direction, mean_weight, std_weight, summed=shared)
+    for name, g, e in zip(names, got, expect):
+        assert torch.allclose(g, e, rtol=1e-10, atol=1e-12), name
+
+
 @pytest.mark.parametrize("name", ["maml", "fomaml"])
 def test_explicit_meta_gradient_equals_autograd_through_the_inner_step(name, monkeypatch):
     """The paper's policy and sizes, shortened horizon: objective_meta_gradient by the explicit path and by

@@ -71,6 +71,65 @@ def test_kl_hessian_vector_product_matches_the_dense_hessian(inner_steps, first_
         assert torch.allclose(obj.hvp(v), expect, rtol=1e-6, atol=1e-9)  # the Gauss-Newton form training uses
 
 
+@pytest.mark.parametrize("inner_steps,first_order,pre_kl,fraction", [(1, False, False, 1.0), (1, False, False, 0.5),
+                                                                     (1, True, False, 1.0), (0, False, False, 0.5),
+                                                                     (1, False, True, 0.5)])
+def test_explicit_objective_equals_autograd(inner_steps, first_order, pre_kl, fraction):
+    """rl/explicit_trpo.py (the default on navigation's ReLU policy) against the autograd objective on the same
+    trajectories: the surrogate's gradient through the inner step, the KL's Hessian-vector products (also against
+    autograd of autograd of the KL through the inner step, on the samples the products use), the line search's
+    surrogate and KL at candidates, and a whole TRPO step."""
+    policy, theta, batch = setup(tasks=4)
+    args = (policy, theta, batch, LR, inner_steps, first_order, fraction, pre_kl)
+    mine, ref = trpo_objective(*args), trpo_objective(*args, explicit=False)
+    assert mine.gradient is not None and ref.gradient is None  # which path each took
+    assert torch.allclose(mine.query.cost, ref.query.cost, rtol=1e-12)  # the same trajectories (rows reordered)
+    leaves = [v.clone().requires_grad_(True) for v in theta.values()]
+    with torch.enable_grad():
+        loss, kl = ref.evaluate(leaves, True)
+        expect = trpo.flatten(torch.autograd.grad(loss, leaves, retain_graph=True))
+    got_loss, got = mine.gradient()
+    assert got_loss == pytest.approx(float(loss.detach()), abs=1e-12)
+    assert torch.allclose(got, expect, rtol=1e-9, atol=1e-12)
+    # the KL's products: on the samples the products use (the first ceil(fraction x B) goals), autograd of autograd
+    n = int(np.ceil(fraction * batch.num_tasks))
+    sub = trpo_objective(policy, theta, batch.task(0) if n == 1 else type(batch)(
+        batch.x_support[:n], batch.y_support[:n], batch.x_query[:n], batch.y_query[:n],
+        {k: v[:n] for k, v in batch.info.items()}, env=batch.env, shots=batch.shots, queries=batch.queries,
+        seed=batch.seed, task_ids=batch.task_ids[:n]), LR, inner_steps, first_order, 1.0, pre_kl, explicit=False)
+    with torch.enable_grad():
+        double_backward = trpo.kl_hvp(sub.evaluate(leaves, True)[1], leaves)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        v = torch.randn(got.numel(), generator=gen, dtype=D)
+        assert torch.allclose(mine.hvp(v), ref.hvp(v), rtol=1e-8, atol=1e-11)
+        # the KL's 1e-8 in 1 / (2 var + 1e-8) (rllab's) is in autograd's Hessian, not in M = 1 / var: ~1e-8 relative
+        expect_hv = double_backward(v)
+        assert float((mine.hvp(v) - expect_hv).norm()) < 1e-7 * float(expect_hv.norm())
+    # the line search's evaluations, at theta_old and along a direction
+    for scale in (0.0, 0.05, 0.3):
+        candidate = [t + scale * d for t, d in zip(theta.values(), trpo.unflatten(expect / expect.norm(), leaves))]
+        (a, b), (c, d) = mine.evaluate(candidate, False), ref.evaluate(candidate, False)
+        assert float(a) == pytest.approx(float(c), rel=1e-10, abs=1e-13)
+        assert float(b) == pytest.approx(float(d), rel=1e-9, abs=1e-14)
+        if scale == 0.0:
+            assert abs(float(b)) < 1e-14 and float(a) == pytest.approx(got_loss, abs=1e-13)
+    # a whole step. Four conjugate-gradient iterations at damping 1e-2: on this tiny policy (18 of its 55
+    # directions have zero curvature) ten at 1e-5 amplify rounding, and the residual's stopping test (1e-10) makes
+    # the solution jump where one run stops an iteration before the other
+    results = []
+    for obj in (mine, ref):
+        params = [v.clone().requires_grad_(True) for v in theta.values()]
+        res = trpo.trpo_step(params, obj.evaluate, trpo.TRPOSettings(reg_coeff=1e-2, cg_iters=4), obj.hvp,
+                             obj.gradient() if obj.gradient is not None else None)
+        results.append((res, params))
+    (r1, p1), (r2, p2) = results
+    assert r1.accepted and r1.accepted == r2.accepted and r1.backtracks == r2.backtracks
+    assert r1.loss_after == pytest.approx(r2.loss_after, rel=1e-8) and r1.kl == pytest.approx(r2.kl, rel=1e-8)
+    for a, b in zip(p1, p2):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-11)
+
+
 def test_conjugate_gradient_matches_a_dense_solve():
     gen = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(12, 12, generator=gen, dtype=D))

@@ -76,10 +76,16 @@ class PolicySamples:
     advantages: torch.Tensor  # [B, M] (constant)
     mask: torch.Tensor  # [B, M]: 1 on steps of a running episode
     cost: torch.Tensor  # [B]: minus the average return of the trajectories
+    # what the rollout computed on these rows (the ReLU policy, when asked for): the hidden layers' outputs
+    # [B, M, width] and the means [B, M, action_dim] at the sampling parameters (rl/explicit_trpo.py)
+    hidden: list[torch.Tensor] | None = None
+    means: torch.Tensor | None = None
 
     def head(self, n: int) -> "PolicySamples":
         """The samples of the first n tasks."""
-        return PolicySamples(self.obs[:n], self.actions[:n], self.advantages[:n], self.mask[:n], self.cost[:n])
+        return PolicySamples(self.obs[:n], self.actions[:n], self.advantages[:n], self.mask[:n], self.cost[:n],
+                             None if self.hidden is None else [h[:n] for h in self.hidden],
+                             None if self.means is None else self.means[:n])
 
     def surrogate(self, model, params) -> torch.Tensor:
         """The REINFORCE surrogate of each task at `params` on these samples [B] (pg.surrogate)."""
@@ -305,10 +311,12 @@ class TRPOObjective:
     query: PolicySamples
     evaluate: object
     hvp: object
+    gradient: object = None  # () -> (surrogate at theta_old, its flat gradient), where cheaper than autograd's
 
 
 def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_steps: int,
-                   first_order: bool = False, hvp_fraction: float = 1.0, pre_update_kl: bool = False) -> TRPOObjective:
+                   first_order: bool = False, hvp_fraction: float = 1.0, pre_update_kl: bool = False,
+                   explicit: bool = True) -> TRPOObjective:
     """The surrogate and KL of cbfinn/maml_rl's MAMLTRPO on a batch of sampled tasks, at theta = `params`.
 
     With inner_steps >= 1 (MAML, FOMAML): the pre-update trajectories are sampled with theta_old and the post-update
@@ -322,13 +330,23 @@ def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_
     Hessian-vector products on the first ceil(fraction x B) tasks only (the goals are independent draws), as the
     reference optimizer's subsample_factor (it used 1); the line search's KL is always every task's.
     `pre_update_kl`: the KL also counts the pre-update policies' change, mean KL(pi_theta_old || pi_theta) over the
-    pre-update steps, added to the post-update one (the reference constrains one of the two: kl_constrain_step)."""
+    pre-update steps, added to the post-update one (the reference constrains one of the two: kl_constrain_step).
+    `explicit`: the same objective by explicit passes (rl/explicit_trpo.py) where it applies (the ReLU policy, at
+    most one inner step, navigation's rollouts); the products and the line search then run without autograd."""
     import math
 
-    from .trpo import gaussian_kl
+    from . import explicit_trpo
 
     names = list(params.keys())
     b = batch.num_tasks
+    if explicit and explicit_trpo.supported(model, batch, inner_steps):
+        def autograd_evaluate(support, query, fast):
+            with torch.no_grad():
+                old = _gaussian(model, fast, query.obs, query.actions)
+            return _trpo_evaluate(model, names, b, params, support, query, inner_lr, first_order, old, pre_update_kl)
+
+        return TRPOObjective(*explicit_trpo.trpo_objective(model, params, batch, inner_lr, inner_steps, first_order,
+                                                           hvp_fraction, pre_update_kl, autograd_evaluate))
     support: list[PolicySamples] = []
     with torch.no_grad():
         fast = expand_params(OrderedDict((k, v.detach()) for k, v in params.items()), b)
@@ -340,7 +358,34 @@ def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_
         fast = OrderedDict((k, v.detach()) for k, v in fast.items())
     query = batch.samples(model, fast, None if inner_steps else 0)
     with torch.no_grad():
-        old_mean, old_log_std, old_logp = _gaussian(model, fast, query.obs, query.actions)
+        old = _gaussian(model, fast, query.obs, query.actions)
+    old_log_std = old[1]
+    evaluate = _trpo_evaluate(model, names, b, params, support, query, inner_lr, first_order, old, pre_update_kl)
+    pre = support[0] if (pre_update_kl and support) else None
+    if pre is not None:
+        with torch.no_grad():
+            theta_old = expand_params(OrderedDict((k, v.detach()) for k, v in params.items()), b)
+            pre_log_std = _gaussian(model, theta_old, pre.obs, pre.actions)[1]
+
+    n = max(1, math.ceil(hvp_fraction * b))
+    theta_d = OrderedDict((k, v.detach()) for k, v in params.items())
+    hvp = kl_hessian_product(model, theta_d, [smp.head(n) for smp in support], query.head(n), old_log_std[:n],
+                             inner_lr, first_order)
+    if pre is not None:
+        post_hvp = hvp
+        pre_hvp = kl_hessian_product(model, theta_d, [], pre.head(n), pre_log_std[:n], inner_lr, first_order)
+
+        def hvp(v):
+            return post_hvp(v) + pre_hvp(v)
+    return TRPOObjective(support, query, evaluate, hvp)
+
+
+def _trpo_evaluate(model, names, b, params, support, query, inner_lr, first_order, old, pre_update_kl):
+    """trpo_objective's evaluate(tensors, differentiable) -> (surrogate, mean KL) by autograd, on fixed samples;
+    `old`: (mean, log std, log-likelihood) of the post-update policies that sampled `query`."""
+    from .trpo import gaussian_kl
+
+    old_mean, old_log_std, old_logp = old
     count = query.mask.sum(1).clamp_min(1)
     total = query.mask.sum().clamp_min(1)
     pre = support[0] if (pre_update_kl and support) else None
@@ -368,17 +413,7 @@ def trpo_objective(model, params, batch: ObjectiveBatch, inner_lr: float, inner_
                 kl = kl + (gaussian_kl(pre_mean, pre_log_std, mean0, log_std0) * pre.mask).sum() / pre_total
         return surr, kl
 
-    n = max(1, math.ceil(hvp_fraction * b))
-    theta_d = OrderedDict((k, v.detach()) for k, v in params.items())
-    hvp = kl_hessian_product(model, theta_d, [smp.head(n) for smp in support], query.head(n), old_log_std[:n],
-                             inner_lr, first_order)
-    if pre is not None:
-        post_hvp = hvp
-        pre_hvp = kl_hessian_product(model, theta_d, [], pre.head(n), pre_log_std[:n], inner_lr, first_order)
-
-        def hvp(v):
-            return post_hvp(v) + pre_hvp(v)
-    return TRPOObjective(support, query, evaluate, hvp)
+    return evaluate
 
 
 def objective_trpo_step(algorithm, params, batch: ObjectiveBatch, first_order: bool = False, inner: bool = True,
@@ -396,7 +431,8 @@ def objective_trpo_step(algorithm, params, batch: ObjectiveBatch, first_order: b
     settings = settings or TRPOSettings()
     obj = trpo_objective(model, params, batch, cfg.inner_lr, cfg.inner_steps if inner else 0, first_order,
                          settings.hvp_fraction, settings.pre_update_kl)
-    res = trpo_step(list(params.values()), obj.evaluate, settings, obj.hvp)
+    res = trpo_step(list(params.values()), obj.evaluate, settings, obj.hvp,
+                    obj.gradient() if obj.gradient is not None else None)
     pre_cost = obj.support[0].cost.mean() if obj.support else obj.query.cost.mean()
     if inner:
         post_cost = obj.query.cost.mean()

@@ -5,7 +5,8 @@ Given a differentiable surrogate L(theta) and the mean KL divergence D(theta) be
 1. g = dL/dtheta at theta_old;
 2. x = CG(H + reg I, g), 10 conjugate-gradient iterations on Hessian-vector products of D (reg_coeff 1e-5, the
    reference's damping). The products are exact: autograd of autograd of D, so for MAML they run through the inner
-   policy-gradient step (the reference approximates them by finite differences of dD/dtheta);
+   policy-gradient step (the reference approximates them by finite differences of dD/dtheta), or the caller's
+   exact Gauss-Newton product (rl/objective.py by autograd, rl/explicit_trpo.py by explicit passes);
 3. the full step s = sqrt(2 max_kl / (x^T H x + 1e-8)) x, then a backtracking line search over 0.8^k s, k = 0..14:
    the first candidate whose surrogate is below L(theta_old) and whose KL is <= max_kl is taken; when none is, theta
    stays (the reference's "Line search condition violated. Rejecting the step!").
@@ -108,16 +109,24 @@ Evaluate = Callable[[list[torch.Tensor], bool], tuple[torch.Tensor, torch.Tensor
 
 def trpo_step(params: list[torch.Tensor], evaluate: Evaluate,
               settings: TRPOSettings = TRPOSettings(),
-              hvp: Callable[[torch.Tensor], torch.Tensor] | None = None) -> TRPOResult:
+              hvp: Callable[[torch.Tensor], torch.Tensor] | None = None,
+              gradient: tuple[float, torch.Tensor] | None = None) -> TRPOResult:
     """One TRPO step on the leaf tensors `params` (updated in place when the line search accepts).
 
     evaluate(tensors, differentiable) -> (surrogate, mean KL), scalars: with differentiable=True built from `tensors`
     with their graph (the gradient, and the KL's Hessian unless `hvp` is given); otherwise only their values are used
     (the line search's candidates). `hvp`: v -> (d^2 KL / d theta^2 at params) v, when the caller has a cheaper exact
-    product than double backward (rl/objective.py's Gauss-Newton form); the damping is added here."""
+    product than double backward (rl/objective.py's Gauss-Newton form, rl/explicit_trpo.py's); the damping is added
+    here. `gradient`: (the surrogate at params, its gradient as a flat vector), when the caller has them (then
+    evaluate is called on the line search's candidates only; `hvp` must be given too)."""
+    if gradient is not None and hvp is None:
+        raise ValueError("trpo_step: a given gradient needs the KL's Hessian-vector product (hvp) too")
     with torch.enable_grad():
-        loss, kl = evaluate(params, True)
-        g = flatten(torch.autograd.grad(loss, params, retain_graph=hvp is None)).detach()
+        if gradient is not None:
+            loss, g = torch.as_tensor(gradient[0]), gradient[1].detach()
+        else:
+            loss, kl = evaluate(params, True)
+            g = flatten(torch.autograd.grad(loss, params, retain_graph=hvp is None)).detach()
         if hvp is None:
             product = kl_hvp(kl, params, settings.reg_coeff)
         else:

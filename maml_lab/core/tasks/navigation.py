@@ -350,14 +350,24 @@ class NavigationBatch(ObjectiveBatch):
     def query_loss(self, model, params):
         return self.objective(model, params, self.trajectories(model, params, QUERY_CALL, self.queries))
 
-    def samples(self, model, params, step: int | None) -> PolicySamples:
-        """Support step `step`'s trajectories (None: the query sampling) as fixed samples for TRPO."""
+    keeps_activations = True  # samples(..., keep_activations=True) keeps the ReLU policy's (explicit TRPO)
+
+    def samples(self, model, params, step: int | None, keep_activations: bool = False) -> PolicySamples:
+        """Support step `step`'s trajectories (None: the query sampling) as fixed samples for TRPO. With
+        `keep_activations` (the ReLU policy) the rollout's hidden activations and means come along, the rows in its
+        step-major order (core/rl/explicit_trpo.py reuses them)."""
         num, call = (self.queries, QUERY_CALL) if step is None else (self.shots, step)
-        traj = self.trajectories(model, params, call, num)
+        traj = self.trajectories(model, params, call, num, keep_activations)
         adv = pg.advantages(traj.rewards, traj.obs, traj.mask, self.env.discount, reg=self.env.baseline_reg)
         b, n, t, d = traj.obs.shape
+        cost = -traj.returns.mean(1)
+        act = traj.activations
+        if act is not None:
+            return PolicySamples(act.flat(act.obs), act.flat(act.actions), adv.transpose(1, 2).reshape(b, t * n),
+                                 act.mask.reshape(b, t * n), cost, [act.flat(h) for h in act.hidden],
+                                 act.flat(act.means))
         return PolicySamples(traj.obs.reshape(b, n * t, d), traj.actions.reshape(b, n * t, -1),
-                             adv.reshape(b, n * t), traj.mask.reshape(b, n * t), -traj.returns.mean(1))
+                             adv.reshape(b, n * t), traj.mask.reshape(b, n * t), cost)
 
 
 class NavigationTasks(TaskFamilyKind):
