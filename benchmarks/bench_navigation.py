@@ -238,7 +238,7 @@ def main() -> None:
         leaves = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items())
         t0 = time.process_time()
         obj = trpo_objective(policy, leaves, batch, algo.config.inner_lr, 1, False, settings.hvp_fraction)
-        res = trpo_step(list(leaves.values()), obj.evaluate, settings, obj.hvp)
+        res = trpo_step(list(leaves.values()), obj.evaluate, settings, obj.hvp, obj.gradient())
         trpo_s.append(time.process_time() - t0)
         evaluations.append(res.backtracks + 1)
     k = trpo_s.index(min(trpo_s))
