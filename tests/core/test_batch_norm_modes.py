@@ -143,3 +143,33 @@ def test_adapted_parameters_predict_in_every_mode_and_refuse_models_without_batc
         NormalizedModel(NoBatchNorm(), "support", xs)
     with pytest.raises(ValueError, match="unknown batch-norm mode"):
         predict(cfg, model, fast, xs, ys, xq, batch_norm="query")
+
+
+def test_population_statistics_pool_tasks_as_one_population():
+    """At step 0 (theta, shared by the tasks) the pooled statistics are those of all the tasks' images as one
+    batch: mean of the means, and the variance of the pooled images (tasks of equal size)."""
+    import numpy as np
+
+    from maml_lab.core.analysis.evaluation import population_statistics
+    from maml_lab.core.tasks.images import ImageTaskFamily
+    from maml_lab.core.tasks.imagesets import ImageSet, Preprocessing
+
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((60, 1, 14, 14)) < 0.25).astype(np.uint8) * 255
+    images = ImageSet("random", [f"c{i}" for i in range(10)], None, pixels, np.arange(0, 61, 6),
+                      Preprocessing(size=(14, 14)))
+    family = ImageTaskFamily(images, ways=3)
+    model = Conv4(1, 14, 3, filters=4)
+    theta = model.init_params(torch.Generator().manual_seed(1), dtype=torch.float64)
+    cfg = AlgorithmConfig("maml", inner_lr=0.1)
+    stats = population_statistics(model, family, theta, cfg, [0, 1], num_tasks=5, shots=1, queries=2, seed=3,
+                                  dtype=torch.float64, chunk=2)
+    assert sorted(stats.by_step) == [0, 1] and stats.tasks == 5 and "5 training tasks" in stats.source
+    g = torch.Generator().manual_seed(3)
+    batches = [family.sample(n, 1, 2, g, dtype=torch.float64) for n in (2, 2, 1)]  # the chunks it drew
+    everything = torch.cat([torch.cat([b.x_support, b.x_query], 1) for b in batches]).reshape(1, -1, 1, 14, 14)
+    # the first block's input is the images themselves: its statistics over all 5 tasks' images at theta
+    h = torch.nn.functional.conv2d(everything[0], theta["0.weight"], theta["0.bias"], stride=2, padding=1)
+    torch.testing.assert_close(stats.at(0)[0][0], h.mean((0, 2, 3)))
+    torch.testing.assert_close(stats.at(0)[0][1], h.var((0, 2, 3), correction=0))
+    assert not torch.allclose(stats.at(1)[1][0], stats.at(0)[1][0])  # adapted parameters, other statistics
