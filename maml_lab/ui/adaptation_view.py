@@ -28,7 +28,7 @@ from .colors import algorithm_color, curve_pen, qcolor
 from .computed_view import HeldOutView, plain_plot, set_quietly
 from .inside_plots import flow_bar, labelled, readable_log_ticks, readout_label
 from .theme import MUTED, TEXT, style_plot
-from .views import ViewSpec
+from .views import ViewSpec, no_steps_text
 
 BAND_ALPHA = 45
 
@@ -252,6 +252,9 @@ class AdaptationView(HeldOutView):
         for i, (key, curve) in enumerate(curves.items()):
             algo = r.algorithms.get(key, key)
             label = r.labels.get(key, key)
+            no_steps = no_steps_text(algo)  # ProtoNets' prototypes: one flat line, said so
+            if no_steps:
+                label = f"{label} ({no_steps})"
             color = algorithm_color(algo)
             imported = self.imported(key)
             offset = (i - (len(curves) - 1) / 2) * 0.06  # markers of close curves side by side, not on top
@@ -278,8 +281,12 @@ class AdaptationView(HeldOutView):
                 if plot is self.loss_plot:
                     self.legend.addItem(line, label)
             n = int(curve.steps[-1])
-            text = (f"<b style='color:{color}'>{label}</b> {loss} {curve.loss_mean[0]:.3g} → "
-                    f"{curve.loss_mean[-1]:.3g} ± {curve.loss_ci95[-1]:.2g} after {n} step{'s' if n != 1 else ''}")
+            if no_steps:
+                text = (f"<b style='color:{color}'>{label}</b> {loss} {curve.loss_mean[-1]:.3g} "
+                        f"± {curve.loss_ci95[-1]:.2g}")
+            else:
+                text = (f"<b style='color:{color}'>{label}</b> {loss} {curve.loss_mean[0]:.3g} → "
+                        f"{curve.loss_mean[-1]:.3g} ± {curve.loss_ci95[-1]:.2g} after {n} step{'s' if n != 1 else ''}")
             if curve.accuracy_mean is not None:
                 text += f", accuracy {100 * curve.accuracy_mean[-1]:.1f}% ± {100 * curve.accuracy_ci95[-1]:.1f}%"
             summary.append(text)

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..core.algorithms.config import AlgorithmConfig
-from ..core.algorithms.registry import ALGORITHMS, algorithm_class, algorithm_names
+from ..core.algorithms.registry import ALGORITHMS, algorithm_class, algorithm_names, family_refusal
 from ..core.models.mlp import ACTIVATIONS
 from ..core.registry import BUILTIN
 from ..core.tasks.registry import TASKS, task_family
@@ -146,6 +146,14 @@ class AlgorithmColumn:
         edit.setAlignment(Qt.AlignmentFlag.AlignRight)
         edit.setMinimumWidth(48)
         return edit
+
+    def set_refused(self, reason: str | None) -> None:
+        """The chosen family refuses this algorithm (`reason`: unchecked, disabled, the reason as the tooltip), or
+        takes it (None)."""
+        if reason:
+            self.enabled.setChecked(False)
+        self.enabled.setEnabled(not reason)
+        self.enabled.setToolTip(reason or f"Train {algorithm_label(self.name)} on the shared task stream")
 
     def _sync_enabled(self, on: bool) -> None:
         for w in self.fields:
@@ -476,6 +484,7 @@ class ExperimentPanel(QWidget):
         finally:
             self._loading = False
         self._sync_task_rows()
+        self._sync_family_fit()
         self._on_edit()
 
     # -- the task family -----------------------------------------------------------------------------
@@ -542,9 +551,19 @@ class ExperimentPanel(QWidget):
 
         return ImageTasks.option_defaults.get("convention", "lab")
 
+    def _sync_family_fit(self) -> None:
+        """Algorithms the chosen family refuses (a classifier only on a regression family) are unchecked and
+        disabled, the reason as their tooltip (core.algorithms.registry.family_refusal, what validation says)."""
+        task = self.task.currentData()
+        kind = task_family(task) if task in TASKS else None
+        for name, col in self.columns.items():
+            reason = family_refusal(name, kind) if kind is not None else None
+            col.set_refused(reason)
+
     def _on_task_changed(self, *_args) -> None:
         """A new family by hand: its defaults (the MAML paper's settings, sized for this app) come with it."""
         self._sync_task_rows()
+        self._sync_family_fit()
         if self._loading:
             return
         task = self.task.currentData()

@@ -61,7 +61,7 @@ from .inside_plots import (
 )
 from .slider_player import SliderPlayer
 from .theme import MUTED, TEXT, style_plot
-from .views import ViewSpec, family_label, sampled_from_policy
+from .views import ViewSpec, adapts_by_steps, family_label, sampled_from_policy, steps_reason
 
 COLORMAP = "CET-L17"  # white (low loss) to purple: light where paths end, so colours and arrows read well
 MODES = (("compare", "Before vs after adaptation"), ("task", "One task and its adaptation"))
@@ -301,7 +301,8 @@ class LandscapeView(ComputedView):
     # -- data in -------------------------------------------------------------------------------------
     def set_run(self, run: RunPaths) -> None:
         self.run = run
-        names = [n for n in run.names if len(run.paths[n])]
+        # the centre adapts by gradient steps: ProtoNets' prototypes and Baseline's head fit have none to draw
+        names = [n for n in run.names if len(run.paths[n]) and adapts_by_steps(n)]
         if [self.center.itemData(i) for i in range(self.center.count())] != names:
             current = self.center.currentData()
             self.center.blockSignals(True)
@@ -665,7 +666,7 @@ def _applies(kind, algorithms) -> str | None:
     if sampled_from_policy(kind):
         return (f"The Landscape evaluates the loss on fixed support and query sets; {family_label(kind)} sample "
                 "their data from the policy, so there is no fixed loss surface to draw")
-    return None
+    return steps_reason("The Landscape", algorithms)
 
 
 VIEW = ViewSpec("landscape", "Landscape", lambda window: LandscapeView(), applies_to=_applies)

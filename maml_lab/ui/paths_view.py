@@ -60,7 +60,7 @@ from .inside_plots import (
 from .plot_export import hide_in_exports
 from .slider_player import SliderPlayer
 from .theme import MUTED, TEXT, style_plot
-from .views import ViewSpec
+from .views import ViewSpec, adapts_by_steps, steps_reason
 
 OPTIMUM_STEPS = 100
 AUTO_INTERVAL = 2.0  # seconds between re-projections while training adds to the paths
@@ -231,7 +231,9 @@ class PathsView(QWidget):
             self.optimum.blockSignals(True)
             self.optimum.setChecked(run.model_spec.get("kind") == "mlp")
             self.optimum.blockSignals(False)
-        names = [n for n in run.names if len(run.paths[n])]
+        # checkpoints whose adaptation steps are drawn: ProtoNets' prototypes and Baseline's head fit take none
+        # (their meta paths are still drawn)
+        names = [n for n in run.names if len(run.paths[n]) and adapts_by_steps(n)]
         current = self.selected_algorithm()
         if [self.algorithm.itemData(i) for i in range(self.algorithm.count())] != names:
             self.algorithm.blockSignals(True)
@@ -307,7 +309,7 @@ class PathsView(QWidget):
             return
         self._stale = False
         self._last_auto = time.perf_counter()
-        name = self.selected_algorithm() or run.names[0]
+        name = self.selected_algorithm() or next((n for n in run.names if adapts_by_steps(n)), run.names[0])
         origin = self.origin.currentData()
         index = None if self._follow or self.projected is None else self._index_for(run, name)
         tasks, optimum = self.tasks.value(), (OPTIMUM_STEPS if self.optimum.isChecked() else 0)
@@ -672,4 +674,8 @@ def _make_view(window) -> PathsView:
     return view
 
 
-VIEW = ViewSpec("paths", "Paths", _make_view)
+def _applies(kind, algorithms) -> str | None:
+    return steps_reason("Paths", algorithms)
+
+
+VIEW = ViewSpec("paths", "Paths", _make_view, applies_to=_applies)

@@ -24,7 +24,7 @@ from .colors import algorithm_color, qcolor
 from .computed_view import HeldOutView, plain_plot, set_quietly
 from .inside_plots import compact, flow_bar, labelled, readable_log_ticks, readout_label
 from .theme import MUTED, TEXT, style_plot
-from .views import ViewSpec, family_label, sampled_from_policy
+from .views import ViewSpec, adapts_by_steps, family_label, sampled_from_policy, steps_reason
 
 GROUP_WIDTH = 0.8  # of one layer's slot, shared by the initializations' bars
 
@@ -113,8 +113,10 @@ class PerLayerView(HeldOutView):
 
     # -- computing -----------------------------------------------------------------------------------
     def fits(self, init: Initialization, family) -> bool:
-        """Initializations that fit the held-out tasks and name their layers (layer_activations)."""
-        return super().fits(init, family) and hasattr(init.model, "layer_activations")
+        """Initializations that fit the held-out tasks, name their layers (layer_activations) and adapt by gradient
+        steps (ProtoNets' prototypes and Baseline's head fit move no layer)."""
+        return (super().fits(init, family) and hasattr(init.model, "layer_activations")
+                and adapts_by_steps(init.algorithm))
 
     def job(self, requests: list, family, queries: int):
         rule, shots, steps, tasks = self.rule.currentData(), self.shots.value(), self.steps.value(), self.tasks.value()
@@ -221,7 +223,7 @@ def _applies(kind, algorithms) -> str | None:
     if sampled_from_policy(kind):
         return (f"Per layer compares each layer's activations on fixed support and query sets; {family_label(kind)} "
                 "sample their data from the policy")
-    return None
+    return steps_reason("Per layer", algorithms)
 
 
 VIEW = ViewSpec("per_layer", "Per layer", lambda window: PerLayerView(), applies_to=_applies)

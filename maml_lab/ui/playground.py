@@ -60,7 +60,7 @@ from .colors import (
 from .initializations_model import InitializationsModel
 from .slider_player import SliderPlayer
 from .theme import MUTED, style_plot
-from .views import ViewSpec
+from .views import ViewSpec, steps_reason
 
 HIT_RADIUS_PX = 10.0
 UNDO_LIMIT = 200
@@ -1004,7 +1004,7 @@ def _make_view(window) -> PlaygroundView:
 def _applies(kind, algorithms) -> str | None:
     """The family's own declaration: a curve to click points onto, or the reason it has none."""
     if kind is None or isinstance(kind.playground, CurvePlayground):
-        return None
+        return steps_reason("The Playground", algorithms)
     return kind.playground.reason
 
 

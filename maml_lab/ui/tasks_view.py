@@ -39,6 +39,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from ..core.algorithms.config import predict
 from ..core.analysis.card import EvaluationCard
 from ..core.tasks.losses import loss_function
 from ..core.tasks.losses import model_loss as convention_loss
@@ -47,7 +48,7 @@ from .background import BackgroundRunner
 from .colors import algorithm_color, qcolor
 from .image_widgets import DrawCell, PredictionGrid, PredictionRow, ThumbGrid, ThumbRow, qimage_from_array
 from .theme import ACCENT, MUTED, TEXT, style_plot
-from .views import ViewSpec, family_label
+from .views import ViewSpec, adapts_by_steps, family_label
 
 SUPPORT_FRAME = ACCENT
 QUERY_BADGE = "#8A939C"
@@ -122,9 +123,13 @@ def classify(init: Initialization, xs: torch.Tensor, ys: torch.Tensor, xq: torch
     xs, xq, ys = xs.to(dtype), xq.to(dtype), ys.long()
 
     def probs(p) -> np.ndarray:
-        x = torch.cat([xs, xq]) if with_support else xq
         with torch.no_grad():
-            logits = init.model.forward(p, x.unsqueeze(0))[0, -len(xq):]
+            if not adapts_by_steps(init.algorithm):  # ProtoNets' prototypes: its own rule, before = after
+                logits = predict(init.adaptation, init.model, p, xs.unsqueeze(0), ys.unsqueeze(0),
+                                 xq.unsqueeze(0))[0]
+            else:
+                x = torch.cat([xs, xq]) if with_support else xq
+                logits = init.model.forward(p, x.unsqueeze(0))[0, -len(xq):]
         return torch.softmax(logits.double(), dim=-1).numpy()
 
     before = probs(params)

@@ -68,6 +68,45 @@ def sampled_from_policy(kind) -> bool:
     return kind is not None and kind.loss == "policy_gradient"
 
 
+# how a rule that is not gradient steps reads where a view would show steps
+ADAPTATION_KINDS = {"prototypes": "prototypes", "head_fit": "a head fit on frozen features"}
+
+
+def adaptation_kind(algorithm: str) -> str:
+    """How algorithm `algorithm` (a name) adapts at test time: its `adaptation_kind`, "gradient" for names nobody
+    registered (initializations of unknown origin fine-tune by SGD)."""
+    from ..core.algorithms.registry import ALGORITHMS  # imports torch: not when app.py only reads view names
+
+    return ALGORITHMS.get(algorithm).adaptation_kind if algorithm in ALGORITHMS else "gradient"
+
+
+def adapts_by_steps(algorithm: str) -> bool:
+    """Whether test-time adaptation is gradient steps on theta (what views of inner-loop steps draw)."""
+    return adaptation_kind(algorithm) == "gradient"
+
+
+def no_steps_text(algorithm: str) -> str:
+    """'prototypes: no steps' for an algorithm that does not adapt by steps ('' for one that does): how views that
+    have a step axis label its flat line."""
+    kind = adaptation_kind(algorithm)
+    return "" if kind == "gradient" else f"{ADAPTATION_KINDS.get(kind, kind)}: no steps"
+
+
+def steps_reason(view: str, algorithms) -> str | None:
+    """Why a view whose content is inner-loop gradient steps (`view`: its title) does not apply: every algorithm in
+    `algorithms` adapts otherwise (ProtoNets' prototypes, Baseline's head fit). None where one of them takes
+    steps, or none is named; the view then leaves the others out (`adapts_by_steps`)."""
+    others = [a for a in algorithms if not adapts_by_steps(a)]
+    if not others or len(others) < len(algorithms):
+        return None
+    from ..core.algorithms.registry import algorithm_label
+
+    names = ", ".join(algorithm_label(a) for a in others)
+    rules = sorted({ADAPTATION_KINDS.get(adaptation_kind(a), adaptation_kind(a)) for a in others})
+    return (f"{view} shows inner-loop gradient steps; {names} adapt{'s' if len(others) == 1 else ''} by "
+            f"{' and '.join(rules)}, not by steps")
+
+
 def as_view(name: str, obj) -> ViewSpec:
     """A ViewSpec from anything with `name`, `title` and a callable `factory` (a class, a dataclass, a spec), and
     optionally `applies_to`, `clear_run` and `message_ms`."""

@@ -45,6 +45,21 @@ def algorithm_names() -> tuple[str, ...]:
     return ALGORITHMS.names()
 
 
+def family_refusal(name: str, kind) -> str | None:
+    """Why algorithm `name` cannot train on the task family `kind` (a TaskFamilyKind), in one line; None where it
+    can. Config validation raises it and the app's panel disables the algorithm with it as the tooltip: an
+    algorithm that classifies only (`classification_only`: prototypes, a class head) on a family that regresses or
+    acts."""
+    from ..tasks.losses import is_classification
+
+    cls = ALGORITHMS.get(name)
+    if cls.classification_only and not is_classification(kind.loss):
+        family = kind.label or kind.name
+        return (f"{cls.label or name} classifies only; {family} tasks are not classification (loss {kind.loss}): "
+                "choose an image family")
+    return None
+
+
 def algorithm_label(name: str) -> str:
     """How an algorithm is named in plots and tables; names nobody registered are shown as they are."""
     return ALGORITHMS.get(name).label or name if name in ALGORITHMS else name

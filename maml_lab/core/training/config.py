@@ -8,7 +8,7 @@ from pathlib import Path
 import tomli_w
 
 from ..algorithms.config import AlgorithmConfig
-from ..algorithms.registry import algorithm_names
+from ..algorithms.registry import algorithm_names, family_refusal
 from ..models.mlp import ACTIVATIONS
 from ..tasks.registry import task_family
 from ..validation import INT64_MAX, check_field, check_fields, check_like, check_table, fail, parse_toml, rule
@@ -84,6 +84,9 @@ class ExperimentConfig:
             raise ValueError(f"each algorithm can appear once, got {names}")
         for a in self.algorithms:
             a.validate()
+            refusal = family_refusal(a.name, kind)
+            if refusal:
+                raise ValueError(refusal)
         for key, value in (("data", self.data), ("eval_data", self.eval_data)):
             if value == "" or (isinstance(value, list) and "" in value):
                 raise fail("config", key, value, "a path or a list of paths")
