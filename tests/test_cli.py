@@ -147,18 +147,25 @@ def test_repeated_option_flags_add_up():
 def test_every_registered_algorithm_trains_from_a_toml_config(tmp_path, monkeypatch):
     """A TOML config naming every algorithm (with its options) round-trips and trains from `train --config`."""
     from maml_lab.core.algorithms.config import AlgorithmConfig
-    from maml_lab.core.algorithms.registry import algorithm_names
+    from maml_lab.core.algorithms.registry import algorithm_class, algorithm_names
     from maml_lab.core.training.config import ExperimentConfig
 
     monkeypatch.chdir(tmp_path)
-    names = algorithm_names()
-    assert {"mamlpp", "metasgd", "anil", "boil", "reptile", "pretrained"} <= set(names)
-    config = ExperimentConfig(algorithms=[AlgorithmConfig.defaults(n) for n in names], iterations=2,
-                              meta_batch_size=2, hidden=[8, 8], val_every=0)
-    path = tmp_path / "every.toml"
-    config.save_toml(path)
-    loaded = ExperimentConfig.load_toml(path)
-    assert loaded.to_dict() == config.to_dict()
-    assert main(["train", "--config", str(path), "--out", str(tmp_path / "init.safetensors"), "--quiet"]) == 0
-    for name in names:
-        assert (tmp_path / f"init-{name}.safetensors").stat().st_size > 0, name
+    monkeypatch.setenv("MAML_LAB_CACHE", str(tmp_path / "cache"))
+    assert {"mamlpp", "metasgd", "anil", "boil", "reptile", "pretrained", "protonet"} <= set(algorithm_names())
+    # the sinusoids for every algorithm that regresses, the built-in glyphs for those that only classify
+    classifiers = [n for n in algorithm_names() if algorithm_class(n).classification_only]
+    runs = {"sinusoid": ([n for n in algorithm_names() if n not in classifiers], {"hidden": [8, 8]}),
+            "images": (classifiers, {"image_size": 14, "queries": 1})}
+    for task, (names, extra) in runs.items():
+        config = ExperimentConfig(task=task, algorithms=[AlgorithmConfig.defaults(n, task=task) for n in names],
+                                  iterations=2, meta_batch_size=2, val_every=0, **extra)
+        path = tmp_path / f"every-{task}.toml"
+        config.save_toml(path)
+        loaded = ExperimentConfig.load_toml(path)
+        assert loaded.to_dict() == config.to_dict()
+        out = tmp_path / f"{task}.safetensors"
+        assert main(["train", "--config", str(path), "--out", str(out), "--quiet"]) == 0
+        for name in names:  # one algorithm: --out itself
+            path = out if len(names) == 1 else tmp_path / f"{task}-{name}.safetensors"
+            assert path.stat().st_size > 0, name

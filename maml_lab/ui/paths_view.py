@@ -199,6 +199,16 @@ class PathsView(QWidget):
         layout.setSpacing(6)
         layout.addWidget(bar)
         layout.addWidget(self.graphics, 1)
+        # where the view does not apply (no algorithm adapts by steps), the reason in place of the plot
+        self.not_applicable: str | None = None
+        self.reason_label = QLabel("")
+        self.reason_label.setObjectName("NotApplicable")
+        self.reason_label.setWordWrap(True)
+        self.reason_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.reason_label.setProperty("hint", True)
+        self.reason_label.setContentsMargins(60, 40, 60, 40)
+        self.reason_label.setVisible(False)
+        layout.addWidget(self.reason_label, 1)
         layout.addLayout(slider_row)
         readout_row = QHBoxLayout()
         readout_row.setContentsMargins(12, 0, 12, 0)
@@ -250,6 +260,20 @@ class PathsView(QWidget):
     def clear_run(self) -> None:
         """Another run or family: no paths of the earlier one."""
         self.clear()
+
+    def set_applicable(self, reason: str | None) -> None:
+        """`reason`: why the view does not apply (the algorithms shown take no inner-loop steps), said in place of
+        the plot; None: it applies."""
+        if reason == self.not_applicable:
+            return
+        self.not_applicable = reason
+        if reason:
+            self.clear()
+        self.reason_label.setText(f"<p style='font-size:12pt'>{reason}</p>" if reason else "")
+        self.reason_label.setVisible(bool(reason))
+        self.graphics.setVisible(not reason)
+        if not reason and self.run is not None:
+            self.recompute()
 
     def clear(self) -> None:
         self.runner.cancel()
@@ -305,7 +329,7 @@ class PathsView(QWidget):
     # -- background work -----------------------------------------------------------------------------
     def _compute(self) -> None:
         run = self.run
-        if run is None or not any(len(p) for p in run.paths.values()):
+        if run is None or self.not_applicable or not any(len(p) for p in run.paths.values()):
             return
         self._stale = False
         self._last_auto = time.perf_counter()

@@ -26,9 +26,18 @@ def _window(tmp_path_factory):
 
 
 def _enable_all(panel) -> list[str]:
+    """Every algorithm the family takes (the panel disables those it refuses: classifiers on regression tasks)."""
     for col in panel.columns.values():
-        col.enabled.setChecked(True)
+        if col.enabled.isEnabled():
+            col.enabled.setChecked(True)
     return [name for name, col in panel.columns.items() if col.enabled.isChecked()]
+
+
+def _takes(task: str) -> set[str]:
+    from maml_lab.core.algorithms.registry import family_refusal
+    from maml_lab.core.tasks.registry import task_family
+
+    return {n for n in algorithm_names() if family_refusal(n, task_family(task)) is None}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,10 @@ def sinusoid_window(qapp, tmp_path_factory):
 
 def test_the_panel_offers_every_registered_algorithm(sinusoid_window):
     w, names = sinusoid_window
-    assert set(names) == set(algorithm_names()) and set(BUILT_IN) <= set(names)
+    assert set(names) == _takes("sinusoid") and set(BUILT_IN) <= set(names)
+    for name in set(algorithm_names()) - set(names):  # refused by the family: disabled, the reason as tooltip
+        box = w.panel.columns[name].enabled
+        assert not box.isEnabled() and not box.isChecked() and "classifies only" in box.toolTip(), name
 
 
 def test_every_algorithm_trained_side_by_side_and_is_in_paths_landscape_adaptation_per_layer(sinusoid_window):
@@ -96,6 +108,7 @@ def glyph_window(qapp, tmp_path_factory):
         p.iterations.setValue(2)
         p.meta_batch.setValue(2)
         names = _enable_all(p)
+        assert set(names) == _takes("images") == set(algorithm_names())
         w.tabs.setCurrentWidget(w.views["tasks"])
         assert w.start()
         assert w.wait_for_training(300) == "finished"

@@ -27,13 +27,22 @@ from .base import MetaAlgorithm
 def prototype_logits(model, params, x_support: torch.Tensor, y_support: torch.Tensor, x_query: torch.Tensor,
                      ways: int | None = None) -> torch.Tensor:
     """Minus the squared Euclidean distances [B, Q, ways] from each query's embedding to each class's prototype
-    (the mean embedding of its support examples). x_*: [B, N, ...]; support and queries of a task are embedded in
-    one batch. params: shared or per-task [B, ...]. A class absent from a task's support set gets a zero
-    prototype."""
+    (the mean embedding of its support examples). x_*: [B, N, ...]; params: shared or per-task [B, ...]. A class
+    absent from a task's support set gets a zero prototype.
+
+    Batch norm: a plain model embeds a task's support and queries in one batch (the reference code's training
+    episode; the lab's transductive mode for ProtoNet). A model that predicts under another batch-norm mode
+    (models/batch_norm.NormalizedModel: support-set or running statistics, each query with the support set)
+    embeds the support set and the queries as that mode says, separately."""
+    from ..models.batch_norm import NormalizedModel
+
     ways = int(ways if ways is not None else getattr(model, "ways", int(y_support.max()) + 1))
     s = x_support.shape[1]
-    z = model.features(params, torch.cat([x_support, x_query], 1))
-    zs, zq = z[:, :s], z[:, s:]
+    if isinstance(model, NormalizedModel):
+        zs, zq = model.features(params, x_support), model.features(params, x_query)
+    else:
+        z = model.features(params, torch.cat([x_support, x_query], 1))
+        zs, zq = z[:, :s], z[:, s:]
     onehot = F.one_hot(y_support.long(), ways).to(z.dtype)  # [B, S, ways]
     counts = onehot.sum(1).clamp_min(1.0).unsqueeze(-1)  # [B, ways, 1]
     prototypes = torch.bmm(onehot.transpose(1, 2), zs) / counts  # [B, ways, D]
@@ -51,6 +60,7 @@ class ProtoNet(MetaAlgorithm):
     adaptation_kind = "prototypes"
     classification_only = True
     min_inner_steps = 0  # no inner loop: inner_lr and inner_steps are not read
+    adapts_batch_norm = False  # nothing is adapted at test time (evaluation cards say so)
     # the reference code's Adam step (its lr halving: the option below); no inner or test-time steps
     task_defaults = {"*": {"meta_lr": 1e-3, "meta_lr_schedule": "constant", "inner_steps": 0,
                            "test_inner_steps": 0}}
@@ -93,7 +103,8 @@ class ProtoNet(MetaAlgorithm):
 
     @classmethod
     def test_adaptation_text(cls, config) -> str:
-        return "prototypes (class means of the support embeddings), no steps"
+        return ("prototypes (class means of the support embeddings; support and queries embedded in one batch "
+                "where batch norm is transductive), no steps")
 
     def episode_loss(self, params, batch):
         """The episodes' query logits [B, Q, ways] and mean query loss (autograd reaches the body)."""
