@@ -20,6 +20,7 @@ BUILTIN_ALGORITHMS = (
     "maml_lab.core.algorithms.anil:ANIL",
     "maml_lab.core.algorithms.boil:BOIL",
     "maml_lab.core.algorithms.protonet:ProtoNet",
+    "maml_lab.core.algorithms.cavia:CAVIA",
 )
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 UNKNOWN_COLORS = ("#E69F00", "#000000", "#8C8C8C")  # Okabe-Ito extras for names no algorithm claims

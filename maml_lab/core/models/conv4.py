@@ -19,6 +19,10 @@ MiniImagenet, max-pool, flattens). Its loss convention lives in tasks/losses.py 
 explicit paths (`batched_loss_grad`, `explicit_meta_gradient`) are written for "lab" and return None otherwise,
 so other conventions differentiate by autograd.
 
+CAVIA's context (models/context.py: `context` and a FiLM generator `context.film<b>.*` in the parameter dict)
+modulates block b's batch-normalized map before its ReLU, per task; such parameter dicts take the per-task paths
+(loop, grouped, the batch-norm modes' reference loop), never the shared or explicit ones.
+
 How a meta-batch of B tasks runs (measured on CPU with benchmarks/bench_meta_step.py --model conv4):
 
 * Shared parameters (theta, or its stride-0 per-task view at the first inner step): tasks are folded into the
@@ -63,6 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import context as ctx
+
 DOWNSAMPLING = ("stride", "maxpool")
 BATCHING = ("auto", "loop", "grouped", "vmap")
 CONVENTIONS = ("lab", "cbfinn")  # see the module docstring
@@ -73,6 +79,17 @@ def _channels_last_parts(w: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per-task conv weights [B, F, C, kh, kw] as B channels-last [F, C, kh, kw] views of one copy: a
     convolution would otherwise convert every task's weight (and its gradient) on every call."""
     return tuple(p.permute(0, 3, 1, 2) for p in w.permute(0, 1, 3, 4, 2).contiguous().unbind(0))
+
+
+def _film(h: torch.Tensor, film, block: int, task: int | None = None) -> torch.Tensor:
+    """FiLM of block `block`'s (0-based) normalized map h when `film` (block 1-based, gamma, beta [B, F]) modulates
+    it: task i's gamma * h + beta (h [N, F, H, W], task given), or every task's at once (h [N, B*F, H, W])."""
+    if film is None or film[0] != block + 1:
+        return h
+    _, gamma, beta = film
+    if task is not None:
+        return torch.addcmul(beta[task].view(1, -1, 1, 1), h, gamma[task].view(1, -1, 1, 1))
+    return torch.addcmul(beta.reshape(1, -1, 1, 1), h, gamma.reshape(1, -1, 1, 1))
 
 
 def _ones_like(beta: torch.Tensor) -> torch.Tensor:
@@ -225,6 +242,8 @@ class Conv4:
         task at a time (a reference computation for analysis, not the training path). params: shared or [B, ...]."""
         shapes = self.param_shapes()
         b = x.shape[0]
+        params, context = ctx.split(params)
+        film = ctx.film(context, b)
         per_task = [OrderedDict((k, v[i] if v.dim() == len(shapes[k]) + 1 else v) for k, v in params.items())
                     for i in range(b)]
         outs: list[list[torch.Tensor]] = [[] for _ in range(self.blocks + 1)]
@@ -233,13 +252,23 @@ class Conv4:
             for k in range(self.blocks):
                 conv, bn = self._names(k)
                 h = F.conv2d(h, p[f"{conv}.weight"], p[f"{conv}.bias"], stride=self._stride, padding=1)
-                h = F.relu(F.batch_norm(h, None, None, p.get(f"{bn}.weight"), p[f"{bn}.bias"], training=True,
-                                        eps=self.eps))
+                h = F.batch_norm(h, None, None, p.get(f"{bn}.weight"), p[f"{bn}.bias"], training=True, eps=self.eps)
+                h = F.relu(_film(h, film, k, i))
                 if self.downsample == "maxpool":
                     h = F.max_pool2d(h, 2)
                 outs[k].append(h.reshape(h.shape[0], -1))
             outs[-1].append(F.linear(self._head_input(h), p[f"{self._head}.weight"], p[f"{self._head}.bias"]))
         return [torch.stack(o) for o in outs]
+
+    def context_init(self, num_context: int, generator: torch.Generator, layer: int | None = None, device=None,
+                     dtype=None) -> "OrderedDict[str, torch.Tensor]":
+        """CAVIA's context network for `num_context` context parameters: a FiLM generator on block `layer` (1-based;
+        default 3, the reference's `context_in`)."""
+        block = 3 if layer is None else int(layer)
+        if not 1 <= block <= self.blocks:
+            raise ValueError(f"the conv-4 has blocks 1 to {self.blocks}, not {block}")
+        return OrderedDict((k, v.to(device)) for k, v in
+                           ctx.film_init(self.filters, num_context, block, generator, dtype or torch.float32).items())
 
     def param_shapes(self) -> "OrderedDict[str, tuple[int, ...]]":
         shapes = OrderedDict()
@@ -312,24 +341,28 @@ class Conv4:
         statistics `norm` names (then by `_trunk`, a reference loop over tasks)."""
         if x.dim() != 5:
             raise ValueError(f"conv4 expects x of shape [tasks, images, C, H, W], got {tuple(x.shape)}")
+        film = None
+        if ctx.has_context(params):  # CAVIA: FiLM per task, on the per-task paths
+            params, context = ctx.split(params)
+            film = ctx.film(context, x.shape[0])
         if norm is not None:
-            return self._trunk(params, x, norm)
+            return self._trunk(params, x, norm, film=film)
         shapes = self.param_shapes()
         head = set(self.head_names())
         params = OrderedDict((k, v) for k, v in params.items() if k not in head)
-        shared = self.shared_params(params, views=not (torch.is_grad_enabled()
-                                                       and any(v.requires_grad for v in params.values())))
+        shared = None if film is not None else self.shared_params(
+            params, views=not (torch.is_grad_enabled() and any(v.requires_grad for v in params.values())))
         if shared is not None:
             return self._features_shared(shared, x)
         b = x.shape[0]
         params = OrderedDict((k, v if v.dim() == len(shapes[k]) + 1 else v.unsqueeze(0).expand(b, *v.shape))
                              for k, v in params.items())
         strategy = self.per_task_strategy(x.device)
-        if strategy == "vmap":
+        if strategy == "vmap" and film is None:
             return self._features_vmap(params, x)
-        if strategy == "loop":
-            return self._features_loop(params, x)
-        return self._features_grouped(params, x)
+        if strategy == "grouped":
+            return self._features_grouped(params, x, film)
+        return self._features_loop(params, x, film)
 
     def apply_head(self, params, feats: torch.Tensor) -> torch.Tensor:
         """The linear head on features [B, N, feature_dim] -> logits [B, N, ways]; its parameters shared or
@@ -346,9 +379,13 @@ class Conv4:
         self._trunk(params, x, None, collect=stats)
         return [(torch.stack([m for m, _ in block]), torch.stack([v for _, v in block])) for block in stats]
 
-    def _trunk(self, params, x: torch.Tensor, norm=None, collect: list | None = None) -> torch.Tensor:
+    def _trunk(self, params, x: torch.Tensor, norm=None, collect: list | None = None, film=None) -> torch.Tensor:
         """The four blocks, one task at a time, then the head's input [B, N, feature_dim]; batch norm per task with
-        the statistics `norm` names (forward). collect: a list that receives, per block, each task's (mean, var)."""
+        the statistics `norm` names (forward). collect: a list that receives, per block, each task's (mean, var).
+        film: CAVIA's FiLM (block, gamma, beta), or None."""
+        if film is None and ctx.has_context(params):
+            params, context = ctx.split(params)
+            film = ctx.film(context, x.shape[0])
         shapes = self.param_shapes()
         b = x.shape[0]
         if isinstance(norm, int) and not 0 < norm <= x.shape[1]:
@@ -376,7 +413,7 @@ class Conv4:
                 if gamma is not None:
                     scale = gamma * scale
                 shift = p[f"{bn}.bias"] - mean * scale
-                h = F.relu(torch.addcmul(shift.view(1, -1, 1, 1), h, scale.view(1, -1, 1, 1)))
+                h = F.relu(_film(torch.addcmul(shift.view(1, -1, 1, 1), h, scale.view(1, -1, 1, 1)), film, k, i))
                 if self.downsample == "maxpool":
                     h = F.max_pool2d(h, 2)
             feats.append(self._head_input(h))
@@ -451,7 +488,7 @@ class Conv4:
         from ..tasks.losses import cross_entropy_per_task
 
         if (loss_fn is not cross_entropy_per_task or self.downsample != "stride" or x.device.type != "cpu"
-                or self.convention != "lab"):
+                or self.convention != "lab" or ctx.has_context(params)):
             return None
         shared = self.shared_params(params)
         if shared is None:
@@ -464,7 +501,8 @@ class Conv4:
         step, cross-entropy, strided downsampling, CPU) and shared theta (no task dimension)."""
         from . import conv4_meta
 
-        return (self.convention == "lab" and conv4_meta.supports(self, loss_fn, x, steps)
+        return (self.convention == "lab" and not ctx.has_context(params)
+                and conv4_meta.supports(self, loss_fn, x, steps)
                 and all(v.dim() == len(s) for v, s in zip(params.values(), self.param_shapes().values())))
 
     def explicit_meta_gradient(self, params, batch, loss_fn, steps: int, lr: float, first_order: bool,
@@ -577,7 +615,7 @@ class Conv4:
         return torch.cat([padded[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
                           for i in range(3) for j in range(3)], dim=-1)
 
-    def _features_loop(self, params, x: torch.Tensor) -> torch.Tensor:
+    def _features_loop(self, params, x: torch.Tensor, film=None) -> torch.Tensor:
         """Per-task parameters, one task at a time (channels-last on CPU); one autograd graph for all.
 
         The first convolution (few input channels, the images need no gradient) is one batched matmul of
@@ -616,8 +654,9 @@ class Conv4:
                                  padding=1)
                 gamma = per.get(f"{bn}.weight")
                 beta = per[f"{bn}.bias"][i]
-                h = F.relu(F.batch_norm(h, None, None, _ones_like(beta) if gamma is None else gamma[i], beta,
-                                        training=True, eps=self.eps))
+                h = F.batch_norm(h, None, None, _ones_like(beta) if gamma is None else gamma[i], beta,
+                                 training=True, eps=self.eps)
+                h = F.relu(_film(h, film, k, i))
                 if self.downsample == "maxpool":
                     h = F.max_pool2d(h, 2)
             feats.append(self._head_input(h))
@@ -627,7 +666,7 @@ class Conv4:
         """Shared parameters, tasks folded into the batch; batch-norm statistics per task (reference path)."""
         return self.apply_head(params, self._features_folded(params, x))
 
-    def _features_folded(self, params, x: torch.Tensor) -> torch.Tensor:
+    def _features_folded(self, params, x: torch.Tensor, film=None) -> torch.Tensor:
         b, n = x.shape[:2]
         h = x.reshape(b * n, *x.shape[2:])
         for k in range(self.blocks):
@@ -639,12 +678,14 @@ class Conv4:
             if f"{bn}.weight" in params:
                 scale = params[f"{bn}.weight"].view(1, 1, -1, 1, 1) * scale
             h5 = torch.addcmul(params[f"{bn}.bias"].view(1, 1, -1, 1, 1) - mean * scale, h5, scale)
+            if film is not None and film[0] == k + 1:
+                h5 = torch.addcmul(film[2].view(b, 1, -1, 1, 1), h5, film[1].view(b, 1, -1, 1, 1))
             h = F.relu(h5.view_as(h))
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
         return self._head_input(h).reshape(b, n, -1)
 
-    def _features_grouped(self, params, x: torch.Tensor) -> torch.Tensor:
+    def _features_grouped(self, params, x: torch.Tensor, film=None) -> torch.Tensor:
         """Per-task parameters: tasks are channel groups of one [N, B*C, H, W] batch."""
         b, n = x.shape[:2]
         h = x.transpose(0, 1).reshape(n, b * x.shape[2], *x.shape[3:])
@@ -657,7 +698,7 @@ class Conv4:
             h = F.batch_norm(h, None, None, _ones_like(params[f"{bn}.bias"].reshape(-1)) if gamma is None
                              else gamma.reshape(-1),
                              params[f"{bn}.bias"].reshape(-1), training=True, eps=self.eps)
-            h = F.relu(h)
+            h = F.relu(_film(h, film, k))
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
         return self._head_input(h).reshape(n, b, -1).transpose(0, 1)  # [B, N, F*h*w] (or [B, N, F])

@@ -6,6 +6,8 @@ equivalent `torch.nn.Sequential`, so an exported initialization loads into plain
 ReLU/tanh MLPs with the MSE loss also offer `explicit_meta_gradient`: the MAML/FOMAML meta-gradient by explicit
 backpropagation and Hessian-vector products (mlp_meta.py), without the autograd graph that dominates the cost
 of a meta-step on networks this small.
+A parameter dict may also carry CAVIA's context (`context`, `context.0.weight`: models/context.py): the context
+then enters the first layer as extra inputs, as the reference concatenates it to x.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections import OrderedDict
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import context as ctx
 
 Params = "OrderedDict[str, torch.Tensor]"
 
@@ -47,6 +51,14 @@ class MLP:
     def num_layers(self) -> int:
         return len(self.sizes) - 1
 
+    def context_init(self, num_context: int, generator: torch.Generator, layer: int | None = None, device=None,
+                     dtype=None) -> "OrderedDict[str, torch.Tensor]":
+        """CAVIA's context network for `num_context` context inputs: the first layer's context columns. An MLP takes
+        its context at the input, where the reference puts it (`layer`, which conv-4 block a FiLM layer modulates,
+        does not apply)."""
+        return OrderedDict((k, v.to(device)) for k, v in
+                           ctx.mlp_init(self.sizes, num_context, generator, dtype or torch.float32).items())
+
     def param_shapes(self) -> "OrderedDict[str, tuple[int, ...]]":
         shapes = OrderedDict()
         for i in range(self.num_layers):
@@ -73,6 +85,7 @@ class MLP:
         """Layers start..stop-1 on x (the input of layer `start`); params shared or per-task ([B, ...])."""
         h = x
         last = self.num_layers - 1
+        context = self._context_term(params, x) if start == 0 else None
         for i in range(start, stop):
             w = params[f"{2 * i}.weight"]
             b = params[f"{2 * i}.bias"]
@@ -80,9 +93,20 @@ class MLP:
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             else:
                 h = torch.addmm(b, h.reshape(-1, h.shape[-1]), w.t()).view(*h.shape[:-1], w.shape[0])
+            if i == 0 and context is not None:
+                h = h + context
             if i != last:
                 h = self._act(h)
         return h
+
+    @staticmethod
+    def _context_term(params, x: torch.Tensor) -> torch.Tensor | None:
+        """What the context adds to the first layer's pre-activation, [B, 1, hidden] (None without a context): the
+        layer's context columns times the task's context, i.e. `Linear(inputs + k)` on [x, context]."""
+        if ctx.CONTEXT not in params:
+            return None
+        c = ctx.per_task(params[ctx.CONTEXT], x.shape[0])
+        return ctx.linear(c, params[ctx.MLP_WEIGHT]).unsqueeze(1)
 
     def features(self, params, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer's output, the head's input [..., sizes[-2]] (the input itself without hidden
@@ -112,13 +136,16 @@ class MLP:
         out = []
         h = x
         last = self.num_layers - 1
+        context = self._context_term(params, x)
         for i in range(self.num_layers):
             w = params[f"{2 * i}.weight"]
             b = params[f"{2 * i}.bias"]
-            if w.dim() == 3:
+            if w.dim() == 3:  # per-task weights [B, out, in]
                 h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
             else:
                 h = torch.addmm(b, h.reshape(-1, h.shape[-1]), w.t()).view(*h.shape[:-1], w.shape[0])
+            if i == 0 and context is not None:
+                h = h + context
             if i != last:
                 h = self._act(h)
             out.append(h)
@@ -134,7 +161,7 @@ class MLP:
         """
         from ..tasks.losses import mse_per_task
 
-        if loss_fn is not mse_per_task or self.activation not in ("relu", "tanh"):
+        if loss_fn is not mse_per_task or self.activation not in ("relu", "tanh") or ctx.has_context(params):
             return None
         acts = [x]
         h = x
@@ -174,7 +201,7 @@ class MLP:
         """
         from . import mlp_meta
 
-        if names is not None or not mlp_meta.supports(self, loss_fn):
+        if names is not None or not mlp_meta.supports(self, loss_fn) or ctx.has_context(params):
             return None
         return mlp_meta.meta_gradient(self, params, batch.x_support, batch.y_support, batch.x_query,
                                       batch.y_query, steps, lr, first_order)
