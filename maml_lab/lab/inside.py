@@ -14,7 +14,8 @@ Every adaptation these views draw (the Landscape's post-adaptation surface, its 
 Paths view's arrows) is the algorithm's own test-time rule (`RunPaths.adaptation`). The Paths view adapts from each
 checkpoint with the learned tensors of that checkpoint (the newest ones only for a path that kept none, such as a
 checkpoint written before they were kept); a Landscape surface over theta holds them fixed at their newest values,
-at every grid point.
+at every grid point. An algorithm whose inner loop moves a context instead of theta (CAVIA: `adapts == "context"`)
+has its Paths arrows drawn in that context's own coordinates (`TaskArrows.space`), not on the plane of theta.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..core.algorithms.config import (
 )
 from ..core.analysis.landscape import Surface, grid, surface
 from ..core.analysis.trajectory import Plane, TensorLayout, pca_plane, random_plane, task_plane, unflatten
+from ..core.models.context import CONTEXT
 from ..core.tasks.losses import accuracy_per_task, is_classification, loss_function
 from ..core.training.trainer import learned_tensors
 from .jobs import for_each_request
@@ -261,6 +263,10 @@ class TaskArrows:
     iteration: int = 0
     algorithm: str = ""
     rule: str = ""  # how the tasks adapted, in words (rule_text)
+    # "theta": the points are on the plane of theta; "context": in the context's own coordinates (CAVIA: each task's
+    # context from 0, its two parameters as they are, or a PCA plane of more), `labels` naming the axes
+    space: str = "theta"
+    labels: tuple[str, str] = ("", "")
 
 
 def sample_tasks(family, num_tasks: int, shots: int, queries: int, seed: int):
@@ -268,12 +274,14 @@ def sample_tasks(family, num_tasks: int, shots: int, queries: int, seed: int):
 
 
 def adaptation_points(model, loss: str, theta, batch, steps: int, adaptation, plane: Plane | None = None,
-                      cancel: threading.Event | None = None) -> tuple[np.ndarray, np.ndarray]:
+                      cancel: threading.Event | None = None, space: str = "theta") -> tuple[np.ndarray, np.ndarray]:
     """Every task's parameters along `steps` test-time steps from theta (`adaptation`: the algorithm's config, so
     each adapts by its own rule, or an SGD step size): flattened [tasks, steps + 1, P], or with `plane` their
     projections [tasks, steps + 1, 2] (a long fine-tuning of a big model never holds every step in memory); and
     each step's query loss [tasks, steps + 1]. Stops early (raising Cancelled) when `cancel` is set, so a long
-    fine-tuning never holds up a newer request."""
+    fine-tuning never holds up a newer request. space "theta": the points are theta's entries (a context the rule
+    adapts besides is left out: theta stays where it is); "context": the adapted context vector [tasks, steps + 1, k]
+    (CAVIA), no plane."""
     from .jobs import Cancelled
 
     loss_fn = loss_function(loss)
@@ -290,7 +298,10 @@ def adaptation_points(model, loss: str, theta, batch, steps: int, adaptation, pl
     for p, cost in steps_taken:
         if cancel is not None and cancel.is_set():
             raise Cancelled()
-        flat = torch.cat([v.detach().reshape(v.shape[0], -1).double() for v in p.values()], 1).numpy()
+        if space == "context":
+            flat = p[CONTEXT].detach().double().reshape(p[CONTEXT].shape[0], -1).numpy()
+        else:
+            flat = torch.cat([p[k].detach().reshape(p[k].shape[0], -1).double() for k in theta], 1).numpy()
         points.append(flat if plane is None else plane.project(flat))
         if cost is not None:
             losses.append(cost.double().numpy())
@@ -315,6 +326,8 @@ def task_arrows(run: RunPaths, plane: Plane, name: str, index: int, num_tasks: i
     out = TaskArrows(start, [], [], None, int(path.iterations[index]), name, rule)
     if num_tasks < 1 or run.family is None:
         return out
+    if adapts_context(adaptation):
+        return _context_arrows(out, model, run, theta, adaptation, num_tasks, optimum_steps, cancel)
     batch = sample_tasks(run.family, num_tasks, run.shots, run.queries, ARROW_SEED)
     points, losses = adaptation_points(model, run.loss, theta, batch, run.inner_steps(name), adaptation, plane,
                                        cancel)
@@ -332,6 +345,50 @@ def task_arrows(run: RunPaths, plane: Plane, name: str, index: int, num_tasks: i
     # few): the long fine-tuning is drawn up to where its query loss leaves DIVERGED times its starting value
     out.optimum = [_until_diverged(s, loss) for s, loss in zip(out.optimum, optimum_losses)]
     return out
+
+
+def adapts_context(adaptation) -> bool:
+    """Whether the rule's inner loop moves a context vector instead of theta (CAVIA)."""
+    from ..core.algorithms.registry import ALGORITHMS
+
+    config = adaptation_config(adaptation)
+    return config is not None and config.name in ALGORITHMS and ALGORITHMS.get(config.name).adapts == "context"
+
+
+def _context_arrows(out: TaskArrows, model, run: RunPaths, theta, adaptation, num_tasks: int, optimum_steps: int,
+                    cancel) -> TaskArrows:
+    """`task_arrows` for a rule that adapts a context: each task's context path from 0 in the context's own
+    coordinates (two parameters as they are; one against 0; more on the PCA plane of every point drawn)."""
+    batch = sample_tasks(run.family, num_tasks, run.shots, run.queries, ARROW_SEED)
+    steps, losses = adaptation_points(model, run.loss, theta, batch, run.inner_steps(out.algorithm), adaptation,
+                                      cancel=cancel, space="context")
+    optimum, optimum_losses = np.empty((0, 0, steps.shape[-1])), []
+    if optimum_steps > 0:
+        optimum, optimum_losses = adaptation_points(model, run.loss, theta, batch, optimum_steps, adaptation,
+                                                    cancel=cancel, space="context")
+    project, out.labels = context_plane(np.concatenate([steps.reshape(-1, steps.shape[-1]),
+                                                        optimum.reshape(-1, steps.shape[-1])]))
+    out.space, out.start, out.losses = "context", np.zeros(2), losses
+    out.steps = [_until_diverged(project(s)) for s in steps]
+    out.optimum = [_until_diverged(project(s), loss) for s, loss in zip(optimum, optimum_losses)]
+    return out
+
+
+def context_plane(points: np.ndarray):
+    """(project, axis labels) for context vectors [N, k]: two parameters are their own plane; one is drawn against
+    0; more are projected on the PCA plane of `points` about 0 (the context every task starts from)."""
+    k = points.shape[-1]
+    if k == 2:
+        return (lambda p: np.asarray(p, np.float64)), ("context parameter 1", "context parameter 2")
+    if k == 1:
+        return (lambda p: np.concatenate([p, np.zeros_like(p)], -1)), ("context parameter", "")
+    finite = points[np.isfinite(points).all(1)]
+    try:
+        plane = pca_plane([finite], np.zeros(k))
+    except ValueError:  # the contexts did not move: the first two parameters
+        return (lambda p: np.asarray(p, np.float64)[..., :2]), ("context parameter 1", "context parameter 2")
+    first, second = plane.axis_labels()
+    return plane.project, (f"context {first} of {k} parameters", f"context {second}")
 
 
 DIVERGED = 10.0  # a fine-tuning path is cut where its query loss exceeds this many times the loss it started at
@@ -427,7 +484,7 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
         steps = req.task_steps if task_mode else k
         adapted = test_adapt(rule, model, loss_function(run.loss), theta, batch.x_support[pair],
                              batch.y_support[pair], steps)
-        phi = [OrderedDict((key, v[i].detach()) for key, v in adapted.items()) for i in range(2)]
+        phi = [OrderedDict((key, adapted[key][i].detach()) for key in theta) for i in range(2)]
         plane = task_plane(theta, phi[0], phi[1])
     else:
         raise ValueError(f"unknown plane {req.plane!r} (one of {', '.join(PLANES)})")
@@ -497,7 +554,7 @@ def _predictions(model, run: RunPaths, theta, task, steps: int, rule) -> dict | 
     if run.loss != "mse" or task.x_support.shape[-1] != 1:
         return None
     path = list(test_trajectory(rule, model, loss_function(run.loss), theta, task.x_support, task.y_support, steps))
-    batched = OrderedDict((k, torch.cat([p[k] for p in path], 0)) for k in theta)
+    batched = OrderedDict((k, torch.cat([p[k] for p in path], 0)) for k in path[0])  # a context (CAVIA) too
     lo, hi = getattr(run.family, "x_range", (-5.0, 5.0))
     xs = np.linspace(lo, hi, 241)
     x = torch.as_tensor(xs, dtype=next(iter(theta.values())).dtype).reshape(1, -1, 1).expand(steps + 1, -1, -1)

@@ -8,6 +8,10 @@ run's older checkpoint; the status says which). The slider
 scrubs through training: the markers move along the paths at once, the arrows are recomputed at that checkpoint
 off the GUI thread, and `checkpoint_selected` carries the checkpoint's parameters (the main window previews them
 in the playground). Hovering a path shows its iteration and losses; clicking it jumps there.
+
+An algorithm that adapts a context instead of theta (CAVIA) leaves theta where it is, so its tasks' adaptation is
+drawn beside the PCA plane, in a plot of the context's own coordinates: every task starts at context 0, and with
+two context parameters the plot is their plane exactly (more are shown on the PCA plane of the points drawn).
 """
 
 from __future__ import annotations
@@ -166,6 +170,7 @@ class PathsView(QWidget):
         self.hover_item.setZValue(45)
         self.plot.addItem(hide_in_exports(self.hover_item))  # the ring under the mouse
         self.hint = hint_text(self.plot, "Train to see the parameter paths (Start, or Space)")
+        self._build_context_plot()
         self.graphics.scene().sigMouseMoved.connect(self._on_mouse_moved)
         self.graphics.scene().sigMouseClicked.connect(self._on_click)
 
@@ -198,7 +203,11 @@ class PathsView(QWidget):
         layout.setContentsMargins(0, 0, 0, 6)
         layout.setSpacing(6)
         layout.addWidget(bar)
-        layout.addWidget(self.graphics, 1)
+        plots = QHBoxLayout()
+        plots.setSpacing(6)
+        plots.addWidget(self.graphics, 3)
+        plots.addWidget(self.context_graphics, 2)
+        layout.addLayout(plots, 1)
         # where the view does not apply (no algorithm adapts by steps), the reason in place of the plot
         self.not_applicable: str | None = None
         self.reason_label = QLabel("")
@@ -232,6 +241,28 @@ class PathsView(QWidget):
         self._player = SliderPlayer(self.play, self.slider, 80, lambda: (self.slider.maximum() + 1) // 120, self)
         self.plot.getViewBox().sigResized.connect(lambda *_: place_center(self.plot, self.hint))
         place_center(self.plot, self.hint)
+
+    def _build_context_plot(self) -> None:
+        """The context plane (CAVIA): shown beside the paths while the selected algorithm adapts a context."""
+        self.context_graphics = pg.PlotWidget()
+        self.context_plot = self.context_graphics.getPlotItem()
+        style_plot(self.context_plot, "Context paths", "context parameter 1", "context parameter 2")
+        self.context_plot.setMenuEnabled(False)
+        self.context_plot.hideButtons()
+        self.context_plot.getAxis("left").setWidth(50)
+        self.context_arrow_layer = ArrowLayer(self.context_plot, ARROW_COLOR, z=25)
+        self.context_optimum = pg.PlotDataItem(pen=pg.mkPen(OPTIMUM_COLOR, width=1.6, style=Qt.PenStyle.DashLine),
+                                               connect="finite")
+        self.context_optimum_ends = pg.ScatterPlotItem(size=7, symbol="x", brush=pg.mkBrush(OPTIMUM_COLOR),
+                                                       pen=pg.mkPen(OPTIMUM_COLOR, width=1.5))
+        self.context_start = pg.ScatterPlotItem(size=11, brush=pg.mkBrush("w"), pen=pg.mkPen("#5E6770", width=2))
+        self.context_start.setData([0.0], [0.0])
+        self.context_start_label = pg.TextItem("0: every task's start", anchor=(-0.06, -0.15), color=MUTED)
+        for item, z in ((self.context_optimum, 24), (self.context_optimum_ends, 24), (self.context_start, 30),
+                        (self.context_start_label, 30)):
+            item.setZValue(z)
+            self.context_plot.addItem(item, ignoreBounds=item is self.context_start_label)
+        self.context_graphics.setVisible(False)
 
     # -- data in -------------------------------------------------------------------------------------
     def set_run(self, run: RunPaths) -> None:
@@ -299,6 +330,7 @@ class PathsView(QWidget):
         self.arrow_layer.clear()
         self.optimum_item.setData([], [])
         self.optimum_ends.setData([])
+        self._draw_context(None)
         self.slider.blockSignals(True)
         self.slider.setRange(0, 0)
         self.slider.blockSignals(False)
@@ -483,7 +515,7 @@ class PathsView(QWidget):
             self.legend.addItem(self.path_items[name][0], f"{algorithm_label(name)} meta path")
         self.legend.addItem(pg.ScatterPlotItem(size=10, brush=pg.mkBrush("#8A939C"), pen=pg.mkPen("w", width=2)),
                             "checkpoint")
-        if self.arrows is not None and self.arrows.steps:
+        if self.arrows is not None and self.arrows.steps and self.arrows.space == "theta":
             scale = f" (×{self.arrow_scale:g})" if self.arrow_scale != 1 else ""
             k = len(self.arrows.steps[0]) - 1
             self.legend.addItem(pg.PlotDataItem(pen=pg.mkPen(ARROW_COLOR, width=1.8)),
@@ -543,7 +575,8 @@ class PathsView(QWidget):
     def _draw_arrows(self) -> None:
         a = self.arrows
         self._show_rule(a)
-        if a is None or not a.steps:
+        self._draw_context(a if a is not None and a.space == "context" else None)
+        if a is None or not a.steps or a.space == "context":
             self.arrow_layer.clear()
             self.optimum_item.setData([], [])
             self.optimum_ends.setData([])
@@ -581,9 +614,37 @@ class PathsView(QWidget):
             self.optimum_ends.setData([])
         self._rebuild_legend()
 
+    def _draw_context(self, a: TaskArrows | None) -> None:
+        """The tasks' context paths in the context's own plane (None: hide it); theta does not move, so the PCA
+        plot draws no arrows for them."""
+        self.context_graphics.setVisible(a is not None)
+        if a is None:
+            self.context_arrow_layer.clear()
+            self.context_optimum.setData([], [])
+            self.context_optimum_ends.setData([])
+            return
+        self.context_arrow_layer.set_paths(a.steps)
+        if a.optimum:
+            self.context_optimum.setData(np.concatenate([np.append(p[:, 0], np.nan) for p in a.optimum]),
+                                         np.concatenate([np.append(p[:, 1], np.nan) for p in a.optimum]))
+            self.context_optimum_ends.setData([p[-1, 0] for p in a.optimum], [p[-1, 1] for p in a.optimum])
+        else:
+            self.context_optimum.setData([], [])
+            self.context_optimum_ends.setData([])
+        k = len(a.steps[0]) - 1 if a.steps else 0
+        optimum = f", dashed: {OPTIMUM_STEPS} steps" if a.optimum else ""
+        self.context_plot.setTitle(f"<span style='color:{TEXT}; font-weight:600'>{algorithm_label(a.algorithm)}'s "
+                                   f"context</span><span style='color:{MUTED}'> · {len(a.steps)} tasks, {k} "
+                                   f"step{'s' if k != 1 else ''} from 0{optimum}</span>", size="10pt")
+        self.context_plot.setLabel("bottom", f"<span style='color:{MUTED}'>{a.labels[0]}</span>")
+        self.context_plot.setLabel("left", f"<span style='color:{MUTED}'>{a.labels[1]}</span>")
+        self.context_plot.getViewBox().autoRange(padding=0.12)
+
     def _show_rule(self, a: TaskArrows | None) -> None:
         """Say how the arrows adapt (the status line, in full in its tooltip)."""
         text = f"Arrows of {algorithm_label(a.algorithm)}: {a.rule}" if a is not None and a.steps and a.rule else ""
+        if text and a.space == "context":
+            text += " (theta does not move: the arrows are in the context's plane, right)"
         if text != self.rule_label.text():
             self.rule_label.setText(text)
             self.rule_label.setToolTip(text)
