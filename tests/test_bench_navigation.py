@@ -1,5 +1,6 @@
 """benchmarks/bench_navigation.py runs end to end at a tiny size: the engine, its autograd route and the
-per-environment loop agree on the meta-gradient, and it prints the CPU, the ratios and the lower bound."""
+per-environment loop agree on the meta-gradient, and it prints the CPU, the ratios and the lower bound, for the
+meta-gradient and for the whole TRPO meta-iteration."""
 
 from __future__ import annotations
 
@@ -21,3 +22,8 @@ def test_bench_navigation_prints_ratios_to_the_loop_and_the_lower_bound():
     assert diffs and float(diffs.group(1)) < 1e-4 and float(diffs.group(2)) < 1e-4  # the same meta-gradient
     assert re.search(r"per-environment loop [0-9.]+ s \([0-9.]+x\)", text)
     assert re.search(r"engine / bound = [0-9.]+", text) and "Hessian-vector product" in text
+    # the default outer step, TRPO, the same three ways and against its bound (the steps may differ: ten
+    # conjugate-gradient iterations and the line search amplify float32 rounding at this tiny size)
+    assert re.search(r"^TRPO round 1: engine [0-9.]+ s, autograd [0-9.]+ s, loop [0-9.]+ s", text, re.M)
+    assert re.search(r"with the TRPO step .* engine [0-9.]+ s; autograd route .* per-environment loop [0-9.]+ s", text)
+    assert re.search(r"TRPO engine / bound = [0-9.]+", text) and "KL products" in text

@@ -103,7 +103,7 @@ def surrogates(policy, params, obs, actions, c):
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_explicit_gradient_and_hessian_vector_product_equal_autograd(shared):
-    policy = GaussianMLPPolicy((2, 9, 7, 2))
+    policy = GaussianMLPPolicy((2, 11, 10, 2))  # wider than policy_grad.NARROW: both orientations
     gen = torch.Generator().manual_seed(1)
     theta = policy.init_params(gen, dtype=D)
     theta["log_std"] = torch.tensor([-0.4, 0.3], dtype=D)
@@ -137,7 +137,7 @@ def test_explicit_gradient_and_hessian_vector_product_equal_autograd(shared):
 def test_gauss_newton_product_equals_autograd(shared):
     """J^T M J V (TRPO's KL Hessian at the old policy, core/rl/explicit_trpo.py) against torch.func's jvp and vjp of
     the policy's means, and the log std's identity Jacobian."""
-    policy = GaussianMLPPolicy((2, 9, 7, 2))
+    policy = GaussianMLPPolicy((2, 11, 10, 2))  # wider than policy_grad.NARROW: both orientations
     gen = torch.Generator().manual_seed(5)
     theta = policy.init_params(gen, dtype=D)
     b, m = 3, 11

@@ -59,6 +59,34 @@ def _relu_grad(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten.threshold_backward(grad, output, 0)
 
 
+# Products with a narrow side (the 2-D observations, the 2-D means) run several times faster in the orientation
+# whose output is wide: [100, 2,000] x [2,000, 2] took 265 us where [2, 2,000] x [2,000, 100] took 48 us, and
+# [2,000, 100] x [100, 2] 70 us where [2, 100] x [100, 2,000] took 50 us (one core, float32). The results are
+# transposed views; the values are the same products.
+NARROW = 8
+
+
+def _weight_grad(d: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """d^T x (a layer's weight gradient: deltas [M, out], inputs [M, in])."""
+    return (x.t() @ d).t() if x.shape[1] < d.shape[1] and x.shape[1] <= NARROW else d.t() @ x
+
+
+def _affine(bias: torch.Tensor, x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """bias + x w^T (x [M, in], w [out, in]); into `out` when given."""
+    if w.shape[0] <= NARROW < x.shape[1]:
+        y = torch.addmm(bias.unsqueeze(1), w, x.t()).t()
+        return out.copy_(y) if out is not None else y
+    return torch.addmm(bias, x, w.t(), out=out) if out is not None else torch.addmm(bias, x, w.t())
+
+
+def _add_product_(acc: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """acc += x w^T in place, acc as _affine made it."""
+    if acc.stride(0) == 1 and acc.dim() == 2 and acc.shape[1] > 1:  # a transposed view from _affine
+        acc.t().addmm_(w, x.t())
+        return acc
+    return acc.addmm_(x, w.t())
+
+
 class PolicyGradient:
     """Explicit surrogate gradients and Hessian-vector products of a Gaussian ReLU MLP policy (module docstring)."""
 
@@ -88,7 +116,7 @@ class PolicyGradient:
         for i in range(b):
             p, h = self._task(params, i), obs[i]
             for layer in range(self.layers):
-                h = torch.addmm(p[f"{2 * layer}.bias"], h, p[f"{2 * layer}.weight"].t(), out=outs[layer][i])
+                h = _affine(p[f"{2 * layer}.bias"], h, p[f"{2 * layer}.weight"], out=outs[layer][i])
                 if layer < self.layers - 1:
                     h.clamp_min_(0)
         return outs[:-1], outs[-1]
@@ -101,7 +129,7 @@ class PolicyGradient:
             if deltas is not None:
                 deltas[layer][i] = d
             x = inputs[layer]
-            self._accumulate(out, i, summed, f"{2 * layer}.weight", d.t() @ x)
+            self._accumulate(out, i, summed, f"{2 * layer}.weight", _weight_grad(d, x))
             self._accumulate(out, i, summed, f"{2 * layer}.bias", d.sum(0))
             if layer > 0:
                 d = _relu_grad(d @ w[f"{2 * layer}.weight"], x)
@@ -110,9 +138,9 @@ class PolicyGradient:
         """Pearlmutter's R-forward pass of one task: (R(input) of each layer, None for the observations; R(mu))."""
         r_inputs: list[torch.Tensor | None] = [None]
         for layer in range(self.layers):
-            rz = torch.addmm(v[f"{2 * layer}.bias"], inputs[layer], v[f"{2 * layer}.weight"].t())
+            rz = _affine(v[f"{2 * layer}.bias"], inputs[layer], v[f"{2 * layer}.weight"])
             if layer > 0:
-                rz.addmm_(r_inputs[layer], w[f"{2 * layer}.weight"].t())
+                rz = _add_product_(rz, r_inputs[layer], w[f"{2 * layer}.weight"])
             if layer < self.layers - 1:
                 r_inputs.append(_relu_grad(rz, inputs[layer + 1]))
         return r_inputs, rz
@@ -158,7 +186,7 @@ class PolicyGradient:
             self._accumulate(out, i, summed, "log_std", (2 * ci * diff * (err * v["log_std"] - r_mean)).sum(0))
             for layer in range(self.layers - 1, -1, -1):
                 d, x = p.deltas[layer][i], inputs[layer]
-                rw = rd.t() @ x
+                rw = _weight_grad(rd, x)
                 if layer > 0:
                     rw.addmm_(d.t(), r_inputs[layer])
                 self._accumulate(out, i, summed, f"{2 * layer}.weight", rw)
