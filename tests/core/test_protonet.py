@@ -181,3 +181,18 @@ def test_a_per_task_batch_is_the_loop_over_tasks():
         one = OrderedDict((k, v[i]) for k, v in fast.items())
         torch.testing.assert_close(out[i:i + 1], ProtoNet.predict(None, model, one, batch.x_support[i:i + 1],
                                                                   batch.y_support[i:i + 1], batch.x_query[i:i + 1]))
+
+
+def test_batch_norm_modes_reach_the_prototypes():
+    """Under support-set statistics (eval --bn support) the support set and each query are embedded as the mode
+    says: a query's logits do not depend on the other queries; transductively (the training episode) they do."""
+    model = Conv4(in_channels=1, image_size=16, ways=3, filters=4)
+    params = model.init_params(torch.Generator().manual_seed(0), dtype=torch.float64)
+    batch = _episodes(model, b=2, queries=3)
+    config = AlgorithmConfig.defaults("protonet", task="images")
+    for mode, independent in (("support", True), ("support+query", True), ("transductive", False)):
+        both = predict(config, model, params, batch.x_support, batch.y_support, batch.x_query, batch_norm=mode)
+        alone = predict(config, model, params, batch.x_support, batch.y_support, batch.x_query[:, :1],
+                        batch_norm=mode)
+        assert both.shape == (2, 9, 3)
+        assert torch.allclose(both[:, :1], alone) == independent, mode

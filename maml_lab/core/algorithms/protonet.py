@@ -43,7 +43,7 @@ def prototype_logits(model, params, x_support: torch.Tensor, y_support: torch.Te
     else:
         z = model.features(params, torch.cat([x_support, x_query], 1))
         zs, zq = z[:, :s], z[:, s:]
-    onehot = F.one_hot(y_support.long(), ways).to(z.dtype)  # [B, S, ways]
+    onehot = F.one_hot(y_support.long(), ways).to(zs.dtype)  # [B, S, ways]
     counts = onehot.sum(1).clamp_min(1.0).unsqueeze(-1)  # [B, ways, 1]
     prototypes = torch.bmm(onehot.transpose(1, 2), zs) / counts  # [B, ways, D]
     return -(zq.unsqueeze(2) - prototypes.unsqueeze(1)).pow(2).sum(-1)
