@@ -265,11 +265,12 @@ def test_the_forecast_from_task_slices_agrees_with_measuring_the_whole_batch(nam
         whole[steps] = measure(lambda c=copy, t=theta: c.meta_step(t, batch, 3), "cpu")[2]
     assert c["step_bytes"] == pytest.approx(whole[2], rel=0.15)
     assert c["probe_bytes"] == pytest.approx(whole[3], rel=0.15)
-    assert c["inner_step_bytes"] == pytest.approx(whole[4] - whole[3], rel=0.25)
-    # one more inner step costs time, and the expectation grows with the steps
+    # within a quarter, or 2% of the step's bytes: FOMAML keeps no graph of its steps, so one more costs a few bytes
+    assert c["inner_step_bytes"] == pytest.approx(whole[4] - whole[3], rel=0.25, abs=0.02 * whole[3])
+    # one more inner step costs time, and the expectation does not shrink with the steps
     s3, b3 = expected_cost(c, 3)
     s5, b5 = expected_cost(c, 5)
-    assert 0 < s3 <= s5 and b3 < b5
+    assert 0 < s3 <= s5 and b3 <= b5
 
 
 def test_a_short_run_completes_a_cheap_forecast_and_leaves_a_costly_one():

@@ -10,13 +10,15 @@ and the app's status area show it, metrics.COST_FIELDS name its numbers).
   activations, graph and temporaries, without theta, the optimizer state and the batch. "cpu": the peak bytes of
   CPU tensors a step allocates and keeps alive at once. On the CPU torch keeps no allocator statistics, so a
   TorchDispatchMode (LiveTensorBytes) sees every op (forward, autograd's backward, explicit meta-gradients such as
-  conv4_meta.py alike) and records the storage of each new output; every 32 ops the freed storages are dropped and
-  the live total compared with the peak (exact at the sampling points, so a lower bound by at most what 32 ops
-  allocate). Python runs for every op (1.2-3x a step), so it never runs on a real step: a throwaway copy of the
-  algorithm (theta cloned, its own optimizer, no shared tensors or random state) takes meta-steps on the first
-  one and the first two tasks of the current batch, and the step's bytes are extrapolated to the whole batch
-  (affine in the number of tasks: exact whether tasks are stepped one at a time, then the two agree, or folded
-  into one batch, then the second task's bytes repeat for every task). Measured once, then every `every` steps
+  conv4_meta.py alike) and records the storage of each new output; every 32 ops, or sooner once the new storages
+  exceed 1% of the peak, the freed storages are dropped and the live total compared with the peak (exact at the
+  sampling points, so a lower bound by at most 1% of the peak or what 32 ops allocate: iMAML's step, whose peak
+  follows a varying number of inner-step ops, reads the same bytes at every inner-step count). Python runs for
+  every op (1.2-3x a step), so it never runs on a real step: a throwaway copy of the algorithm (theta cloned, its
+  own optimizer, no shared tensors or random state) takes meta-steps on the first one and the first two tasks of
+  the current batch, and the step's bytes are extrapolated to the whole batch (affine in the number of tasks:
+  exact whether tasks are stepped one at a time, then the two agree, or folded into one batch, then the second
+  task's bytes repeat for every task). Measured once, then every `every` steps
   within a quarter of the budget.
   torch.profiler's memory events and the process's peak RSS were tried: the profiler costs more than the
   dispatch mode on conv-4 (8 s and 19 s of event processing against 17 s for a MAML++ step), and RSS does not
@@ -67,6 +69,12 @@ class LiveTensorBytes(TorchDispatchMode):
     (see the module docstring)."""
 
     SWEEP = 32
+    # ... or sooner, once the storages created since the last sweep exceed this share of the peak (at least FLOOR
+    # bytes): the peak is then missed by at most that much, whatever the op count's phase (a step whose peak sits at
+    # a fixed place after a varying number of ops, like iMAML's conjugate gradient after its inner steps, otherwise
+    # reads up to 32 ops' allocations apart from one inner-step count to the next)
+    PRECISION = 0.01
+    FLOOR = 1 << 16
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -79,6 +87,7 @@ class LiveTensorBytes(TorchDispatchMode):
         self.live: dict[int, tuple[StorageWeakRef, int]] = {}
         self.current = 0
         self.peak = 0
+        self.fresh = 0  # bytes of the storages created since the last sweep
         self._ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -88,7 +97,7 @@ class LiveTensorBytes(TorchDispatchMode):
             if isinstance(t, torch.Tensor) and t.device.type == "cpu":
                 self._add(t, inputs)
         self._ops += 1
-        if self._ops % self.SWEEP == 0:
+        if self._ops % self.SWEEP == 0 or self.fresh > self.PRECISION * max(self.peak, self.FLOOR):
             self.sweep()
         return out
 
@@ -107,11 +116,13 @@ class LiveTensorBytes(TorchDispatchMode):
             self.current -= known[1]  # freed, and its address reused by this one
         self.live[ptr] = (StorageWeakRef(storage), size)
         self.current += size
+        self.fresh += size
 
     def sweep(self) -> None:
         for ptr in [p for p, (ref, _) in self.live.items() if ref.expired()]:
             self.current -= self.live.pop(ptr)[1]
         self.peak = max(self.peak, self.current)
+        self.fresh = 0
 
 
 def _storage_ptr(t: torch.Tensor) -> int:
