@@ -214,3 +214,62 @@ def test_images_defaults_follow_the_reference_omniglot_command():
     assert (config.inner_steps, config.inner_lr, config.test_inner_steps, config.meta_lr) == (16, 0.1, 16, 1e-3)
     assert config.meta_lr_schedule == "constant"
     assert (config.option("lam"), config.option("cg_steps"), config.option("cg_damping")) == (2.0, 5, 1.0)
+
+
+def _trainer(iterations=6, hidden=(8, 8), **algorithm):
+    from maml_lab.core.training.config import ExperimentConfig
+    from maml_lab.core.training.trainer import Trainer
+
+    return Trainer(ExperimentConfig(iterations=iterations, meta_batch_size=2, val_every=0, hidden=list(hidden), seed=5,
+                                    algorithms=[AlgorithmConfig.defaults("imaml", inner_steps=3, **algorithm)]),
+                   record_every=0)
+
+
+def test_resumes_exactly_from_a_checkpoint_with_the_reference_adam(tmp_path):
+    from maml_lab.core.training.checkpoint import load_checkpoint, save_checkpoint
+
+    straight = _trainer()
+    straight.run()
+    first = _trainer()
+    first.run(iterations=3)
+    path = save_checkpoint(first, tmp_path / "half.safetensors")
+    resumed = _trainer()
+    load_checkpoint(resumed, path)
+    resumed.run()
+    a, b = straight.runs["imaml"], resumed.runs["imaml"]
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert b.algorithm.optimizer.eps == imaml.ADAM_EPS
+    assert any(not torch.equal(a.params[k], first.runs["imaml"].params[k]) for k in a.params)
+
+
+def test_the_plain_pytorch_snippet_of_docs_exports_md_adapts_as_the_engine(tmp_path, monkeypatch):
+    """The iMAML block of docs/exports.md, run as written on an export, against `maml-lab eval`'s adaptation."""
+    import re
+    from pathlib import Path
+
+    from torch import nn
+
+    from maml_lab.core.export import load_initialization
+    from maml_lab.lab.initializations import adaptation_from_metadata
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "exports.md").read_text()
+    snippet = re.search(r"\*\*iMAML\*\*.*?```python\n(.*?)```", doc, re.S).group(1)
+    trainer = _trainer(iterations=4, hidden=(40, 40), options={"lam": 3.0})
+    trainer.run()
+    monkeypatch.chdir(tmp_path)
+    trainer.export("imaml", tmp_path / "init-imaml.safetensors")
+    model = nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+    x_support = torch.linspace(-4, 4, 5).reshape(5, 1)
+    y_support = 2 * torch.sin(x_support - 1)
+    exec(snippet, {"model": model, "x_support": x_support, "y_support": y_support})
+    params, extras, meta, engine_model = load_initialization(tmp_path / "init-imaml.safetensors", with_extras=True)
+    assert meta["hyperparameters"]["lam"] == 3.0 and not extras
+    adaptation = adaptation_from_metadata(meta, tensors=extras)
+    steps = meta["hyperparameters"]["test_inner_steps"]
+    adapted = list(trajectory(adaptation, engine_model, loss_function("mse"), params, x_support[None], y_support[None],
+                              steps))[-1]
+    moved = False
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(adapted[k][0], v, rtol=1e-5, atol=1e-6)
+        moved = moved or not torch.allclose(v, params[k])
+    assert moved
