@@ -9,7 +9,7 @@ import pytest
 
 from maml_lab.core.algorithms.registry import algorithm_names
 
-BUILT_IN = ("maml", "fomaml", "reptile", "pretrained", "mamlpp", "metasgd", "anil", "boil", "cavia")
+BUILT_IN = ("maml", "fomaml", "reptile", "pretrained", "mamlpp", "metasgd", "anil", "boil", "cavia", "imaml")
 
 
 def _window(tmp_path_factory):
