@@ -359,9 +359,11 @@ class MainWindow(QMainWindow):
         self.cost_label = ElidedLabel("", min_chars=10)
         self.cost_label.setProperty("hint", True)
         self.cost_label.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Preferred)
+        # the cost meter keeps its whole text where the row allows (no stretch: its size hint), the progress text
+        # takes the rest and elides first: it has its own tooltip, and "30 / 300 iterations" survives the middle cut
         row.addWidget(self.progress, 1)
         row.addWidget(self.progress_label, 3)
-        row.addWidget(self.cost_label, 2)
+        row.addWidget(self.cost_label, 0)
         bar.addSeparator()
         bar.addWidget(box)
 
