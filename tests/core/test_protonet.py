@@ -196,3 +196,42 @@ def test_batch_norm_modes_reach_the_prototypes():
                         batch_norm=mode)
         assert both.shape == (2, 9, 3)
         assert torch.allclose(both[:, :1], alone) == independent, mode
+
+
+def _exports_snippet() -> str:
+    """The ProtoNet lines of docs/exports.md, as written there."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "exports.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    return next(b for b in blocks if b.startswith("# ProtoNet: classify one task by prototypes"))
+
+
+def test_the_exports_plain_pytorch_snippet_reproduces_eval(tmp_path, monkeypatch, capsys):
+    """docs/exports.md's lines, with no maml_lab inside them, classify `eval`'s held-out tasks to `eval`'s accuracy."""
+    import json
+
+    from safetensors import safe_open
+
+    from maml_lab.core.tasks.images import heldout_family_from_metadata
+
+    monkeypatch.setenv("MAML_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--task", "images", "--algorithm", "protonet", "--iterations", "3", "--meta-batch-size", "2",
+                 "--image-size", "14", "--threads", "1", "--quiet", "--out", "init-protonet.safetensors"]) == 0
+    assert main(["eval", "init-protonet.safetensors", "--tasks", "20", "--shots", "5", "--threads", "1",
+                 "--json", "eval.json"]) == 0
+    capsys.readouterr()
+    evaluation = json.loads((tmp_path / "eval.json").read_text())["evaluations"][0]
+    accuracy, queries = evaluation["results"][0]["mean"], evaluation["card"]["queries"]
+
+    with safe_open("init-protonet.safetensors", "pt") as f:
+        meta = json.loads(f.metadata()["maml_lab"])
+    namespace = {"model": Conv4.from_spec(meta["model"]).torch_module()}
+    exec(compile(_exports_snippet(), "docs/exports.md", "exec"), namespace)
+    family = heldout_family_from_metadata(meta["task"])  # eval's held-out tasks: its seed, 2017
+    batch = family.sample(20, 5, queries, torch.Generator().manual_seed(2017))
+    correct = total = 0
+    for i in range(20):
+        logits = namespace["classify"](batch.x_support[i], batch.y_support[i], batch.x_query[i], family.ways)
+        correct += int((logits.argmax(1) == batch.y_query[i]).sum())
+        total += len(batch.y_query[i])
+    assert abs(correct / total - accuracy) <= 2 / total, (correct / total, accuracy)  # a near-tie may flip
