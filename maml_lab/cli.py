@@ -588,6 +588,11 @@ def _finish(args, session, state, outs) -> int:
                       f"folder's exports/ has it", file=sys.stderr)
                 return EXIT_FAILED
             print(f"exported {name} to {outs[name]}")
+            choice = trainer.export_choice(name)
+            if choice is not None:
+                from .core.training.trainer import export_choice_text
+
+                print(f"  {name}'s export is {export_choice_text(choice, trainer.config.task)}")
     if state == "stopped" and not args.quiet:
         print(f"stopped at iteration {trainer.iteration}; continue with: maml-lab train --resume {folder.path}",
               file=sys.stderr)

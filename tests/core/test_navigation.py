@@ -355,3 +355,77 @@ def test_goal_paths_start_at_the_origin_and_score_the_drawn_trajectories():
             assert np.all(np.abs(steps) <= 0.1 + 1e-12)  # the speed bound
             returns.append(-np.linalg.norm(path[1:] - np.array([0.3, -0.1]), axis=1).sum())
         assert math.isclose(out.returns[k], float(np.mean(returns)), rel_tol=1e-9)
+
+
+# -- validation schedule and the export: the run's best by validation ----------------------------------------------
+def test_validation_every_ten_iterations_is_the_navigation_family_s_default():
+    assert ExperimentConfig(task="navigation").val_every == 10
+    assert ExperimentConfig(task="sinusoid").val_every == 500  # the other families keep the global default
+    assert ExperimentConfig(task="navigation", val_every=3).val_every == 3
+    assert ExperimentConfig.from_dict(ExperimentConfig(task="navigation").to_dict()).val_every == 10
+
+
+def scripted_validation(monkeypatch, post_costs):
+    """Validation whose post-adaptation cost follows `post_costs` (one per call), so which iteration is best is
+    known in advance."""
+    import maml_lab.core.training.trainer as trainer_module
+
+    costs = iter(post_costs)
+
+    def curve(model, loss, params, batch, steps, adaptation):
+        post = next(costs)
+        return np.array([[post + 10.0] * 3, [post] * 3]), None
+
+    monkeypatch.setattr(trainer_module, "per_task_curve", curve)
+
+
+@pytest.mark.parametrize("post_costs, chosen, iteration", [
+    ([30.0, 10.0, 20.0], "best", 2),  # validation return -10 at iteration 2 beats the last's -20
+    ([30.0, 20.0, 10.0], "last", 3),  # the last is the best: the two agree
+    ([30.0, 10.0, 10.0], "last", 3),  # a tie goes to the last
+])
+def test_the_export_is_the_best_validated_policy_or_the_last_when_they_agree(tmp_path, monkeypatch, post_costs,
+                                                                             chosen, iteration):
+    from maml_lab.core.export import load_initialization
+    from maml_lab.core.training.checkpoint import load_checkpoint, save_checkpoint
+    from maml_lab.core.training.trainer import export_choice_text
+
+    scripted_validation(monkeypatch, post_costs)
+    config = tiny_config(iterations=3, val_every=1, algorithms={"maml": {}})
+    trainer = quiet(Trainer(config, model=GaussianMLPPolicy((2, 8, 8, 2)), record_every=0))
+    seen = {}
+    for it in range(1, 4):
+        trainer.step()
+        trainer._scheduled_validation()
+        seen[it] = {k: v.detach().clone() for k, v in trainer.runs["maml"].params.items()}
+    choice = trainer.export_choice("maml")
+    assert (choice["chosen"], choice["iteration"], choice["last_iteration"]) == (chosen, iteration, 3)
+    assert choice["val_post_loss"] == min(post_costs) and choice["last_val_post_loss"] == post_costs[-1]
+    out = tmp_path / "nav.safetensors"
+    trainer.export("maml", out)
+    params, meta, _model = load_initialization(out)
+    for k, v in seen[iteration].items():
+        assert torch.equal(params[k], v), k
+    assert meta["export"]["chosen"] == chosen and meta["iterations"] == iteration
+    assert meta["metrics"]["val_post_loss"] == min(post_costs)
+    text = export_choice_text(choice, "navigation")
+    assert ("best by validation: iteration 2 of 3" in text) == (chosen == "best")
+    assert f"average return after adaptation {-min(post_costs):.2f}" in text
+    # a resumed run keeps its best
+    save_checkpoint(trainer, tmp_path / "ck.safetensors")
+    again = quiet(Trainer(config, model=GaussianMLPPolicy((2, 8, 8, 2)), record_every=0))
+    load_checkpoint(again, tmp_path / "ck.safetensors")
+    assert again.export_choice("maml") == choice
+    for k, v in trainer.runs["maml"].best.params.items():
+        assert torch.equal(again.runs["maml"].best.params[k], v)
+
+
+def test_families_without_export_best_export_the_last_iteration(monkeypatch):
+    scripted_validation(monkeypatch, [10.0, 20.0])
+    config = ExperimentConfig(task="sinusoid", iterations=2, val_every=1, meta_batch_size=2)
+    trainer = Trainer(config, record_every=0)
+    trainer.cost.enabled = False
+    for _ in range(2):
+        trainer.step()
+        trainer._scheduled_validation()
+    assert trainer.export_choice("maml") is None and trainer.runs["maml"].best is None

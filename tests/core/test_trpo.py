@@ -250,3 +250,35 @@ def test_defaults_on_navigation():
         algo.meta_step(OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items()),
                        TaskBatch(x, x, x, x), 0)
     assert expand_params(theta, 2)["log_std"].shape == (2, 2)
+
+
+def test_the_pre_update_kl_check_keeps_the_pre_update_policy_within_its_bound():
+    """TRPOSettings.pre_update_max_kl: the line search takes only candidates whose pre-update policies' mean KL from
+    theta_old (on the pre-update samples; checked here against torch.distributions) is within the bound."""
+    from torch.distributions import Normal, kl_divergence
+
+    from maml_lab.core.rl.objective import objective_trpo_step, pre_update_kl
+
+    policy, theta, batch = setup(tasks=4)
+    config = AlgorithmConfig.defaults("maml", task="navigation", inner_lr=LR)
+    obj = trpo_objective(policy, theta, batch, LR, 1)
+    pre_kl = pre_update_kl(policy, theta, obj.support[0])
+    assert pre_kl(list(theta.values())) == 0.0
+
+    def step(settings):
+        algo = make_algorithm(policy, "policy_gradient", config)
+        params = OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items())
+        algo.setup(params)
+        metrics = objective_trpo_step(algo, params, batch, False, True, settings)
+        return metrics, [p.detach() for p in params.values()]
+
+    free, moved = step(trpo.TRPOSettings(hvp_fraction=1.0))
+    assert free["trpo_accepted"] == 1.0
+    smp = obj.support[0]
+    old, new = (expand_params(OrderedDict(zip(theta, t)), 4) for t in (list(theta.values()), moved))
+    dist = [Normal(policy.forward(p, smp.obs), policy.log_std(p, smp.obs[..., :2]).exp().expand(*smp.obs.shape[:2], 2))
+            for p in (old, new)]
+    expect = float((kl_divergence(*dist).sum(-1) * smp.mask).sum() / smp.mask.sum())
+    assert pre_kl(moved) == pytest.approx(expect, rel=1e-6) and expect > 0  # rllab's KL adds 1e-8 to 2 var
+    guarded, kept = step(trpo.TRPOSettings(hvp_fraction=1.0, pre_update_max_kl=expect / 4))
+    assert guarded["trpo_accepted"] == 1.0 and 0 < pre_kl(kept) <= expect / 4

@@ -134,6 +134,7 @@ def test_the_panel_s_hidden_widths_build_the_navigation_policy(window):
     panel.task.setCurrentIndex(panel.task.findData("navigation"))
     assert panel.hidden.text() == "100, 100" and panel.hidden.isVisible()
     assert panel.config().hidden == [100, 100]
+    assert panel.config().val_every == 10  # the family's validation schedule: its export is its best by validation
     panel.hidden.setText("24, 12")
     config = panel.config()
     assert config.task == "navigation" and config.hidden == [24, 12]
@@ -141,3 +142,6 @@ def test_the_panel_s_hidden_widths_build_the_navigation_policy(window):
     assert kind.model(config, kind.build(config)).sizes == (2, 24, 12, 2)
     panel.task.setCurrentIndex(panel.task.findData("sinusoid"))
     assert panel.hidden.text() == "40, 40" and panel.config().hidden == [40, 40]
+    from maml_lab.ui.experiment_panel import default_config
+
+    assert panel.config().val_every == default_config().val_every

@@ -416,6 +416,26 @@ def _trpo_evaluate(model, names, b, params, support, query, inner_lr, first_orde
     return evaluate
 
 
+def pre_update_kl(model, params, pre: PolicySamples):
+    """tensors -> the pre-update policies' mean KL(pi_theta_old || pi_theta) over the valid pre-update steps `pre`
+    (sampled with theta_old = `params`): what TRPOSettings.pre_update_max_kl bounds in the line search."""
+    from .trpo import gaussian_kl
+
+    names, b = list(params.keys()), pre.obs.shape[0]
+    with torch.no_grad():
+        start = expand_params(OrderedDict((k, v.detach()) for k, v in params.items()), b)
+        start_mean, start_log_std, _ = _gaussian(model, start, pre.obs, pre.actions)
+    total = pre.mask.sum().clamp_min(1)
+
+    def kl(tensors) -> float:
+        with torch.no_grad():
+            theta = expand_params(OrderedDict(zip(names, [t.detach() for t in tensors])), b)
+            mean, log_std, _ = _gaussian(model, theta, pre.obs, pre.actions)
+            return float((gaussian_kl(start_mean, start_log_std, mean, log_std) * pre.mask).sum() / total)
+
+    return kl
+
+
 def objective_trpo_step(algorithm, params, batch: ObjectiveBatch, first_order: bool = False, inner: bool = True,
                         settings=None) -> dict:
     """A TRPO outer step (rl/trpo.py) on `trpo_objective`: MAML's and FOMAML's (`inner`), or the surrogate at theta
@@ -431,8 +451,14 @@ def objective_trpo_step(algorithm, params, batch: ObjectiveBatch, first_order: b
     settings = settings or TRPOSettings()
     obj = trpo_objective(model, params, batch, cfg.inner_lr, cfg.inner_steps if inner else 0, first_order,
                          settings.hvp_fraction, settings.pre_update_kl)
+    admissible = None
+    if settings.pre_update_max_kl is not None and obj.support:
+        pre_kl = pre_update_kl(model, params, obj.support[0])
+
+        def admissible(candidate):
+            return pre_kl(candidate) <= settings.pre_update_max_kl
     res = trpo_step(list(params.values()), obj.evaluate, settings, obj.hvp,
-                    obj.gradient() if obj.gradient is not None else None)
+                    obj.gradient() if obj.gradient is not None else None, admissible)
     pre_cost = obj.support[0].cost.mean() if obj.support else obj.query.cost.mean()
     if inner:
         post_cost = obj.query.cost.mean()

@@ -113,6 +113,8 @@ def card_lines(card: dict) -> list[str]:
     lines = [f"  protocol {card['protocol']}: {card['title']}; {card['goals']} goals ({card['goal_source']}), "
              f"{card['trajectories_per_step']} trajectories per step, {card['adaptation']}; random: "
              f"{card['random']} ({card['random_adaptation']}); {card['ci']}"]
+    if card.get("policy"):
+        lines.append(f"  policy: {card['policy']}")
     tuning = card.get("pretrained_step_tuning")
     if tuning:
         grid = ", ".join(f"{g:g}" for g in tuning["grid"])
@@ -138,6 +140,11 @@ def eval_navigation(args, params, meta, model, adaptation, device, dtype) -> dic
     res = evaluate(model, family, params, protocol, max(steps_list), trained_lr, meta.get("algorithm"),
                    args.tasks, trajectories, args.seed, getattr(args, "inner_lr", None), device, dtype)
     card = res["card"]
+    choice = meta.get("export")
+    if isinstance(choice, dict) and choice.get("chosen") in ("best", "last"):  # which policy of its run this is
+        from ..training.trainer import export_choice_text
+
+        card["policy"] = export_choice_text(choice, "navigation")
     for line in card_lines(card):
         print(line)
     print(f"  average return (sum of -distance over {family.horizon} steps) after policy-gradient steps")

@@ -39,6 +39,11 @@ class TRPOSettings:
     # also bound the pre-update policies' KL (added to the post-update one): the reference bounds the post-update
     # policies only (kl_constrain_step -1), which leaves theta free along directions the inner step cancels
     pre_update_kl: bool = False
+    # a line-search check only (the step's direction and scale stay the reference's): a candidate is taken only when
+    # the pre-update policies' mean KL(pi_theta_old || pi_theta) on the pre-update samples is at most this (None: no
+    # check, the reference). The post-update bound leaves the pre-update policy free to move far (KL 0.15-0.39 in
+    # the steps that sent seed 1's pre-update policy away, docs/navigation.md)
+    pre_update_max_kl: float | None = None
 
 
 @dataclass
@@ -110,7 +115,8 @@ Evaluate = Callable[[list[torch.Tensor], bool], tuple[torch.Tensor, torch.Tensor
 def trpo_step(params: list[torch.Tensor], evaluate: Evaluate,
               settings: TRPOSettings = TRPOSettings(),
               hvp: Callable[[torch.Tensor], torch.Tensor] | None = None,
-              gradient: tuple[float, torch.Tensor] | None = None) -> TRPOResult:
+              gradient: tuple[float, torch.Tensor] | None = None,
+              admissible: Callable[[list[torch.Tensor]], bool] | None = None) -> TRPOResult:
     """One TRPO step on the leaf tensors `params` (updated in place when the line search accepts).
 
     evaluate(tensors, differentiable) -> (surrogate, mean KL), scalars: with differentiable=True built from `tensors`
@@ -118,7 +124,8 @@ def trpo_step(params: list[torch.Tensor], evaluate: Evaluate,
     (the line search's candidates). `hvp`: v -> (d^2 KL / d theta^2 at params) v, when the caller has a cheaper exact
     product than double backward (rl/objective.py's Gauss-Newton form, rl/explicit_trpo.py's); the damping is added
     here. `gradient`: (the surrogate at params, its gradient as a flat vector), when the caller has them (then
-    evaluate is called on the line search's candidates only; `hvp` must be given too)."""
+    evaluate is called on the line search's candidates only; `hvp` must be given too). `admissible`: one more
+    condition a line-search candidate must meet (TRPOSettings.pre_update_max_kl)."""
     if gradient is not None and hvp is None:
         raise ValueError("trpo_step: a given gradient needs the KL's Hessian-vector product (hvp) too")
     with torch.enable_grad():
@@ -147,7 +154,7 @@ def trpo_step(params: list[torch.Tensor], evaluate: Evaluate,
         candidate = [(p - s).detach() for p, s in zip(old, step)]
         loss_k, kl_k = evaluate(candidate, False)
         new_loss, new_kl = float(loss_k), float(kl_k)
-        if new_loss < loss_before and new_kl <= settings.max_kl:
+        if new_loss < loss_before and new_kl <= settings.max_kl and (admissible is None or admissible(candidate)):
             with torch.no_grad():
                 for p, c in zip(params, candidate):
                     p.copy_(c)

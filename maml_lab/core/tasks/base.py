@@ -153,8 +153,11 @@ class TaskFamilyKind:
     loss: ClassVar[str] = "mse"  # a name in tasks.losses.LOSSES: what inner and outer loops minimize
     loss_label: ClassVar[str] = "MSE"  # how plots name that loss
     metric: ClassVar[str | None] = None  # "accuracy" where the family is classification
-    # ExperimentConfig fields left unset take these (meta_batch_size, shots, queries, iterations, hidden)
+    # ExperimentConfig fields left unset take these (meta_batch_size, shots, queries, iterations, hidden, val_every)
     experiment_defaults: ClassVar[dict] = {}
+    # exports are the run's best by validation (the lowest validation cost after adaptation), or the last
+    # iteration's policy when that best is the latest validated point (Trainer.export_choice)
+    export_best: ClassVar[bool] = False
     # what this family sets for every algorithm (AlgorithmConfig fields), under the algorithms' own defaults
     algorithm_defaults: ClassVar[dict] = {}
     # named sets of settings one flag away (`maml-lab train --preset NAME`): name -> {"description": str,

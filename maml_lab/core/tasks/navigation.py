@@ -385,7 +385,10 @@ class NavigationTasks(TaskFamilyKind):
     # the MAML paper's 2-D navigation: meta-batch 20 goals, 20 trajectories per inner step (and per outer sampling)
     # and the paper's policy, 100-100 hidden units (the panel's and the CLI's hidden widths change it)
     # 50 TRPO iterations (the reference's maml_trpo_point.py ran 100; each costs about 5 s of one core here)
-    experiment_defaults = {"meta_batch_size": 20, "shots": 20, "queries": 20, "iterations": 50, "hidden": [100, 100]}
+    # validation on 100 held-out goals every 10 iterations, and the export is the run's best by it (export_best)
+    experiment_defaults = {"meta_batch_size": 20, "shots": 20, "queries": 20, "iterations": 50, "hidden": [100, 100],
+                           "val_every": 10}
+    export_best = True
     # cbfinn/maml_rl's maml_trpo_point.py: one policy-gradient step of 0.5 in training (3 at test), TRPO (max KL
     # 0.01) as the outer step; meta_lr is the outer Adam's (outer_optimizer adam; the pretrained baseline's 1e-3)
     algorithm_defaults = {"inner_lr": 0.5, "test_inner_steps": 3, "meta_lr": 0.01, "outer_optimizer": "trpo"}

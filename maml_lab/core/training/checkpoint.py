@@ -145,6 +145,13 @@ def trainer_state(trainer) -> tuple[dict[str, torch.Tensor], dict]:
             for k, v in learned.items():
                 tensors[prefix + "learned/" + k] = v.detach().to("cpu").contiguous()
             entry["learned_keys"] = list(learned)
+        if run.best is not None:  # the best validated policy so far (families that export their best)
+            for k, v in run.best.params.items():
+                tensors[prefix + "best/params/" + k] = v.contiguous()
+            for k, v in (run.best.extras or {}).items():
+                tensors[prefix + "best/extras/" + k] = v.contiguous()
+            entry["best"] = {"iteration": run.best.iteration, "val": run.best.val, "metrics": run.best.metrics,
+                             "extra_keys": list(run.best.extras or {})}
         recorder = trainer.recorders.get(name)
         if recorder is not None and recorder.snapshots and paths_bytes <= MAX_PATHS_BYTES:
             tensors[prefix + "path/snapshots"] = torch.from_numpy(recorder.array())
@@ -352,6 +359,7 @@ def restore_checkpoint(trainer, tensors: dict[str, torch.Tensor], header: dict, 
                 getattr(run, which).load_state_dict(_unflatten(entry.get(which, {}), tensors))
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise CheckpointError(f"the checkpoint's state for {name} does not fit: {exc}") from None
+        run.best = _best_snapshot(tensors, entry.get("best"), prefix, list(run.params), name)
         recorder = trainer.recorders.get(name)
         if recorder is not None:
             fresh = TrajectoryRecorder(recorder.capacity, recorder.every)
@@ -371,6 +379,21 @@ def restore_checkpoint(trainer, tensors: dict[str, torch.Tensor], header: dict, 
             trainer.recorders[name] = fresh
     trainer.generator.set_state(tensors["generator"])
     trainer.iteration = int(header["iteration"])
+
+
+def _best_snapshot(tensors: dict[str, torch.Tensor], entry: dict | None, prefix: str, keys: list[str], name: str):
+    """The best validated policy a checkpoint kept (Trainer.export_choice), or None."""
+    from .trainer import BestSnapshot
+
+    if not entry:
+        return None
+    try:
+        params = OrderedDict((k, tensors[prefix + "best/params/" + k].clone()) for k in keys)
+        extras = OrderedDict((k, tensors[prefix + "best/extras/" + k].clone()) for k in entry.get("extra_keys", []))
+        return BestSnapshot(int(entry["iteration"]), dict(entry["val"]), dict(entry.get("metrics", {})), params,
+                            extras or None)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint's best {name} policy is damaged ({exc})") from None
 
 
 def load_checkpoint(trainer, path: str | Path) -> dict:

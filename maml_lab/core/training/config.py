@@ -16,6 +16,7 @@ from .device import DTYPES
 
 IMAGE_MODES = ("grayscale", "rgb")
 DEFAULT_HIDDEN = [40, 40]  # the MAML paper's sinusoid MLP; a family may declare its own (2-D navigation: 100, 100)
+DEFAULT_VAL_EVERY = 500  # a family may declare its own (2-D navigation: 10, so its export can be its best)
 
 
 @dataclass
@@ -36,7 +37,8 @@ class ExperimentConfig:
     seed: int = rule(0, min=0, max=INT64_MAX)
     device: str = "auto"
     dtype: str = rule("float32", choices=tuple(DTYPES))
-    val_every: int = rule(500, min=0)  # validation loss every N iterations (0: never)
+    # validation on held-out tasks every N iterations (0: never); None: the family's default, else DEFAULT_VAL_EVERY
+    val_every: int | None = rule(None, min=0)
     val_tasks: int = rule(100, min=0)
     # image tasks
     data: str | list[str] | None = rule(None, min_items=1)  # image set path (zip, folder, mini-ImageNet file) or
@@ -57,6 +59,8 @@ class ExperimentConfig:
                 setattr(self, key, list(value) if isinstance(value, list) else value)
         if self.hidden is None:
             self.hidden = list(DEFAULT_HIDDEN)
+        if self.val_every is None:
+            self.val_every = DEFAULT_VAL_EVERY
         if self.algorithms is None:
             self.algorithms = [AlgorithmConfig.defaults("maml", task=self.task)]
         self.algorithms = [a if isinstance(a, AlgorithmConfig) else AlgorithmConfig.from_dict(a)

@@ -107,6 +107,8 @@ class Run:
     log: MetricsLog = field(default_factory=lambda: MetricsLog(TRAIN_FIELDS))  # training rows, every iteration
     val_log: MetricsLog = field(default_factory=lambda: MetricsLog(VAL_FIELDS))  # validation rows
     backup: list[torch.Tensor] = field(default_factory=list)  # last finite parameters, refreshed every step
+    # the best validated point so far, kept where the family exports its best (TaskFamilyKind.export_best)
+    best: "BestSnapshot | None" = None
 
     def __post_init__(self) -> None:
         self.backup = [v.detach().clone() for v in self.params.values()]
@@ -124,6 +126,22 @@ class Run:
     def last_val(self) -> dict:
         """The last validation row ({} before the first): iteration and VAL_FIELDS values."""
         return self.val_log.last
+
+
+@dataclass
+class BestSnapshot:
+    """The parameters (and exported extras) of the iteration with the lowest validation cost after adaptation so
+    far, with that validation's row and the training row of the same iteration."""
+
+    iteration: int
+    val: dict  # the validation row (val_post_loss decides)
+    metrics: dict  # the training row of that iteration
+    params: "OrderedDict[str, torch.Tensor]"
+    extras: "OrderedDict[str, torch.Tensor] | None" = None
+
+    @property
+    def score(self) -> float:
+        return float(self.val["val_post_loss"])
 
 
 class Trainer:
@@ -277,16 +295,54 @@ class Trainer:
                 entry["val_pre_accuracy"] = float(accs[0].mean())
                 entry["val_post_accuracy"] = float(accs[-1].mean())
             run.val_log.append(entry)
+            self._keep_best(run, entry)
             out[name] = entry
         return out
 
+    @property
+    def exports_best(self) -> bool:
+        """Whether exports are the run's best by validation (the family's `export_best`, with validation on)."""
+        return bool(getattr(task_family(self.config.task), "export_best", False)) and self.config.val_every > 0
+
+    def _keep_best(self, run: Run, entry: dict) -> None:
+        """Keep a copy of this iteration's policy when its validation cost after adaptation is the lowest so far
+        (ties keep the later one, so a run that levels off exports its last)."""
+        if not self.exports_best:
+            return
+        score = entry["val_post_loss"]
+        if not math.isfinite(score) or (run.best is not None and score > run.best.score):
+            return
+        extras = run.algorithm.export_tensors()
+        run.best = BestSnapshot(
+            self.iteration, dict(entry), {k: v for k, v in run.last_metrics.items() if k != "iteration"},
+            OrderedDict((k, v.detach().to("cpu").clone()) for k, v in run.params.items()),
+            OrderedDict((k, v.detach().to("cpu").clone()) for k, v in extras.items()) if extras else None)
+
+    def export_choice(self, name: str) -> dict | None:
+        """What `export(name)` writes where the family exports its best (None elsewhere, or before any
+        validation): the best by validation, or the last iteration's policy when the best is the latest
+        validated point (the two agree). A dict with `chosen` ("best" | "last"), the chosen `iteration` and
+        `val_return`-style numbers in the family's cost units: `val_post_loss` of the chosen point and of the
+        last validation, `last_iteration` the run's."""
+        run = self.runs[name]
+        if not self.exports_best or run.best is None:
+            return None
+        last_val = run.last_val
+        agree = run.best.iteration == last_val.get("iteration")
+        return {"rule": "best by validation", "chosen": "last" if agree else "best",
+                "iteration": self.iteration if agree else run.best.iteration, "last_iteration": self.iteration,
+                "best_iteration": run.best.iteration, "val_post_loss": run.best.score,
+                "last_val_iteration": int(last_val.get("iteration", 0)),
+                "last_val_post_loss": float(last_val.get("val_post_loss", float("nan")))}
+
     def _scheduled_validation(self) -> dict[str, dict]:
         """validate() when due: every config.val_every iterations, within val_budget when one is set; a due
-        validation at the run's last iteration always runs (it is the one a run's result is read from)."""
+        validation at the run's last iteration always runs (it is the one a run's result is read from), and so does
+        every due one where the family exports its best (validation decides the export)."""
         every = self.config.val_every
         if not every or self.iteration % every:
             return {}
-        last = self.iteration >= self.config.iterations
+        last = self.iteration >= self.config.iterations or self.exports_best
         if not last and self.val_budget is not None and self.val_seconds > self.val_budget * self.train_seconds:
             return {}
         t0 = time.perf_counter()
@@ -382,16 +438,43 @@ class Trainer:
         return {name: OrderedDict((k, v.detach().to("cpu").clone()) for k, v in run.params.items())
                 for name, run in self.runs.items()}
 
-    def metadata(self, name: str) -> dict:
+    def metadata(self, name: str, choice: dict | None = None) -> dict:
+        """The export's metadata; with `choice` (export_choice) of the best: that iteration's metrics, and
+        `export` saying which policy this is."""
         run = self.runs[name]
         c = self.config
         hyper = run.algorithm.config.to_dict()
         hyper.update(meta_batch_size=c.meta_batch_size, shots=c.shots, queries=c.queries, seed=c.seed,
                      dtype=c.dtype)
-        metrics = {k: v for k, v in run.last_metrics.items() if k != "iteration"}
-        metrics.update({k: v for k, v in run.last_val.items() if k != "iteration"})
-        return build_metadata(name, self.model.spec(), self.family.describe(), hyper, self.iteration, metrics)
+        best = choice is not None and choice["chosen"] == "best"
+        metrics = dict(run.best.metrics) if best else {k: v for k, v in run.last_metrics.items() if k != "iteration"}
+        metrics.update({k: v for k, v in (run.best.val if best else run.last_val).items() if k != "iteration"})
+        return build_metadata(name, self.model.spec(), self.family.describe(), hyper,
+                              choice["iteration"] if best else self.iteration, metrics,
+                              extra={"export": choice} if choice is not None else None)
 
-    def export(self, name: str, path) -> None:
-        export_initialization(path, self.runs[name].params, self.metadata(name),
-                              extra_tensors=self.runs[name].algorithm.export_tensors())
+    def export(self, name: str, path) -> dict | None:
+        """Write `name`'s initialization to `path`: the last iteration's, or the run's best by validation where
+        the family exports its best (export_choice); returns that choice (None: the last, no choice made)."""
+        run = self.runs[name]
+        choice = self.export_choice(name)
+        if choice is not None and choice["chosen"] == "best":
+            export_initialization(path, run.best.params, self.metadata(name, choice), extra_tensors=run.best.extras)
+        else:
+            export_initialization(path, run.params, self.metadata(name, choice),
+                                  extra_tensors=run.algorithm.export_tensors())
+        return choice
+
+
+def export_choice_text(choice: dict, task: str) -> str:
+    """One line saying which policy an export is (Trainer.export_choice), in the family's plotted metric (the
+    average return for navigation), for the CLI's last lines and the evaluation card."""
+    label, sign = task_family(task).plot_metric or ("loss", 1.0)
+    what = f"validation {label} after adaptation"
+    best = sign * choice["val_post_loss"]
+    if choice["chosen"] == "last":
+        return (f"the last iteration's ({choice['last_iteration']}), also the best by validation ({what} "
+                f"{best:.2f} at iteration {choice['best_iteration']})")
+    return (f"the run's best by validation: iteration {choice['best_iteration']} of {choice['last_iteration']} "
+            f"({what} {best:.2f}; at iteration {choice['last_val_iteration']}: "
+            f"{sign * choice['last_val_post_loss']:.2f})")
