@@ -137,3 +137,23 @@ def test_invalid_navigation_settings_get_one_line_and_exit_2(tmp_path, capsys, e
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_the_export_says_which_policy_of_its_run_it_is_and_eval_s_card_repeats_it(tmp_path, capsys):
+    """With validation on (the family's default every 10 iterations; here every one) the export is the run's best by
+    validation or the last iteration's; the CLI's last lines, the metadata and eval's card say which."""
+    out = tmp_path / "nav.safetensors"
+    args = ["train", "--task", "navigation", "--algorithm", "maml", "--iterations", "2", "--val-every", "1",
+            "--out", str(out), "--run-dir", str(tmp_path / "run"), *TINY]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    line = [t for t in text.splitlines() if "maml's export is" in t]
+    assert len(line) == 1 and ("the run's best by validation: iteration 1 of 2" in line[0]
+                               or "the last iteration's (2), also the best by validation" in line[0])
+    from maml_lab.core.export import load_initialization
+
+    meta = load_initialization(out)[1]
+    assert meta["export"]["chosen"] in ("best", "last") and meta["export"]["last_iteration"] == 2
+    assert main(["eval", str(out), "--steps", "0", "1", "--tasks", "3", "--threads", "1"]) == 0
+    card = capsys.readouterr().out
+    assert "  policy: " + line[0].split("maml's export is ")[1] in card
