@@ -478,6 +478,12 @@ def compute_landscape(req: LandscapeRequest, progress=None, cancel: threading.Ev
     elif req.plane == "random":
         plane = random_plane(theta, seed=req.seed)
     elif req.plane == "tasks":
+        if adapts_context(rule):
+            from ..core.algorithms.registry import algorithm_label
+
+            raise ValueError(f"{algorithm_label(name)}'s adaptation moves its context, not θ: both tasks' adapted "
+                             "θ' are θ, so there is no plane through them (the Paths view draws the context's own "
+                             "plane)")
         # task A: the task shown (one-task mode: adapted for its whole path, which then ends at (1, 0)); task B:
         # the next one. Before vs after: tasks 1 and 2, adapted k steps, as in training.
         pair = [index, (index + 1) % batch.num_tasks] if task_mode else [0, 1]

@@ -229,11 +229,12 @@ def test_conv4_film_snippet_reproduces_the_engine():
     engine = engine_model.forward({**params, **extras, "context": context}, x)[0]
     model = engine_model.torch_module().double()
     model.load_state_dict(params)
+    tensors = {**params, **extras}
     # the lines of docs/exports.md
-    film = next(n for n in extras if n.endswith(".weight"))  # "context.film3.weight"
+    film = next(n for n in tensors if n.startswith("context.film") and n.endswith(".weight"))  # "context.film3.weight"
     block = int(film[len("context.film"):-len(".weight")])
     bn = [m for m in model if isinstance(m, nn.BatchNorm2d)][block - 1]
-    gamma, beta = F.linear(context, extras[film], extras[film.replace("weight", "bias")]).chunk(2)
+    gamma, beta = F.linear(context, tensors[film], tensors[film.replace("weight", "bias")]).chunk(2)
     bn.register_forward_hook(lambda m, i, out: out * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1))
     torch.testing.assert_close(model(x[0]), engine, rtol=1e-10, atol=1e-12)
 

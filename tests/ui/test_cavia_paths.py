@@ -57,6 +57,18 @@ def test_cavia_arrows_are_its_context_path_in_its_own_plane(cavia_run):
     assert maml.space == "theta"  # the others stay on the plane of theta
 
 
+def test_the_landscape_says_why_cavia_has_no_plane_through_two_tasks_adapted_theta(cavia_run):
+    from maml_lab.lab.inside import LandscapeRequest, compute_landscape
+
+    with pytest.raises(ValueError, match="CAVIA's adaptation moves its context, not θ"):
+        compute_landscape(LandscapeRequest(cavia_run, "cavia", "tasks", "compare", resolution=3, tasks=3))
+    result = compute_landscape(LandscapeRequest(cavia_run, "cavia", "pca", "task", resolution=3, tasks=3,
+                                                task_steps=2))
+    np.testing.assert_allclose(result.task_path, 0.0, atol=1e-12)  # theta does not move on its plane
+    curves = result.prediction["curves"]
+    assert not np.allclose(curves[0], curves[-1])  # but the prediction does: the context reached the network
+
+
 def test_more_context_parameters_are_shown_on_their_pca_plane():
     from maml_lab.lab.inside import context_plane
 
