@@ -65,7 +65,7 @@ def commands(args, setting: str, algorithm: str, folder: Path) -> tuple[list[str
     data = [a for name in SETTINGS[setting] for a in ("--data", str(args.data_dir / name))]
     init = folder / "init.safetensors"
     train = [sys.executable, "-m", "maml_lab", "train", "--task", "images", *data, "--algorithm", algorithm,
-             *budget_flags(args, algorithm), "--out", str(init)]
+             *budget_flags(args, algorithm), "--run-dir", str(folder / "run"), "--out", str(init)]
     evaluate = [sys.executable, "-m", "maml_lab", "eval", str(init), "--shots", *map(str, SHOTS), "--bn", *MODES,
                 "--tasks", str(args.tasks), "--threads", "1", "--json", str(folder / "eval.json")]
     return train, evaluate

@@ -22,6 +22,7 @@ def test_rows_through_the_cli_with_failures_and_missing_algorithms_said(tmp_path
     assert table.main(args) == 0
     row = json.loads((out / "small1" / "maml" / "result.json").read_text())
     assert row["status"] == "ok" and row["train_wall_s"] > 0 and row["train_cpu_s"] > 0
+    assert (out / "small1" / "maml" / "run" / "metrics.csv").is_file()  # the run folder stays in the row's
     assert {(r["shots"], r["batch_norm"]) for r in row["results"]} == {(1, "transductive"), (1, "support"),
                                                                        (5, "transductive"), (5, "support")}
     assert "batch norm: support-set statistics" in row["cards"]["support"]
