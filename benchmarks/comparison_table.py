@@ -183,11 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algorithms", nargs="+", help="default: every registered one, and the #24 ones expected")
     parser.add_argument("--settings", nargs="+", choices=tuple(SETTINGS), default=list(SETTINGS))
-    parser.add_argument("--iterations", type=int, default=100)
-    parser.add_argument("--meta-batch-size", type=int, default=16)
-    parser.add_argument("--tasks", type=int, default=200, help="held-out tasks per evaluation cell")
+    # the budget a 2-core machine shared by eight sessions could afford for ~26 rows in an hour (docs/image_tasks.md)
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--meta-batch-size", type=int, default=8)
+    parser.add_argument("--tasks", type=int, default=100, help="held-out tasks per evaluation cell")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=3, help="rows run at the same time (each one process, niced)")
+    parser.add_argument("--jobs", type=int, default=4, help="rows run at the same time (each one process, niced)")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--out-dir", type=Path, default=ROOT / "runs" / "comparison")
     parser.add_argument("--markdown", type=Path, help="write the table here (default: print it)")
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             and (args.force or not result_path(args, s, n).is_file())]
     if not args.table_only and todo:
         # the costliest first, so that the pool ends together
-        order = {"mamlpp": 0, "reptile": 1, "boil": 2, "imaml": 3, "anil": 4}
+        order = {"mamlpp": 0, "imaml": 1, "reptile": 2, "boil": 3, "anil": 4, "cavia": 5}
         todo.sort(key=lambda t: (order.get(t[1], 9), t[0]))
         print(f"{len(todo)} rows, {args.jobs} at a time: {', '.join(f'{n} ({s})' for s, n in todo)}", flush=True)
 
