@@ -130,6 +130,23 @@ def test_explicit_objective_equals_autograd(inner_steps, first_order, pre_kl, fr
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-11)
 
 
+@pytest.mark.parametrize("sizes", [(2, 2), (2, 12, 10, 9, 2)])
+def test_explicit_objective_on_other_depths(sizes):
+    """No hidden layer and three (wider than policy_grad.NARROW): gradient, KL products and the line search's
+    evaluation as autograd's."""
+    policy, theta, batch = setup(sizes=sizes)
+    mine, ref = (trpo_objective(policy, theta, batch, LR, 1, explicit=e) for e in (True, False))
+    leaves = [v.clone().requires_grad_(True) for v in theta.values()]
+    with torch.enable_grad():
+        expect = trpo.flatten(torch.autograd.grad(ref.evaluate(leaves, True)[0], leaves))
+    assert torch.allclose(mine.gradient()[1], expect, rtol=1e-9, atol=1e-12)
+    v = torch.randn(expect.numel(), generator=torch.Generator().manual_seed(0), dtype=D)
+    assert torch.allclose(mine.hvp(v), ref.hvp(v), rtol=1e-8, atol=1e-11)
+    candidate = [t - 0.1 * d for t, d in zip(theta.values(), trpo.unflatten(expect / expect.norm(), leaves))]
+    for a, b in zip(mine.evaluate(candidate, False), ref.evaluate(candidate, False)):
+        assert float(a) == pytest.approx(float(b), rel=1e-9, abs=1e-14)
+
+
 def test_conjugate_gradient_matches_a_dense_solve():
     gen = torch.Generator().manual_seed(0)
     q, _ = torch.linalg.qr(torch.randn(12, 12, generator=gen, dtype=D))
