@@ -123,6 +123,8 @@ def test_explicit_gradient_and_hessian_vector_product_equal_autograd(shared):
     mine, p = explicit.run(params, obs, actions, c, summed=True)
     for name, g, e in zip(params, grads, mine):
         assert torch.allclose(g.sum(0) if not shared else g, e, rtol=1e-10, atol=1e-12), name
+    fused, none = explicit.run(params, obs, actions, c, summed=True, keep=False)  # each task's forward inline
+    assert none is None and all(torch.allclose(a, e, rtol=1e-12, atol=1e-14) for a, e in zip(fused, mine))
     for name, h, e in zip(params, hv, explicit.hvp(params, p, direction, summed=True)):
         assert torch.allclose(h.sum(0) if not shared else h, e, rtol=1e-10, atol=1e-12), name
     if not shared:  # per task, not summed

@@ -98,6 +98,7 @@ class ExplicitTRPO:
         self.count = query.mask.sum(1).clamp_min(1)
         self.total = query.mask.sum().clamp_min(1)
         self.pre_total = self.pre.mask.sum().clamp_min(1) if self.pre is not None else None
+        self.pre_weights = _weights(self.pre) if self.pre is not None else None
 
     @torch.no_grad()
     def gradient(self) -> tuple[float, torch.Tensor]:
@@ -138,8 +139,8 @@ class ExplicitTRPO:
         theta = OrderedDict(zip(self.names, (t.detach() for t in tensors)))
         q = self.query
         if self.pre is not None:
-            hidden, mean0 = self.pg.forward(theta, self.pre.obs)
-            grads, _ = self.pg.run(theta, self.pre.obs, self.pre.actions, _weights(self.pre), forward=(hidden, mean0),
+            forward = self.pg.forward(theta, self.pre.obs) if self.pre_kl is not None else None  # mean0 needed
+            grads, _ = self.pg.run(theta, self.pre.obs, self.pre.actions, self.pre_weights, forward=forward,
                                    keep=False)
             phi = OrderedDict((k, v - self.lr * g) for (k, v), g in zip(theta.items(), grads))
         else:
@@ -153,6 +154,7 @@ class ExplicitTRPO:
             if self.old_log_std.dim() == 2 else self.old_log_std.expand_as(mean)
         kl = (gaussian_kl(q.means, old_log_std, mean, log_std) * q.mask).sum() / self.total
         if self.pre_kl is not None:
+            mean0 = forward[1]
             kl = kl + (gaussian_kl(self.pre.means, self.theta["log_std"].expand_as(mean0), mean0,
                                    theta["log_std"].expand_as(mean0)) * self.pre.mask).sum() / self.pre_total
         return surr, kl

@@ -149,21 +149,32 @@ class PolicyGradient:
             forward: tuple[list[torch.Tensor], torch.Tensor] | None = None, keep: bool = True):
         """(gradient of each S_i, or of their sum when `summed`; the pass for `hvp` when `keep`), in the policy's
         parameter order. `forward`: the hidden layers' outputs and the means at `params` on these rows, where the
-        caller has them (the rollout that sampled them computed them)."""
-        hidden, mean = forward if forward is not None else self.forward(params, obs)
-        inputs = [obs, *hidden]
+        caller has them (the rollout that sampled them computed them). Without `forward` and `keep`, each task's
+        forward pass runs just before its backward pass (its blocks still in cache) and is not kept."""
+        fused = forward is None and not keep
+        if not fused:
+            hidden, mean = forward if forward is not None else self.forward(params, obs)
+            inputs = [obs, *hidden]
         deltas = [x.new_empty(*x.shape[:-1], self.shapes[f"{2 * k}.weight"][0]) for k, x in enumerate(inputs)
                   ] if keep else None
         b = obs.shape[0]
         out = self._outputs(b, summed, obs)
         for i in range(b):
             p = self._task(params, i)
+            if fused:
+                task_inputs = [obs[i]]
+                for layer in range(self.layers):
+                    h = _affine(p[f"{2 * layer}.bias"], task_inputs[-1], p[f"{2 * layer}.weight"])
+                    task_inputs.append(h.clamp_min_(0) if layer < self.layers - 1 else h)
+                mean_i = task_inputs.pop()
+            else:
+                task_inputs, mean_i = [x[i] for x in inputs], mean[i]
             inv_var = torch.exp(-2 * p["log_std"])
-            err = mean[i] - actions[i]
+            err = mean_i - actions[i]
             diff = err * inv_var
             ci = c[i].unsqueeze(-1)
             self._accumulate(out, i, summed, "log_std", (ci * (1 - err * diff)).sum(0))  # z^2 = err * diff
-            self._backward(p, [x[i] for x in inputs], diff * ci, out, i, summed, deltas)  # dS/dmu = c diff
+            self._backward(p, task_inputs, diff * ci, out, i, summed, deltas)  # dS/dmu = c diff
         grads = [out[k] for k in self.names]
         return grads, (Pass(inputs, deltas, mean, actions, c) if keep else None)
 
