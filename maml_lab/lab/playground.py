@@ -59,7 +59,7 @@ def predict(init: Initialization, task: SupportTask, steps: int = MAX_STEPS, gri
         path = list(init.trajectory(mse_per_task, xs, ys, steps))
     else:
         path = [OrderedDict((name, v.unsqueeze(0)) for name, v in params.items())] * (steps + 1)
-    batched = OrderedDict((name, torch.cat([p[name] for p in path], 0)) for name in params)
+    batched = OrderedDict((name, torch.cat([p[name] for p in path], 0)) for name in path[0])  # a context too
     if task.truth is not None:
         lo, hi = task.truth_range
         xq = np.linspace(lo, hi, query_points)

@@ -160,6 +160,29 @@ def test_test_time_adaptation_moves_only_the_context_from_zero():
     assert "context" not in bare and torch.equal(bare["0.weight"][0], params["0.weight"].detach())
 
 
+def test_the_playground_draws_the_curve_the_adapted_context_gives():
+    import numpy as np
+
+    from maml_lab.lab.initializations import Initialization
+    from maml_lab.lab.playground import SupportTask, predict
+
+    g = torch.Generator().manual_seed(5)
+    model = MLP([1, 8, 8, 1])
+    params = OrderedDict((k, v.requires_grad_(True)) for k, v in model.init_params(g, dtype=DT).items())
+    algo = _algorithm(model, "mse", params, num_context=2, steps=1)
+    theta = OrderedDict((k, v.detach()) for k, v in params.items())
+    init = Initialization("cavia", "cavia", "CAVIA", model, theta, algo.adaptation())
+    x = np.array([-3.0, -1.0, 0.5, 2.0])
+    shown = predict(init, SupportTask(x, 2 * np.sin(x)), steps=2)
+    xs = torch.as_tensor(x, dtype=DT).reshape(1, -1, 1)
+    adapted = adapt_at_test_time(init.adaptation, model, mse_per_task, theta, xs, 2 * torch.sin(xs), 2)
+    grid = torch.as_tensor(shown.grid, dtype=DT).reshape(1, -1, 1)
+    with torch.no_grad():
+        expected = model.forward(adapted, grid)[0, :, 0].numpy()
+    np.testing.assert_allclose(shown.curves[-1], expected, atol=1e-9)
+    assert not np.allclose(shown.curves[0], shown.curves[-1])
+
+
 def _trainer(iterations=8, **kw):
     config = ExperimentConfig(iterations=iterations, meta_batch_size=3, val_every=0, hidden=[8, 8], seed=5,
                               algorithms=[AlgorithmConfig.defaults("cavia")], **kw)
