@@ -226,5 +226,5 @@ def adaptation_path(model, loss: str, params, batch, steps: int, inner_lr: float
     theta = {k: v.detach() for k, v in params.items()}
     rule = inner_lr if adaptation is None else adaptation
     steps_taken = test_trajectory(rule, model, loss_function(loss), theta, task.x_support, task.y_support, steps)
-    points = np.stack([flatten({k: v[0] for k, v in p.items()}) for p in steps_taken])
+    points = np.stack([flatten({k: p[k][0] for k in theta}) for p in steps_taken])  # theta's entries (no context)
     return plane.project(points)
