@@ -47,7 +47,6 @@ class CAVIA(MetaAlgorithm):
         "*": {"inner_lr": 1.0, "inner_steps": 1, "test_inner_steps": 1, "meta_lr": 1e-3},
         "images": {"inner_steps": 2, "test_inner_steps": 2, "num_context": 100},
     }
-    panel_settings = ("test_inner_steps",)
     settings_tip = ("num_context: context parameters per task (the only thing the inner loop adapts); film_block: "
                     "the conv-4 block whose feature maps the context scales and shifts (FiLM; MLPs take the context "
                     "at their input); clip: meta-gradient entries clamped to ±clip (0: none); first_order: "
