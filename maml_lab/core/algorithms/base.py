@@ -54,7 +54,8 @@ class MetaAlgorithm:
     # learning, e.g. 2-D navigation; core/rl/objective.py): families refuse algorithms without it
     sampled_tasks: ClassVar[bool] = False
     # which parameters the inner loop adapts, in training and at test time: "all", "head" (the model's
-    # `head_names`: ANIL) or "body" (all but the head: BOIL); the others are held at theta in the inner loop
+    # `head_names`: ANIL) or "body" (all but the head: BOIL); the others are held at theta in the inner loop.
+    # "context": a context vector the model reads besides theta is adapted, theta held (CAVIA: models/context.py)
     adapts: ClassVar[str] = "all"
     # whether the inner loop steps batch norm's scale and shift (evaluation cards state it): None follows `adapts`
     # (adapted unless only the head is); MAML++ sets False (its per-step rows are learned in the outer loop only)
