@@ -34,14 +34,14 @@ def exact_cg(monkeypatch):
     monkeypatch.setattr(imaml, "RESIDUAL_TOL", 0.0)
 
 
-def _setup(model_cls=MLP, tasks=3, **options):
+def _setup(model_cls=MLP, tasks=3, steps=STEPS, **options):
     model = model_cls((1, 6, 6, 1), "tanh")
     params = model.init_params(torch.Generator().manual_seed(0), dtype=torch.float64)
     for v in params.values():
         v.requires_grad_(True)
     batch = SinusoidFamily().sample(tasks, 5, 7, torch.Generator().manual_seed(3), dtype=torch.float64)
     opts = {"lam": LAM, "cg_steps": 200, "cg_damping": 0.0, "lam_damping": 0.0, **options}
-    config = AlgorithmConfig.defaults("imaml", "sinusoid", inner_steps=STEPS, inner_lr=0.05, options=opts)
+    config = AlgorithmConfig.defaults("imaml", "sinusoid", inner_steps=steps, inner_lr=0.05, options=opts)
     algo = make_algorithm(model, "mse", config)
     algo.setup(params)
     return model, params, batch, algo
@@ -182,7 +182,7 @@ def test_cost_meter_forecasts_no_memory_for_more_inner_steps():
 
 
 def test_test_time_adaptation_is_the_proximal_rule_and_views_know_it_is_not_plain_sgd():
-    model, params, batch, algo = _setup()
+    model, params, batch, algo = _setup(steps=1)
     config = AlgorithmConfig.defaults("imaml", "sinusoid", inner_lr=0.05, options={"lam": LAM})
     theta = OrderedDict((k, v.detach()) for k, v in params.items())
     path = list(trajectory(config, model, algo.loss_fn, theta, batch.x_support, batch.y_support, 3))
@@ -273,3 +273,15 @@ def test_the_plain_pytorch_snippet_of_docs_exports_md_adapts_as_the_engine(tmp_p
         torch.testing.assert_close(adapted[k][0], v, rtol=1e-5, atol=1e-6)
         moved = moved or not torch.allclose(v, params[k])
     assert moved
+
+
+def test_one_cg_step_or_first_order_is_the_query_gradient_at_phi():
+    model, params, batch, algo = _setup(steps=20, cg_steps=1)
+    grads, _, res, _ = algo.meta_gradient(params, batch, first_order=False)
+    first = algo.meta_gradient(params, batch, first_order=True)[0]
+    expected = 0.0
+    for i in range(batch.num_tasks):
+        expected = expected + _query_grad(model, _task(res.params, i), batch.x_query[i], batch.y_query[i])
+    torch.testing.assert_close(torch.cat([g.reshape(-1) for g in grads]), expected / batch.num_tasks)
+    for a, b in zip(grads, first):
+        torch.testing.assert_close(a, b)
