@@ -288,3 +288,22 @@ def test_trains_on_small1_images():
     early = sum(r["post_accuracy"] for r in rows[:10]) / 10
     late = sum(r["post_accuracy"] for r in rows[-10:]) / 10
     assert late > 0.35 and late > early + 0.1, (early, late)  # chance is 0.2
+
+
+@pytest.mark.parametrize("downsample", ["stride", "maxpool"])
+def test_every_conv4_path_applies_the_same_film(downsample):
+    """The per-task loop (CPU), grouped convolutions (CUDA's path), the batch-norm modes' reference loop and the
+    per-layer activations all apply FiLM alike."""
+    g = torch.Generator().manual_seed(6)
+    model = Conv4(1, 16, 5, filters=4, downsample=downsample)
+    params = {**model.init_params(g, dtype=DT), **model.context_init(3, g, layer=2, dtype=DT),
+              "context": torch.randn(2, 3, generator=g, dtype=DT)}
+    x = torch.randn(2, 4, 1, 16, 16, generator=g, dtype=DT)
+    loop = model.forward(params, x)
+    without = model.forward({k: v for k, v in params.items() if not k.startswith("context")}, x)
+    assert not torch.allclose(loop, without)  # the context reaches the logits
+    outs = [model.forward(params, x, norm=x.shape[1]), model.layer_activations(params, x)[-1]]
+    model.batched = "grouped"
+    outs.append(model.forward(params, x))
+    for out in outs:
+        torch.testing.assert_close(out, loop, rtol=1e-10, atol=1e-12)
