@@ -307,3 +307,20 @@ def test_every_conv4_path_applies_the_same_film(downsample):
     outs.append(model.forward(params, x))
     for out in outs:
         torch.testing.assert_close(out, loop, rtol=1e-10, atol=1e-12)
+
+
+def test_image_meta_lr_decays_as_the_references_steplr():
+    """classification/main.py: StepLR(meta_optimiser, 5000, 0.9), stepped at the start of every iteration, so
+    iteration i (from 0) updates with 0.001 * 0.9 ** ((i + 1) // 5000)."""
+    model = MLP([1, 4, 1])
+    params = OrderedDict((k, v.requires_grad_(True)) for k, v in model.init_params(torch.Generator()).items())
+    algo = make_algorithm(model, "cross_entropy", AlgorithmConfig.defaults("cavia", task="images"))
+    algo.setup(params)
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)], 1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 5000, 0.9)
+    for i in range(12001):
+        optimizer.step()  # PyTorch wants this first; the lr then in force is the one the reference's iteration i used
+        scheduler.step()
+        if i in (0, 4997, 4998, 4999, 9998, 9999, 12000):
+            assert algo.meta_lr(i) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12), i
+    assert AlgorithmConfig.defaults("cavia").option("meta_lr_decay") == 1.0  # sinusoid: constant

@@ -8,11 +8,12 @@ As the reference code (github.com/lmzintgraf/cavia) does it: on regression the c
 MLP's input (2 context parameters on the sinusoid, inner lr 1.0, one inner step, meta lr 0.001, each task's
 meta-gradient clamped to [-10, 10] before averaging); on images a linear FiLM generator from the context
 (100 parameters) scales and shifts the third conv block's feature maps (classification/models.py
-`context_in=[False, False, True, False, False]`, inner lr 1.0, two steps in training and at test, meta lr 0.001,
-the averaged meta-gradient clamped to [-10, 10]). The parts of the network that read the context (the first
-layer's context columns, the FiLM generator: models/context.py) are what CAVIA learns besides theta, exported beside
-it as `context.*` tensors; theta itself has the family's usual shapes, so CAVIA trains side by side with MAML
-from the same initialization. docs/algorithms.md lists every difference from the reference.
+`context_in=[False, False, True, False, False]`, inner lr 1.0, two steps in training and at test, meta lr 0.001
+decayed by 0.9 every 5,000 iterations, the averaged meta-gradient clamped to [-10, 10]). The parts of the network
+that read the context (the first layer's context columns, the FiLM generator: models/context.py) are what CAVIA
+learns besides theta, exported beside it as `context.*` tensors; theta itself has the family's usual shapes, so CAVIA
+trains side by side with MAML from the same initialization. docs/algorithms.md lists every difference from the
+reference.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .adaptation import adapt, expand_params, sgd_trajectory
 from .base import MetaAlgorithm
 from .optim import Adam
 
+DECAY_EVERY = 5000  # the reference's StepLR(meta_optimiser, 5000, lr_meta_decay) on images
 CONTEXT_SEED = 20190  # the context network's initialization (the same for every run, as theta's follows the seed)
 
 
@@ -40,17 +42,18 @@ class CAVIA(MetaAlgorithm):
                    "order (Zintgraf et al. 2019)")
     adapts = "context"
     adapts_batch_norm = False  # only the context moves in the inner loop
-    option_defaults = {"num_context": 2, "film_block": 3, "clip": 10.0, "first_order": False}
+    option_defaults = {"num_context": 2, "film_block": 3, "clip": 10.0, "first_order": False, "meta_lr_decay": 1.0}
     # the reference code's settings: sinusoid (regression/arguments.py, with the paper's 2 context parameters) and
     # images (classification/arguments.py)
     task_defaults = {
         "*": {"inner_lr": 1.0, "inner_steps": 1, "test_inner_steps": 1, "meta_lr": 1e-3},
-        "images": {"inner_steps": 2, "test_inner_steps": 2, "num_context": 100},
+        "images": {"inner_steps": 2, "test_inner_steps": 2, "num_context": 100, "meta_lr_decay": 0.9},
     }
     settings_tip = ("num_context: context parameters per task (the only thing the inner loop adapts); film_block: "
                     "the conv-4 block whose feature maps the context scales and shifts (FiLM; MLPs take the context "
                     "at their input); clip: meta-gradient entries clamped to ±clip (0: none); first_order: "
-                    "no second-order term through the context steps")
+                    "no second-order term through the context steps; meta_lr_decay: the meta lr is multiplied by it "
+                    f"every {DECAY_EVERY:,} iterations (the reference's image setting 0.9; 1: constant)")
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -63,6 +66,9 @@ class CAVIA(MetaAlgorithm):
         clip = config.options.get("clip", cls.option_defaults["clip"])
         if not (isinstance(clip, (int, float)) and not isinstance(clip, bool) and math.isfinite(clip) and clip >= 0):
             raise ValueError(f"cavia.clip must be a number >= 0 (0: no clamping), got {clip!r}")
+        decay = config.options.get("meta_lr_decay", cls.option_defaults["meta_lr_decay"])
+        if not (isinstance(decay, (int, float)) and not isinstance(decay, bool) and 0 < decay <= 1):
+            raise ValueError(f"cavia.meta_lr_decay must be in (0, 1] (1: a constant meta lr), got {decay!r}")
 
     @classmethod
     def adapted_names(cls, model, params) -> tuple[str, ...]:
@@ -78,6 +84,13 @@ class CAVIA(MetaAlgorithm):
                    layer=self.config.option("film_block"), dtype=ref.dtype)
         self.context_net = OrderedDict((k, v.to(ref.device).requires_grad_(True)) for k, v in net.items())
         self.optimizer = Adam([*params.values(), *self.context_net.values()], self.config.meta_lr)
+
+    def meta_lr(self, iteration: int) -> float:
+        """The configured meta lr (constant or cosine) times meta_lr_decay per DECAY_EVERY iterations, as the
+        reference's StepLR, stepped before each update, gives it: iteration i (from 0) uses decay ** ((i + 1) //
+        DECAY_EVERY)."""
+        return super().meta_lr(iteration) * float(self.config.option("meta_lr_decay")) ** (
+            (iteration + 1) // DECAY_EVERY)
 
     def export_tensors(self) -> "OrderedDict[str, torch.Tensor]":
         return self.context_net
