@@ -22,6 +22,8 @@ BUILTIN_ALGORITHMS = (
     "maml_lab.core.algorithms.protonet:ProtoNet",
     "maml_lab.core.algorithms.cavia:CAVIA",
     "maml_lab.core.algorithms.imaml:IMAML",
+    "maml_lab.core.algorithms.baseline:Baseline",
+    "maml_lab.core.algorithms.baselinepp:BaselinePlusPlus",
 )
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 UNKNOWN_COLORS = ("#E69F00", "#000000", "#8C8C8C")  # Okabe-Ito extras for names no algorithm claims

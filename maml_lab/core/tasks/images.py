@@ -109,7 +109,8 @@ class ImageTaskFamily:
         """B tasks drawn with `generator` (a CPU generator, so runs reproduce on any device).
 
         x_support [B, N*K, C, H, W] in [0, 1], y_support [B, N*K] long; likewise the query set with N*Q.
-        info: "classes" [B, N] (global class index of each label), "support_rows" / "query_rows" (image rows).
+        info: "classes" [B, N] (global class index of each label), "num_classes" (how many classes the set has),
+        "support_rows" / "query_rows" (image rows).
         """
         classes, rows = self.sample_indices(num_tasks, shots, queries, generator)
         b, n = classes.shape
@@ -122,7 +123,8 @@ class ImageTaskFamily:
         xq = x[:, :, shots:].reshape(b, n * queries, *self.input_shape)
         ys = labels.expand(b, n, shots).reshape(b, n * shots)
         yq = labels.expand(b, n, queries).reshape(b, n * queries)
-        info = {"classes": classes, "support_rows": rows[:, :, :shots].reshape(b, -1),
+        info = {"classes": classes, "num_classes": self.image_set.num_classes,
+                "support_rows": rows[:, :, :shots].reshape(b, -1),
                 "query_rows": rows[:, :, shots:].reshape(b, -1)}
         return TaskBatch(xs, ys, xq, yq, info)
 

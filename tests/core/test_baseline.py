@@ -1,0 +1,250 @@
+"""Baseline and Baseline++ (Chen et al. 2019) against independent computations in float64: the all-class training
+gradient against plain torch on a conv-4 and an MLP written with nn.functional, the head fit against the reference's
+loop (nn.Linear / a weight-normed distLinear, optim.SGD, shuffled batches of 4: same seed, same result), the cosine
+head's logits against distLinear's; then training on small1, exact resume, the CLI."""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maml_lab.core.algorithms import head_fit
+from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
+from maml_lab.core.models.conv4 import Conv4
+from maml_lab.core.models.mlp import MLP
+from maml_lab.core.tasks.base import TaskBatch
+
+DT = torch.float64
+NAMES = ("baseline", "baselinepp")
+
+
+# -- the head fit -------------------------------------------------------------------------------------------------
+
+def support_features(tasks=3, ways=5, shots=3, dim=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(tasks, ways * shots, dim, generator=g, dtype=DT).relu() + 0.1 * torch.randn(
+        tasks, ways * shots, dim, generator=g, dtype=DT)
+    labels = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
+    return feats, labels
+
+
+def distlinear(weight: torch.Tensor) -> nn.Module:
+    """The reference's distLinear layer (bias-free nn.Linear under weight norm over dim 0) with this initial weight."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False).to(DT)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+    return nn.utils.parametrizations.weight_norm(layer, dim=0)
+
+
+def distlinear_scores(layer: nn.Module, x: torch.Tensor, classes: int) -> torch.Tensor:
+    scale = 2.0 if classes <= 200 else 10.0
+    return scale * layer(x / (torch.norm(x, p=2, dim=1, keepdim=True) + 0.00001))
+
+
+def snapshot(kind, layer):
+    return layer.weight.detach().clone(), (layer.bias.detach().clone() if kind == "linear" else None)
+
+
+def reference_fit(kind, feats, labels, ways, epochs, lr, seed=head_fit.HEAD_FIT_SEED):
+    """methods/baselinefinetune.py's loop, one task at a time, on the random numbers head_fit draws in its order (the
+    fresh heads for every task, then each epoch's order of every task's support set): the head after each epoch."""
+    tasks, size, dim = feats.shape
+    g = torch.Generator().manual_seed(seed)
+    bound = 1 / math.sqrt(dim)
+    w0 = ((torch.rand(tasks, ways, dim, generator=g) * 2 - 1) * bound).to(DT)
+    b0 = ((torch.rand(tasks, ways, generator=g) * 2 - 1) * bound).to(DT) if kind == "linear" else None
+    orders = [torch.rand(tasks, size, generator=g).argsort(dim=1) for _ in range(epochs)]
+    out = [[] for _ in range(epochs + 1)]
+    for i in range(tasks):
+        if kind == "linear":
+            layer = nn.Linear(dim, ways).to(DT)
+            with torch.no_grad():
+                layer.weight.copy_(w0[i])
+                layer.bias.copy_(b0[i])
+        else:
+            layer = distlinear(w0[i])
+        opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, dampening=0.9, weight_decay=0.001)
+
+        out[0].append(snapshot(kind, layer))
+        for epoch in range(epochs):
+            rand_id = orders[epoch][i]
+            for start in range(0, size, 4):
+                selected = rand_id[start:min(start + 4, size)]
+                z, y = feats[i, selected], labels[i, selected]
+                scores = layer(z) if kind == "linear" else distlinear_scores(layer, z, ways)
+                loss = nn.CrossEntropyLoss()(scores, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            out[epoch + 1].append(snapshot(kind, layer))
+    return out
+
+
+@pytest.mark.parametrize("kind", head_fit.HEADS)
+@pytest.mark.parametrize("shots", [1, 3])
+def test_the_head_fit_is_the_reference_loop_epoch_by_epoch(kind, shots):
+    feats, labels = support_features(shots=shots)
+    ways, epochs, lr = 5, 6, 0.05  # a larger step than the reference's 0.01, so that a wrong term would show
+    ours = list(head_fit.fit_trajectory(kind, feats, labels, ways, epochs, lr))
+    theirs = reference_fit(kind, feats, labels, ways, epochs, lr)
+    assert len(ours) == epochs + 1
+    for epoch, ((weight, bias), reference) in enumerate(zip(ours, theirs)):
+        ref_w = torch.stack([w for w, _ in reference])
+        assert torch.allclose(weight, ref_w, rtol=1e-10, atol=1e-12), (kind, epoch)
+        if kind == "linear":
+            assert torch.allclose(bias, torch.stack([b for _, b in reference]), rtol=1e-10, atol=1e-12)
+        else:
+            assert torch.equal(bias, torch.zeros_like(bias))
+    assert not torch.allclose(ours[0][0], ours[-1][0])  # it moved
+
+
+def test_the_head_fit_repeats_exactly_and_its_seed_is_what_it_draws_from():
+    feats, labels = support_features()
+    a = deque(head_fit.fit_trajectory("linear", feats, labels, 5, 4, 0.01), maxlen=1)[0]
+    b = deque(head_fit.fit_trajectory("linear", feats, labels, 5, 4, 0.01), maxlen=1)[0]
+    c = deque(head_fit.fit_trajectory("linear", feats, labels, 5, 4, 0.01, seed=1), maxlen=1)[0]
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], c[0])
+
+
+def test_the_cosine_head_scores_as_distlinear_does():
+    g = torch.Generator().manual_seed(3)
+    for classes in (5, 200, 380):  # the scale: 2 up to 200 classes, 10 above
+        v = torch.randn(classes, 9, generator=g, dtype=DT)
+        layer = distlinear(v)
+        with torch.no_grad():  # a learned length unlike |v|
+            layer.parametrizations.weight.original0.mul_(torch.rand(classes, 1, generator=g, dtype=DT) + 0.5)
+        x = torch.randn(4, 6, 9, generator=g, dtype=DT)
+        expected = torch.stack([distlinear_scores(layer, x[i], classes) for i in range(4)])
+        norm = layer.parametrizations.weight
+        weight = head_fit.weight_normed(norm.original0, norm.original1)
+        ours = head_fit.head_logits("cosine", weight, None, x)
+        assert torch.allclose(ours, expected, rtol=1e-12, atol=1e-12), classes
+        assert head_fit.cosine_scale(classes) == (2.0 if classes <= 200 else 10.0)
+
+
+# -- the all-class training step ----------------------------------------------------------------------------------
+
+def image_batch(tasks=2, ways=3, shots=1, queries=2, classes=7, size=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    per = ways * (shots + queries)
+    x = torch.rand(tasks, per, 1, size, size, generator=g, dtype=DT)
+    chosen = torch.stack([torch.randperm(classes, generator=g)[:ways] for _ in range(tasks)])
+    ys = torch.arange(ways).repeat_interleave(shots).expand(tasks, -1).contiguous()
+    yq = torch.arange(ways).repeat_interleave(queries).expand(tasks, -1).contiguous()
+    return TaskBatch(x[:, :ways * shots], ys, x[:, ways * shots:], yq, {"classes": chosen, "num_classes": classes})
+
+
+def conv4_features(model, params, x):
+    """The lab's conv-4 body, task by task, in nn.functional: [conv 3x3 stride 2 -> batch norm on the task's images
+    -> ReLU] x 4, flattened."""
+    out = []
+    for i in range(x.shape[0]):
+        h = x[i]
+        for k in range(4):
+            conv, bn = str(3 * k), str(3 * k + 1)
+            h = F.conv2d(h, params[f"{conv}.weight"], params[f"{conv}.bias"], stride=2, padding=1)
+            h = F.relu(F.batch_norm(h, None, None, params[f"{bn}.weight"], params[f"{bn}.bias"], training=True,
+                                    eps=1e-5))
+        out.append(h.flatten(1))
+    return torch.stack(out)
+
+
+def mlp_features(model, params, x):
+    h = x
+    for i in range(model.num_layers - 1):
+        h = F.relu(F.linear(h, params[f"{2 * i}.weight"], params[f"{2 * i}.bias"]))
+    return h
+
+
+def reference_loss(name, body_features, classifier, batch):
+    x = torch.cat([batch.x_support, batch.x_query], 1)
+    y = torch.cat([batch.y_support, batch.y_query], 1)
+    labels = torch.gather(batch.info["classes"], 1, y)
+    feats = body_features(x)
+    if name == "baseline":
+        logits = F.linear(feats, classifier["classifier.weight"], classifier["classifier.bias"])
+    else:
+        g, v = classifier["classifier.L.weight_g"], classifier["classifier.L.weight_v"]
+        weight = g * v / torch.norm(v, dim=1, keepdim=True)
+        scale = 2.0 if v.shape[0] <= 200 else 10.0
+        logits = scale * F.linear(feats / (torch.norm(feats, dim=-1, keepdim=True) + 1e-5), weight)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["conv4", "mlp"])
+def test_the_all_class_gradient_is_plain_torch_on_an_independent_network(name, kind):
+    if kind == "conv4":
+        model = Conv4(in_channels=1, image_size=12, ways=3)
+        batch, reference = image_batch(), conv4_features
+    else:
+        model = MLP([4, 6, 5, 3], "relu")
+        g = torch.Generator().manual_seed(1)
+        batch = image_batch()
+        batch = TaskBatch(torch.randn(2, 3, 4, generator=g, dtype=DT), batch.y_support,
+                          torch.randn(2, 6, 4, generator=g, dtype=DT), batch.y_query, batch.info)
+        reference = mlp_features
+    params = OrderedDict((k, v.requires_grad_(True)) for k, v in model.init_params(
+        torch.Generator().manual_seed(2), dtype=DT).items())
+    algo = make_algorithm(model, "cross_entropy", AlgorithmConfig.defaults(name, "images"))
+    algo.setup(params)
+    loss, theta_grads, classifier_grads = algo.all_class_gradients(params, batch)
+    classifier = OrderedDict((k, v.detach().clone().requires_grad_(True)) for k, v in algo.classifier.items())
+    assert classifier[next(iter(classifier))].shape[0] == 7
+    theta = OrderedDict((k, v.detach().clone().requires_grad_(True)) for k, v in params.items())
+    head = set(model.head_names())
+    body = [k for k in theta if k not in head]
+    expected = reference_loss(name, lambda x: reference(model, theta, x), classifier, batch)
+    grads = torch.autograd.grad(expected, [theta[k] for k in body] + list(classifier.values()))
+    assert torch.allclose(loss, expected.detach(), rtol=1e-12)
+    ours = dict(zip(theta, theta_grads))
+    for k, gr in zip(body, grads):
+        assert torch.allclose(ours[k], gr, rtol=1e-9, atol=1e-12), k
+    for k in head:  # theta's N-way head is not read in training
+        assert torch.equal(ours[k], torch.zeros_like(ours[k]))
+    for k, mine, gr in zip(algo.classifier, classifier_grads, grads[len(body):]):
+        assert torch.allclose(mine, gr, rtol=1e-9, atol=1e-12), k
+
+
+def test_a_batch_without_global_classes_is_refused_in_one_sentence():
+    model = MLP([4, 6, 3], "relu")
+    params = model.init_params(torch.Generator().manual_seed(0), dtype=DT)
+    algo = make_algorithm(model, "cross_entropy", AlgorithmConfig.defaults("baseline", "images"))
+    algo.setup(params)
+    batch = image_batch()
+    batch = TaskBatch(torch.randn(2, 3, 4, dtype=DT), batch.y_support, torch.randn(2, 6, 4, dtype=DT), batch.y_query)
+    with pytest.raises(ValueError, match="class in the training set"):
+        algo.meta_step(params, batch)
+
+
+# -- the test-time rule on a model --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_test_time_rule_is_the_head_fit_on_the_frozen_body(name):
+    model = Conv4(in_channels=1, image_size=12, ways=3)
+    params = model.init_params(torch.Generator().manual_seed(2), dtype=DT)
+    cls = make_algorithm(model, "cross_entropy", AlgorithmConfig.defaults(name, "images"))
+    config = cls.config
+    batch = image_batch(shots=2, queries=3)
+    path = list(cls.test_trajectory(config, model, None, params, batch.x_support, batch.y_support, 3))
+    assert len(path) == 4
+    feats = conv4_features(model, params, batch.x_support)
+    fit = list(head_fit.fit_trajectory(cls.head, feats, batch.y_support, 3, 3, config.inner_lr))
+    query = conv4_features(model, params, batch.x_query)
+    w_name, b_name = model.head_names()
+    for fast, (weight, bias) in zip(path, fit):
+        for k, v in params.items():  # the body is theta's, for every task
+            if k not in (w_name, b_name):
+                assert torch.equal(fast[k], v.expand_as(fast[k]))
+        assert torch.allclose(fast[w_name], weight, rtol=1e-10, atol=1e-12)
+        logits = cls.predict(config, model, fast, batch.x_support, batch.y_support, batch.x_query)
+        if name == "baseline":
+            expected = torch.baddbmm(bias.unsqueeze(1), query, weight.transpose(1, 2))
+        else:
+            expected = 2.0 * torch.matmul(query / (query.norm(dim=-1, keepdim=True) + 1e-5), weight.transpose(1, 2))
+        assert torch.allclose(logits, expected, rtol=1e-9, atol=1e-12)
