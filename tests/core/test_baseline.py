@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +19,8 @@ from maml_lab.core.algorithms.config import AlgorithmConfig, make_algorithm
 from maml_lab.core.models.conv4 import Conv4
 from maml_lab.core.models.mlp import MLP
 from maml_lab.core.tasks.base import TaskBatch
+from maml_lab.core.training.config import ExperimentConfig
+from maml_lab.core.training.trainer import Trainer
 
 DT = torch.float64
 NAMES = ("baseline", "baselinepp")
@@ -226,25 +229,115 @@ def test_a_batch_without_global_classes_is_refused_in_one_sentence():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_test_time_rule_is_the_head_fit_on_the_frozen_body(name):
+    """Each step's parameters are theta's body and the fit's head after that many epochs; the queries are classified
+    by that head on the body's features, also when predicted while the fit runs (the evaluation's order, where the
+    query features are computed once) and under another batch-norm mode (support-set statistics)."""
+    from maml_lab.core.algorithms.config import predict
+
     model = Conv4(in_channels=1, image_size=12, ways=3)
     params = model.init_params(torch.Generator().manual_seed(2), dtype=DT)
-    cls = make_algorithm(model, "cross_entropy", AlgorithmConfig.defaults(name, "images"))
-    config = cls.config
+    algo = make_algorithm(model, "cross_entropy", AlgorithmConfig.defaults(name, "images"))
+    config = algo.config
     batch = image_batch(shots=2, queries=3)
-    path = list(cls.test_trajectory(config, model, None, params, batch.x_support, batch.y_support, 3))
-    assert len(path) == 4
-    feats = conv4_features(model, params, batch.x_support)
-    fit = list(head_fit.fit_trajectory(cls.head, feats, batch.y_support, 3, 3, config.inner_lr))
-    query = conv4_features(model, params, batch.x_query)
+    xs, xq = batch.x_support, batch.x_query
+    feats = conv4_features(model, params, xs)
+    fit = list(head_fit.fit_trajectory(algo.head, feats, batch.y_support, 3, 3, config.inner_lr))
+    query = conv4_features(model, params, xq)
+    with torch.no_grad():  # the support set's statistics for the queries
+        query_support_bn = model.features(params, torch.cat([xs, xq], 1), norm=xs.shape[1])[:, xs.shape[1]:]
     w_name, b_name = model.head_names()
-    for fast, (weight, bias) in zip(path, fit):
+
+    def expected(weight, bias, q):
+        if name == "baseline":
+            return torch.baddbmm(bias.unsqueeze(1), q, weight.transpose(1, 2))
+        return 2.0 * torch.matmul(q / (q.norm(dim=-1, keepdim=True) + 1e-5), weight.transpose(1, 2))
+
+    steps = 0
+    for fast, (weight, bias) in zip(algo.test_trajectory(config, model, None, params, xs, batch.y_support, 3), fit):
+        steps += 1
         for k, v in params.items():  # the body is theta's, for every task
             if k not in (w_name, b_name):
                 assert torch.equal(fast[k], v.expand_as(fast[k]))
         assert torch.allclose(fast[w_name], weight, rtol=1e-10, atol=1e-12)
-        logits = cls.predict(config, model, fast, batch.x_support, batch.y_support, batch.x_query)
-        if name == "baseline":
-            expected = torch.baddbmm(bias.unsqueeze(1), query, weight.transpose(1, 2))
-        else:
-            expected = 2.0 * torch.matmul(query / (query.norm(dim=-1, keepdim=True) + 1e-5), weight.transpose(1, 2))
-        assert torch.allclose(logits, expected, rtol=1e-9, atol=1e-12)
+        logits = predict(config, model, fast, xs, batch.y_support, xq)
+        assert torch.allclose(logits, expected(weight, bias, query), rtol=1e-9, atol=1e-12)
+        logits = predict(config, model, fast, xs, batch.y_support, xq, batch_norm="support")
+        assert torch.allclose(logits, expected(weight, bias, query_support_bn), rtol=1e-9, atol=1e-12)
+    assert steps == 4
+
+
+# -- training on Omniglot, resuming, the CLI ------------------------------------------------------------------------
+
+SMALL1 = Path(__file__).resolve().parents[3] / "shared" / "omniglot" / "images_background_small1.zip"
+needs_small1 = pytest.mark.skipif(not SMALL1.is_file(), reason=f"Omniglot test data not found at {SMALL1}")
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory):
+    """Decoded sets cached once for the module, away from the user's cache; one torch thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MAML_LAB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        yield
+    torch.set_num_threads(threads)
+
+
+def small1(**kw) -> ExperimentConfig:
+    base = dict(task="images", data=str(SMALL1), image_size=14, meta_batch_size=8, iterations=20, val_every=0,
+                seed=3, algorithms=[AlgorithmConfig.defaults(n, "images") for n in NAMES])
+    base.update(kw)
+    return ExperimentConfig(**base)
+
+
+@needs_small1
+def test_both_train_on_small1_well_above_chance(private_cache):
+    """20 iterations of 8 tasks (4,800 images over 380 training classes): the head fit on held-out characters is
+    far above the 20% of 5-way chance, and far above the same fit on the untrained body."""
+    from maml_lab.core.tasks.images import accuracy_after_steps
+
+    trainer = Trainer(small1(), record_every=0)
+    initial = trainer.snapshot()
+    trainer.run()
+    heldout = trainer.validation_family
+    for name in NAMES:
+        run = trainer.runs[name]
+        assert run.algorithm.classifier[next(iter(run.algorithm.classifier))].shape[0] == 380
+        config = run.algorithm.config
+        trained = accuracy_after_steps(trainer.model, heldout, trainer.snapshot()[name], 1, [0, 100], config,
+                                       num_tasks=100, queries=5)
+        untrained = accuracy_after_steps(trainer.model, heldout, initial[name], 1, [100], config, num_tasks=100,
+                                         queries=5)
+        assert trained[0][0] < 0.3  # step 0: a fresh head
+        assert trained[100][0] > 0.4 and trained[100][0] > untrained[100][0] + 0.05, (name, trained, untrained)
+
+
+@needs_small1
+def test_both_resume_exactly_from_a_checkpoint(private_cache, tmp_path):
+    """4 iterations straight == 2, a checkpoint, a fresh Trainer, 2 more: theta, the all-class head and its Adam
+    state bit for bit (the resumed run has taken no step when its head is restored)."""
+    from maml_lab.core.training.checkpoint import load_checkpoint, save_checkpoint
+
+    def make():
+        algos = [AlgorithmConfig.defaults(n, "images", inner_steps=2) for n in NAMES]
+        return Trainer(small1(iterations=4, meta_batch_size=2, algorithms=algos), record_every=0)
+
+    straight = make()
+    straight.run()
+    first = make()
+    first.run(iterations=2)
+    path = save_checkpoint(first, tmp_path / "half.safetensors")
+    resumed = make()
+    load_checkpoint(resumed, path)
+    resumed.run()
+    for name in NAMES:
+        a, b = straight.runs[name], resumed.runs[name]
+        for k in a.params:
+            assert torch.equal(a.params[k], b.params[k]), (name, k)
+        assert list(a.algorithm.export_tensors()) == list(b.algorithm.export_tensors())
+        for k, v in a.algorithm.export_tensors().items():
+            assert torch.equal(v, b.algorithm.export_tensors()[k]), (name, k)
+        for x, y in zip(a.algorithm.classifier_optimizer.exp_avg_sq, b.algorithm.classifier_optimizer.exp_avg_sq):
+            assert torch.equal(x, y)
+        assert not torch.equal(next(iter(a.algorithm.classifier.values())),
+                               next(iter(first.runs[name].algorithm.classifier.values())))

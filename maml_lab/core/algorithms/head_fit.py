@@ -155,7 +155,7 @@ def model_trajectory(kind: str, model, params, x_support: torch.Tensor, y_suppor
         (k, v.detach()) for k, v in body_of(model, params).items())
     feats = features(model, body, x_support)
     previous = getattr(_frozen, "state", None)
-    _frozen.state = [tuple(body.values()), None, None]
+    _frozen.state = [model, tuple(body.values()), None, None]
     try:
         for weight, bias in fit_trajectory(kind, feats, y_support, ways, epochs, lr):
             out = OrderedDict(body)
@@ -167,15 +167,17 @@ def model_trajectory(kind: str, model, params, x_support: torch.Tensor, y_suppor
 
 def query_features(model, params, x: torch.Tensor) -> torch.Tensor:
     """features(model, params, x), computed once per trajectory in progress: its every epoch classifies the same
-    queries through the same frozen body (the evaluation and the views predict after each step)."""
+    queries through the same frozen body (the evaluation and the views predict after each step). Only for the
+    model the trajectory runs on: a model wrapped for another batch-norm mode (models/batch_norm.py) computes anew."""
     state = getattr(_frozen, "state", None)
     body = tuple(body_of(model, params).values())
-    mine = state is not None and len(body) == len(state[0]) and all(a is b for a, b in zip(body, state[0]))
-    if mine and state[1] is x:
-        return state[2]
+    mine = (state is not None and model is state[0] and len(body) == len(state[1])
+            and all(a is b for a, b in zip(body, state[1])))
+    if mine and state[2] is x:
+        return state[3]
     feats = features(model, params, x)
     if mine:
-        state[1], state[2] = x, feats
+        state[2], state[3] = x, feats
     return feats
 
 
