@@ -246,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "together, cbfinn/maml), support (the support set's statistics: queries one at a time), "
                         "support+query (each query with the support set, supervised-reptile), running (population "
                         "statistics of training tasks); several for one table; default: the algorithm's own")
+    e.add_argument("--probe", action="store_true",
+                   help="image initializations: also a linear probe of their features on the same tasks (the body "
+                        "frozen, a new linear head fit on each support set as Baseline's, Chen et al. 2019: 100 epochs "
+                        "of SGD 0.01 in batches of 4), printed beside the rows")
     e.add_argument("--json", type=Path, metavar="PATH",
                    help="also write each initialization's evaluation card and results as JSON")
     _add_image_limits(e)
@@ -636,6 +640,9 @@ def cmd_eval(args) -> int:
               f"{model.spec().get('kind')} model ({_threads_text(threads)})")
         if getattr(args, "bn", None) and not hasattr(model, "batch_norm_names"):
             raise UsageError(f"--bn: {path.name} is a {model.spec().get('kind')} model without batch norm")
+        if getattr(args, "probe", False) and kind.metric != "accuracy":
+            raise UsageError(f"--probe: {path.name} is a {task} initialization; a linear probe fits a classifier "
+                             f"head, for classification (image) initializations")
         if kind.metric == "return":  # reinforcement learning (2-D navigation): average return, oracle, random
             from .core.rl.protocol import eval_navigation
 

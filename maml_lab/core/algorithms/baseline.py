@@ -29,6 +29,14 @@ from .optim import Adam
 CLASSIFIER_SEED = 0  # the generator of the all-class head's initial values (theta and the tasks have the run's seed)
 
 
+def linear_probe(task: str = "images"):
+    """A linear probe of any initialization's features (`eval --probe`): Baseline's test-time rule, the body frozen
+    and a new linear head fit on each task's support set for its 100 epochs (its AlgorithmConfig)."""
+    from .config import AlgorithmConfig
+
+    return AlgorithmConfig.defaults("baseline", task)
+
+
 class Baseline(MetaAlgorithm):
     """Chen et al. 2019's Baseline: a classifier over all training classes, then a linear head fit per task."""
 
@@ -39,6 +47,8 @@ class Baseline(MetaAlgorithm):
                    "a new linear head fit on the frozen body's support features")
     head = "linear"  # the kind of head: the all-class one in training and the one fit at test time (head_fit.HEADS)
     adaptation_kind = "head_fit"
+    adapts = "head"  # at test time only the head changes (a new one, fit on the frozen body: test_trajectory)
+    adapts_batch_norm = False
     classification_only = True
     min_inner_steps = 0  # no inner loop in training; inner steps are head-fit epochs that score it
     # the head fit's step size is inner_lr, its epochs are inner_steps (scoring training tasks and validation) and
@@ -156,9 +166,7 @@ class Baseline(MetaAlgorithm):
 
     @classmethod
     def test_adaptation_text(cls, config) -> str:
-        return (f"a new {cls.head} head fit on the frozen body's support features: SGD lr {config.inner_lr:g}, "
-                f"momentum {head_fit.MOMENTUM:g}, weight decay {head_fit.WEIGHT_DECAY:g}, batches of "
-                f"{head_fit.BATCH_SIZE}; a step is one epoch")
+        return head_fit.rule_text(cls.head, config.inner_lr)
 
     # -- checkpoints -----------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -33,6 +33,12 @@ def cosine_scale(classes: int) -> float:
     return 2.0 if classes <= 200 else 10.0
 
 
+def rule_text(kind: str, lr: float) -> str:
+    """The rule in words, for cards and tables ('SGD' first: the card reads the optimizer from it)."""
+    return (f"SGD (lr {lr:g}, momentum {MOMENTUM:g}, dampening {DAMPENING:g}, weight decay {WEIGHT_DECAY:g}, batches "
+            f"of {BATCH_SIZE}) fitting a new {kind} head on the frozen body's support features; a step is one epoch")
+
+
 def normalized(feats: torch.Tensor) -> torch.Tensor:
     """Each feature vector over its norm, as distLinear does it (the norm plus 1e-5)."""
     return feats / (feats.norm(dim=-1, keepdim=True) + COSINE_EPS)
@@ -63,23 +69,22 @@ def _draw_head(kind: str, tasks: int, ways: int, dim: int, generator: torch.Gene
     return [w, ((torch.rand(tasks, ways, generator=generator) * 2 - 1) * bound).to(like)]
 
 
-def _gradients(kind: str, params: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor, ways: int):
-    """The mean cross-entropy's gradients over one mini-batch per task (x [B, m, F], y [B, m])."""
+def _gradients(kind: str, params: list[torch.Tensor], x: torch.Tensor, onehot: torch.Tensor):
+    """The mean cross-entropy's gradients over one mini-batch per task (x [B, m, F], one-hot labels [B, m, n])."""
     m = x.shape[1]
     if kind == "cosine":
         g, v = params
         vnorm = v.norm(dim=-1, keepdim=True)
         unit = v / vnorm
-        scale = cosine_scale(ways)
+        scale = cosine_scale(onehot.shape[-1])
         xn = normalized(x)
-        logits = scale * torch.matmul(xn, (g * unit).transpose(1, 2))
-        d = (torch.softmax(logits, -1) - torch.nn.functional.one_hot(y, ways).to(x)) / m
-        grad_w = scale * torch.matmul(d.transpose(1, 2), xn)  # dL/dW, W = g v / |v|
+        logits = torch.matmul(xn, (g * unit).transpose(1, 2)).mul_(scale)
+        d = torch.softmax(logits, -1).sub_(onehot).div_(m)
+        grad_w = torch.matmul(d.transpose(1, 2), xn).mul_(scale)  # dL/dW, W = g v / |v|
         grad_g = (grad_w * unit).sum(-1, keepdim=True)
-        return [grad_g, g / vnorm * (grad_w - grad_g * unit)]
+        return [grad_g, grad_w.sub_(grad_g * unit).mul_(g / vnorm)]
     w, b = params
-    logits = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
-    d = (torch.softmax(logits, -1) - torch.nn.functional.one_hot(y, ways).to(x)) / m
+    d = torch.softmax(torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), -1).sub_(onehot).div_(m)
     return [torch.matmul(d.transpose(1, 2), x), d.sum(1)]
 
 
@@ -96,6 +101,7 @@ def fit_trajectory(kind: str, feats: torch.Tensor, labels: torch.Tensor, ways: i
     tasks, size, dim = feats.shape
     generator = torch.Generator().manual_seed(seed)
     params = _draw_head(kind, tasks, ways, dim, generator, feats)
+    onehot = torch.nn.functional.one_hot(labels, ways).to(feats)
     buffers: list[torch.Tensor] | None = None
 
     def head():
@@ -107,18 +113,19 @@ def fit_trajectory(kind: str, feats: torch.Tensor, labels: torch.Tensor, ways: i
     with torch.no_grad():
         for _ in range(epochs):
             order = torch.rand(tasks, size, generator=generator).argsort(dim=1).to(feats.device)
+            shuffled = feats.gather(1, order.unsqueeze(-1).expand(-1, -1, dim))
+            targets = onehot.gather(1, order.unsqueeze(-1).expand(-1, -1, ways))
             for start in range(0, size, BATCH_SIZE):
-                rows = order[:, start:start + BATCH_SIZE]
-                x = feats.gather(1, rows.unsqueeze(-1).expand(-1, -1, dim))
-                grads = _gradients(kind, params, x, labels.gather(1, rows), ways)
+                grads = _gradients(kind, params, shuffled[:, start:start + BATCH_SIZE],
+                                   targets[:, start:start + BATCH_SIZE])
                 # torch.optim.SGD: d = grad + wd p; buf = d the first time, else momentum buf + (1 - dampening) d
-                grads = [g.add(p, alpha=WEIGHT_DECAY) for g, p in zip(grads, params)]
+                torch._foreach_add_(grads, params, alpha=WEIGHT_DECAY)
                 if buffers is None:
                     buffers = grads
                 else:
-                    for buf, g in zip(buffers, grads):
-                        buf.mul_(MOMENTUM).add_(g, alpha=1 - DAMPENING)
-                params = [p - lr * buf for p, buf in zip(params, buffers)]
+                    torch._foreach_mul_(buffers, MOMENTUM)
+                    torch._foreach_add_(buffers, grads, alpha=1 - DAMPENING)
+                torch._foreach_add_(params, buffers, alpha=-lr)
             yield head()
 
 

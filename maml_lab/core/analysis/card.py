@@ -48,6 +48,7 @@ class PaperProtocol:
     convention: str | None = None  # "lab" or "cbfinn"
     transductive: bool | None = None
     ci: str | None = CI_FORMULA
+    adapts: str = "all"  # which parameters its test-time rule moves: all, or the head (a head fit on a frozen body)
 
 
 PROTOCOLS = {
@@ -70,15 +71,25 @@ PROTOCOLS = {
     "reptile-sinusoid": PaperProtocol(
         "reptile-sinusoid", "Reptile paper, sine demo (Nichol et al. 2018)", shots=(10,), steps=(32,),
         optimizer="SGD", step_size=0.02, paper_step_size="0.02", convention="lab", ci=None),
+    # wyharveychen/CloserLookFewShot test.py: 600 tasks, 15 queries per class; baselinefinetune.py: 100 epochs of
+    # SGD 0.01 on a new head over features extracted in eval mode (batch norm's running statistics: not transductive)
+    "closerlook-omniglot-5way": PaperProtocol(
+        "closerlook-omniglot-5way", "Closer Look paper, Omniglot 5-way (Chen et al. 2019)",
+        tasks=600, ways=5, shots=(1, 5), queries="15", steps=(100,), optimizer="SGD", step_size=0.01,
+        paper_step_size="0.01", transductive=False, adapts="head"),
 }
+CLOSER_LOOK = ("baseline", "baselinepp")  # the algorithms held against Chen et al.'s protocol
 
 
 def paper_protocol(family: str, algorithm: str | None, ways: int | None) -> PaperProtocol | None:
-    """The named paper protocol an evaluation is held against: Reptile's for Reptile on images, the MAML paper's
-    otherwise (Omniglot 5- or 20-way, sinusoid); None where no paper states one (e.g. 10-way)."""
+    """The named paper protocol an evaluation is held against: Reptile's for Reptile on images, Chen et al.'s for
+    Baseline and Baseline++, the MAML paper's otherwise (Omniglot 5- or 20-way, sinusoid); None where no paper
+    states one (e.g. 10-way)."""
     if family == "sinusoid":
         return PROTOCOLS["reptile-sinusoid" if algorithm == "reptile" else "maml-sinusoid"]
     if family == "images":
+        if algorithm in CLOSER_LOOK:
+            return PROTOCOLS["closerlook-omniglot-5way"] if ways == 5 else None
         if algorithm == "reptile":
             return PROTOCOLS["reptile-omniglot-5way"] if ways == 5 else None
         return {5: PROTOCOLS["maml-omniglot-5way"], 20: PROTOCOLS["maml-omniglot-20way"]}.get(ways)
@@ -134,6 +145,8 @@ class EvaluationCard:
     matches_paper: bool | None = None
     differences: list[str] = field(default_factory=list)
     notes: dict = field(default_factory=dict)  # data, split, seed, ...
+    # `eval --probe`: the linear probe's rule, whose rows are printed beside the evaluation's (None: no probe)
+    probe: str | None = None
 
     # -- construction ---------------------------------------------------------------------------------------
 
@@ -197,6 +210,8 @@ class EvaluationCard:
         if protocol.queries == "K":
             if self.queries is not None and self.shots and any(self.queries != s for s in self.shots):
                 d.append(f"{self.queries} queries per class (paper's code: K, as many as the shots)")
+        elif protocol.queries is not None and self.queries is not None and str(self.queries) != protocol.queries:
+            d.append(f"{self.queries} queries per class (paper: {protocol.queries})")
         if protocol.steps is not None and not set(self.steps) & set(protocol.steps):
             d.append(f"steps {_steps_text(self.steps)} (paper: {_join(protocol.steps)})")
         optimizer = _optimizer_kind(self.inner_optimizer)
@@ -214,8 +229,9 @@ class EvaluationCard:
                 and self.transductive != protocol.transductive:
             d.append(f"batch norm {self.batch_norm_mode if not self.transductive else 'transductive'} (paper: "
                      f"{'transductive' if protocol.transductive else 'not transductive'})")
-        if self.adapts != "all":
-            d.append(f"the inner loop adapts the {self.adapts} only (paper: every parameter)")
+        if self.adapts != protocol.adapts:
+            d.append(f"the inner loop adapts the {self.adapts} only (paper: every parameter)" if protocol.adapts ==
+                     "all" else f"the test-time rule adapts {self.adapts} (paper: the {protocol.adapts} only)")
         if protocol.ci is not None and self.ci != protocol.ci:
             d.append(f"CI {self.ci} (paper: {protocol.ci})")
         self.matches_paper = not d
@@ -246,6 +262,8 @@ class EvaluationCard:
                  f"  conventions: {self.convention}; loss {self.loss or 'n/a'}",
                  f"  batch norm: {self.batch_norm}",
                  f"  {self.ci}"]
+        if self.probe:
+            lines.append(f"  linear probe beside it, on the same tasks: {self.probe}")
         if self.paper is None:
             lines.append("  paper protocol: none stated for this setting")
         elif self.matches_paper:

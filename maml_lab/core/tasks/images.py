@@ -712,6 +712,13 @@ def eval_image_initialization(args, params, meta, model, shots_list, steps, adap
         "images", args.tasks, shots_list, steps, adaptation, queries=queries, ways=ways, loss=family.loss, model=model,
         algorithm=meta.get("algorithm"), batch_norm=mode, notes={**card.notes, **(running_note if mode == "running"
                                                                                  else {})}) for mode in modes]
+    probe = None
+    if getattr(args, "probe", False):
+        from ..algorithms.baseline import linear_probe
+
+        probe = linear_probe()
+        for c in cards:
+            c.probe = f"{adaptation_text(probe)}, {probe.test_inner_steps} epochs"
     for c in cards:
         print(c.text())
     results = {}
@@ -730,10 +737,36 @@ def eval_image_initialization(args, params, meta, model, shots_list, steps, adap
                                                                 if len(cards) > 1 else ""))
                 rows.append({"ways": ways, "shots": shots, "steps": s, "metric": "accuracy", "mean": mean, "ci95": ci,
                              "batch_norm": c.batch_norm_mode})
+    if probe is not None:
+        rows += probe_rows(task, model, family, params, shots_list, probe, modes, cards, args.tasks, queries,
+                           args.seed, device, dtype)
     out = {"card": cards[0].to_dict(), "results": rows}
     if len(cards) > 1:
         out["cards"] = {c.batch_norm_mode: c.to_dict() for c in cards}
     return out
+
+
+def probe_rows(task: dict, model, family, params, shots_list, probe, modes, cards, tasks: int, queries: int,
+               seed: int, device, dtype) -> list[dict]:
+    """`eval --probe`: the linear probe's accuracy on the evaluation's tasks (the same seed) in each batch-norm mode,
+    printed under the evaluation's rows; its result rows (`"rule": "linear probe"`)."""
+    epochs = probe.test_inner_steps
+    results = {}
+    for shots in shots_list:
+        batch_norms = [running_statistics(task, model, params, probe, [epochs], shots, queries, device, dtype)
+                       if mode == "running" else mode for mode in modes]
+        results[shots] = accuracy_by_batch_norm(model, family, params, shots, [epochs], probe, batch_norms, tasks,
+                                                queries, seed, device, dtype)
+    print(f"linear probe, the body frozen and a new linear head fit on each support set ({epochs} epochs):")
+    rows = []
+    for i, c in enumerate(cards):
+        for shots in shots_list:
+            mean, ci = results[shots][i][epochs]
+            print(format_accuracy(family.ways, shots, mean, ci) + (f"  (batch norm {c.batch_norm_mode})"
+                                                                   if len(cards) > 1 else ""))
+            rows.append({"ways": family.ways, "shots": shots, "steps": epochs, "metric": "accuracy", "mean": mean,
+                         "ci95": ci, "batch_norm": c.batch_norm_mode, "rule": "linear probe"})
+    return rows
 
 
 def running_statistics(task: dict, model, params, adaptation, steps, shots: int, queries: int, device, dtype,
