@@ -330,8 +330,13 @@ def training_bytes(params: int, activations: float, meta_batch: int, inner_steps
 
 def check_training_memory(config, params: int, activations: float, val_activations: float, what: str) -> None:
     """Refuse an ExperimentConfig whose meta-training (estimated by training_bytes) cannot fit in this machine."""
+    from .algorithms.registry import ALGORITHMS
+
     itemsize = 8 if config.dtype == "float64" else 4
-    steps = max([a.inner_steps for a in config.algorithms] + [1])
+    # inner steps deepen the graph of algorithms that adapt by gradient steps; a head fit (Baseline) or prototypes
+    # keep none of it (their inner steps are epochs of a fit on detached features, or nothing)
+    steps = max([a.inner_steps if a.name not in ALGORITHMS or ALGORITHMS.get(a.name).adaptation_kind == "gradient"
+                 else 1 for a in config.algorithms] + [1])
     val_tasks = max(config.val_tasks, 1) if config.val_every else 0
     needed = training_bytes(params, activations, config.meta_batch_size, steps, val_tasks, val_activations,
                             len(config.algorithms), itemsize)

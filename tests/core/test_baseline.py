@@ -341,3 +341,18 @@ def test_both_resume_exactly_from_a_checkpoint(private_cache, tmp_path):
             assert torch.equal(x, y)
         assert not torch.equal(next(iter(a.algorithm.classifier.values())),
                                next(iter(first.runs[name].algorithm.classifier.values())))
+
+
+def test_the_memory_estimate_counts_no_inner_graph_for_the_head_fit(monkeypatch):
+    """The training-memory check counts inner steps as graph depth only for algorithms that adapt by gradient
+    steps: a head fit's 100 epochs run on detached features (the default image config was refused, 'needs about 31
+    GB', on a 24 GB machine)."""
+    from maml_lab.core import validation
+
+    needed = []
+    monkeypatch.setattr(validation, "check_memory", lambda n, what: needed.append(n))
+    for steps in (100, 1):
+        ExperimentConfig(task="images", algorithms=[AlgorithmConfig.defaults(n, "images", inner_steps=steps)
+                                                    for n in NAMES])
+    ExperimentConfig(task="images", algorithms=[AlgorithmConfig.defaults("maml", "images", inner_steps=100)])
+    assert needed[0] == needed[1] and needed[2] > 10 * needed[1]
