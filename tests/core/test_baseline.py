@@ -356,3 +356,89 @@ def test_the_memory_estimate_counts_no_inner_graph_for_the_head_fit(monkeypatch)
                                                     for n in NAMES])
     ExperimentConfig(task="images", algorithms=[AlgorithmConfig.defaults("maml", "images", inner_steps=100)])
     assert needed[0] == needed[1] and needed[2] > 10 * needed[1]
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")  # the reference's own WeightNorm, deprecated
+@pytest.mark.parametrize("name", NAMES)
+def test_the_plain_pytorch_lines_of_docs_exports_reproduce_eval(name, tmp_path):
+    """docs/exports.md's lines on an export (the all-class head beside theta): a fresh head fit on the body's support
+    features with torch.optim.SGD gives the engine's logits for the task, and the all-class head loads into the
+    reference's modules."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from maml_lab.core.algorithms.config import predict
+    from maml_lab.core.algorithms.config import test_adapt as adapt_at_test_time
+    from maml_lab.core.export import build_metadata, export_initialization, load_initialization
+    from maml_lab.core.tasks.losses import cross_entropy_per_task
+    from maml_lab.lab.initializations import adaptation_from_metadata
+
+    engine_model = Conv4(in_channels=1, image_size=12, ways=5)
+    params = OrderedDict((k, v.requires_grad_(True)) for k, v in engine_model.init_params(
+        torch.Generator().manual_seed(4)).items())
+    algo = make_algorithm(engine_model, "cross_entropy", AlgorithmConfig.defaults(name, "images", inner_steps=1))
+    algo.setup(params)
+    batch = image_batch(tasks=2, ways=5, shots=2, queries=3, classes=9)
+    batch = TaskBatch(batch.x_support.float(), batch.y_support, batch.x_query.float(), batch.y_query, batch.info)
+    algo.meta_step(params, batch)
+    path = tmp_path / f"init-{name}.safetensors"
+    meta = build_metadata(name, engine_model.spec(), {"name": "images"}, algo.config.to_dict(), 1)
+    export_initialization(path, params, meta, extra_tensors=algo.export_tensors())
+    model = engine_model.torch_module()
+    x_support, y_support, x_query = batch.x_support[0], batch.y_support[0], batch.x_query[0]
+    # the lines of docs/exports.md, as written there
+    tensors = load_file(path)
+    with safe_open(str(path), "pt") as f:
+        extra = json.loads(f.metadata()["maml_lab"])["extra_tensors"]
+    model.load_state_dict({k: v for k, v in tensors.items() if k not in extra})
+    body = model[:-1]
+    with torch.no_grad():
+        z_support, z_query = body(x_support), body(x_query)
+    ways, dim = int(y_support.max()) + 1, z_support.shape[1]
+    g = torch.Generator().manual_seed(0)
+    if name == "baseline":
+        head = torch.nn.Linear(dim, ways)
+        with torch.no_grad():
+            head.weight.copy_((torch.rand(ways, dim, generator=g) * 2 - 1) / math.sqrt(dim))
+            head.bias.copy_((torch.rand(ways, generator=g) * 2 - 1) / math.sqrt(dim))
+        scores = head
+    else:
+        head = torch.nn.Linear(dim, ways, bias=False)
+        with torch.no_grad():
+            head.weight.copy_((torch.rand(ways, dim, generator=g) * 2 - 1) / math.sqrt(dim))
+        head = torch.nn.utils.parametrizations.weight_norm(head, dim=0)
+
+        def scores(z):
+            return 2 * head(z / (z.norm(dim=1, keepdim=True) + 1e-5))
+    opt = torch.optim.SGD(head.parameters(), lr=0.01, momentum=0.9, dampening=0.9, weight_decay=0.001)
+    for _epoch in range(100):
+        order = torch.rand(len(z_support), generator=g).argsort()
+        for i in range(0, len(order), 4):
+            rows = order[i:i + 4]
+            loss = torch.nn.functional.cross_entropy(scores(z_support[rows]), y_support[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    logits = scores(z_query)
+    # the engine, from the same file, on a batch of this one task
+    theta, extras, meta, loaded = load_initialization(path, with_extras=True)
+    adaptation = adaptation_from_metadata(meta, tensors=extras)
+    one = (x_support.unsqueeze(0), y_support.unsqueeze(0), x_query.unsqueeze(0))
+    adapted = adapt_at_test_time(adaptation, loaded, cross_entropy_per_task, theta, one[0], one[1], 100)
+    engine = predict(adaptation, loaded, adapted, *one)[0]
+    torch.testing.assert_close(logits.detach(), engine, rtol=1e-4, atol=1e-5)
+    # the all-class head in the reference's modules
+    if name == "baseline":
+        reference = torch.nn.Linear(dim, 9)
+        reference.load_state_dict({"weight": tensors["classifier.weight"], "bias": tensors["classifier.bias"]})
+    else:
+        reference = torch.nn.utils.weight_norm(torch.nn.Linear(dim, 9, bias=False), dim=0)
+        reference.load_state_dict({"weight_g": tensors["classifier.L.weight_g"],
+                                   "weight_v": tensors["classifier.L.weight_v"]})
+    with torch.no_grad():
+        expected = algo.classifier_logits(z_query)
+        ours = reference(z_query) if name == "baseline" else 2 * reference(
+            z_query / (z_query.norm(dim=1, keepdim=True) + 1e-5))
+    torch.testing.assert_close(ours, expected)
