@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from maml_lab.core.algorithms.config import AlgorithmConfig
-from maml_lab.core.algorithms.registry import algorithm_names
+from maml_lab.core.algorithms.registry import algorithm_class, algorithm_names
 from maml_lab.core.tasks.sinusoid import SinusoidFamily
 from maml_lab.core.training.config import ExperimentConfig
 from maml_lab.core.training.distributed import RankLostError, World, init_from_env
@@ -106,7 +106,8 @@ def _cases():
         ("all4", ExperimentConfig(meta_batch_size=4, seed=3, **sin,
                                   algorithms=[AlgorithmConfig.defaults(
                                       n, inner_steps=2 if n != "pretrained" else None,
-                                      options=EXACT_REPTILE if n == "reptile" else None) for n in algorithm_names()]),
+                                      options=EXACT_REPTILE if n == "reptile" else None) for n in algorithm_names()
+                                      if not algorithm_class(n).classification_only]),  # sinusoids: no classifiers
          None),
         ("uneven", ExperimentConfig(meta_batch_size=5, seed=4, **sin,
                                     algorithms=[AlgorithmConfig.defaults("maml", inner_steps=2),
