@@ -9,9 +9,11 @@ Reference code: wyharveychen/CloserLookFewShot, methods/baselinetrain.py (traini
 num_class)` with a zero bias, cross-entropy, Adam at 1e-3) and methods/baselinefinetune.py (the head fit).
 
 The all-class head is a learned tensor besides theta (`export_tensors`: "classifier.weight", "classifier.bias", the
-reference's names), trained by its own Adam in step with theta's and resumed exactly. Theta keeps the model's N-way
-head so that exports, the views and `eval` read the shapes they know; training never reads or moves it (a head fit
-starts from a fresh head), and the test-time rule puts each task's fit head in its place.
+reference's names), trained by its own Adam in step with theta's and resumed exactly. It is made at the first step,
+when the batch says how many classes the training set has (`info["num_classes"]`), so nothing besides the batches
+needs to tell the algorithm about the data (the Trainer, the cost meter's copies and tests build it alike). Theta
+keeps the model's N-way head so that exports, the views and `eval` read the shapes they know; training never reads
+or moves it (a head fit starts from a fresh head), and the test-time rule puts each task's fit head in its place.
 """
 
 from __future__ import annotations
