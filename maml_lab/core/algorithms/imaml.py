@@ -14,7 +14,8 @@ and the meta-gradient is the implicit one, without backpropagating through those
 solved by conjugate gradient on Hessian-vector products at phi_i (`cg_solve`), all tasks at once. The inner loop
 keeps no graph (each step frees the one before), and the Hessian-vector products differentiate one support pass,
 so a meta-step's memory does not grow with the number of inner steps (MAML's graph grows by one step's forward and
-backward per step): the cost meter shows this, as "+1 inner step" with no bytes.
+backward per step): the cost meter shows this, "+1 inner step" adding time and only the step's recorded loss (4 bytes a
+task).
 
 The reference's conventions, kept here:
 
