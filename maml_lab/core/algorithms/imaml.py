@@ -41,6 +41,10 @@ Where this differs from the code (docs/algorithms.md says it too):
 * The network is this lab's conv-4 (its initialization and padding; the code pads before the third convolution and
   initializes Xavier-uniform with gain 1.73) and tasks come from the lab's samplers; lam is fixed (the code's
   untested `--lam_lr` learning of lam is not here).
+
+Known failure (measured, docs/algorithms.md): on MSE regression (the sinusoid) meta-training sharpens the support loss
+until the fixed-step inner SGD diverges (top Hessian eigenvalues past 2 / inner_lr - lam after ~1,300 iterations at
+the defaults): the implicit gradient damps the sharp directions instead of countering them.
 """
 
 from __future__ import annotations
