@@ -252,7 +252,7 @@ class AdaptationView(HeldOutView):
         for i, (key, curve) in enumerate(curves.items()):
             algo = r.algorithms.get(key, key)
             label = r.labels.get(key, key)
-            no_steps = no_steps_text(algo)  # ProtoNets' prototypes: one flat line, said so
+            no_steps = no_steps_text(algo)  # ProtoNets: one flat line; Baseline: steps are epochs; said so
             if no_steps:
                 label = f"{label} ({no_steps})"
             color = algorithm_color(algo)

@@ -85,11 +85,17 @@ def adapts_by_steps(algorithm: str) -> bool:
     return adaptation_kind(algorithm) == "gradient"
 
 
+# how a view's step axis reads for a rule that is not gradient steps on theta (Baseline: the head fit's epochs)
+STEP_AXIS = {"head_fit": "a step: one epoch of a head fit on frozen features"}
+
+
 def no_steps_text(algorithm: str) -> str:
     """'prototypes: no steps' for an algorithm that does not adapt by steps ('' for one that does): how views that
-    have a step axis label its flat line."""
+    have a step axis label its line (a head fit's steps are its epochs, said so)."""
     kind = adaptation_kind(algorithm)
-    return "" if kind == "gradient" else f"{ADAPTATION_KINDS.get(kind, kind)}: no steps"
+    if kind == "gradient":
+        return ""
+    return STEP_AXIS.get(kind, f"{ADAPTATION_KINDS.get(kind, kind)}: no steps")
 
 
 def steps_reason(view: str, algorithms) -> str | None:
