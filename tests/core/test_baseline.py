@@ -442,3 +442,17 @@ def test_the_plain_pytorch_lines_of_docs_exports_reproduce_eval(name, tmp_path):
         ours = reference(z_query) if name == "baseline" else 2 * reference(
             z_query / (z_query.norm(dim=1, keepdim=True) + 1e-5))
     torch.testing.assert_close(ours, expected)
+
+
+def test_the_paper_preset_leaves_the_head_fit_its_own_settings():
+    """`--preset paper` is the MAML paper's Omniglot settings: its inner steps and step size are MAML's gradient
+    adaptation, not a head fit's epochs and step size (Baseline keeps the reference's 100 epochs of 0.01)."""
+    from maml_lab.core.training.config import apply_preset
+
+    data = apply_preset({"task": "images", "algorithms": {"maml": {}, "baseline": {}, "baselinepp": {}}}, "images",
+                        "paper")
+    paper = ExperimentConfig.from_dict(data)
+    assert paper.iterations == 60000 and paper.algorithm("maml").test_inner_steps == 3
+    for name in NAMES:
+        config = paper.algorithm(name)
+        assert (config.inner_lr, config.inner_steps, config.test_inner_steps) == (0.01, 100, 100)

@@ -8,7 +8,7 @@ from pathlib import Path
 import tomli_w
 
 from ..algorithms.config import AlgorithmConfig
-from ..algorithms.registry import algorithm_names, family_refusal
+from ..algorithms.registry import ALGORITHMS, algorithm_names, family_refusal
 from ..models.mlp import ACTIVATIONS
 from ..tasks.registry import task_family
 from ..validation import INT64_MAX, check_field, check_fields, check_like, check_table, fail, parse_toml, rule
@@ -188,7 +188,9 @@ def apply_preset(data: dict, task: str, preset: str) -> dict:
     for key, value in chosen.get("experiment", {}).items():
         out.setdefault(key, value)
     algorithms = {name: dict(settings or {}) for name, settings in (out.get("algorithms") or {}).items()}
-    for settings in algorithms.values():
+    for name, settings in algorithms.items():
+        if name in ALGORITHMS and ALGORITHMS.get(name).adaptation_kind != "gradient":
+            continue  # inner steps and step sizes of gradient adaptation (a paper's MAML settings) are not its own
         for key, value in chosen.get("algorithm", {}).items():
             settings.setdefault(key, value)
     out["algorithms"] = algorithms
