@@ -97,7 +97,7 @@ def run_row(args, setting: str, algorithm: str) -> dict:
     train, evaluate = commands(args, setting, algorithm, folder)
     row = {"setting": setting, "algorithm": algorithm, "iterations": args.iterations,
            "meta_batch_size": args.meta_batch_size, "tasks": args.tasks,
-           "commands": [_display(train, folder), _display(evaluate, folder)]}
+           "commands": [_display(train, folder, args.data_dir), _display(evaluate, folder, args.data_dir)]}
     log = folder / "log.txt"
     log.write_text("")
     code, wall, cpu = _run(train, log)
@@ -114,10 +114,10 @@ def run_row(args, setting: str, algorithm: str) -> dict:
             "card": cards[MODES[0]]}
 
 
-def _display(cmd: list[str], folder: Path) -> str:
+def _display(cmd: list[str], folder: Path, data_dir: Path) -> str:
     """The command as a user types it in a folder with the zips: `python -m maml_lab ...`, files by name."""
-    words = ["python", *(w.replace(str(folder) + "/", "") for w in cmd[1:])]
-    return shlex.join(words).replace(str(DATA_DIR) + "/", "")
+    words = ["python", *(w.replace(str(folder) + "/", "").replace(str(data_dir) + "/", "") for w in cmd[1:])]
+    return shlex.join(words)
 
 
 def result_path(args, setting: str, algorithm: str) -> Path:
@@ -165,7 +165,9 @@ def markdown(args, rows: dict, algorithms: list[str], available: set[str]) -> st
             else:
                 card = row["card"]
                 steps = "/".join(str(s) for s in card["steps"])
-                test = f"{steps} step{'s' if card['steps'] != [1] else ''} of {card['inner_optimizer']}"
+                test = (card["inner_optimizer"] if card["steps"] == [0] else
+                        f"{steps} step{'s' if card['steps'] != [1] else ''} of {card['inner_optimizer']}")
+                test = test.replace("|", "\\|")  # a norm's bars would end the table cell
                 cells = [_cell(row, s, m) for s in SHOTS for m in MODES]
                 out.append(f"| {name} | {test} | {' | '.join(cells)} | {_duration(row['train_wall_s'])} / "
                            f"{_duration(row['train_cpu_s'])} |")

@@ -206,3 +206,16 @@ def test_the_card_states_the_batch_norm_mode_and_a_non_transductive_one_differs_
     chosen = EvaluationCard.build("images", 600, [1], [50], reptile, loss="cross_entropy", model=Conv4(),
                                   batch_norm="transductive")
     assert chosen.batch_norm_mode == "transductive" and chosen.transductive
+
+
+def test_a_rule_without_steps_is_stated_as_the_rule():
+    from maml_lab.core.algorithms.registry import ALGORITHMS
+
+    if "protonet" not in ALGORITHMS.names():
+        pytest.skip("ProtoNets not registered")
+    card = EvaluationCard.build("images", 100, [1], [0], AlgorithmConfig.defaults("protonet", task="images"),
+                                loss="cross_entropy", model=Conv4())
+    assert card.text().splitlines()[1].startswith("  adaptation: prototypes")
+    maml = EvaluationCard.build("images", 100, [1], [0], AlgorithmConfig.defaults("maml", task="images"),
+                                loss="cross_entropy", model=Conv4())
+    assert maml.text().splitlines()[1] == "  adaptation: 0 steps of SGD, inner lr 0.4"

@@ -257,8 +257,10 @@ class EvaluationCard:
     def text(self) -> str:
         """A few lines, printed above the numbers."""
         steps = _steps_text(self.steps)
+        adaptation = (self.inner_optimizer if self.steps == [0] and _adaptation_kind(self.algorithm) != "gradient"
+                      else f"{steps} step{'s' if self.steps != [1] else ''} of {self.inner_optimizer}")
         lines = [f"evaluation card: {self.what()}" + (f"; {self.algorithm}" if self.algorithm else ""),
-                 f"  adaptation: {steps} step{'s' if self.steps != [1] else ''} of {self.inner_optimizer}",
+                 f"  adaptation: {adaptation}",
                  f"  conventions: {self.convention}; loss {self.loss or 'n/a'}",
                  f"  batch norm: {self.batch_norm}",
                  f"  {self.ci}"]
@@ -305,6 +307,16 @@ def _list(values) -> list:
     if values is None:
         return []
     return list(values) if isinstance(values, (list, tuple, set)) else [values]
+
+
+def _adaptation_kind(algorithm: str | None) -> str:
+    """A registered algorithm's `adaptation_kind` ("gradient" for unknown names): a rule without steps (ProtoNets'
+    prototypes) is stated as such, not as '0 steps of' it."""
+    from ..algorithms.registry import ALGORITHMS
+
+    if not algorithm or algorithm not in ALGORITHMS.names():
+        return "gradient"
+    return str(getattr(ALGORITHMS.get(algorithm), "adaptation_kind", "gradient"))
 
 
 def _inner_loop_steps_batch_norm(algorithm: str | None) -> bool:
