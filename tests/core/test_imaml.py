@@ -285,3 +285,13 @@ def test_one_cg_step_or_first_order_is_the_query_gradient_at_phi():
     torch.testing.assert_close(torch.cat([g.reshape(-1) for g in grads]), expected / batch.num_tasks)
     for a, b in zip(grads, first):
         torch.testing.assert_close(a, b)
+
+
+def test_cg_stops_at_non_positive_curvature_as_newton_cg():
+    """Away from a minimum the support Hessian can be indefinite: CG keeps the iterate it reached (the code would
+    step to the wrong side), or returns b itself when the first direction already has curvature <= 0."""
+    a = torch.tensor([[[4.0, 0.0], [0.0, -1.0]], [[-1.0, 0.0], [0.0, -2.0]]], dtype=torch.float64)
+    b = torch.tensor([[1.0, 0.5], [1.0, 1.0]], dtype=torch.float64)
+    x = cg_solve(lambda vs: [torch.einsum("bij,bj->bi", a, vs[0])], [b], 5)[0]
+    torch.testing.assert_close(x[0], b[0] / 3)  # one step along b (curvature 3.75), then p^T A p = -60/81: stop
+    torch.testing.assert_close(x[1], b[1])

@@ -24,7 +24,8 @@ The reference's conventions, kept here:
   gives the paper's (I + H/lam)^-1 exactly (the float64 check does). That damped solve is the paper's with lam' =
   (1 + cg_damping)(lam + lam_damping) scaled by 1 / (1 + cg_damping), which Adam's step does not see.
 * `cg_steps` CG iterations from x = 0, stopping a task early when its squared residual falls under 1e-10; with
-  cg_steps <= 1 (or first order) the query gradient itself (the code's `if args.cg_steps <= 1` switch).
+  cg_steps <= 1 (or first order) the query gradient itself (the code's `if args.cg_steps <= 1` switch). Unlike the
+  code, a task's CG also stops at non-positive curvature (Newton-CG's rule, `cg_solve`).
 * Omniglot (`images`): lam 2.0, 16 inner steps of SGD at 0.1, cg_steps 5, Adam at 1e-3 with eps 1e-3 (the code's
   `torch.optim.Adam(..., eps=1e-3)`), the mean of the tasks' implicit gradients; 16 steps of 0.1 at test time.
 
@@ -74,19 +75,30 @@ def _scale(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 def cg_solve(matvec, b: list[torch.Tensor], steps: int, residual_tol: float | None = None) -> list[torch.Tensor]:
     """Conjugate gradient for A x = b, one system per task (the code's `cg_solve`, batched): b is a list of per-task
     tensors [B, ...], matvec(list) -> list computes A v for every task; x starts at 0. A task whose squared residual
-    falls under residual_tol (default RESIDUAL_TOL) stops moving (the code stops its loop there)."""
+    falls under residual_tol (default RESIDUAL_TOL) stops moving (the code stops its loop there), and so does one
+    whose direction meets curvature p^T A p <= 0 (A not positive definite there: away from a minimum of the inner
+    objective the Hessian can be indefinite; the code would step to the wrong side): as Newton-CG, it keeps the
+    iterate reached, or b itself when that happens at the first step."""
     residual_tol = RESIDUAL_TOL if residual_tol is None else residual_tol
     x = [torch.zeros_like(t) for t in b]
     r = [t.clone() for t in b]
     p = [t.clone() for t in b]
     rr = task_dot(r, r)
+    stopped = torch.zeros_like(rr, dtype=torch.bool)
+    first = True
     for _ in range(steps):
-        active = rr >= residual_tol
+        active = (rr >= residual_tol) & ~stopped
         if not bool(active.any()):
             break
         ap = matvec(p)
         pap = task_dot(p, ap)
-        alpha = torch.where(active & (pap != 0), rr / torch.where(pap != 0, pap, torch.ones_like(pap)), 0.0)
+        bad = active & ~(pap > 0)
+        if first and bool(bad.any()):  # Newton-CG's rule at the first step: the right-hand side itself
+            x = [torch.where(bad.view(-1, *([1] * (pi.dim() - 1))), pi, xi) for xi, pi in zip(x, p)]
+        first = False
+        stopped = stopped | bad
+        active = active & ~bad
+        alpha = torch.where(active, rr / torch.where(active, pap, torch.ones_like(pap)), 0.0)
         x = [xi + _scale(alpha, pi) for xi, pi in zip(x, p)]
         r = [ri - _scale(alpha, api) for ri, api in zip(r, ap)]
         new = task_dot(r, r)
