@@ -44,8 +44,8 @@ Where this differs from the code (docs/algorithms.md says it too):
   untested `--lam_lr` learning of lam is not here).
 
 Known failure (measured, docs/algorithms.md): on MSE regression (the sinusoid) meta-training sharpens the support loss
-until the fixed-step inner SGD diverges (top Hessian eigenvalues past 2 / inner_lr - lam after ~1,300 iterations at
-the defaults): the implicit gradient damps the sharp directions instead of countering them.
+until the fixed-step inner SGD diverges (top Hessian eigenvalues past 2 / inner_lr - lam; the defaults stopped at
+iteration 939): the damped implicit gradient shrinks the sharp directions instead of countering them.
 """
 
 from __future__ import annotations
