@@ -39,7 +39,7 @@ def test_registered_with_its_conventions():
     kind = task_family("navigation")
     assert kind is NavigationTasks and kind.label == "2-D navigation" and kind.metric == "return"
     config = ExperimentConfig(task="navigation")
-    assert (config.meta_batch_size, config.shots, config.queries) == (20, 20, 20)
+    assert (config.meta_batch_size, config.shots, config.queries) == (40, 20, 20)  # maml_trpo_point.py
     assert (config.algorithms[0].inner_lr, config.algorithms[0].outer_optimizer) == (0.5, "trpo")  # maml_trpo_point.py
     model = kind.model(config, kind.build(config))
     assert model.sizes == (2, 100, 100, 2) and "log_std" in model.init_params(torch.Generator().manual_seed(0))
