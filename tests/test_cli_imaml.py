@@ -52,6 +52,7 @@ def test_small1_images_train_export_and_eval_with_the_reference_settings(tmp_pat
     assert set(load_file(tmp_path / "i.safetensors")) >= {"0.weight", "13.weight", "13.bias"}
     assert main(["eval", "i.safetensors", "--data", str(SMALL1), "--tasks", "10", "--steps", "16"]) == 0
     out = capsys.readouterr().out
-    assert f"after 16 fine-tuning steps ({PROXIMAL}, inner lr 0.1):" in out, out
+    assert f"after 16 fine-tuning steps ({PROXIMAL}, inner lr 0.1, halved per task where the objective would " \
+           "rise):" in out, out
     accuracy = float(re.search(r"5-way 1-shot: (\d+\.\d)% \+-", out).group(1))
     assert accuracy > 30.0, out  # chance: 20%

@@ -295,3 +295,49 @@ def test_cg_stops_at_non_positive_curvature_as_newton_cg():
     x = cg_solve(lambda vs: [torch.einsum("bij,bj->bi", a, vs[0])], [b], 5)[0]
     torch.testing.assert_close(x[0], b[0] / 3)  # one step along b (curvature 3.75), then p^T A p = -60/81: stop
     torch.testing.assert_close(x[1], b[1])
+
+
+def _objective(algo, model, theta, batch):
+    start = OrderedDict((k, v.unsqueeze(0).expand(batch.num_tasks, *v.shape)) for k, v in theta.items())
+    return start, lambda p: IMAML.inner_loss(algo.config, model, algo.loss_fn, p, start, batch.x_support,
+                                             batch.y_support)
+
+
+def test_the_inner_solver_never_increases_the_proximal_objective_where_plain_sgd_diverges():
+    """A step past 2 / curvature: plain SGD's proximal objective grows on some task, the backtracking solver's never
+    does on any (each task halves its own step), and it still descends."""
+    from maml_lab.core.algorithms.adaptation import adapt
+
+    model, params, batch, algo = _setup(tasks=6)
+    theta = OrderedDict((k, v.detach()) for k, v in params.items())
+    start, objective = _objective(algo, model, theta, batch)
+    lr = 1.5
+    plain = adapt(model, algo.loss_fn, start, batch.x_support, batch.y_support, 30, lr, batched=True,
+                  final_loss=True, inner_loss=lambda p, s, x, y: objective(p)).support_losses
+    plain = torch.stack(plain)
+    assert bool((~(plain[1:] <= plain[:-1])).any())  # it rose (or left the numbers) somewhere
+    path = [loss for _, loss in imaml.backtracking_sgd(objective, start, 30, lr)]
+    losses = torch.stack(path)
+    assert bool(torch.isfinite(losses).all())
+    assert bool((losses[1:] <= losses[:-1] * (1 + 8 * torch.finfo(losses.dtype).eps)).all())
+    assert bool((losses[-1] < 0.9 * losses[0]).all())
+
+
+def test_the_inner_solver_is_plain_sgd_where_no_step_would_raise_the_objective():
+    """At MAML's small step nothing backtracks: the iterates are plain SGD's (`adapt` on the same objective), and a
+    parameter the model never adapts stays at theta."""
+    from maml_lab.core.algorithms.adaptation import adapt
+
+    model, params, batch, algo = _setup(model_cls=FrozenBiasMLP, tasks=4)
+    theta = OrderedDict((k, v.detach()) for k, v in params.items())
+    start, objective = _objective(algo, model, theta, batch)
+    plain = adapt(model, algo.loss_fn, start, batch.x_support, batch.y_support, 40, 0.05, batched=True,
+                  final_loss=True, inner_loss=lambda p, s, x, y: objective(p))
+    steps = torch.stack(plain.support_losses)
+    assert bool((steps[1:] < steps[:-1]).all())  # plain SGD descends at every step: no step of ours halves
+    names = [k for k in theta if k != "0.bias"]
+    fast, loss = list(imaml.backtracking_sgd(objective, start, 40, 0.05, names))[-1]
+    for k in theta:
+        torch.testing.assert_close(fast[k], plain.params[k], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fast["0.bias"], start["0.bias"], rtol=0, atol=0)
+    torch.testing.assert_close(loss, steps[-1], rtol=1e-12, atol=1e-14)

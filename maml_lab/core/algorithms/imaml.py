@@ -55,12 +55,16 @@ from collections import OrderedDict
 
 import torch
 
-from .adaptation import AdaptResult, adapt
+from .adaptation import AdaptResult, expand_params
 from .base import MetaAlgorithm
 from .optim import Adam
 
 RESIDUAL_TOL = 1e-10  # the code's cg_solve residual_tol (on the squared residual norm)
 ADAM_EPS = 1e-3  # the code's outer Adam
+MAX_HALVINGS = 12  # a task's step tried at inner_lr, inner_lr / 2, ... inner_lr / 4096; then it stays put
+# a rise of the objective within this many units of rounding (relative) is not a rise: near a minimum a step's
+# decrease falls under the loss's rounding, and refusing such steps would stall the solver short of it
+ROUNDING_SLACK = 8
 
 
 def task_dot(a, b) -> torch.Tensor:
@@ -68,8 +72,13 @@ def task_dot(a, b) -> torch.Tensor:
     return sum((x * y).flatten(1).sum(1) for x, y in zip(a, b))
 
 
+def _per_task(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """s [B] shaped to broadcast against v [B, ...]."""
+    return s.view(-1, *([1] * (v.dim() - 1)))
+
+
 def _scale(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return s.view(-1, *([1] * (v.dim() - 1))) * v
+    return _per_task(s, v) * v
 
 
 def cg_solve(matvec, b: list[torch.Tensor], steps: int, residual_tol: float | None = None) -> list[torch.Tensor]:
@@ -106,6 +115,47 @@ def cg_solve(matvec, b: list[torch.Tensor], steps: int, residual_tol: float | No
         p = [ri + _scale(beta, pi) for ri, pi in zip(r, p)]
         rr = torch.where(active, new, rr)
     return x
+
+
+def backtracking_sgd(objective, params, steps: int, lr: float, names=None, max_halvings: int = MAX_HALVINGS):
+    """SGD that never increases each task's objective: yields (parameters [B, ...], objective [B]) after 0..steps
+    steps, detached. A step is tried at `lr`; a task whose objective rose (or is not finite) there halves its own
+    step and tries again, up to `max_halvings` times, then stays where it is (a rise within rounding,
+    ROUNDING_SLACK, is not one). Each step starts again at `lr`, so
+    where no task backtracks this is plain SGD at `lr`. objective(params) -> [B]; names: step only these (the others
+    keep their values; None: all). The implicit gradient needs only an approximate minimizer of the proximal
+    objective, so the solver may choose its steps; a fixed one diverges once a task's curvature passes 2 / lr."""
+    keys = tuple(k for k in params if names is None or k in names)
+
+    def evaluate(p):
+        with torch.enable_grad():
+            leaves = OrderedDict((k, v.detach().requires_grad_(k in keys)) for k, v in p.items())
+            loss = objective(leaves)
+            grads = torch.autograd.grad(loss.sum(), [leaves[k] for k in keys]) if keys else ()
+        return loss.detach(), [g.detach() for g in grads]
+
+    fast = OrderedDict((k, v.detach()) for k, v in params.items())
+    loss, grads = evaluate(fast)
+    slack = ROUNDING_SLACK * torch.finfo(loss.dtype).eps
+    yield fast, loss
+    for _ in range(steps):
+        eta = torch.full_like(loss, lr)
+        for _attempt in range(max_halvings + 1):
+            trial = OrderedDict(fast)
+            for k, g in zip(keys, grads):
+                trial[k] = fast[k] - _scale(eta, g)
+            trial_loss, trial_grads = evaluate(trial)
+            rose = ~(trial_loss <= loss + slack * loss.abs())  # NaN counts as a rise
+            if not bool(rose.any()):
+                break
+            eta = torch.where(rose, eta / 2, eta)
+        if bool(rose.any()):  # still rising at the smallest step: these tasks stay
+            for i, k in enumerate(keys):
+                trial[k] = torch.where(_per_task(rose, fast[k]), fast[k], trial[k])
+                trial_grads[i] = torch.where(_per_task(rose, grads[i]), grads[i], trial_grads[i])
+            trial_loss = torch.where(rose, loss, trial_loss)
+        fast, loss, grads = trial, trial_loss, trial_grads
+        yield fast, loss
 
 
 class SupportHessian:
@@ -196,9 +246,33 @@ class IMAML(MetaAlgorithm):
         return loss_fn(model.forward(params, x_support), y_support) + 0.5 * float(config.option("lam")) * prox
 
     @classmethod
+    def proximal_descent(cls, config, model, loss_fn, params, x_support, y_support, steps: int, objective,
+                         batched: bool = False):
+        """The inner loop, in training and at test time: `backtracking_sgd` at inner_lr on the proximal objective
+        from theta (`params`, shared unless batched), on the parameters the model adapts; yields (parameters,
+        objective) per step."""
+        theta = OrderedDict((k, v.detach()) for k, v in params.items())
+        start = theta if batched else expand_params(theta, x_support.shape[0])
+        frozen = set(getattr(model, "inner_frozen", ()) or ())
+        names = cls.adapted_names(model, start)
+        names = [k for k in (start if names is None else names) if k not in frozen]
+        return backtracking_sgd(lambda p: objective(p, start, x_support, y_support), start, steps,
+                                config.inner_lr, names)
+
+    @classmethod
+    def test_trajectory(cls, config, model, loss_fn, params, x_support, y_support, steps: int,
+                        batched: bool = False, tensors: dict | None = None):
+        """Test-time adaptation as in training: the proximal objective with the trained lam (the paper's Alg*), by
+        the same backtracking SGD."""
+        objective = cls.inner_objective(config, model, loss_fn, tensors or {})
+        for fast, _ in cls.proximal_descent(config, model, loss_fn, params, x_support, y_support, steps, objective,
+                                            batched):
+            yield fast
+
+    @classmethod
     def test_adaptation_text(cls, config) -> str:
         return f"SGD on the support loss + lam/2 ||phi - theta||^2 (lam {float(config.option('lam')):g}), " \
-               f"inner lr {config.inner_lr:g}"
+               f"inner lr {config.inner_lr:g}, halved per task where the objective would rise"
 
     def setup(self, params) -> None:
         self.optimizer = Adam(list(params.values()), self.config.meta_lr, eps=ADAM_EPS)
@@ -211,8 +285,12 @@ class IMAML(MetaAlgorithm):
             raise TypeError("iMAML trains on supervised tasks (its implicit gradient needs the support loss's Hessian)")
         cfg = self.config
         theta = OrderedDict((k, v.detach()) for k, v in params.items())
-        res = adapt(self.model, self.loss_fn, theta, batch.x_support, batch.y_support, cfg.inner_steps,
-                    cfg.inner_lr, inner_loss=self.training_objective())
+        losses, last = [], theta  # the objective before each step (after it, with no steps); only the last iterate
+        for fast, loss in type(self).proximal_descent(cfg, self.model, self.loss_fn, theta, batch.x_support,
+                                                      batch.y_support, cfg.inner_steps, self.training_objective()):
+            losses.append(loss)
+            last = fast
+        res = AdaptResult(last, losses[:-1] or losses)
         phi = OrderedDict((k, v.detach().requires_grad_(True)) for k, v in res.params.items())
         with torch.enable_grad():
             query_logits = self.model.forward(phi, batch.x_query)
