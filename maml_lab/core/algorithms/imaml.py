@@ -2,10 +2,10 @@
 trains it (github.com/aravindr93/imaml_dev: implicit_maml/learner_model.py, implicit_maml/utils.py `cg_solve`,
 examples/omniglot_implicit_maml.py and the Omniglot command of examples/README.md).
 
-Each task i adapts by descending the proximal objective (`inner_loss`, the one hook the default inner loop and
-test-time adaptation call):
+Each task i adapts by descending the proximal objective (`inner_loss`, which its inner loop in training and at test
+time descends):
 
-    phi_i ~ argmin_phi  L_support_i(phi) + lam/2 ||phi - theta||^2        (SGD at inner_lr, inner_steps steps)
+    phi_i ~ argmin_phi  L_support_i(phi) + lam/2 ||phi - theta||^2        (inner_steps steps of backtracking SGD)
 
 and the meta-gradient is the implicit one, without backpropagating through those steps:
 
@@ -43,9 +43,12 @@ Where this differs from the code (docs/algorithms.md says it too):
   initializes Xavier-uniform with gain 1.73) and tasks come from the lab's samplers; lam is fixed (the code's
   untested `--lam_lr` learning of lam is not here).
 
-Known failure (measured, docs/algorithms.md): on MSE regression (the sinusoid) meta-training sharpens the support loss
-until the fixed-step inner SGD diverges (top Hessian eigenvalues past 2 / inner_lr - lam; the defaults stopped at
-iteration 939): the damped implicit gradient shrinks the sharp directions instead of countering them.
+* The inner solver (`backtracking_sgd`, in training and at test time) is SGD at inner_lr where a task whose proximal
+  objective would rise halves its own step (up to 12 times) and otherwise stays: it never increases the objective,
+  and where nothing backtracks it is plain SGD (the code's `torch.optim.SGD` at a fixed step). On the sinusoid
+  meta-training sharpens the support loss until the fixed step diverges (top Hessian eigenvalues 180-585 against
+  2 / inner_lr - lam = 198; the defaults stopped at iteration 939); the implicit gradient needs only an approximate
+  minimizer of the proximal objective, whatever finds it (measured: docs/algorithms.md).
 """
 
 from __future__ import annotations
