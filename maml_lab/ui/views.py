@@ -86,7 +86,7 @@ def adapts_by_steps(algorithm: str) -> bool:
 
 
 # how a view's step axis reads for a rule that is not gradient steps on theta (Baseline: the head fit's epochs)
-STEP_AXIS = {"head_fit": "a step: one epoch of a head fit on frozen features"}
+STEP_AXIS = {"head_fit": "steps: epochs of a head fit"}
 
 
 def no_steps_text(algorithm: str) -> str:

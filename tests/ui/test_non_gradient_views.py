@@ -16,7 +16,7 @@ def test_the_shared_rule():
 
     assert adapts_by_steps("maml") and adapts_by_steps("not-registered") and not adapts_by_steps("protonet")
     assert no_steps_text("protonet") == "prototypes: no steps" and no_steps_text("maml") == ""
-    assert no_steps_text("baseline") == "a step: one epoch of a head fit on frozen features"  # its curve has steps
+    assert no_steps_text("baseline") == "steps: epochs of a head fit"  # its curve has steps
     assert steps_reason("Paths", ("maml", "protonet")) is None and steps_reason("Paths", ()) is None
     assert steps_reason("Paths", ("protonet",)) == ("Paths shows inner-loop gradient steps; ProtoNet adapts by "
                                                      "prototypes, not by steps")
