@@ -386,7 +386,7 @@ class NavigationTasks(TaskFamilyKind):
     # 100-100 hidden units (the panel's and the CLI's hidden widths change it); a meta-batch of 40 goals, as the
     # reference's maml_trpo_point.py ("20 is fairly stable, 40 is more stable"): with 20, seed 1's pre-update policy
     # ran away (docs/navigation.md)
-    # 50 TRPO iterations (the reference's maml_trpo_point.py ran 100; each costs about 5 s of one core here)
+    # 50 TRPO iterations (the reference's maml_trpo_point.py ran 100; one of 40 goals costs about 2.5 s of CPU here)
     # validation on 100 held-out goals every 10 iterations, and the export is the run's best by it (export_best)
     experiment_defaults = {"meta_batch_size": 40, "shots": 20, "queries": 20, "iterations": 50, "hidden": [100, 100],
                            "val_every": 10}
