@@ -364,6 +364,32 @@ def image_family_from_config(config, progress=None, cancel=None, split: str = "t
     return train if split == "train" else heldout
 
 
+def _metadata_settings(task: dict) -> tuple[int, list, str, dict, str]:
+    """What an export's task metadata says about how its image set was read and split: (ways, image size, image
+    mode, the split's record, the split's name); refuses metadata of another family."""
+    if task.get("name") != "images":
+        raise ValueError(f"not an image-task initialization (task {task.get('name')!r})")
+    request = task.get("preprocessing_request") or {}
+    recorded = task.get("preprocessing") or {}
+    size = request.get("size") or recorded.get("size") or [28, 28]
+    mode = request.get("mode") or recorded.get("mode") or "grayscale"
+    split_info = task.get("split") or {}
+    split = split_info.get("name") or ("held-out set" if task.get("eval_data") else "lab")
+    return int(task.get("ways", 5)), size, mode, split_info, split
+
+
+def _load_recorded_set(task: dict, data, size, mode, progress, cancel):
+    """The image set at `data`, or, where there is none, the built-in glyphs with the recorded glyph settings."""
+    if data_paths(data):
+        return load_images(data, int(size[0]), mode, progress, cancel)
+    glyph = task.get("glyph_config") or {}
+    from .glyphs import GlyphConfig, load_glyphs
+
+    known = {k: v for k, v in glyph.items() if k in GlyphConfig.__dataclass_fields__}
+    return load_glyphs(GlyphConfig(**known) if known else GlyphConfig(size=int(size[0])), progress=progress,
+                       cancel=cancel)
+
+
 def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=None,
                                  hint: str = "pass --data PATH") -> ImageTaskFamily:
     """Rebuild the held-out classes an initialization was *not* trained on, from its export metadata
@@ -371,15 +397,7 @@ def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=No
     held-out part of its split of the set(s) it was trained on. `data` (a path or a list) overrides the recorded
     path(s): the held-out set itself when training had one, else the set(s) to split. `hint` ends the message
     when the image set cannot be found (what the user can do about it, in their interface)."""
-    if task.get("name") != "images":
-        raise ValueError(f"not an image-task initialization (task {task.get('name')!r})")
-    ways = int(task.get("ways", 5))
-    request = task.get("preprocessing_request") or {}
-    recorded = task.get("preprocessing") or {}
-    size = request.get("size") or recorded.get("size") or [28, 28]
-    mode = request.get("mode") or recorded.get("mode") or "grayscale"
-    split_info = task.get("split") or {}
-    split = split_info.get("name") or ("held-out set" if task.get("eval_data") else "lab")
+    ways, size, mode, split_info, split = _metadata_settings(task)
     held_out_set = split == "held-out set"
     if data is None or data_paths(data) == []:
         data = task.get("eval_data") if held_out_set else task.get("data")
@@ -393,15 +411,7 @@ def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=No
                 raise ValueError(f"image set not found: {p}")
     if not data_paths(data) and (task.get("source") != "glyphs" or held_out_set):
         raise ValueError(f"the metadata does not say which image set was used; {hint}")
-    if not data_paths(data):
-        glyph = task.get("glyph_config") or {}
-        from .glyphs import GlyphConfig, load_glyphs
-
-        known = {k: v for k, v in glyph.items() if k in GlyphConfig.__dataclass_fields__}
-        image_set = load_glyphs(GlyphConfig(**known) if known else GlyphConfig(size=int(size[0])),
-                                progress=progress, cancel=cancel)
-    else:
-        image_set = load_images(data, int(size[0]), mode, progress, cancel)
+    image_set = _load_recorded_set(task, data, size, mode, progress, cancel)
     seed = int(split_info.get("seed", SPLIT_SEED))
     if held_out_set:
         info = {**_source_info(image_set, task.get("data")), "eval_data": str(data_paths(data)[0]) if len(
@@ -414,7 +424,7 @@ def heldout_family_from_metadata(task: dict, data=None, progress=None, cancel=No
     if shape is not None and list(heldout.input_shape) != list(shape):
         raise ValueError(f"images of {data_label(data) if data_paths(data) else 'the glyph set'} load as "
                          f"{list(heldout.input_shape)}, but the model was trained on {list(shape)}")
-    polarity = recorded.get("invert")
+    polarity = (task.get("preprocessing") or {}).get("invert")
     if isinstance(polarity, bool) and polarity != heldout.image_set.preprocessing.invert:
         heldout.info["note"] = (f"stroke polarity differs from training (inverted in training: {polarity}, now: "
                                 f"{heldout.image_set.preprocessing.invert}); accuracy may suffer")
@@ -425,30 +435,14 @@ def training_family_from_metadata(task: dict, progress=None, cancel=None,
                                   hint: str = "pass --data PATH") -> ImageTaskFamily:
     """Rebuild the classes an initialization meta-trained on (with the rotations it recorded), from its export
     metadata: what the "running" batch-norm mode pools its population statistics over (no held-out image)."""
-    if task.get("name") != "images":
-        raise ValueError(f"not an image-task initialization (task {task.get('name')!r})")
-    ways = int(task.get("ways", 5))
-    request = task.get("preprocessing_request") or {}
-    recorded = task.get("preprocessing") or {}
-    size = request.get("size") or recorded.get("size") or [28, 28]
-    mode = request.get("mode") or recorded.get("mode") or "grayscale"
-    split_info = task.get("split") or {}
-    split = split_info.get("name") or ("held-out set" if task.get("eval_data") else "lab")
+    ways, size, mode, split_info, split = _metadata_settings(task)
     data = task.get("data")
     missing = [p for p in data_paths(data) if not Path(p).exists()]
     if missing:
         raise ValueError(f"the image set this initialization was trained on is not at {missing[0]}; {hint}")
-    if not data_paths(data):
-        if task.get("source") != "glyphs":
-            raise ValueError(f"the metadata does not say which image set was used; {hint}")
-        glyph = task.get("glyph_config") or {}
-        from .glyphs import GlyphConfig, load_glyphs
-
-        known = {k: v for k, v in glyph.items() if k in GlyphConfig.__dataclass_fields__}
-        image_set = load_glyphs(GlyphConfig(**known) if known else GlyphConfig(size=int(size[0])),
-                                progress=progress, cancel=cancel)
-    else:
-        image_set = load_images(data, int(size[0]), mode, progress, cancel)
+    if not data_paths(data) and task.get("source") != "glyphs":
+        raise ValueError(f"the metadata does not say which image set was used; {hint}")
+    image_set = _load_recorded_set(task, data, size, mode, progress, cancel)
     rotations = bool(task.get("rotations"))
     if split == "held-out set":
         train = ImageTaskFamily(image_set.with_rotations(list(ROTATIONS)) if rotations else image_set, ways,
