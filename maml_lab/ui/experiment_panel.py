@@ -136,6 +136,11 @@ class AlgorithmColumn:
                else "") if self.setting_keys else f"{label} has no settings beyond those above")
         self.settings.setAlignment(Qt.AlignmentFlag.AlignLeft)
         self.fields = (self.inner_lr, self.inner_steps, self.test_steps, self.meta_lr, self.settings)
+        # fields the algorithm does not read (ProtoNets: no inner loop): greyed out, the tooltip says why
+        by_field = {"inner_lr": self.inner_lr, "inner_steps": self.inner_steps, "test_inner_steps": self.test_steps}
+        self.unused = tuple(by_field[f] for f in self.algorithm.unused_fields if f in by_field)
+        for w in self.unused:
+            w.setToolTip(f"{label} does not read this setting (it adapts without inner-loop steps)")
         self.enabled.toggled.connect(self._sync_enabled)
         self._extra: dict = {}
 
@@ -157,7 +162,7 @@ class AlgorithmColumn:
 
     def _sync_enabled(self, on: bool) -> None:
         for w in self.fields:
-            w.setEnabled(on and (w is not self.settings or bool(self.setting_keys)))
+            w.setEnabled(on and (w is not self.settings or bool(self.setting_keys)) and w not in self.unused)
 
     def set_config(self, cfg: AlgorithmConfig | None) -> None:
         cfg = cfg or AlgorithmConfig.defaults(self.name)

@@ -63,6 +63,21 @@ def test_the_panel_disables_protonet_on_sinusoids_with_the_reason(window):
     assert box.isEnabled() and box.toolTip().startswith("Train ProtoNet")
 
 
+def test_the_panel_greys_out_the_settings_protonet_does_not_read(window):
+    """ProtoNet has no inner loop and no test-time steps: its inner lr and step fields are greyed out and say why,
+    its learning rate and settings stay editable; MAML's column is untouched."""
+    p = window.panel
+    p.task.setCurrentIndex(p.task.findData("images"))
+    col, maml = p.columns["protonet"], p.columns["maml"]
+    col.enabled.setChecked(True)
+    assert not any(w.isEnabled() for w in (col.inner_lr, col.inner_steps, col.test_steps))
+    assert col.meta_lr.isEnabled() and col.settings.isEnabled()
+    assert "ProtoNet does not read this setting" in col.inner_lr.toolTip()
+    maml.enabled.setChecked(True)
+    assert all(w.isEnabled() for w in (maml.inner_lr, maml.inner_steps, maml.test_steps))
+    assert p.config().algorithm("protonet").inner_steps == 0  # its config still reads as before
+
+
 def test_protonet_alone_and_beside_maml(window, qapp):
     w = window
     w.panel.set_config(_glyph_config(["protonet"]))

@@ -63,6 +63,9 @@ class MetaAlgorithm:
     # how test-time adaptation works, for the views that draw it: "gradient" (steps on the support loss), or a rule
     # that is not gradient steps on theta ("prototypes": ProtoNets; "head_fit": Baseline's head on frozen features)
     adaptation_kind: ClassVar[str] = "gradient"
+    # AlgorithmConfig fields the algorithm does not read (ProtoNets: no inner loop, no test-time steps): the panel
+    # greys them out and says so, rather than offering settings that change nothing
+    unused_fields: ClassVar[tuple[str, ...]] = ()
     # classifies only (ProtoNets' prototypes, Baseline's class head): families that regress or act (sinusoids,
     # navigation) refuse it, and the panel says why
     classification_only: ClassVar[bool] = False

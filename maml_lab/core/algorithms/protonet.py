@@ -60,6 +60,7 @@ class ProtoNet(MetaAlgorithm):
     adaptation_kind = "prototypes"
     classification_only = True
     min_inner_steps = 0  # no inner loop: inner_lr and inner_steps are not read
+    unused_fields = ("inner_lr", "inner_steps", "test_inner_steps")  # the panel greys them out
     adapts_batch_norm = False  # nothing is adapted at test time (evaluation cards say so)
     # the reference code's Adam step (its lr halving: the option below); no inner or test-time steps
     task_defaults = {"*": {"meta_lr": 1e-3, "meta_lr_schedule": "constant", "inner_steps": 0,
