@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -43,7 +43,7 @@ from PySide6.QtWidgets import (
 
 from ..lab.initializations import Initialization, compared, fits_family, follow_store, heldout_family
 from .background import BackgroundRunner, StaleRecompute
-from .inside_plots import hint_text, place_center
+from .inside_plots import hint_text, place_center, reason_label, show_reason
 from .theme import TEXT
 
 
@@ -105,13 +105,7 @@ class ComputedView(QWidget):
         self.export_data_button: QPushButton | None = None  # data_button()
         self.graphics = pg.GraphicsLayoutWidget()
         # where the view does not apply: the reason in place of the plots (set_applicable)
-        self.reason_label = QLabel("")
-        self.reason_label.setObjectName("NotApplicable")
-        self.reason_label.setWordWrap(True)
-        self.reason_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.reason_label.setProperty("hint", True)
-        self.reason_label.setContentsMargins(60, 40, 60, 40)
-        self.reason_label.setVisible(False)
+        self.reason_label = reason_label()
         self.graphics.ci.setContentsMargins(6, 4, 10, 4)
         self.graphics.ci.setSpacing(12)
         self.recompute = StaleRecompute(self, self.compute)
@@ -159,8 +153,7 @@ class ComputedView(QWidget):
         self.not_applicable = reason
         if reason:
             self.clear_run()
-        self.reason_label.setText(f"<p style='font-size:12pt'>{reason}</p>" if reason else "")
-        self.reason_label.setVisible(bool(reason))
+        show_reason(self.reason_label, reason)
         self.graphics.setVisible(not reason)
         self.show_hint(self.hint_now())
         self._sync_buttons()

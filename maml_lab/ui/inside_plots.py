@@ -366,3 +366,21 @@ def contour_lines(values: np.ndarray, alphas: np.ndarray, betas: np.ndarray, lev
     if not xs:
         return np.empty(0), np.empty(0)
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def reason_label() -> QLabel:
+    """Where a view does not apply: the label that says why, in place of its plots (hidden until `show_reason`)."""
+    label = QLabel("")
+    label.setObjectName("NotApplicable")
+    label.setWordWrap(True)
+    label.setAlignment(Qt.AlignmentFlag.AlignCenter)
+    label.setProperty("hint", True)
+    label.setContentsMargins(60, 40, 60, 40)
+    label.setVisible(False)
+    return label
+
+
+def show_reason(label: QLabel, reason: str | None) -> None:
+    """Say `reason` on a `reason_label()` (None: hide it)."""
+    label.setText(f"<p style='font-size:12pt'>{reason}</p>" if reason else "")
+    label.setVisible(bool(reason))

@@ -59,7 +59,9 @@ from .inside_plots import (
     place_center,
     place_legend,
     readout_label,
+    reason_label,
     set_halo,
+    show_reason,
 )
 from .plot_export import hide_in_exports
 from .slider_player import SliderPlayer
@@ -210,13 +212,7 @@ class PathsView(QWidget):
         layout.addLayout(plots, 1)
         # where the view does not apply (no algorithm adapts by steps), the reason in place of the plot
         self.not_applicable: str | None = None
-        self.reason_label = QLabel("")
-        self.reason_label.setObjectName("NotApplicable")
-        self.reason_label.setWordWrap(True)
-        self.reason_label.setAlignment(Qt.AlignmentFlag.AlignCenter)
-        self.reason_label.setProperty("hint", True)
-        self.reason_label.setContentsMargins(60, 40, 60, 40)
-        self.reason_label.setVisible(False)
+        self.reason_label = reason_label()
         layout.addWidget(self.reason_label, 1)
         layout.addLayout(slider_row)
         readout_row = QHBoxLayout()
@@ -300,8 +296,7 @@ class PathsView(QWidget):
         self.not_applicable = reason
         if reason:
             self.clear()
-        self.reason_label.setText(f"<p style='font-size:12pt'>{reason}</p>" if reason else "")
-        self.reason_label.setVisible(bool(reason))
+        show_reason(self.reason_label, reason)
         self.graphics.setVisible(not reason)
         if not reason and self.run is not None:
             self.recompute()
