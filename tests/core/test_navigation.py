@@ -357,6 +357,31 @@ def test_goal_paths_start_at_the_origin_and_score_the_drawn_trajectories():
         assert math.isclose(out.returns[k], float(np.mean(returns)), rel_tol=1e-9)
 
 
+
+def test_every_test_time_route_takes_the_trained_step_then_half_of_it():
+    """eval's protocols, the Adaptation view (per_task_curve) and the Arena (goal_paths) fine-tune by one schedule:
+    the trained step, then half of it (a repeated trained step overshoots on normalized advantages)."""
+    from maml_lab.core.analysis.card import EvaluationCard
+    from maml_lab.core.analysis.evaluation import per_task_curve
+    from maml_lab.core.rl.objective import test_schedule
+    from maml_lab.core.rl.protocol import PROTOCOLS
+    from maml_lab.core.tasks.navigation import goal_paths
+
+    assert test_schedule(0.5) == [0.5, 0.25]
+    assert all(p.schedule(0.5) == [0.5, 0.25] for p in PROTOCOLS.values())
+    env = NavigationFamily(horizon=10)
+    policy = GaussianMLPPolicy((2, 8, 2))
+    theta = policy.init_params(torch.Generator().manual_seed(3), dtype=D)
+    batch = env.batch(torch.tensor([[0.3, -0.2], [-0.4, 0.1]], dtype=D), 4, 4, seed=5, dtype=D)
+    halved = objective_curve(policy, batch, theta, 3, [0.4, 0.2])
+    assert np.allclose(per_task_curve(policy, env.loss, theta, batch, 3, 0.4)[0], halved)
+    assert not np.allclose(objective_curve(policy, batch, theta, 3, 0.4), halved)  # the schedule matters here
+    paths = goal_paths(policy, theta, (0.3, -0.2), 3, 0.4, trajectories=4, seed=5, family=env)
+    single = env.batch(torch.tensor([[0.3, -0.2]], dtype=D), 4, 4, seed=5, dtype=D)
+    assert np.allclose(paths.returns, -objective_curve(policy, single, theta, 3, [0.4, 0.2])[:, 0])
+    card = EvaluationCard.build("navigation", 40, [20], [0, 1, 2, 3], 0.5, loss=env.loss, model=policy)
+    assert "0.5 then 0.25" in card.text()
+
 # -- validation schedule and the export: the run's best by validation ----------------------------------------------
 def test_validation_every_ten_iterations_is_the_navigation_family_s_default():
     assert ExperimentConfig(task="navigation").val_every == 10

@@ -62,12 +62,13 @@ def per_task_curve(model, loss_name: str, params, batch, max_steps: int, adaptat
     `adaptation`: the algorithm's config (it fine-tunes as it was trained to, e.g. Reptile with Adam), or a step
     size for plain SGD. `batch_norm`: the predictions' batch-norm mode (models/batch_norm.py; None: the
     algorithm's own)."""
-    if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL): SGD at the inner lr
+    if getattr(batch, "sampled", False):  # data sampled from the adapted parameters (RL): SGD, the test schedule
         from ..algorithms.config import adaptation_config
-        from ..rl.objective import objective_curve
+        from ..rl.objective import objective_curve, test_schedule
 
         config = adaptation_config(adaptation)
-        return objective_curve(model, batch, params, max_steps, config.inner_lr if config else float(adaptation)), None
+        lr = config.inner_lr if config else float(adaptation)
+        return objective_curve(model, batch, params, max_steps, test_schedule(lr)), None
     loss_fn = loss_function(model_loss(loss_name, model))  # a conv-4 adapts with its own loss convention
     classification = is_classification(loss_name)
     losses, accs = [], []

@@ -192,6 +192,16 @@ def step_sizes(lr, steps: int) -> list[float]:
     return [lr[min(k, len(lr) - 1)] for k in range(steps)]
 
 
+def test_schedule(lr: float) -> list[float]:
+    """The step sizes of test-time policy-gradient steps: the trained step first, half of it for every later one, as
+    the reference's test (rllab VPG: init_learning_rate, then 0.5 x). Why not the trained step every time: the step
+    is taken on advantages centred and scaled per goal, so its size does not shrink as the policy nears the goal (a
+    supervised loss's gradient does), and a policy trained for one step at 0.5 overshoots when 0.5 is repeated
+    (docs/navigation.md, Evaluation protocols). Every policy (MAML, the baselines, a random one) gets the same rule;
+    `eval --protocol`, the Adaptation view and the Arena use it."""
+    return [float(lr), float(lr) / 2]
+
+
 def objective_trajectory(model, batch: ObjectiveBatch, params, steps: int, lr, batched: bool = False):
     """Test-time adaptation on sampled tasks, one step at a time: yields (each task's detached parameters [B, ...]
     after k steps, the cost [B] of the trajectories sampled with them) for k = 0..steps. `lr`: a step size, or one

@@ -1,8 +1,9 @@
 """How a navigation policy is evaluated: the lab's protocol and the MAML paper's, one flag apart (`eval --protocol`).
 
 * lab (the default): `--tasks` held-out goals (40) drawn uniformly with torch's generator seeded by `--seed` (2017),
-  the trajectories per step the policy was trained with (20; `--shots`), every step plain SGD on the REINFORCE
-  surrogate at the policy's own inner step size.
+  the trajectories per step the policy was trained with (20; `--shots`), plain SGD on the REINFORCE surrogate at the
+  policy's own inner step size, then half of it for every later step (objective.test_schedule: the step on centred
+  and scaled advantages does not shrink near the goal, so a repeated trained step overshoots; the views use it too).
 * paper: cbfinn/maml_rl's maml_examples/test_maml_point.py, which made Figure 5: the 40 goals of
   `np.random.seed(1); np.random.uniform(-0.5, 0.5, size=(40, 2))`, 40 trajectories per step (the reference samples
   4,000 environment steps a step: 40 full-length trajectories, a few more when episodes end early), step size 0.5 for
@@ -11,9 +12,9 @@ In both, "random" is a freshly initialized policy (Xavier weights, zero biases, 
 GaussianMLPPolicy) fine-tuned by the same rule, and the oracle is the exact goal-aware controller.
 
 The pretrained baseline is judged at its best step size, as the paper tuned its baselines': its first step size is
-chosen from PRETRAINED_GRID (the protocol's schedule keeps its shape: paper, halved after the first step) by the
+chosen from PRETRAINED_GRID (later steps half of it, as every policy's) by the
 average return over steps 1..N on 40 separate validation goals (lab: seed + 1; paper: np.random.seed(2)), never on
-the goals it is reported on. `--inner-lr` fixes the step for every policy instead.
+the goals it is reported on. `--inner-lr` fixes the first step for every policy instead (later steps half of it).
 """
 
 from __future__ import annotations
@@ -34,19 +35,22 @@ class NavigationProtocol:
     goals: int | None  # None: --tasks
     trajectories: int | None  # per step; None: as trained (--shots)
     first_step: float | None  # None: the policy's inner lr
-    halve_after_first: bool
 
-    def schedule(self, first: float) -> list[float]:
-        return [first, first / 2] if self.halve_after_first else [first]
+    @staticmethod
+    def schedule(first: float) -> list[float]:
+        from .objective import test_schedule
 
-    def schedule_text(self, first: float) -> str:
-        return f"SGD {first:g} then {first / 2:g}" if self.halve_after_first else f"SGD {first:g} every step"
+        return test_schedule(first)
+
+    @staticmethod
+    def schedule_text(first: float) -> str:
+        return f"SGD {first:g} then {first / 2:g}"
 
 
 PROTOCOLS = {
-    "lab": NavigationProtocol("lab", "MAML Lab's", None, None, None, False),
+    "lab": NavigationProtocol("lab", "MAML Lab's", None, None, None),
     "paper": NavigationProtocol("paper", "the MAML paper's (cbfinn/maml_rl maml_examples/test_maml_point.py)", 40, 40,
-                                0.5, True),
+                                0.5),
 }
 
 

@@ -518,14 +518,15 @@ class GoalPaths:
 
 def goal_paths(model, params, goal, steps: int, lr: float, trajectories: int = 20, seed: int = 0,
                family: NavigationFamily | None = None) -> GoalPaths:
-    """Sample `trajectories` paths for `goal` with `params` and after each of `steps` policy-gradient steps (SGD at
-    `lr` on those same trajectories, as evaluation does): positions and average returns, on the CPU."""
-    from ..rl.objective import objective_trajectory
+    """Sample `trajectories` paths for `goal` with `params` and after each of `steps` policy-gradient steps (SGD on
+    those same trajectories, `lr` then half of it, as evaluation does: rl.objective.test_schedule): positions and
+    average returns, on the CPU."""
+    from ..rl.objective import objective_trajectory, test_schedule
 
     family = family or NavigationFamily()
     batch = family.batch([goal], trajectories, trajectories, seed, dtype=next(iter(params.values())).dtype)
     paths, returns = [], []
-    for k, (fast, cost) in enumerate(objective_trajectory(model, batch, params, steps, lr)):
+    for k, (fast, cost) in enumerate(objective_trajectory(model, batch, params, steps, test_schedule(lr))):
         traj = batch.trajectories(model, fast, k, trajectories)  # the trajectories the cost was measured on
         step_paths = []
         for n in range(trajectories):
