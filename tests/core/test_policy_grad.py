@@ -192,3 +192,44 @@ def test_explicit_meta_gradient_equals_autograd_through_the_inner_step(name, mon
     assert torch.allclose(cost1, cost2) and torch.allclose(res1.support_losses[0], res2.support_losses[0])
     for k in theta:
         assert torch.allclose(res1.params[k], res2.params[k], rtol=1e-10, atol=1e-12), k
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_explicit_pretrained_step_equals_autograd(steps):
+    """The pretrained baseline's outer gradient and its costs before and after `steps` test-time steps, by the
+    explicit per-task gradients of one sampling (rl/objective.py pretrained_gradient) and by autograd."""
+    from maml_lab.core.rl.objective import pretrained_gradient
+
+    env = NavigationFamily(horizon=30, goal_tolerance=0.05)  # some episodes end: the mask matters
+    policy = GaussianMLPPolicy()
+    gen = torch.Generator().manual_seed(5)
+    theta = policy.init_params(gen, dtype=D)
+    theta["log_std"] = torch.tensor([-0.9, -0.4], dtype=D)
+    batch = env.sample(4, 5, 6, gen, dtype=D)
+    (g1, pre1, post1), (g2, pre2, post2) = (
+        pretrained_gradient(policy, OrderedDict((k, v.clone().requires_grad_(True)) for k, v in theta.items()),
+                            batch, 0.5, steps, explicit) for explicit in (True, False))
+    for k, a, e in zip(theta, g1, g2):
+        assert a.shape == theta[k].shape and torch.allclose(a, e, rtol=1e-9, atol=1e-11), k
+    assert torch.allclose(pre1, pre2, rtol=1e-12) and torch.allclose(post1, post2, rtol=1e-9)
+    assert float(g1[2].abs().max()) > 0 and not torch.allclose(pre1, post1)  # a real gradient, a real step
+
+
+def test_explicit_test_time_adaptation_equals_autograd():
+    """objective_trajectory (validation's and evaluation's test-time steps, here with the reference's schedule) by
+    explicit per-task gradients and by autograd: the same parameters and costs at every step."""
+    from maml_lab.core.rl.objective import objective_trajectory
+
+    env = NavigationFamily(horizon=30, goal_tolerance=0.05)
+    policy = GaussianMLPPolicy()
+    gen = torch.Generator().manual_seed(6)
+    theta = policy.init_params(gen, dtype=D)
+    batch = env.sample(3, 4, 4, gen, dtype=D)
+    runs = [list(objective_trajectory(policy, batch, theta, 3, [0.5, 0.25], explicit=explicit))
+            for explicit in (True, False)]
+    assert len(runs[0]) == len(runs[1]) == 4
+    for (p1, c1), (p2, c2) in zip(*runs):
+        assert torch.allclose(c1, c2, rtol=1e-9)
+        for k in theta:
+            assert p1[k].shape == p2[k].shape and torch.allclose(p1[k], p2[k], rtol=1e-9, atol=1e-11), k
+    assert not torch.allclose(runs[0][0][1], runs[0][-1][1])  # the steps changed the policy's cost

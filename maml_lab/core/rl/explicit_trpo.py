@@ -40,7 +40,7 @@ def supported(model, batch, inner_steps: int) -> bool:
     return policy_grad.supported(model) and inner_steps in (0, 1) and getattr(batch, "keeps_activations", False)
 
 
-def _weights(smp, scale: float = 1.0) -> torch.Tensor:
+def surrogate_weights(smp, scale: float = 1.0) -> torch.Tensor:
     """c = advantage * mask / valid steps of the task (the surrogate is -sum c log pi), [B, M]."""
     return smp.advantages * smp.mask / smp.mask.sum(1, keepdim=True).clamp_min(1) * scale
 
@@ -98,13 +98,13 @@ class ExplicitTRPO:
         self.count = query.mask.sum(1).clamp_min(1)
         self.total = query.mask.sum().clamp_min(1)
         self.pre_total = self.pre.mask.sum().clamp_min(1) if self.pre is not None else None
-        self.pre_weights = _weights(self.pre) if self.pre is not None else None
+        self.pre_weights = surrogate_weights(self.pre) if self.pre is not None else None
 
     @torch.no_grad()
     def gradient(self) -> tuple[float, torch.Tensor]:
         """(the ratio surrogate at theta_old, its gradient as a flat vector)."""
         q, b = self.query, self.query.obs.shape[0]
-        c = _weights(q, 1.0 / b)
+        c = surrogate_weights(q, 1.0 / b)
         v, _ = self.pg.run(self.phi, q.obs, q.actions, c, summed=not self.through_inner, forward=(q.hidden, q.means),
                            keep=False)
         if self.through_inner:
@@ -162,7 +162,7 @@ class ExplicitTRPO:
 
 def inner_step(pg: policy_grad.PolicyGradient, theta, pre, lr: float):
     """The inner policy-gradient step from theta on the pre-update samples: (phi [B, ...], the pass H_i v needs)."""
-    grads, pre_pass = pg.run(theta, pre.obs, pre.actions, _weights(pre), forward=(pre.hidden, pre.means))
+    grads, pre_pass = pg.run(theta, pre.obs, pre.actions, surrogate_weights(pre), forward=(pre.hidden, pre.means))
     return OrderedDict((k, v - lr * g) for (k, v), g in zip(theta.items(), grads)), pre_pass
 
 

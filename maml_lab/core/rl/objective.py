@@ -150,19 +150,57 @@ def objective_meta_gradient(algorithm, params, batch: ObjectiveBatch, first_orde
     return grads, post_cost.mean(), AdaptResult(fast, costs), None
 
 
-def pretrained_step(algorithm, params, batch: ObjectiveBatch, iteration: int = 0) -> dict:
+def pretrained_step(algorithm, params, batch: ObjectiveBatch, iteration: int = 0, explicit: bool = True) -> dict:
     """The pretrained baseline on sampled tasks: one outer step on the mean support surrogate at theta (one policy
     for all tasks); its post-update cost fine-tunes a detached copy, for comparison only."""
-    cfg, model = algorithm.config, algorithm.model
+    cfg = algorithm.config
+    grads, pre_cost, post_cost = pretrained_gradient(algorithm.model, params, batch, cfg.inner_lr,
+                                                     max(cfg.inner_steps, 1), explicit)
+    algorithm._apply(params, grads, iteration)
+    return algorithm._metrics(pre_cost.mean(), post_cost.mean())
+
+
+def pretrained_gradient(model, params, batch: ObjectiveBatch, lr: float, steps: int, explicit: bool = True):
+    """(d(mean support surrogate at theta)/d(theta), the support cost [B], the cost [B] after `steps` test-time steps
+    from a detached copy). `explicit` (the ReLU policy on navigation's rollouts): the per-task gradients of the one
+    sampling at theta by explicit backpropagation on the rollout's kept activations (rl/policy_grad.py), their mean
+    the outer gradient and each the first test-time step, so theta's trajectories are sampled once (autograd's
+    route samples them twice, for the outer gradient and for the adaptation, and recomputes the log-likelihoods)."""
+    if explicit and _explicit_adaptation(model, batch):
+        from .policy_grad import PolicyGradient
+
+        pg = PolicyGradient(model)
+        fast = OrderedDict((k, v.detach()) for k, v in params.items())
+        for s in range(steps):
+            grads, cost = _explicit_step(pg, model, batch, fast, s)
+            if s == 0:
+                outer, pre_cost = [g.sum(0) / batch.num_tasks for g in grads], cost
+            fast = OrderedDict((k, v - lr * g) for (k, v), g in zip(fast.items(), grads))
+        return outer, pre_cost, batch.samples(model, fast, None).cost
     with torch.enable_grad():
         surr, pre_cost = batch.support_loss(model, expand_params(params, batch.num_tasks), 0)
         grads = torch.autograd.grad(surr.mean(), list(params.values()))
-    res = adapt_objective(model, batch, OrderedDict((k, v.detach()) for k, v in params.items()),
-                          max(cfg.inner_steps, 1), cfg.inner_lr)
+    res = adapt_objective(model, batch, OrderedDict((k, v.detach()) for k, v in params.items()), steps, lr)
     with torch.no_grad():
         _, post_cost = batch.query_loss(model, res.params)
-    algorithm._apply(params, grads, iteration)
-    return algorithm._metrics(pre_cost.mean(), post_cost.mean())
+    return list(grads), pre_cost, post_cost
+
+
+def _explicit_adaptation(model, batch) -> bool:
+    """Policy-gradient steps without autograd apply: the ReLU policy on a batch whose rollouts keep its activations."""
+    from . import policy_grad
+
+    return policy_grad.supported(model) and getattr(batch, "keeps_activations", False)
+
+
+def _explicit_step(pg, model, batch: ObjectiveBatch, fast, step: int):
+    """Support step `step`'s sampling with `fast` (shared or per task): (each task's surrogate gradient [B, ...] by
+    explicit backpropagation on the rollout's kept activations, the sampling's cost [B])."""
+    from .explicit_trpo import surrogate_weights
+
+    smp = batch.samples(model, fast, step, keep_activations=True)
+    grads, _ = pg.run(fast, smp.obs, smp.actions, surrogate_weights(smp), forward=(smp.hidden, smp.means), keep=False)
+    return grads, smp.cost
 
 
 def reptile_step(algorithm, params, batch: ObjectiveBatch, iteration: int = 0) -> dict:
@@ -202,16 +240,29 @@ def test_schedule(lr: float) -> list[float]:
     return [float(lr), float(lr) / 2]
 
 
-def objective_trajectory(model, batch: ObjectiveBatch, params, steps: int, lr, batched: bool = False):
+def objective_trajectory(model, batch: ObjectiveBatch, params, steps: int, lr, batched: bool = False,
+                         explicit: bool = True):
     """Test-time adaptation on sampled tasks, one step at a time: yields (each task's detached parameters [B, ...]
     after k steps, the cost [B] of the trajectories sampled with them) for k = 0..steps. `lr`: a step size, or one
-    per step (step_sizes)."""
+    per step (step_sizes). `explicit` (the ReLU policy on navigation's rollouts): each step's gradients by explicit
+    backpropagation on the rollout's kept activations instead of autograd on recomputed log-likelihoods."""
     if steps < 0:
         raise ValueError(f"adaptation steps must be >= 0, got {steps}")
     lrs = step_sizes(lr, steps)
     fast = OrderedDict((k, v.detach()) for k, v in params.items())
     if not batched:
         fast = expand_params(fast, batch.num_tasks)
+    if explicit and _explicit_adaptation(model, batch):
+        from .policy_grad import PolicyGradient
+
+        pg = PolicyGradient(model)
+        for k in range(steps + 1):
+            if k == steps:  # the last sampling: its cost only
+                yield fast, batch.samples(model, fast, k).cost
+                return
+            grads, cost = _explicit_step(pg, model, batch, fast, k)
+            yield fast, cost
+            fast = OrderedDict((name, v - lrs[k] * g) for (name, v), g in zip(fast.items(), grads))
     for k in range(steps + 1):
         with torch.enable_grad():
             inputs = _leaves(fast)
