@@ -141,6 +141,7 @@ class AlgorithmColumn:
         self.unused = tuple(by_field[f] for f in self.algorithm.unused_fields if f in by_field)
         for w in self.unused:
             w.setToolTip(f"{label} does not read this setting (it adapts without inner-loop steps)")
+        self.outer_unused = False  # the outer rate is not read under the config's outer step (TRPO: set_config)
         self.enabled.toggled.connect(self._sync_enabled)
         self._extra: dict = {}
 
@@ -162,7 +163,8 @@ class AlgorithmColumn:
 
     def _sync_enabled(self, on: bool) -> None:
         for w in self.fields:
-            w.setEnabled(on and (w is not self.settings or bool(self.setting_keys)) and w not in self.unused)
+            w.setEnabled(on and (w is not self.settings or bool(self.setting_keys)) and w not in self.unused
+                         and not (w is self.meta_lr and self.outer_unused))
 
     def set_config(self, cfg: AlgorithmConfig | None) -> None:
         cfg = cfg or AlgorithmConfig.defaults(self.name)
@@ -176,6 +178,13 @@ class AlgorithmColumn:
             schedule = ("annealed to 0 by a cosine over the run" if cfg.meta_lr_schedule == "cosine"
                         else "constant over the run")
             self.meta_lr.setToolTip(f"{self.algorithm.outer_lr_tip}; {schedule} (TOML / CLI: meta_lr_schedule)")
+        # TRPO (2-D navigation's outer step for MAML and FOMAML) sizes its step by the KL bound, not by this rate
+        self.outer_unused = self.outer_field == "meta_lr" and cfg.outer_optimizer == "trpo"
+        if self.outer_unused:
+            self.meta_lr.setToolTip(f"{algorithm_label(self.name)} does not read this rate: its outer step is TRPO, "
+                                    f"whose size the KL bound (0.01) sets; with outer_optimizer = \"adam\" (TOML / CLI "
+                                    f"--outer-optimizer adam) Adam steps at this rate")
+        self._sync_enabled(self.enabled.isChecked())
         flat = cfg.to_dict()
         self.settings.setText(", ".join(f"{k}={_fmt_setting(flat[k])}" for k in self.setting_keys if k in flat))
         self.settings.setCursorPosition(0)

@@ -135,6 +135,12 @@ def test_the_panel_s_hidden_widths_build_the_navigation_policy(window):
     assert panel.hidden.text() == "100, 100" and panel.hidden.isVisible()
     assert panel.config().hidden == [100, 100]
     assert panel.config().val_every == 10  # the family's validation schedule: its export is its best by validation
+    # MAML's outer step is TRPO here: its Adam rate is greyed out and says why; the pretrained baseline's Adam reads it
+    maml, pretrained = panel.columns["maml"], panel.columns["pretrained"]
+    maml.enabled.setChecked(True)
+    pretrained.enabled.setChecked(True)
+    assert not maml.meta_lr.isEnabled() and "TRPO" in maml.meta_lr.toolTip() and maml.inner_lr.isEnabled()
+    assert pretrained.meta_lr.isEnabled()
     panel.hidden.setText("24, 12")
     config = panel.config()
     assert config.task == "navigation" and config.hidden == [24, 12]
@@ -142,6 +148,7 @@ def test_the_panel_s_hidden_widths_build_the_navigation_policy(window):
     assert kind.model(config, kind.build(config)).sizes == (2, 24, 12, 2)
     panel.task.setCurrentIndex(panel.task.findData("sinusoid"))
     assert panel.hidden.text() == "40, 40" and panel.config().hidden == [40, 40]
+    assert maml.meta_lr.isEnabled() and "TRPO" not in maml.meta_lr.toolTip()  # Adam again on sinusoids
     from maml_lab.ui.experiment_panel import default_config
 
     assert panel.config().val_every == default_config().val_every
