@@ -27,3 +27,8 @@ def test_bench_navigation_prints_ratios_to_the_loop_and_the_lower_bound():
     assert re.search(r"^TRPO round 1: engine [0-9.]+ s, autograd [0-9.]+ s, loop [0-9.]+ s", text, re.M)
     assert re.search(r"with the TRPO step .* engine [0-9.]+ s; autograd route .* per-environment loop [0-9.]+ s", text)
     assert re.search(r"TRPO engine / bound = [0-9.]+", text) and "KL products" in text
+    # the pretrained baseline's step, the engine against autograd and its bound, the same gradient
+    diff = re.search(r"^pretrained round 1: engine [0-9.]+ s, autograd [0-9.]+ s; max relative difference of the "
+                     r"gradient ([0-9.e+-]+)$", text, re.M)
+    assert diff and float(diff.group(1)) < 1e-4
+    assert re.search(r"pretrained engine / bound = [0-9.]+", text)
