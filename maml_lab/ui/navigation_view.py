@@ -114,7 +114,7 @@ class ArenaPlot(pg.PlotWidget):
 
 
 HINT = ("Click or drag in the arena to place the goal; dashed: before adaptation, solid: after k policy-gradient "
-        "steps, bold: the mean path.")
+        "steps (the trained step, then half of it), bold: the mean path.")
 
 
 class NavigationView(QWidget):
