@@ -119,6 +119,9 @@ def test_the_defaults_train_maml_by_trpo_and_the_pretrained_policy_by_adam(tmp_p
     text = capsys.readouterr().out
     assert "protocol paper" in text and "np.random.seed(1)" in text and "SGD 0.5 then 0.25" in text
     assert "pretrained: judged at its best first step size" in text
+    # how each was trained, and where it differs from cbfinn/maml_rl
+    assert "trained: maml: 1 inner policy-gradient step at 0.5" in text and "TRPO outer step (mean KL <= 0.01" in text
+    assert "trained: pretrained: one policy for all goals, Adam 0.001" in text and "use_maml=False" in text
     rows = [line.split() for line in text.splitlines() if "+-" in line and line.split()[0].isdigit()]
     assert [r[0] for r in rows] == ["0", "1", "0", "1"]
     # Adam on the surrogate stays one flag away

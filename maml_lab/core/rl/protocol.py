@@ -112,11 +112,48 @@ def evaluate(model, family, params, protocol: str, steps: int, trained_lr: float
             "goals": goals.cpu().numpy(), "card": card}
 
 
+def training_text(meta: dict) -> str | None:
+    """How an exported policy was trained and where that differs from its reference, from its metadata (the card's
+    `trained:` line). None for metadata without an algorithm."""
+    from .trpo import TRPOSettings
+
+    h, name = meta.get("hyperparameters") or {}, meta.get("algorithm")
+    if not name:
+        return None
+    goals, shots, iterations = h.get("meta_batch_size"), h.get("shots"), meta.get("iterations")
+    batch = f"{goals} goals x {shots} trajectories a meta-batch, {iterations} iterations"
+    steps, lr = h.get("inner_steps", 1), h.get("inner_lr")
+    inner = f"{steps} inner policy-gradient step{'s' if steps != 1 else ''} at {lr:g} (REINFORCE, linear baseline)"
+    trpo = TRPOSettings()
+    trpo_text = (f"TRPO outer step (mean KL <= {trpo.max_kl:g}, {trpo.cg_iters} conjugate-gradient iterations, exact "
+                 f"KL Hessian-vector products on {trpo.hvp_fraction:.0%} of the goals; the reference: finite "
+                 f"differences on all)")
+    if name in ("maml", "fomaml"):
+        outer = (trpo_text if h.get("outer_optimizer") == "trpo" else
+                 f"Adam {h.get('meta_lr'):g} on the post-update surrogate (the reference takes TRPO)")
+        order = ("second order through the inner step" if name == "maml" else
+                 "first order: the inner gradient a constant (the reference's first-order option)")
+        return (f"{name}: {inner}, {order}; {outer}; {batch} (cbfinn/maml_rl maml_trpo_point.py: 40 goals x 20, "
+                f"100 iterations)")
+    if name == "pretrained":
+        outer = (f"Adam {h.get('meta_lr'):g}, one step an iteration on the pre-update surrogate of every goal"
+                 if h.get("outer_optimizer") != "trpo" else "TRPO on the pre-update surrogate (the reference: Adam)")
+        return (f"pretrained: one policy for all goals, {outer}; {batch} (cbfinn/maml_rl with use_maml=False: Adam "
+                f"1e-3, 100 iterations)")
+    if name == "reptile":
+        return (f"reptile: {steps} SGD policy-gradient steps at {lr:g} per goal, theta += eps (mean phi - theta), eps "
+                f"{h.get('outer_lr_start', 1.0):g} -> {h.get('outer_lr_end', 0.0):g}; {batch} (no reference: the "
+                f"Reptile paper has no reinforcement-learning experiment)")
+    return f"{name}: {batch}"
+
+
 def card_lines(card: dict) -> list[str]:
     """The evaluation card of a navigation evaluation, as printed by `eval`."""
     lines = [f"  protocol {card['protocol']}: {card['title']}; {card['goals']} goals ({card['goal_source']}), "
              f"{card['trajectories_per_step']} trajectories per step, {card['adaptation']}; random: "
              f"{card['random']} ({card['random_adaptation']}); {card['ci']}"]
+    if card.get("training"):
+        lines.append(f"  trained: {card['training']}")
     if card.get("policy"):
         lines.append(f"  policy: {card['policy']}")
     tuning = card.get("pretrained_step_tuning")
@@ -144,6 +181,7 @@ def eval_navigation(args, params, meta, model, adaptation, device, dtype) -> dic
     res = evaluate(model, family, params, protocol, max(steps_list), trained_lr, meta.get("algorithm"),
                    args.tasks, trajectories, args.seed, getattr(args, "inner_lr", None), device, dtype)
     card = res["card"]
+    card["training"] = training_text(meta)
     choice = meta.get("export")
     if isinstance(choice, dict) and choice.get("chosen") in ("best", "last"):  # which policy of its run this is
         from ..training.trainer import export_choice_text
