@@ -24,7 +24,7 @@ the test-time step) by the engine's explicit per-task gradients and by autograd,
 default is 40 goals (`--goals 40`); the issue's target is stated for 20.
 
 The meta-gradients are the same from the same action noise; each round prints their largest relative difference,
-and for TRPO the relative difference of the step (ten conjugate-gradient iterations at damping 1e-5 and the line
+and for TRPO the relative difference of the step (ten conjugate-gradient iterations at damping 1e-2 and the line
 search amplify float32 rounding, so these differ more; tests/core/test_trpo.py checks the pieces in float64). The
 ways alternate round by round so machine noise hits them alike; the summary takes each one's fastest round (the
 least disturbed by other work on a shared machine). The CPU model is printed (lscpu).

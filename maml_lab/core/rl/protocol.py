@@ -125,9 +125,9 @@ def training_text(meta: dict) -> str | None:
     steps, lr = h.get("inner_steps", 1), h.get("inner_lr")
     inner = f"{steps} inner policy-gradient step{'s' if steps != 1 else ''} at {lr:g} (REINFORCE, linear baseline)"
     trpo = TRPOSettings()
-    trpo_text = (f"TRPO outer step (mean KL <= {trpo.max_kl:g}, {trpo.cg_iters} conjugate-gradient iterations, exact "
-                 f"KL Hessian-vector products on {trpo.hvp_fraction:.0%} of the goals; the reference: finite "
-                 f"differences on all)")
+    trpo_text = (f"TRPO outer step (mean KL <= {trpo.max_kl:g}, {trpo.cg_iters} conjugate-gradient iterations, "
+                 f"damping {trpo.reg_coeff:g}, exact KL Hessian-vector products on {trpo.hvp_fraction:.0%} of the "
+                 f"goals; the reference: damping 1e-5, finite differences on all)")
     if name in ("maml", "fomaml"):
         outer = (trpo_text if h.get("outer_optimizer") == "trpo" else
                  f"Adam {h.get('meta_lr'):g} on the post-update surrogate (the reference takes TRPO)")

@@ -3,8 +3,9 @@
 Given a differentiable surrogate L(theta) and the mean KL divergence D(theta) between the policies sampled with
 (old) and the ones theta gives (new), one step:
 1. g = dL/dtheta at theta_old;
-2. x = CG(H + reg I, g), 10 conjugate-gradient iterations on Hessian-vector products of D (reg_coeff 1e-5, the
-   reference's damping). The products are exact: autograd of autograd of D, so for MAML they run through the inner
+2. x = CG(H + reg I, g), 10 conjugate-gradient iterations on Hessian-vector products of D (reg_coeff 1e-2, the
+   damping of pytorch-maml-rl and OpenAI baselines' TRPO; the reference's 1e-5 let seed 1 run away, see
+   TRPOSettings). The products are exact: autograd of autograd of D, so for MAML they run through the inner
    policy-gradient step (the reference approximates them by finite differences of dD/dtheta), or the caller's
    exact Gauss-Newton product (rl/objective.py by autograd, rl/explicit_trpo.py by explicit passes);
 3. the full step s = sqrt(2 max_kl / (x^T H x + 1e-8)) x, then a backtracking line search over 0.8^k s, k = 0..14:
@@ -29,7 +30,14 @@ class TRPOSettings:
 
     max_kl: float = 0.01
     cg_iters: int = 10
-    reg_coeff: float = 1e-5
+    # the damping: 1e-2, not the reference's 1e-5. For MAML the KL's Hessian J^T M J (I - lr H) has near-null
+    # directions, the ones the inner step cancels ((I - lr H) v ~ 0): CG at 1e-5 amplifies them, theta moves far
+    # along them without moving the post-update policies the KL bounds, and the pre-update policy, which samples the
+    # inner step's data, drifts (seed 1 ran away at 20 goals, and at 40 with every goal's products). 1e-2 is the
+    # damping of pytorch-maml-rl's MetaLearner and OpenAI baselines' TRPO; measured on seeds 0-2 at the defaults,
+    # MAML after two steps -4.5 / -4.8 / -4.5 in the paper's protocol against -4.8 / -7.5 / -5.0 at 1e-5
+    # (docs/navigation.md, Numbers)
+    reg_coeff: float = 1e-2
     backtrack_ratio: float = 0.8
     max_backtracks: int = 15
     # the share of the meta-batch's tasks the KL's Hessian-vector products use (the reference: subsample_factor 1).
