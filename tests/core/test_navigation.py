@@ -380,7 +380,8 @@ def test_every_test_time_route_takes_the_trained_step_then_half_of_it():
     single = env.batch(torch.tensor([[0.3, -0.2]], dtype=D), 4, 4, seed=5, dtype=D)
     assert np.allclose(paths.returns, -objective_curve(policy, single, theta, 3, [0.4, 0.2])[:, 0])
     card = EvaluationCard.build("navigation", 40, [20], [0, 1, 2, 3], 0.5, loss=env.loss, model=policy)
-    assert "0.5 then 0.25" in card.text()
+    assert "0.5 then 0.25" in card.text() and "40 held-out goals, 20 trajectories per step" in card.text()
+    assert "query" not in card.text()
 
 # -- validation schedule and the export: the run's best by validation ----------------------------------------------
 def test_validation_every_ten_iterations_is_the_navigation_family_s_default():

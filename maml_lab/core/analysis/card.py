@@ -249,6 +249,8 @@ class EvaluationCard:
 
     def what(self) -> str:
         shots = "/".join(str(s) for s in self.shots)
+        if self.loss == "policy_gradient":  # sampled tasks: each step's cost is measured on its own trajectories
+            return f"{self.task_family}, {self.tasks} held-out goals, {shots} trajectories per step"
         head = f"{self.ways}-way {shots}-shot" if self.ways else f"K = {shots}"
         noun = ("query" if self.queries == 1 else "queries") if self.ways else (
             "query point" if self.queries == 1 else "query points")
