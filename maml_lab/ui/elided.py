@@ -10,7 +10,11 @@ from PySide6.QtWidgets import QLabel, QSizeGrip, QStatusBar, QStyle, QStyleOptio
 
 class ElidedLabel(QLabel):
     """A one-line plain-text label that may be narrower than its text: it draws the text elided (`mode`) and its
-    tooltip adds the whole text. `text()` stays the whole text."""
+    tooltip adds the whole text. `text()` stays the whole text. `compact_text`, when set, is drawn (and sized)
+    instead of the text, elided in turn where it does not fit, the whole text in the tooltip: a shorter form that
+    keeps every item (the toolbar's cost meter with three or more algorithms: each one's time)."""
+
+    compact_text = ""
 
     def __init__(self, text: str = "", mode: Qt.TextElideMode = Qt.TextElideMode.ElideRight, min_chars: int = 8,
                  parent=None):
@@ -25,9 +29,17 @@ class ElidedLabel(QLabel):
         margins = self.contentsMargins()
         return QSize(min(hint.width(), width + margins.left() + margins.right()), hint.height())
 
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        hint = super().sizeHint()
+        if not self.compact_text:
+            return hint
+        margins = self.contentsMargins()
+        width = self.fontMetrics().horizontalAdvance(self.compact_text) + margins.left() + margins.right()
+        return QSize(width, hint.height())
+
     def shown_text(self) -> str:
-        """The text as drawn: elided to the label's width."""
-        return self.fontMetrics().elidedText(self.text(), self.mode, self.contentsRect().width())
+        """The text as drawn: the compact text if set, else the text, elided to the label's width."""
+        return self.fontMetrics().elidedText(self.compact_text or self.text(), self.mode, self.contentsRect().width())
 
     def elided(self) -> bool:
         return self.shown_text() != self.text()

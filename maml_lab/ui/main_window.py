@@ -295,9 +295,15 @@ class MainWindow(QMainWindow):
     def _show_cost(self, cost: dict) -> None:
         """The cost meter in the toolbar: each algorithm's time and memory per meta-step; the tooltip adds what it
         measures and the expected cost of more inner steps. Empty when the run has no cost (yet)."""
-        from ..core.training.cost import cost_brief, cost_details
+        from ..core.training.cost import cost_brief, cost_details, cost_time
 
         self.cost_label.setText(" · ".join(f"{algorithm_label(n)} {cost_brief(c)}" for n, c in cost.items()))
+        # three or more algorithms with their memory do not fit beside the progress text at 1366 px: then each one's
+        # time, the memory in the tooltip
+        self.cost_label.compact_text = (" · ".join(f"{algorithm_label(n)} {cost_time(c)}" for n, c in cost.items())
+                                        if len(cost) >= 3 else "")
+        self.cost_label.updateGeometry()
+        self.cost_label.update()
         self.cost_label.setToolTip("\n".join(cost_details(algorithm_label(n), c) for n, c in cost.items()))
 
     def _on_snapshot(self, _event) -> None:

@@ -36,6 +36,23 @@ def test_an_elided_label_keeps_its_whole_text(qtbot):
     assert label.elided() and label.shown_text().endswith("…") and label.text().endswith("ETA 36:51")
 
 
+def test_a_label_too_narrow_for_its_text_draws_its_compact_form(qtbot):
+    """The toolbar's cost meter with four algorithms: every algorithm's time rather than the first two's memory."""
+    full = "MAML 2.41 s, 227 MB · FOMAML 1.4 s, 206 MB · Reptile 1.62 s, 12 MB · Pretrained 205 ms, 71 MB"
+    label = ElidedLabel(full)
+    qtbot.addWidget(label)
+    label.resize(label.sizeHint())
+    label.show()
+    assert label.shown_text() == full
+    wide = label.sizeHint().width()
+    label.compact_text = "MAML 2.41 s · FOMAML 1.4 s · Reptile 1.62 s · Pretrained 205 ms"
+    assert label.sizeHint().width() < wide  # the layout gives it the compact form's width
+    label.resize(label.sizeHint())
+    assert label.shown_text() == label.compact_text and label.elided()  # the tooltip keeps the whole text
+    label.resize(60, label.height())
+    assert label.shown_text().startswith("MAML") and label.shown_text().endswith("…")
+
+
 def test_the_status_message_stops_before_the_permanent_widgets(qtbot):
     bar = ElidingStatusBar()
     qtbot.addWidget(bar)
