@@ -125,9 +125,10 @@ def training_text(meta: dict) -> str | None:
     steps, lr = h.get("inner_steps", 1), h.get("inner_lr")
     inner = f"{steps} inner policy-gradient step{'s' if steps != 1 else ''} at {lr:g} (REINFORCE, linear baseline)"
     trpo = TRPOSettings()
+    damping = f"{trpo.reg_coeff:.0e}".replace("e-0", "e-")  # 1e-2, as the reference's 1e-5 is written
     trpo_text = (f"TRPO outer step (mean KL <= {trpo.max_kl:g}, {trpo.cg_iters} conjugate-gradient iterations, "
-                 f"damping {trpo.reg_coeff:g}, exact KL Hessian-vector products on {trpo.hvp_fraction:.0%} of the "
-                 f"goals; the reference: damping 1e-5, finite differences on all)")
+                 f"damping {damping}, exact KL Hessian-vector products on {trpo.hvp_fraction:.0%} of the goals; the "
+                 f"reference: damping 1e-5, finite differences on all)")
     if name in ("maml", "fomaml"):
         outer = (trpo_text if h.get("outer_optimizer") == "trpo" else
                  f"Adam {h.get('meta_lr'):g} on the post-update surrogate (the reference takes TRPO)")
