@@ -42,8 +42,16 @@ def view_names() -> tuple[str, ...]:
     return registered()
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, as the CLI's, instead of usage + message
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="maml-lab", description="MAML Lab: the desktop app.")
+    from .limit_flags import add_image_limit_flags  # the CLI's flags, one definition for both
+
+    p = _Parser(prog="maml-lab", description="MAML Lab: the desktop app.")
     p.add_argument("--config", type=Path, help="open this experiment config (TOML)")
     p.add_argument("--screenshot", type=Path, metavar="PATH",
                    help="train --iterations offscreen, save a picture of the window to PATH and exit")
@@ -63,7 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int,
                    help="torch CPU threads for training and the GUI (default: per task family, see "
                         "maml_lab/lab/threads.py: image tasks every core up to 4, the others one per two cores)")
+    add_image_limit_flags(p)
     return p
+
+
+def apply_image_limits(args) -> None:
+    """--max-image-pixels and the other limit flags, for the whole process: the app loads image sets in worker
+    threads, which limits applied in this thread would not reach."""
+    from .core.tasks.imagelimits import set_default_limits
+    from .limit_flags import image_limits_from
+
+    set_default_limits(image_limits_from(args))
 
 
 def _set_device(window, device: str | None) -> None:
@@ -110,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, or a usage error already printed
         return int(exc.code or 0)
+    apply_image_limits(args)
     if args.screenshot is not None:
         if not has_display():
             os.environ["QT_QPA_PLATFORM"] = "offscreen"

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from .limit_flags import add_image_limit_flags, image_limits_from
+
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 EXIT_CODES = """exit status: 0 finished; 1 failed (disk full, read-only folder, a plug-in's error: one line, run.json
@@ -60,70 +62,6 @@ def _int_at_least(low: int):
         return value
 
     return parse
-
-
-def _size(text: str) -> int:
-    from .core.tasks.imagelimits import parse_bytes
-
-    try:
-        return parse_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _pixels(text: str) -> int:
-    """A pixel count: 25000000, 25M or 2.5e7."""
-    scale = 1_000_000 if text.strip().lower().endswith("m") else 1
-    try:
-        value = int(float(text.strip().rstrip("mM")) * scale)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a pixel count: {text!r} (e.g. 25000000 or 25M)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 pixel, got {text}")
-    return value
-
-
-def _ratio(text: str) -> float:
-    value = _positive_float(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-IMAGE_LIMIT_FLAGS = ("max_image_pixels", "max_file_bytes", "max_zip_ratio", "max_set_bytes")
-
-
-def _add_image_limits(parser: argparse.ArgumentParser) -> None:
-    """The flags that raise the limits an image set is read under (core/tasks/imagelimits.py)."""
-    from .core.tasks.imagelimits import LoadLimits, format_bytes
-
-    d = LoadLimits()
-    g = parser.add_argument_group(
-        "image-set limits", "an image set is read as untrusted data: files over these limits are skipped and named "
-                            "in the load report, a set over --max-set-bytes is refused; raise them for sets that "
-                            "truly are that large")
-    g.add_argument("--max-image-pixels", type=_pixels, metavar="N",
-                   help=f"most pixels (width x height) an image may declare, checked before decoding (default "
-                        f"{d.max_image_pixels / 1e6:g}M)")
-    g.add_argument("--max-file-bytes", type=_size, metavar="SIZE",
-                   help=f"largest file, or zip entry once inflated, e.g. 512M (default "
-                        f"{format_bytes(d.max_file_bytes)})")
-    g.add_argument("--max-zip-ratio", type=_ratio, metavar="X",
-                   help=f"most a zip entry over 1 MB may inflate, uncompressed / compressed size (default "
-                        f"{d.max_zip_ratio:g})")
-    g.add_argument("--max-set-bytes", type=_size, metavar="SIZE",
-                   help=f"largest decoded set, images x channels x size x size bytes, e.g. 16G (default "
-                        f"{format_bytes(d.max_set_bytes)})")
-
-
-def _image_limits(args):
-    """The image-set limits the flags ask for (the defaults where unset)."""
-    from dataclasses import replace
-
-    from .core.tasks.imagelimits import LoadLimits
-
-    return replace(LoadLimits(), **{k: getattr(args, k) for k in IMAGE_LIMIT_FLAGS
-                                    if getattr(args, k, None) is not None})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dist-timeout", type=_positive_float, default=120.0, metavar="SECONDS",
                    help="under torchrun: how long a rank waits for the others before the job ends (default 120)")
     t.add_argument("--quiet", action="store_true", help="no progress output")
-    _add_image_limits(t)
+    add_image_limit_flags(t)
 
     e = sub.add_parser("eval", help="adaptation table of exported initializations on held-out tasks")
     e.add_argument("paths", type=Path, nargs="+", help=".safetensors or .pt files")
@@ -252,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "of SGD 0.01 in batches of 4), printed beside the rows")
     e.add_argument("--json", type=Path, metavar="PATH",
                    help="also write each initialization's evaluation card and results as JSON")
-    _add_image_limits(e)
+    add_image_limit_flags(e)
 
     d = sub.add_parser("download", help="download the Omniglot zips (background and evaluation)")
     d.add_argument("--dest", type=Path, required=True, help="folder to put images_background.zip and "
@@ -809,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
         torch = sys.modules.get("torch")  # imported already: main() called in-process (tests, scripts)
         threads = torch.get_num_threads() if torch is not None else None
         try:
-            with _image_limits(args).applied():
+            with image_limits_from(args).applied():
                 return handler(args)
         finally:  # train and eval set their task family's threads (use_threads); an in-process caller keeps its own
             if threads is not None:

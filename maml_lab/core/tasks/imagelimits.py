@@ -4,9 +4,11 @@ its pixels are allocated.
 
 The defaults load any usual few-shot set (Omniglot's ~32k 105x105 images; mini-ImageNet-size class folders of
 photos at 84x84) and keep one image's decoding to a few hundred MB at most; a set that truly is larger raises
-them (CLI: --max-image-pixels, --max-file-bytes, --max-zip-ratio, --max-set-bytes). The loader reads the limits
-in effect (`current_limits`); `LoadLimits.applied()` sets them for the code inside it (the CLI's flags), so they
-need not travel through every config and registry call, and are not part of any experiment's config.
+them (`maml-lab train|eval` and `python main.py` take --max-image-pixels, --max-file-bytes, --max-zip-ratio,
+--max-set-bytes). The loader reads the limits in effect (`current_limits`): `LoadLimits.applied()` sets them for
+the code inside it (the CLI's commands), `set_default_limits` for the whole process, every thread included (the
+app loads sets in worker threads, which a context variable does not reach). So they need not travel through every
+config and registry call, and are not part of any experiment's config.
 """
 
 from __future__ import annotations
@@ -66,12 +68,23 @@ class LoadLimits:
 
 
 _CURRENT: contextvars.ContextVar[LoadLimits | None] = contextvars.ContextVar("maml_lab_image_limits", default=None)
-_DEFAULT = LoadLimits()
+_BUILTIN = LoadLimits()
+_process_default = _BUILTIN
+
+
+def set_default_limits(limits: LoadLimits | None) -> None:
+    """These limits for every thread of this process where none are applied (the app's flags); None restores
+    the built-in defaults."""
+    global _process_default
+    if limits is not None and not isinstance(limits, LoadLimits):
+        raise TypeError(f"expected LoadLimits or None, got {type(limits).__name__}")
+    _process_default = limits or _BUILTIN
 
 
 def current_limits() -> LoadLimits:
-    """The limits in effect: the defaults unless a caller applied others (`LoadLimits.applied`)."""
-    return _CURRENT.get() or _DEFAULT
+    """The limits in effect: those applied in this thread or task (`LoadLimits.applied`), else the process's
+    (`set_default_limits`), else the built-in defaults."""
+    return _CURRENT.get() or _process_default
 
 
 def format_bytes(n: float) -> str:
