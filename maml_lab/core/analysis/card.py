@@ -171,7 +171,9 @@ class EvaluationCard:
         if _optimizer_kind(text) not in ("SGD", "Adam"):
             step_size = None  # learned step sizes (Meta-SGD, MAML++): the text says so
         elif loss == "policy_gradient" and step_size is not None:  # sampled tasks: rl.objective.test_schedule
-            text = f"SGD, inner lr {step_size:g} then {step_size / 2:g}"
+            from ..rl.objective import test_schedule_text
+
+            text = test_schedule_text(step_size).replace("SGD ", "SGD, inner lr ", 1)
         spec = model.spec() if hasattr(model, "spec") else dict(model or {})
         convention = spec.get("convention", "lab") if spec.get("kind") == "conv4" else (
             "cbfinn" if loss == "cross_entropy_sum" else "lab")

@@ -240,6 +240,11 @@ def test_schedule(lr: float) -> list[float]:
     return [float(lr), float(lr) / 2]
 
 
+def test_schedule_text(lr: float) -> str:
+    """test_schedule for cards: 'SGD 0.5 then 0.25'."""
+    return "SGD " + " then ".join(f"{x:g}" for x in test_schedule(lr))
+
+
 def objective_trajectory(model, batch: ObjectiveBatch, params, steps: int, lr, batched: bool = False,
                          explicit: bool = True):
     """Test-time adaptation on sampled tasks, one step at a time: yields (each task's detached parameters [B, ...]

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .objective import test_schedule, test_schedule_text
+
 PRETRAINED_GRID = (0.1, 0.25, 0.5, 1.0, 2.0)
 CI_TEXT = "95% CI = 1.96 std / sqrt(goals)"
 
@@ -34,17 +36,7 @@ class NavigationProtocol:
     title: str
     goals: int | None  # None: --tasks
     trajectories: int | None  # per step; None: as trained (--shots)
-    first_step: float | None  # None: the policy's inner lr
-
-    @staticmethod
-    def schedule(first: float) -> list[float]:
-        from .objective import test_schedule
-
-        return test_schedule(first)
-
-    @staticmethod
-    def schedule_text(first: float) -> str:
-        return f"SGD {first:g} then {first / 2:g}"
+    first_step: float | None  # None: the policy's inner lr (every policy's later steps: objective.test_schedule)
 
 
 PROTOCOLS = {
@@ -92,20 +84,20 @@ def evaluate(model, family, params, protocol: str, steps: int, trained_lr: float
         val_goals = _goals(proto, family, 40, seed, True, dtype)
         scores = {}
         for candidate in PRETRAINED_GRID:
-            r = _returns(model, family, params, val_goals, per_step, steps, proto.schedule(candidate), noise_seed + 7,
+            r = _returns(model, family, params, val_goals, per_step, steps, test_schedule(candidate), noise_seed + 7,
                          device, dtype)
             scores[candidate] = float(np.nan_to_num(r[1:].mean(), nan=-np.inf)) if steps else 0.0
         first = max(scores, key=scores.get)
         tuning = {"grid": list(PRETRAINED_GRID), "validation_returns": scores, "chosen": first,
                   "validation_goals": ("np.random.seed(2), 40 goals" if protocol == "paper"
                                        else f"40 goals, torch seed {seed + 1}")}
-    returns = _returns(model, family, params, goals, per_step, steps, proto.schedule(first), noise_seed, device, dtype)
+    returns = _returns(model, family, params, goals, per_step, steps, test_schedule(first), noise_seed, device, dtype)
     rand_params = model.init_params(torch.Generator().manual_seed(seed + 1), dtype=dtype)
-    rand = _returns(model, family, rand_params, goals, per_step, steps, proto.schedule(base), noise_seed, device, dtype)
+    rand = _returns(model, family, rand_params, goals, per_step, steps, test_schedule(base), noise_seed, device, dtype)
     card = {"protocol": protocol, "title": proto.title, "goals": num, "trajectories_per_step": per_step,
             "goal_source": ("np.random.seed(1); uniform(-0.5, 0.5, (40, 2))" if protocol == "paper"
                             else f"uniform in the goal range, torch seed {seed}"),
-            "adaptation": proto.schedule_text(first), "random_adaptation": proto.schedule_text(base),
+            "adaptation": test_schedule_text(first), "random_adaptation": test_schedule_text(base),
             "random": "a fresh Xavier-initialized policy (zero biases, std 1), fine-tuned the same way",
             "ci": CI_TEXT, "pretrained_step_tuning": tuning}
     return {"returns": returns, "random": rand, "oracle": family.oracle_returns(goals.cpu()).numpy(),
